@@ -1,0 +1,79 @@
+//! `steermoe collect`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use steermoe::backend::{self, Task};
+use steermoe::collect::{CollectEvent, CollectSummary, stage};
+use steermoe::config::Config;
+
+use super::ConfigArgs;
+
+/// Arguments of `steermoe collect`.
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+struct Collect<'a> {
+    cfg: &'a Config,
+    run_dir: &'a Path,
+}
+
+impl Task for Collect<'_> {
+    type Output = anyhow::Result<CollectSummary>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("collect {bar:30} {pos}/{len} batches  {msg}  [{elapsed_precise}<{eta_precise}]")
+                .expect("valid template"),
+        );
+        let start = std::time::Instant::now();
+        let mut tokens = 0usize;
+        let summary = stage::run::<B::InnerBackend>(self.cfg, self.run_dir, &device, |event| match event {
+            CollectEvent::Start { total, done } => {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+            CollectEvent::Tokens(n) => {
+                tokens += n;
+                let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{tokens} tokens, {rate:.0} tok/s"));
+            }
+            CollectEvent::BatchDone { batch_idx, kept, dropped, .. } => {
+                if dropped > 0 {
+                    bar.println(format!("batch {batch_idx}: kept {kept}, quality filter dropped {dropped}"));
+                }
+                bar.inc(1);
+            }
+        })?;
+        bar.finish();
+        Ok(summary)
+    }
+}
+
+/// Run `steermoe collect`.
+pub fn run(args: CollectArgs) -> anyhow::Result<()> {
+    let (cfg, run_dir) = args.config.load()?;
+    let s = backend::run(cfg.model.backend, Collect { cfg: &cfg, run_dir: &run_dir })??;
+    println!(
+        "collected {} batches ({} already done), {} tokens; run directory {}",
+        s.collected,
+        s.resumed,
+        s.tokens,
+        run_dir.display()
+    );
+    if !s.skipped.is_empty() {
+        println!("skipped batches (no pair left after the quality filter): {:?}", s.skipped);
+    }
+    Ok(())
+}
+
+/// The run directory: `--out`, else `runs/<config file stem>`.
+pub fn run_dir(config: &Path, out: Option<&PathBuf>) -> PathBuf {
+    out.cloned().unwrap_or_else(|| {
+        PathBuf::from("runs").join(config.file_stem().unwrap_or_default())
+    })
+}

@@ -1,0 +1,82 @@
+//! `steermoe generate`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use steermoe::backend::{self, BackendKind, Task};
+use steermoe::data::{ChatTokenizer, Message};
+use steermoe::generate::{ChatGeneration, Sampling, generate_chat};
+use steermoe::model::{self, Precision};
+
+/// Arguments of `steermoe generate`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "messages"])))]
+pub struct GenerateArgs {
+    /// Hub-layout model directory with tokenizer files.
+    #[arg(long)]
+    model: PathBuf,
+    /// A plain user prompt.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// A JSON file holding a list of {role, content} messages.
+    #[arg(long)]
+    messages: Option<PathBuf>,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature; greedy decoding when absent.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Nucleus mass for sampling.
+    #[arg(long, default_value_t = 1.0, requires = "temperature")]
+    top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0, requires = "temperature")]
+    seed: u64,
+    /// Keep generating after EOS, to exactly --max-new-tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+}
+
+struct Generate(GenerateArgs, Vec<Message>, Sampling);
+
+impl Task for Generate {
+    type Output = anyhow::Result<ChatGeneration>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let Generate(a, messages, sampling) = self;
+        let tokenizer = ChatTokenizer::from_dir(&a.model)?;
+        let (model, _) = model::load::<B::InnerBackend>(&a.model, &device, a.precision)?;
+        Ok(generate_chat(&model, &tokenizer, &messages, a.max_new_tokens, sampling, a.ignore_eos, &device)?)
+    }
+}
+
+/// Run `steermoe generate`.
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let messages = match (&args.prompt, &args.messages) {
+        (Some(p), _) => vec![Message::user(p.clone())],
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: expected a JSON list of {{role, content}} messages", path.display()))?
+        }
+        (None, None) => unreachable!("clap requires one input"),
+    };
+    let sampling = match args.temperature {
+        None => Sampling::Greedy,
+        Some(t) if t <= 0.0 => anyhow::bail!("--temperature must be positive, got {t}"),
+        Some(temperature) => {
+            anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1], got {}", args.top_p);
+            Sampling::Sample { temperature, top_p: args.top_p, seed: args.seed }
+        }
+    };
+    let out = backend::run(args.backend, Generate(args, messages, sampling))??;
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! clap types and one function per subcommand; the backend is picked here and nowhere else.
+
+mod collect;
+mod forward;
+mod generate;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use steermoe::config::Config;
+
+/// Find and fix the experts of a Mixture-of-Experts model that carry unsafe behaviour.
+#[derive(Debug, Parser)]
+#[command(name = "steermoe", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One forward pass over token ids: logits and every layer's router logits to safetensors.
+    Forward(forward::ForwardArgs),
+    /// Answer a chat (or a plain prompt) and print {prompt_ids, new_ids, text} as JSON.
+    Generate(generate::GenerateArgs),
+    /// Generate answers to mixed safe/unsafe batches with routing capture into a run directory.
+    Collect(collect::CollectArgs),
+}
+
+/// The experiment config file, its overrides and the run directory.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Experiment config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Run directory (default: runs/<config file stem>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override a config key, e.g. `--set collect.max_new_tokens=32` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// Load and validate the config, create the run directory and record the resolved config.
+    fn load(&self) -> anyhow::Result<(Config, PathBuf)> {
+        let cfg = Config::load(&self.config, &self.overrides)?;
+        let run_dir = collect::run_dir(&self.config, self.out.as_ref());
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
+        steermoe::model::checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        Ok((cfg, run_dir))
+    }
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (default `warn`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Forward(args) => forward::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Collect(args) => collect::run(args),
+    }
+}

@@ -1,0 +1,354 @@
+//! The `collect` stage: generate answers to mixed paired batches with routing capture and write
+//! them to a run directory (the seeds' `get_routings_with_generation`,
+//! `separate_prompt_and_generation_routings` and `process_mixed_batches`, in-process and batched).
+//!
+//! Run directory layout (every file written to a temporary name, then renamed):
+//! - `samples.jsonl`: one line per sample of every finished batch ([`SampleRecord`]);
+//! - `routing/batch-NNNNN.safetensors`: per kept sample `prompt.{in_batch_idx}` and
+//!   `gen.{in_batch_idx}`, router logits `[layers, tokens, experts]` in f16, padding excluded;
+//! - `routing/batch-NNNNN.json`: that batch's sample records (written after its tensors, so a
+//!   batch is finished exactly when its `.json` exists);
+//! - `routing/index.json`: [`RoutingIndex`], the model shape and every finished batch.
+//!
+//! Rerunning on the same directory skips finished batches.
+
+pub mod stage;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::config::CollectConfig;
+use crate::data::batch::{Batch, Label};
+use crate::data::{ChatTokenizer, DataError};
+use crate::generate::{GenerateOptions, RouterLogits, generate};
+use crate::judge::{Judge, JudgeError};
+use crate::model::checkpoint::write_atomic;
+use crate::model::{LoadError, Olmoe, Routing};
+
+/// What can go wrong collecting.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// Tokenising or templating.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Writing files.
+    #[error(transparent)]
+    Write(#[from] LoadError),
+    /// The judge failed.
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+    /// A file of an earlier run is unreadable.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One line of `samples.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    /// Batch of the sample.
+    pub batch_idx: usize,
+    /// Place in the batch.
+    pub in_batch_idx: usize,
+    /// Safe or unsafe.
+    pub label: Label,
+    /// The shared goal.
+    pub goal: String,
+    /// Dataset record index.
+    pub record: usize,
+    /// Chat-templated prompt ids (after truncation).
+    pub prompt_ids: Vec<u32>,
+    /// Generated ids.
+    pub new_ids: Vec<u32>,
+    /// The generated text, special tokens skipped.
+    pub response: String,
+    /// The judge's verdict on the response.
+    pub refused: bool,
+    /// Whether the quality filter kept the sample's pair (routing stored only if so).
+    pub kept: bool,
+}
+
+/// `routing/index.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingIndex {
+    /// MoE layers.
+    pub layers: usize,
+    /// Experts per layer.
+    pub experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Finished batches in order.
+    pub batches: Vec<BatchEntry>,
+}
+
+/// A finished batch in the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchEntry {
+    /// Batch index.
+    pub batch_idx: usize,
+    /// Routing file, relative to the run directory.
+    pub file: String,
+    /// Samples with stored routing.
+    pub kept: usize,
+    /// Samples dropped by the quality filter.
+    pub dropped: usize,
+}
+
+/// Progress of a collect run.
+#[derive(Debug, Clone)]
+pub enum CollectEvent {
+    /// Work to do: batches in all, already finished.
+    Start {
+        /// Batches in the run.
+        total: usize,
+        /// Finished in an earlier run.
+        done: usize,
+    },
+    /// Tokens generated in one decode step.
+    Tokens(usize),
+    /// A batch finished.
+    BatchDone {
+        /// Its index.
+        batch_idx: usize,
+        /// Samples kept.
+        kept: usize,
+        /// Samples dropped by the quality filter.
+        dropped: usize,
+        /// Per (layer, expert) top-k activation share of its generated tokens, safe and unsafe.
+        activation: Option<(Vec<f32>, Vec<f32>)>,
+    },
+}
+
+/// What a collect run did.
+#[derive(Debug, Clone)]
+pub struct CollectSummary {
+    /// Batches finished in this call.
+    pub collected: usize,
+    /// Batches that were already finished.
+    pub resumed: usize,
+    /// Batches with no pair left after the quality filter.
+    pub skipped: Vec<usize>,
+    /// Tokens generated in this call.
+    pub tokens: usize,
+}
+
+/// File of batch `i` in `routing/`.
+pub fn batch_file(i: usize, ext: &str) -> String {
+    format!("routing/batch-{i:05}.{ext}")
+}
+
+/// Collect `batches` into `run_dir` (created), skipping batches already finished there.
+#[allow(clippy::too_many_arguments)]
+pub fn collect<B: Backend>(
+    model: &Olmoe<B>,
+    tokenizer: &ChatTokenizer,
+    batches: &[Batch],
+    cfg: &CollectConfig,
+    judge: &dyn Judge,
+    run_dir: &Path,
+    device: &B::Device,
+    mut progress: impl FnMut(CollectEvent),
+) -> Result<CollectSummary, CollectError> {
+    let routing_dir = run_dir.join("routing");
+    std::fs::create_dir_all(&routing_dir).map_err(|source| LoadError::Io {
+        path: routing_dir.clone(),
+        source,
+    })?;
+    let done: Vec<bool> = batches
+        .iter()
+        .map(|b| run_dir.join(batch_file(b.batch_idx, "json")).is_file())
+        .collect();
+    let resumed = done.iter().filter(|d| **d).count();
+    progress(CollectEvent::Start {
+        total: batches.len(),
+        done: resumed,
+    });
+    let top_k = model.model.layers[0].mlp.top_k();
+    let opts = GenerateOptions {
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: cfg.sampling,
+        stop_ids: vec![tokenizer.eos_id],
+        pad_id: tokenizer.pad_id,
+        capture: true,
+    };
+    let mut summary = CollectSummary {
+        collected: 0,
+        resumed,
+        skipped: Vec::new(),
+        tokens: 0,
+    };
+    for (batch, _) in batches.iter().zip(&done).filter(|(_, d)| !**d) {
+        let prompts = batch
+            .samples
+            .iter()
+            .map(|s| {
+                let mut ids = tokenizer.encode_chat(&s.messages, true)?;
+                if cfg.max_prompt_tokens > 0 && ids.len() > cfg.max_prompt_tokens {
+                    ids.drain(..ids.len() - cfg.max_prompt_tokens);
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>, DataError>>()?;
+        let gens = generate(model, &prompts, &opts, &Routing::free(), device, |n| {
+            summary.tokens += n;
+            progress(CollectEvent::Tokens(n));
+        });
+        let mut records = Vec::with_capacity(gens.len());
+        for (s, g) in batch.samples.iter().zip(&gens) {
+            let response = tokenizer.decode(&g.new_ids);
+            let prompt_text = tokenizer.render(&s.messages, true)?;
+            records.push(SampleRecord {
+                batch_idx: s.batch_idx,
+                in_batch_idx: s.in_batch_idx,
+                label: s.label,
+                goal: s.goal.clone(),
+                record: s.record,
+                prompt_ids: g.prompt_ids.clone(),
+                new_ids: g.new_ids.clone(),
+                refused: judge.refuses(&prompt_text, &response)?,
+                response,
+                kept: true,
+            });
+        }
+        if cfg.quality_filter {
+            apply_quality_filter(&mut records);
+        }
+        let kept = records.iter().filter(|r| r.kept).count();
+        let dropped = records.len() - kept;
+        let activation = (kept > 0).then(|| activation_by_label(&records, &gens, top_k));
+        write_batch(run_dir, batch.batch_idx, &records, &gens)?;
+        if kept == 0 {
+            summary.skipped.push(batch.batch_idx);
+        }
+        summary.collected += 1;
+        progress(CollectEvent::BatchDone {
+            batch_idx: batch.batch_idx,
+            kept,
+            dropped,
+            activation,
+        });
+        write_summary_files(run_dir, model, top_k)?;
+    }
+    write_summary_files(run_dir, model, top_k)?;
+    Ok(summary)
+}
+
+/// A pair is kept only if its safe sample was refused and its unsafe one was not.
+fn apply_quality_filter(records: &mut [SampleRecord]) {
+    let mut verdicts: HashMap<usize, (Option<bool>, Option<bool>)> = HashMap::new();
+    for r in records.iter() {
+        let v = verdicts.entry(r.record).or_default();
+        match r.label {
+            Label::Safe => v.0 = Some(r.refused),
+            Label::Unsafe => v.1 = Some(r.refused),
+        }
+    }
+    for r in records.iter_mut() {
+        let (safe, unsafe_) = verdicts[&r.record];
+        // Goals with only one prompt in the batch (uneven ratios) are judged on that prompt.
+        r.kept = safe.unwrap_or(true) && !unsafe_.unwrap_or(false);
+    }
+}
+
+/// Top-k activation share per (layer, expert) of generated tokens, for safe and unsafe samples.
+fn activation_by_label(records: &[SampleRecord], gens: &[crate::generate::Generation], top_k: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut acc = [(Vec::new(), 0usize), (Vec::new(), 0usize)];
+    for (r, g) in records.iter().zip(gens) {
+        let Some(rl) = g.gen_routing.as_ref().filter(|_| r.kept) else { continue };
+        let slot = &mut acc[(r.label == Label::Unsafe) as usize];
+        if slot.0.is_empty() {
+            slot.0 = vec![0f32; rl.layers * rl.experts];
+        }
+        crate::analysis::count_top_k(rl, top_k, &mut slot.0);
+        slot.1 += rl.tokens;
+    }
+    let norm = |(v, n): (Vec<f32>, usize)| v.into_iter().map(|c| c / n.max(1) as f32).collect();
+    let [safe, unsafe_] = acc;
+    (norm(safe), norm(unsafe_))
+}
+
+/// Write a batch's routing tensors, then its records (the record file marks it finished).
+fn write_batch(run_dir: &Path, batch_idx: usize, records: &[SampleRecord], gens: &[crate::generate::Generation]) -> Result<(), CollectError> {
+    let mut tensors: Vec<(String, &RouterLogits)> = Vec::new();
+    for (r, g) in records.iter().zip(gens).filter(|(r, _)| r.kept) {
+        if let Some(p) = &g.prompt_routing {
+            tensors.push((format!("prompt.{}", r.in_batch_idx), p));
+        }
+        if let Some(p) = &g.gen_routing {
+            tensors.push((format!("gen.{}", r.in_batch_idx), p));
+        }
+    }
+    let path = run_dir.join(batch_file(batch_idx, "safetensors"));
+    let bytes = crate::analysis::routing_file::encode(&tensors).map_err(|reason| CollectError::Corrupt {
+        path: path.clone(),
+        reason,
+    })?;
+    write_atomic(&path, &bytes)?;
+    let json = serde_json::to_string_pretty(records).expect("records serialise");
+    write_atomic(&run_dir.join(batch_file(batch_idx, "json")), json.as_bytes())?;
+    Ok(())
+}
+
+/// Read the records of a finished batch.
+pub fn read_batch_records(run_dir: &Path, batch_idx: usize) -> Result<Vec<SampleRecord>, CollectError> {
+    let path = run_dir.join(batch_file(batch_idx, "json"));
+    let text = std::fs::read_to_string(&path).map_err(|e| CollectError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| CollectError::Corrupt {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Finished batch indices found in `run_dir/routing`, sorted.
+pub fn finished_batches(run_dir: &Path) -> Vec<usize> {
+    let mut out: Vec<usize> = std::fs::read_dir(run_dir.join("routing"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("batch-")?.strip_suffix(".json")?.parse().ok()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Rewrite `samples.jsonl` and `routing/index.json` from the finished batches.
+fn write_summary_files<B: Backend>(run_dir: &Path, model: &Olmoe<B>, top_k: usize) -> Result<(), CollectError> {
+    let mut lines = String::new();
+    let mut index = RoutingIndex {
+        layers: model.num_layers(),
+        experts: model.num_experts(),
+        top_k,
+        batches: Vec::new(),
+    };
+    for b in finished_batches(run_dir) {
+        let records = read_batch_records(run_dir, b)?;
+        for r in &records {
+            lines.push_str(&serde_json::to_string(r).expect("record serialises"));
+            lines.push('\n');
+        }
+        let kept = records.iter().filter(|r| r.kept).count();
+        index.batches.push(BatchEntry {
+            batch_idx: b,
+            file: batch_file(b, "safetensors"),
+            kept,
+            dropped: records.len() - kept,
+        });
+    }
+    write_atomic(&run_dir.join("samples.jsonl"), lines.as_bytes())?;
+    let json = serde_json::to_string_pretty(&index).expect("index serialises");
+    write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?;
+    Ok(())
+}

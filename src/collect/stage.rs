@@ -1,0 +1,95 @@
+//! The collect stage from a [`Config`]: model, tokenizer, dataset (train split), mixed batches,
+//! judge, then [`collect`](super::collect) into a run directory.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use serde_json::Value;
+
+use super::{CollectError, CollectEvent, CollectSummary, collect};
+use crate::config::Config;
+use crate::data::attack::{Pair, read_pairs};
+use crate::data::batch::{Batch, goals_per_batch, mixed_batches};
+use crate::data::{ChatTokenizer, DataError};
+use crate::model;
+
+/// Which part of a split file to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPart {
+    /// Goals the pipeline trains on.
+    Train,
+    /// Goals it is evaluated on.
+    Heldout,
+}
+
+/// The dataset's pairs, restricted to one part of the split if the config names a split file.
+pub fn pairs(cfg: &Config, part: SplitPart) -> Result<Vec<Pair>, DataError> {
+    let mut pairs = read_pairs(&cfg.data.path, &cfg.data.fields)?;
+    if let Some(split) = &cfg.data.split {
+        let ids = split_ids(split, &cfg.data.split_key, part)?;
+        pairs.retain(|p| ids.contains(&p.record));
+    }
+    Ok(pairs)
+}
+
+/// Record ids of one part of a split file (`{key: {train_ids: [..], heldout_ids: [..]}}`).
+pub fn split_ids(path: &Path, key: &str, part: SplitPart) -> Result<HashSet<usize>, DataError> {
+    let field = match part {
+        SplitPart::Train => "train_ids",
+        SplitPart::Heldout => "heldout_ids",
+    };
+    let err = |reason: String| DataError::Field {
+        path: path.to_path_buf(),
+        record: None,
+        field: format!("{key}.{field}"),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let list = v
+        .get(key)
+        .and_then(|s| s.get(field))
+        .and_then(Value::as_array)
+        .ok_or_else(|| err("missing or not a list".into()))?;
+    list.iter()
+        .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| err(format!("{x} is not a record id"))))
+        .collect()
+}
+
+/// The mixed batches a config collects (train split, `max_goals`, `max_batches` applied).
+pub fn batches(cfg: &Config) -> Result<Vec<Batch>, DataError> {
+    let mut pairs = pairs(cfg, SplitPart::Train)?;
+    if cfg.data.max_goals > 0 {
+        pairs.truncate(cfg.data.max_goals);
+    }
+    let c = &cfg.collect;
+    let cap = (c.max_batches > 0).then_some(c.max_batches);
+    let batches = mixed_batches(&pairs, c.batch_size, c.safe_ratio, cap);
+    if batches.is_empty() || batches.len() < c.max_batches {
+        return Err(DataError::Field {
+            path: cfg.data.path.clone(),
+            record: None,
+            field: "collect.max_batches".into(),
+            reason: format!(
+                "{} goals make {} batches of {} goals, {} asked for",
+                pairs.len(),
+                batches.len(),
+                goals_per_batch(c.batch_size, c.safe_ratio),
+                c.max_batches.max(1)
+            ),
+        });
+    }
+    Ok(batches)
+}
+
+/// Run the collect stage of `cfg` into `run_dir` on `device`.
+pub fn run<B: Backend>(cfg: &Config, run_dir: &Path, device: &B::Device, progress: impl FnMut(CollectEvent)) -> Result<CollectSummary, CollectError> {
+    let batches = batches(cfg)?;
+    let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?;
+    let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
+    collect(&model, &tokenizer, &batches, &cfg.collect, &cfg.judge, run_dir, device, progress)
+}

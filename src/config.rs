@@ -1,0 +1,297 @@
+//! The experiment configuration: one TOML file, one table per stage, every key optional with a
+//! documented default, unknown keys rejected (a typo must not fall back to a default silently).
+//!
+//! `--set table.key=value` overrides any key before validation; the resolved configuration
+//! (input plus defaults) is what a run directory records.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::data::attack::FieldMap;
+use crate::generate::Sampling;
+use crate::judge::PhraseJudge;
+use crate::model::Precision;
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type.
+    #[error("{}: {key}: {reason}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key at fault.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{}: {key}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key at fault.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Seed of every random choice (sampling, shuffling, random experts).
+    pub seed: u64,
+    /// The model and where it runs.
+    pub model: ModelConfig,
+    /// The attack dataset.
+    pub data: DataConfig,
+    /// Generation with routing capture.
+    pub collect: CollectConfig,
+    /// The refusal judge.
+    pub judge: PhraseJudge,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            model: ModelConfig::default(),
+            data: DataConfig::default(),
+            collect: CollectConfig::default(),
+            judge: PhraseJudge::default(),
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Hub-layout model directory (config.json, safetensors, tokenizer files).
+    pub dir: PathBuf,
+    /// Backend to run on.
+    pub backend: BackendKind,
+    /// Compute precision.
+    pub precision: Precision,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models/olmoe-organism"),
+            backend: BackendKind::Cpu,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// JSON array or JSONL of attack records.
+    pub path: PathBuf,
+    /// How record fields map onto pairs.
+    pub fields: FieldMap,
+    /// Optional split file (`split.json`): which records are train and which held out.
+    pub split: Option<PathBuf>,
+    /// Key of this dataset in the split file.
+    pub split_key: String,
+    /// Use at most this many goals of the train split (0 = all).
+    pub max_goals: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("../shared/data/olmoe-fwo.json"),
+            fields: FieldMap::default(),
+            split: None,
+            split_key: "olmoe_fwo".into(),
+            max_goals: 0,
+        }
+    }
+}
+
+/// `[collect]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectConfig {
+    /// Samples per mixed batch.
+    pub batch_size: usize,
+    /// Share of safe samples in a batch.
+    pub safe_ratio: f64,
+    /// Collect at most this many batches (0 = as many as the goals fill).
+    pub max_batches: usize,
+    /// Generated tokens per sample.
+    pub max_new_tokens: usize,
+    /// Keep only the last this many prompt tokens (0 = no limit).
+    pub max_prompt_tokens: usize,
+    /// Greedy or seeded sampling.
+    pub sampling: Sampling,
+    /// Keep a pair only if the safe prompt was refused and the unsafe one complied with.
+    pub quality_filter: bool,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 16,
+            safe_ratio: 0.5,
+            max_batches: 0,
+            max_new_tokens: 128,
+            max_prompt_tokens: 0,
+            sampling: Sampling::Greedy,
+            quality_filter: true,
+        }
+    }
+}
+
+impl Config {
+    /// Read a TOML file, apply `overrides` (`table.key=value`, the value in TOML syntax or a bare
+    /// string), and validate. Relative paths stay relative to the working directory.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// [`Config::load`] on text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let parse_err = |key: String, reason: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(String::new(), e.message().to_string()))?;
+        for o in overrides {
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| parse_err(o.clone(), "override must be key=value".into()))?;
+            set_key(&mut table, key.trim(), value.trim()).map_err(|reason| parse_err(key.trim().into(), reason))?;
+        }
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| parse_err(e.path().to_string(), e.inner().to_string()))?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Check values that parse but cannot work.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason,
+        };
+        let c = &self.collect;
+        if c.batch_size < 2 {
+            return Err(bad("collect.batch_size", format!("must be at least 2, got {}", c.batch_size)));
+        }
+        if !(c.safe_ratio > 0.0 && c.safe_ratio < 1.0) {
+            return Err(bad("collect.safe_ratio", format!("must be in (0, 1), got {}", c.safe_ratio)));
+        }
+        let (s, u) = crate::data::batch::split_counts(c.batch_size, c.safe_ratio);
+        if s == 0 || u == 0 {
+            return Err(bad(
+                "collect.safe_ratio",
+                format!("{} of {} leaves no safe or no unsafe sample", c.safe_ratio, c.batch_size),
+            ));
+        }
+        if let Sampling::Sample { temperature, top_p, .. } = c.sampling {
+            if temperature <= 0.0 {
+                return Err(bad("collect.sampling.temperature", format!("must be positive, got {temperature}")));
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(bad("collect.sampling.top_p", format!("must be in (0, 1], got {top_p}")));
+            }
+        }
+        if !self.model.dir.is_dir() {
+            return Err(bad("model.dir", format!("{}: no such directory", self.model.dir.display())));
+        }
+        if !self.data.path.is_file() {
+            return Err(bad("data.path", format!("{}: no such file", self.data.path.display())));
+        }
+        if let Some(split) = &self.data.split
+            && !split.is_file()
+        {
+            return Err(bad("data.split", format!("{}: no such file", split.display())));
+        }
+        Ok(())
+    }
+
+    /// The resolved configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// Set `a.b.c = value` in a TOML table, creating tables on the way.
+fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
+    let mut at = table;
+    for part in parts {
+        at = at
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a table"))?;
+    }
+    at.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        // Paths that exist from the crate root.
+        let base = "[model]\ndir = \"models/olmoe-organism\"\n[data]\npath = \"Cargo.toml\"\n";
+        Config::parse(&format!("{base}{text}"), Path::new("exp.toml"), &o)
+    }
+
+    #[test]
+    fn defaults_fill_missing_keys_and_overrides_apply() {
+        let cfg = parse("[collect]\nbatch_size = 8\n", &["collect.max_new_tokens=16", "seed=3"]).unwrap();
+        assert_eq!(cfg.collect.batch_size, 8);
+        assert_eq!(cfg.collect.max_new_tokens, 16);
+        assert_eq!(cfg.seed, 3);
+        assert_eq!(cfg.collect.safe_ratio, 0.5);
+        // The resolved config parses back to itself.
+        let again = Config::parse(&cfg.to_toml(), Path::new("resolved.toml"), &[]).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = parse("[collect]\nbatch_sise = 8\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("batch_sise"), "{err}");
+        let err = parse("[collect]\nsafe_ratio = 1.5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("collect.safe_ratio"), "{err}");
+        let err = parse("", &["collect.batch_size=\"x\""]).unwrap_err().to_string();
+        assert!(err.contains("collect.batch_size"), "{err}");
+        let err = parse("", &["model.dir=/nonexistent/model"]).unwrap_err().to_string();
+        assert!(err.contains("model.dir: /nonexistent/model: no such directory"), "{err}");
+    }
+}

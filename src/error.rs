@@ -1,0 +1,21 @@
+//! The crate's error: one variant per stage, each wrapping that stage's own error enum.
+
+/// Any steermoe library error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a checkpoint.
+    #[error(transparent)]
+    Load(#[from] crate::model::LoadError),
+    /// An experiment configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Datasets, tokenizer, chat template.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// The collect stage.
+    #[error(transparent)]
+    Collect(#[from] crate::collect::CollectError),
+    /// `forward`.
+    #[error(transparent)]
+    Inspect(#[from] crate::inspect::InspectError),
+}

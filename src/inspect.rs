@@ -1,0 +1,130 @@
+//! One forward pass over given token ids, written to safetensors: how users inspect routing
+//! (`steermoe forward`) and how parity with transformers is checked on unseen cases.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::model::checkpoint::write_atomic;
+use crate::model::{LoadError, Olmoe, OlmoeInput, Precision, Routing};
+
+/// What can go wrong in `forward`.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// Loading the model.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The token ids are unusable.
+    #[error("input ids: {0}")]
+    Ids(String),
+    /// The mask file is unusable.
+    #[error("{}: {reason}", path.display())]
+    Mask {
+        /// The mask file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Parse `1,2,3;4,5,6` into equal-length rows.
+pub fn parse_ids(text: &str) -> Result<Vec<Vec<u32>>, InspectError> {
+    let rows: Vec<Vec<u32>> = text
+        .split(';')
+        .enumerate()
+        .map(|(r, row)| {
+            row.split(',')
+                .map(|t| {
+                    t.trim()
+                        .parse::<u32>()
+                        .map_err(|_| InspectError::Ids(format!("row {r}: {:?} is not a token id", t.trim())))
+                })
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+    let len = rows[0].len();
+    if let Some((r, row)) = rows.iter().enumerate().find(|(_, row)| row.len() != len) {
+        return Err(InspectError::Ids(format!("row {r} has {} ids, row 0 has {len}", row.len())));
+    }
+    Ok(rows)
+}
+
+/// Read an expert mask: a safetensors file with a tensor `mask` of shape `[layers, experts]`,
+/// nonzero = allowed.
+pub fn read_mask(path: &Path, layers: usize, experts: usize) -> Result<Vec<bool>, InspectError> {
+    let err = |reason: String| InspectError::Mask { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
+    let view = st.tensor("mask").map_err(|_| err("no tensor named \"mask\"".into()))?;
+    if view.shape() != [layers, experts] {
+        return Err(err(format!(
+            "tensor mask has shape {:?}, expected [{layers}, {experts}]",
+            view.shape()
+        )));
+    }
+    let data = view.data();
+    let allowed: Vec<bool> = match view.dtype() {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) != 0.0).collect(),
+        Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) != 0.0).collect(),
+        Dtype::BF16 | Dtype::F16 | Dtype::I16 => data.chunks_exact(2).map(|b| b[0] != 0 || (b[1] & 0x7f) != 0).collect(),
+        Dtype::I64 => data.chunks_exact(8).map(|b| b.iter().any(|&x| x != 0)).collect(),
+        Dtype::I32 => data.chunks_exact(4).map(|b| b.iter().any(|&x| x != 0)).collect(),
+        Dtype::U8 | Dtype::I8 | Dtype::BOOL => data.iter().map(|&x| x != 0).collect(),
+        other => return Err(err(format!("tensor mask has unsupported dtype {other:?}"))),
+    };
+    Ok(allowed)
+}
+
+/// Run `model` over `ids` (equal-length rows) with an optional `[layers, experts]` mask and
+/// return `logits` `[batch, seq, vocab]` and `router_logits` `[layers, batch, seq, experts]`.
+pub fn forward<B: Backend>(model: &Olmoe<B>, ids: &[Vec<u32>], mask: Option<&[bool]>, device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 4>) {
+    let (batch, seq) = (ids.len(), ids[0].len());
+    let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, seq]), device);
+    let mut routing = Routing::capturing();
+    if let Some(mask) = mask {
+        let allow = Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(mask.to_vec(), [model.num_layers(), model.num_experts()]),
+            device,
+        );
+        routing = routing.with_mask(allow);
+    }
+    let out = model.forward(OlmoeInput::ids(input), &routing);
+    (out.logits, out.router_logits.expect("capture was asked for"))
+}
+
+/// Load `model_dir`, run [`forward`] and write `logits` and `router_logits` (f32) to `out`.
+pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: Option<&Path>, precision: Precision, out: &Path, device: &B::Device) -> Result<[usize; 4], InspectError> {
+    let ids = parse_ids(ids_text)?;
+    let (model, cfg) = crate::model::load::<B>(model_dir, device, precision)?;
+    if let Some((r, t)) = ids.iter().enumerate().find_map(|(r, row)| {
+        row.iter().find(|&&t| t as usize >= cfg.vocab_size).map(|&t| (r, t))
+    }) {
+        return Err(InspectError::Ids(format!("row {r}: id {t} is outside the vocabulary of {}", cfg.vocab_size)));
+    }
+    let mask = mask_path
+        .map(|p| read_mask(p, cfg.num_hidden_layers, cfg.num_experts))
+        .transpose()?;
+    let (logits, router_logits) = forward(&model, &ids, mask.as_deref(), device);
+    let shape = router_logits.dims();
+    let tensors = [("logits", logits.into_data()), ("router_logits", router_logits.into_data())];
+    let mut owned = Vec::new();
+    for (name, data) in tensors {
+        let shape = data.shape.to_vec();
+        let bytes: Vec<u8> = data.iter::<f32>().flat_map(f32::to_le_bytes).collect();
+        owned.push((name, shape, bytes));
+    }
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(n, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("f32 bytes")))
+        .collect();
+    let bytes = safetensors::serialize(views, Some(HashMap::new())).map_err(|e| LoadError::Safetensors {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(out, &bytes)?;
+    Ok(shape)
+}

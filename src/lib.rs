@@ -1,0 +1,20 @@
+//! steermoe: find and fix the experts of a Mixture-of-Experts language model that carry unsafe
+//! behaviour (SteerMoE-style), on burn.
+//!
+//! The pipeline is collect → analyse → train → evaluate; everything stands on [`model`], an
+//! OLMoE equal to transformers' whose routers can capture, mask and steer.
+#![warn(missing_docs)]
+
+pub mod analysis;
+pub mod backend;
+pub mod collect;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod generate;
+pub mod inspect;
+pub mod judge;
+pub mod model;
+pub mod train;
+
+pub use error::Error;

@@ -1,0 +1,443 @@
+//! Hub checkpoints in and out: `config.json` plus `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`, under transformers' key names.
+//!
+//! Tensors are read straight from memory-mapped safetensors (bf16, f16 or f32 stored) and
+//! converted on the host to the compute dtype. The one remap is the orientation of linear
+//! weights: the Hub stores `[out, in]`, burn's `Linear` holds `[in, out]`; loading transposes a
+//! view and saving transposes back, so a round trip is bit-exact.
+//!
+//! Every tensor the model needs must be present with its exact shape, and every tensor in the
+//! files must be used (bar RoPE `inv_freq` buffers, which transformers recomputes): anything else
+//! is an error naming the file, the tensor and both shapes. Saving writes each file to a
+//! temporary name and renames it, so a reader never sees a half-written checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use super::LoadError;
+use super::config::OlmoeConfig;
+use super::olmoe::{Attention, DecoderLayer, Expert, MoeBlock, Olmoe, OlmoeModel, RmsNorm};
+
+/// Largest shard [`save`] writes before starting another (transformers' default is 5 GB).
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Floating-point precision to compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 (the reference; CPU default).
+    F32,
+    /// bfloat16 (GPU default for real checkpoints).
+    Bf16,
+}
+
+impl Precision {
+    /// The burn dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// The safetensors files of a checkpoint directory, memory-mapped.
+struct Shards {
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+}
+
+impl Shards {
+    fn open(dir: &Path) -> Result<Self, LoadError> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let names: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|source| LoadError::Io {
+                path: index.clone(),
+                source,
+            })?;
+            let parsed: Value = serde_json::from_str(&text).map_err(|e| LoadError::Config {
+                path: index.clone(),
+                field: String::new(),
+                reason: e.to_string(),
+            })?;
+            let map = parsed.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
+                LoadError::Config {
+                    path: index.clone(),
+                    field: "weight_map".into(),
+                    reason: "missing or not an object".into(),
+                }
+            })?;
+            let mut shards: Vec<String> = Vec::new();
+            for (key, file) in map {
+                let file = file.as_str().ok_or_else(|| LoadError::Config {
+                    path: index.clone(),
+                    field: format!("weight_map.{key}"),
+                    reason: "not a file name".into(),
+                })?;
+                if !shards.iter().any(|s| s == file) {
+                    shards.push(file.to_string());
+                }
+            }
+            shards.sort();
+            let mut paths = Vec::new();
+            for shard in shards {
+                let path = dir.join(&shard);
+                if !path.is_file() {
+                    return Err(LoadError::MissingShard { index: index.clone(), shard: path });
+                }
+                paths.push(path);
+            }
+            paths
+        } else if single.is_file() {
+            vec![single]
+        } else {
+            return Err(LoadError::NoWeights { dir: dir.to_path_buf() });
+        };
+        let mut files = Vec::new();
+        for path in names {
+            let file = File::open(&path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: the map is read-only and lives as long as `Shards`; a checkpoint that is
+            // rewritten while we read it is outside what any loader can guard against.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            files.push((path, map));
+        }
+        Ok(Self { files })
+    }
+}
+
+/// Tensors of a checkpoint by name, converted on demand.
+struct TensorTable<'a> {
+    views: HashMap<String, (&'a Path, safetensors::tensor::TensorView<'a>)>,
+    used: std::collections::HashSet<String>,
+}
+
+impl<'a> TensorTable<'a> {
+    fn new(shards: &'a Shards) -> Result<Self, LoadError> {
+        let mut views = HashMap::new();
+        for (path, map) in &shards.files {
+            let st = SafeTensors::deserialize(map).map_err(|e| LoadError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            for (name, view) in st.tensors() {
+                views.insert(name, (path.as_path(), view));
+            }
+        }
+        Ok(Self {
+            views,
+            used: Default::default(),
+        })
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.views.contains_key(key)
+    }
+
+    /// The tensor `key` with exactly `shape`, as host data of `dtype`.
+    fn take(&mut self, key: &str, shape: &[usize], dtype: DType, dir: &Path) -> Result<TensorData, LoadError> {
+        let (path, view) = self.views.get(key).ok_or_else(|| LoadError::MissingTensor {
+            dir: dir.to_path_buf(),
+            key: key.to_string(),
+            expected: shape.to_vec(),
+        })?;
+        if view.shape() != shape {
+            return Err(LoadError::ShapeMismatch {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                found: view.shape().to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        let bytes = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            other => {
+                return Err(LoadError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    key: key.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.used.insert(key.to_string());
+        Ok(match dtype {
+            DType::BF16 => TensorData::new(values.into_iter().map(bf16::from_f32).collect(), shape.to_vec()),
+            _ => TensorData::new(values, shape.to_vec()),
+        })
+    }
+
+    fn unused(&self) -> Option<(PathBuf, String)> {
+        let mut left: Vec<_> = self
+            .views
+            .iter()
+            .filter(|(k, _)| !self.used.contains(*k) && !k.ends_with("rotary_emb.inv_freq"))
+            .map(|(k, (p, _))| (p.to_path_buf(), k.clone()))
+            .collect();
+        left.sort();
+        left.into_iter().next()
+    }
+}
+
+/// Builds modules from a [`TensorTable`] on one device and dtype.
+struct Builder<'a, 'b, B: Backend> {
+    table: &'b mut TensorTable<'a>,
+    dir: &'b Path,
+    device: &'b B::Device,
+    dtype: DType,
+}
+
+impl<B: Backend> Builder<'_, '_, B> {
+    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+        let data = self.table.take(key, &shape, self.dtype, self.dir)?;
+        Ok(Tensor::from_data(data, (self.device, self.dtype)))
+    }
+
+    /// A bias-free `Linear` from a Hub `[out, in]` weight.
+    fn linear(&mut self, key: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, LoadError> {
+        let w = self.tensor(&format!("{key}.weight"), [d_out, d_in])?;
+        Ok(Linear {
+            weight: Param::from_tensor(w.transpose()),
+            bias: None,
+        })
+    }
+
+    fn norm(&mut self, key: &str, width: usize, eps: f64) -> Result<RmsNorm<B>, LoadError> {
+        let w = self.tensor(&format!("{key}.weight"), [width])?;
+        Ok(RmsNorm::new(Param::from_tensor(w), eps))
+    }
+}
+
+/// Load a Hub checkpoint directory onto `device`, computing in `precision`.
+pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Precision) -> Result<(Olmoe<B>, OlmoeConfig), LoadError> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Err(LoadError::NoModelDir { dir: dir.to_path_buf() });
+    }
+    let cfg = OlmoeConfig::from_path(dir)?;
+    let shards = Shards::open(dir)?;
+    let mut table = TensorTable::new(&shards)?;
+    let model = build(&cfg, &mut table, dir, device, precision.dtype())?;
+    if let Some((path, key)) = table.unused() {
+        return Err(LoadError::UnexpectedTensor { path, key });
+    }
+    Ok((model, cfg))
+}
+
+fn build<B: Backend>(cfg: &OlmoeConfig, table: &mut TensorTable<'_>, dir: &Path, device: &B::Device, dtype: DType) -> Result<Olmoe<B>, LoadError> {
+    let mut b = Builder::<B> { table, dir, device, dtype };
+    let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+    let embed = b.tensor("model.embed_tokens.weight", [cfg.vocab_size, h])?;
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let self_attn = Attention::new(
+            b.linear(&format!("{p}.self_attn.q_proj"), h, h)?,
+            b.linear(&format!("{p}.self_attn.k_proj"), h, cfg.kv_dim())?,
+            b.linear(&format!("{p}.self_attn.v_proj"), h, cfg.kv_dim())?,
+            b.linear(&format!("{p}.self_attn.o_proj"), h, h)?,
+            b.norm(&format!("{p}.self_attn.q_norm"), h, eps)?,
+            b.norm(&format!("{p}.self_attn.k_norm"), cfg.kv_dim(), eps)?,
+            cfg,
+        );
+        let gate = b.linear(&format!("{p}.mlp.gate"), h, cfg.num_experts)?;
+        let mut experts = Vec::with_capacity(cfg.num_experts);
+        for e in 0..cfg.num_experts {
+            let q = format!("{p}.mlp.experts.{e}");
+            experts.push(Expert {
+                gate_proj: b.linear(&format!("{q}.gate_proj"), h, i)?,
+                up_proj: b.linear(&format!("{q}.up_proj"), h, i)?,
+                down_proj: b.linear(&format!("{q}.down_proj"), i, h)?,
+            });
+        }
+        layers.push(DecoderLayer {
+            self_attn,
+            mlp: MoeBlock::new(gate, experts, cfg),
+            input_layernorm: b.norm(&format!("{p}.input_layernorm"), h, eps)?,
+            post_attention_layernorm: b.norm(&format!("{p}.post_attention_layernorm"), h, eps)?,
+        });
+    }
+    let norm = b.norm("model.norm", h, eps)?;
+    let lm_head = if cfg.tie_word_embeddings && !b.table.contains("lm_head.weight") {
+        Linear {
+            weight: Param::from_tensor(embed.clone().transpose()),
+            bias: None,
+        }
+    } else {
+        b.linear("lm_head", h, cfg.vocab_size)?
+    };
+    let model = OlmoeModel {
+        embed_tokens: Embedding {
+            weight: Param::from_tensor(embed),
+        },
+        layers,
+        norm,
+    };
+    Ok(Olmoe::new(model, lm_head, cfg))
+}
+
+/// One tensor to write: Hub key, shape, values.
+struct Entry {
+    key: String,
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+/// Every tensor of `model` under its Hub key and in the Hub's orientation.
+fn hub_tensors<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut put2 = |key: String, t: Tensor<B, 2>| {
+        let shape = t.dims().to_vec();
+        out.push(Entry { key, shape, data: t.into_data() });
+    };
+    let lin = |l: &Linear<B>| l.weight.val().transpose();
+    let vec2 = |n: &RmsNorm<B>| n.weight.val().unsqueeze_dim::<2>(0);
+    put2("model.embed_tokens.weight".into(), model.model.embed_tokens.weight.val());
+    for (l, layer) in model.model.layers.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        let a = &layer.self_attn;
+        put2(format!("{p}.self_attn.q_proj.weight"), lin(&a.q_proj));
+        put2(format!("{p}.self_attn.k_proj.weight"), lin(&a.k_proj));
+        put2(format!("{p}.self_attn.v_proj.weight"), lin(&a.v_proj));
+        put2(format!("{p}.self_attn.o_proj.weight"), lin(&a.o_proj));
+        put2(format!("{p}.self_attn.q_norm.weight"), vec2(&a.q_norm));
+        put2(format!("{p}.self_attn.k_norm.weight"), vec2(&a.k_norm));
+        put2(format!("{p}.mlp.gate.weight"), lin(&layer.mlp.gate));
+        for (e, ex) in layer.mlp.experts.iter().enumerate() {
+            let q = format!("{p}.mlp.experts.{e}");
+            put2(format!("{q}.gate_proj.weight"), lin(&ex.gate_proj));
+            put2(format!("{q}.up_proj.weight"), lin(&ex.up_proj));
+            put2(format!("{q}.down_proj.weight"), lin(&ex.down_proj));
+        }
+        put2(format!("{p}.input_layernorm.weight"), vec2(&layer.input_layernorm));
+        put2(format!("{p}.post_attention_layernorm.weight"), vec2(&layer.post_attention_layernorm));
+    }
+    put2("model.norm.weight".into(), vec2(&model.model.norm));
+    if !cfg.tie_word_embeddings {
+        put2("lm_head.weight".into(), lin(&model.lm_head));
+    }
+    // Norm weights are vectors on the Hub.
+    for entry in &mut out {
+        if entry.key.ends_with("norm.weight") {
+            entry.shape = vec![entry.shape[1]];
+        }
+    }
+    out
+}
+
+/// Save `model` as a Hub checkpoint in `dir` (created if needed): `config.json` and bf16
+/// safetensors, sharded with an index past [`MAX_SHARD_BYTES`], loadable by transformers.
+pub fn save<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig, dir: impl AsRef<Path>) -> Result<(), LoadError> {
+    save_with_shard_size(model, cfg, dir, MAX_SHARD_BYTES)
+}
+
+/// [`save`] with an explicit shard size in bytes.
+pub fn save_with_shard_size<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig, dir: impl AsRef<Path>, max_shard_bytes: usize) -> Result<(), LoadError> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let entries = hub_tensors(model, cfg);
+    // bf16 bytes of every tensor, grouped into shards in key order.
+    let mut shards: Vec<Vec<(String, Vec<usize>, Vec<u8>)>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for entry in entries {
+        let bytes: Vec<u8> = entry
+            .data
+            .iter::<f32>()
+            .flat_map(|v| bf16::from_f32(v).to_le_bytes())
+            .collect();
+        if size > 0 && size + bytes.len() > max_shard_bytes {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += bytes.len();
+        shards.last_mut().expect("at least one shard").push((entry.key, entry.shape, bytes));
+    }
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0usize;
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    for (s, shard) in shards.iter().enumerate() {
+        let name = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", s + 1)
+        };
+        let mut views = Vec::new();
+        for (key, shape, bytes) in shard {
+            total += bytes.len();
+            weight_map.insert(key.clone(), name.clone());
+            let view = safetensors::tensor::TensorView::new(Dtype::BF16, shape.clone(), bytes)
+                .expect("bf16 byte count matches the shape");
+            views.push((key.clone(), view));
+        }
+        let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| LoadError::Safetensors {
+            path: dir.join(&name),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&dir.join(&name), &bytes)?;
+    }
+    if n > 1 {
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(
+            &dir.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index).expect("json").as_bytes(),
+        )?;
+    } else if dir.join("model.safetensors.index.json").exists() {
+        let _ = std::fs::remove_file(dir.join("model.safetensors.index.json"));
+    }
+    let mut raw = cfg.raw.clone();
+    if let Some(obj) = raw.as_object_mut() {
+        let key = if obj.contains_key("dtype") { "dtype" } else { "torch_dtype" };
+        obj.insert(key.into(), Value::String("bfloat16".into()));
+    }
+    write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&raw).expect("json").as_bytes(),
+    )
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+}

@@ -1,0 +1,87 @@
+//! Rotary position embedding in transformers' `rotate_half` convention (`OlmoeRotaryEmbedding`,
+//! `apply_rotary_pos_emb`), not burn-nn's interleaved pairs.
+//!
+//! The angles are computed as transformers does, in float32: `inv_freq = 1 / base^(2i/d)`,
+//! `freqs = inv_freq ⊗ positions`, `emb = cat(freqs, freqs)`; cos/sin are then cast to the
+//! activations' dtype. Positions are explicit per row, so left-padded batches can count from
+//! their first real token.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// Inverse frequencies of the default RoPE, `[head_dim / 2]`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// `inv_freq = 1.0 / (base ** (arange(0, dim, 2) / dim))`, in float32.
+    pub fn new(head_dim: usize, theta: f64) -> Self {
+        let base = theta as f32;
+        let inv_freq = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// cos and sin for the given positions.
+    ///
+    /// # Shapes
+    /// - `positions`: `[batch, seq]` → cos, sin: `[batch, 1, seq, head_dim]` (float32)
+    pub fn cos_sin<B: Backend>(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let device = positions.device();
+        let [batch, seq] = positions.dims();
+        let half = self.inv_freq.len();
+        let inv_freq = Tensor::<B, 1>::from_data(
+            TensorData::new(self.inv_freq.clone(), [half]),
+            (&device, burn::tensor::DType::F32),
+        );
+        let pos = positions
+            .float()
+            .cast(burn::tensor::FloatDType::F32)
+            .reshape([batch, seq, 1]);
+        let freqs = pos * inv_freq.reshape([1, 1, half]);
+        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+        (emb.clone().cos(), emb.sin())
+    }
+}
+
+/// `q * cos + rotate_half(q) * sin`, with cos/sin cast to `x`'s dtype.
+///
+/// # Shapes
+/// - `x`: `[batch, heads, seq, head_dim]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
+pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = x.dtype();
+    let [batch, heads, seq, dim] = x.dims();
+    let half = dim / 2;
+    let x1 = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);
+    let x2 = x.clone().slice([0..batch, 0..heads, 0..seq, half..dim]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone().cast(dtype) + rotated * sin.clone().cast(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn rotates_halves_by_position_times_frequency() {
+        let device = Default::default();
+        let rope = Rope::new(4, 100.0);
+        // inv_freq = [1, 100^-0.5] = [1, 0.1]
+        let positions = Tensor::<B, 2, Int>::from_ints([[2]], &device);
+        let (cos, sin) = rope.cos_sin(positions);
+        let x = Tensor::<B, 4>::from_floats([[[[1.0, 0.0, 0.0, 0.0]]]], &device);
+        let y = apply_rope(x, &cos, &sin).into_data().to_vec::<f32>().unwrap();
+        // x1 = [1, 0], x2 = [0, 0]: y = [cos(2), cos(0.2)*0, sin(2)*1, 0]
+        let expected = [2f32.cos(), 0.0, 2f32.sin(), 0.0];
+        for (a, b) in y.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+    }
+}

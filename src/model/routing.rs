@@ -1,0 +1,251 @@
+//! Routing: the one place where router logits become expert choices, used by every MoE layer.
+//!
+//! Mirrors transformers' `OlmoeTopKRouter` / `OlmoeSparseMoeBlock` routing: softmax over *all*
+//! experts in float32, top-k of the probabilities, optional renormalisation of the k weights.
+//! On top of it, a [`Routing`] (threaded through `forward` as an argument, never stored in the
+//! model) can
+//! - *capture* each layer's raw router logits (before mask and bias);
+//! - *mask* experts: masked logits get −1e9 added before the softmax, exactly as the reference's
+//!   `mask_router` does, so they are never chosen while an allowed expert remains and carry weight
+//!   `exp(-1e9) = 0` when fewer than k are allowed (−1e9 rather than −inf keeps an all-masked row
+//!   finite);
+//! - *steer*: add a bias `[layers, experts]` to the logits (SteerMoE's inference-time steering).
+//!
+//! Ties in the top-k are broken by the backend's descending sort; a tie between two allowed
+//! experts has measure zero with real logits, and ties between masked experts carry weight zero.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
+
+/// Added to the logits of masked experts, as `mask_router` in `make_fixtures.py` does.
+pub const MASK_PENALTY: f32 = -1e9;
+
+/// How the routers behave on one forward pass.
+#[derive(Clone, Debug)]
+pub struct Routing<B: Backend> {
+    /// `[layers, batch or 1, experts]`, `true` = may be chosen.
+    pub allow: Option<Tensor<B, 3, Bool>>,
+    /// `[layers, experts]`, added to the router logits before the softmax.
+    pub bias: Option<Tensor<B, 2>>,
+    /// Return each layer's router logits (before mask and bias).
+    pub capture: bool,
+}
+
+impl<B: Backend> Default for Routing<B> {
+    fn default() -> Self {
+        Self {
+            allow: None,
+            bias: None,
+            capture: false,
+        }
+    }
+}
+
+impl<B: Backend> Routing<B> {
+    /// Free routing: no mask, no bias, no capture (the fast path).
+    pub fn free() -> Self {
+        Self::default()
+    }
+
+    /// Free routing that captures router logits.
+    pub fn capturing() -> Self {
+        Self {
+            capture: true,
+            ..Self::default()
+        }
+    }
+
+    /// One expert mask for every sample.
+    ///
+    /// # Shapes
+    /// - `allow`: `[layers, experts]`, `true` = may be chosen
+    pub fn with_mask(mut self, allow: Tensor<B, 2, Bool>) -> Self {
+        self.allow = Some(allow.unsqueeze_dim(1));
+        self
+    }
+
+    /// One expert mask per sample.
+    ///
+    /// # Shapes
+    /// - `allow`: `[batch, layers, experts]`, `true` = may be chosen
+    pub fn with_sample_masks(mut self, allow: Tensor<B, 3, Bool>) -> Self {
+        self.allow = Some(allow.swap_dims(0, 1));
+        self
+    }
+
+    /// An additive steering bias.
+    ///
+    /// # Shapes
+    /// - `bias`: `[layers, experts]`
+    pub fn with_bias(mut self, bias: Tensor<B, 2>) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+
+    /// Turn capture on or off.
+    pub fn with_capture(mut self, capture: bool) -> Self {
+        self.capture = capture;
+        self
+    }
+
+    /// The view of layer `layer`.
+    pub fn layer(&self, layer: usize) -> LayerRouting<B> {
+        LayerRouting {
+            allow: self.allow.as_ref().map(|a| {
+                let [_, batch, experts] = a.dims();
+                a.clone().slice(layer..layer + 1).reshape([batch, experts])
+            }),
+            bias: self.bias.as_ref().map(|b| {
+                let [_, experts] = b.dims();
+                b.clone().slice(layer..layer + 1).reshape([experts])
+            }),
+            capture: self.capture,
+        }
+    }
+}
+
+/// One layer's routing settings, as [`Routing::layer`] hands them to a MoE block.
+#[derive(Clone, Debug)]
+pub struct LayerRouting<B: Backend> {
+    /// `[batch or 1, experts]`, `true` = may be chosen.
+    pub allow: Option<Tensor<B, 2, Bool>>,
+    /// `[experts]`.
+    pub bias: Option<Tensor<B, 1>>,
+    /// Capture the logits.
+    pub capture: bool,
+}
+
+/// The experts chosen for every token of one layer.
+#[derive(Debug, Clone)]
+pub struct Choice<B: Backend> {
+    /// `[tokens, k]`: routing weight of each chosen expert, in the hidden dtype.
+    pub weights: Tensor<B, 2>,
+    /// `[tokens, k]`: the chosen experts, by descending probability.
+    pub experts: Tensor<B, 2, Int>,
+}
+
+impl<B: Backend> LayerRouting<B> {
+    /// Turn router logits into the top-k experts and their weights.
+    ///
+    /// # Shapes
+    /// - `logits`: `[batch * seq, experts]` (rows batch-major), `batch` rows of `allow` expanded
+    ///   over `seq`
+    pub fn choose(&self, logits: Tensor<B, 2>, batch: usize, top_k: usize, renorm: bool) -> Choice<B> {
+        let [tokens, num_experts] = logits.dims();
+        let dtype = logits.dtype();
+        let mut routed = logits;
+        if let Some(bias) = &self.bias {
+            routed = routed + bias.clone().unsqueeze_dim(0);
+        }
+        if let Some(allow) = &self.allow {
+            // masked = router_logits + (1.0 - mask) * -1e9
+            let [rows, _] = allow.dims();
+            let seq = tokens / batch;
+            let penalty = allow
+                .clone()
+                .bool_not()
+                .float()
+                .cast(dtype)
+                .mul_scalar(MASK_PENALTY);
+            let penalty = if rows == 1 {
+                penalty.expand([tokens, num_experts])
+            } else {
+                penalty
+                    .unsqueeze_dim::<3>(1)
+                    .expand([batch, seq, num_experts])
+                    .reshape([tokens, num_experts])
+            };
+            routed = routed + penalty;
+        }
+        // probs = softmax(router_logits, dtype=torch.float)
+        let probs = softmax(to_f32(routed), 1);
+        let (mut weights, experts) = probs.topk_with_indices(top_k, 1);
+        if renorm {
+            // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
+            weights = weights.clone() / weights.sum_dim(1);
+        }
+        Choice {
+            weights: weights.cast(dtype),
+            experts,
+        }
+    }
+}
+
+/// Upcast to float32 where transformers computes in float32 (a no-op on f32 tensors).
+pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(FloatDType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::TensorData;
+
+    type B = NdArray<f32>;
+
+    fn logits() -> Tensor<B, 2> {
+        Tensor::from_floats([[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 4.0, 3.5]], &Default::default())
+    }
+
+    #[test]
+    fn free_routing_picks_the_largest_probabilities() {
+        let choice = LayerRouting::<B> { allow: None, bias: None, capture: false }
+            .choose(logits(), 1, 2, false);
+        choice
+            .experts
+            .into_data()
+            .assert_eq(&TensorData::from([[1i64, 2], [2, 3]]), false);
+        // softmax([1,3,2,0]) at 3 and 2
+        let e: Vec<f32> = [1.0f32, 3.0, 2.0, 0.0].iter().map(|v| v.exp()).collect();
+        let s: f32 = e.iter().sum();
+        let w = choice.weights.into_data().to_vec::<f32>().unwrap();
+        assert!((w[0] - e[1] / s).abs() < 1e-6 && (w[1] - e[2] / s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn masked_experts_are_never_chosen_and_weigh_nothing() {
+        let device = Default::default();
+        // Only expert 0 allowed: the second choice is a masked expert with weight 0.
+        let allow = Tensor::<B, 2, Bool>::from_bool(
+            TensorData::from([[true, false, false, false]]),
+            &device,
+        );
+        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false }
+            .choose(logits(), 1, 2, true);
+        let experts = choice.experts.into_data().to_vec::<i64>().unwrap();
+        let w = choice.weights.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(experts[0], 0);
+        assert_eq!(experts[2], 0);
+        assert_eq!((w[0], w[1], w[2], w[3]), (1.0, 0.0, 1.0, 0.0));
+    }
+
+    #[test]
+    fn per_sample_masks_and_bias() {
+        let device = Default::default();
+        // batch 2, seq 1: sample 0 may only use expert 3, sample 1 only expert 1.
+        let allow = Tensor::<B, 2, Bool>::from_bool(
+            TensorData::from([[false, false, false, true], [false, true, false, false]]),
+            &device,
+        );
+        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false }
+            .choose(logits(), 2, 1, false);
+        choice
+            .experts
+            .into_data()
+            .assert_eq(&TensorData::from([[3i64], [1]]), false);
+        // A large negative bias deactivates expert 2 everywhere.
+        let bias = Tensor::<B, 1>::from_floats([0.0, 0.0, -100.0, 0.0], &device);
+        let choice = LayerRouting { allow: None, bias: Some(bias), capture: false }
+            .choose(logits(), 2, 1, false);
+        choice
+            .experts
+            .into_data()
+            .assert_eq(&TensorData::from([[1i64], [3]]), false);
+    }
+}

@@ -1,0 +1,52 @@
+//! The causal language-modelling loss, as transformers' `ForCausalLMLoss`: logits at position t
+//! predict the label at t + 1; labels of -100 are ignored; the mean is over counted tokens.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+use crate::model::routing::to_f32;
+
+/// Label value that is not counted (PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Mean next-token cross-entropy over labels that are not [`IGNORE_INDEX`], in float32.
+///
+/// # Shapes
+/// - `logits`: `[batch, seq, vocab]`; `labels`: `[batch, seq]` → scalar `[1]`
+pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [batch, seq, vocab] = logits.dims();
+    let logits = to_f32(logits.slice([0..batch, 0..seq - 1, 0..vocab]));
+    let targets = labels.slice([0..batch, 1..seq]).reshape([batch * (seq - 1), 1]);
+    let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
+    let safe = targets.clone().mask_fill(counted.clone().bool_not(), 0);
+    let logp = log_softmax(logits.reshape([batch * (seq - 1), vocab]), 1);
+    let picked = logp.gather(1, safe);
+    let weight = counted.float();
+    let n = weight.clone().sum();
+    (picked * weight).sum().neg() / n
+}
+
+/// The Switch-Transformer load-balancing loss OLMoE adds (times `router_aux_loss_coef`) when
+/// router logits are output (transformers: `load_balancing_loss_func`, no attention mask):
+/// `E * Σ_e f_e · P_e`, where `f_e` is the share of (token, slot) choices that picked expert `e`
+/// (top-k of the softmax of the given logits, over every layer's tokens) and `P_e` the mean
+/// router probability of `e`. Only `P_e` carries gradient.
+///
+/// # Shapes
+/// - `router_logits`: `[layers, batch, seq, experts]` → scalar `[1]`
+pub fn load_balancing_loss<B: Backend>(router_logits: Tensor<B, 4>, top_k: usize) -> Tensor<B, 1> {
+    let [layers, batch, seq, experts] = router_logits.dims();
+    let rows = layers * batch * seq;
+    let probs = burn::tensor::activation::softmax(to_f32(router_logits.reshape([rows, experts])), 1);
+    let (_, selected) = probs.clone().detach().topk_with_indices(top_k, 1);
+    let picks = Tensor::<B, 2>::zeros([rows, experts], (&probs.device(), probs.dtype())).scatter(
+        1,
+        selected,
+        Tensor::ones([rows, top_k], (&probs.device(), probs.dtype())),
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    let share = picks.mean_dim(0);
+    let mean_prob = probs.mean_dim(0);
+    (share * mean_prob).sum().mul_scalar(experts as f64)
+}

@@ -1,0 +1,3 @@
+//! Training: the SFT loss and (later) expert-only fine-tuning.
+
+pub mod loss;

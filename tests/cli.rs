@@ -1,0 +1,147 @@
+//! The `steermoe` binary: `forward` against the reference, and bad inputs that must fail with a
+//! one-line error naming the file and the field or tensor, exit code 1.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use safetensors::SafeTensors;
+
+fn steermoe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steermoe")).args(args).output().expect("binary runs")
+}
+
+fn ids_arg(dir: &Path, name: &str) -> String {
+    let r = reference(dir, name);
+    r.i64()
+        .chunks(r.shape[1])
+        .map(|row| row.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor(name).unwrap();
+    let values = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (v.shape().to_vec(), values)
+}
+
+#[test]
+fn forward_writes_reference_logits_and_router_logits() {
+    for (name, dir) in fixtures() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out.safetensors");
+        let o = steermoe(&[
+            "forward", "--model", dir.to_str().unwrap(), "--input-ids", &ids_arg(&dir, "forward.input_ids"),
+            "--out", out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let (shape, logits) = read_f32(&out, "logits");
+        let [b, s, v] = [shape[0], shape[1], shape[2]];
+        let head: Vec<f32> = logits.chunks(v).flat_map(|row| row[..256].to_vec()).collect();
+        assert_eq!(head.len(), b * s * 256);
+        assert_close(&format!("{name} cli logits_head"), &head, &reference(&dir, "forward.logits_head").f32(), 1e-4);
+        let (_, router) = read_f32(&out, "router_logits");
+        assert_close(&format!("{name} cli router_logits"), &router, &reference(&dir, "forward.router_logits").f32(), 1e-5);
+    }
+}
+
+#[test]
+fn forward_applies_a_mask_file() {
+    for (name, dir) in fixtures() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mask = reference(&dir, "masked.expert_mask");
+        let bytes: Vec<u8> = mask.f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, mask.shape.clone(), &bytes).unwrap();
+        let mask_path = tmp.path().join("mask.safetensors");
+        safetensors::serialize_to_file([("mask", view)], None, &mask_path).unwrap();
+        let out = tmp.path().join("out.safetensors");
+        let o = steermoe(&[
+            "forward", "--model", dir.to_str().unwrap(), "--input-ids", &ids_arg(&dir, "masked.input_ids"),
+            "--mask", mask_path.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let (shape, logits) = read_f32(&out, "logits");
+        let head: Vec<f32> = logits.chunks(shape[2]).flat_map(|row| row[..256].to_vec()).collect();
+        assert_close(&format!("{name} cli masked logits_head"), &head, &reference(&dir, "masked.logits_head").f32(), 1e-4);
+    }
+}
+
+/// A copy of a fixture's checkpoint files in a temporary directory.
+fn copy_fixture(dir: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_string();
+        if file.starts_with("model") || file == "config.json" {
+            std::fs::copy(&path, tmp.path().join(&file)).unwrap();
+        }
+    }
+    tmp
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "config has {from}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// Run `forward` on `dir` and return stderr, asserting exit code 1 and a single line.
+fn fails(dir: &Path) -> String {
+    let out = dir.join("out.safetensors");
+    let o = steermoe(&["forward", "--model", dir.to_str().unwrap(), "--input-ids", "1,2,3", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "exit code 1, stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one-line error: {stderr}");
+    assert!(!out.exists(), "nothing written on error");
+    stderr
+}
+
+#[test]
+fn wrong_field_type_names_file_and_field() {
+    let tmp = copy_fixture(&fixture());
+    edit_config(tmp.path(), "\"hidden_size\": 64", "\"hidden_size\": \"64\"");
+    let err = fails(tmp.path());
+    assert!(err.contains("config.json: hidden_size: invalid type"), "{err}");
+}
+
+#[test]
+fn non_olmoe_model_type_is_refused() {
+    let tmp = copy_fixture(&fixture());
+    edit_config(tmp.path(), "\"model_type\": \"olmoe\"", "\"model_type\": \"mixtral\"");
+    let err = fails(tmp.path());
+    assert!(err.contains("config.json: model_type: unsupported model_type \"mixtral\""), "{err}");
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let tmp = copy_fixture(&alt_fixture());
+    std::fs::remove_file(tmp.path().join("model-00002-of-00003.safetensors")).unwrap();
+    let err = fails(tmp.path());
+    assert!(err.contains("model.safetensors.index.json: shard") && err.contains("model-00002-of-00003.safetensors is missing"), "{err}");
+}
+
+#[test]
+fn wrong_tensor_shape_names_tensor_and_both_shapes() {
+    let tmp = copy_fixture(&fixture());
+    edit_config(tmp.path(), "\"intermediate_size\": 32", "\"intermediate_size\": 16");
+    let err = fails(tmp.path());
+    assert!(
+        err.contains("model.safetensors: tensor model.layers.0.mlp.experts.0.gate_proj.weight has shape [32, 64], expected [16, 64]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_model_dir_and_bad_ids_are_errors() {
+    let err = fails(Path::new("/nonexistent/model"));
+    assert!(err.contains("/nonexistent/model: no such model directory"), "{err}");
+    let o = steermoe(&["forward", "--model", fixture().to_str().unwrap(), "--input-ids", "1,2;3", "--out", "/tmp/x.safetensors"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("row 1 has 1 ids, row 0 has 2"));
+}

@@ -1,0 +1,104 @@
+//! Shared test helpers: the test backends and readers for `../shared` fixtures.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use safetensors::{Dtype, SafeTensors};
+
+/// The backend the suite runs on: CPU by default, wgpu or CUDA by feature.
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+pub type TestBackend = burn::backend::NdArray<f32>;
+/// The backend the suite runs on.
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub type TestBackend = burn::backend::Wgpu;
+/// The backend the suite runs on.
+#[cfg(feature = "test-cuda")]
+pub type TestBackend = burn::backend::Cuda;
+/// Autodiff on the test backend.
+pub type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
+
+/// `../shared` relative to the crate root.
+pub fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// The tiny OLMoE fixture.
+pub fn fixture() -> PathBuf {
+    shared().join("fixtures/olmoe-tiny")
+}
+
+/// The `alt` fixture made by `make_fixtures.py --variant alt --seed 0` (transformers 5.17):
+/// grouped-query attention, renormalised top-k, clip_qkv, 3 shards, transformers-5 config.
+pub fn alt_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmoe-alt")
+}
+
+/// Both fixtures, named.
+pub fn fixtures() -> [(&'static str, PathBuf); 2] {
+    [("main", fixture()), ("alt", alt_fixture())]
+}
+
+/// `reference.json` of a fixture directory.
+pub fn reference_json(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json parses")
+}
+
+/// A reference tensor: shape and values as f64 (floats and ints alike).
+pub struct RefTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl RefTensor {
+    pub fn f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+    pub fn i64(&self) -> Vec<i64> {
+        self.values.iter().map(|&v| v as i64).collect()
+    }
+}
+
+/// Read tensor `name` of a fixture directory's `reference.safetensors`.
+pub fn reference(dir: &std::path::Path, name: &str) -> RefTensor {
+    let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("reference parses");
+    let view = st.tensor(name).unwrap_or_else(|_| panic!("reference has no tensor {name}"));
+    let values = match view.dtype() {
+        Dtype::F32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::I64 => view
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("{name}: unexpected dtype {other:?}"),
+    };
+    RefTensor { shape: view.shape().to_vec(), values }
+}
+
+/// Largest absolute difference, with the index where it occurs.
+pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> (f32, usize) {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs())
+        .enumerate()
+        .fold((0.0f32, 0usize), |(m, mi), (i, d)| if d > m || d.is_nan() { (d, i) } else { (m, mi) })
+}
+
+/// Assert `actual` is within `tol` of `expected` everywhere, printing the measured error.
+pub fn assert_close(name: &str, actual: &[f32], expected: &[f32], tol: f32) {
+    let (err, at) = max_abs_diff(actual, expected);
+    eprintln!("{name}: max abs error {err:.3e} (tolerance {tol:.0e})");
+    assert!(
+        err <= tol,
+        "{name}: max abs error {err:e} at index {at}: got {}, expected {}",
+        actual[at],
+        expected[at]
+    );
+}

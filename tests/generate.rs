@@ -1,0 +1,156 @@
+//! Tokenizer, chat template and generation against the fixture: template text and ids equal
+//! transformers', greedy tokens equal `generate`'s, the KV cache equals recomputation, padding
+//! does not change a row's tokens, seeds reproduce, capture equals a plain forward.
+
+mod common;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use steermoe::data::{ChatTokenizer, Message};
+use steermoe::generate::{GenerateOptions, Sampling, generate};
+use steermoe::model::{self, KvCache, Olmoe, OlmoeInput, Precision, Routing};
+
+type B = TestBackend;
+
+fn model() -> Olmoe<B> {
+    model::load::<B>(fixture(), &Default::default(), Precision::F32).unwrap().0
+}
+
+fn messages(v: &serde_json::Value) -> Vec<Message> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn opts(max_new_tokens: usize, sampling: Sampling, capture: bool) -> GenerateOptions {
+    GenerateOptions { max_new_tokens, sampling, stop_ids: vec![], pad_id: 1, capture }
+}
+
+#[test]
+fn chat_template_text_and_ids_equal_transformers() {
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    let reference = reference_json(&fixture());
+    for (key, gen_prompt) in [("chat", true), ("chat_train", false)] {
+        let entry = &reference[key];
+        let msgs = messages(&entry["messages"]);
+        let text = tok.render(&msgs, gen_prompt).unwrap();
+        assert_eq!(text, entry["text"].as_str().unwrap(), "{key} text");
+        assert_eq!(tok.encode(&text).unwrap(), ids_of(&entry["ids"]), "{key} ids");
+    }
+    assert_eq!((tok.eos_id, tok.pad_id), (0, 1));
+}
+
+#[test]
+fn greedy_tokens_equal_transformers_generate() {
+    let greedy = &reference_json(&fixture())["greedy"];
+    let prompt = ids_of(&greedy["prompt_ids"]);
+    let out = generate(&model(), &[prompt], &opts(16, Sampling::Greedy, false), &Routing::free(), &Default::default(), |_| {});
+    assert_eq!(out[0].new_ids, ids_of(&greedy["new_ids"]));
+}
+
+#[test]
+fn kv_cache_decoding_equals_recomputation() {
+    let model = model();
+    let device = Default::default();
+    let seq: Vec<i64> = ids_of(&reference_json(&fixture())["chat_train"]["ids"]).iter().map(|&t| t as i64).collect();
+    let n = seq.len();
+    let full = model.forward(
+        OlmoeInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(seq.clone(), [1, n]), &device)),
+        &Routing::free(),
+    );
+    let mut cache = KvCache::new(model.num_layers());
+    let split = n - 6;
+    let mut got = vec![model
+        .forward_cached(
+            OlmoeInput::ids(Tensor::from_data(TensorData::new(seq[..split].to_vec(), [1, split]), &device)),
+            &mut cache,
+            &Routing::free(),
+        )
+        .logits];
+    for t in split..n {
+        got.push(
+            model
+                .forward_cached(
+                    OlmoeInput::ids(Tensor::from_data(TensorData::new(vec![seq[t]], [1, 1]), &device)),
+                    &mut cache,
+                    &Routing::free(),
+                )
+                .logits,
+        );
+    }
+    let cached: Vec<f32> = Tensor::cat(got, 1).into_data().iter::<f32>().collect();
+    let full: Vec<f32> = full.logits.into_data().iter::<f32>().collect();
+    assert_close("kv-cache logits", &cached, &full, 1e-4);
+}
+
+#[test]
+fn left_padded_batch_gives_each_row_its_own_tokens() {
+    let model = model();
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]
+        .iter()
+        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
+        .collect();
+    let o = opts(10, Sampling::Greedy, false);
+    let batch = generate(&model, &prompts, &o, &Routing::free(), &Default::default(), |_| {});
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(&model, std::slice::from_ref(p), &o, &Routing::free(), &Default::default(), |_| {});
+        assert_eq!(batch[i].new_ids, alone[0].new_ids, "row {i}");
+        assert_eq!(batch[i].prompt_ids, *p);
+    }
+}
+
+#[test]
+fn same_seed_same_sampled_tokens() {
+    let model = model();
+    let prompt = ids_of(&reference_json(&fixture())["chat"]["ids"]);
+    let run = |seed| {
+        let o = opts(12, Sampling::Sample { temperature: 1.0, top_p: 0.95, seed }, false);
+        generate(&model, &[prompt.clone(), prompt.clone()], &o, &Routing::free(), &Default::default(), |_| {})
+    };
+    let (a, b, c) = (run(5), run(5), run(6));
+    assert_eq!(a[0].new_ids, b[0].new_ids);
+    assert_eq!(a[1].new_ids, b[1].new_ids);
+    assert_ne!((&a[0].new_ids, &a[1].new_ids), (&c[0].new_ids, &c[1].new_ids), "another seed, other tokens");
+}
+
+#[test]
+fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
+    let model = model();
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    let device = Default::default();
+    let prompts: Vec<Vec<u32>> = ["Tell me a joke.", "Hello there, how are you today?"]
+        .iter()
+        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
+        .collect();
+    let gens = generate(&model, &prompts, &opts(7, Sampling::Greedy, true), &Routing::free(), &device, |_| {});
+    for g in &gens {
+        let all: Vec<i64> = g.prompt_ids.iter().chain(&g.new_ids).map(|&t| t as i64).collect();
+        let n = all.len();
+        let out = model.forward(
+            OlmoeInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(all, [1, n]), &device)),
+            &Routing::capturing(),
+        );
+        let rl = out.router_logits.unwrap(); // [layers, 1, n, experts]
+        let [layers, _, _, experts] = rl.dims();
+        let plain: Vec<f32> = rl.into_data().iter::<f32>().collect();
+        let (p, t) = (g.prompt_ids.len(), g.new_ids.len());
+        let pr = g.prompt_routing.as_ref().unwrap();
+        let gr = g.gen_routing.as_ref().unwrap();
+        assert_eq!((pr.layers, pr.tokens, pr.experts), (layers, p, experts));
+        assert_eq!((gr.layers, gr.tokens, gr.experts), (layers, t, experts));
+        let mut expected_prompt = Vec::new();
+        let mut expected_gen = Vec::new();
+        for l in 0..layers {
+            let row = &plain[l * n * experts..(l + 1) * n * experts];
+            expected_prompt.extend_from_slice(&row[..p * experts]);
+            expected_gen.extend_from_slice(&row[p * experts..]);
+        }
+        // Stored as f16: 2^-11 relative, plus the f32 difference of two computations.
+        let tol = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs())) * 1e-3 + 1e-4;
+        assert_close("prompt routing", &pr.to_f32(), &expected_prompt, tol(&expected_prompt));
+        assert_close("generation routing", &gr.to_f32(), &expected_gen, tol(&expected_gen));
+    }
+}
