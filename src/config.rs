@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::risk::TokenScope;
 use crate::backend::BackendKind;
 use crate::data::attack::FieldMap;
 use crate::generate::Sampling;
@@ -60,6 +61,8 @@ pub struct Config {
     pub data: DataConfig,
     /// Generation with routing capture.
     pub collect: CollectConfig,
+    /// Risk difference and unsafe experts.
+    pub analysis: AnalysisConfig,
     /// The refusal judge.
     pub judge: PhraseJudge,
 }
@@ -71,6 +74,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             data: DataConfig::default(),
             collect: CollectConfig::default(),
+            analysis: AnalysisConfig::default(),
             judge: PhraseJudge::default(),
         }
     }
@@ -160,6 +164,40 @@ impl Default for CollectConfig {
     }
 }
 
+/// `[analysis]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Which tokens count: `prompt`, `generation`, `generation_first_n`, `all`.
+    pub token_scope: TokenScope,
+    /// Generated tokens counted by `generation_first_n`.
+    pub first_n: usize,
+    /// A batch's unsafe experts have `risk_diff` above this.
+    pub batch_threshold: f64,
+    /// Global unsafe experts have aggregated `risk_diff` above this.
+    pub global_threshold: f64,
+    /// Unsafe experts kept per batch and globally.
+    pub top_k: usize,
+    /// Ablation: draw `top_k` random experts per batch instead.
+    pub random_experts: bool,
+    /// Base seed of the ablation (batch `b` uses `random_seed + b`).
+    pub random_seed: u64,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        Self {
+            token_scope: TokenScope::Generation,
+            first_n: 16,
+            batch_threshold: 0.0,
+            global_threshold: 0.05,
+            top_k: 50,
+            random_experts: false,
+            random_seed: 42,
+        }
+    }
+}
+
 impl Config {
     /// Read a TOML file, apply `overrides` (`table.key=value`, the value in TOML syntax or a bare
     /// string), and validate. Relative paths stay relative to the working directory.
@@ -219,6 +257,12 @@ impl Config {
             if !(top_p > 0.0 && top_p <= 1.0) {
                 return Err(bad("collect.sampling.top_p", format!("must be in (0, 1], got {top_p}")));
             }
+        }
+        if self.analysis.top_k == 0 {
+            return Err(bad("analysis.top_k", "must be at least 1".into()));
+        }
+        if self.analysis.token_scope == TokenScope::GenerationFirstN && self.analysis.first_n == 0 {
+            return Err(bad("analysis.first_n", "must be at least 1 with token_scope = \"generation_first_n\"".into()));
         }
         if !self.model.dir.is_dir() {
             return Err(bad("model.dir", format!("{}: no such directory", self.model.dir.display())));

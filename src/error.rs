@@ -15,6 +15,9 @@ pub enum Error {
     /// The collect stage.
     #[error(transparent)]
     Collect(#[from] crate::collect::CollectError),
+    /// The analyze stage.
+    #[error(transparent)]
+    Analysis(#[from] crate::analysis::AnalysisError),
     /// `forward`.
     #[error(transparent)]
     Inspect(#[from] crate::inspect::InspectError),

@@ -2,53 +2,58 @@
 //!
 //! For each token and layer the k experts with the largest router probability are *activated*
 //! (softmax is monotonic, so the largest logits). Ties are broken towards the lower expert
-//! index, as a stable descending sort would.
+//! index, as a stable descending sort would: with `[1, 2, 2, 0]` and k = 1, expert 1 is chosen.
 
 use half::f16;
 
 use crate::generate::RouterLogits;
 
-/// Add 1 to `acc[layer * experts + e]` for every activated (token, layer, expert) of `rl`.
-pub fn count_top_k(rl: &RouterLogits, k: usize, acc: &mut [f32]) {
-    let e = rl.experts;
-    for l in 0..rl.layers {
-        let rows = &rl.values[l * rl.tokens * e..(l + 1) * rl.tokens * e];
-        let out = &mut acc[l * e..(l + 1) * e];
-        for row in rows.chunks_exact(e) {
-            for idx in top_k_indices(row, k) {
-                out[idx] += 1.0;
+/// Counts top-k activations with a reusable k-slot buffer (no allocation per row).
+#[derive(Debug, Clone)]
+pub struct TopKCounter {
+    slots: Vec<(f32, usize)>,
+}
+
+impl TopKCounter {
+    /// A counter for `k` experts per token.
+    pub fn new(k: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(k),
+        }
+    }
+
+    /// The top-k `(value, index)` of `row`, best first.
+    pub fn select(&mut self, row: &[f16]) -> &[(f32, usize)] {
+        let k = self.slots.capacity().min(row.len());
+        self.slots.clear();
+        for (i, v) in row.iter().enumerate() {
+            let v = v.to_f32();
+            if self.slots.len() == k {
+                // Strictly greater to displace: an equal value with a higher index loses.
+                if v <= self.slots[k - 1].0 {
+                    continue;
+                }
+                self.slots.pop();
+            }
+            let at = self.slots.partition_point(|s| s.0 >= v);
+            self.slots.insert(at, (v, i));
+        }
+        &self.slots
+    }
+
+    /// Add 1 to `acc[layer * experts + e]` for every activated (token, layer, expert) among the
+    /// first `tokens` tokens of `rl`.
+    pub fn count(&mut self, rl: &RouterLogits, tokens: usize, acc: &mut [u64]) {
+        let e = rl.experts;
+        for l in 0..rl.layers {
+            let start = l * rl.tokens * e;
+            for row in rl.values[start..start + tokens * e].chunks_exact(e) {
+                for &(_, idx) in self.select(row) {
+                    acc[l * e + idx] += 1;
+                }
             }
         }
     }
-}
-
-/// Indices of the `k` largest values of `row`, lower index first among equals.
-pub fn top_k_indices(row: &[f16], k: usize) -> impl Iterator<Item = usize> {
-    // Insertion into a k-slot buffer sorted by (value desc, index asc); most values are
-    // rejected by one comparison with the current k-th.
-    let mut best: [(f32, usize); 64] = [(f32::NEG_INFINITY, usize::MAX); 64];
-    let k = k.min(row.len());
-    let mut buf: Vec<(f32, usize)> = Vec::new();
-    let slots: &mut [(f32, usize)] = if k <= 64 {
-        &mut best[..k]
-    } else {
-        buf.resize(k, (f32::NEG_INFINITY, usize::MAX));
-        &mut buf
-    };
-    for (i, v) in row.iter().enumerate() {
-        let v = v.to_f32();
-        if v <= slots[k - 1].0 && slots[k - 1].1 != usize::MAX {
-            continue;
-        }
-        let mut j = k - 1;
-        while j > 0 && (v > slots[j - 1].0 || slots[j - 1].1 == usize::MAX) {
-            slots[j] = slots[j - 1];
-            j -= 1;
-        }
-        slots[j] = (v, i);
-    }
-    let picked: Vec<usize> = slots.iter().map(|s| s.1).collect();
-    picked.into_iter()
 }
 
 #[cfg(test)]
@@ -61,11 +66,25 @@ mod tests {
 
     #[test]
     fn picks_largest_and_breaks_ties_to_the_lower_index() {
-        let got: Vec<usize> = top_k_indices(&h(&[0.5, 2.0, -1.0, 2.0, 1.0]), 2).collect();
-        assert_eq!(got, vec![1, 3]);
-        let got: Vec<usize> = top_k_indices(&h(&[1.0, 1.0, 1.0, 1.0]), 3).collect();
-        assert_eq!(got, vec![0, 1, 2]);
-        let got: Vec<usize> = top_k_indices(&h(&[-5.0, -3.0, -4.0]), 1).collect();
-        assert_eq!(got, vec![1]);
+        let idx = |c: &mut TopKCounter, v: &[f32]| c.select(&h(v)).iter().map(|s| s.1).collect::<Vec<_>>();
+        assert_eq!(idx(&mut TopKCounter::new(2), &[0.5, 2.0, -1.0, 2.0, 1.0]), vec![1, 3]);
+        assert_eq!(idx(&mut TopKCounter::new(3), &[1.0, 1.0, 1.0, 1.0]), vec![0, 1, 2]);
+        let mut c = TopKCounter::new(1);
+        assert_eq!(idx(&mut c, &[-5.0, -3.0, -4.0]), vec![1]);
+        assert_eq!(idx(&mut c, &[1.0, 2.0, 2.0, 0.0]), vec![1]);
+    }
+
+    #[test]
+    fn counts_every_layer_of_the_first_tokens() {
+        // 2 layers, 3 tokens, 3 experts, k = 1; count only the first 2 tokens.
+        let rl = RouterLogits {
+            layers: 2,
+            tokens: 3,
+            experts: 3,
+            values: h(&[1., 0., 0., 0., 1., 0., 0., 0., 9., /* layer 1 */ 0., 0., 1., 0., 0., 1., 5., 0., 0.]),
+        };
+        let mut acc = vec![0u64; 6];
+        TopKCounter::new(1).count(&rl, 2, &mut acc);
+        assert_eq!(acc, vec![1, 1, 0, 0, 0, 2]);
     }
 }

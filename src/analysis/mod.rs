@@ -1,6 +1,11 @@
 //! Analysis: risk difference per batch, unsafe experts and per-batch expert masks.
 
 pub mod counts;
+pub mod heatmap;
+pub mod risk;
 pub mod routing_file;
+pub mod select;
+pub mod stage;
 
-pub use counts::{count_top_k, top_k_indices};
+pub use counts::TopKCounter;
+pub use stage::{AnalysisError, AnalysisSummary, analyze};

@@ -1,5 +1,6 @@
 //! clap types and one function per subcommand; the backend is picked here and nowhere else.
 
+mod analyze;
 mod collect;
 mod forward;
 mod generate;
@@ -26,6 +27,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Generate answers to mixed safe/unsafe batches with routing capture into a run directory.
     Collect(collect::CollectArgs),
+    /// Risk difference per batch, unsafe experts and expert masks of a collect run.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 /// The experiment config file, its overrides and the run directory.
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Collect(args) => collect::run(args),
+        Command::Analyze(args) => analyze::run(args),
     }
 }

@@ -63,6 +63,8 @@ pub struct SampleRecord {
     pub goal: String,
     /// Dataset record index.
     pub record: usize,
+    /// The conversation that was answered.
+    pub messages: Vec<crate::data::Message>,
     /// Chat-templated prompt ids (after truncation).
     pub prompt_ids: Vec<u32>,
     /// Generated ids.
@@ -210,6 +212,7 @@ pub fn collect<B: Backend>(
                 label: s.label,
                 goal: s.goal.clone(),
                 record: s.record,
+                messages: s.messages.clone(),
                 prompt_ids: g.prompt_ids.clone(),
                 new_ids: g.new_ids.clone(),
                 refused: judge.refuses(&prompt_text, &response)?,
@@ -260,16 +263,17 @@ fn apply_quality_filter(records: &mut [SampleRecord]) {
 /// Top-k activation share per (layer, expert) of generated tokens, for safe and unsafe samples.
 fn activation_by_label(records: &[SampleRecord], gens: &[crate::generate::Generation], top_k: usize) -> (Vec<f32>, Vec<f32>) {
     let mut acc = [(Vec::new(), 0usize), (Vec::new(), 0usize)];
+    let mut counter = crate::analysis::TopKCounter::new(top_k);
     for (r, g) in records.iter().zip(gens) {
         let Some(rl) = g.gen_routing.as_ref().filter(|_| r.kept) else { continue };
         let slot = &mut acc[(r.label == Label::Unsafe) as usize];
         if slot.0.is_empty() {
-            slot.0 = vec![0f32; rl.layers * rl.experts];
+            slot.0 = vec![0u64; rl.layers * rl.experts];
         }
-        crate::analysis::count_top_k(rl, top_k, &mut slot.0);
+        counter.count(rl, rl.tokens, &mut slot.0);
         slot.1 += rl.tokens;
     }
-    let norm = |(v, n): (Vec<f32>, usize)| v.into_iter().map(|c| c / n.max(1) as f32).collect();
+    let norm = |(v, n): (Vec<u64>, usize)| v.into_iter().map(|c| c as f32 / n.max(1) as f32).collect();
     let [safe, unsafe_] = acc;
     (norm(safe), norm(unsafe_))
 }

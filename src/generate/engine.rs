@@ -98,7 +98,7 @@ pub fn generate<B: Backend>(
         positions: Some(Tensor::from_data(TensorData::new(positions, [batch, width]), device)),
     };
     let mut cache = KvCache::new(model.num_layers());
-    let out = model.forward_cached(input, &mut cache, &routing);
+    let out = model.forward_cached_last(input, &mut cache, &routing);
     let prompt_caps = out.router_logits;
     let mut last = last_logits(out.logits);
 
@@ -138,7 +138,7 @@ pub fn generate<B: Backend>(
             positions: Some(Tensor::from_data(TensorData::new(next_pos.clone(), [batch, 1]), device)),
         };
         next_pos.iter_mut().for_each(|p| *p += 1);
-        let out = model.forward_cached(input, &mut cache, &routing);
+        let out = model.forward_cached_last(input, &mut cache, &routing);
         if let Some(caps) = out.router_logits {
             gen_caps.push(caps);
         }

@@ -342,7 +342,7 @@ impl<B: Backend> OlmoeInput<B> {
 /// Outputs of one forward pass.
 #[derive(Debug, Clone)]
 pub struct OlmoeOutput<B: Backend> {
-    /// `[batch, seq, vocab]`.
+    /// `[batch, seq, vocab]` (`[batch, 1, vocab]` from `forward_cached_last`).
     pub logits: Tensor<B, 3>,
     /// `[batch, seq, hidden]`, after the final norm.
     pub hidden: Tensor<B, 3>,
@@ -372,15 +372,21 @@ impl<B: Backend> Olmoe<B> {
 
     /// A full forward pass with no cache.
     pub fn forward(&self, input: OlmoeInput<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        self.run(input, None, routing)
+        self.run(input, None, routing, false)
     }
 
     /// A forward pass that reads and extends `cache` (prefill, then one token at a time).
     pub fn forward_cached(&self, input: OlmoeInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        self.run(input, Some(cache), routing)
+        self.run(input, Some(cache), routing, false)
     }
 
-    fn run(&self, input: OlmoeInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>) -> OlmoeOutput<B> {
+    /// [`Olmoe::forward_cached`] computing logits for the last position only (`[batch, 1,
+    /// vocab]`): what decoding needs, without the LM head over a whole prompt.
+    pub fn forward_cached_last(&self, input: OlmoeInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
+        self.run(input, Some(cache), routing, true)
+    }
+
+    fn run(&self, input: OlmoeInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>, last_only: bool) -> OlmoeOutput<B> {
         let [batch, seq] = input.input_ids.dims();
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -408,7 +414,12 @@ impl<B: Backend> Olmoe<B> {
             }
         }
         let hidden = self.model.norm.forward(x);
-        let logits = self.lm_head.forward(hidden.clone());
+        let logits = if last_only {
+            let [_, _, width] = hidden.dims();
+            self.lm_head.forward(hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
+        } else {
+            self.lm_head.forward(hidden.clone())
+        };
         OlmoeOutput {
             logits,
             hidden,

@@ -17,9 +17,11 @@ pub type TestBackend = burn::backend::Cuda;
 /// Autodiff on the test backend.
 pub type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
 
-/// `../shared` relative to the crate root.
+/// The project's `shared/` folder: `$STEERMOE_SHARED`, else `../shared` beside the crate root.
 pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+    std::env::var_os("STEERMOE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
 }
 
 /// The tiny OLMoE fixture.
@@ -30,7 +32,9 @@ pub fn fixture() -> PathBuf {
 /// The `alt` fixture made by `make_fixtures.py --variant alt --seed 0` (transformers 5.17):
 /// grouped-query attention, renormalised top-k, clip_qkv, 3 shards, transformers-5 config.
 pub fn alt_fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmoe-alt")
+    std::env::var_os("STEERMOE_ALT_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmoe-alt"))
 }
 
 /// Both fixtures, named.

@@ -1,0 +1,296 @@
+//! The `analyze` stage: read a collect run directory, compute per-batch and aggregated risk
+//! differences, pick unsafe experts and write every artifact back into the run directory:
+//! `risk_diff.csv`, `risk_diff_aggregated.csv`, `unsafe_experts.json`,
+//! `expert_masks.safetensors` and `risk_diff_heatmap.png`. Same inputs, same bytes.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype;
+use serde::Serialize;
+
+use super::heatmap;
+use super::risk::{RiskRow, SampleRouting, aggregate, by_risk, count_batch, risk_table};
+use super::routing_file;
+use super::select::{ExpertId, SelectionParams, mask, random_experts, union, unsafe_experts};
+use crate::collect::{RoutingIndex, read_batch_records};
+use crate::config::AnalysisConfig;
+use crate::data::batch::Label;
+use crate::model::LoadError;
+use crate::model::checkpoint::write_atomic;
+
+/// What can go wrong analysing.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// A collect artifact is missing or malformed.
+    #[error("{}: {reason}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No batch has both safe and unsafe samples.
+    #[error("{}: no batch has both safe and unsafe samples with routing", run_dir.display())]
+    Empty {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// Writing outputs.
+    #[error(transparent)]
+    Write(#[from] LoadError),
+}
+
+/// `unsafe_experts.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnsafeExperts {
+    /// Batch index of each entry of `per_batch`.
+    pub batch_idx: Vec<usize>,
+    /// Each analysed batch's unsafe experts, riskiest first.
+    pub per_batch: Vec<Vec<ExpertId>>,
+    /// Unsafe experts of the aggregate, riskiest first.
+    pub global: Vec<ExpertId>,
+    /// Union of the per-batch sets, in (layer, expert) order.
+    pub union: Vec<ExpertId>,
+    /// The settings used.
+    pub params: SelectionParams,
+}
+
+/// What the terminal summary shows.
+#[derive(Debug, Clone)]
+pub struct AnalysisSummary {
+    /// Aggregated rows, riskiest first.
+    pub top: Vec<RiskRow>,
+    /// Unsafe experts and masks.
+    pub experts: UnsafeExperts,
+    /// Batches without both labels, skipped.
+    pub skipped: Vec<usize>,
+    /// Tokens counted in all.
+    pub tokens: u64,
+    /// Layers and experts.
+    pub shape: [usize; 2],
+}
+
+impl AnalysisSummary {
+    /// (min, max, mean) of the per-batch unsafe-expert counts.
+    pub fn per_batch_counts(&self) -> (usize, usize, f64) {
+        let n: Vec<usize> = self.experts.per_batch.iter().map(Vec::len).collect();
+        let mean = n.iter().sum::<usize>() as f64 / n.len().max(1) as f64;
+        (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0), mean)
+    }
+
+    /// Mean Jaccard overlap of the per-batch sets over all pairs of batches, and the number of
+    /// experts in every batch's set.
+    pub fn overlap(&self) -> (f64, usize) {
+        let sets: Vec<std::collections::BTreeSet<ExpertId>> =
+            self.experts.per_batch.iter().map(|s| s.iter().copied().collect()).collect();
+        let mut total = 0.0;
+        let mut pairs = 0;
+        for i in 0..sets.len() {
+            for j in i + 1..sets.len() {
+                let inter = sets[i].intersection(&sets[j]).count() as f64;
+                let uni = sets[i].union(&sets[j]).count() as f64;
+                total += if uni > 0.0 { inter / uni } else { 1.0 };
+                pairs += 1;
+            }
+        }
+        let common = sets
+            .split_first()
+            .map(|(first, rest)| first.iter().filter(|x| rest.iter().all(|s| s.contains(*x))).count())
+            .unwrap_or(0);
+        (if pairs > 0 { total / pairs as f64 } else { 1.0 }, common)
+    }
+}
+
+/// Files `analyze` writes.
+pub const OUTPUTS: [&str; 5] = [
+    "risk_diff.csv",
+    "risk_diff_aggregated.csv",
+    "unsafe_experts.json",
+    "expert_masks.safetensors",
+    "risk_diff_heatmap.png",
+];
+
+/// Read the kept samples' routing of every batch in the index.
+fn read_batches(run_dir: &Path, index: &RoutingIndex) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
+    let mut out = Vec::new();
+    for b in &index.batches {
+        let path = run_dir.join(&b.file);
+        let input = |reason: String| AnalysisError::Input { path: path.clone(), reason };
+        let mut tensors = routing_file::read(&path).map_err(input)?;
+        let records = read_batch_records(run_dir, b.batch_idx).map_err(|e| AnalysisError::Input {
+            path: run_dir.join(crate::collect::batch_file(b.batch_idx, "json")),
+            reason: e.to_string(),
+        })?;
+        let mut samples = Vec::new();
+        for r in records.iter().filter(|r| r.kept) {
+            let mut take = |kind: &str| {
+                tensors
+                    .remove(&format!("{kind}.{}", r.in_batch_idx))
+                    .ok_or_else(|| input(format!("no tensor {kind}.{}", r.in_batch_idx)))
+            };
+            let (prompt, generation) = (take("prompt")?, take("gen")?);
+            for t in [&prompt, &generation] {
+                if [t.layers, t.experts] != [index.layers, index.experts] {
+                    return Err(input(format!(
+                        "sample {}: routing of {} layers x {} experts, index says {} x {}",
+                        r.in_batch_idx, t.layers, t.experts, index.layers, index.experts
+                    )));
+                }
+            }
+            samples.push(SampleRouting {
+                is_unsafe: r.label == Label::Unsafe,
+                prompt,
+                generation,
+            });
+        }
+        out.push((b.batch_idx, samples));
+    }
+    Ok(out)
+}
+
+/// Analyse the collect run in `run_dir` and write the artifacts there.
+pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig) -> Result<AnalysisSummary, AnalysisError> {
+    let index_path = run_dir.join("routing/index.json");
+    let index: RoutingIndex = std::fs::read_to_string(&index_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .map_err(|reason| AnalysisError::Input { path: index_path.clone(), reason })?;
+    let (layers, experts) = (index.layers, index.experts);
+    let batches = read_batches(run_dir, &index)?;
+
+    // Count batches in parallel; integer counts merge exactly, so the result is deterministic.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = batches.len().div_ceil(threads).max(1);
+    let counted: Vec<(usize, super::risk::Counts, super::risk::Counts)> = std::thread::scope(|s| {
+        let handles: Vec<_> = batches
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(b, samples)| {
+                            let (safe, uns) = count_batch(samples, cfg.token_scope, cfg.first_n, layers, experts, index.top_k);
+                            (*b, safe, uns)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("counting thread")).collect()
+    });
+    let mut skipped = Vec::new();
+    let mut tables: Vec<(usize, Vec<RiskRow>)> = Vec::new();
+    let mut tokens = 0;
+    for (b, safe, uns) in counted {
+        if safe.tokens == 0 || uns.tokens == 0 {
+            skipped.push(b);
+            continue;
+        }
+        tokens += safe.tokens + uns.tokens;
+        tables.push((b, risk_table(&safe, &uns, experts)));
+    }
+    if tables.is_empty() {
+        return Err(AnalysisError::Empty { run_dir: run_dir.to_path_buf() });
+    }
+    let agg = aggregate(&tables.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
+
+    let per_batch: Vec<Vec<ExpertId>> = tables
+        .iter()
+        .map(|(b, t)| {
+            if cfg.random_experts {
+                random_experts(layers, experts, cfg.top_k, cfg.random_seed + *b as u64)
+            } else {
+                unsafe_experts(t, cfg.batch_threshold, cfg.top_k)
+            }
+        })
+        .collect();
+    let global = unsafe_experts(&agg, cfg.global_threshold, cfg.top_k);
+    let result = UnsafeExperts {
+        batch_idx: tables.iter().map(|(b, _)| *b).collect(),
+        union: union(&per_batch),
+        per_batch,
+        global,
+        params: SelectionParams {
+            batch_threshold: cfg.batch_threshold,
+            global_threshold: cfg.global_threshold,
+            top_k: cfg.top_k,
+            token_scope: match cfg.token_scope {
+                super::risk::TokenScope::GenerationFirstN => format!("generation_first_n({})", cfg.first_n),
+                other => other.to_string(),
+            },
+            random_experts: cfg.random_experts,
+            random_seed: cfg.random_seed,
+        },
+    };
+
+    write_outputs(run_dir, &tables, &agg, &result, layers, experts)?;
+    let order = by_risk(&agg);
+    Ok(AnalysisSummary {
+        top: order.iter().map(|&i| agg[i].clone()).collect(),
+        experts: result,
+        skipped,
+        tokens,
+        shape: [layers, experts],
+    })
+}
+
+fn csv_row(out: &mut String, prefix: Option<usize>, r: &RiskRow, abs: bool) {
+    if let Some(b) = prefix {
+        let _ = write!(out, "{b},");
+    }
+    let _ = write!(
+        out,
+        "{},{},{},{},{},{},{},{},{}",
+        r.layer, r.expert, r.a_safe, r.d_safe, r.a_unsafe, r.d_unsafe, r.a_safe_n, r.a_unsafe_n, r.risk_diff
+    );
+    if abs {
+        let _ = write!(out, ",{}", r.risk_diff.abs());
+    }
+    out.push('\n');
+}
+
+fn write_outputs(run_dir: &Path, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRow], result: &UnsafeExperts, layers: usize, experts: usize) -> Result<(), AnalysisError> {
+    const COLS: &str = "layer,expert,a_safe,d_safe,a_unsafe,d_unsafe,a_safe_n,a_unsafe_n,risk_diff";
+    let mut per = format!("batch_idx,{COLS}\n");
+    for (b, t) in tables {
+        for i in by_risk(t) {
+            csv_row(&mut per, Some(*b), &t[i], false);
+        }
+    }
+    write_atomic(&run_dir.join("risk_diff.csv"), per.as_bytes())?;
+    let mut aggregated = format!("{COLS},risk_diff_abs\n");
+    for i in by_risk(agg) {
+        csv_row(&mut aggregated, None, &agg[i], true);
+    }
+    write_atomic(&run_dir.join("risk_diff_aggregated.csv"), aggregated.as_bytes())?;
+    let json = serde_json::to_string_pretty(result).expect("experts serialise");
+    write_atomic(&run_dir.join("unsafe_experts.json"), json.as_bytes())?;
+
+    // Masks: per-batch stack, global, union (f32, 1 = unsafe expert), and the batch indices.
+    let stack: Vec<f32> = result.per_batch.iter().flat_map(|ids| mask(ids, layers, experts)).collect();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let entries: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("per_batch", Dtype::F32, vec![result.per_batch.len(), layers, experts], f32_bytes(&stack)),
+        ("global", Dtype::F32, vec![layers, experts], f32_bytes(&mask(&result.global, layers, experts))),
+        ("union", Dtype::F32, vec![layers, experts], f32_bytes(&mask(&result.union, layers, experts))),
+        (
+            "batch_idx",
+            Dtype::I64,
+            vec![result.batch_idx.len()],
+            result.batch_idx.iter().flat_map(|&b| (b as i64).to_le_bytes()).collect(),
+        ),
+    ];
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
+        .iter()
+        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("sizes match")))
+        .collect();
+    let path = run_dir.join("expert_masks.safetensors");
+    let bytes = safetensors::serialize(views, Some(HashMap::new()))
+        .map_err(|e| AnalysisError::Input { path: path.clone(), reason: e.to_string() })?;
+    write_atomic(&path, &bytes)?;
+
+    let grid: Vec<f64> = agg.iter().map(|r| r.risk_diff).collect();
+    write_atomic(&run_dir.join("risk_diff_heatmap.png"), &heatmap::png(&grid, layers, experts))?;
+    Ok(())
+}

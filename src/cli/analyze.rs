@@ -1,0 +1,60 @@
+//! `steermoe analyze`.
+
+use std::path::PathBuf;
+
+use steermoe::analysis::{AnalysisSummary, analyze};
+use steermoe::config::{AnalysisConfig, Config};
+
+/// Arguments of `steermoe analyze`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// Run directory written by `collect`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Experiment config for the `[analysis]` table (default: the run's `config.toml`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set analysis.top_k=20` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Rows of the top-experts table.
+    #[arg(long, default_value_t = 10)]
+    show: usize,
+}
+
+/// Run `steermoe analyze`.
+pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let cfg_path = args.config.clone().unwrap_or_else(|| args.run.join("config.toml"));
+    let cfg: AnalysisConfig = if cfg_path.is_file() {
+        Config::load(&cfg_path, &args.overrides)?.analysis
+    } else {
+        anyhow::ensure!(args.overrides.is_empty(), "--set needs a config; {} does not exist", cfg_path.display());
+        AnalysisConfig::default()
+    };
+    let summary = analyze(&args.run, &cfg)?;
+    print_summary(&summary, args.show);
+    println!("wrote {} in {}", steermoe::analysis::stage::OUTPUTS.join(", "), args.run.display());
+    Ok(())
+}
+
+/// The terminal summary: top experts, per-batch counts, overlap.
+pub fn print_summary(s: &AnalysisSummary, show: usize) {
+    let [layers, experts] = s.shape;
+    println!(
+        "analysed {} batches ({} tokens, {layers} layers x {experts} experts, scope {})",
+        s.experts.batch_idx.len(),
+        s.tokens,
+        s.experts.params.token_scope
+    );
+    if !s.skipped.is_empty() {
+        println!("skipped batches without both safe and unsafe samples: {:?}", s.skipped);
+    }
+    println!("{:>5} {:>6} {:>10} {:>10} {:>10}", "layer", "expert", "risk_diff", "a_unsafe_n", "a_safe_n");
+    for r in s.top.iter().take(show) {
+        println!("{:>5} {:>6} {:>+10.4} {:>10.4} {:>10.4}", r.layer, r.expert, r.risk_diff, r.a_unsafe_n, r.a_safe_n);
+    }
+    let (min, max, mean) = s.per_batch_counts();
+    let (jaccard, common) = s.overlap();
+    println!("unsafe experts per batch: min {min}, max {max}, mean {mean:.1}; union {}, global {}", s.experts.union.len(), s.experts.global.len());
+    println!("overlap between batches: mean Jaccard {jaccard:.3}, {common} experts in every batch");
+}
