@@ -63,6 +63,8 @@ pub struct Config {
     pub collect: CollectConfig,
     /// Risk difference and unsafe experts.
     pub analysis: AnalysisConfig,
+    /// Expert-only fine-tuning.
+    pub train: TrainConfig,
     /// The refusal judge.
     pub judge: PhraseJudge,
 }
@@ -75,6 +77,7 @@ impl Default for Config {
             data: DataConfig::default(),
             collect: CollectConfig::default(),
             analysis: AnalysisConfig::default(),
+            train: TrainConfig::default(),
             judge: PhraseJudge::default(),
         }
     }
@@ -198,6 +201,136 @@ impl Default for AnalysisConfig {
     }
 }
 
+/// Which tokens the SFT loss counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// The assistant turn only (prompt labels are -100).
+    Assistant,
+    /// Every token (the seeds' choice).
+    All,
+}
+
+/// Which samples of a batch are restricted to the batch's unsafe experts while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskScope {
+    /// Unsafe samples only; safe samples route freely.
+    UnsafeSamples,
+    /// Every sample.
+    All,
+    /// No mask (the seeds' trainer in effect).
+    None,
+}
+
+/// Which expert set a batch trains and masks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertSet {
+    /// The batch's own unsafe experts.
+    PerBatch,
+    /// The global unsafe experts, for every batch.
+    Global,
+    /// `analysis.top_k` random experts per batch (seed `analysis.random_seed + batch_idx`).
+    Random,
+}
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trainable {
+    /// Gate/up/down weights of the union of the unsafe experts.
+    #[serde(rename = "unsafe_experts")]
+    UnsafeExperts,
+    /// The routers only (the seeds' ablation).
+    #[serde(rename = "routers")]
+    Routers,
+    /// Both.
+    #[serde(rename = "unsafe_experts+routers")]
+    UnsafeExpertsAndRouters,
+}
+
+/// Direction of the router-consistency KL between mean router distributions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// No consistency loss.
+    Off,
+    /// KL(unsafe ‖ safe): pull the jailbreak routing towards the plain one.
+    Forward,
+    /// KL(safe ‖ unsafe).
+    Reverse,
+    /// The mean of both.
+    Symmetric,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Safe samples answer with the model's own generation, cut to this many characters.
+    pub answer_chars: usize,
+    /// Refusal targets of unsafe samples (sample `i` of batch `b` takes entry `(b + i) % len`).
+    pub refusals: Vec<String>,
+    /// Which tokens the loss counts.
+    pub loss_on: LossOn,
+    /// Longest example in tokens; longer ones keep their tail.
+    pub max_len: usize,
+    /// Shuffle the order of batches each epoch (seeded by `seed + epoch`).
+    pub shuffle_batches: bool,
+    /// Which samples the routing mask restricts.
+    pub mask_scope: MaskScope,
+    /// Which expert set trains and masks.
+    pub expert_set: ExpertSet,
+    /// Which parameters train.
+    pub trainable: Trainable,
+    /// Router-consistency loss direction.
+    pub router_consistency: Consistency,
+    /// Its weight.
+    pub consistency_weight: f64,
+    /// Add transformers' load-balancing loss times the checkpoint's `router_aux_loss_coef`
+    /// (what `OlmoeForCausalLM` does when router logits are output; off in the seeds).
+    pub router_aux_loss: bool,
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// Linear warmup steps (optimizer steps), then linear decay to zero.
+    pub warmup_steps: usize,
+    /// Passes over the batches.
+    pub epochs: usize,
+    /// Clip each parameter's gradient to this norm (0 = off).
+    pub grad_clip: f64,
+    /// Batches whose gradients are summed per optimizer step.
+    pub grad_accumulation: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Checkpoint every this many steps (0 = once per epoch).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            answer_chars: 100,
+            refusals: vec!["I cannot assist with that request as it may be harmful or unsafe.".into()],
+            loss_on: LossOn::Assistant,
+            max_len: 512,
+            shuffle_batches: true,
+            mask_scope: MaskScope::UnsafeSamples,
+            expert_set: ExpertSet::PerBatch,
+            trainable: Trainable::UnsafeExperts,
+            router_consistency: Consistency::Off,
+            consistency_weight: 0.1,
+            router_aux_loss: false,
+            lr: 5e-5,
+            warmup_steps: 0,
+            epochs: 1,
+            grad_clip: 1.0,
+            grad_accumulation: 1,
+            weight_decay: 0.0,
+            checkpoint_every: 0,
+        }
+    }
+}
+
 impl Config {
     /// Read a TOML file, apply `overrides` (`table.key=value`, the value in TOML syntax or a bare
     /// string), and validate. Relative paths stay relative to the working directory.
@@ -263,6 +396,22 @@ impl Config {
         }
         if self.analysis.token_scope == TokenScope::GenerationFirstN && self.analysis.first_n == 0 {
             return Err(bad("analysis.first_n", "must be at least 1 with token_scope = \"generation_first_n\"".into()));
+        }
+        let t = &self.train;
+        if t.refusals.is_empty() || t.refusals.iter().any(|r| r.trim().is_empty()) {
+            return Err(bad("train.refusals", "needs at least one non-empty refusal".into()));
+        }
+        if t.epochs == 0 {
+            return Err(bad("train.epochs", "must be at least 1".into()));
+        }
+        if t.grad_accumulation == 0 {
+            return Err(bad("train.grad_accumulation", "must be at least 1".into()));
+        }
+        if !(t.lr > 0.0) {
+            return Err(bad("train.lr", format!("must be positive, got {}", t.lr)));
+        }
+        if t.max_len < 8 {
+            return Err(bad("train.max_len", format!("must be at least 8, got {}", t.max_len)));
         }
         if !self.model.dir.is_dir() {
             return Err(bad("model.dir", format!("{}: no such directory", self.model.dir.display())));

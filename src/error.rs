@@ -18,6 +18,9 @@ pub enum Error {
     /// The analyze stage.
     #[error(transparent)]
     Analysis(#[from] crate::analysis::AnalysisError),
+    /// The train stage.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
     /// `forward`.
     #[error(transparent)]
     Inspect(#[from] crate::inspect::InspectError),

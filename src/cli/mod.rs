@@ -4,6 +4,7 @@ mod analyze;
 mod collect;
 mod forward;
 mod generate;
+mod train;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ enum Command {
     Collect(collect::CollectArgs),
     /// Risk difference per batch, unsafe experts and expert masks of a collect run.
     Analyze(analyze::AnalyzeArgs),
+    /// Fine-tune the unsafe experts of an analysed run and export the model in Hub layout.
+    Train(train::TrainArgs),
 }
 
 /// The experiment config file, its overrides and the run directory.
@@ -73,5 +76,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Collect(args) => collect::run(args),
         Command::Analyze(args) => analyze::run(args),
+        Command::Train(args) => train::run(args),
     }
 }

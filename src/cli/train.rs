@@ -1,0 +1,63 @@
+//! `steermoe train`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use steermoe::backend::{self, Task};
+use steermoe::config::Config;
+use steermoe::train::{TrainOptions, TrainSummary, train};
+
+/// Arguments of `steermoe train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Run directory written by `collect` and `analyze`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Experiment config (default: the run's `config.toml`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set train.lr=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+struct Train<'a> {
+    cfg: &'a Config,
+    run_dir: &'a Path,
+}
+
+impl Task for Train<'_> {
+    type Output = anyhow::Result<TrainSummary>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("train step {pos}  {msg}  [{elapsed_precise}]").expect("valid template"));
+        let summary = train::<B>(self.cfg, self.run_dir, &device, &TrainOptions::default(), |s| {
+            bar.set_position(s.step as u64);
+            bar.set_message(format!("loss {:.4}  lr {:.2e}  batch {}", s.loss, s.lr, s.batch_idx));
+        })?;
+        bar.finish();
+        Ok(summary)
+    }
+}
+
+/// Run `steermoe train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg_path = args.config.clone().unwrap_or_else(|| args.run.join("config.toml"));
+    let cfg = Config::load(&cfg_path, &args.overrides)?;
+    let s = backend::run(cfg.model.backend, Train { cfg: &cfg, run_dir: &args.run })??;
+    if let Some(w) = s.resumed_from {
+        println!("resumed from checkpoint {w}");
+    }
+    let (trainable, total) = s.params;
+    println!(
+        "trained {} steps: {trainable} of {total} parameters trainable ({:.3}%)",
+        s.steps.len(),
+        100.0 * trainable as f64 / total.max(1) as f64
+    );
+    if let (Some(first), Some(last)) = (s.steps.first(), s.steps.last()) {
+        println!("loss {:.4} -> {:.4}", first.loss, last.loss);
+    }
+    println!("exported {}", s.final_model.display());
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The batch-preserving data loader (the seeds' `BatchPreservingSampler`) and the per-batch mask
+//! table.
+//!
+//! Every loader batch is exactly one analysis batch, never mixed, its samples in `in_batch_idx`
+//! order. The order of batches is shuffled per epoch by `StdRng(seed + epoch)` when
+//! `shuffle_batches` is on. Each batch carries its `batch_idx`, per-sample labels and the
+//! [`Routing`] looked up in the [`MaskTable`] by `batch_idx`, so the router of every layer really
+//! applies that batch's mask.
+//!
+//! burn-train checkpoints at the end of each of its epochs; to checkpoint every N steps, the
+//! loader serves the whole schedule (all true epochs, concatenated) in *windows* of N steps, one
+//! window per burn-train epoch. Window `w` is the `w`-th call of `iter()` counted from the window
+//! the run starts at, so a resumed run continues the same schedule.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::sft::SftGroup;
+use crate::analysis::select::ExpertId;
+use crate::config::{Consistency, MaskScope};
+use crate::data::batch::Label;
+use crate::model::Routing;
+
+/// One training batch: one analysis batch, right-padded.
+#[derive(Debug, Clone)]
+pub struct SftBatch<B: Backend> {
+    /// `[batch, seq]` token ids.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, seq]` targets, -100 where not counted.
+    pub labels: Tensor<B, 2, Int>,
+    /// `[batch, seq]`, `true` = real token.
+    pub attention_mask: Tensor<B, 2, Bool>,
+    /// The analysis batch it is.
+    pub batch_idx: usize,
+    /// Per sample: unsafe (jailbreak) or safe.
+    pub is_unsafe: Vec<bool>,
+    /// The routing the forward pass uses: this batch's mask, per sample.
+    pub routing: Routing<B>,
+    /// Router-consistency loss direction and weight.
+    pub consistency: (Consistency, f64),
+    /// Weight of the load-balancing loss (0 = off).
+    pub aux_coef: f64,
+    /// Tokens counted by the loss.
+    pub tokens: usize,
+}
+
+/// Per-batch expert masks on the device, `[batches, layers, experts]`, `true` = may be chosen.
+#[derive(Debug, Clone)]
+pub struct MaskTable<B: Backend> {
+    rows: HashMap<usize, usize>,
+    allow: Tensor<B, 3, Bool>,
+}
+
+impl<B: Backend> MaskTable<B> {
+    /// A table from each batch's expert set. A layer where a set has no expert is left free
+    /// (restricting it to nothing would route on the penalty alone).
+    pub fn new(sets: &[(usize, Vec<ExpertId>)], layers: usize, experts: usize, device: &B::Device) -> Self {
+        let mut values = Vec::with_capacity(sets.len() * layers * experts);
+        let mut rows = HashMap::new();
+        for (row, (batch_idx, set)) in sets.iter().enumerate() {
+            rows.insert(*batch_idx, row);
+            let mut m = vec![false; layers * experts];
+            for &[l, e] in set {
+                m[l * experts + e] = true;
+            }
+            for l in 0..layers {
+                let layer = &mut m[l * experts..(l + 1) * experts];
+                if !layer.iter().any(|&a| a) {
+                    layer.fill(true);
+                }
+            }
+            values.extend(m);
+        }
+        let allow = Tensor::from_data(TensorData::new(values, [sets.len(), layers, experts]), device);
+        Self { rows, allow }
+    }
+
+    /// The `[layers, experts]` mask of `batch_idx`.
+    pub fn lookup(&self, batch_idx: usize) -> Tensor<B, 2, Bool> {
+        let row = *self.rows.get(&batch_idx).unwrap_or_else(|| panic!("no mask for batch {batch_idx}"));
+        let [_, layers, experts] = self.allow.dims();
+        self.allow.clone().slice(row..row + 1).reshape([layers, experts])
+    }
+
+    /// Per-sample masks `[batch, layers, experts]` for `scope`: the batch's mask on the samples
+    /// it restricts, all experts allowed on the others.
+    pub fn routing(&self, batch_idx: usize, is_unsafe: &[bool], scope: MaskScope) -> Routing<B> {
+        if scope == MaskScope::None {
+            return Routing::free();
+        }
+        let mask = self.lookup(batch_idx);
+        let [layers, experts] = mask.dims();
+        let n = is_unsafe.len();
+        let free: Vec<bool> = is_unsafe
+            .iter()
+            .map(|&u| scope == MaskScope::UnsafeSamples && !u)
+            .collect();
+        let free = Tensor::<B, 3, Bool>::from_data(TensorData::new(free, [n, 1, 1]), &mask.device())
+            .expand([n, layers, experts]);
+        let per_sample = mask.unsqueeze_dim::<3>(0).expand([n, layers, experts]).bool_or(free);
+        Routing::free().with_sample_masks(per_sample)
+    }
+}
+
+/// The loader.
+pub struct BatchPreservingLoader<B: Backend> {
+    groups: Arc<Vec<SftGroup>>,
+    masks: MaskTable<B>,
+    /// Group positions in training order, all epochs concatenated.
+    schedule: Arc<Vec<usize>>,
+    /// Steps per burn-train epoch.
+    window: usize,
+    /// The next window `iter()` serves.
+    next_window: Arc<AtomicUsize>,
+    pad_id: u32,
+    mask_scope: MaskScope,
+    consistency: (Consistency, f64),
+    aux_coef: f64,
+    device: B::Device,
+}
+
+/// Group positions in training order: `epochs` passes, each shuffled by `seed + epoch` if asked.
+pub fn schedule(groups: usize, epochs: usize, shuffle: bool, seed: u64) -> Vec<usize> {
+    (0..epochs)
+        .flat_map(|epoch| {
+            let mut order: Vec<usize> = (0..groups).collect();
+            if shuffle {
+                order.shuffle(&mut StdRng::seed_from_u64(seed + epoch as u64));
+            }
+            order
+        })
+        .collect()
+}
+
+impl<B: Backend> BatchPreservingLoader<B> {
+    /// A loader over `groups` following `schedule`, `window` steps per `iter()`, starting at
+    /// window `start_window`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        groups: Vec<SftGroup>,
+        masks: MaskTable<B>,
+        schedule: Vec<usize>,
+        window: usize,
+        start_window: usize,
+        pad_id: u32,
+        mask_scope: MaskScope,
+        consistency: (Consistency, f64),
+        aux_coef: f64,
+        device: B::Device,
+    ) -> Self {
+        Self {
+            groups: Arc::new(groups),
+            masks,
+            schedule: Arc::new(schedule),
+            window: window.max(1),
+            next_window: Arc::new(AtomicUsize::new(start_window)),
+            pad_id,
+            mask_scope,
+            consistency,
+            aux_coef,
+            device,
+        }
+    }
+
+    /// Number of windows (burn-train epochs) the schedule makes.
+    pub fn windows(&self) -> usize {
+        self.schedule.len().div_ceil(self.window)
+    }
+
+    /// Assemble the batch of group position `g`.
+    pub fn batch(&self, g: usize) -> SftBatch<B> {
+        let group = &self.groups[g];
+        let n = group.examples.len();
+        let width = group.examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(n * width);
+        let mut labels = Vec::with_capacity(n * width);
+        let mut valid = Vec::with_capacity(n * width);
+        let mut tokens = 0;
+        for ex in &group.examples {
+            let pad = width - ex.input_ids.len();
+            ids.extend(ex.input_ids.iter().map(|&t| t as i64).chain(std::iter::repeat_n(self.pad_id as i64, pad)));
+            labels.extend(ex.labels.iter().copied().chain(std::iter::repeat_n(super::loss::IGNORE_INDEX, pad)));
+            valid.extend(std::iter::repeat_n(true, ex.input_ids.len()).chain(std::iter::repeat_n(false, pad)));
+            // Counted targets: labels shifted by one.
+            tokens += ex.labels.iter().skip(1).filter(|&&l| l != super::loss::IGNORE_INDEX).count();
+        }
+        let is_unsafe: Vec<bool> = group.examples.iter().map(|e| e.label == Label::Unsafe).collect();
+        SftBatch {
+            input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), &self.device),
+            labels: Tensor::from_data(TensorData::new(labels, [n, width]), &self.device),
+            attention_mask: Tensor::from_data(TensorData::new(valid, [n, width]), &self.device),
+            batch_idx: group.batch_idx,
+            routing: self.masks.routing(group.batch_idx, &is_unsafe, self.mask_scope),
+            is_unsafe,
+            consistency: self.consistency,
+            aux_coef: self.aux_coef,
+            tokens,
+        }
+    }
+}
+
+struct WindowIter<'a, B: Backend> {
+    loader: &'a BatchPreservingLoader<B>,
+    steps: std::ops::Range<usize>,
+    done: usize,
+}
+
+impl<B: Backend> Iterator for WindowIter<'_, B> {
+    type Item = SftBatch<B>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let step = self.steps.next()?;
+        self.done += 1;
+        Some(self.loader.batch(self.loader.schedule[step]))
+    }
+}
+
+impl<B: Backend> DataLoaderIterator<SftBatch<B>> for WindowIter<'_, B> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.done, self.steps.len() + self.done)
+    }
+}
+
+impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<SftBatch<B>> + 'a> {
+        let w = self.next_window.fetch_add(1, Ordering::SeqCst);
+        let start = (w * self.window).min(self.schedule.len());
+        let end = ((w + 1) * self.window).min(self.schedule.len());
+        Box::new(WindowIter {
+            loader: self,
+            steps: start..end,
+            done: 0,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.window.min(self.schedule.len())
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
+        Arc::new(Self {
+            groups: self.groups.clone(),
+            masks: MaskTable {
+                rows: self.masks.rows.clone(),
+                allow: self.masks.allow.clone().to_device(device),
+            },
+            schedule: self.schedule.clone(),
+            window: self.window,
+            next_window: self.next_window.clone(),
+            pad_id: self.pad_id,
+            mask_scope: self.mask_scope,
+            consistency: self.consistency,
+            aux_coef: self.aux_coef,
+            device: device.clone(),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
+        let schedule: Vec<usize> = self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
+        Arc::new(Self {
+            groups: self.groups.clone(),
+            masks: self.masks.clone(),
+            schedule: Arc::new(schedule),
+            window: self.window,
+            next_window: Arc::new(AtomicUsize::new(0)),
+            pad_id: self.pad_id,
+            mask_scope: self.mask_scope,
+            consistency: self.consistency,
+            aux_coef: self.aux_coef,
+            device: self.device.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::sft::{SftExample, SftGroup};
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    fn groups() -> Vec<SftGroup> {
+        (0..5)
+            .map(|b| SftGroup {
+                batch_idx: 10 + b,
+                examples: (0..4)
+                    .map(|i| SftExample {
+                        batch_idx: 10 + b,
+                        in_batch_idx: i,
+                        label: if i < 2 { Label::Safe } else { Label::Unsafe },
+                        input_ids: vec![5; 3 + i],
+                        labels: std::iter::once(-100).chain(std::iter::repeat_n(5, 2 + i)).collect(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn loader(window: usize, start: usize) -> BatchPreservingLoader<B> {
+        let sets: Vec<(usize, Vec<ExpertId>)> = (0..5).map(|b| (10 + b, vec![[0, b % 3]])).collect();
+        let masks = MaskTable::new(&sets, 2, 3, &Default::default());
+        BatchPreservingLoader::new(groups(), masks, schedule(5, 2, true, 7), window, start, 1, MaskScope::UnsafeSamples, (Consistency::Off, 0.0), 0.0, Default::default())
+    }
+
+    #[test]
+    fn schedule_shuffles_reproducibly_per_epoch() {
+        let a = schedule(5, 2, true, 7);
+        assert_eq!(a, schedule(5, 2, true, 7));
+        assert_ne!(a, schedule(5, 2, true, 8));
+        let mut first: Vec<usize> = a[..5].to_vec();
+        first.sort();
+        assert_eq!(first, vec![0, 1, 2, 3, 4], "each epoch visits every batch once");
+        assert_eq!(schedule(3, 2, false, 0), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn batches_are_never_mixed_and_windows_continue_the_schedule() {
+        let l = loader(3, 0);
+        assert_eq!(l.windows(), 4);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            for b in l.iter() {
+                let ids = b.input_ids.dims();
+                assert_eq!(ids, [4, 6], "one analysis batch of 4, padded to its longest");
+                assert_eq!(b.is_unsafe, vec![false, false, true, true]);
+                seen.push(b.batch_idx);
+            }
+        }
+        let expected: Vec<usize> = schedule(5, 2, true, 7).iter().map(|g| 10 + g).collect();
+        assert_eq!(seen, expected);
+        // A loader resumed at window 2 serves the same steps from there.
+        let resumed = loader(3, 2);
+        let rest: Vec<usize> = resumed.iter().map(|b| b.batch_idx).collect();
+        assert_eq!(rest, expected[6..9]);
+    }
+
+    #[test]
+    fn mask_lookup_restricts_unsafe_samples_only() {
+        let l = loader(5, 0);
+        let batch = l.batch(1); // batch_idx 11: expert 1 of layer 0; layer 1 has none → free
+        let allow = batch.routing.allow.expect("masked"); // [layers, batch, experts]
+        let v: Vec<bool> = allow.into_data().iter::<bool>().collect();
+        // layer 0: safe rows all true; unsafe rows only expert 1.
+        assert_eq!(&v[..12], &[true, true, true, true, true, true, false, true, false, false, true, false]);
+        assert!(v[12..].iter().all(|&a| a), "a layer without unsafe experts stays free");
+    }
+}

@@ -1,0 +1,164 @@
+//! Expert-only fine-tuning on the fixture: the train step's gradients equal the reference's,
+//! frozen tensors come out bit-identical while unsafe experts change, a seed fixes the loss
+//! sequence, and an interrupted run resumed from its checkpoint ends where an uninterrupted one
+//! does.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::train::TrainStep;
+use common::*;
+use safetensors::SafeTensors;
+use steermoe::config::{Config, Consistency, MaskScope, Trainable};
+use steermoe::model::{self, Precision, Routing};
+use steermoe::train::loader::SftBatch;
+use steermoe::train::{TrainOptions, freeze, train};
+
+type B = TestAutodiffBackend;
+
+#[test]
+fn train_step_gradients_equal_the_reference() {
+    let dir = fixture();
+    let device = Default::default();
+    let (model, cfg) = model::load::<B>(&dir, &device, Precision::F32).unwrap();
+    let layer0: Vec<[usize; 2]> = (0..cfg.num_experts).map(|e| [0, e]).collect();
+    let model = freeze::freeze(model, &layer0, Trainable::UnsafeExperts);
+    let ids = reference(&dir, "masked.input_ids");
+    let labels = reference(&dir, "masked.labels");
+    let mask = reference(&dir, "masked.expert_mask");
+    let n = ids.shape[1];
+    let allow: Vec<bool> = mask.values.iter().map(|&v| v != 0.0).collect();
+    let batch = SftBatch {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids.i64(), [1, n]), &device),
+        labels: Tensor::from_data(TensorData::new(labels.i64(), [1, n]), &device),
+        attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [1, n]), &device),
+        batch_idx: 0,
+        is_unsafe: vec![true],
+        routing: Routing::free().with_mask(Tensor::from_data(TensorData::new(allow, [mask.shape[0], mask.shape[1]]), &device)),
+        consistency: (Consistency::Off, 0.0),
+        // The reference loss was computed with output_router_logits, which adds the aux loss.
+        aux_coef: cfg.router_aux_loss_coef,
+        tokens: 0,
+    };
+    let out = TrainStep::step(&model, batch);
+    let experts = &model.model.layers[0].mlp.experts;
+    for (pick, proj) in ["gate_proj", "up_proj", "down_proj"].into_iter().enumerate() {
+        let mut got = Vec::new();
+        for ex in experts {
+            let w = &[&ex.gate_proj, &ex.up_proj, &ex.down_proj][pick].weight;
+            let [d_in, d_out] = w.dims();
+            let g: Option<Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 2>> = out.grads.get(w.id);
+            got.extend(g.map(|g| g.transpose().into_data().iter::<f32>().collect()).unwrap_or(vec![0.0; d_in * d_out]));
+        }
+        let expected = reference(&dir, &format!("masked.grad.layer0.{proj}")).f32();
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (err, _) = max_abs_diff(&got, &expected);
+        eprintln!("train step grad {proj}: relative error {:.3e}", err / scale);
+        assert!(err / scale <= 1e-5, "{proj}: relative error {}", err / scale);
+    }
+}
+
+/// A collected and analysed run of the fixture in a temporary directory.
+fn analysed_run(root: &Path) -> (PathBuf, PathBuf) {
+    let cfg = root.join("exp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
+             [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\n",
+            fixture(),
+            shared().join("data/olmoe-fwo.json"),
+        ),
+    )
+    .unwrap();
+    let run = root.join("run");
+    for args in [
+        vec!["collect", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()],
+        vec!["analyze", "--run", run.to_str().unwrap()],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_steermoe")).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    (cfg, run)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn tensors(path: &Path) -> HashMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(k, v)| (k, v.data().to_vec())).collect()
+}
+
+#[test]
+fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg_path, run) = analysed_run(tmp.path());
+    let cfg = Config::load(&cfg_path, &[]).unwrap();
+    assert_eq!(cfg.train.mask_scope, MaskScope::UnsafeSamples);
+    let run_b = tmp.path().join("run_b");
+    let run_c = tmp.path().join("run_c");
+    copy_dir(&run, &run_b);
+    copy_dir(&run, &run_c);
+    let device = Default::default();
+
+    let a = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap();
+    assert_eq!(a.steps.len(), 6, "3 batches x 2 epochs");
+    assert!(a.steps.iter().all(|s| s.loss.is_finite()));
+    let (trainable, total) = a.params;
+    assert!(trainable > 0 && trainable < total);
+
+    // Frozen tensors bit-identical, the unsafe experts changed.
+    let experts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("final_model/training_metadata.json")).unwrap()).unwrap();
+    let trained: Vec<String> = experts["unsafe_experts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("model.layers.{}.mlp.experts.{}.", p[0], p[1]))
+        .collect();
+    assert!(!trained.is_empty());
+    let before = tensors(&fixture().join("model.safetensors"));
+    let after = tensors(&run.join("final_model/model.safetensors"));
+    assert_eq!(before.len(), after.len());
+    let mut changed = 0;
+    for (key, bytes) in &before {
+        let is_trained = trained.iter().any(|p| key.starts_with(p.as_str()));
+        if is_trained {
+            changed += (after[key] != *bytes) as usize;
+        } else {
+            assert!(after[key] == *bytes, "frozen tensor {key} changed");
+        }
+    }
+    assert_eq!(changed, trained.len() * 3, "every trained expert's three weights changed");
+
+    // Same seed, same loss sequence.
+    let b = train::<B>(&cfg, &run_b, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let losses = |s: &steermoe::train::TrainSummary| s.steps.iter().map(|r| (r.step, r.loss, r.batch_idx)).collect::<Vec<_>>();
+    assert_eq!(losses(&a), losses(&b));
+
+    // Interrupted after 2 steps, then resumed: the same final weights.
+    let part = train::<B>(&cfg, &run_c, &device, &TrainOptions { stop_after_windows: Some(2) }, |_| {}).unwrap();
+    assert_eq!(part.steps.len(), 2);
+    assert!(!run_c.join("final_model").exists(), "an interrupted run exports nothing");
+    let rest = train::<B>(&cfg, &run_c, &device, &TrainOptions::default(), |_| {}).unwrap();
+    assert_eq!(rest.resumed_from, Some(2));
+    assert_eq!(rest.steps.len(), 4);
+    assert_eq!(rest.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), a.steps[2..].iter().map(|s| s.loss).collect::<Vec<_>>());
+    assert_eq!(tensors(&run_c.join("final_model/model.safetensors")), after, "resumed run ends bit-identical");
+}
