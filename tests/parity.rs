@@ -14,6 +14,24 @@ use common::*;
 use steermoe::model::{self, Olmoe, OlmoeInput, Precision, Routing};
 use steermoe::train::loss::{causal_lm_loss, load_balancing_loss};
 
+/// Compute precision of the suite: f32, or bf16 with `STEERMOE_TEST_PRECISION=bf16` (GPU).
+fn precision() -> Precision {
+    match std::env::var("STEERMOE_TEST_PRECISION").as_deref() {
+        Ok("bf16") => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// bf16 keeps 8 significant bits: activations, weights products and sums round at ~2^-8
+/// relative, so bf16 runs compare with tolerances this many times looser (documented in the
+/// README with the measured errors).
+fn loosen(tol: f32) -> f32 {
+    match precision() {
+        Precision::F32 => tol,
+        Precision::Bf16 => (tol * 2_000.0).max(0.1),
+    }
+}
+
 /// Logits tolerance of the issue (max abs).
 const LOGITS_TOL: f32 = 1e-4;
 
@@ -27,7 +45,7 @@ const GRAD_TOL: f32 = 1e-5;
 const GRAD_TOL: f32 = 5e-5;
 
 fn load<B: Backend>(dir: &Path) -> Olmoe<B> {
-    model::load::<B>(dir, &Default::default(), Precision::F32)
+    model::load::<B>(dir, &Default::default(), precision())
         .expect("fixture loads")
         .0
 }
@@ -69,7 +87,7 @@ fn forward_logits_router_logits_and_hidden_match() {
         let out = model.forward(OlmoeInput::ids(ids(&dir, "forward.input_ids")), &Routing::capturing());
         let [_, _, vocab] = out.logits.dims();
         let check = |what: &str, got: Vec<f32>, tol: f32| {
-            assert_close(&format!("{name} {what}"), &got, &reference(&dir, what).f32(), tol)
+            assert_close(&format!("{name} {what}"), &got, &reference(&dir, what).f32(), loosen(tol))
         };
         check("forward.logits_head", to_vec(vocab_slice(out.logits.clone(), 0, 256)), LOGITS_TOL);
         check("forward.logits_tail", to_vec(vocab_slice(out.logits.clone(), vocab - 256, vocab)), LOGITS_TOL);
@@ -78,7 +96,9 @@ fn forward_logits_router_logits_and_hidden_match() {
         let lse = (out.logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
         check("forward.logsumexp", to_vec(lse), LOGITS_TOL);
         let argmax: Vec<i64> = out.logits.clone().argmax(2).into_data().iter::<i64>().collect();
-        assert_eq!(argmax, reference(&dir, "forward.argmax").i64(), "{name} forward.argmax");
+        if precision() == Precision::F32 {
+            assert_eq!(argmax, reference(&dir, "forward.argmax").i64(), "{name} forward.argmax");
+        }
         // Reference: [layers, batch*seq, experts]; ours: [layers, batch, seq, experts].
         check("forward.router_logits", to_vec(out.router_logits.expect("captured")), 1e-5);
         check("forward.final_hidden", to_vec(out.hidden), 1e-4);
@@ -93,7 +113,7 @@ fn forward_loss_matches() {
         let out = model.forward(OlmoeInput::ids(input.clone()), &Routing::free());
         let loss = causal_lm_loss(out.logits, input).into_scalar().elem::<f32>();
         let expected = reference_json(&dir)["forward_loss"].as_f64().unwrap() as f32;
-        assert_close(&format!("{name} forward_loss"), &[loss], &[expected], 1e-4);
+        assert_close(&format!("{name} forward_loss"), &[loss], &[expected], loosen(1e-4));
     }
 }
 
@@ -126,7 +146,7 @@ fn left_padded_batch_matches_on_real_positions() {
                 .collect()
         };
         assert_eq!(valid.iter().filter(|v| !**v).count(), 4, "the fixture pads 4 positions");
-        assert_close(&format!("{name} padded.logits_head (real positions)"), &keep(&got), &keep(&expected), LOGITS_TOL);
+        assert_close(&format!("{name} padded.logits_head (real positions)"), &keep(&got), &keep(&expected), loosen(LOGITS_TOL));
     }
 }
 
@@ -140,19 +160,19 @@ fn masked_routing_matches_logits_router_logits_and_loss() {
             &format!("{name} masked.logits_head"),
             &to_vec(vocab_slice(out.logits.clone(), 0, 256)),
             &reference(&dir, "masked.logits_head").f32(),
-            LOGITS_TOL,
+            loosen(LOGITS_TOL),
         );
         assert_close(
             &format!("{name} masked.router_logits"),
             &to_vec(out.router_logits.clone().expect("captured")),
             &reference(&dir, "masked.router_logits").f32(),
-            1e-5,
+            loosen(1e-5),
         );
         let loss = reference_loss(&dir, out.logits, out.router_logits.clone().expect("captured"), ids(&dir, "masked.labels"))
             .into_scalar()
             .elem::<f32>();
         let expected = reference_json(&dir)["masked_loss"].as_f64().unwrap() as f32;
-        assert_close(&format!("{name} masked_loss"), &[loss], &[expected], 1e-4);
+        assert_close(&format!("{name} masked_loss"), &[loss], &[expected], loosen(1e-4));
     }
 }
 
@@ -190,7 +210,7 @@ fn masked_expert_gradients_of_layer0_match() {
             eprintln!("{name} masked.grad.layer0.{proj}: max abs error {err:.3e}, relative to max |grad| {rel:.3e}");
             assert!(scale > 0.0, "{name} {proj}: reference gradient is all zero");
             assert!(
-                rel <= GRAD_TOL,
+                rel <= loosen(GRAD_TOL),
                 "{name} {proj}: relative error {rel:e} at {at}: got {}, expected {}",
                 got[at],
                 expected[at]

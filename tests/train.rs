@@ -16,6 +16,7 @@ use safetensors::SafeTensors;
 use steermoe::config::{Config, Consistency, MaskScope, Trainable};
 use steermoe::model::{self, Precision, Routing};
 use steermoe::train::loader::SftBatch;
+use steermoe::train::loss::Targets;
 use steermoe::train::{TrainOptions, freeze, train};
 
 type B = TestAutodiffBackend;
@@ -34,7 +35,7 @@ fn train_step_gradients_equal_the_reference() {
     let allow: Vec<bool> = mask.values.iter().map(|&v| v != 0.0).collect();
     let batch = SftBatch {
         input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids.i64(), [1, n]), &device),
-        labels: Tensor::from_data(TensorData::new(labels.i64(), [1, n]), &device),
+        targets: Targets::from_labels(&labels.i64(), 1, n, &device),
         attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [1, n]), &device),
         batch_idx: 0,
         is_unsafe: vec![true],
@@ -69,7 +70,7 @@ fn analysed_run(root: &Path) -> (PathBuf, PathBuf) {
         &cfg,
         format!(
             "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
-             [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\n",
+             [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\nmax_len = 96\n",
             fixture(),
             shared().join("data/olmoe-fwo.json"),
         ),

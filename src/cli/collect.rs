@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use steermoe::backend::{self, Task};
@@ -57,7 +58,12 @@ impl Task for Collect<'_> {
 /// Run `steermoe collect`.
 pub fn run(args: CollectArgs) -> anyhow::Result<()> {
     let (cfg, run_dir) = args.config.load()?;
-    let s = backend::run(cfg.model.backend, Collect { cfg: &cfg, run_dir: &run_dir })??;
+    run_with(&cfg, &run_dir)
+}
+
+/// The collect stage of a loaded config.
+pub fn run_with(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
+    let s = backend::run(cfg.model.backend, Collect { cfg, run_dir })??;
     println!(
         "collected {} batches ({} already done), {} tokens; run directory {}",
         s.collected,

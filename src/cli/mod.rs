@@ -4,6 +4,7 @@ mod analyze;
 mod collect;
 mod forward;
 mod generate;
+mod run;
 mod train;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Fine-tune the unsafe experts of an analysed run and export the model in Hub layout.
     Train(train::TrainArgs),
+    /// collect → analyze → train in one run directory, skipping finished stages.
+    Run(run::RunArgs),
 }
 
 /// The experiment config file, its overrides and the run directory.
@@ -77,5 +80,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(args) => collect::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Train(args) => train::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

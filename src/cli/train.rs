@@ -45,7 +45,12 @@ impl Task for Train<'_> {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let cfg_path = args.config.clone().unwrap_or_else(|| args.run.join("config.toml"));
     let cfg = Config::load(&cfg_path, &args.overrides)?;
-    let s = backend::run(cfg.model.backend, Train { cfg: &cfg, run_dir: &args.run })??;
+    run_with(&cfg, &args.run)
+}
+
+/// The train stage of a loaded config.
+pub fn run_with(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
+    let s = backend::run(cfg.model.backend, Train { cfg, run_dir })??;
     if let Some(w) = s.resumed_from {
         println!("resumed from checkpoint {w}");
     }

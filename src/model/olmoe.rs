@@ -372,21 +372,45 @@ impl<B: Backend> Olmoe<B> {
 
     /// A full forward pass with no cache.
     pub fn forward(&self, input: OlmoeInput<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        self.run(input, None, routing, false)
+        let (hidden, router_logits) = self.run(input, None, routing);
+        self.with_head(hidden, router_logits, false)
     }
 
     /// A forward pass that reads and extends `cache` (prefill, then one token at a time).
     pub fn forward_cached(&self, input: OlmoeInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        self.run(input, Some(cache), routing, false)
+        let (hidden, router_logits) = self.run(input, Some(cache), routing);
+        self.with_head(hidden, router_logits, false)
     }
 
     /// [`Olmoe::forward_cached`] computing logits for the last position only (`[batch, 1,
     /// vocab]`): what decoding needs, without the LM head over a whole prompt.
     pub fn forward_cached_last(&self, input: OlmoeInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        self.run(input, Some(cache), routing, true)
+        let (hidden, router_logits) = self.run(input, Some(cache), routing);
+        self.with_head(hidden, router_logits, true)
     }
 
-    fn run(&self, input: OlmoeInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>, last_only: bool) -> OlmoeOutput<B> {
+    /// The decoder without the LM head: final hidden states `[batch, seq, hidden]` and router
+    /// logits `[layers, batch, seq, experts]` if captured. Training applies the head only where
+    /// the loss counts.
+    pub fn forward_hidden(&self, input: OlmoeInput<B>, routing: &Routing<B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        self.run(input, None, routing)
+    }
+
+    fn with_head(&self, hidden: Tensor<B, 3>, router_logits: Option<Tensor<B, 4>>, last_only: bool) -> OlmoeOutput<B> {
+        let logits = if last_only {
+            let [batch, seq, width] = hidden.dims();
+            self.lm_head.forward(hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
+        } else {
+            self.lm_head.forward(hidden.clone())
+        };
+        OlmoeOutput {
+            logits,
+            hidden,
+            router_logits,
+        }
+    }
+
+    fn run(&self, input: OlmoeInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [batch, seq] = input.input_ids.dims();
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -414,17 +438,7 @@ impl<B: Backend> Olmoe<B> {
             }
         }
         let hidden = self.model.norm.forward(x);
-        let logits = if last_only {
-            let [_, _, width] = hidden.dims();
-            self.lm_head.forward(hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
-        } else {
-            self.lm_head.forward(hidden.clone())
-        };
-        OlmoeOutput {
-            logits,
-            hidden,
-            router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
-        }
+        (hidden, (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)))
     }
 }
 

@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use super::loss::Targets;
 use super::sft::SftGroup;
 use crate::analysis::select::ExpertId;
 use crate::config::{Consistency, MaskScope};
@@ -34,8 +35,8 @@ use crate::model::Routing;
 pub struct SftBatch<B: Backend> {
     /// `[batch, seq]` token ids.
     pub input_ids: Tensor<B, 2, Int>,
-    /// `[batch, seq]` targets, -100 where not counted.
-    pub labels: Tensor<B, 2, Int>,
+    /// Where the loss counts and what it predicts there.
+    pub targets: Targets<B>,
     /// `[batch, seq]`, `true` = real token.
     pub attention_mask: Tensor<B, 2, Bool>,
     /// The analysis batch it is.
@@ -195,7 +196,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
         let is_unsafe: Vec<bool> = group.examples.iter().map(|e| e.label == Label::Unsafe).collect();
         SftBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), &self.device),
-            labels: Tensor::from_data(TensorData::new(labels, [n, width]), &self.device),
+            targets: Targets::from_labels(&labels, n, width, &self.device),
             attention_mask: Tensor::from_data(TensorData::new(valid, [n, width]), &self.device),
             batch_idx: group.batch_idx,
             routing: self.masks.routing(group.batch_idx, &is_unsafe, self.mask_scope),

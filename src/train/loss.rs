@@ -27,6 +27,62 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     (picked * weight).sum().neg() / n
 }
 
+/// Where the loss counts in a batch, precomputed on the host: training applies the LM head only
+/// at these positions (the assistant turn is a small part of a long jailbreak prompt).
+#[derive(Debug, Clone)]
+pub struct Targets<B: Backend> {
+    /// `[n]` flat positions `b * seq + t` whose logits predict a counted label.
+    pub positions: Tensor<B, 1, Int>,
+    /// `[n]` the label each of them predicts (the label at `t + 1`).
+    pub labels: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> Targets<B> {
+    /// From `[batch, seq]` labels in row-major order (`-100` = not counted).
+    pub fn from_labels(labels: &[i64], batch: usize, seq: usize, device: &B::Device) -> Self {
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        for b in 0..batch {
+            for t in 0..seq.saturating_sub(1) {
+                let l = labels[b * seq + t + 1];
+                if l != IGNORE_INDEX {
+                    positions.push((b * seq + t) as i64);
+                    targets.push(l);
+                }
+            }
+        }
+        let n = positions.len();
+        Self {
+            positions: Tensor::from_data(burn::tensor::TensorData::new(positions, [n]), device),
+            labels: Tensor::from_data(burn::tensor::TensorData::new(targets, [n]), device),
+        }
+    }
+
+    /// Number of counted tokens.
+    pub fn len(&self) -> usize {
+        self.positions.dims()[0]
+    }
+
+    /// Whether nothing counts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Mean next-token cross-entropy at the counted positions, applying `head` there only. Equal to
+/// [`causal_lm_loss`] over the full logits.
+///
+/// # Shapes
+/// - `hidden`: `[batch, seq, hidden]` → scalar `[1]`
+pub fn targeted_lm_loss<B: Backend>(hidden: Tensor<B, 3>, head: &burn::nn::Linear<B>, targets: &Targets<B>) -> Tensor<B, 1> {
+    let [batch, seq, width] = hidden.dims();
+    let rows = hidden.reshape([batch * seq, width]).select(0, targets.positions.clone());
+    let logp = log_softmax(to_f32(head.forward(rows)), 1);
+    let n = targets.len();
+    let picked = logp.gather(1, targets.labels.clone().reshape([n, 1]));
+    picked.sum().neg().div_scalar(n.max(1) as f64)
+}
+
 /// The Switch-Transformer load-balancing loss OLMoE adds (times `router_aux_loss_coef`) when
 /// router logits are output (transformers: `load_balancing_loss_func`, no attention mask):
 /// `E * Σ_e f_e · P_e`, where `f_e` is the share of (token, slot) choices that picked expert `e`

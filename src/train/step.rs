@@ -8,7 +8,7 @@ use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use super::loader::SftBatch;
-use super::loss::{causal_lm_loss, load_balancing_loss};
+use super::loss::{load_balancing_loss, targeted_lm_loss};
 use crate::config::Consistency;
 use crate::model::routing::to_f32;
 use crate::model::{Olmoe, OlmoeInput};
@@ -79,13 +79,13 @@ pub fn sft_loss<B: Backend>(model: &Olmoe<B>, batch: &SftBatch<B>) -> SftOutput<
     let (kind, weight) = batch.consistency;
     let capture = kind != Consistency::Off || batch.aux_coef > 0.0;
     let routing = batch.routing.clone().with_capture(capture);
-    let out = model.forward(
+    let (hidden, router_logits) = model.forward_hidden(
         OlmoeInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
         &routing,
     );
-    let lm_loss = causal_lm_loss(out.logits, batch.labels.clone());
+    let lm_loss = targeted_lm_loss(hidden, &model.lm_head, &batch.targets);
     let mut loss = lm_loss.clone();
-    if let Some(logits) = out.router_logits {
+    if let Some(logits) = router_logits {
         if batch.aux_coef > 0.0 {
             let top_k = model.model.layers[0].mlp.top_k();
             loss = loss + load_balancing_loss(logits.clone(), top_k).mul_scalar(batch.aux_coef);

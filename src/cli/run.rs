@@ -1,0 +1,41 @@
+//! `steermoe run`: the stages of one config in one run directory, each skipped when its outputs
+//! are complete (collect and train also resume part-way).
+
+use std::path::Path;
+
+use steermoe::analysis::stage::OUTPUTS;
+
+use super::{ConfigArgs, analyze, collect, train};
+
+/// Arguments of `steermoe run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn analysed(run: &Path) -> bool {
+    OUTPUTS.iter().all(|f| run.join(f).is_file())
+}
+
+/// Run `steermoe run`.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (cfg, run_dir) = args.config.load()?;
+    println!("== collect ({})", run_dir.display());
+    collect::run_with(&cfg, &run_dir)?;
+    if analysed(&run_dir) {
+        println!("== analyze: done already");
+    } else {
+        println!("== analyze");
+        let summary = steermoe::analysis::analyze(&run_dir, &cfg.analysis)?;
+        analyze::print_summary(&summary, 10);
+    }
+    if run_dir.join("final_model/training_metadata.json").is_file() {
+        println!("== train: done already");
+    } else {
+        println!("== train");
+        train::run_with(&cfg, &run_dir)?;
+    }
+    println!("results in {}", run_dir.display());
+    Ok(())
+}
