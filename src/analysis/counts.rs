@@ -11,7 +11,15 @@ use crate::generate::RouterLogits;
 /// Counts top-k activations with a reusable k-slot buffer (no allocation per row).
 #[derive(Debug, Clone)]
 pub struct TopKCounter {
-    slots: Vec<(f32, usize)>,
+    slots: Vec<(u16, usize)>,
+}
+
+/// An integer key ordered like the f16 value (negative values reversed below positive ones),
+/// so rows are ranked without converting to f32. `-0.0` ranks just below `+0.0`.
+#[inline]
+fn order_key(v: f16) -> u16 {
+    let bits = v.to_bits();
+    if bits & 0x8000 != 0 { !bits } else { bits | 0x8000 }
 }
 
 impl TopKCounter {
@@ -22,12 +30,12 @@ impl TopKCounter {
         }
     }
 
-    /// The top-k `(value, index)` of `row`, best first.
-    pub fn select(&mut self, row: &[f16]) -> &[(f32, usize)] {
+    /// The top-k `(order key, index)` of `row`, best first.
+    pub fn select(&mut self, row: &[f16]) -> &[(u16, usize)] {
         let k = self.slots.capacity().min(row.len());
         self.slots.clear();
         for (i, v) in row.iter().enumerate() {
-            let v = v.to_f32();
+            let v = order_key(*v);
             if self.slots.len() == k {
                 // Strictly greater to displace: an equal value with a higher index loses.
                 if v <= self.slots[k - 1].0 {
