@@ -1,22 +1,16 @@
 //! `steermoe analyze`.
 
-use std::path::PathBuf;
-
 use steermoe::analysis::{AnalysisSummary, analyze};
-use steermoe::config::{AnalysisConfig, Config};
+use steermoe::config::AnalysisConfig;
+
+use super::RunDirArgs;
 
 /// Arguments of `steermoe analyze`.
 #[derive(Debug, clap::Args)]
 pub struct AnalyzeArgs {
-    /// Run directory written by `collect`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Experiment config for the `[analysis]` table (default: the run's `config.toml`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. `--set analysis.top_k=20` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
+    /// The collect run and the config of its `[analysis]` table.
+    #[command(flatten)]
+    dir: RunDirArgs,
     /// Rows of the top-experts table.
     #[arg(long, default_value_t = 10)]
     show: usize,
@@ -24,16 +18,10 @@ pub struct AnalyzeArgs {
 
 /// Run `steermoe analyze`.
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let cfg_path = args.config.clone().unwrap_or_else(|| args.run.join("config.toml"));
-    let cfg: AnalysisConfig = if cfg_path.is_file() {
-        Config::load(&cfg_path, &args.overrides)?.analysis
-    } else {
-        anyhow::ensure!(args.overrides.is_empty(), "--set needs a config; {} does not exist", cfg_path.display());
-        AnalysisConfig::default()
-    };
-    let summary = analyze(&args.run, &cfg)?;
+    let cfg = args.dir.load()?.map(|c| c.analysis).unwrap_or_else(AnalysisConfig::default);
+    let summary = analyze(&args.dir.run, &cfg)?;
     print_summary(&summary, args.show);
-    println!("wrote {} in {}", steermoe::analysis::stage::OUTPUTS.join(", "), args.run.display());
+    println!("wrote {} in {}", steermoe::analysis::stage::OUTPUTS.join(", "), args.dir.run.display());
     Ok(())
 }
 

@@ -62,6 +62,34 @@ impl ConfigArgs {
     }
 }
 
+/// A run directory and the config to read its stage settings from.
+#[derive(Debug, clap::Args)]
+pub struct RunDirArgs {
+    /// Run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Experiment config (default: the run's `config.toml`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set train.lr=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+impl RunDirArgs {
+    /// The config file, if one exists (`--config` or the run's `config.toml`).
+    fn load(&self) -> anyhow::Result<Option<Config>> {
+        let path = self.config.clone().unwrap_or_else(|| self.run.join("config.toml"));
+        if path.is_file() {
+            Ok(Some(Config::load(&path, &self.overrides)?))
+        } else {
+            anyhow::ensure!(self.config.is_none(), "{}: no such config file", path.display());
+            anyhow::ensure!(self.overrides.is_empty(), "--set needs a config; {} does not exist", path.display());
+            Ok(None)
+        }
+    }
+}
+
 /// Log to stderr, filtered by `RUST_LOG` (default `warn`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

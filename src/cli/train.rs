@@ -1,6 +1,6 @@
 //! `steermoe train`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,18 +8,14 @@ use steermoe::backend::{self, Task};
 use steermoe::config::Config;
 use steermoe::train::{TrainOptions, TrainSummary, train};
 
+use super::RunDirArgs;
+
 /// Arguments of `steermoe train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Run directory written by `collect` and `analyze`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Experiment config (default: the run's `config.toml`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. `--set train.lr=1e-4` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
+    /// The analysed run and the experiment config.
+    #[command(flatten)]
+    dir: RunDirArgs,
 }
 
 struct Train<'a> {
@@ -43,9 +39,10 @@ impl Task for Train<'_> {
 
 /// Run `steermoe train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let cfg_path = args.config.clone().unwrap_or_else(|| args.run.join("config.toml"));
-    let cfg = Config::load(&cfg_path, &args.overrides)?;
-    run_with(&cfg, &args.run)
+    let cfg = args.dir.load()?.ok_or_else(|| {
+        anyhow::anyhow!("{}: no config.toml; pass --config", args.dir.run.display())
+    })?;
+    run_with(&cfg, &args.dir.run)
 }
 
 /// The train stage of a loaded config.
