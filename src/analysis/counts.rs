@@ -11,6 +11,7 @@ use crate::generate::RouterLogits;
 /// Counts top-k activations with a reusable k-slot buffer (no allocation per row).
 #[derive(Debug, Clone)]
 pub struct TopKCounter {
+    k: usize,
     slots: Vec<(u16, usize)>,
 }
 
@@ -26,13 +27,14 @@ impl TopKCounter {
     /// A counter for `k` experts per token.
     pub fn new(k: usize) -> Self {
         Self {
+            k,
             slots: Vec::with_capacity(k),
         }
     }
 
     /// The top-k `(order key, index)` of `row`, best first.
     pub fn select(&mut self, row: &[f16]) -> &[(u16, usize)] {
-        let k = self.slots.capacity().min(row.len());
+        let k = self.k.min(row.len());
         self.slots.clear();
         for (i, v) in row.iter().enumerate() {
             let v = order_key(*v);

@@ -43,7 +43,6 @@ impl Adaptor<SftOutputSync> for SftOutputSync {
 pub struct StepMetric {
     tx: Sender<StepRecord>,
     name: MetricName,
-    steps_before: usize,
 }
 
 impl StepMetric {
@@ -52,7 +51,6 @@ impl StepMetric {
         Self {
             tx,
             name: Arc::new("step".to_string()),
-            steps_before: 0,
         }
     }
 }
@@ -69,7 +67,6 @@ impl Metric for StepMetric {
         let window = metadata.global_progress.items_processed.saturating_sub(1);
         let per = metadata.progress.items_total;
         let step = window * per + metadata.iteration.unwrap_or(metadata.progress.items_processed);
-        let _ = self.steps_before;
         let record = StepRecord {
             step,
             loss: item.loss,
