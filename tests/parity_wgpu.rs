@@ -1,0 +1,47 @@
+//! The parity cases on wgpu. They need a Vulkan (or Metal/DX12) device, so they are ignored by a
+//! plain `cargo test`; run them with `cargo test --test parity_wgpu -- --ignored` (CI does, on
+//! Mesa's lavapipe).
+#![cfg(feature = "wgpu")]
+
+mod common;
+mod parity_cases;
+
+use parity_cases::*;
+
+type B = burn::backend::Wgpu;
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn forward_logits_router_logits_and_hidden_match() {
+    parity_cases::forward_logits_router_logits_and_hidden_match::<B>(WGPU);
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn forward_loss_matches() {
+    parity_cases::forward_loss_matches::<B>(WGPU);
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn free_routing_captures_nothing_by_default() {
+    parity_cases::free_routing_captures_nothing_by_default::<B>(WGPU);
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn left_padded_batch_matches_on_real_positions() {
+    parity_cases::left_padded_batch_matches_on_real_positions::<B>(WGPU);
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn masked_routing_matches_logits_router_logits_and_loss() {
+    parity_cases::masked_routing_matches_logits_router_logits_and_loss::<B>(WGPU);
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn masked_expert_gradients_of_layer0_match() {
+    parity_cases::masked_expert_gradients_of_layer0_match::<B>(WGPU);
+}
