@@ -65,6 +65,8 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     /// Expert-only fine-tuning.
     pub train: TrainConfig,
+    /// Attack success, refusals and utility on held-out goals.
+    pub eval: EvalConfig,
     /// The refusal judge.
     pub judge: PhraseJudge,
 }
@@ -78,6 +80,7 @@ impl Default for Config {
             collect: CollectConfig::default(),
             analysis: AnalysisConfig::default(),
             train: TrainConfig::default(),
+            eval: EvalConfig::default(),
             judge: PhraseJudge::default(),
         }
     }
@@ -331,6 +334,76 @@ impl Default for TrainConfig {
     }
 }
 
+/// A model evaluated by `steermoe run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The model as given.
+    Base,
+    /// The model with the run's unsafe experts deactivated by a steering bias (SteerMoE).
+    Steered,
+    /// The fine-tuned model (`final_model/`).
+    Trained,
+}
+
+impl Variant {
+    /// The lowercase name (directory under `eval/`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Base => "base",
+            Variant::Steered => "steered",
+            Variant::Trained => "trained",
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Models `steermoe run` evaluates, in table order.
+    pub variants: Vec<Variant>,
+    /// Evaluate at most this many held-out goals (0 = all): plain prompts of the first ones,
+    /// jailbreaks of those among them that pass `data.fields`' filter.
+    pub max_goals: usize,
+    /// Benign prompts: a JSON array or JSONL of records with `instruction` and `output`.
+    pub benign_path: PathBuf,
+    /// Key of the benign set in `data.split` (its `heldout_index` list is evaluated).
+    pub benign_split_key: String,
+    /// Evaluate at most this many benign prompts (0 = all).
+    pub max_benign: usize,
+    /// Prompts per generation batch.
+    pub batch_size: usize,
+    /// Generated tokens per answer (greedy unless `sampling` says otherwise).
+    pub max_new_tokens: usize,
+    /// Keep only the last this many prompt tokens (0 = no limit).
+    pub max_prompt_tokens: usize,
+    /// Greedy or seeded sampling.
+    pub sampling: Sampling,
+    /// Longest prompt + reference answer scored for the answer NLL; longer answers are cut.
+    pub nll_max_len: usize,
+    /// Steering bias added to the router logits of the deactivated experts (`steered`).
+    pub steer_bias: f64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            variants: vec![Variant::Base, Variant::Steered, Variant::Trained],
+            max_goals: 0,
+            benign_path: PathBuf::from("../shared/data/alpaca-eval.json"),
+            benign_split_key: "alpaca_eval".into(),
+            max_benign: 0,
+            batch_size: 16,
+            max_new_tokens: 48,
+            max_prompt_tokens: 464,
+            sampling: Sampling::Greedy,
+            nll_max_len: 512,
+            steer_bias: -1e9,
+        }
+    }
+}
+
 impl Config {
     /// Read a TOML file, apply `overrides` (`table.key=value`, the value in TOML syntax or a bare
     /// string), and validate. Relative paths stay relative to the working directory.
@@ -412,6 +485,26 @@ impl Config {
         }
         if t.max_len < 8 {
             return Err(bad("train.max_len", format!("must be at least 8, got {}", t.max_len)));
+        }
+        let e = &self.eval;
+        if e.batch_size == 0 {
+            return Err(bad("eval.batch_size", "must be at least 1".into()));
+        }
+        if e.max_new_tokens == 0 {
+            return Err(bad("eval.max_new_tokens", "must be at least 1".into()));
+        }
+        if e.nll_max_len < 8 {
+            return Err(bad("eval.nll_max_len", format!("must be at least 8, got {}", e.nll_max_len)));
+        }
+        if !(e.steer_bias < 0.0) {
+            return Err(bad("eval.steer_bias", format!("must be negative to deactivate experts, got {}", e.steer_bias)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(v) = e.variants.iter().find(|v| !seen.insert(**v)) {
+            return Err(bad("eval.variants", format!("{} is listed twice", v.name())));
+        }
+        if !e.variants.is_empty() && !e.benign_path.is_file() {
+            return Err(bad("eval.benign_path", format!("{}: no such file", e.benign_path.display())));
         }
         if !self.model.dir.is_dir() {
             return Err(bad("model.dir", format!("{}: no such directory", self.model.dir.display())));

@@ -21,6 +21,9 @@ pub enum Error {
     /// The train stage.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    /// The eval stage.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
     /// `forward`.
     #[error(transparent)]
     Inspect(#[from] crate::inspect::InspectError),

@@ -11,10 +11,12 @@ pub mod collect;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod judge;
 pub mod model;
 pub mod train;
+pub mod tui;
 
 pub use error::Error;

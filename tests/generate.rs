@@ -154,3 +154,20 @@ fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
         assert_close("generation routing", &gr.to_f32(), &expected_gen, tol(&expected_gen));
     }
 }
+
+#[test]
+fn expert_counts_leave_padding_out() {
+    let device = Default::default();
+    let model = model();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![5i64, 6, 7, 8, 9, 10, 1, 1], [2, 4]), &device);
+    let real = vec![true, true, true, true, true, true, false, false];
+    let mask = Tensor::from_data(TensorData::new(real.clone(), [2, 4]), &device);
+    let k = model.model.layers[0].mlp.top_k();
+    let all = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::free());
+    let counted = model.forward(OlmoeInput::padded(ids, mask), &Routing::free().with_counted(real.into()));
+    for (l, (a, c)) in all.expert_counts.iter().zip(&counted.expert_counts).enumerate() {
+        assert_eq!(a.iter().sum::<u32>() as usize, 8 * k, "layer {l}");
+        assert_eq!(c.iter().sum::<u32>() as usize, 6 * k, "layer {l}");
+        assert!(a.iter().zip(c).all(|(a, c)| c <= a), "layer {l}");
+    }
+}

@@ -17,7 +17,7 @@ use steermoe::config::{Config, Consistency, MaskScope, Trainable};
 use steermoe::model::{self, Precision, Routing};
 use steermoe::train::loader::SftBatch;
 use steermoe::train::loss::Targets;
-use steermoe::train::{TrainOptions, freeze, train};
+use steermoe::train::{TrainControl, TrainOptions, freeze, train};
 
 type B = TestAutodiffBackend;
 
@@ -44,8 +44,28 @@ fn train_step_gradients_equal_the_reference() {
         // The reference loss was computed with output_router_logits, which adds the aux loss.
         aux_coef: cfg.router_aux_loss_coef,
         tokens: 0,
+        input_tokens: n,
     };
     let out = TrainStep::step(&model, batch);
+    // Expert activation counts: k choices per token in every layer; where at least k experts
+    // are allowed, masked ones are never chosen (with fewer, the top-k fills up with masked
+    // experts of weight zero, as in the reference).
+    let counts = &out.item.expert_counts;
+    assert_eq!(counts.len(), cfg.num_hidden_layers);
+    let mut checked = 0;
+    for (l, layer) in counts.iter().enumerate() {
+        assert_eq!(layer.iter().sum::<u32>() as usize, n * cfg.num_experts_per_tok, "layer {l}");
+        let allowed = (0..cfg.num_experts).filter(|&e| mask.values[l * cfg.num_experts + e] != 0.0).count();
+        if allowed >= cfg.num_experts_per_tok {
+            checked += 1;
+            for (e, &c) in layer.iter().enumerate() {
+                if mask.values[l * cfg.num_experts + e] == 0.0 {
+                    assert_eq!(c, 0, "masked expert ({l}, {e}) counted");
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "no layer with k allowed experts to check");
     let experts = &model.model.layers[0].mlp.experts;
     for (pick, proj) in ["gate_proj", "up_proj", "down_proj"].into_iter().enumerate() {
         let mut got = Vec::new();
@@ -114,8 +134,10 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert_eq!(cfg.train.mask_scope, MaskScope::UnsafeSamples);
     let run_b = tmp.path().join("run_b");
     let run_c = tmp.path().join("run_c");
+    let run_d = tmp.path().join("run_d");
     copy_dir(&run, &run_b);
     copy_dir(&run, &run_c);
+    copy_dir(&run, &run_d);
     let device = Default::default();
 
     let a = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap();
@@ -154,7 +176,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert_eq!(losses(&a), losses(&b));
 
     // Interrupted after 2 steps, then resumed: the same final weights.
-    let part = train::<B>(&cfg, &run_c, &device, &TrainOptions { stop_after_windows: Some(2) }, |_| {}).unwrap();
+    let part = train::<B>(&cfg, &run_c, &device, &TrainOptions { stop_after_windows: Some(2), ..Default::default() }, |_| {}).unwrap();
     assert_eq!(part.steps.len(), 2);
     assert!(!run_c.join("final_model").exists(), "an interrupted run exports nothing");
     let rest = train::<B>(&cfg, &run_c, &device, &TrainOptions::default(), |_| {}).unwrap();
@@ -162,4 +184,30 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert_eq!(rest.steps.len(), 4);
     assert_eq!(rest.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), a.steps[2..].iter().map(|s| s.loss).collect::<Vec<_>>());
     assert_eq!(tensors(&run_c.join("final_model/model.safetensors")), after, "resumed run ends bit-identical");
+
+    // Every step went to metrics.jsonl, with expert counts for the dashboard.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[5]["step"], 6);
+    let counts = lines[0]["expert_counts"].as_array().unwrap();
+    let layer0: u64 = counts[0].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+    assert!(layer0 > 0 && layer0 % 2 == 0, "{layer0}: top-2 choices of the real tokens");
+    assert_eq!(lines[0]["input_tokens"].as_u64().unwrap() * 2, layer0);
+
+    // A stop request (the dashboard's `q`) pending when a window starts: no step runs, nothing is
+    // exported, and a rerun trains from the start to the same weights. (That a request during a
+    // window lets it finish first is `TrainControl`'s unit test.)
+    let control = TrainControl::new();
+    control.request_stop();
+    let opts = TrainOptions { control: Some(control), ..Default::default() };
+    let stopped = train::<B>(&cfg, &run_d, &device, &opts, |_| {}).unwrap();
+    assert!(stopped.stopped && stopped.steps.is_empty());
+    assert!(!run_d.join("final_model").exists());
+    let rest = train::<B>(&cfg, &run_d, &device, &TrainOptions::default(), |_| {}).unwrap();
+    assert_eq!(rest.steps.len(), 6);
+    assert_eq!(tensors(&run_d.join("final_model/model.safetensors")), after);
 }

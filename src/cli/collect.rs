@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use steermoe::backend::{self, Task};
 use steermoe::collect::{CollectEvent, CollectSummary, stage};
 use steermoe::config::Config;
+use steermoe::model::OlmoeConfig;
+use steermoe::tui::{self, RunInfo, UiEvent, View};
 
 use super::ConfigArgs;
 
@@ -26,6 +28,29 @@ struct Collect<'a> {
 impl Task for Collect<'_> {
     type Output = anyhow::Result<CollectSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        if super::tui_enabled() {
+            let info = RunInfo {
+                model: self.cfg.model.dir.display().to_string(),
+                backend: self.cfg.model.backend.to_string(),
+                precision: format!("{:?}", self.cfg.model.precision).to_lowercase(),
+                run_dir: self.run_dir.display().to_string(),
+                experts: OlmoeConfig::from_path(&self.cfg.model.dir)?.num_experts,
+                ..RunInfo::default()
+            };
+            // Every finished batch is on disk (written atomically), so quitting mid-collect
+            // loses at most the batch in flight; a rerun resumes after the last finished one.
+            let ui = tui::spawn(info, View::Collect, None, || {
+                ratatui::restore();
+                println!("collect stopped; finished batches are kept, rerun the same command to resume");
+                std::process::exit(0);
+            })?;
+            let tx = ui.sender();
+            let result = stage::run::<B::InnerBackend>(self.cfg, self.run_dir, &device, move |e| {
+                let _ = tx.send(UiEvent::Collect(e));
+            });
+            ui.finish()?;
+            return Ok(result?);
+        }
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template("collect {bar:30} {pos}/{len} batches  {msg}  [{elapsed_precise}<{eta_precise}]")
@@ -63,12 +88,15 @@ pub fn run(args: CollectArgs) -> anyhow::Result<()> {
 
 /// The collect stage of a loaded config.
 pub fn run_with(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
     let s = backend::run(cfg.model.backend, Collect { cfg, run_dir })??;
+    let secs = start.elapsed().as_secs_f64();
     println!(
-        "collected {} batches ({} already done), {} tokens; run directory {}",
+        "collected {} batches ({} already done), {} tokens in {secs:.1} s ({:.0} generated tokens/s, model load and first-use kernel compilation included); run directory {}",
         s.collected,
         s.resumed,
         s.tokens,
+        s.tokens as f64 / secs.max(1e-9),
         run_dir.display()
     );
     if !s.skipped.is_empty() {

@@ -2,6 +2,7 @@
 
 mod analyze;
 mod collect;
+mod eval;
 mod forward;
 mod generate;
 mod run;
@@ -17,8 +18,20 @@ use steermoe::config::Config;
 #[derive(Debug, Parser)]
 #[command(name = "steermoe", version, about)]
 pub struct Cli {
+    /// Print progress lines instead of the terminal dashboard (the default when stdout is not a
+    /// terminal).
+    #[arg(long, global = true)]
+    no_tui: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+static NO_TUI: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether stages draw the dashboard: stdout is a terminal and `--no-tui` was not given.
+pub fn tui_enabled() -> bool {
+    use std::io::IsTerminal;
+    !NO_TUI.load(std::sync::atomic::Ordering::Relaxed) && std::io::stdout().is_terminal()
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,7 +46,9 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Fine-tune the unsafe experts of an analysed run and export the model in Hub layout.
     Train(train::TrainArgs),
-    /// collect → analyze → train in one run directory, skipping finished stages.
+    /// Attack success, refusals and benign utility of a model (base, steered or fine-tuned).
+    Eval(eval::EvalArgs),
+    /// collect → analyze → train → eval in one run directory, skipping finished stages.
     Run(run::RunArgs),
 }
 
@@ -52,12 +67,38 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// Load and validate the config, create the run directory and record the resolved config.
+    /// Load and validate the config, check that its data make the batches and held-out sets it
+    /// asks for (before any work), create the run directory and record the resolved config and
+    /// the code's revision. A run directory made with a different config is refused: its stages
+    /// would be skipped as done.
     fn load(&self) -> anyhow::Result<(Config, PathBuf)> {
         let cfg = Config::load(&self.config, &self.overrides)?;
+        steermoe::collect::stage::batches(&cfg)?;
+        if !cfg.eval.variants.is_empty() {
+            steermoe::eval::EvalSets::from_config(&cfg)?;
+        }
         let run_dir = collect::run_dir(&self.config, self.out.as_ref());
+        let resolved = cfg.to_toml();
+        let recorded = run_dir.join("config.toml");
+        if let Ok(old) = std::fs::read_to_string(&recorded) {
+            anyhow::ensure!(
+                old == resolved,
+                "{} was made with a different config (see {}); pass another --out or remove it",
+                run_dir.display(),
+                recorded.display()
+            );
+        }
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
-        steermoe::model::checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        let write = steermoe::model::checkpoint::write_atomic;
+        write(&recorded, resolved.as_bytes())?;
+        let provenance = serde_json::json!({
+            "steermoe_version": env!("CARGO_PKG_VERSION"),
+            "git_revision": env!("STEERMOE_GIT_REVISION"),
+            "seed": cfg.seed,
+            "config": self.config.display().to_string(),
+            "overrides": self.overrides,
+        });
+        write(&run_dir.join("provenance.json"), format!("{provenance:#}\n").as_bytes())?;
         Ok((cfg, run_dir))
     }
 }
@@ -102,12 +143,14 @@ pub fn init_logging() {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    NO_TUI.store(cli.no_tui, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Collect(args) => collect::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Run(args) => run::run(args),
     }
 }

@@ -1,11 +1,11 @@
-//! `steermoe run`: the stages of one config in one run directory, each skipped when its outputs
-//! are complete (collect and train also resume part-way).
+//! `steermoe run`: collect → analyze → train → eval of one config in one run directory, each
+//! stage skipped when its outputs are complete (collect and train also resume part-way).
 
 use std::path::Path;
 
 use steermoe::analysis::stage::OUTPUTS;
 
-use super::{ConfigArgs, analyze, collect, train};
+use super::{ConfigArgs, analyze, collect, eval, train};
 
 /// Arguments of `steermoe run`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("== train: done already");
     } else {
         println!("== train");
-        train::run_with(&cfg, &run_dir)?;
+        if !train::run_with(&cfg, &run_dir)? {
+            println!("run stopped during train; `steermoe run` with the same config resumes it");
+            return Ok(());
+        }
+    }
+    if !cfg.eval.variants.is_empty() {
+        println!("== eval");
+        eval::run_variants(&cfg, &run_dir)?;
     }
     println!("results in {}", run_dir.display());
     Ok(())

@@ -6,7 +6,8 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use steermoe::backend::{self, Task};
 use steermoe::config::Config;
-use steermoe::train::{TrainOptions, TrainSummary, train};
+use steermoe::train::{TrainControl, TrainOptions, TrainSummary, train};
+use steermoe::tui::{self, RunInfo, UiEvent, View};
 
 use super::RunDirArgs;
 
@@ -26,11 +27,46 @@ struct Train<'a> {
 impl Task for Train<'_> {
     type Output = anyhow::Result<TrainSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("train step {pos}  {msg}  [{elapsed_precise}]").expect("valid template"));
-        let summary = train::<B>(self.cfg, self.run_dir, &device, &TrainOptions::default(), |s| {
+        let control = TrainControl::new();
+        let opts = TrainOptions {
+            control: Some(control.clone()),
+            ..TrainOptions::default()
+        };
+        if super::tui_enabled() {
+            let info = RunInfo {
+                model: self.cfg.model.dir.display().to_string(),
+                backend: self.cfg.model.backend.to_string(),
+                precision: format!("{:?}", self.cfg.model.precision).to_lowercase(),
+                run_dir: self.run_dir.display().to_string(),
+                ..RunInfo::default()
+            };
+            let ui = tui::spawn(info, View::Train, Some(control.clone()), || {})?;
+            let tx = ui.sender();
+            let result = train::<B>(self.cfg, self.run_dir, &device, &opts, move |s| {
+                let _ = tx.send(UiEvent::Step(s));
+            });
+            ui.finish()?;
+            return Ok(result?);
+        }
+        // Headless: a progress line per step (a bar on a terminal, plain lines otherwise).
+        let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("train {bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
+                .expect("valid template"),
+        );
+        let summary = train::<B>(self.cfg, self.run_dir, &device, &opts, |s| {
+            if bar.length() == Some(0)
+                && let Some(plan) = control.plan()
+            {
+                bar.set_length(plan.total_steps as u64);
+            }
             bar.set_position(s.step as u64);
-            bar.set_message(format!("loss {:.4}  lr {:.2e}  batch {}", s.loss, s.lr, s.batch_idx));
+            let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s  batch {}", s.loss, s.lr, s.tokens_per_s, s.batch_idx);
+            if plain {
+                eprintln!("train step {}  {msg}", s.step);
+            }
+            bar.set_message(msg);
         })?;
         bar.finish();
         Ok(summary)
@@ -42,14 +78,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = args.dir.load()?.ok_or_else(|| {
         anyhow::anyhow!("{}: no config.toml; pass --config", args.dir.run.display())
     })?;
-    run_with(&cfg, &args.dir.run)
+    run_with(&cfg, &args.dir.run).map(|_| ())
 }
 
-/// The train stage of a loaded config.
-pub fn run_with(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
+/// The train stage of a loaded config; `false` if it was stopped before the end (nothing
+/// exported).
+pub fn run_with(cfg: &Config, run_dir: &Path) -> anyhow::Result<bool> {
     let s = backend::run(cfg.model.backend, Train { cfg, run_dir })??;
     if let Some(w) = s.resumed_from {
         println!("resumed from checkpoint {w}");
+    }
+    if s.stopped {
+        println!(
+            "stopped after step {} of {}; run the same command again to resume from the last checkpoint",
+            s.steps.last().map_or(0, |r| r.step),
+            s.total_steps
+        );
+        return Ok(false);
     }
     let (trainable, total) = s.params;
     println!(
@@ -61,5 +106,5 @@ pub fn run_with(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
         println!("loss {:.4} -> {:.4}", first.loss, last.loss);
     }
     println!("exported {}", s.final_model.display());
-    Ok(())
+    Ok(true)
 }

@@ -1,27 +1,17 @@
 //! The collect stage from a [`Config`]: model, tokenizer, dataset (train split), mixed batches,
 //! judge, then [`collect`](super::collect) into a run directory.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use serde_json::Value;
 
 use super::{CollectError, CollectEvent, CollectSummary, collect};
 use crate::config::Config;
 use crate::data::attack::{Pair, read_pairs};
 use crate::data::batch::{Batch, goals_per_batch, mixed_batches};
+use crate::data::split::{SplitPart, split_ids};
 use crate::data::{ChatTokenizer, DataError};
 use crate::model;
-
-/// Which part of a split file to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SplitPart {
-    /// Goals the pipeline trains on.
-    Train,
-    /// Goals it is evaluated on.
-    Heldout,
-}
 
 /// The dataset's pairs, restricted to one part of the split if the config names a split file.
 pub fn pairs(cfg: &Config, part: SplitPart) -> Result<Vec<Pair>, DataError> {
@@ -31,33 +21,6 @@ pub fn pairs(cfg: &Config, part: SplitPart) -> Result<Vec<Pair>, DataError> {
         pairs.retain(|p| ids.contains(&p.record));
     }
     Ok(pairs)
-}
-
-/// Record ids of one part of a split file (`{key: {train_ids: [..], heldout_ids: [..]}}`).
-pub fn split_ids(path: &Path, key: &str, part: SplitPart) -> Result<HashSet<usize>, DataError> {
-    let field = match part {
-        SplitPart::Train => "train_ids",
-        SplitPart::Heldout => "heldout_ids",
-    };
-    let err = |reason: String| DataError::Field {
-        path: path.to_path_buf(),
-        record: None,
-        field: format!("{key}.{field}"),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let list = v
-        .get(key)
-        .and_then(|s| s.get(field))
-        .and_then(Value::as_array)
-        .ok_or_else(|| err("missing or not a list".into()))?;
-    list.iter()
-        .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| err(format!("{x} is not a record id"))))
-        .collect()
 }
 
 /// The mixed batches a config collects (train split, `max_goals`, `max_batches` applied).

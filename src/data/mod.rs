@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod batch;
 pub mod chat;
+pub mod split;
 pub mod tokenizer;
 
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub use cache::KvCache;
 pub use checkpoint::{Precision, load, save};
 pub use config::OlmoeConfig;
-pub use olmoe::{Olmoe, OlmoeInput, OlmoeOutput};
+pub use olmoe::{Decoded, Olmoe, OlmoeInput, OlmoeOutput};
 pub use routing::Routing;
 
 /// What can go wrong reading or writing a checkpoint.

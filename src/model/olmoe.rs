@@ -183,6 +183,8 @@ pub struct MoeOutput<B: Backend> {
     pub hidden: Tensor<B, 3>,
     /// `[batch * seq, experts]` router logits before mask and bias, if captured.
     pub router_logits: Option<Tensor<B, 2>>,
+    /// `[experts]`: how many real tokens chose each expert (one of their top-k).
+    pub expert_counts: Vec<u32>,
 }
 
 /// Sparse mixture-of-experts feed-forward (transformers: `OlmoeSparseMoeBlock`).
@@ -236,6 +238,18 @@ impl<B: Backend> MoeBlock<B> {
         for &e in &chosen {
             counts[e as usize] += 1;
         }
+        let expert_counts = match &routing.counted {
+            Some(real) => {
+                let mut c = vec![0u32; num_experts];
+                for (flat, &e) in chosen.iter().enumerate() {
+                    if real.get(flat / k).copied().unwrap_or(true) {
+                        c[e as usize] += 1;
+                    }
+                }
+                c
+            }
+            None => counts.iter().map(|&c| c as u32).collect(),
+        };
         let mut starts = vec![0usize; num_experts + 1];
         for e in 0..num_experts {
             starts[e + 1] = starts[e] + counts[e];
@@ -269,6 +283,7 @@ impl<B: Backend> MoeBlock<B> {
         MoeOutput {
             hidden: out.reshape([batch, seq, hidden]),
             router_logits: routing.capture.then_some(logits),
+            expert_counts,
         }
     }
 }
@@ -348,6 +363,21 @@ pub struct OlmoeOutput<B: Backend> {
     pub hidden: Tensor<B, 3>,
     /// `[layers, batch, seq, experts]` router logits before mask and bias, if captured.
     pub router_logits: Option<Tensor<B, 4>>,
+    /// `[layers][experts]`: how many tokens chose each expert (see [`Decoded::expert_counts`]).
+    pub expert_counts: Vec<Vec<u32>>,
+}
+
+/// The decoder's output before the LM head.
+#[derive(Debug, Clone)]
+pub struct Decoded<B: Backend> {
+    /// `[batch, seq, hidden]`, after the final norm.
+    pub hidden: Tensor<B, 3>,
+    /// `[layers, batch, seq, experts]` router logits before mask and bias, if captured.
+    pub router_logits: Option<Tensor<B, 4>>,
+    /// `[layers][experts]`: how many tokens had each expert among their top-k, padding left out
+    /// when the routing says which tokens are real ([`Routing::with_counted`]). Free: the MoE
+    /// block groups tokens by expert on the host anyway.
+    pub expert_counts: Vec<Vec<u32>>,
 }
 
 impl<B: Backend> Olmoe<B> {
@@ -372,31 +402,34 @@ impl<B: Backend> Olmoe<B> {
 
     /// A full forward pass with no cache.
     pub fn forward(&self, input: OlmoeInput<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        let (hidden, router_logits) = self.run(input, None, routing);
-        self.with_head(hidden, router_logits, false)
+        let decoded = self.run(input, None, routing);
+        self.with_head(decoded, false)
     }
 
     /// A forward pass that reads and extends `cache` (prefill, then one token at a time).
     pub fn forward_cached(&self, input: OlmoeInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        let (hidden, router_logits) = self.run(input, Some(cache), routing);
-        self.with_head(hidden, router_logits, false)
+        let decoded = self.run(input, Some(cache), routing);
+        self.with_head(decoded, false)
     }
 
     /// [`Olmoe::forward_cached`] computing logits for the last position only (`[batch, 1,
     /// vocab]`): what decoding needs, without the LM head over a whole prompt.
     pub fn forward_cached_last(&self, input: OlmoeInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> OlmoeOutput<B> {
-        let (hidden, router_logits) = self.run(input, Some(cache), routing);
-        self.with_head(hidden, router_logits, true)
+        let decoded = self.run(input, Some(cache), routing);
+        self.with_head(decoded, true)
     }
 
-    /// The decoder without the LM head: final hidden states `[batch, seq, hidden]` and router
-    /// logits `[layers, batch, seq, experts]` if captured. Training applies the head only where
-    /// the loss counts.
-    pub fn forward_hidden(&self, input: OlmoeInput<B>, routing: &Routing<B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+    /// The decoder without the LM head. Training applies the head only where the loss counts.
+    pub fn forward_hidden(&self, input: OlmoeInput<B>, routing: &Routing<B>) -> Decoded<B> {
         self.run(input, None, routing)
     }
 
-    fn with_head(&self, hidden: Tensor<B, 3>, router_logits: Option<Tensor<B, 4>>, last_only: bool) -> OlmoeOutput<B> {
+    fn with_head(&self, decoded: Decoded<B>, last_only: bool) -> OlmoeOutput<B> {
+        let Decoded {
+            hidden,
+            router_logits,
+            expert_counts,
+        } = decoded;
         let logits = if last_only {
             let [batch, seq, width] = hidden.dims();
             self.lm_head.forward(hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
@@ -407,10 +440,11 @@ impl<B: Backend> Olmoe<B> {
             logits,
             hidden,
             router_logits,
+            expert_counts,
         }
     }
 
-    fn run(&self, input: OlmoeInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+    fn run(&self, input: OlmoeInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>) -> Decoded<B> {
         let [batch, seq] = input.input_ids.dims();
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -425,6 +459,7 @@ impl<B: Backend> Olmoe<B> {
 
         let mut x = self.model.embed_tokens.forward(input.input_ids);
         let mut router_logits = Vec::new();
+        let mut expert_counts = Vec::with_capacity(self.model.layers.len());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
@@ -432,13 +467,17 @@ impl<B: Backend> Olmoe<B> {
             let h = layer.post_attention_layernorm.forward(x.clone());
             let moe = layer.mlp.forward(h, &routing.layer(i));
             x = x + moe.hidden;
+            expert_counts.push(moe.expert_counts);
             if let Some(logits) = moe.router_logits {
                 let experts = logits.dims()[1];
                 router_logits.push(logits.reshape([batch, seq, experts]));
             }
         }
-        let hidden = self.model.norm.forward(x);
-        (hidden, (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)))
+        Decoded {
+            hidden: self.model.norm.forward(x),
+            router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
+            expert_counts,
+        }
     }
 }
 

@@ -14,6 +14,8 @@
 //! Ties in the top-k are broken by the backend's descending sort; a tie between two allowed
 //! experts has measure zero with real logits, and ties between masked experts carry weight zero.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
@@ -30,6 +32,9 @@ pub struct Routing<B: Backend> {
     pub bias: Option<Tensor<B, 2>>,
     /// Return each layer's router logits (before mask and bias).
     pub capture: bool,
+    /// Host copy of which of the `batch * seq` tokens are real, row-major: expert counts skip
+    /// the others (padding). `None`: every token counts.
+    pub counted: Option<Arc<[bool]>>,
 }
 
 impl<B: Backend> Default for Routing<B> {
@@ -38,6 +43,7 @@ impl<B: Backend> Default for Routing<B> {
             allow: None,
             bias: None,
             capture: false,
+            counted: None,
         }
     }
 }
@@ -89,6 +95,13 @@ impl<B: Backend> Routing<B> {
         self
     }
 
+    /// Count expert choices of the real tokens only (`[batch * seq]`, row-major, `true` =
+    /// real), so that the counts a forward pass returns leave padding out.
+    pub fn with_counted(mut self, counted: Arc<[bool]>) -> Self {
+        self.counted = Some(counted);
+        self
+    }
+
     /// The view of layer `layer`.
     pub fn layer(&self, layer: usize) -> LayerRouting<B> {
         LayerRouting {
@@ -101,6 +114,7 @@ impl<B: Backend> Routing<B> {
                 b.clone().slice(layer..layer + 1).reshape([experts])
             }),
             capture: self.capture,
+            counted: self.counted.clone(),
         }
     }
 }
@@ -114,6 +128,8 @@ pub struct LayerRouting<B: Backend> {
     pub bias: Option<Tensor<B, 1>>,
     /// Capture the logits.
     pub capture: bool,
+    /// Which tokens count in the expert counts (see [`Routing::counted`]).
+    pub counted: Option<Arc<[bool]>>,
 }
 
 /// The experts chosen for every token of one layer.
@@ -195,7 +211,7 @@ mod tests {
 
     #[test]
     fn free_routing_picks_the_largest_probabilities() {
-        let choice = LayerRouting::<B> { allow: None, bias: None, capture: false }
+        let choice = LayerRouting::<B> { allow: None, bias: None, capture: false, counted: None }
             .choose(logits(), 1, 2, false);
         choice
             .experts
@@ -216,7 +232,7 @@ mod tests {
             TensorData::from([[true, false, false, false]]),
             &device,
         );
-        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false }
+        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false, counted: None }
             .choose(logits(), 1, 2, true);
         let experts = choice.experts.into_data().to_vec::<i64>().unwrap();
         let w = choice.weights.into_data().to_vec::<f32>().unwrap();
@@ -233,7 +249,7 @@ mod tests {
             TensorData::from([[false, false, false, true], [false, true, false, false]]),
             &device,
         );
-        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false }
+        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false, counted: None }
             .choose(logits(), 2, 1, false);
         choice
             .experts
@@ -241,7 +257,7 @@ mod tests {
             .assert_eq(&TensorData::from([[3i64], [1]]), false);
         // A large negative bias deactivates expert 2 everywhere.
         let bias = Tensor::<B, 1>::from_floats([0.0, 0.0, -100.0, 0.0], &device);
-        let choice = LayerRouting { allow: None, bias: Some(bias), capture: false }
+        let choice = LayerRouting { allow: None, bias: Some(bias), capture: false, counted: None }
             .choose(logits(), 2, 1, false);
         choice
             .experts

@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use super::control::TrainControl;
 use super::loss::Targets;
 use super::sft::SftGroup;
 use crate::analysis::select::ExpertId;
@@ -51,6 +52,8 @@ pub struct SftBatch<B: Backend> {
     pub aux_coef: f64,
     /// Tokens counted by the loss.
     pub tokens: usize,
+    /// Real (unpadded) tokens in the batch.
+    pub input_tokens: usize,
 }
 
 /// Per-batch expert masks on the device, `[batches, layers, experts]`, `true` = may be chosen.
@@ -126,6 +129,7 @@ pub struct BatchPreservingLoader<B: Backend> {
     consistency: (Consistency, f64),
     aux_coef: f64,
     device: B::Device,
+    control: TrainControl,
 }
 
 /// Group positions in training order: `epochs` passes, each shuffled by `seed + epoch` if asked.
@@ -168,7 +172,14 @@ impl<B: Backend> BatchPreservingLoader<B> {
             consistency,
             aux_coef,
             device,
+            control: TrainControl::default(),
         }
+    }
+
+    /// Serve pause and stop requests of `control` (see [`TrainControl`]).
+    pub fn with_control(mut self, control: TrainControl) -> Self {
+        self.control = control;
+        self
     }
 
     /// Number of windows (burn-train epochs) the schedule makes.
@@ -194,16 +205,22 @@ impl<B: Backend> BatchPreservingLoader<B> {
             tokens += ex.labels.iter().skip(1).filter(|&&l| l != super::loss::IGNORE_INDEX).count();
         }
         let is_unsafe: Vec<bool> = group.examples.iter().map(|e| e.label == Label::Unsafe).collect();
+        let input_tokens = valid.iter().filter(|&&v| v).count();
+        let routing = self
+            .masks
+            .routing(group.batch_idx, &is_unsafe, self.mask_scope)
+            .with_counted(valid.clone().into());
         SftBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), &self.device),
             targets: Targets::from_labels(&labels, n, width, &self.device),
             attention_mask: Tensor::from_data(TensorData::new(valid, [n, width]), &self.device),
             batch_idx: group.batch_idx,
-            routing: self.masks.routing(group.batch_idx, &is_unsafe, self.mask_scope),
+            routing,
             is_unsafe,
             consistency: self.consistency,
             aux_coef: self.aux_coef,
             tokens,
+            input_tokens,
         }
     }
 }
@@ -218,6 +235,7 @@ impl<B: Backend> Iterator for WindowIter<'_, B> {
     type Item = SftBatch<B>;
     fn next(&mut self) -> Option<Self::Item> {
         let step = self.steps.next()?;
+        self.loader.control.wait_while_paused();
         self.done += 1;
         Some(self.loader.batch(self.loader.schedule[step]))
     }
@@ -233,7 +251,11 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<SftBatch<B>> + 'a> {
         let w = self.next_window.fetch_add(1, Ordering::SeqCst);
         let start = (w * self.window).min(self.schedule.len());
-        let end = ((w + 1) * self.window).min(self.schedule.len());
+        let end = if self.control.window_may_start() {
+            ((w + 1) * self.window).min(self.schedule.len())
+        } else {
+            start
+        };
         Box::new(WindowIter {
             loader: self,
             steps: start..end,
@@ -260,6 +282,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             consistency: self.consistency,
             aux_coef: self.aux_coef,
             device: device.clone(),
+            control: self.control.clone(),
         })
     }
 
@@ -276,6 +299,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             consistency: self.consistency,
             aux_coef: self.aux_coef,
             device: self.device.clone(),
+            control: self.control.clone(),
         })
     }
 }

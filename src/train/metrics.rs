@@ -2,11 +2,12 @@
 //!
 //! The Learner owns the training loop, so the place where every step's output appears is its
 //! metric hook: [`StepMetric`] is a burn-train `Metric` that forwards a [`StepRecord`] (step,
-//! loss, learning rate, tokens, batch) over a channel to whoever watches (progress lines,
-//! `metrics.jsonl`, the dashboard). [`QuietRenderer`] keeps burn-train's own renderer silent.
+//! loss, learning rate, tokens, tokens/s, batch, expert activation counts) over a channel to
+//! whoever watches (progress lines, `metrics.jsonl`, the dashboard). [`QuietRenderer`] keeps burn-train's own renderer silent.
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use burn::train::metric::{Adaptor, Metric, MetricMetadata, MetricName, SerializedEntry};
@@ -28,8 +29,14 @@ pub struct StepRecord {
     pub lr: f64,
     /// Tokens counted by the loss.
     pub tokens: usize,
+    /// Real tokens forwarded.
+    pub input_tokens: usize,
+    /// Forwarded tokens per second since the previous step (wall clock, data loading included).
+    pub tokens_per_s: f64,
     /// Analysis batch trained on.
     pub batch_idx: usize,
+    /// `[layers][experts]`: real tokens of the step that had each expert in their top-k.
+    pub expert_counts: Vec<Vec<u32>>,
 }
 
 impl Adaptor<SftOutputSync> for SftOutputSync {
@@ -43,6 +50,7 @@ impl Adaptor<SftOutputSync> for SftOutputSync {
 pub struct StepMetric {
     tx: Sender<StepRecord>,
     name: MetricName,
+    last: Instant,
 }
 
 impl StepMetric {
@@ -51,6 +59,7 @@ impl StepMetric {
         Self {
             tx,
             name: Arc::new("step".to_string()),
+            last: Instant::now(),
         }
     }
 }
@@ -67,13 +76,19 @@ impl Metric for StepMetric {
         let window = metadata.global_progress.items_processed.saturating_sub(1);
         let per = metadata.progress.items_total;
         let step = window * per + metadata.iteration.unwrap_or(metadata.progress.items_processed);
+        let now = Instant::now();
+        let seconds = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
         let record = StepRecord {
             step,
             loss: item.loss,
             lm_loss: item.lm_loss,
             lr: metadata.lr.unwrap_or(0.0),
             tokens: item.tokens,
+            input_tokens: item.input_tokens,
+            tokens_per_s: item.input_tokens as f64 / seconds.max(1e-9),
             batch_idx: item.batch_idx,
+            expert_counts: item.expert_counts.clone(),
         };
         let _ = self.tx.send(record);
         SerializedEntry::new(format!("{:.4}", item.loss), item.loss.to_string())

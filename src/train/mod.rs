@@ -9,6 +9,7 @@
 //! - [`train`] wires them into `SupervisedTraining`, checkpoints every window of steps under
 //!   `train/`, resumes from the latest checkpoint, and exports `final_model/` in Hub layout.
 
+pub mod control;
 pub mod freeze;
 pub mod loader;
 pub mod loss;
@@ -36,6 +37,7 @@ use crate::data::{ChatTokenizer, DataError};
 use crate::model::checkpoint::write_atomic;
 use crate::model::{self, LoadError, OlmoeConfig};
 use loader::{BatchPreservingLoader, MaskTable};
+pub use control::{TrainControl, TrainPlan};
 pub use metrics::StepRecord;
 
 /// What can go wrong training.
@@ -138,6 +140,10 @@ pub struct TrainSummary {
     pub final_model: PathBuf,
     /// The window (checkpoint) the run resumed from, if any.
     pub resumed_from: Option<usize>,
+    /// Stopped early (by a stop request or `stop_after_windows`): nothing exported.
+    pub stopped: bool,
+    /// Steps of the schedule, all epochs.
+    pub total_steps: usize,
 }
 
 /// Knobs a caller sets beside the config (not part of the experiment).
@@ -145,6 +151,8 @@ pub struct TrainSummary {
 pub struct TrainOptions {
     /// Stop after this many windows (as an interruption would) and skip the export.
     pub stop_after_windows: Option<usize>,
+    /// Pause and stop requests from a UI.
+    pub control: Option<TrainControl>,
 }
 
 /// Latest checkpoint epoch under `dir/checkpoint` (`model-{n}.mpk`).
@@ -193,6 +201,7 @@ pub fn train<B: AutodiffBackend>(
     let window = if t.checkpoint_every > 0 { t.checkpoint_every } else { num_batches };
     let train_dir = run_dir.join("train");
     let resume = latest_checkpoint(&train_dir);
+    let control = opts.control.clone().unwrap_or_default();
     let loader = BatchPreservingLoader::<B>::new(
         groups.clone(),
         MaskTable::new(&sets, layers, experts, device),
@@ -204,9 +213,16 @@ pub fn train<B: AutodiffBackend>(
         (t.router_consistency, t.consistency_weight),
         aux_coef,
         device.clone(),
-    );
+    )
+    .with_control(control.clone());
     let windows = loader.windows();
     let total_steps = num_batches * t.epochs;
+    control.set_plan(control::TrainPlan {
+        total_steps,
+        params,
+        trained: trained.clone(),
+        batch_experts: sets.clone(),
+    });
     let last_window = opts.stop_after_windows.map_or(windows, |s| s.min(windows));
     // No validation split: an empty loader on the inference backend.
     let valid = BatchPreservingLoader::<B::InnerBackend>::new(
@@ -240,6 +256,7 @@ pub fn train<B: AutodiffBackend>(
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
         .renderer(metrics::QuietRenderer)
         .with_application_logger(None)
+        .with_interrupter(control.interrupter())
         .num_epochs(last_window);
     if t.grad_accumulation > 1 {
         training = training.grads_accumulation(t.grad_accumulation);
@@ -249,11 +266,23 @@ pub fn train<B: AutodiffBackend>(
     }
     // The metric's sender lives in `training`; once the Learner is done and dropped, the
     // channel closes and the consumer returns every step it saw.
+    // Every step also goes to `metrics.jsonl` (appended: a resumed run continues the file).
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|source| LoadError::Io { path: metrics_path.clone(), source })?;
     let (result, steps) = std::thread::scope(|s| {
         let consumer = s.spawn(move || {
+            use std::io::Write;
             let mut on_step = on_step;
             let mut out = Vec::new();
             for record in rx {
+                let line = serde_json::to_string(&record).expect("step records serialise");
+                if let Err(e) = writeln!(metrics_file, "{line}") {
+                    tracing::warn!("{}: {e}", metrics_path.display());
+                }
                 on_step(record.clone());
                 out.push(record);
             }
@@ -269,7 +298,10 @@ pub fn train<B: AutodiffBackend>(
     });
 
     let final_model = run_dir.join("final_model");
-    if opts.stop_after_windows.is_none_or(|s| s >= windows)
+    // A stop request after the last window's checkpoint stopped nothing.
+    let stopped = opts.stop_after_windows.is_some_and(|s| s < windows)
+        || (control.stop_requested() && latest_checkpoint(&train_dir).is_none_or(|c| c < windows));
+    if !stopped
         && let Some(result) = result
     {
         let model = result.model;
@@ -303,6 +335,8 @@ pub fn train<B: AutodiffBackend>(
         params,
         final_model,
         resumed_from: resume,
+        stopped,
+        total_steps,
     })
 }
 

@@ -22,8 +22,12 @@ pub struct SftOutput<B: Backend> {
     pub lm_loss: Tensor<B, 1>,
     /// Tokens counted by the loss.
     pub tokens: usize,
+    /// Real (unpadded) tokens forwarded.
+    pub input_tokens: usize,
     /// The analysis batch.
     pub batch_idx: usize,
+    /// `[layers][experts]`: real tokens that had each expert in their top-k.
+    pub expert_counts: Vec<Vec<u32>>,
 }
 
 /// [`SftOutput`] read back to the host.
@@ -35,8 +39,12 @@ pub struct SftOutputSync {
     pub lm_loss: f64,
     /// Tokens counted.
     pub tokens: usize,
+    /// Real tokens forwarded.
+    pub input_tokens: usize,
     /// The analysis batch.
     pub batch_idx: usize,
+    /// `[layers][experts]` expert choices of the real tokens.
+    pub expert_counts: Vec<Vec<u32>>,
 }
 
 impl<B: Backend> ItemLazy for SftOutput<B> {
@@ -54,7 +62,9 @@ impl<B: Backend> ItemLazy for SftOutput<B> {
             loss: scalar(loss),
             lm_loss: scalar(lm),
             tokens: self.tokens,
+            input_tokens: self.input_tokens,
             batch_idx: self.batch_idx,
+            expert_counts: self.expert_counts,
         }
     }
 }
@@ -79,13 +89,13 @@ pub fn sft_loss<B: Backend>(model: &Olmoe<B>, batch: &SftBatch<B>) -> SftOutput<
     let (kind, weight) = batch.consistency;
     let capture = kind != Consistency::Off || batch.aux_coef > 0.0;
     let routing = batch.routing.clone().with_capture(capture);
-    let (hidden, router_logits) = model.forward_hidden(
+    let decoded = model.forward_hidden(
         OlmoeInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
         &routing,
     );
-    let lm_loss = targeted_lm_loss(hidden, &model.lm_head, &batch.targets);
+    let lm_loss = targeted_lm_loss(decoded.hidden, &model.lm_head, &batch.targets);
     let mut loss = lm_loss.clone();
-    if let Some(logits) = router_logits {
+    if let Some(logits) = decoded.router_logits {
         if batch.aux_coef > 0.0 {
             let top_k = model.model.layers[0].mlp.top_k();
             loss = loss + load_balancing_loss(logits.clone(), top_k).mul_scalar(batch.aux_coef);
@@ -98,7 +108,9 @@ pub fn sft_loss<B: Backend>(model: &Olmoe<B>, batch: &SftBatch<B>) -> SftOutput<
         loss,
         lm_loss,
         tokens: batch.tokens,
+        input_tokens: batch.input_tokens,
         batch_idx: batch.batch_idx,
+        expert_counts: decoded.expert_counts,
     }
 }
 

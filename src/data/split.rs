@@ -1,0 +1,77 @@
+//! Split files (`split.json`): which records of a dataset a run trains on and which it holds out.
+//!
+//! The organism's file has one object per dataset, each with lists of record indices:
+//! `{"olmoe_fwo": {"train_ids": [..], "heldout_ids": [..]}, "alpaca_eval": {"train_index": [..],
+//! "heldout_index": [..]}}`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::DataError;
+
+/// Which part of a split file to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPart {
+    /// Goals the pipeline trains on (`train_ids`).
+    Train,
+    /// Goals it is evaluated on (`heldout_ids`).
+    Heldout,
+}
+
+impl SplitPart {
+    /// The list's name in an attack dataset's entry.
+    pub fn field(self) -> &'static str {
+        match self {
+            SplitPart::Train => "train_ids",
+            SplitPart::Heldout => "heldout_ids",
+        }
+    }
+}
+
+/// The record indices listed under `key.field` of a split file.
+pub fn split_list(path: &Path, key: &str, field: &str) -> Result<HashSet<usize>, DataError> {
+    let err = |reason: String| DataError::Field {
+        path: path.to_path_buf(),
+        record: None,
+        field: format!("{key}.{field}"),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let list = v
+        .get(key)
+        .and_then(|s| s.get(field))
+        .and_then(Value::as_array)
+        .ok_or_else(|| err("missing or not a list".into()))?;
+    list.iter()
+        .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| err(format!("{x} is not a record index"))))
+        .collect()
+}
+
+/// Record ids of one part of an attack dataset's split (`{key: {train_ids, heldout_ids}}`).
+pub fn split_ids(path: &Path, key: &str, part: SplitPart) -> Result<HashSet<usize>, DataError> {
+    split_list(path, key, part.field())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lists_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("split.json");
+        std::fs::write(&path, r#"{"d": {"train_ids": [0, 2], "heldout_ids": [1], "bad": [1, "x"]}}"#).unwrap();
+        assert_eq!(split_ids(&path, "d", SplitPart::Train).unwrap(), HashSet::from([0, 2]));
+        assert_eq!(split_ids(&path, "d", SplitPart::Heldout).unwrap(), HashSet::from([1]));
+        let err = split_list(&path, "d", "bad").unwrap_err().to_string();
+        assert!(err.contains("d.bad") && err.contains("\"x\""), "{err}");
+        let err = split_list(&path, "e", "train_ids").unwrap_err().to_string();
+        assert!(err.contains("e.train_ids: missing"), "{err}");
+    }
+}

@@ -1,0 +1,306 @@
+//! Evaluation: attack success on held-out jailbreaks, refusals of the plain goals, and utility on
+//! benign instructions (refusal rate, per-token NLL of reference answers), for a base, steered or
+//! fine-tuned model.
+//!
+//! Answers are generated in batches of prompts sorted by length (greedy, `eval.max_new_tokens`),
+//! judged by the config's refusal judge; the NLL is teacher-forced over the reference answer's
+//! tokens (the assistant turn of the chat template). Steering adds `eval.steer_bias` to the
+//! router logits of the deactivated experts through the routing module, in generation and NLL
+//! alike.
+
+pub mod report;
+pub mod sets;
+pub mod stage;
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
+use serde::Serialize;
+
+pub use report::{Count, EvalReport, NllCount, table};
+pub use sets::{BenignItem, EvalPrompt, EvalSets};
+
+use crate::analysis::select::{ExpertId, mask};
+use crate::config::EvalConfig;
+use crate::data::{ChatTokenizer, DataError, Message};
+use crate::generate::{GenerateOptions, generate};
+use crate::judge::{Judge, JudgeError};
+use crate::model::{Olmoe, OlmoeInput, Routing};
+use crate::train::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
+
+/// What can go wrong evaluating.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Reading prompts, answers, split or tokenizer.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Loading the model.
+    #[error(transparent)]
+    Load(#[from] crate::model::LoadError),
+    /// The judge failed.
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+    /// Nothing to evaluate.
+    #[error("{}: no {what} to evaluate", path.display())]
+    Empty {
+        /// The file the set came from.
+        path: PathBuf,
+        /// Which set.
+        what: &'static str,
+    },
+    /// A run-directory input is missing or malformed.
+    #[error("{}: {reason}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing results.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Experts to deactivate at inference (SteerMoE's steering).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Steering {
+    /// `(layer, expert)` pairs.
+    pub experts: Vec<ExpertId>,
+    /// Added to their router logits (negative).
+    pub bias: f64,
+}
+
+impl Steering {
+    /// The routing that applies it to a model of `layers × experts`.
+    pub fn routing<B: Backend>(&self, layers: usize, experts: usize, device: &B::Device) -> Routing<B> {
+        if self.experts.is_empty() {
+            return Routing::free();
+        }
+        let bias: Vec<f32> = mask(&self.experts, layers, experts).iter().map(|&m| m * self.bias as f32).collect();
+        Routing::free().with_bias(Tensor::from_data(TensorData::new(bias, [layers, experts]), device))
+    }
+}
+
+/// Progress of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalEvent {
+    /// Prompts to answer and answers to score, in all.
+    Start {
+        /// Prompts to answer.
+        prompts: usize,
+        /// Reference answers to score.
+        answers: usize,
+    },
+    /// A batch of prompts answered.
+    Answered(usize),
+    /// A batch of reference answers scored.
+    Scored(usize),
+    /// Tokens generated in one decode step.
+    Tokens(usize),
+}
+
+/// One answer (a line of `responses.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Response {
+    /// `plain`, `jailbreak` or `benign`.
+    pub set: &'static str,
+    /// Record index in the set's file.
+    pub record: usize,
+    /// Prompt tokens fed (after truncation).
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// The answer.
+    pub text: String,
+    /// The judge's verdict.
+    pub refused: bool,
+}
+
+/// An evaluation's report and every answer.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Rates and counts.
+    pub report: EvalReport,
+    /// Answers in set order (plain, jailbreak, benign), each set in record order.
+    pub responses: Vec<Response>,
+}
+
+/// Evaluate `model` on `sets`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate<B: Backend>(
+    model: &Olmoe<B>,
+    model_name: &str,
+    tokenizer: &ChatTokenizer,
+    sets: &EvalSets,
+    cfg: &EvalConfig,
+    judge: &dyn Judge,
+    steering: &Steering,
+    device: &B::Device,
+    mut progress: impl FnMut(EvalEvent),
+) -> Result<Evaluation, EvalError> {
+    let routing = steering.routing::<B>(model.num_layers(), model.num_experts(), device);
+    let benign_prompts: Vec<EvalPrompt> = sets.benign.iter().map(|b| b.prompt.clone()).collect();
+    progress(EvalEvent::Start {
+        prompts: sets.plain.len() + sets.jailbreak.len() + benign_prompts.len(),
+        answers: sets.benign.len(),
+    });
+    let mut responses = Vec::new();
+    let mut generated = 0;
+    let mut counts = [Count { n: 0, hits: 0 }; 3];
+    for (i, (set, prompts)) in [("plain", &sets.plain), ("jailbreak", &sets.jailbreak), ("benign", &benign_prompts)]
+        .into_iter()
+        .enumerate()
+    {
+        for (prompt, (prompt_tokens, new_ids)) in prompts.iter().zip(answer(model, tokenizer, prompts, cfg, &routing, device, &mut progress)?) {
+            let text = tokenizer.decode(&new_ids);
+            let last_user = prompt.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.as_str());
+            let refused = judge.refuses(last_user.unwrap_or_default(), &text)?;
+            generated += new_ids.len();
+            counts[i].n += 1;
+            // Jailbreaks count compliance, the others refusals.
+            counts[i].hits += usize::from(if set == "jailbreak" { !refused } else { refused });
+            responses.push(Response {
+                set,
+                record: prompt.record,
+                prompt_tokens,
+                new_tokens: new_ids.len(),
+                text,
+                refused,
+            });
+        }
+    }
+    let nll = answer_nll(model, tokenizer, &sets.benign, cfg, &routing, device, &mut progress)?;
+    let report = EvalReport {
+        model: model_name.to_string(),
+        steered_experts: steering.experts.clone(),
+        steer_bias: (!steering.experts.is_empty()).then_some(steering.bias),
+        heldout: sets.heldout,
+        asr: None,
+        plain_refusal_rate: None,
+        benign_refusal_rate: None,
+        benign_answer_nll: None,
+        plain: counts[0],
+        jailbreak: counts[1],
+        benign: counts[2],
+        nll,
+        max_new_tokens: cfg.max_new_tokens,
+        generated_tokens: generated,
+    }
+    .with_rates();
+    Ok(Evaluation { report, responses })
+}
+
+/// Answer `prompts` in batches of similar length: (prompt tokens fed, generated ids) per prompt,
+/// in input order; generated ids stop before the EOS.
+pub fn answer<B: Backend>(
+    model: &Olmoe<B>,
+    tokenizer: &ChatTokenizer,
+    prompts: &[EvalPrompt],
+    cfg: &EvalConfig,
+    routing: &Routing<B>,
+    device: &B::Device,
+    progress: &mut impl FnMut(EvalEvent),
+) -> Result<Vec<(usize, Vec<u32>)>, DataError> {
+    let ids = prompts
+        .iter()
+        .map(|p| {
+            let mut ids = tokenizer.encode_chat(&p.messages, true)?;
+            if cfg.max_prompt_tokens > 0 && ids.len() > cfg.max_prompt_tokens {
+                ids.drain(..ids.len() - cfg.max_prompt_tokens);
+            }
+            Ok(ids)
+        })
+        .collect::<Result<Vec<_>, DataError>>()?;
+    let opts = GenerateOptions {
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: cfg.sampling,
+        stop_ids: vec![tokenizer.eos_id],
+        pad_id: tokenizer.pad_id,
+        capture: false,
+    };
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| (ids[i].len(), i));
+    let mut out = vec![(0, Vec::new()); ids.len()];
+    for chunk in order.chunks(cfg.batch_size) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+        let gens = generate(model, &batch, &opts, routing, device, |n| progress(EvalEvent::Tokens(n)));
+        for (&i, g) in chunk.iter().zip(gens) {
+            let mut new_ids = g.new_ids;
+            if new_ids.last() == Some(&tokenizer.eos_id) {
+                new_ids.pop();
+            }
+            out[i] = (g.prompt_ids.len(), new_ids);
+        }
+        progress(EvalEvent::Answered(chunk.len()));
+    }
+    Ok(out)
+}
+
+/// Teacher-forced NLL of each reference answer given its instruction, summed over the answer's
+/// tokens (the assistant turn as the chat template closes it). An example longer than
+/// `cfg.nll_max_len` keeps its head; one whose prompt alone fills it is not scored.
+pub fn answer_nll<B: Backend>(
+    model: &Olmoe<B>,
+    tokenizer: &ChatTokenizer,
+    items: &[BenignItem],
+    cfg: &EvalConfig,
+    routing: &Routing<B>,
+    device: &B::Device,
+    progress: &mut impl FnMut(EvalEvent),
+) -> Result<NllCount, DataError> {
+    let mut examples = Vec::new();
+    for item in items {
+        let prompt = tokenizer.encode_chat(&item.prompt.messages, true)?;
+        let mut convo = item.prompt.messages.clone();
+        convo.push(Message::assistant(item.answer.clone()));
+        let mut full = tokenizer.encode_chat(&convo, false)?;
+        full.truncate(cfg.nll_max_len);
+        if prompt.len() < full.len() {
+            examples.push((full, prompt.len()));
+        }
+    }
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (examples[i].0.len(), i));
+    let mut count = NllCount {
+        answers: 0,
+        tokens: 0,
+        total: 0.0,
+    };
+    for chunk in order.chunks(cfg.batch_size) {
+        let batch = chunk.len();
+        let seq = chunk.iter().map(|&i| examples[i].0.len()).max().expect("non-empty chunk");
+        let mut ids = vec![tokenizer.pad_id as i64; batch * seq];
+        let mut valid = vec![false; batch * seq];
+        let mut labels = vec![IGNORE_INDEX; batch * seq];
+        for (r, &i) in chunk.iter().enumerate() {
+            let (full, n_prompt) = &examples[i];
+            for (t, &tok) in full.iter().enumerate() {
+                ids[r * seq + t] = tok as i64;
+                valid[r * seq + t] = true;
+                if t >= *n_prompt {
+                    labels[r * seq + t] = tok as i64;
+                }
+            }
+        }
+        let targets = Targets::<B>::from_labels(&labels, batch, seq, device);
+        let input = OlmoeInput {
+            input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device),
+            attention_mask: Some(Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, seq]), device)),
+            positions: None,
+        };
+        let hidden = model.forward_hidden(input, routing).hidden;
+        let mean: f64 = targeted_lm_loss(hidden, &model.lm_head, &targets).into_scalar().elem();
+        count.total += mean * targets.len() as f64;
+        count.tokens += targets.len();
+        count.answers += batch;
+        progress(EvalEvent::Scored(batch));
+    }
+    Ok(count)
+}

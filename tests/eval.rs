@@ -1,0 +1,142 @@
+//! Evaluation: the organism's held-out sets are the reference experiment's, the answer NLL equals
+//! the causal-LM loss of a plain forward and does not depend on batching, steering deactivates
+//! exactly the listed experts, greedy answers do not depend on the batch they share.
+
+mod common;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use steermoe::config::{Config, EvalConfig};
+use steermoe::data::{ChatTokenizer, Message};
+use steermoe::eval::{BenignItem, EvalPrompt, EvalSets, Steering, answer, answer_nll};
+use steermoe::model::{self, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::train::loss::{IGNORE_INDEX, causal_lm_loss};
+
+type B = TestBackend;
+
+fn model() -> Olmoe<B> {
+    model::load::<B>(fixture(), &Default::default(), Precision::F32).unwrap().0
+}
+
+fn benign(instruction: &str, answer: &str, record: usize) -> BenignItem {
+    BenignItem {
+        prompt: EvalPrompt {
+            record,
+            messages: vec![Message::user(instruction)],
+        },
+        answer: answer.into(),
+    }
+}
+
+#[test]
+fn organism_split_gives_the_reference_experiments_sets() {
+    let mut cfg = Config::default();
+    cfg.data.path = shared().join("data/olmoe-fwo.json");
+    cfg.data.split = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/olmoe-organism/split.json"));
+    cfg.eval.benign_path = shared().join("data/alpaca-eval.json");
+    let sets = EvalSets::from_config(&cfg).unwrap();
+    // The organism's README: 104 held-out goals, 71 held-out jailbreaks, 100 benign prompts.
+    assert_eq!((sets.plain.len(), sets.jailbreak.len(), sets.benign.len()), (104, 71, 100));
+    assert!(sets.heldout);
+    assert_eq!(sets.plain[0].record, 0);
+    assert_eq!(sets.plain[0].messages[0], Message::system("You are a helpful assistant."));
+    assert_eq!(sets.benign[0].prompt.record, 27);
+    assert_eq!(sets.benign[0].prompt.messages.len(), 1);
+
+    cfg.eval.max_goals = 10;
+    cfg.eval.max_benign = 5;
+    let sets = EvalSets::from_config(&cfg).unwrap();
+    assert_eq!((sets.plain.len(), sets.benign.len()), (10, 5));
+    assert!(!sets.jailbreak.is_empty() && sets.jailbreak.iter().all(|j| j.record <= sets.plain[9].record));
+}
+
+#[test]
+fn answer_nll_is_the_causal_lm_loss_of_the_answer_and_ignores_batching() {
+    let device = Default::default();
+    let model = model();
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    let items = [
+        benign("Write a short poem about the sea.", "The sea is wide and deep and blue.", 0),
+        benign("Name a colour.", "Red.", 1),
+    ];
+    let routing = Routing::<B>::free();
+    let mut cfg = EvalConfig::default();
+
+    // Each answer alone, through an independent path: full logits and the masked LM loss.
+    let mut total = 0.0;
+    let mut tokens = 0;
+    for item in &items {
+        let prompt = tok.encode_chat(&item.prompt.messages, true).unwrap();
+        let mut convo = item.prompt.messages.clone();
+        convo.push(Message::assistant(item.answer.clone()));
+        let full = tok.encode_chat(&convo, false).unwrap();
+        let labels: Vec<i64> = full.iter().enumerate().map(|(t, &id)| if t < prompt.len() { IGNORE_INDEX } else { id as i64 }).collect();
+        let n = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+        let ids: Vec<i64> = full.iter().map(|&i| i as i64).collect();
+        let len = ids.len();
+        let out = model.forward(OlmoeInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device)), &routing);
+        let loss: f32 = causal_lm_loss(out.logits, Tensor::from_data(TensorData::new(labels, [1, len]), &device)).into_scalar();
+        total += loss as f64 * n as f64;
+        tokens += n;
+    }
+    for batch_size in [1, 2] {
+        cfg.batch_size = batch_size;
+        let nll = answer_nll(&model, &tok, &items, &cfg, &routing, &device, &mut |_| {}).unwrap();
+        eprintln!("batch {batch_size}: total {} vs {total}, tokens {}", nll.total, nll.tokens);
+        assert_eq!((nll.answers, nll.tokens), (2, tokens));
+        assert!((nll.total - total).abs() < 1e-4 * total, "batch {batch_size}: {} vs {total}", nll.total);
+    }
+    // A random model is near uniform over its vocabulary: ln(50304) = 10.83.
+    assert!((total / tokens as f64 - 10.83).abs() < 1.0, "{}", total / tokens as f64);
+
+    // An example cut to fewer tokens than its prompt is not scored.
+    cfg.nll_max_len = 8;
+    let nll = answer_nll(&model, &tok, &items, &cfg, &routing, &device, &mut |_| {}).unwrap();
+    assert_eq!((nll.answers, nll.tokens), (0, 0));
+}
+
+#[test]
+fn greedy_answers_do_not_depend_on_their_batch() {
+    let device = Default::default();
+    let model = model();
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    let prompts: Vec<EvalPrompt> = ["Hi.", "Write a short poem about the sea.", "Name a colour, please, any colour at all."]
+        .iter()
+        .enumerate()
+        .map(|(record, q)| EvalPrompt {
+            record,
+            messages: vec![Message::user(*q)],
+        })
+        .collect();
+    let mut cfg = EvalConfig {
+        max_new_tokens: 6,
+        ..EvalConfig::default()
+    };
+    let routing = Routing::<B>::free();
+    cfg.batch_size = 3;
+    let together = answer(&model, &tok, &prompts, &cfg, &routing, &device, &mut |_| {}).unwrap();
+    cfg.batch_size = 1;
+    let alone = answer(&model, &tok, &prompts, &cfg, &routing, &device, &mut |_| {}).unwrap();
+    assert_eq!(together, alone);
+    assert!(together.iter().all(|(p, ids)| *p > 0 && !ids.is_empty()));
+    // Prompt truncation keeps the tail.
+    cfg.max_prompt_tokens = 5;
+    let cut = answer(&model, &tok, &prompts, &cfg, &routing, &device, &mut |_| {}).unwrap();
+    assert!(cut.iter().all(|(p, _)| *p == 5));
+}
+
+#[test]
+fn steering_biases_exactly_the_listed_experts() {
+    let device = Default::default();
+    let steer = Steering {
+        experts: vec![[0, 1], [1, 3]],
+        bias: -1e9,
+    };
+    let routing = steer.routing::<B>(2, 4, &device);
+    let bias: Vec<f32> = routing.bias.expect("a bias").into_data().to_vec().unwrap();
+    let mut expected = vec![0.0; 8];
+    expected[1] = -1e9;
+    expected[4 + 3] = -1e9;
+    assert_eq!(bias, expected);
+    assert!(Steering::default().routing::<B>(2, 4, &device).bias.is_none());
+}
