@@ -8,7 +8,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use steermoe::backend::{self, Task};
 use steermoe::collect::{CollectEvent, CollectSummary, stage};
 use steermoe::config::Config;
-use steermoe::model::OlmoeConfig;
 use steermoe::tui::{self, RunInfo, UiEvent, View};
 
 use super::ConfigArgs;
@@ -29,14 +28,7 @@ impl Task for Collect<'_> {
     type Output = anyhow::Result<CollectSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         if super::tui_enabled() {
-            let info = RunInfo {
-                model: self.cfg.model.dir.display().to_string(),
-                backend: self.cfg.model.backend.to_string(),
-                precision: format!("{:?}", self.cfg.model.precision).to_lowercase(),
-                run_dir: self.run_dir.display().to_string(),
-                experts: OlmoeConfig::from_path(&self.cfg.model.dir)?.num_experts,
-                ..RunInfo::default()
-            };
+            let info = RunInfo::new(self.cfg, self.run_dir)?;
             // Every finished batch is on disk (written atomically), so quitting mid-collect
             // loses at most the batch in flight; a rerun resumes after the last finished one.
             let ui = tui::spawn(info, View::Collect, None, || {

@@ -33,13 +33,7 @@ impl Task for Train<'_> {
             ..TrainOptions::default()
         };
         if super::tui_enabled() {
-            let info = RunInfo {
-                model: self.cfg.model.dir.display().to_string(),
-                backend: self.cfg.model.backend.to_string(),
-                precision: format!("{:?}", self.cfg.model.precision).to_lowercase(),
-                run_dir: self.run_dir.display().to_string(),
-                ..RunInfo::default()
-            };
+            let info = RunInfo::new(self.cfg, self.run_dir)?;
             let ui = tui::spawn(info, View::Train, Some(control.clone()), || {})?;
             let tx = ui.sender();
             let result = train::<B>(self.cfg, self.run_dir, &device, &opts, move |s| {

@@ -190,13 +190,7 @@ pub fn collect<B: Backend>(
         let prompts = batch
             .samples
             .iter()
-            .map(|s| {
-                let mut ids = tokenizer.encode_chat(&s.messages, true)?;
-                if cfg.max_prompt_tokens > 0 && ids.len() > cfg.max_prompt_tokens {
-                    ids.drain(..ids.len() - cfg.max_prompt_tokens);
-                }
-                Ok(ids)
-            })
+            .map(|s| tokenizer.encode_prompt(&s.messages, cfg.max_prompt_tokens))
             .collect::<Result<Vec<_>, DataError>>()?;
         let gens = generate(model, &prompts, &opts, &Routing::free(), device, |n| {
             summary.tokens += n;

@@ -118,6 +118,16 @@ impl ChatTokenizer {
         self.encode(&self.render(messages, add_generation_prompt)?)
     }
 
+    /// The ids of a prompt (the conversation with the assistant turn opened), keeping only its
+    /// last `max_tokens` tokens when it is longer (0 = no limit).
+    pub fn encode_prompt(&self, messages: &[Message], max_tokens: usize) -> Result<Vec<u32>, DataError> {
+        let mut ids = self.encode_chat(messages, true)?;
+        if max_tokens > 0 && ids.len() > max_tokens {
+            ids.drain(..ids.len() - max_tokens);
+        }
+        Ok(ids)
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.decode(ids, true).unwrap_or_default()

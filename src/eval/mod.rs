@@ -38,6 +38,9 @@ pub enum EvalError {
     /// Loading the model.
     #[error(transparent)]
     Load(#[from] crate::model::LoadError),
+    /// Reading the run's analysis (`unsafe_experts.json`).
+    #[error(transparent)]
+    Analysis(#[from] crate::train::TrainError),
     /// The judge failed.
     #[error(transparent)]
     Judge(#[from] JudgeError),
@@ -210,13 +213,7 @@ pub fn answer<B: Backend>(
 ) -> Result<Vec<(usize, Vec<u32>)>, DataError> {
     let ids = prompts
         .iter()
-        .map(|p| {
-            let mut ids = tokenizer.encode_chat(&p.messages, true)?;
-            if cfg.max_prompt_tokens > 0 && ids.len() > cfg.max_prompt_tokens {
-                ids.drain(..ids.len() - cfg.max_prompt_tokens);
-            }
-            Ok(ids)
-        })
+        .map(|p| tokenizer.encode_prompt(&p.messages, cfg.max_prompt_tokens))
         .collect::<Result<Vec<_>, DataError>>()?;
     let opts = GenerateOptions {
         max_new_tokens: cfg.max_new_tokens,

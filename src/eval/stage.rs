@@ -30,14 +30,10 @@ pub fn is_done(dir: &Path) -> bool {
 /// the run trains random experts (`train.expert_set = "random"`), as many random ones (seed
 /// `analysis.random_seed`), so the ablation is matched in size.
 pub fn steering(cfg: &Config, run_dir: &Path, layers: usize, experts: usize) -> Result<Steering, EvalError> {
-    let path = run_dir.join("unsafe_experts.json");
-    let analysis: AnalysisResult = std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-        .map_err(|reason| EvalError::Input { path: path.clone(), reason })?;
+    let analysis = AnalysisResult::read(run_dir)?;
     if let Some(&[l, e]) = analysis.global.iter().find(|&&[l, e]| l >= layers || e >= experts) {
         return Err(EvalError::Input {
-            path,
+            path: run_dir.join("unsafe_experts.json"),
             reason: format!("expert ({l}, {e}) is outside the model's {layers} layers × {experts} experts"),
         });
     }

@@ -29,6 +29,20 @@ pub struct RunInfo {
     pub experts: usize,
 }
 
+impl RunInfo {
+    /// The facts of a config's run in `run_dir` (reads the model's `config.json`).
+    pub fn new(cfg: &crate::config::Config, run_dir: &std::path::Path) -> Result<Self, crate::model::LoadError> {
+        Ok(Self {
+            model: cfg.model.dir.display().to_string(),
+            backend: cfg.model.backend.to_string(),
+            precision: format!("{:?}", cfg.model.precision).to_lowercase(),
+            params: None,
+            run_dir: run_dir.display().to_string(),
+            experts: crate::model::OlmoeConfig::from_path(&cfg.model.dir)?.num_experts,
+        })
+    }
+}
+
 /// Which view is on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum View {
