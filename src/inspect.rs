@@ -110,21 +110,26 @@ pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: 
         .transpose()?;
     let (logits, router_logits) = forward(&model, &ids, mask.as_deref(), device);
     let shape = router_logits.dims();
-    let tensors = [("logits", logits.into_data()), ("router_logits", router_logits.into_data())];
-    let mut owned = Vec::new();
-    for (name, data) in tensors {
-        let shape = data.shape.to_vec();
-        let bytes: Vec<u8> = data.iter::<f32>().flat_map(f32::to_le_bytes).collect();
-        owned.push((name, shape, bytes));
-    }
+    write_f32(out, vec![("logits", logits.into_data()), ("router_logits", router_logits.into_data())])?;
+    Ok(shape)
+}
+
+/// Write named tensors to a safetensors file as float32 (atomically).
+pub fn write_f32(out: &Path, tensors: Vec<(&str, TensorData)>) -> Result<(), LoadError> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, data)| {
+            let bytes = data.iter::<f32>().flat_map(f32::to_le_bytes).collect();
+            (name.to_string(), data.shape.to_vec(), bytes)
+        })
+        .collect();
     let views: Vec<_> = owned
         .iter()
-        .map(|(n, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("f32 bytes")))
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("f32 bytes")))
         .collect();
     let bytes = safetensors::serialize(views, Some(HashMap::new())).map_err(|e| LoadError::Safetensors {
         path: out.to_path_buf(),
         reason: e.to_string(),
     })?;
-    write_atomic(out, &bytes)?;
-    Ok(shape)
+    write_atomic(out, &bytes)
 }

@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::generate::{GenerateOptions, Sampling, generate};
-use steermoe::model::{self, KvCache, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::model::{self, ExpertExecution, KvCache, Olmoe, OlmoeInput, Precision, Routing};
 
 type B = TestBackend;
 
@@ -163,11 +163,18 @@ fn expert_counts_leave_padding_out() {
     let real = vec![true, true, true, true, true, true, false, false];
     let mask = Tensor::from_data(TensorData::new(real.clone(), [2, 4]), &device);
     let k = model.model.layers[0].mlp.top_k();
-    let all = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::free());
-    let counted = model.forward(OlmoeInput::padded(ids, mask), &Routing::free().with_counted(real.into()));
-    for (l, (a, c)) in all.expert_counts.iter().zip(&counted.expert_counts).enumerate() {
-        assert_eq!(a.iter().sum::<u32>() as usize, 8 * k, "layer {l}");
-        assert_eq!(c.iter().sum::<u32>() as usize, 6 * k, "layer {l}");
-        assert!(a.iter().zip(c).all(|(a, c)| c <= a), "layer {l}");
+    let uncounted = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::free());
+    assert!(uncounted.expert_counts.iter().all(Vec::is_empty), "counts only when asked for");
+    for exec in [ExpertExecution::Grouped, ExpertExecution::Dense] {
+        let input = || OlmoeInput::padded(ids.clone(), mask.clone());
+        let every = Routing::free().with_execution(exec).with_counted(vec![true; 8].into());
+        let all = model.forward(input(), &every);
+        let counted = model.forward(input(), &Routing::free().with_execution(exec).with_counted(real.clone().into()));
+        assert_eq!(all.expert_counts.len(), model.num_layers());
+        for (l, (a, c)) in all.expert_counts.iter().zip(&counted.expert_counts).enumerate() {
+            assert_eq!(a.iter().sum::<u32>() as usize, 8 * k, "{exec:?} layer {l}");
+            assert_eq!(c.iter().sum::<u32>() as usize, 6 * k, "{exec:?} layer {l}");
+            assert!(a.iter().zip(c).all(|(a, c)| c <= a), "{exec:?} layer {l}");
+        }
     }
 }

@@ -39,7 +39,9 @@ fn train_step_gradients_equal_the_reference() {
         attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [1, n]), &device),
         batch_idx: 0,
         is_unsafe: vec![true],
-        routing: Routing::free().with_mask(Tensor::from_data(TensorData::new(allow, [mask.shape[0], mask.shape[1]]), &device)),
+        routing: Routing::free()
+            .with_mask(Tensor::from_data(TensorData::new(allow, [mask.shape[0], mask.shape[1]]), &device))
+            .with_counted(vec![true; n].into()),
         consistency: (Consistency::Off, 0.0),
         // The reference loss was computed with output_router_logits, which adds the aux loss.
         aux_coef: cfg.router_aux_loss_coef,

@@ -14,7 +14,7 @@ use burn::tensor::{Bool, Tensor, TensorData};
 use half::f16;
 
 use super::sampler::{Sampler, Sampling};
-use crate::model::{KvCache, Olmoe, OlmoeInput, Routing};
+use crate::model::{ExpertExecution, KvCache, Olmoe, OlmoeInput, Routing};
 
 /// Settings of one generation call.
 #[derive(Debug, Clone)]
@@ -80,7 +80,13 @@ pub fn generate<B: Backend>(
     assert!(batch > 0 && prompts.iter().all(|p| !p.is_empty()), "prompts must be non-empty");
     let width = prompts.iter().map(Vec::len).max().expect("non-empty batch");
     let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let routing = routing.clone().with_capture(opts.capture);
+    let mut routing = routing.clone().with_capture(opts.capture);
+    if routing.stacked.is_none() && routing.execution != ExpertExecution::Grouped {
+        // Decode steps run the experts densely: stack them once for the whole call.
+        if let Some(stacked) = model.stack_experts() {
+            routing = routing.with_stacked(stacked);
+        }
+    }
 
     // Left-padded prompt, mask and positions (cumsum(mask) - 1, 1 on padding as transformers).
     let mut ids = Vec::with_capacity(batch * width);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -149,7 +149,9 @@ impl<'a> TensorTable<'a> {
     }
 
     /// The tensor `key` with exactly `shape`, as host data of `dtype`.
-    fn take(&mut self, key: &str, shape: &[usize], dtype: DType, dir: &Path) -> Result<TensorData, LoadError> {
+    /// The tensor `key` of stored shape `shape` in `dtype`; with `transpose`, a 2-d tensor comes
+    /// out transposed and contiguous (`[cols, rows]`).
+    fn take(&mut self, key: &str, shape: &[usize], dtype: DType, dir: &Path, transpose: bool) -> Result<TensorData, LoadError> {
         let (path, view) = self.views.get(key).ok_or_else(|| LoadError::MissingTensor {
             dir: dir.to_path_buf(),
             key: key.to_string(),
@@ -186,9 +188,13 @@ impl<'a> TensorTable<'a> {
             }
         };
         self.used.insert(key.to_string());
+        let (values, shape) = match (transpose, shape) {
+            (true, &[rows, cols]) => (transposed(&values, rows, cols), vec![cols, rows]),
+            _ => (values, shape.to_vec()),
+        };
         Ok(match dtype {
-            DType::BF16 => TensorData::new(values.into_iter().map(bf16::from_f32).collect(), shape.to_vec()),
-            _ => TensorData::new(values, shape.to_vec()),
+            DType::BF16 => TensorData::new(values.into_iter().map(bf16::from_f32).collect(), shape),
+            _ => TensorData::new(values, shape),
         })
     }
 
@@ -204,25 +210,60 @@ impl<'a> TensorTable<'a> {
     }
 }
 
-/// Builds modules from a [`TensorTable`] on one device and dtype.
+/// `[rows, cols]` row-major → `[cols, rows]` row-major, in cache-sized tiles.
+fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0f32; values.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Builds modules on one device and dtype from a [`TensorTable`], or from random values (`None`).
 struct Builder<'a, 'b, B: Backend> {
-    table: &'b mut TensorTable<'a>,
+    table: Option<&'b mut TensorTable<'a>>,
     dir: &'b Path,
     device: &'b B::Device,
     dtype: DType,
 }
 
+/// Standard deviation of random weights (transformers' `initializer_range` default).
+const INIT_STD: f64 = 0.02;
+
 impl<B: Backend> Builder<'_, '_, B> {
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
-        let data = self.table.take(key, &shape, self.dtype, self.dir)?;
-        Ok(Tensor::from_data(data, (self.device, self.dtype)))
+        self.read(key, shape, false)
     }
 
-    /// A bias-free `Linear` from a Hub `[out, in]` weight.
+    /// `key` stored as `shape` (reversed when `transpose`, for 2-d tensors).
+    fn read<const D: usize>(&mut self, key: &str, shape: [usize; D], transpose: bool) -> Result<Tensor<B, D>, LoadError> {
+        let mut out_shape = shape;
+        if transpose {
+            out_shape.reverse();
+        }
+        match self.table.as_deref_mut() {
+            Some(table) => {
+                let data = table.take(key, &shape, self.dtype, self.dir, transpose)?;
+                Ok(Tensor::from_data(data, (self.device, self.dtype)))
+            }
+            None if key.ends_with("norm.weight") => Ok(Tensor::ones(out_shape, (self.device, self.dtype))),
+            None => Ok(Tensor::random(out_shape, Distribution::Normal(0.0, INIT_STD), (self.device, self.dtype))),
+        }
+    }
+
+    /// A bias-free `Linear` from a Hub `[out, in]` weight, held contiguous as `[in, out]` (a
+    /// transposed view would be copied by some backends on every matmul).
     fn linear(&mut self, key: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, LoadError> {
-        let w = self.tensor(&format!("{key}.weight"), [d_out, d_in])?;
+        let w = self.read(&format!("{key}.weight"), [d_out, d_in], true)?;
         Ok(Linear {
-            weight: Param::from_tensor(w.transpose()),
+            weight: Param::from_tensor(w),
             bias: None,
         })
     }
@@ -242,14 +283,21 @@ pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Pr
     let cfg = OlmoeConfig::from_path(dir)?;
     let shards = Shards::open(dir)?;
     let mut table = TensorTable::new(&shards)?;
-    let model = build(&cfg, &mut table, dir, device, precision.dtype())?;
+    let model = build(&cfg, Some(&mut table), dir, device, precision.dtype())?;
     if let Some((path, key)) = table.unused() {
         return Err(LoadError::UnexpectedTensor { path, key });
     }
     Ok((model, cfg))
 }
 
-fn build<B: Backend>(cfg: &OlmoeConfig, table: &mut TensorTable<'_>, dir: &Path, device: &B::Device, dtype: DType) -> Result<Olmoe<B>, LoadError> {
+/// A model of shape `cfg` with random weights (normal, std 0.02; norms 1), drawn on `device` from
+/// the backend's generator (seed it with `B::seed`): for benchmarks at a real model's shape
+/// without its checkpoint.
+pub fn random<B: Backend>(cfg: &OlmoeConfig, device: &B::Device, precision: Precision) -> Olmoe<B> {
+    build(cfg, None, Path::new("<random>"), device, precision.dtype()).expect("random weights cannot fail")
+}
+
+fn build<B: Backend>(cfg: &OlmoeConfig, table: Option<&mut TensorTable<'_>>, dir: &Path, device: &B::Device, dtype: DType) -> Result<Olmoe<B>, LoadError> {
     let mut b = Builder::<B> { table, dir, device, dtype };
     let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
     let embed = b.tensor("model.embed_tokens.weight", [cfg.vocab_size, h])?;
@@ -283,9 +331,15 @@ fn build<B: Backend>(cfg: &OlmoeConfig, table: &mut TensorTable<'_>, dir: &Path,
         });
     }
     let norm = b.norm("model.norm", h, eps)?;
-    let lm_head = if cfg.tie_word_embeddings && !b.table.contains("lm_head.weight") {
+    let has_head = b.table.as_ref().is_some_and(|t| t.contains("lm_head.weight"));
+    let lm_head = if cfg.tie_word_embeddings && !has_head {
+        let weight = match b.table {
+            // The embedding again, transposed on the host so that the head is contiguous.
+            Some(_) => b.read("model.embed_tokens.weight", [cfg.vocab_size, h], true)?,
+            None => embed.clone().transpose(),
+        };
         Linear {
-            weight: Param::from_tensor(embed.clone().transpose()),
+            weight: Param::from_tensor(weight),
             bias: None,
         }
     } else {

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod dense;
 pub mod olmoe;
 pub mod rope;
 pub mod routing;
@@ -10,10 +11,11 @@ pub mod routing;
 use std::path::PathBuf;
 
 pub use cache::KvCache;
-pub use checkpoint::{Precision, load, save};
+pub use checkpoint::{Precision, load, random, save};
 pub use config::OlmoeConfig;
 pub use olmoe::{Decoded, Olmoe, OlmoeInput, OlmoeOutput};
-pub use routing::Routing;
+pub use dense::StackedExperts;
+pub use routing::{ExpertExecution, Routing};
 
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use super::cache::KvCache;
 use super::config::OlmoeConfig;
 use super::rope::{Rope, apply_rope};
-use super::routing::{LayerRouting, Routing, to_f32};
+use super::dense::StackedExperts;
+use super::routing::{Choice, ExpertExecution, LayerRouting, Routing, to_f32};
 
 /// RMSNorm computed in float32 (transformers: `OlmoeRMSNorm`).
 #[derive(Module, Debug)]
@@ -111,9 +112,9 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        let mut q = self.q_norm.forward(self.q_proj.forward(x.clone()));
-        let mut k = self.k_norm.forward(self.k_proj.forward(x.clone()));
-        let mut v = self.v_proj.forward(x);
+        let mut q = self.q_norm.forward(linear_3d(&self.q_proj, x.clone()));
+        let mut k = self.k_norm.forward(linear_3d(&self.k_proj, x.clone()));
+        let mut v = linear_3d(&self.v_proj, x);
         if let Some(clip) = self.clip_qkv {
             q = q.clamp(-clip, clip);
             k = k.clamp(-clip, clip);
@@ -139,8 +140,18 @@ impl<B: Backend> Attention<B> {
         // attn_weights = softmax(attn_weights, dim=-1, dtype=torch.float32).to(query_states.dtype)
         let probs = softmax(scores, 3).cast(dtype);
         let out = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, hidden]);
-        self.o_proj.forward(out)
+        linear_3d(&self.o_proj, out)
     }
+}
+
+/// A linear layer over `[batch, seq, in]` as one `[batch * seq, in]` matmul: a 3-d input would
+/// be a batched matmul against a broadcast weight, which some backends run (and pack the weight
+/// for) once per batch row.
+pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, width] = x.dims();
+    let y = layer.forward(x.reshape([batch * seq, width]));
+    let out = y.dims()[1];
+    y.reshape([batch, seq, out])
 }
 
 /// `repeat_kv`: each key/value head serves `groups` query heads.
@@ -183,7 +194,8 @@ pub struct MoeOutput<B: Backend> {
     pub hidden: Tensor<B, 3>,
     /// `[batch * seq, experts]` router logits before mask and bias, if captured.
     pub router_logits: Option<Tensor<B, 2>>,
-    /// `[experts]`: how many real tokens chose each expert (one of their top-k).
+    /// `[experts]`: how many real tokens chose each expert (one of their top-k), if the routing
+    /// asks for counts; empty otherwise.
     pub expert_counts: Vec<u32>,
 }
 
@@ -218,9 +230,11 @@ impl<B: Backend> MoeBlock<B> {
 
     /// Route every token to its top-k experts and sum their outputs weighted by routing weight.
     ///
-    /// Tokens are grouped by expert on the host from one read of the `[tokens, k]` choices, then
-    /// each expert runs once on a contiguous slice of its tokens (gather → expert → scatter-add),
-    /// as transformers' expert loop does with `index_add_`.
+    /// Two executions give the same result (see [`ExpertExecution`]): *grouped* reads the
+    /// `[tokens, k]` choices on the host once, groups tokens by expert, and runs each expert once
+    /// on a contiguous slice of its tokens (gather → expert → scatter-add), as transformers'
+    /// expert loop does with `index_add_`; *dense* runs every expert on every token with the
+    /// experts laid side by side and nothing read back (see [`StackedExperts`]).
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → hidden `[batch, seq, hidden]`, logits `[batch * seq, experts]`
@@ -230,29 +244,46 @@ impl<B: Backend> MoeBlock<B> {
         let x = x.reshape([tokens, hidden]);
         let logits = self.gate.forward(x.clone());
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
-        let k = self.top_k;
-        let chosen: Vec<i64> = choice.experts.into_data().iter::<i64>().collect();
-        let num_experts = self.experts.len();
-        // Stable counting sort of the (token, slot) pairs by expert.
-        let mut counts = vec![0usize; num_experts];
-        for &e in &chosen {
-            counts[e as usize] += 1;
+        let dense = match routing.execution {
+            ExpertExecution::Grouped => None,
+            ExpertExecution::Dense => Some(()),
+            ExpertExecution::Auto => (tokens <= DENSE_TOKENS_PER_EXPERT * self.experts.len()).then_some(()),
         }
-        let expert_counts = match &routing.counted {
-            Some(real) => {
-                let mut c = vec![0u32; num_experts];
-                for (flat, &e) in chosen.iter().enumerate() {
-                    if real.get(flat / k).copied().unwrap_or(true) {
-                        c[e as usize] += 1;
-                    }
-                }
-                c
+        .and_then(|()| routing.stacked.clone().or_else(|| StackedExperts::stack(&self.experts)));
+        let (out, expert_counts) = match dense {
+            Some(stacked) => {
+                // Counts need the choices on the host: read them only when asked for.
+                let counts = match &routing.counted {
+                    Some(real) => count(&host_choices(&choice), self.top_k, self.experts.len(), real),
+                    None => Vec::new(),
+                };
+                (stacked.forward(x, choice), counts)
             }
-            None => counts.iter().map(|&c| c as u32).collect(),
+            None => self.grouped(x, choice, routing),
         };
+        MoeOutput {
+            hidden: out.reshape([batch, seq, hidden]),
+            router_logits: routing.capture.then_some(logits),
+            expert_counts,
+        }
+    }
+
+    /// The grouped execution: `x` `[tokens, hidden]` → (`[tokens, hidden]`, expert counts).
+    fn grouped(&self, x: Tensor<B, 2>, choice: Choice<B>, routing: &LayerRouting<B>) -> (Tensor<B, 2>, Vec<u32>) {
+        let k = self.top_k;
+        let chosen = host_choices(&choice);
+        let num_experts = self.experts.len();
+        let expert_counts = match &routing.counted {
+            Some(real) => count(&chosen, k, num_experts, real),
+            None => Vec::new(),
+        };
+        // Stable counting sort of the (token, slot) pairs by expert.
         let mut starts = vec![0usize; num_experts + 1];
+        for &e in &chosen {
+            starts[e as usize + 1] += 1;
+        }
         for e in 0..num_experts {
-            starts[e + 1] = starts[e] + counts[e];
+            starts[e + 1] += starts[e];
         }
         let mut fill = starts.clone();
         let mut token_of = vec![0i64; chosen.len()];
@@ -270,7 +301,7 @@ impl<B: Backend> MoeBlock<B> {
         let xs = x.clone().select(0, token_idx.clone());
         let ws = choice.weights.reshape([n]).select(0, slot_idx).reshape([n, 1]);
         let outputs: Vec<Tensor<B, 2>> = (0..num_experts)
-            .filter(|&e| counts[e] > 0)
+            .filter(|&e| starts[e + 1] > starts[e])
             .map(|e| {
                 let rows = xs.clone().slice(starts[e]..starts[e + 1]);
                 self.experts[e].forward(rows)
@@ -280,12 +311,27 @@ impl<B: Backend> MoeBlock<B> {
         let out = x
             .zeros_like()
             .select_assign(0, token_idx, ys, burn::tensor::IndexingUpdateOp::Add);
-        MoeOutput {
-            hidden: out.reshape([batch, seq, hidden]),
-            router_logits: routing.capture.then_some(logits),
-            expert_counts,
+        (out, expert_counts)
+    }
+}
+
+/// Below this many tokens per expert, [`ExpertExecution::Auto`] runs the experts densely.
+pub const DENSE_TOKENS_PER_EXPERT: usize = 4;
+
+/// How many real tokens (`real[token]`; tokens past its end count) chose each expert.
+fn count(chosen: &[i64], k: usize, experts: usize, real: &[bool]) -> Vec<u32> {
+    let mut c = vec![0u32; experts];
+    for (flat, &e) in chosen.iter().enumerate() {
+        if real.get(flat / k).copied().unwrap_or(true) {
+            c[e as usize] += 1;
         }
     }
+    c
+}
+
+/// The chosen experts, `[tokens * k]` row-major, on the host.
+fn host_choices<B: Backend>(choice: &Choice<B>) -> Vec<i64> {
+    choice.experts.clone().into_data().iter::<i64>().collect()
 }
 
 /// Pre-norm decoder layer: attention and MoE, each with a residual.
@@ -374,9 +420,9 @@ pub struct Decoded<B: Backend> {
     pub hidden: Tensor<B, 3>,
     /// `[layers, batch, seq, experts]` router logits before mask and bias, if captured.
     pub router_logits: Option<Tensor<B, 4>>,
-    /// `[layers][experts]`: how many tokens had each expert among their top-k, padding left out
-    /// when the routing says which tokens are real ([`Routing::with_counted`]). Free: the MoE
-    /// block groups tokens by expert on the host anyway.
+    /// `[layers][experts]`: how many real tokens had each expert among their top-k, when the
+    /// routing asks for counts ([`Routing::with_counted`]); empty otherwise (counting reads the
+    /// choices on the host, which dense execution otherwise never does).
     pub expert_counts: Vec<Vec<u32>>,
 }
 
@@ -398,6 +444,13 @@ impl<B: Backend> Olmoe<B> {
     /// Experts per MoE layer.
     pub fn num_experts(&self) -> usize {
         self.model.layers[0].mlp.experts.len()
+    }
+
+    /// Every layer's experts laid side by side for dense execution ([`Routing::with_stacked`]
+    /// reuses them across forward passes of an unchanging model, such as decode steps). `None`
+    /// when the experts have biases.
+    pub fn stack_experts(&self) -> Option<Vec<StackedExperts<B>>> {
+        self.model.layers.iter().map(|l| StackedExperts::stack(&l.mlp.experts)).collect()
     }
 
     /// A full forward pass with no cache.
@@ -432,9 +485,9 @@ impl<B: Backend> Olmoe<B> {
         } = decoded;
         let logits = if last_only {
             let [batch, seq, width] = hidden.dims();
-            self.lm_head.forward(hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
+            linear_3d(&self.lm_head, hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
         } else {
-            self.lm_head.forward(hidden.clone())
+            linear_3d(&self.lm_head, hidden.clone())
         };
         OlmoeOutput {
             logits,

@@ -20,6 +20,20 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
+use super::dense::StackedExperts;
+
+/// How MoE blocks run their experts; every choice gives the same result up to rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExpertExecution {
+    /// Dense for a few tokens per expert (decode steps, small batches), grouped otherwise.
+    #[default]
+    Auto,
+    /// Tokens grouped by expert, each expert run on its own tokens (reads the choices on the host).
+    Grouped,
+    /// Every expert on every token, weighted by routing weight (nothing read back).
+    Dense,
+}
+
 /// Added to the logits of masked experts, as `mask_router` in `make_fixtures.py` does.
 pub const MASK_PENALTY: f32 = -1e9;
 
@@ -32,9 +46,13 @@ pub struct Routing<B: Backend> {
     pub bias: Option<Tensor<B, 2>>,
     /// Return each layer's router logits (before mask and bias).
     pub capture: bool,
-    /// Host copy of which of the `batch * seq` tokens are real, row-major: expert counts skip
-    /// the others (padding). `None`: every token counts.
+    /// Host copy of which of the `batch * seq` tokens are real, row-major: return expert counts
+    /// of these (padding left out). `None`: no counts.
     pub counted: Option<Arc<[bool]>>,
+    /// How the experts run.
+    pub execution: ExpertExecution,
+    /// Each layer's experts laid side by side, reused by dense execution (else stacked per call).
+    pub stacked: Option<Arc<[StackedExperts<B>]>>,
 }
 
 impl<B: Backend> Default for Routing<B> {
@@ -44,6 +62,8 @@ impl<B: Backend> Default for Routing<B> {
             bias: None,
             capture: false,
             counted: None,
+            execution: ExpertExecution::Auto,
+            stacked: None,
         }
     }
 }
@@ -95,10 +115,23 @@ impl<B: Backend> Routing<B> {
         self
     }
 
-    /// Count expert choices of the real tokens only (`[batch * seq]`, row-major, `true` =
-    /// real), so that the counts a forward pass returns leave padding out.
+    /// Return expert counts of the real tokens (`[batch * seq]`, row-major, `true` = real), so
+    /// that they leave padding out.
     pub fn with_counted(mut self, counted: Arc<[bool]>) -> Self {
         self.counted = Some(counted);
+        self
+    }
+
+    /// Choose how the experts run.
+    pub fn with_execution(mut self, execution: ExpertExecution) -> Self {
+        self.execution = execution;
+        self
+    }
+
+    /// Reuse these stacked experts (from [`Olmoe::stack_experts`](super::Olmoe::stack_experts)
+    /// of the model this routing is used with) for dense execution.
+    pub fn with_stacked(mut self, stacked: Vec<StackedExperts<B>>) -> Self {
+        self.stacked = Some(stacked.into());
         self
     }
 
@@ -115,6 +148,8 @@ impl<B: Backend> Routing<B> {
             }),
             capture: self.capture,
             counted: self.counted.clone(),
+            execution: self.execution,
+            stacked: self.stacked.as_ref().map(|s| s[layer].clone()),
         }
     }
 }
@@ -130,6 +165,10 @@ pub struct LayerRouting<B: Backend> {
     pub capture: bool,
     /// Which tokens count in the expert counts (see [`Routing::counted`]).
     pub counted: Option<Arc<[bool]>>,
+    /// How the experts run.
+    pub execution: ExpertExecution,
+    /// This layer's stacked experts, if prepared.
+    pub stacked: Option<StackedExperts<B>>,
 }
 
 /// The experts chosen for every token of one layer.
@@ -205,13 +244,21 @@ mod tests {
 
     type B = NdArray<f32>;
 
+    fn layer<B: Backend>(allow: Option<Tensor<B, 2, Bool>>, bias: Option<Tensor<B, 1>>) -> LayerRouting<B> {
+        LayerRouting {
+            allow,
+            bias,
+            ..Routing::free().layer(0)
+        }
+    }
+
     fn logits() -> Tensor<B, 2> {
         Tensor::from_floats([[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 4.0, 3.5]], &Default::default())
     }
 
     #[test]
     fn free_routing_picks_the_largest_probabilities() {
-        let choice = LayerRouting::<B> { allow: None, bias: None, capture: false, counted: None }
+        let choice = layer::<B>(None, None)
             .choose(logits(), 1, 2, false);
         choice
             .experts
@@ -232,7 +279,7 @@ mod tests {
             TensorData::from([[true, false, false, false]]),
             &device,
         );
-        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false, counted: None }
+        let choice = layer(Some(allow), None)
             .choose(logits(), 1, 2, true);
         let experts = choice.experts.into_data().to_vec::<i64>().unwrap();
         let w = choice.weights.into_data().to_vec::<f32>().unwrap();
@@ -249,7 +296,7 @@ mod tests {
             TensorData::from([[false, false, false, true], [false, true, false, false]]),
             &device,
         );
-        let choice = LayerRouting { allow: Some(allow), bias: None, capture: false, counted: None }
+        let choice = layer(Some(allow), None)
             .choose(logits(), 2, 1, false);
         choice
             .experts
@@ -257,7 +304,7 @@ mod tests {
             .assert_eq(&TensorData::from([[3i64], [1]]), false);
         // A large negative bias deactivates expert 2 everywhere.
         let bias = Tensor::<B, 1>::from_floats([0.0, 0.0, -100.0, 0.0], &device);
-        let choice = LayerRouting { allow: None, bias: Some(bias), capture: false, counted: None }
+        let choice = layer(None, Some(bias))
             .choose(logits(), 2, 1, false);
         choice
             .experts

@@ -9,7 +9,7 @@ use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
-use steermoe::model::{self, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::model::{self, ExpertExecution, Olmoe, OlmoeInput, Precision, Routing};
 use steermoe::train::loss::{causal_lm_loss, load_balancing_loss};
 
 use crate::common::*;
@@ -66,6 +66,17 @@ impl Target {
     }
 }
 
+/// Both ways of running the experts: each case must hold for each.
+const EXECUTIONS: [ExpertExecution; 2] = [ExpertExecution::Grouped, ExpertExecution::Dense];
+
+/// Every fixture under every expert execution, named for messages.
+fn runs() -> Vec<(String, std::path::PathBuf, ExpertExecution)> {
+    fixtures()
+        .into_iter()
+        .flat_map(|(name, dir)| EXECUTIONS.map(|e| (format!("{name} ({e:?})"), dir.clone(), e)))
+        .collect()
+}
+
 /// Logits tolerance of the issue (max abs).
 const LOGITS_TOL: f32 = 1e-4;
 
@@ -107,9 +118,10 @@ fn reference_loss<B: Backend>(dir: &Path, logits: Tensor<B, 3>, router_logits: T
 
 /// See the test of this name.
 pub fn forward_logits_router_logits_and_hidden_match<B: Backend>(t: Target) {
-    for (name, dir) in fixtures() {
+    for (name, dir, exec) in runs() {
         let model = load::<B>(&dir);
-        let out = model.forward(OlmoeInput::ids(ids(&dir, "forward.input_ids")), &Routing::capturing());
+        let routing = Routing::capturing().with_execution(exec);
+        let out = model.forward(OlmoeInput::ids(ids(&dir, "forward.input_ids")), &routing);
         let [_, _, vocab] = out.logits.dims();
         let check = |what: &str, got: Vec<f32>, tol: f32| {
             assert_close(&format!("{name} {what}"), &got, &reference(&dir, what).f32(), t.loosen(tol))
@@ -152,7 +164,7 @@ pub fn free_routing_captures_nothing_by_default<B: Backend>(_: Target) {
 
 /// See the test of this name.
 pub fn left_padded_batch_matches_on_real_positions<B: Backend>(t: Target) {
-    for (name, dir) in fixtures() {
+    for (name, dir, exec) in runs() {
         let model = load::<B>(&dir);
         let mask_ref = reference(&dir, "padded.attention_mask");
         let valid: Vec<bool> = mask_ref.values.iter().map(|&v| v != 0.0).collect();
@@ -160,7 +172,8 @@ pub fn left_padded_batch_matches_on_real_positions<B: Backend>(t: Target) {
             TensorData::new(valid.clone(), [mask_ref.shape[0], mask_ref.shape[1]]),
             &Default::default(),
         );
-        let out = model.forward(OlmoeInput::padded(ids(&dir, "padded.input_ids"), attention), &Routing::free());
+        let routing = Routing::free().with_execution(exec);
+        let out = model.forward(OlmoeInput::padded(ids(&dir, "padded.input_ids"), attention), &routing);
         let got = to_vec(vocab_slice(out.logits, 0, 256));
         let expected = reference(&dir, "padded.logits_head").f32();
         let keep = |v: &[f32]| -> Vec<f32> {
@@ -177,9 +190,9 @@ pub fn left_padded_batch_matches_on_real_positions<B: Backend>(t: Target) {
 
 /// See the test of this name.
 pub fn masked_routing_matches_logits_router_logits_and_loss<B: Backend>(t: Target) {
-    for (name, dir) in fixtures() {
+    for (name, dir, exec) in runs() {
         let model = load::<B>(&dir);
-        let routing = Routing::capturing().with_mask(expert_mask(&dir));
+        let routing = Routing::capturing().with_mask(expert_mask(&dir)).with_execution(exec);
         let out = model.forward(OlmoeInput::ids(ids(&dir, "masked.input_ids")), &routing);
         assert_close(
             &format!("{name} masked.logits_head"),
@@ -203,7 +216,7 @@ pub fn masked_routing_matches_logits_router_logits_and_loss<B: Backend>(t: Targe
 
 /// See the test of this name.
 pub fn masked_expert_gradients_of_layer0_match<B: Backend>(t: Target) {
-    for (name, dir) in fixtures() {
+    for (name, dir, exec) in runs() {
         let mut model = load::<Autodiff<B>>(&dir).no_grad();
         // Only layer 0's expert MLPs train, as in the reference.
         for expert in model.model.layers[0].mlp.experts.iter_mut() {
@@ -211,7 +224,7 @@ pub fn masked_expert_gradients_of_layer0_match<B: Backend>(t: Target) {
                 lin.weight = lin.weight.clone().set_require_grad(true);
             }
         }
-        let routing = Routing::capturing().with_mask(expert_mask(&dir));
+        let routing = Routing::capturing().with_mask(expert_mask(&dir)).with_execution(exec);
         let out = model.forward(OlmoeInput::ids(ids(&dir, "masked.input_ids")), &routing);
         let loss = reference_loss(&dir, out.logits, out.router_logits.expect("captured"), ids(&dir, "masked.labels"));
         let grads = loss.backward();

@@ -1,0 +1,321 @@
+//! GPU benchmarks at the OLMoE-1B-7B shape (16 layers, hidden 2048, 64 experts, top-8, expert
+//! width 1024, vocab 50304), random bf16 weights, the figures `../shared/tools/hf_anchor.py`
+//! measures for transformers:
+//!
+//! - `gemm`: burn's plain matmul at the expert shapes (tokens-per-expert × 2048 × 1024 and back)
+//!   and at 8192³, TFLOP/s;
+//! - `train`: forward + backward + AdamW, batch 16 × 512, 50 experts trainable (the rest frozen),
+//!   tokens/s and MFU against 800 TFLOP/s counted as `hf_anchor.py` counts it;
+//! - `generate`: greedy generation with router-logit capture, batch 16, 64-token prompts, 128 new
+//!   tokens, new tokens/s, first run (kernel compilation included) and again;
+//! - `check`: a random model at the full width (`--check-layers` layers) saved in Hub layout with
+//!   its logits, router logits, loss and the trainable experts' gradients on fixed ids, for
+//!   `benches/hf_check.py` to recompute in transformers (the same computation, bf16 tolerance).
+//!
+//! ```text
+//! cargo bench --features cuda --bench gpu -- --backend cuda [--what gemm,train,generate] [--check-dir DIR]
+//! ```
+//!
+//! One JSON line per figure on stdout. `benches/gpu.sh` runs it with the transformers anchor on
+//! the device; the results are in `benches/RESULTS.md`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+use steermoe::backend::{self, BackendKind, Task};
+use steermoe::config::{Consistency, Trainable};
+use steermoe::generate::{GenerateOptions, Sampling, generate};
+use steermoe::model::{self, ExpertExecution, Olmoe, OlmoeConfig, OlmoeInput, Precision, Routing};
+use steermoe::train::freeze::freeze;
+use steermoe::train::loader::SftBatch;
+use steermoe::train::loss::{Targets, causal_lm_loss};
+use steermoe::train::step::sft_loss;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Backend to measure.
+    #[arg(long, default_value = "cuda")]
+    backend: BackendKind,
+    /// Compute precision.
+    #[arg(long, default_value = "bf16")]
+    precision: Precision,
+    /// Figures to measure, comma-separated: gemm, train, generate.
+    #[arg(long, value_delimiter = ',', default_value = "gemm,train,generate")]
+    what: Vec<String>,
+    /// Decoder layers (16 at the real shape).
+    #[arg(long, default_value_t = 16)]
+    layers: usize,
+    /// Width (2048 at the real shape; smaller for a smoke test on the CPU).
+    #[arg(long, default_value_t = 2048)]
+    hidden: usize,
+    /// Expert width (1024 at the real shape).
+    #[arg(long, default_value_t = 1024)]
+    inter: usize,
+    /// Train batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Train sequence length.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Timed train steps (the first two are warm-up).
+    #[arg(long, default_value_t = 6)]
+    steps: usize,
+    /// Trainable experts, spread over layers at random.
+    #[arg(long, default_value_t = 50)]
+    trainable: usize,
+    /// Generation prompt length.
+    #[arg(long, default_value_t = 64)]
+    prompt: usize,
+    /// Generated tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Write the transformers cross-check (model, inputs, outputs, gradients) here.
+    #[arg(long)]
+    check_dir: Option<PathBuf>,
+    /// Layers of the cross-check model.
+    #[arg(long, default_value_t = 2)]
+    check_layers: usize,
+    /// How MoE layers run their experts: auto, grouped or dense.
+    #[arg(long, default_value = "auto")]
+    execution: String,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The OLMoE-1B-7B shape (`hf_anchor.py`'s config) with `layers` layers.
+fn config(a: &Args, layers: usize) -> OlmoeConfig {
+    let heads = (a.hidden / 128).max(1);
+    let raw = json!({
+        "model_type": "olmoe", "architectures": ["OlmoeForCausalLM"],
+        "vocab_size": 50304, "hidden_size": a.hidden, "intermediate_size": a.inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+        "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": false, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "router_aux_loss_coef": 0.01, "eos_token_id": 50279, "pad_token_id": 1, "torch_dtype": "bfloat16",
+    });
+    OlmoeConfig::from_json_str(&raw.to_string(), std::path::Path::new("<bench>")).expect("bench config")
+}
+
+/// FLOPs of one token through the active parameters (as `hf_anchor.py` counts them).
+fn active_params(cfg: &OlmoeConfig) -> f64 {
+    let (h, i, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
+    let k = cfg.num_experts_per_tok as f64;
+    cfg.num_hidden_layers as f64 * (4.0 * h * h + k * 3.0 * h * i + cfg.num_experts as f64 * h) + 2.0 * v * h
+}
+
+fn emit(v: serde_json::Value) {
+    println!("{v}");
+}
+
+fn sync<B: Backend>(device: &B::Device) {
+    B::sync(device).expect("device sync");
+}
+
+fn random_ids(rng: &mut StdRng, n: usize) -> Vec<i64> {
+    (0..n).map(|_| rng.random_range(2..50000) as i64).collect()
+}
+
+struct Bench(Args);
+
+impl Task for Bench {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) {
+        let a = self.0;
+        B::seed(&device, 0);
+        for what in &a.what {
+            match what.as_str() {
+                "gemm" => gemm::<B::InnerBackend>(&a, &device),
+                "train" => train::<B>(&a, &device),
+                "generate" => generation::<B::InnerBackend>(&a, &device),
+                "" => {}
+                other => panic!("unknown figure {other:?} (gemm, train, generate)"),
+            }
+        }
+        if let Some(dir) = &a.check_dir {
+            check::<B>(&a, dir, &device);
+        }
+    }
+}
+
+/// burn's matmul at the expert shapes of a train step and at 8192³.
+fn gemm<B: Backend>(a: &Args, device: &B::Device) {
+    let dtype = a.precision.dtype();
+    let per_expert = a.batch * a.seq * 8 / 64;
+    let shapes = [
+        ("expert up/gate", per_expert, a.hidden, a.inter),
+        ("expert down", per_expert, a.inter, a.hidden),
+        ("square 8192", 8192, 8192, 8192),
+    ];
+    for (name, m, k, n) in shapes {
+        let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), (device, dtype));
+        let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 1.0), (device, dtype));
+        for _ in 0..5 {
+            let _ = x.clone().matmul(w.clone());
+        }
+        sync::<B>(device);
+        let iters = if m * k * n > 1 << 32 { 20 } else { 200 };
+        let t = Instant::now();
+        for _ in 0..iters {
+            let _ = x.clone().matmul(w.clone());
+        }
+        sync::<B>(device);
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        let tflops = 2.0 * (m * k * n) as f64 / s / 1e12;
+        emit(json!({"what": "gemm", "impl": "steermoe", "shape": name, "m": m, "k": k, "n": n,
+            "dtype": format!("{dtype:?}"), "us": (s * 1e6 * 10.0).round() / 10.0, "tflops": (tflops * 10.0).round() / 10.0}));
+    }
+}
+
+/// The seeds' setup: `n` experts over all layers, picked at random.
+fn trainable_experts(layers: usize, n: usize) -> Vec<[usize; 2]> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut all: Vec<[usize; 2]> = (0..layers).flat_map(|l| (0..64).map(move |e| [l, e])).collect();
+    for i in 0..all.len() {
+        let j = rng.random_range(i..all.len());
+        all.swap(i, j);
+    }
+    all.truncate(n);
+    all
+}
+
+fn lm_batch<B: Backend>(ids: Vec<i64>, batch: usize, seq: usize, routing: Routing<B>, device: &B::Device) -> SftBatch<B> {
+    let targets = Targets::from_labels(&ids, batch, seq, device);
+    SftBatch {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device),
+        tokens: targets.len(),
+        targets,
+        attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; batch * seq], [batch, seq]), device),
+        batch_idx: 0,
+        is_unsafe: vec![false; batch],
+        routing,
+        consistency: (Consistency::Off, 0.0),
+        aux_coef: 0.0,
+        input_tokens: batch * seq,
+    }
+}
+
+/// Forward + backward + AdamW with only the trainable experts' MLPs unfrozen.
+fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
+    let cfg = config(a, a.layers);
+    let t0 = Instant::now();
+    let model = model::random::<B>(&cfg, device, a.precision);
+    let mut model = freeze(model, &trainable_experts(a.layers, a.trainable), Trainable::UnsafeExperts);
+    sync::<B>(device);
+    let init_s = t0.elapsed().as_secs_f64();
+    let mut optim = AdamWConfig::new().init::<B, Olmoe<B>>();
+    let mut rng = StdRng::seed_from_u64(1);
+    let batch = lm_batch::<B>(random_ids(&mut rng, a.batch * a.seq), a.batch, a.seq, routing(a), device);
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for _ in 0..a.steps {
+        let t = Instant::now();
+        let out = sft_loss(&model, &batch);
+        let loss = out.loss.clone();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(5e-5, model, grads);
+        losses.push(loss.into_scalar().elem::<f64>());
+        sync::<B>(device);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut steady: Vec<f64> = times.iter().skip(2).copied().collect();
+    steady.sort_by(f64::total_cmp);
+    let median = steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN);
+    let tok = (a.batch * a.seq) as f64 / median;
+    emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": a.layers,
+        "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]),
+        "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
+        "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>()}));
+}
+
+/// Greedy generation with router capture, run twice (the first compiles kernels).
+fn generation<B: Backend>(a: &Args, device: &B::Device) {
+    let cfg = config(a, a.layers);
+    let model = model::random::<B>(&cfg, device, a.precision);
+    let mut rng = StdRng::seed_from_u64(2);
+    let prompts: Vec<Vec<u32>> = (0..16)
+        .map(|_| random_ids(&mut rng, a.prompt).into_iter().map(|t| t as u32).collect())
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: a.new_tokens,
+        sampling: Sampling::Greedy,
+        stop_ids: Vec::new(),
+        pad_id: 1,
+        capture: true,
+    };
+    for run in ["first", "again", "again"] {
+        sync::<B>(device);
+        let t = Instant::now();
+        let out = generate(&model, &prompts, &opts, &routing(a), device, |_| {});
+        let s = t.elapsed().as_secs_f64();
+        let new: usize = out.iter().map(|g| g.new_ids.len()).sum();
+        let captured = out.iter().all(|g| g.gen_routing.as_ref().is_some_and(|r| r.tokens == g.new_ids.len()));
+        emit(json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": 16,
+            "prompt": a.prompt, "new": a.new_tokens, "execution": a.execution, "layers": a.layers, "seconds": round3(s),
+            "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}));
+    }
+}
+
+/// Save a random model and what steermoe computes on it, for `hf_check.py`.
+fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device) {
+    let cfg = config(a, a.check_layers);
+    let model = model::random::<B>(&cfg, device, a.precision);
+    let experts: Vec<[usize; 2]> = vec![[0, 0], [0, 1], [a.check_layers - 1, 5]];
+    let model = freeze(model, &experts, Trainable::UnsafeExperts);
+    model::save(&model.valid(), &cfg, dir.join("model")).expect("save the check model");
+    let (batch, seq) = (2, 64);
+    let ids = random_ids(&mut StdRng::seed_from_u64(3), batch * seq);
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), device);
+    let out = model.forward(OlmoeInput::ids(input.clone()), &Routing::capturing());
+    let loss = causal_lm_loss(out.logits.clone(), input);
+    let grads = loss.backward();
+    let mut tensors = vec![
+        ("input_ids", TensorData::new(ids.iter().map(|&i| i as f32).collect::<Vec<_>>(), [batch, seq])),
+        ("logits", out.logits.cast(DType::F32).into_data()),
+        ("router_logits", out.router_logits.expect("captured").cast(DType::F32).into_data()),
+        ("loss", loss.clone().cast(DType::F32).into_data()),
+    ];
+    let mut names = Vec::new();
+    for &[l, e] in &experts {
+        let ex = &model.model.layers[l].mlp.experts[e];
+        for (proj, lin) in [("gate_proj", &ex.gate_proj), ("up_proj", &ex.up_proj), ("down_proj", &ex.down_proj)] {
+            let g = lin.weight.val().grad(&grads).expect("trainable expert has a gradient");
+            // Hub orientation [out, in].
+            names.push((format!("grad.{l}.{e}.{proj}"), g.transpose().cast(DType::F32).into_data()));
+        }
+    }
+    let named: Vec<(&str, TensorData)> = names.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    tensors.extend(named);
+    steermoe::inspect::write_f32(&dir.join("steermoe.safetensors"), tensors).expect("write the check file");
+    emit(json!({"what": "check_written", "dir": dir, "layers": a.check_layers, "loss": loss.into_scalar().elem::<f64>(),
+        "experts": experts}));
+}
+
+fn routing<B: Backend>(a: &Args) -> Routing<B> {
+    Routing::free().with_execution(match a.execution.as_str() {
+        "auto" => ExpertExecution::Auto,
+        "grouped" => ExpertExecution::Grouped,
+        "dense" => ExpertExecution::Dense,
+        other => panic!("unknown execution {other:?} (auto, grouped, dense)"),
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn main() {
+    let args = Args::parse();
+    emit(json!({"what": "setup", "impl": "steermoe", "backend": args.backend.to_string(),
+        "precision": format!("{:?}", args.precision), "version": env!("CARGO_PKG_VERSION")}));
+    backend::run(args.backend, Bench(args.clone())).expect("backend compiled in");
+}
