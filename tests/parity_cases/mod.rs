@@ -69,11 +69,14 @@ impl Target {
 /// Both ways of running the experts: each case must hold for each.
 const EXECUTIONS: [ExpertExecution; 2] = [ExpertExecution::Grouped, ExpertExecution::Dense];
 
-/// Every fixture under every expert execution, named for messages.
+/// Every fixture under every expert execution, named for messages (`STEERMOE_TEST_EXECUTION`
+/// = `grouped` or `dense` keeps one).
 fn runs() -> Vec<(String, std::path::PathBuf, ExpertExecution)> {
+    let only = std::env::var("STEERMOE_TEST_EXECUTION").ok().map(|v| v.to_lowercase());
     fixtures()
         .into_iter()
         .flat_map(|(name, dir)| EXECUTIONS.map(|e| (format!("{name} ({e:?})"), dir.clone(), e)))
+        .filter(|(_, _, e)| only.as_ref().is_none_or(|o| format!("{e:?}").to_lowercase() == *o))
         .collect()
 }
 
