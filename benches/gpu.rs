@@ -65,9 +65,13 @@ struct Args {
     /// Train sequence length.
     #[arg(long, default_value_t = 512)]
     seq: usize,
-    /// Timed train steps (the first two are warm-up).
-    #[arg(long, default_value_t = 6)]
+    /// Train steps; the first `warmup_steps` are not in the median (burn compiles kernels for
+    /// new shapes during the first few: 33 s, 10 s, 1.3 s, then 0.37 s measured at 2 layers).
+    #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Train steps left out of the median.
+    #[arg(long, default_value_t = 4)]
+    warmup_steps: usize,
     /// Trainable experts, spread over layers at random.
     #[arg(long, default_value_t = 50)]
     trainable: usize,
@@ -226,13 +230,14 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         losses.push(loss.into_scalar().elem::<f64>());
         sync::<B>(device);
         times.push(t.elapsed().as_secs_f64());
+        eprintln!("train step {}/{}: {:.3} s, loss {:.4}", times.len(), a.steps, times[times.len() - 1], losses[losses.len() - 1]);
     }
-    let mut steady: Vec<f64> = times.iter().skip(2).copied().collect();
+    let mut steady: Vec<f64> = times.iter().skip(a.warmup_steps).copied().collect();
     steady.sort_by(f64::total_cmp);
     let median = steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN);
     let tok = (a.batch * a.seq) as f64 / median;
     emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": a.layers,
-        "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]),
+        "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]), "warmup_steps": a.warmup_steps, "step_s": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
         "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
         "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>()}));
 }

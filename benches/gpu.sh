@@ -11,6 +11,7 @@
 #   ANALYSIS_BENCH  the benches/analysis.rs binary
 #   HF_ANCHOR       ../shared/tools/hf_anchor.py
 #   SKIP            figures to leave out, comma-separated (hf, check, analysis, gemm, train, generate)
+#   FIGURE_TIMEOUT  seconds each measuring process may run (default 400)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU_BENCH=${GPU_BENCH:?set GPU_BENCH to the benches/gpu.rs binary}
@@ -18,6 +19,7 @@ ANALYSIS_BENCH=${ANALYSIS_BENCH:-}
 HF_ANCHOR=${HF_ANCHOR:-../shared/tools/hf_anchor.py}
 SKIP=${SKIP:-}
 OUTDIR=${OUTDIR:-$(mktemp -d)}
+mkdir -p "$OUTDIR"
 LOG=$OUTDIR/bench.jsonl
 : > "$LOG"
 skip() { [[ ",$SKIP," == *",$1,"* ]]; }
@@ -30,7 +32,7 @@ peak() { # name, command...
   local name=$1; shift
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUTDIR/mem.$name" &
   local smi=$!
-  "$@" 2> "$OUTDIR/stderr.$name" | tee -a "$LOG"
+  timeout "${FIGURE_TIMEOUT:-400}" "$@" 2> "$OUTDIR/stderr.$name" | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   kill $smi 2>/dev/null; wait $smi 2>/dev/null
   sort -n "$OUTDIR/mem.$name" | tail -1 | python3 -c "import json,sys; print(json.dumps({'what':'peak_gpu_memory','run':'$name','mib':int(sys.stdin.read().strip() or 0),'rc':$rc}))" | tee -a "$LOG"
@@ -46,7 +48,7 @@ if [ ${#figures[@]} -gt 0 ]; then
 fi
 if ! skip check; then
   rm -rf "$OUTDIR/check"
-  "$GPU_BENCH" --backend cuda --precision bf16 --what "" --check-dir "$OUTDIR/check" 2>>"$OUTDIR/stderr.check" | tee -a "$LOG"
+  timeout "${FIGURE_TIMEOUT:-400}" "$GPU_BENCH" --backend cuda --precision bf16 --what "" --check-dir "$OUTDIR/check" 2>>"$OUTDIR/stderr.check" | tee -a "$LOG"
   python3 benches/hf_check.py "$OUTDIR/check" 2>>"$OUTDIR/stderr.check" | tee -a "$LOG"
 fi
 if ! skip hf; then

@@ -244,13 +244,16 @@ impl<B: Backend> MoeBlock<B> {
         let x = x.reshape([tokens, hidden]);
         let logits = self.gate.forward(x.clone());
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
-        let dense = match routing.execution {
-            ExpertExecution::Grouped => None,
-            ExpertExecution::Dense => Some(()),
-            ExpertExecution::Auto => (tokens <= DENSE_TOKENS_PER_EXPERT * self.experts.len()).then_some(()),
-        }
-        .and_then(|()| routing.stacked.clone().or_else(|| StackedExperts::stack(&self.experts)));
-        let (out, expert_counts) = match dense {
+        let use_dense = match routing.execution {
+            ExpertExecution::Grouped => false,
+            ExpertExecution::Dense => true,
+            ExpertExecution::Auto => tokens <= DENSE_TOKENS_PER_EXPERT * self.experts.len(),
+        };
+        let stacked = match use_dense {
+            true => routing.stacked.clone().or_else(|| StackedExperts::stack(&self.experts)),
+            false => None,
+        };
+        let (out, expert_counts) = match stacked {
             Some(stacked) => {
                 // Counts need the choices on the host: read them only when asked for.
                 let counts = match &routing.counted {

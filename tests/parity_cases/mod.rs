@@ -49,19 +49,23 @@ pub const CUDA_TF32: Target = Target { scale: 2000.0, grad_tol: 1e-2 };
 
 impl Target {
     /// `tol` for this backend and precision. bf16 keeps 8 significant bits: activations,
-    /// weight products and sums round at ~2^-8 relative, so bf16 runs compare with tolerances
-    /// this many times looser.
+    /// weight products and sums round at ~2^-8 relative and the rounding of every layer's
+    /// residual stream reaches the next layer's router, so bf16 runs compare at 0.2 absolute
+    /// (values of order 1–10). Measured on an H100 (2026-11-22, both fixtures, both
+    /// executions): logits ≤ 1.1e-1, router logits ≤ 1.3e-1, final hidden ≤ 1.6e-1, losses
+    /// ≤ 2.4e-3; a wrong model or mask is off by order 1.
     fn loosen(self, tol: f32) -> f32 {
         match precision() {
             Precision::F32 => tol * self.scale,
-            Precision::Bf16 => (tol * 2_000.0).max(0.1),
+            Precision::Bf16 => (tol * 2_000.0).max(0.2),
         }
     }
 
     fn grad(self) -> f32 {
         match precision() {
             Precision::F32 => self.grad_tol,
-            Precision::Bf16 => (self.grad_tol * 2_000.0).max(0.1),
+            // Measured on an H100: ≤ 3.7e-2 of the largest gradient (bf16's 2^-8 over 2 layers).
+            Precision::Bf16 => 0.1,
         }
     }
 }
