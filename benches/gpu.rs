@@ -87,9 +87,9 @@ struct Args {
     /// Layers of the cross-check model.
     #[arg(long, default_value_t = 2)]
     check_layers: usize,
-    /// How MoE layers run their experts: auto, grouped or dense.
-    #[arg(long, default_value = "auto")]
-    execution: String,
+    /// How MoE layers run their experts.
+    #[arg(long, value_enum, default_value_t = ExpertExecution::Auto)]
+    execution: ExpertExecution,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -284,34 +284,26 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
     let loss = causal_lm_loss(out.logits.clone(), input);
     let grads = loss.backward();
     let mut tensors = vec![
-        ("input_ids", TensorData::new(ids.iter().map(|&i| i as f32).collect::<Vec<_>>(), [batch, seq])),
-        ("logits", out.logits.cast(DType::F32).into_data()),
-        ("router_logits", out.router_logits.expect("captured").cast(DType::F32).into_data()),
-        ("loss", loss.clone().cast(DType::F32).into_data()),
+        ("input_ids".to_string(), TensorData::new(ids.iter().map(|&i| i as f32).collect::<Vec<_>>(), [batch, seq])),
+        ("logits".to_string(), out.logits.cast(DType::F32).into_data()),
+        ("router_logits".to_string(), out.router_logits.expect("captured").cast(DType::F32).into_data()),
+        ("loss".to_string(), loss.clone().cast(DType::F32).into_data()),
     ];
-    let mut names = Vec::new();
     for &[l, e] in &experts {
         let ex = &model.model.layers[l].mlp.experts[e];
         for (proj, lin) in [("gate_proj", &ex.gate_proj), ("up_proj", &ex.up_proj), ("down_proj", &ex.down_proj)] {
             let g = lin.weight.val().grad(&grads).expect("trainable expert has a gradient");
             // Hub orientation [out, in].
-            names.push((format!("grad.{l}.{e}.{proj}"), g.transpose().cast(DType::F32).into_data()));
+            tensors.push((format!("grad.{l}.{e}.{proj}"), g.transpose().cast(DType::F32).into_data()));
         }
     }
-    let named: Vec<(&str, TensorData)> = names.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    tensors.extend(named);
     steermoe::inspect::write_f32(&dir.join("steermoe.safetensors"), tensors).expect("write the check file");
     emit(json!({"what": "check_written", "dir": dir, "layers": a.check_layers, "loss": loss.into_scalar().elem::<f64>(),
         "experts": experts}));
 }
 
 fn routing<B: Backend>(a: &Args) -> Routing<B> {
-    Routing::free().with_execution(match a.execution.as_str() {
-        "auto" => ExpertExecution::Auto,
-        "grouped" => ExpertExecution::Grouped,
-        "dense" => ExpertExecution::Dense,
-        other => panic!("unknown execution {other:?} (auto, grouped, dense)"),
-    })
+    Routing::free().with_execution(a.execution)
 }
 
 fn round3(x: f64) -> f64 {

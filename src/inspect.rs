@@ -115,12 +115,12 @@ pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: 
 }
 
 /// Write named tensors to a safetensors file as float32 (atomically).
-pub fn write_f32(out: &Path, tensors: Vec<(&str, TensorData)>) -> Result<(), LoadError> {
+pub fn write_f32<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>) -> Result<(), LoadError> {
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, data)| {
             let bytes = data.iter::<f32>().flat_map(f32::to_le_bytes).collect();
-            (name.to_string(), data.shape.to_vec(), bytes)
+            (name.into(), data.shape.to_vec(), bytes)
         })
         .collect();
     let views: Vec<_> = owned

@@ -148,8 +148,7 @@ impl<'a> TensorTable<'a> {
         self.views.contains_key(key)
     }
 
-    /// The tensor `key` with exactly `shape`, as host data of `dtype`.
-    /// The tensor `key` of stored shape `shape` in `dtype`; with `transpose`, a 2-d tensor comes
+    /// The tensor `key`, stored with exactly `shape`, as host data of `dtype`; with `transpose`, a 2-d tensor comes
     /// out transposed and contiguous (`[cols, rows]`).
     fn take(&mut self, key: &str, shape: &[usize], dtype: DType, dir: &Path, transpose: bool) -> Result<TensorData, LoadError> {
         let (path, view) = self.views.get(key).ok_or_else(|| LoadError::MissingTensor {

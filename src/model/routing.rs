@@ -23,7 +23,8 @@ use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 use super::dense::StackedExperts;
 
 /// How MoE blocks run their experts; every choice gives the same result up to rounding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum ExpertExecution {
     /// Dense for a few tokens per expert (decode steps, small batches), grouped otherwise.
     #[default]
