@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::risk::TokenScope;
+use crate::analysis::select::ExpertSource;
 use crate::backend::BackendKind;
 use crate::data::attack::FieldMap;
 use crate::generate::Sampling;
@@ -174,7 +175,7 @@ impl Default for CollectConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalysisConfig {
-    /// Which tokens count: `prompt`, `generation`, `generation_first_n`, `all`.
+    /// Which tokens count: `prompt`, `generation`, `generation_first_n`, `all`, `response`.
     pub token_scope: TokenScope,
     /// Generated tokens counted by `generation_first_n`.
     pub first_n: usize,
@@ -184,10 +185,9 @@ pub struct AnalysisConfig {
     pub global_threshold: f64,
     /// Unsafe experts kept per batch and globally.
     pub top_k: usize,
-    /// Ablation: draw `top_k` random experts per batch instead.
-    pub random_experts: bool,
-    /// Base seed of the ablation (batch `b` uses `random_seed + b`).
-    pub random_seed: u64,
+    /// `risk_diff` (the method) or `random`: the matched ablation, the risk-difference sets
+    /// under a random relabelling of the experts drawn from `seed`.
+    pub experts: ExpertSource,
 }
 
 impl Default for AnalysisConfig {
@@ -198,8 +198,7 @@ impl Default for AnalysisConfig {
             batch_threshold: 0.0,
             global_threshold: 0.05,
             top_k: 50,
-            random_experts: false,
-            random_seed: 42,
+            experts: ExpertSource::RiskDiff,
         }
     }
 }
@@ -234,8 +233,6 @@ pub enum ExpertSet {
     PerBatch,
     /// The global unsafe experts, for every batch.
     Global,
-    /// `analysis.top_k` random experts per batch (seed `analysis.random_seed + batch_idx`).
-    Random,
 }
 
 /// Which parameters train.
@@ -340,7 +337,7 @@ impl Default for TrainConfig {
 pub enum Variant {
     /// The model as given.
     Base,
-    /// The model with the run's unsafe experts deactivated by a steering bias (SteerMoE).
+    /// The model steered at inference (SteerMoE), once per `eval.steer` setting.
     Steered,
     /// The fine-tuned model (`final_model/`).
     Trained,
@@ -354,6 +351,32 @@ impl Variant {
             Variant::Steered => "steered",
             Variant::Trained => "trained",
         }
+    }
+}
+
+/// One inference-time steering setting (the SteerMoE paper's): experts of the run's ranking
+/// forced into or out of every token's top-k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SteerSetting {
+    /// Force this many of the most safety-linked experts (most negative aggregated risk
+    /// difference, at most top-k per layer) into every token's top-k.
+    pub activate_safe: usize,
+    /// Force this many of the riskiest experts (most positive) out of every token's top-k.
+    pub deactivate_unsafe: usize,
+}
+
+impl SteerSetting {
+    /// The variant's name: `steer-a5`, `steer-d8`, `steer-a5-d8`.
+    pub fn name(&self) -> String {
+        let mut name = String::from("steer");
+        if self.activate_safe > 0 {
+            name += &format!("-a{}", self.activate_safe);
+        }
+        if self.deactivate_unsafe > 0 {
+            name += &format!("-d{}", self.deactivate_unsafe);
+        }
+        name
     }
 }
 
@@ -382,8 +405,8 @@ pub struct EvalConfig {
     pub sampling: Sampling,
     /// Longest prompt + reference answer scored for the answer NLL; longer answers are cut.
     pub nll_max_len: usize,
-    /// Steering bias added to the router logits of the deactivated experts (`steered`).
-    pub steer_bias: f64,
+    /// The steering settings the `steered` variant evaluates, one evaluation each.
+    pub steer: Vec<SteerSetting>,
 }
 
 impl Default for EvalConfig {
@@ -399,7 +422,10 @@ impl Default for EvalConfig {
             max_prompt_tokens: 464,
             sampling: Sampling::Greedy,
             nll_max_len: 512,
-            steer_bias: -1e9,
+            steer: vec![SteerSetting {
+                activate_safe: 5,
+                deactivate_unsafe: 0,
+            }],
         }
     }
 }
@@ -415,14 +441,36 @@ impl Config {
         Self::parse(&text, path, overrides)
     }
 
-    /// [`Config::load`] on text; `path` names the source in errors.
+    /// [`Config::load`] on text; `path` names the source in errors. A `[sweep]` table is refused:
+    /// only `steermoe sweep` reads it ([`Config::from_table`] on the rest).
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let table = Self::table(text, path)?;
+        if table.contains_key("sweep") {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                key: "sweep".into(),
+                reason: "a [sweep] table is read by `steermoe sweep`; this command runs one experiment".into(),
+            });
+        }
+        Self::from_table(table, path, overrides)
+    }
+
+    /// The TOML table of a config file's text (syntax errors give line and column).
+    pub fn table(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: String::new(),
+            reason: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// A config from a parsed TOML table, `overrides` applied, validated.
+    pub fn from_table(mut table: toml::Table, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let parse_err = |key: String, reason: String| ConfigError::Parse {
             path: path.to_path_buf(),
             key,
             reason,
         };
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(String::new(), e.message().to_string()))?;
         for o in overrides {
             let (key, value) = o
                 .split_once('=')
@@ -496,12 +544,21 @@ impl Config {
         if e.nll_max_len < 8 {
             return Err(bad("eval.nll_max_len", format!("must be at least 8, got {}", e.nll_max_len)));
         }
-        if !(e.steer_bias < 0.0) {
-            return Err(bad("eval.steer_bias", format!("must be negative to deactivate experts, got {}", e.steer_bias)));
-        }
         let mut seen = std::collections::HashSet::new();
         if let Some(v) = e.variants.iter().find(|v| !seen.insert(**v)) {
             return Err(bad("eval.variants", format!("{} is listed twice", v.name())));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in e.steer.iter().enumerate() {
+            if s.activate_safe == 0 && s.deactivate_unsafe == 0 {
+                return Err(bad(&format!("eval.steer[{i}]"), "steers nothing: set activate_safe or deactivate_unsafe".into()));
+            }
+            if !seen.insert(*s) {
+                return Err(bad(&format!("eval.steer[{i}]"), format!("{} is listed twice", s.name())));
+            }
+        }
+        if e.variants.contains(&Variant::Steered) && e.steer.is_empty() {
+            return Err(bad("eval.steer", "the steered variant needs at least one setting".into()));
         }
         if !e.variants.is_empty() && !e.benign_path.is_file() {
             return Err(bad("eval.benign_path", format!("{}: no such file", e.benign_path.display())));
@@ -527,7 +584,7 @@ impl Config {
 }
 
 /// Set `a.b.c = value` in a TOML table, creating tables on the way.
-fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+pub(crate) fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
     let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
         .and_then(|mut t| t.remove("v"))

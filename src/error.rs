@@ -27,4 +27,10 @@ pub enum Error {
     /// `forward`.
     #[error(transparent)]
     Inspect(#[from] crate::inspect::InspectError),
+    /// A run directory.
+    #[error(transparent)]
+    RunDir(#[from] crate::run_dir::RunDirError),
+    /// A sweep.
+    #[error(transparent)]
+    Sweep(#[from] crate::sweep::SweepError),
 }

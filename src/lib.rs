@@ -16,6 +16,10 @@ pub mod generate;
 pub mod inspect;
 pub mod judge;
 pub mod model;
+pub mod plot;
+pub mod run_dir;
+pub mod seeds;
+pub mod sweep;
 pub mod train;
 pub mod tui;
 

@@ -126,17 +126,30 @@ fn greedy_answers_do_not_depend_on_their_batch() {
 }
 
 #[test]
-fn steering_biases_exactly_the_listed_experts() {
+fn steering_forces_the_listed_experts_into_and_out_of_every_top_k() {
     let device = Default::default();
+    let model = model();
+    // Fixture: 2 layers x 8 experts, top-2.
     let steer = Steering {
-        experts: vec![[0, 1], [1, 3]],
-        bias: -1e9,
+        activate: vec![[0, 3], [1, 5]],
+        deactivate: vec![[0, 1], [1, 2]],
     };
-    let routing = steer.routing::<B>(2, 4, &device);
-    let bias: Vec<f32> = routing.bias.expect("a bias").into_data().to_vec().unwrap();
-    let mut expected = vec![0.0; 8];
-    expected[1] = -1e9;
-    expected[4 + 3] = -1e9;
-    assert_eq!(bias, expected);
-    assert!(Steering::default().routing::<B>(2, 4, &device).bias.is_none());
+    let routing = steer.routing::<B>(2, 8, &device).with_capture(true);
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| 100 + 37 * i).collect::<Vec<_>>(), [2, 12]), &device);
+    let out = model.forward(OlmoeInput::ids(ids.clone()), &routing);
+    let chosen = out.chosen.expect("captured");
+    let [layers, batch, seq, k] = chosen.dims();
+    assert_eq!((layers, batch, seq, k), (2, 2, 12, 2));
+    let v: Vec<i64> = chosen.into_data().iter::<i64>().collect();
+    for (layer, (on, off)) in [(3, 1), (5, 2)].into_iter().enumerate() {
+        for token in v[layer * batch * seq * k..(layer + 1) * batch * seq * k].chunks(k) {
+            assert!(token.contains(&on), "layer {layer}: forced-on {on} missing from {token:?}");
+            assert!(!token.contains(&off), "layer {layer}: forced-off {off} chosen in {token:?}");
+        }
+    }
+    // Unsteered, the forced-on expert is not every token's choice: the steering did it.
+    let free = model.forward(OlmoeInput::ids(ids), &Routing::capturing()).chosen.unwrap();
+    let free: Vec<i64> = free.into_data().iter::<i64>().collect();
+    assert!(free[..batch * seq * k].chunks(k).any(|t| !t.contains(&3)));
+    assert!(Steering::default().routing::<B>(2, 8, &device).force_on.is_none());
 }

@@ -69,10 +69,10 @@ fn collect_resume_and_analyze() {
     assert_eq!(experts["per_batch"].as_array().unwrap().len(), 2);
     assert!(experts["per_batch"][0].as_array().unwrap().len() <= 4);
     assert_eq!(experts["params"]["token_scope"], "generation");
-    // The heatmap is a PNG of 2 x 8 cells.
+    // The heatmap is a PNG (2 layers x 8 experts, 48-pixel cells, with axes and a colour bar).
     let decoder = png::Decoder::new(std::io::Cursor::new(first[4].clone()));
     let info = decoder.read_info().unwrap().info().clone();
-    assert_eq!((info.width, info.height), (8 * 13 + 1, 2 * 13 + 1));
+    assert_eq!((info.width, info.height), (8 * 48 + 260, 2 * 48 + 150));
     // Same inputs, same bytes.
     steermoe(&["analyze", "--run", run_s]);
     for (f, bytes) in outputs.iter().zip(&first) {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use steermoe::config::Config;
-use steermoe::eval::stage::{OUTPUTS as EVAL_OUTPUTS, read_report, variant_dir};
+use steermoe::eval::stage::{EvalVariant, OUTPUTS as EVAL_OUTPUTS, read_report, variant_dir};
 
 fn var(name: &str) -> PathBuf {
     std::env::var_os(name)
@@ -44,13 +44,14 @@ fn finished_run_directory_is_complete() {
     .map(|f| run.join(f))
     .collect();
     files.extend(steermoe::analysis::stage::OUTPUTS.iter().map(|f| run.join(f)));
-    for &variant in &input.eval.variants {
+    let variants = EvalVariant::all(&input);
+    for variant in &variants {
         files.extend(EVAL_OUTPUTS.iter().map(|f| variant_dir(&run, variant).join(f)));
     }
     let missing: Vec<_> = files.iter().filter(|f| !f.is_file()).collect();
     assert!(missing.is_empty(), "missing: {missing:?}");
 
-    for &variant in &input.eval.variants {
+    for variant in &variants {
         let report = read_report(&variant_dir(&run, variant)).unwrap();
         eprintln!("{}: asr {:?} plain refusal {:?} benign refusal {:?} nll {:?}", variant.name(), report.asr, report.plain_refusal_rate, report.benign_refusal_rate, report.benign_answer_nll);
         // Rates equal their counts (to JSON's float round trip).

@@ -1,37 +1,99 @@
-//! A layers × experts heatmap of the aggregated risk difference as a PNG: one square cell per
-//! (layer, expert), red for positive (more active on jailbreaks), blue for negative, white at
-//! zero, scaled by the largest |risk_diff|; a one-pixel grey grid between cells.
+//! `risk_diff_heatmap.png`: the aggregated risk difference as a layers × experts grid, red where
+//! an expert is more active on jailbreaks, blue where more active on the plain goals, white at
+//! zero, scaled symmetrically by the largest |risk_diff|; layer and expert axes, a colour bar with
+//! its values, and the selected (global unsafe) experts outlined.
 
-/// Pixels per cell side.
-const CELL: usize = 12;
+use plotters::prelude::*;
 
-/// Encode `values` (`[layers, experts]`, row-major) as PNG bytes.
-pub fn png(values: &[f64], layers: usize, experts: usize) -> Vec<u8> {
-    let (w, h) = (experts * (CELL + 1) + 1, layers * (CELL + 1) + 1);
+use super::select::ExpertId;
+use crate::plot::{FONT, PlotError, err};
+
+/// The diverging colour of `t` in [-1, 1]: blue, white, red.
+fn diverging(t: f64) -> RGBColor {
+    let t = t.clamp(-1.0, 1.0);
+    let fade = (255.0 * (1.0 - t.abs())).round() as u8;
+    if t >= 0.0 { RGBColor(255, fade, fade) } else { RGBColor(fade, fade, 255) }
+}
+
+/// The heatmap of `values` (`[layers, experts]`, row-major) as PNG bytes, `outlined` experts
+/// framed in black.
+pub fn png(values: &[f64], layers: usize, experts: usize, outlined: &[ExpertId]) -> Result<Vec<u8>, PlotError> {
     let scale = values.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    let mut rgb = vec![160u8; w * h * 3];
-    for l in 0..layers {
-        for e in 0..experts {
-            let t = (values[l * experts + e] / scale).clamp(-1.0, 1.0);
-            let fade = (255.0 * (1.0 - t.abs())).round() as u8;
-            let color = if t >= 0.0 { [255, fade, fade] } else { [fade, fade, 255] };
-            for y in 0..CELL {
-                for x in 0..CELL {
-                    let (px, py) = (1 + e * (CELL + 1) + x, 1 + l * (CELL + 1) + y);
-                    rgb[(py * w + px) * 3..(py * w + px) * 3 + 3].copy_from_slice(&color);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().expect("png header into memory");
-        writer.write_image_data(&rgb).expect("png data into memory");
-    }
-    out
+    let cell = (960 / experts.max(1)).clamp(12, 48) as u32;
+    let grid_w = cell * experts as u32;
+    let width = (grid_w + 260).max(600);
+    let height = cell * layers as u32 + 150;
+    crate::plot::png(width, height, |root| {
+        let (main, bar) = root.split_horizontally(width - 150);
+        let mut chart = ChartBuilder::on(&main)
+            .caption("Risk difference (top-k rate, jailbreak − plain)", (FONT, 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            // plotters' integer ranges are inclusive: 0..=n-1 makes n segments.
+            .build_cartesian_2d((0..experts.max(1) - 1).into_segmented(), (0..layers.max(1) - 1).into_segmented())
+            .map_err(err)?;
+        let label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) => i.to_string(),
+            _ => String::new(),
+        };
+        // Layer 0 on top: row r of the chart shows layer layers-1-r.
+        let row_label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < layers => (layers - 1 - i).to_string(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("expert")
+            .y_desc("layer")
+            .x_labels(experts.min(32))
+            .y_labels(layers.min(32))
+            .x_label_formatter(&label)
+            .y_label_formatter(&row_label)
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(err)?;
+        let at = |l: usize, e: usize| {
+            let r = layers - 1 - l;
+            [(SegmentValue::Exact(e), SegmentValue::Exact(r)), (SegmentValue::Exact(e + 1), SegmentValue::Exact(r + 1))]
+        };
+        chart
+            .draw_series((0..layers).flat_map(|l| (0..experts).map(move |e| (l, e))).map(|(l, e)| {
+                Rectangle::new(at(l, e), diverging(values[l * experts + e] / scale).filled())
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(outlined.iter().filter(|[l, e]| *l < layers && *e < experts).map(|&[l, e]| Rectangle::new(at(l, e), BLACK.stroke_width(2))))
+            .map_err(err)?;
+        // The colour bar: -scale (blue) to +scale (red).
+        let mut bar_chart = ChartBuilder::on(&bar)
+            .margin_top(50)
+            .margin_bottom(50)
+            .margin_right(20)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..1.0, -scale..scale)
+            .map_err(err)?;
+        bar_chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(5)
+            .y_label_formatter(&|v| format!("{v:+.3}"))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(err)?;
+        let steps = 100;
+        bar_chart
+            .draw_series((0..steps).map(|i| {
+                let (a, b) = (-scale + 2.0 * scale * i as f64 / steps as f64, -scale + 2.0 * scale * (i + 1) as f64 / steps as f64);
+                Rectangle::new([(0.0, a), (1.0, b)], diverging((a + b) / 2.0 / scale).filled())
+            }))
+            .map_err(err)?;
+        main.draw(&Text::new("outlined: global unsafe experts", (60, (height - 22) as i32), (FONT, 13).into_font())).map_err(err)?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -39,16 +101,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hot_cell_is_red_cold_cell_is_blue() {
-        let bytes = png(&[1.0, 0.0, -0.5, 0.0], 2, 2);
-        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-        let mut reader = decoder.read_info().unwrap();
+    fn colours_run_from_blue_through_white_to_red() {
+        assert_eq!(diverging(1.0), RGBColor(255, 0, 0));
+        assert_eq!(diverging(0.0), RGBColor(255, 255, 255));
+        assert_eq!(diverging(-0.5), RGBColor(128, 128, 255));
+    }
+
+    #[test]
+    fn the_hottest_cell_is_drawn_red() {
+        let bytes = png(&[1.0, 0.0, -0.5, 0.0], 2, 2, &[[0, 0]]).unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        let w = info.width as usize;
-        let at = |x: usize, y: usize| &buf[(y * w + x) * 3..(y * w + x) * 3 + 3];
-        assert_eq!(at(5, 5), [255, 0, 0]);
-        assert_eq!(at(CELL + 5, 5), [255, 255, 255]);
-        assert_eq!(at(5, CELL + 5), [128, 128, 255]);
+        reader.next_frame(&mut buf).unwrap();
+        let red = buf.chunks(3).filter(|p| p == &[255, 0, 0]).count();
+        let blue = buf.chunks(3).filter(|p| p == &[128, 128, 255]).count();
+        assert!(red > 400 && blue > 400, "red {red}, blue {blue} pixels");
     }
 }

@@ -8,4 +8,4 @@ pub mod select;
 pub mod stage;
 
 pub use counts::TopKCounter;
-pub use stage::{AnalysisError, AnalysisSummary, analyze};
+pub use stage::{AnalysisError, AnalysisSummary, UnsafeExperts, analyze};

@@ -6,11 +6,17 @@
 //! likewise `a_unsafe`, `d_unsafe`. `a_safe_n = a_safe / (a_safe + d_safe + 1e-10)`, likewise
 //! `a_unsafe_n`, and `risk_diff = a_unsafe_n - a_safe_n`. The aggregate sums the counts and
 //! averages `a_safe_n`, `a_unsafe_n` and `risk_diff` over batches.
+//!
+//! Token scopes: `prompt`, `generation`, `generation_first_n` and `all` count the top-k of the
+//! stored router logits of each sample's own prompt and answer (safe samples: the plain goal;
+//! unsafe: the jailbreak); `response` counts the experts the forward pass chose on teacher-forced
+//! replies after the *same* jailbreak prompt (safe: the model's refusal of the plain goal; unsafe:
+//! its compliant answer to the jailbreak), the SteerMoE paper's contrast.
 
 use serde::{Deserialize, Serialize};
 
 use super::counts::TopKCounter;
-use crate::generate::RouterLogits;
+use crate::generate::{ChosenExperts, RouterLogits};
 
 /// Which tokens of a sample count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +30,9 @@ pub enum TokenScope {
     GenerationFirstN,
     /// Prompt and generated tokens.
     All,
+    /// The reply tokens of each pair's teacher-forced refusal (safe) and compliance (unsafe)
+    /// after its jailbreak prompt, as the forward pass routed them.
+    Response,
 }
 
 impl std::fmt::Display for TokenScope {
@@ -33,6 +42,7 @@ impl std::fmt::Display for TokenScope {
             TokenScope::Generation => "generation",
             TokenScope::GenerationFirstN => "generation_first_n",
             TokenScope::All => "all",
+            TokenScope::Response => "response",
         })
     }
 }
@@ -46,6 +56,9 @@ pub struct SampleRouting {
     pub prompt: RouterLogits,
     /// Generated tokens `[layers, tokens, experts]`.
     pub generation: RouterLogits,
+    /// On a pair's unsafe sample: the experts chosen on its teacher-forced replies, safe then
+    /// unsafe (the `response` scope).
+    pub replies: Option<[ChosenExperts; 2]>,
 }
 
 /// Activation counts of one group of samples, `[layers * experts]` plus the token count.
@@ -79,6 +92,16 @@ pub fn count_batch(samples: &[SampleRouting], scope: TokenScope, first_n: usize,
     }
     let mut counter = TopKCounter::new(top_k);
     for s in samples {
+        if scope == TokenScope::Response {
+            for (g, chosen) in groups.iter_mut().zip(s.replies.iter().flatten()) {
+                g.tokens += chosen.tokens as u64;
+                for (i, &e) in chosen.values.iter().enumerate() {
+                    let layer = i / (chosen.tokens * chosen.k);
+                    g.activated[layer * experts + e as usize] += 1;
+                }
+            }
+            continue;
+        }
         let g = &mut groups[s.is_unsafe as usize];
         let mut count = |rl: &RouterLogits, tokens: usize| {
             g.tokens += tokens as u64;
@@ -92,6 +115,7 @@ pub fn count_batch(samples: &[SampleRouting], scope: TokenScope, first_n: usize,
                 count(&s.prompt, s.prompt.tokens);
                 count(&s.generation, s.generation.tokens);
             }
+            TokenScope::Response => unreachable!("counted above"),
         }
     }
     let [safe, unsafe_] = groups;
@@ -205,7 +229,7 @@ mod tests {
     }
 
     fn sample(is_unsafe: bool, prompt: &[[f32; 3]], generation: &[[f32; 3]]) -> SampleRouting {
-        SampleRouting { is_unsafe, prompt: rl(prompt), generation: rl(generation) }
+        SampleRouting { is_unsafe, prompt: rl(prompt), generation: rl(generation), replies: None }
     }
 
     /// Worked by hand, k = 1:
@@ -239,6 +263,22 @@ mod tests {
         assert_eq!((safe.tokens, safe.activated.clone(), uns.activated.clone()), (2, vec![2, 0, 0], vec![0, 0, 1]));
         let (safe, _) = count_batch(&samples, TokenScope::All, 0, 1, 3, 1);
         assert_eq!((safe.tokens, safe.activated), (5, vec![3, 2, 0]));
+    }
+
+    /// Response scope, k = 2, 2 layers x 3 experts: the chosen experts are counted as they are
+    /// (no re-ranking), safe reply to the safe group, unsafe reply to the unsafe group, and
+    /// samples without replies count nothing.
+    #[test]
+    fn response_scope_counts_the_chosen_experts_of_both_replies() {
+        let chosen = |tokens: usize, values: Vec<u16>| ChosenExperts { layers: 2, tokens, k: 2, values };
+        let mut pair = sample(true, &[[9., 0., 0.]], &[[9., 0., 0.]]);
+        // safe reply: 2 tokens; layer 0 picks {0,1},{0,2}; layer 1 picks {2,1},{2,0}
+        // unsafe reply: 1 token; layer 0 {1,2}; layer 1 {0,1}
+        pair.replies = Some([chosen(2, vec![0, 1, 0, 2, 2, 1, 2, 0]), chosen(1, vec![1, 2, 0, 1])]);
+        let samples = [sample(false, &[[9., 0., 0.]], &[[9., 0., 0.]]), pair];
+        let (safe, uns) = count_batch(&samples, TokenScope::Response, 0, 2, 3, 2);
+        assert_eq!((safe.tokens, safe.activated), (2, vec![2, 1, 1, 1, 1, 2]));
+        assert_eq!((uns.tokens, uns.activated), (1, vec![0, 1, 1, 1, 1, 0]));
     }
 
     #[test]

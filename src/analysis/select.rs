@@ -1,14 +1,39 @@
-//! Choosing unsafe experts and building masks (the seeds' `identify_unsafe_experts`,
-//! `identify_random_experts`, `create_expert_mask`).
+//! Choosing experts: unsafe experts by risk difference (the seeds' `identify_unsafe_experts`),
+//! the matched random ablation, masks, and the steering sets of the SteerMoE paper.
+//!
+//! The random ablation is the risk-difference selection under a seeded random relabelling of
+//! every (layer, expert) pair ([`relabel`]): each batch gets as many random experts as it had
+//! unsafe ones, the union trained is as large, and the batches overlap exactly as much, so the
+//! two arms train the same share of parameters and differ only in *which* experts.
 
-use rand::rngs::StdRng;
-use rand::{SeedableRng, seq::SliceRandom};
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::risk::{RiskRow, by_risk};
+use crate::seeds::{Stream, rng};
 
 /// A (layer, expert) pair.
 pub type ExpertId = [usize; 2];
+
+/// Where the expert sets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertSource {
+    /// The risk difference (the method).
+    RiskDiff,
+    /// The matched random ablation: the risk-difference sets under a random relabelling of the
+    /// experts (seed: the config's `seed`), steering sets from a random ranking.
+    Random,
+}
+
+impl std::fmt::Display for ExpertSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExpertSource::RiskDiff => "risk_diff",
+            ExpertSource::Random => "random",
+        })
+    }
+}
 
 /// Experts whose `risk_diff` exceeds `threshold`, the `top_k` riskiest first.
 pub fn unsafe_experts(rows: &[RiskRow], threshold: f64, top_k: usize) -> Vec<ExpertId> {
@@ -20,13 +45,52 @@ pub fn unsafe_experts(rows: &[RiskRow], threshold: f64, top_k: usize) -> Vec<Exp
         .collect()
 }
 
-/// `top_k` distinct (layer, expert) pairs drawn uniformly with `seed` (the random ablation).
-pub fn random_experts(layers: usize, experts: usize, top_k: usize, seed: u64) -> Vec<ExpertId> {
+/// Every (layer, expert) pair in a seeded random order (stream `stream`).
+fn shuffled(layers: usize, experts: usize, seed: u64, stream: Stream) -> Vec<ExpertId> {
     let mut all: Vec<ExpertId> = (0..layers).flat_map(|l| (0..experts).map(move |e| [l, e])).collect();
-    let mut rng = StdRng::seed_from_u64(seed);
-    all.shuffle(&mut rng);
-    all.truncate(top_k);
+    all.shuffle(&mut rng(seed, stream));
     all
+}
+
+/// The random relabelling of the ablation: `relabel(seed)[l * experts + e]` replaces `[l, e]`.
+pub fn relabel(layers: usize, experts: usize, seed: u64) -> Vec<ExpertId> {
+    shuffled(layers, experts, seed, Stream::ExpertPermutation)
+}
+
+/// A random ranking of every expert (the ablation's stand-in for the risk ranking in steering).
+pub fn random_ranking(layers: usize, experts: usize, seed: u64) -> Vec<ExpertId> {
+    shuffled(layers, experts, seed, Stream::ExpertRanking)
+}
+
+/// `ids` under the relabelling `map` (from [`relabel`]).
+pub fn apply(map: &[ExpertId], ids: &[ExpertId], experts: usize) -> Vec<ExpertId> {
+    ids.iter().map(|&[l, e]| map[l * experts + e]).collect()
+}
+
+/// The steering sets of the SteerMoE paper from a ranking of every expert, riskiest first:
+/// `activate` experts forced on, taken from the safe end (most negative risk difference first)
+/// with at most `top_k` per layer (more could not all join a top-k); `deactivate` experts forced
+/// off, taken from the unsafe end with at most `experts - top_k` per layer (a token keeps `top_k`
+/// experts to choose from), never one already forced on.
+pub fn steering_sets(ranking: &[ExpertId], experts: usize, top_k: usize, activate: usize, deactivate: usize) -> (Vec<ExpertId>, Vec<ExpertId>) {
+    let pick = |order: &mut dyn Iterator<Item = &ExpertId>, n: usize, cap: usize, skip: &[ExpertId]| {
+        let mut per_layer = std::collections::HashMap::<usize, usize>::new();
+        let mut out = Vec::new();
+        for &id in order {
+            if out.len() == n {
+                break;
+            }
+            let used = per_layer.entry(id[0]).or_default();
+            if *used < cap && !skip.contains(&id) {
+                *used += 1;
+                out.push(id);
+            }
+        }
+        out
+    };
+    let on = pick(&mut ranking.iter().rev(), activate, top_k, &[]);
+    let off = pick(&mut ranking.iter(), deactivate, experts.saturating_sub(top_k), &on);
+    (on, off)
 }
 
 /// A `[layers, experts]` mask, 1 for the given experts.
@@ -57,10 +121,10 @@ pub struct SelectionParams {
     pub top_k: usize,
     /// Which tokens were counted.
     pub token_scope: String,
-    /// Random ablation instead of risk order.
-    pub random_experts: bool,
-    /// Base seed of the random ablation (batch `b` uses `random_seed + b`).
-    pub random_seed: u64,
+    /// Risk difference or the random ablation.
+    pub experts: ExpertSource,
+    /// Seed of the random ablation (`None` for the risk difference).
+    pub seed: Option<u64>,
 }
 
 #[cfg(test)]
@@ -91,11 +155,30 @@ mod tests {
     }
 
     #[test]
-    fn random_experts_are_deterministic_and_distinct() {
-        let a = random_experts(4, 8, 10, 42);
-        assert_eq!(a, random_experts(4, 8, 10, 42));
-        assert_ne!(a, random_experts(4, 8, 10, 43));
-        assert_eq!(union(&[a.clone()]).len(), 10);
-        assert!(a.iter().all(|&[l, e]| l < 4 && e < 8));
+    fn relabelling_is_a_seeded_bijection_that_keeps_set_sizes_and_overlaps() {
+        let map = relabel(4, 8, 42);
+        assert_eq!(map, relabel(4, 8, 42));
+        assert_ne!(map, relabel(4, 8, 43));
+        assert_eq!(union(&[map.clone()]).len(), 32, "every expert appears once");
+        let a = vec![[0, 1], [2, 3], [3, 7]];
+        let b = vec![[2, 3], [1, 0]];
+        let (ra, rb) = (apply(&map, &a, 8), apply(&map, &b, 8));
+        assert_eq!((ra.len(), rb.len()), (3, 2));
+        assert_eq!(union(&[ra.clone(), rb.clone()]).len(), union(&[a, b]).len());
+        assert_eq!(ra[1], rb[0], "a shared expert stays shared");
+    }
+
+    #[test]
+    fn steering_sets_come_from_the_two_ends_of_the_ranking_with_per_layer_caps() {
+        // 2 layers x 4 experts, k = 2, ranked riskiest first.
+        let ranking = vec![[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [0, 3], [1, 3]];
+        // Safe end: [1,3], [0,3], [1,2], [1,1] (layer 1 full after 2), [1,0] skipped, [0,2].
+        let (on, off) = steering_sets(&ranking, 4, 2, 4, 0);
+        assert_eq!(on, vec![[1, 3], [0, 3], [1, 2], [0, 2]]);
+        assert!(off.is_empty());
+        // Unsafe end: at most 4 - 2 = 2 per layer, never a forced-on expert.
+        let (on, off) = steering_sets(&ranking, 4, 2, 1, 5);
+        assert_eq!(on, vec![[1, 3]]);
+        assert_eq!(off, vec![[0, 0], [0, 1], [1, 0], [1, 1]]);
     }
 }

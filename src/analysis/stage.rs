@@ -8,12 +8,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::heatmap;
-use super::risk::{RiskRow, SampleRouting, aggregate, by_risk, count_batch, risk_table};
+use super::risk::{RiskRow, SampleRouting, TokenScope, aggregate, by_risk, count_batch, risk_table};
 use super::routing_file;
-use super::select::{ExpertId, SelectionParams, mask, random_experts, union, unsafe_experts};
+use super::select::{ExpertId, ExpertSource, SelectionParams, apply, mask, random_ranking, relabel, union, unsafe_experts};
 use crate::collect::{RoutingIndex, read_batch_records};
 use crate::config::AnalysisConfig;
 use crate::data::batch::Label;
@@ -40,10 +40,13 @@ pub enum AnalysisError {
     /// Writing outputs.
     #[error(transparent)]
     Write(#[from] LoadError),
+    /// Drawing the heatmap.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
 }
 
-/// `unsafe_experts.json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `unsafe_experts.json`: what `analyze` chose, read back by training and evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnsafeExperts {
     /// Batch index of each entry of `per_batch`.
     pub batch_idx: Vec<usize>,
@@ -53,8 +56,25 @@ pub struct UnsafeExperts {
     pub global: Vec<ExpertId>,
     /// Union of the per-batch sets, in (layer, expert) order.
     pub union: Vec<ExpertId>,
+    /// Every expert by aggregated risk difference, riskiest first (the random ablation: a random
+    /// order): steering takes its sets from the two ends.
+    pub ranking: Vec<ExpertId>,
     /// The settings used.
     pub params: SelectionParams,
+}
+
+impl UnsafeExperts {
+    /// Read `unsafe_experts.json` of a run directory.
+    pub fn read(run_dir: &Path) -> Result<Self, AnalysisError> {
+        let path = run_dir.join("unsafe_experts.json");
+        std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            .map_err(|reason| AnalysisError::Input {
+                path,
+                reason: format!("{reason} (run `steermoe analyze` on this run directory)"),
+            })
+    }
 }
 
 /// What the terminal summary shows.
@@ -104,16 +124,10 @@ impl AnalysisSummary {
 }
 
 /// Files `analyze` writes.
-pub const OUTPUTS: [&str; 5] = [
-    "risk_diff.csv",
-    "risk_diff_aggregated.csv",
-    "unsafe_experts.json",
-    "expert_masks.safetensors",
-    "risk_diff_heatmap.png",
-];
+pub use crate::run_dir::ANALYSIS_FILES as OUTPUTS;
 
 /// Read the kept samples' routing of every batch in the index.
-fn read_batches(run_dir: &Path, index: &RoutingIndex) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
+fn read_batches(run_dir: &Path, index: &RoutingIndex, scope: TokenScope) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
     let mut out = Vec::new();
     for b in &index.batches {
         let path = run_dir.join(&b.file);
@@ -127,10 +141,16 @@ fn read_batches(run_dir: &Path, index: &RoutingIndex) -> Result<Vec<(usize, Vec<
         for r in records.iter().filter(|r| r.kept) {
             let mut take = |kind: &str| {
                 tensors
+                    .logits
                     .remove(&format!("{kind}.{}", r.in_batch_idx))
                     .ok_or_else(|| input(format!("no tensor {kind}.{}", r.in_batch_idx)))
             };
             let (prompt, generation) = (take("prompt")?, take("gen")?);
+            let mut reply = |side: &str| tensors.chosen.remove(&format!("reply_{side}.{}", r.in_batch_idx));
+            let replies = match (reply("safe"), reply("unsafe")) {
+                (Some(safe), Some(unsafe_)) => Some([safe, unsafe_]),
+                _ => None,
+            };
             for t in [&prompt, &generation] {
                 if [t.layers, t.experts] != [index.layers, index.experts] {
                     return Err(input(format!(
@@ -143,22 +163,29 @@ fn read_batches(run_dir: &Path, index: &RoutingIndex) -> Result<Vec<(usize, Vec<
                 is_unsafe: r.label == Label::Unsafe,
                 prompt,
                 generation,
+                replies,
             });
+        }
+        if scope == TokenScope::Response && samples.iter().any(|s| s.is_unsafe) && samples.iter().all(|s| s.replies.is_none()) {
+            return Err(input(
+                "no teacher-forced replies (reply_safe.*, reply_unsafe.*) for token_scope = \"response\": collect it again with this version".into(),
+            ));
         }
         out.push((b.batch_idx, samples));
     }
     Ok(out)
 }
 
-/// Analyse the collect run in `run_dir` and write the artifacts there.
-pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig) -> Result<AnalysisSummary, AnalysisError> {
+/// Analyse the collect run in `run_dir` and write the artifacts there; `seed` (the config's)
+/// draws the random ablation.
+pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<AnalysisSummary, AnalysisError> {
     let index_path = run_dir.join("routing/index.json");
     let index: RoutingIndex = std::fs::read_to_string(&index_path)
         .map_err(|e| e.to_string())
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
         .map_err(|reason| AnalysisError::Input { path: index_path.clone(), reason })?;
     let (layers, experts) = (index.layers, index.experts);
-    let batches = read_batches(run_dir, &index)?;
+    let batches = read_batches(run_dir, &index, cfg.token_scope)?;
 
     // Count batches in parallel; integer counts merge exactly, so the result is deterministic.
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -195,32 +222,31 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig) -> Result<AnalysisSummary, 
     }
     let agg = aggregate(&tables.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
 
-    let per_batch: Vec<Vec<ExpertId>> = tables
-        .iter()
-        .map(|(b, t)| {
-            if cfg.random_experts {
-                random_experts(layers, experts, cfg.top_k, cfg.random_seed + *b as u64)
-            } else {
-                unsafe_experts(t, cfg.batch_threshold, cfg.top_k)
-            }
-        })
-        .collect();
-    let global = unsafe_experts(&agg, cfg.global_threshold, cfg.top_k);
+    let mut per_batch: Vec<Vec<ExpertId>> = tables.iter().map(|(_, t)| unsafe_experts(t, cfg.batch_threshold, cfg.top_k)).collect();
+    let mut global = unsafe_experts(&agg, cfg.global_threshold, cfg.top_k);
+    let mut ranking: Vec<ExpertId> = by_risk(&agg).into_iter().map(|i| [agg[i].layer, agg[i].expert]).collect();
+    if cfg.experts == ExpertSource::Random {
+        let map = relabel(layers, experts, seed);
+        per_batch = per_batch.iter().map(|ids| apply(&map, ids, experts)).collect();
+        global = apply(&map, &global, experts);
+        ranking = random_ranking(layers, experts, seed);
+    }
     let result = UnsafeExperts {
         batch_idx: tables.iter().map(|(b, _)| *b).collect(),
         union: union(&per_batch),
         per_batch,
         global,
+        ranking,
         params: SelectionParams {
             batch_threshold: cfg.batch_threshold,
             global_threshold: cfg.global_threshold,
             top_k: cfg.top_k,
             token_scope: match cfg.token_scope {
-                super::risk::TokenScope::GenerationFirstN => format!("generation_first_n({})", cfg.first_n),
+                TokenScope::GenerationFirstN => format!("generation_first_n({})", cfg.first_n),
                 other => other.to_string(),
             },
-            random_experts: cfg.random_experts,
-            random_seed: cfg.random_seed,
+            experts: cfg.experts,
+            seed: (cfg.experts == ExpertSource::Random).then_some(seed),
         },
     };
 
@@ -291,6 +317,6 @@ fn write_outputs(run_dir: &Path, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRo
     write_atomic(&path, &bytes)?;
 
     let grid: Vec<f64> = agg.iter().map(|r| r.risk_diff).collect();
-    write_atomic(&run_dir.join("risk_diff_heatmap.png"), &heatmap::png(&grid, layers, experts))?;
+    write_atomic(&run_dir.join("risk_diff_heatmap.png"), &heatmap::png(&grid, layers, experts, &result.global)?)?;
     Ok(())
 }

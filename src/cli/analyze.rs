@@ -18,8 +18,8 @@ pub struct AnalyzeArgs {
 
 /// Run `steermoe analyze`.
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let cfg = args.dir.load()?.map(|c| c.analysis).unwrap_or_else(AnalysisConfig::default);
-    let summary = analyze(&args.dir.run, &cfg)?;
+    let (cfg, seed) = args.dir.load()?.map(|c| (c.analysis, c.seed)).unwrap_or_else(|| (AnalysisConfig::default(), 0));
+    let summary = analyze(&args.dir.run, &cfg, seed)?;
     print_summary(&summary, args.show);
     println!("wrote {} in {}", steermoe::analysis::stage::OUTPUTS.join(", "), args.dir.run.display());
     Ok(())

@@ -6,7 +6,8 @@ use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use steermoe::backend::{self, Task};
-use steermoe::config::{Config, Variant};
+use steermoe::config::{Config, SteerSetting};
+use steermoe::eval::stage::EvalVariant;
 use steermoe::eval::{EvalEvent, EvalReport, stage, table};
 
 /// Arguments of `steermoe eval`.
@@ -21,9 +22,16 @@ pub struct EvalArgs {
     /// Model directory (default: the config's `model.dir`).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Deactivate the unsafe experts of this analysed run directory (SteerMoE steering).
+    /// Steer with the expert ranking of this analysed run directory (SteerMoE): by default the
+    /// first `eval.steer` setting.
     #[arg(long, value_name = "RUN")]
     steer: Option<PathBuf>,
+    /// With --steer: force this many of the most safety-linked experts into every top-k.
+    #[arg(long, value_name = "N", requires = "steer")]
+    activate_safe: Option<usize>,
+    /// With --steer: force this many of the riskiest experts out of every top-k.
+    #[arg(long, value_name = "M", requires = "steer")]
+    deactivate_unsafe: Option<usize>,
     /// Output directory for eval.json and responses.jsonl (default: runs/eval/<model dir name>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -33,7 +41,7 @@ pub struct EvalArgs {
 struct Eval<'a> {
     cfg: &'a Config,
     model: &'a Path,
-    steer: Option<&'a Path>,
+    steer: Option<(&'a Path, SteerSetting)>,
     out: &'a Path,
     label: &'a str,
 }
@@ -60,7 +68,7 @@ impl Task for Eval<'_> {
     }
 }
 
-fn eval_one(cfg: &Config, model: &Path, steer: Option<&Path>, out: &Path, label: &str) -> anyhow::Result<EvalReport> {
+fn eval_one(cfg: &Config, model: &Path, steer: Option<(&Path, SteerSetting)>, out: &Path, label: &str) -> anyhow::Result<EvalReport> {
     let report = backend::run(cfg.model.backend, Eval {
         cfg,
         model,
@@ -78,16 +86,30 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         anyhow::ensure!(model.is_dir(), "--model {}: no such directory", model.display());
         cfg.model.dir = model;
     }
-    if let Some(run) = &args.steer {
-        let experts = run.join("unsafe_experts.json");
-        anyhow::ensure!(experts.is_file(), "--steer {}: no unsafe_experts.json (run `steermoe analyze` first)", run.display());
-    }
+    let steer = match &args.steer {
+        Some(run) => {
+            let experts = run.join("unsafe_experts.json");
+            anyhow::ensure!(experts.is_file(), "--steer {}: no unsafe_experts.json (run `steermoe analyze` first)", run.display());
+            let first = cfg.eval.steer.first().copied().unwrap_or_default();
+            let setting = SteerSetting {
+                activate_safe: args.activate_safe.unwrap_or(first.activate_safe),
+                deactivate_unsafe: args.deactivate_unsafe.unwrap_or(first.deactivate_unsafe),
+            };
+            anyhow::ensure!(
+                setting.activate_safe + setting.deactivate_unsafe > 0,
+                "--steer {}: the setting steers nothing; pass --activate-safe or --deactivate-unsafe",
+                run.display()
+            );
+            Some((run.as_path(), setting))
+        }
+        None => None,
+    };
     let out = args.out.unwrap_or_else(|| {
         let name = cfg.model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         PathBuf::from("runs/eval").join(name)
     });
     let label = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    eval_one(&cfg, &cfg.model.dir, args.steer.as_deref(), &out, &label)?;
+    eval_one(&cfg, &cfg.model.dir, steer, &out, &label)?;
     println!("wrote {}", out.join("eval.json").display());
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     print!("{}", table(&stage::reports_in(parent)));
@@ -96,18 +118,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
 /// The eval stage of `steermoe run`: every configured variant not evaluated yet, then the table.
 pub fn run_variants(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
-    for &variant in &cfg.eval.variants {
-        let dir = stage::variant_dir(run_dir, variant);
+    for variant in EvalVariant::all(cfg) {
+        let dir = stage::variant_dir(run_dir, &variant);
+        let name = variant.name();
         if stage::is_done(&dir) {
-            println!("   {}: done already", variant.name());
+            println!("   {name}: done already");
             continue;
         }
-        let (model, steer) = match variant {
-            Variant::Base => (cfg.model.dir.clone(), None),
-            Variant::Steered => (cfg.model.dir.clone(), Some(run_dir)),
-            Variant::Trained => (run_dir.join("final_model"), None),
-        };
-        eval_one(cfg, &model, steer, &dir, variant.name()).with_context(|| format!("evaluating {}", variant.name()))?;
+        let (model, steer) = variant.model_and_steer(cfg, run_dir);
+        eval_one(cfg, &model, steer, &dir, &name).with_context(|| format!("evaluating {name}"))?;
     }
     let rows = stage::reports_in(&run_dir.join("eval"));
     if !rows.is_empty() {

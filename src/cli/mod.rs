@@ -6,11 +6,11 @@ mod eval;
 mod forward;
 mod generate;
 mod run;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use steermoe::config::Config;
 
@@ -50,6 +50,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// collect → analyze → train → eval in one run directory, skipping finished stages.
     Run(run::RunArgs),
+    /// Many runs of one config: cells (axes × variants) × seeds, shared work done once,
+    /// results with confidence intervals beside the random-experts baseline.
+    Sweep(sweep::SweepArgs),
 }
 
 /// The experiment config file, its overrides and the run directory.
@@ -78,19 +81,6 @@ impl ConfigArgs {
             steermoe::eval::EvalSets::from_config(&cfg)?;
         }
         let run_dir = collect::run_dir(&self.config, self.out.as_ref());
-        let resolved = cfg.to_toml();
-        let recorded = run_dir.join("config.toml");
-        if let Ok(old) = std::fs::read_to_string(&recorded) {
-            anyhow::ensure!(
-                old == resolved,
-                "{} was made with a different config (see {}); pass another --out or remove it",
-                run_dir.display(),
-                recorded.display()
-            );
-        }
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
-        let write = steermoe::model::checkpoint::write_atomic;
-        write(&recorded, resolved.as_bytes())?;
         let provenance = serde_json::json!({
             "steermoe_version": env!("CARGO_PKG_VERSION"),
             "git_revision": env!("STEERMOE_GIT_REVISION"),
@@ -98,7 +88,7 @@ impl ConfigArgs {
             "config": self.config.display().to_string(),
             "overrides": self.overrides,
         });
-        write(&run_dir.join("provenance.json"), format!("{provenance:#}\n").as_bytes())?;
+        steermoe::run_dir::RunDir::new(&run_dir).prepare(&cfg, &provenance)?;
         Ok((cfg, run_dir))
     }
 }
@@ -152,5 +142,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Run(args) => run::run(args),
+        Command::Sweep(args) => sweep::run(args),
     }
 }

@@ -1,9 +1,7 @@
 //! `steermoe run`: collect → analyze → train → eval of one config in one run directory, each
 //! stage skipped when its outputs are complete (collect and train also resume part-way).
 
-use std::path::Path;
-
-use steermoe::analysis::stage::OUTPUTS;
+use steermoe::run_dir::{RunDir, Stage};
 
 use super::{ConfigArgs, analyze, collect, eval, train};
 
@@ -14,23 +12,20 @@ pub struct RunArgs {
     config: ConfigArgs,
 }
 
-fn analysed(run: &Path) -> bool {
-    OUTPUTS.iter().all(|f| run.join(f).is_file())
-}
-
 /// Run `steermoe run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (cfg, run_dir) = args.config.load()?;
     println!("== collect ({})", run_dir.display());
     collect::run_with(&cfg, &run_dir)?;
-    if analysed(&run_dir) {
+    let dir = RunDir::new(&run_dir);
+    if dir.is_done(Stage::Analyze, 0) {
         println!("== analyze: done already");
     } else {
         println!("== analyze");
-        let summary = steermoe::analysis::analyze(&run_dir, &cfg.analysis)?;
+        let summary = steermoe::analysis::analyze(&run_dir, &cfg.analysis, cfg.seed)?;
         analyze::print_summary(&summary, 10);
     }
-    if run_dir.join("final_model/training_metadata.json").is_file() {
+    if dir.is_done(Stage::Train, 0) {
         println!("== train: done already");
     } else {
         println!("== train");

@@ -6,12 +6,15 @@
 //! - `samples.jsonl`: one line per sample of every finished batch ([`SampleRecord`]);
 //! - `routing/batch-NNNNN.safetensors`: per kept sample `prompt.{in_batch_idx}` and
 //!   `gen.{in_batch_idx}`, router logits `[layers, tokens, experts]` in f16, padding excluded;
+//!   per kept pair `reply_safe.{i}` and `reply_unsafe.{i}` (`i` its unsafe sample), the experts
+//!   chosen on its teacher-forced replies, `[layers, tokens, k]` u16 ([`replies`]);
 //! - `routing/batch-NNNNN.json`: that batch's sample records (written after its tensors, so a
 //!   batch is finished exactly when its `.json` exists);
 //! - `routing/index.json`: [`RoutingIndex`], the model shape and every finished batch.
 //!
 //! Rerunning on the same directory skips finished batches.
 
+pub mod replies;
 pub mod stage;
 
 use std::collections::HashMap;
@@ -220,7 +223,8 @@ pub fn collect<B: Backend>(
         let kept = records.iter().filter(|r| r.kept).count();
         let dropped = records.len() - kept;
         let activation = (kept > 0).then(|| activation_by_label(&records, &gens, top_k));
-        write_batch(run_dir, batch.batch_idx, &records, &gens)?;
+        let replies = replies::route(model, &records, tokenizer.pad_id, device);
+        write_batch(run_dir, batch.batch_idx, &records, &gens, &replies)?;
         if kept == 0 {
             summary.skipped.push(batch.batch_idx);
         }
@@ -273,7 +277,13 @@ fn activation_by_label(records: &[SampleRecord], gens: &[crate::generate::Genera
 }
 
 /// Write a batch's routing tensors, then its records (the record file marks it finished).
-fn write_batch(run_dir: &Path, batch_idx: usize, records: &[SampleRecord], gens: &[crate::generate::Generation]) -> Result<(), CollectError> {
+fn write_batch(
+    run_dir: &Path,
+    batch_idx: usize,
+    records: &[SampleRecord],
+    gens: &[crate::generate::Generation],
+    replies: &[replies::ReplyRouting],
+) -> Result<(), CollectError> {
     let mut tensors: Vec<(String, &RouterLogits)> = Vec::new();
     for (r, g) in records.iter().zip(gens).filter(|(r, _)| r.kept) {
         if let Some(p) = &g.prompt_routing {
@@ -283,8 +293,13 @@ fn write_batch(run_dir: &Path, batch_idx: usize, records: &[SampleRecord], gens:
             tensors.push((format!("gen.{}", r.in_batch_idx), p));
         }
     }
+    let mut chosen = Vec::new();
+    for r in replies {
+        chosen.push((format!("reply_safe.{}", r.unsafe_idx), &r.safe));
+        chosen.push((format!("reply_unsafe.{}", r.unsafe_idx), &r.unsafe_));
+    }
     let path = run_dir.join(batch_file(batch_idx, "safetensors"));
-    let bytes = crate::analysis::routing_file::encode(&tensors).map_err(|reason| CollectError::Corrupt {
+    let bytes = crate::analysis::routing_file::encode(&tensors, &chosen).map_err(|reason| CollectError::Corrupt {
         path: path.clone(),
         reason,
     })?;

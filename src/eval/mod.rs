@@ -4,8 +4,8 @@
 //!
 //! Answers are generated in batches of prompts sorted by length (greedy, `eval.max_new_tokens`),
 //! judged by the config's refusal judge; the NLL is teacher-forced over the reference answer's
-//! tokens (the assistant turn of the chat template). Steering adds `eval.steer_bias` to the
-//! router logits of the deactivated experts through the routing module, in generation and NLL
+//! tokens (the assistant turn of the chat template). Steering forces experts into or out of every
+//! token's top-k through the routing module (see [`crate::model::routing`]), in generation and NLL
 //! alike.
 
 pub mod report;
@@ -71,23 +71,25 @@ pub enum EvalError {
     },
 }
 
-/// Experts to deactivate at inference (SteerMoE's steering).
+/// Inference-time steering (SteerMoE): experts forced into and out of every token's top-k.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Steering {
-    /// `(layer, expert)` pairs.
-    pub experts: Vec<ExpertId>,
-    /// Added to their router logits (negative).
-    pub bias: f64,
+    /// Forced on, `(layer, expert)`.
+    pub activate: Vec<ExpertId>,
+    /// Forced off, `(layer, expert)`.
+    pub deactivate: Vec<ExpertId>,
 }
 
 impl Steering {
     /// The routing that applies it to a model of `layers × experts`.
     pub fn routing<B: Backend>(&self, layers: usize, experts: usize, device: &B::Device) -> Routing<B> {
-        if self.experts.is_empty() {
-            return Routing::free();
-        }
-        let bias: Vec<f32> = mask(&self.experts, layers, experts).iter().map(|&m| m * self.bias as f32).collect();
-        Routing::free().with_bias(Tensor::from_data(TensorData::new(bias, [layers, experts]), device))
+        let forced = |ids: &[ExpertId]| {
+            (!ids.is_empty()).then(|| {
+                let m: Vec<bool> = mask(ids, layers, experts).iter().map(|&v| v > 0.0).collect();
+                Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [layers, experts]), device)
+            })
+        };
+        Routing::free().with_forced(forced(&self.activate), forced(&self.deactivate))
     }
 }
 
@@ -182,8 +184,8 @@ pub fn evaluate<B: Backend>(
     let nll = answer_nll(model, tokenizer, &sets.benign, cfg, &routing, device, &mut progress)?;
     let report = EvalReport {
         model: model_name.to_string(),
-        steered_experts: steering.experts.clone(),
-        steer_bias: (!steering.experts.is_empty()).then_some(steering.bias),
+        activated_experts: steering.activate.clone(),
+        deactivated_experts: steering.deactivate.clone(),
         heldout: sets.heldout,
         asr: None,
         plain_refusal_rate: None,

@@ -37,10 +37,12 @@ pub struct NllCount {
 pub struct EvalReport {
     /// The model directory evaluated.
     pub model: String,
-    /// Experts deactivated by the steering bias, `(layer, expert)` (empty: none).
-    pub steered_experts: Vec<ExpertId>,
-    /// The bias they got.
-    pub steer_bias: Option<f64>,
+    /// Experts forced into every token's top-k by steering, `(layer, expert)` (empty: none).
+    #[serde(default)]
+    pub activated_experts: Vec<ExpertId>,
+    /// Experts forced out of every token's top-k by steering.
+    #[serde(default)]
+    pub deactivated_experts: Vec<ExpertId>,
     /// Whether the prompts are a split's held-out part.
     pub heldout: bool,
     /// Attack success rate: share of jailbreaks answered without a refusal.
@@ -111,8 +113,8 @@ mod tests {
     fn report(complied: usize) -> EvalReport {
         EvalReport {
             model: "m".into(),
-            steered_experts: vec![],
-            steer_bias: None,
+            activated_experts: vec![],
+            deactivated_experts: vec![],
             heldout: true,
             asr: None,
             plain_refusal_rate: None,

@@ -1,23 +1,67 @@
-//! Evaluation as a stage: a model directory (optionally steered by a run's unsafe experts) into
+//! Evaluation as a stage: a model directory (optionally steered by a run's expert ranking) into
 //! `eval.json` + `responses.jsonl`, and the variants `steermoe run` evaluates under
-//! `<run>/eval/<variant>/`.
+//! `<run>/eval/<variant>/`: `base`, one `steer-…` per `eval.steer` setting, `trained`.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 
 use super::{EvalError, EvalEvent, EvalReport, EvalSets, Evaluation, Steering, evaluate};
-use crate::analysis::select::random_experts;
-use crate::config::{Config, ExpertSet, Variant};
+use crate::analysis::UnsafeExperts;
+use crate::analysis::select::steering_sets;
+use crate::config::{Config, SteerSetting, Variant};
 use crate::data::ChatTokenizer;
 use crate::model::{self, checkpoint::write_atomic};
-use crate::train::AnalysisResult;
 
 /// Files an evaluation writes into its directory.
-pub const OUTPUTS: [&str; 2] = ["eval.json", "responses.jsonl"];
+pub use crate::run_dir::EVAL_FILES as OUTPUTS;
+
+/// One evaluation `steermoe run` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvalVariant {
+    /// The model as given.
+    Base,
+    /// The model steered by the run's ranking with one setting.
+    Steered(SteerSetting),
+    /// The fine-tuned model.
+    Trained,
+}
+
+impl EvalVariant {
+    /// Its name: `base`, `steer-a5`, …, `trained` (its directory under `eval/`).
+    pub fn name(&self) -> String {
+        match self {
+            EvalVariant::Base => "base".into(),
+            EvalVariant::Steered(s) => s.name(),
+            EvalVariant::Trained => "trained".into(),
+        }
+    }
+
+    /// The variants a config evaluates, in table order.
+    pub fn all(cfg: &Config) -> Vec<EvalVariant> {
+        cfg.eval
+            .variants
+            .iter()
+            .flat_map(|v| match v {
+                Variant::Base => vec![EvalVariant::Base],
+                Variant::Steered => cfg.eval.steer.iter().map(|s| EvalVariant::Steered(*s)).collect(),
+                Variant::Trained => vec![EvalVariant::Trained],
+            })
+            .collect()
+    }
+
+    /// The model it evaluates in `run_dir`, and the steering.
+    pub fn model_and_steer<'a>(&self, cfg: &'a Config, run_dir: &'a Path) -> (PathBuf, Option<(&'a Path, SteerSetting)>) {
+        match self {
+            EvalVariant::Base => (cfg.model.dir.clone(), None),
+            EvalVariant::Steered(s) => (cfg.model.dir.clone(), Some((run_dir, *s))),
+            EvalVariant::Trained => (run_dir.join("final_model"), None),
+        }
+    }
+}
 
 /// Where `steermoe run` keeps the evaluation of `variant`.
-pub fn variant_dir(run_dir: &Path, variant: Variant) -> PathBuf {
+pub fn variant_dir(run_dir: &Path, variant: &EvalVariant) -> PathBuf {
     run_dir.join("eval").join(variant.name())
 }
 
@@ -26,33 +70,29 @@ pub fn is_done(dir: &Path) -> bool {
     OUTPUTS.iter().all(|f| dir.join(f).is_file())
 }
 
-/// The experts an analysed run deactivates when steering: the global unsafe experts, or, when
-/// the run trains random experts (`train.expert_set = "random"`), as many random ones (seed
-/// `analysis.random_seed`), so the ablation is matched in size.
-pub fn steering(cfg: &Config, run_dir: &Path, layers: usize, experts: usize) -> Result<Steering, EvalError> {
-    let analysis = AnalysisResult::read(run_dir)?;
-    if let Some(&[l, e]) = analysis.global.iter().find(|&&[l, e]| l >= layers || e >= experts) {
+/// The experts `setting` forces on and off, from the expert ranking of the analysed run in
+/// `run_dir` (the random ablation's ranking is random; see [`steering_sets`]).
+pub fn steering(run_dir: &Path, setting: SteerSetting, layers: usize, experts: usize, top_k: usize) -> Result<Steering, EvalError> {
+    let analysis = UnsafeExperts::read(run_dir).map_err(|e| EvalError::Input {
+        path: run_dir.join("unsafe_experts.json"),
+        reason: e.to_string(),
+    })?;
+    if analysis.ranking.len() != layers * experts || analysis.ranking.iter().any(|&[l, e]| l >= layers || e >= experts) {
         return Err(EvalError::Input {
             path: run_dir.join("unsafe_experts.json"),
-            reason: format!("expert ({l}, {e}) is outside the model's {layers} layers × {experts} experts"),
+            reason: format!("its expert ranking does not rank the model's {layers} layers × {experts} experts"),
         });
     }
-    let experts = match cfg.train.expert_set {
-        ExpertSet::Random => random_experts(layers, experts, analysis.global.len(), cfg.analysis.random_seed),
-        ExpertSet::PerBatch | ExpertSet::Global => analysis.global,
-    };
-    Ok(Steering {
-        experts,
-        bias: cfg.eval.steer_bias,
-    })
+    let (activate, deactivate) = steering_sets(&analysis.ranking, experts, top_k, setting.activate_safe, setting.deactivate_unsafe);
+    Ok(Steering { activate, deactivate })
 }
 
-/// Evaluate the model in `model_dir` on the config's held-out sets, steered by the unsafe experts
-/// of `steer_run` if given, and write [`OUTPUTS`] into `out_dir`.
+/// Evaluate the model in `model_dir` on the config's held-out sets, steered by the ranking of an
+/// analysed run with a setting if given, and write [`OUTPUTS`] into `out_dir`.
 pub fn run<B: Backend>(
     cfg: &Config,
     model_dir: &Path,
-    steer_run: Option<&Path>,
+    steer: Option<(&Path, SteerSetting)>,
     out_dir: &Path,
     device: &B::Device,
     progress: impl FnMut(EvalEvent),
@@ -60,8 +100,8 @@ pub fn run<B: Backend>(
     let sets = EvalSets::from_config(cfg)?;
     let tokenizer = ChatTokenizer::from_dir(model_dir)?;
     let (model, mcfg) = model::load::<B>(model_dir, device, cfg.model.precision)?;
-    let steering = match steer_run {
-        Some(run) => steering(cfg, run, mcfg.num_hidden_layers, mcfg.num_experts)?,
+    let steering = match steer {
+        Some((run, setting)) => steering(run, setting, mcfg.num_hidden_layers, mcfg.num_experts, mcfg.num_experts_per_tok)?,
         None => Steering::default(),
     };
     let name = model_dir.display().to_string();
@@ -112,7 +152,12 @@ pub fn reports_in(dir: &Path) -> Vec<(String, EvalReport)> {
         .filter(|e| e.path().is_dir())
         .filter_map(|e| Some((e.file_name().to_str()?.to_string(), read_report(&e.path()).ok()?)))
         .collect();
-    let rank = |name: &str| ["base", "steered", "trained"].iter().position(|v| *v == name).unwrap_or(usize::MAX);
+    let rank = |name: &str| match name {
+        "base" => 0,
+        n if n.starts_with("steer") => 1,
+        "trained" => 2,
+        _ => 3,
+    };
     found.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     found
 }

@@ -51,6 +51,20 @@ impl RouterLogits {
     }
 }
 
+/// The experts a forward pass chose for some tokens of one sequence, `[layers, tokens, k]`, by
+/// descending routing weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChosenExperts {
+    /// Layers.
+    pub layers: usize,
+    /// Tokens.
+    pub tokens: usize,
+    /// Experts per token.
+    pub k: usize,
+    /// Row-major expert indices.
+    pub values: Vec<u16>,
+}
+
 /// One generated sequence.
 #[derive(Debug, Clone)]
 pub struct Generation {

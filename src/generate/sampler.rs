@@ -1,8 +1,8 @@
 //! Choosing the next token: greedy, or seeded temperature + nucleus (top-p) sampling with the
 //! semantics of transformers' `TemperatureLogitsWarper` and `TopPLogitsWarper`.
 
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// How to pick tokens.
@@ -17,7 +17,7 @@ pub enum Sampling {
         temperature: f64,
         /// Nucleus mass in (0, 1].
         top_p: f64,
-        /// RNG seed: the same seed, prompts and model give the same tokens.
+        /// RNG seed (see [`crate::seeds`]): the same seed, prompts and model give the same tokens.
         seed: u64,
     },
 }
@@ -26,7 +26,7 @@ pub enum Sampling {
 #[derive(Debug)]
 pub struct Sampler {
     sampling: Sampling,
-    rng: StdRng,
+    rng: ChaCha8Rng,
 }
 
 impl Sampler {
@@ -38,7 +38,7 @@ impl Sampler {
         };
         Self {
             sampling,
-            rng: StdRng::seed_from_u64(seed),
+            rng: crate::seeds::rng(seed, crate::seeds::Stream::Sampling),
         }
     }
 

@@ -192,8 +192,10 @@ impl<B: Backend> Expert<B> {
 pub struct MoeOutput<B: Backend> {
     /// `[batch, seq, hidden]`.
     pub hidden: Tensor<B, 3>,
-    /// `[batch * seq, experts]` router logits before mask and bias, if captured.
+    /// `[batch * seq, experts]` router logits before mask and steering, if captured.
     pub router_logits: Option<Tensor<B, 2>>,
+    /// `[batch * seq, k]` the experts each token was routed to, by descending weight, if captured.
+    pub chosen: Option<Tensor<B, 2, Int>>,
     /// `[experts]`: how many real tokens chose each expert (one of their top-k), if the routing
     /// asks for counts; empty otherwise.
     pub expert_counts: Vec<u32>,
@@ -244,6 +246,7 @@ impl<B: Backend> MoeBlock<B> {
         let x = x.reshape([tokens, hidden]);
         let logits = self.gate.forward(x.clone());
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
+        let chosen = routing.capture.then(|| choice.experts.clone());
         let use_dense = match routing.execution {
             ExpertExecution::Grouped => false,
             ExpertExecution::Dense => true,
@@ -267,6 +270,7 @@ impl<B: Backend> MoeBlock<B> {
         MoeOutput {
             hidden: out.reshape([batch, seq, hidden]),
             router_logits: routing.capture.then_some(logits),
+            chosen,
             expert_counts,
         }
     }
@@ -410,8 +414,10 @@ pub struct OlmoeOutput<B: Backend> {
     pub logits: Tensor<B, 3>,
     /// `[batch, seq, hidden]`, after the final norm.
     pub hidden: Tensor<B, 3>,
-    /// `[layers, batch, seq, experts]` router logits before mask and bias, if captured.
+    /// `[layers, batch, seq, experts]` router logits before mask and steering, if captured.
     pub router_logits: Option<Tensor<B, 4>>,
+    /// `[layers, batch, seq, k]` the experts each token was routed to, if captured.
+    pub chosen: Option<Tensor<B, 4, Int>>,
     /// `[layers][experts]`: how many tokens chose each expert (see [`Decoded::expert_counts`]).
     pub expert_counts: Vec<Vec<u32>>,
 }
@@ -421,8 +427,11 @@ pub struct OlmoeOutput<B: Backend> {
 pub struct Decoded<B: Backend> {
     /// `[batch, seq, hidden]`, after the final norm.
     pub hidden: Tensor<B, 3>,
-    /// `[layers, batch, seq, experts]` router logits before mask and bias, if captured.
+    /// `[layers, batch, seq, experts]` router logits before mask and steering, if captured.
     pub router_logits: Option<Tensor<B, 4>>,
+    /// `[layers, batch, seq, k]` the experts each token was routed to, by descending weight, if
+    /// captured: what the forward pass really chose, masks and steering included.
+    pub chosen: Option<Tensor<B, 4, Int>>,
     /// `[layers][experts]`: how many real tokens had each expert among their top-k, when the
     /// routing asks for counts ([`Routing::with_counted`]); empty otherwise (counting reads the
     /// choices on the host, which dense execution otherwise never does).
@@ -484,6 +493,7 @@ impl<B: Backend> Olmoe<B> {
         let Decoded {
             hidden,
             router_logits,
+            chosen,
             expert_counts,
         } = decoded;
         let logits = if last_only {
@@ -496,6 +506,7 @@ impl<B: Backend> Olmoe<B> {
             logits,
             hidden,
             router_logits,
+            chosen,
             expert_counts,
         }
     }
@@ -515,6 +526,7 @@ impl<B: Backend> Olmoe<B> {
 
         let mut x = self.model.embed_tokens.forward(input.input_ids);
         let mut router_logits = Vec::new();
+        let mut chosen = Vec::new();
         let mut expert_counts = Vec::with_capacity(self.model.layers.len());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
@@ -528,10 +540,15 @@ impl<B: Backend> Olmoe<B> {
                 let experts = logits.dims()[1];
                 router_logits.push(logits.reshape([batch, seq, experts]));
             }
+            if let Some(c) = moe.chosen {
+                let k = c.dims()[1];
+                chosen.push(c.reshape([batch, seq, k]));
+            }
         }
         Decoded {
             hidden: self.model.norm.forward(x),
             router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
+            chosen: (!chosen.is_empty()).then(|| Tensor::stack(chosen, 0)),
             expert_counts,
         }
     }

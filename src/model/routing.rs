@@ -4,19 +4,23 @@
 //! experts in float32, top-k of the probabilities, optional renormalisation of the k weights.
 //! On top of it, a [`Routing`] (threaded through `forward` as an argument, never stored in the
 //! model) can
-//! - *capture* each layer's raw router logits (before mask and bias);
+//! - *capture* each layer's raw router logits (before mask and steering);
 //! - *mask* experts: masked logits get −1e9 added before the softmax, exactly as the reference's
 //!   `mask_router` does, so they are never chosen while an allowed expert remains and carry weight
 //!   `exp(-1e9) = 0` when fewer than k are allowed (−1e9 rather than −inf keeps an all-masked row
 //!   finite);
-//! - *steer*: add a bias `[layers, experts]` to the logits (SteerMoE's inference-time steering).
+//! - *steer* as the SteerMoE paper's code does (adobe-research/SteerMoE, `OlmoeMoE.forward` of its
+//!   vLLM models): the router logits become log-probabilities, each *forced-on* expert gets the
+//!   token's highest log-probability + 0.01 (so it joins every token's top-k), each *forced-off*
+//!   expert its lowest − 0.01 (so it leaves it), and the routing weights are the softmax of these
+//!   scores. Both extremes are taken before either change.
 //!
 //! Ties in the top-k are broken by the backend's descending sort; a tie between two allowed
 //! experts has measure zero with real logits, and ties between masked experts carry weight zero.
 
 use std::sync::Arc;
 
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
@@ -43,9 +47,11 @@ pub const MASK_PENALTY: f32 = -1e9;
 pub struct Routing<B: Backend> {
     /// `[layers, batch or 1, experts]`, `true` = may be chosen.
     pub allow: Option<Tensor<B, 3, Bool>>,
-    /// `[layers, experts]`, added to the router logits before the softmax.
-    pub bias: Option<Tensor<B, 2>>,
-    /// Return each layer's router logits (before mask and bias).
+    /// `[layers, experts]`, `true` = forced into every token's top-k (steering).
+    pub force_on: Option<Tensor<B, 2, Bool>>,
+    /// `[layers, experts]`, `true` = forced out of every token's top-k (steering).
+    pub force_off: Option<Tensor<B, 2, Bool>>,
+    /// Return each layer's router logits (before mask and steering) and chosen experts.
     pub capture: bool,
     /// Host copy of which of the `batch * seq` tokens are real, row-major: return expert counts
     /// of these (padding left out). `None`: no counts.
@@ -60,7 +66,8 @@ impl<B: Backend> Default for Routing<B> {
     fn default() -> Self {
         Self {
             allow: None,
-            bias: None,
+            force_on: None,
+            force_off: None,
             capture: false,
             counted: None,
             execution: ExpertExecution::Auto,
@@ -70,7 +77,7 @@ impl<B: Backend> Default for Routing<B> {
 }
 
 impl<B: Backend> Routing<B> {
-    /// Free routing: no mask, no bias, no capture (the fast path).
+    /// Free routing: no mask, no steering, no capture (the fast path).
     pub fn free() -> Self {
         Self::default()
     }
@@ -101,12 +108,13 @@ impl<B: Backend> Routing<B> {
         self
     }
 
-    /// An additive steering bias.
+    /// Steering: force experts into (`on`) and out of (`off`) every token's top-k.
     ///
     /// # Shapes
-    /// - `bias`: `[layers, experts]`
-    pub fn with_bias(mut self, bias: Tensor<B, 2>) -> Self {
-        self.bias = Some(bias);
+    /// - `on`, `off`: `[layers, experts]`, `true` = forced
+    pub fn with_forced(mut self, on: Option<Tensor<B, 2, Bool>>, off: Option<Tensor<B, 2, Bool>>) -> Self {
+        self.force_on = on;
+        self.force_off = off;
         self
     }
 
@@ -143,10 +151,8 @@ impl<B: Backend> Routing<B> {
                 let [_, batch, experts] = a.dims();
                 a.clone().slice(layer..layer + 1).reshape([batch, experts])
             }),
-            bias: self.bias.as_ref().map(|b| {
-                let [_, experts] = b.dims();
-                b.clone().slice(layer..layer + 1).reshape([experts])
-            }),
+            force_on: self.force_on.as_ref().map(|f| layer_row(f, layer)),
+            force_off: self.force_off.as_ref().map(|f| layer_row(f, layer)),
             capture: self.capture,
             counted: self.counted.clone(),
             execution: self.execution,
@@ -155,14 +161,22 @@ impl<B: Backend> Routing<B> {
     }
 }
 
+/// Row `layer` of a `[layers, experts]` mask.
+fn layer_row<B: Backend>(mask: &Tensor<B, 2, Bool>, layer: usize) -> Tensor<B, 1, Bool> {
+    let [_, experts] = mask.dims();
+    mask.clone().slice(layer..layer + 1).reshape([experts])
+}
+
 /// One layer's routing settings, as [`Routing::layer`] hands them to a MoE block.
 #[derive(Clone, Debug)]
 pub struct LayerRouting<B: Backend> {
     /// `[batch or 1, experts]`, `true` = may be chosen.
     pub allow: Option<Tensor<B, 2, Bool>>,
-    /// `[experts]`.
-    pub bias: Option<Tensor<B, 1>>,
-    /// Capture the logits.
+    /// `[experts]`, `true` = forced into the top-k.
+    pub force_on: Option<Tensor<B, 1, Bool>>,
+    /// `[experts]`, `true` = forced out of the top-k.
+    pub force_off: Option<Tensor<B, 1, Bool>>,
+    /// Capture the logits and the choices.
     pub capture: bool,
     /// Which tokens count in the expert counts (see [`Routing::counted`]).
     pub counted: Option<Arc<[bool]>>,
@@ -191,9 +205,6 @@ impl<B: Backend> LayerRouting<B> {
         let [tokens, num_experts] = logits.dims();
         let dtype = logits.dtype();
         let mut routed = logits;
-        if let Some(bias) = &self.bias {
-            routed = routed + bias.clone().unsqueeze_dim(0);
-        }
         if let Some(allow) = &self.allow {
             // masked = router_logits + (1.0 - mask) * -1e9
             let [rows, _] = allow.dims();
@@ -214,8 +225,24 @@ impl<B: Backend> LayerRouting<B> {
             };
             routed = routed + penalty;
         }
+        let mut scores = to_f32(routed);
+        if self.force_on.is_some() || self.force_off.is_some() {
+            // router_logits = log_softmax(router_logits); max_per_tok, min_per_tok taken first;
+            // router_logits[:, pos_mask] = max_per_tok + 0.01; router_logits[:, neg_mask] = min_per_tok - 0.01
+            let logp = log_softmax(scores, 1);
+            let top = logp.clone().max_dim(1).add_scalar(0.01).expand([tokens, num_experts]);
+            let bottom = logp.clone().min_dim(1).sub_scalar(0.01).expand([tokens, num_experts]);
+            let rows = |m: &Tensor<B, 1, Bool>| m.clone().unsqueeze_dim::<2>(0).expand([tokens, num_experts]);
+            scores = logp;
+            if let Some(on) = &self.force_on {
+                scores = scores.mask_where(rows(on), top);
+            }
+            if let Some(off) = &self.force_off {
+                scores = scores.mask_where(rows(off), bottom);
+            }
+        }
         // probs = softmax(router_logits, dtype=torch.float)
-        let probs = softmax(to_f32(routed), 1);
+        let probs = softmax(scores, 1);
         let (mut weights, experts) = probs.topk_with_indices(top_k, 1);
         if renorm {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
@@ -245,10 +272,12 @@ mod tests {
 
     type B = NdArray<f32>;
 
-    fn layer<B: Backend>(allow: Option<Tensor<B, 2, Bool>>, bias: Option<Tensor<B, 1>>) -> LayerRouting<B> {
+    fn layer<B: Backend>(allow: Option<Tensor<B, 2, Bool>>, force: [Option<Tensor<B, 1, Bool>>; 2]) -> LayerRouting<B> {
+        let [force_on, force_off] = force;
         LayerRouting {
             allow,
-            bias,
+            force_on,
+            force_off,
             ..Routing::free().layer(0)
         }
     }
@@ -259,7 +288,7 @@ mod tests {
 
     #[test]
     fn free_routing_picks_the_largest_probabilities() {
-        let choice = layer::<B>(None, None)
+        let choice = layer::<B>(None, [None, None])
             .choose(logits(), 1, 2, false);
         choice
             .experts
@@ -280,7 +309,7 @@ mod tests {
             TensorData::from([[true, false, false, false]]),
             &device,
         );
-        let choice = layer(Some(allow), None)
+        let choice = layer(Some(allow), [None, None])
             .choose(logits(), 1, 2, true);
         let experts = choice.experts.into_data().to_vec::<i64>().unwrap();
         let w = choice.weights.into_data().to_vec::<f32>().unwrap();
@@ -290,26 +319,40 @@ mod tests {
     }
 
     #[test]
-    fn per_sample_masks_and_bias() {
+    fn per_sample_masks() {
         let device = Default::default();
         // batch 2, seq 1: sample 0 may only use expert 3, sample 1 only expert 1.
         let allow = Tensor::<B, 2, Bool>::from_bool(
             TensorData::from([[false, false, false, true], [false, true, false, false]]),
             &device,
         );
-        let choice = layer(Some(allow), None)
+        let choice = layer(Some(allow), [None, None])
             .choose(logits(), 2, 1, false);
         choice
             .experts
             .into_data()
             .assert_eq(&TensorData::from([[3i64], [1]]), false);
-        // A large negative bias deactivates expert 2 everywhere.
-        let bias = Tensor::<B, 1>::from_floats([0.0, 0.0, -100.0, 0.0], &device);
-        let choice = layer(None, Some(bias))
-            .choose(logits(), 2, 1, false);
+    }
+
+    #[test]
+    fn forced_experts_join_or_leave_every_top_k_as_the_paper_sets_them() {
+        let device = Default::default();
+        let mask = |v: [bool; 4]| Some(Tensor::<B, 1, Bool>::from_bool(TensorData::from(v), &device));
+        // Expert 0 forced on, expert 2 forced off; k = 2.
+        let choice = layer(None, [mask([true, false, false, false]), mask([false, false, true, false])]).choose(logits(), 1, 2, false);
         choice
             .experts
             .into_data()
-            .assert_eq(&TensorData::from([[1i64], [3]]), false);
+            .assert_eq(&TensorData::from([[0i64, 1], [0, 3]]), false);
+        // Scores: log_softmax, forced on = max + 0.01, forced off = min - 0.01, then softmax.
+        let row = [0.5f32, -1.0, 4.0, 3.5];
+        let lse = row.iter().map(|v| v.exp()).sum::<f32>().ln();
+        let logp: Vec<f32> = row.iter().map(|v| v - lse).collect();
+        let mut s = logp.clone();
+        s[0] = logp[2] + 0.01;
+        s[2] = logp[1] - 0.01;
+        let z: f32 = s.iter().map(|v| v.exp()).sum();
+        let w = choice.weights.into_data().to_vec::<f32>().unwrap();
+        assert!((w[2] - s[0].exp() / z).abs() < 1e-6 && (w[3] - s[3].exp() / z).abs() < 1e-6, "{w:?}");
     }
 }

@@ -2,8 +2,9 @@
 //! table.
 //!
 //! Every loader batch is exactly one analysis batch, never mixed, its samples in `in_batch_idx`
-//! order. The order of batches is shuffled per epoch by `StdRng(seed + epoch)` when
-//! `shuffle_batches` is on. Each batch carries its `batch_idx`, per-sample labels and the
+//! order. The order of batches is shuffled per epoch (the config's seed, stream
+//! [`Stream::BatchOrder`](crate::seeds::Stream::BatchOrder) of that epoch) when `shuffle_batches`
+//! is on. Each batch carries its `batch_idx`, per-sample labels and the
 //! [`Routing`] looked up in the [`MaskTable`] by `batch_idx`, so the router of every layer really
 //! applies that batch's mask.
 //!
@@ -19,8 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::control::TrainControl;
@@ -132,13 +131,14 @@ pub struct BatchPreservingLoader<B: Backend> {
     control: TrainControl,
 }
 
-/// Group positions in training order: `epochs` passes, each shuffled by `seed + epoch` if asked.
+/// Group positions in training order: `epochs` passes, each shuffled by its own seeded stream if
+/// asked.
 pub fn schedule(groups: usize, epochs: usize, shuffle: bool, seed: u64) -> Vec<usize> {
     (0..epochs)
         .flat_map(|epoch| {
             let mut order: Vec<usize> = (0..groups).collect();
             if shuffle {
-                order.shuffle(&mut StdRng::seed_from_u64(seed + epoch as u64));
+                order.shuffle(&mut crate::seeds::rng(seed, crate::seeds::Stream::BatchOrder { epoch }));
             }
             order
         })

@@ -10,6 +10,7 @@
 //!   `train/`, resumes from the latest checkpoint, and exports `final_model/` in Hub layout.
 
 pub mod control;
+pub mod curve;
 pub mod freeze;
 pub mod loader;
 pub mod loss;
@@ -28,9 +29,10 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::{Learner, SupervisedTraining};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::analysis::select::{ExpertId, random_experts, union};
+use crate::analysis::select::{ExpertId, union};
+use crate::analysis::stage::{AnalysisError, UnsafeExperts};
 use crate::collect::CollectError;
 use crate::config::{Config, ExpertSet};
 use crate::data::{ChatTokenizer, DataError};
@@ -54,50 +56,46 @@ pub enum TrainError {
     /// Reading the collect run.
     #[error(transparent)]
     Collect(#[from] CollectError),
+    /// Reading the analysis.
+    #[error(transparent)]
+    Analysis(#[from] AnalysisError),
     /// Tokenizer or templates.
     #[error(transparent)]
     Data(#[from] DataError),
     /// Loading or exporting the model.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Drawing the loss curve.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
 }
 
-/// `unsafe_experts.json` as `analyze` wrote it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct AnalysisResult {
-    /// Batch of each entry of `per_batch`.
-    pub batch_idx: Vec<usize>,
-    /// Each batch's unsafe experts.
-    pub per_batch: Vec<Vec<ExpertId>>,
-    /// The global unsafe experts.
-    pub global: Vec<ExpertId>,
+/// Every step recorded in `metrics.jsonl`, in step order, the last record of a step kept (a
+/// resumed run redoes the steps after its checkpoint).
+pub fn read_metrics(path: &Path) -> Vec<StepRecord> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        if let Ok(r) = serde_json::from_str::<StepRecord>(line) {
+            by_step.insert(r.step, r);
+        }
+    }
+    by_step.into_values().collect()
 }
 
-impl AnalysisResult {
-    /// Read `unsafe_experts.json` of a run directory.
-    pub fn read(run_dir: &Path) -> Result<Self, TrainError> {
-        let path = run_dir.join("unsafe_experts.json");
-        std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-            .map_err(|reason| TrainError::Input { path, reason })
-    }
-
-    /// Each batch's expert set under `set` (`top_k` and `seed` for the random set).
-    pub fn sets(&self, set: ExpertSet, layers: usize, experts: usize, top_k: usize, seed: u64) -> Vec<(usize, Vec<ExpertId>)> {
-        self.batch_idx
-            .iter()
-            .zip(&self.per_batch)
-            .map(|(&b, own)| {
-                let chosen = match set {
-                    ExpertSet::PerBatch => own.clone(),
-                    ExpertSet::Global => self.global.clone(),
-                    ExpertSet::Random => random_experts(layers, experts, top_k, seed + b as u64),
-                };
-                (b, chosen)
-            })
-            .collect()
-    }
+/// Each analysed batch's expert set under `set`: its own unsafe experts, or the global ones.
+pub fn batch_sets(analysis: &UnsafeExperts, set: ExpertSet) -> Vec<(usize, Vec<ExpertId>)> {
+    analysis
+        .batch_idx
+        .iter()
+        .zip(&analysis.per_batch)
+        .map(|(&b, own)| {
+            let chosen = match set {
+                ExpertSet::PerBatch => own.clone(),
+                ExpertSet::Global => analysis.global.clone(),
+            };
+            (b, chosen)
+        })
+        .collect()
 }
 
 /// `training_metadata.json`.
@@ -178,8 +176,8 @@ pub fn train<B: AutodiffBackend>(
     let t = &cfg.train;
     let model_cfg = OlmoeConfig::from_path(&cfg.model.dir)?;
     let (layers, experts) = (model_cfg.num_hidden_layers, model_cfg.num_experts);
-    let analysis = AnalysisResult::read(run_dir)?;
-    let sets = analysis.sets(t.expert_set, layers, experts, cfg.analysis.top_k, cfg.analysis.random_seed);
+    let analysis = UnsafeExperts::read(run_dir)?;
+    let sets = batch_sets(&analysis, t.expert_set);
     let trained = union(&sets.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
 
     let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?;
@@ -306,6 +304,8 @@ pub fn train<B: AutodiffBackend>(
     {
         let model = result.model;
         export(&model, &model_cfg, &cfg.model.dir, &final_model)?;
+        let history = read_metrics(&run_dir.join("metrics.jsonl"));
+        write_atomic(&run_dir.join("loss_curve.png"), &curve::png(&history)?)?;
         let meta = TrainingMetadata {
             base_model: cfg.model.dir.display().to_string(),
             num_unsafe_experts: trained.len(),
@@ -315,8 +315,8 @@ pub fn train<B: AutodiffBackend>(
             trainable_params: params.0,
             total_params: params.1,
             steps: total_steps,
-            first_loss: steps.first().map(|s: &StepRecord| s.loss),
-            last_loss: steps.last().map(|s| s.loss),
+            first_loss: history.first().map(|s| s.loss),
+            last_loss: history.last().map(|s| s.loss),
             train: t.clone(),
             seed: cfg.seed,
         };

@@ -1,0 +1,321 @@
+//! A sweep's results: `results.csv` (one row per cell × seed × evaluation, read from the jobs'
+//! `eval.json`), `summary.md` (means and 95% intervals over seeds, the matched random-experts
+//! cell beside each risk-difference cell) and the data of `asr_vs_utility.png`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::SweepError;
+use super::spec::Sweep;
+use super::stats::{Estimate, estimate};
+use crate::analysis::select::{ExpertId, ExpertSource};
+use crate::eval::EvalReport;
+use crate::eval::stage::{EvalVariant, read_report};
+use crate::run_dir::RunDir;
+
+/// One evaluation of one job.
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    /// Index into [`Sweep::cells`].
+    pub cell: usize,
+    /// The job's seed.
+    pub seed: u64,
+    /// `base`, `steer-…`, `trained`.
+    pub variant: String,
+    /// What it measured.
+    pub report: EvalReport,
+    /// Experts trained (trained rows).
+    pub trained_experts: Option<usize>,
+    /// Parameters trained (trained rows).
+    pub trainable_params: Option<usize>,
+    /// The job's run directory (`results.csv` gives it relative to the sweep directory).
+    pub run_dir: PathBuf,
+}
+
+/// Read every finished evaluation of every job.
+pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
+    let mut rows = Vec::new();
+    for job in &sweep.jobs {
+        let dir = RunDir::new(&job.run_dir);
+        for v in EvalVariant::all(&job.config) {
+            let name = v.name();
+            if !dir.is_evaluated(&name) {
+                continue;
+            }
+            let report = read_report(&dir.eval_dir(&name))?;
+            let (trained_experts, trainable_params) = match v {
+                EvalVariant::Trained => training_counts(&dir.final_model().join("training_metadata.json")),
+                _ => (None, None),
+            };
+            rows.push(ResultRow {
+                cell: job.cell,
+                seed: job.seed,
+                variant: name,
+                report,
+                trained_experts,
+                trainable_params,
+                run_dir: job.run_dir.clone(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Jobs with every evaluation finished.
+pub fn finished_jobs(sweep: &Sweep) -> usize {
+    sweep
+        .jobs
+        .iter()
+        .filter(|j| {
+            let dir = RunDir::new(&j.run_dir);
+            EvalVariant::all(&j.config).iter().all(|v| dir.is_evaluated(&v.name()))
+        })
+        .count()
+}
+
+fn training_counts(path: &Path) -> (Option<usize>, Option<usize>) {
+    let meta: Option<serde_json::Value> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let get = |k: &str| meta.as_ref().and_then(|m| m[k].as_u64()).map(|v| v as usize);
+    (get("num_unsafe_experts"), get("trainable_params"))
+}
+
+fn experts_text(ids: &[ExpertId]) -> String {
+    ids.iter().map(|[l, e]| format!("{l}:{e}")).collect::<Vec<_>>().join(" ")
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// `results.csv` as bytes.
+pub fn results_csv(sweep: &Sweep, rows: &[ResultRow]) -> Result<Vec<u8>, csv::Error> {
+    let keys = sweep.setting_keys();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = vec!["cell".into(), "seed".into(), "variant".into()];
+    header.extend(keys.iter().cloned());
+    header.extend(
+        [
+            "asr",
+            "jailbreak_complied",
+            "jailbreak_n",
+            "plain_refusal_rate",
+            "plain_refused",
+            "plain_n",
+            "benign_refusal_rate",
+            "benign_refused",
+            "benign_n",
+            "benign_answer_nll",
+            "nll_answers",
+            "nll_tokens",
+            "activated_experts",
+            "deactivated_experts",
+            "trained_experts",
+            "trainable_params",
+            "run_dir",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header)?;
+    for r in rows {
+        let cell = &sweep.cells[r.cell];
+        let p = &r.report;
+        let mut rec: Vec<String> = vec![cell.name.clone(), r.seed.to_string(), r.variant.clone()];
+        rec.extend(keys.iter().map(|k| cell.setting(k).unwrap_or_default()));
+        rec.extend([
+            opt(p.asr),
+            p.jailbreak.hits.to_string(),
+            p.jailbreak.n.to_string(),
+            opt(p.plain_refusal_rate),
+            p.plain.hits.to_string(),
+            p.plain.n.to_string(),
+            opt(p.benign_refusal_rate),
+            p.benign.hits.to_string(),
+            p.benign.n.to_string(),
+            opt(p.benign_answer_nll),
+            p.nll.answers.to_string(),
+            p.nll.tokens.to_string(),
+            experts_text(&p.activated_experts),
+            experts_text(&p.deactivated_experts),
+            opt(r.trained_experts),
+            opt(r.trainable_params),
+            r.run_dir.strip_prefix(&sweep.dir).unwrap_or(&r.run_dir).display().to_string(),
+        ]);
+        w.write_record(&rec)?;
+    }
+    w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}
+
+/// The estimates of one (cell, evaluation) over its seeds.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Index into [`Sweep::cells`].
+    pub cell: usize,
+    /// The evaluation.
+    pub variant: String,
+    /// Jailbreak ASR.
+    pub asr: Option<Estimate>,
+    /// Plain goals refused.
+    pub plain: Option<Estimate>,
+    /// Benign prompts refused.
+    pub benign: Option<Estimate>,
+    /// Benign answer NLL.
+    pub nll: Option<Estimate>,
+    /// Experts trained (trained rows).
+    pub trained_experts: Option<Estimate>,
+}
+
+/// Group rows by (cell, evaluation), in cell order then evaluation order.
+pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
+    let mut by: BTreeMap<(usize, usize, String), Vec<&ResultRow>> = BTreeMap::new();
+    for r in rows {
+        let rank = match r.variant.as_str() {
+            "base" => 0,
+            v if v.starts_with("steer") => 1,
+            "trained" => 2,
+            _ => 3,
+        };
+        by.entry((r.cell, rank, r.variant.clone())).or_default().push(r);
+    }
+    by.into_iter()
+        .map(|((cell, _, variant), rs)| {
+            let est = |f: &dyn Fn(&ResultRow) -> Option<f64>| {
+                let v: Vec<f64> = rs.iter().filter_map(|r| f(r)).collect();
+                estimate(&v)
+            };
+            Group {
+                cell,
+                variant,
+                asr: est(&|r| r.report.asr),
+                plain: est(&|r| r.report.plain_refusal_rate),
+                benign: est(&|r| r.report.benign_refusal_rate),
+                nll: est(&|r| r.report.benign_answer_nll),
+                trained_experts: est(&|r| r.trained_experts.map(|n| n as f64)),
+            }
+        })
+        .collect()
+}
+
+/// `12.9% ± 4.1` (a rate in percent) or `10.763 ± 0.020` (a value).
+fn fmt(e: Option<Estimate>, percent: bool) -> String {
+    let Some(e) = e else { return "–".into() };
+    let (scale, digits, unit) = if percent { (100.0, 1, "%") } else { (1.0, 3, "") };
+    match e.half_width {
+        Some(h) => format!("{:.*}{unit} ± {:.*}", digits, e.mean * scale, digits, h * scale),
+        None => format!("{:.*}{unit}", digits, e.mean * scale),
+    }
+}
+
+/// The cell identical to `cell` but for `analysis.experts = "random"`, if the sweep has it.
+fn random_twin(sweep: &Sweep, cell: usize) -> Option<usize> {
+    let experts = |c: usize| sweep.jobs.iter().find(|j| j.cell == c).map(|j| j.config.analysis.experts);
+    if experts(cell)? != ExpertSource::RiskDiff {
+        return None;
+    }
+    let others = |c: usize| -> Vec<(String, String)> {
+        let mut s: Vec<(String, String)> = sweep.cells[c]
+            .settings
+            .iter()
+            .filter(|(k, _)| k != "analysis.experts")
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        s.sort();
+        s
+    };
+    let mine = others(cell);
+    (0..sweep.cells.len()).find(|&c| c != cell && experts(c) == Some(ExpertSource::Random) && others(c) == mine)
+}
+
+/// `summary.md`.
+pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
+    let groups = groups(rows);
+    let mut out = String::new();
+    let _ = writeln!(out, "# Sweep summary\n");
+    let _ = writeln!(
+        out,
+        "`{}`: {} cells × {} seeds ({:?}), {} evaluations read. Each figure is the mean over seeds ± the half-width of its 95% confidence interval (Student's t, n − 1 degrees of freedom; none for one seed); n = seeds. Rates in percent of held-out prompts: jailbreak ASR = jailbreaks answered without a refusal, plain refused = plain harmful goals refused, benign refused = benign instructions refused; benign NLL = mean per-token NLL of the reference answers (nats).\n",
+        sweep.path.display(),
+        {
+            let mut c: Vec<usize> = sweep.jobs.iter().map(|j| j.cell).collect();
+            c.dedup();
+            c.len()
+        },
+        sweep.spec.seeds.len(),
+        sweep.spec.seeds,
+        rows.len()
+    );
+    let unfinished = sweep.jobs.len() - finished_jobs(sweep);
+    if unfinished > 0 {
+        let _ = writeln!(out, "**{unfinished} of {} jobs are unfinished** and left out: n counts the seeds each figure has.\n", sweep.jobs.len());
+    }
+    let header = "| cell | evaluation | n | jailbreak ASR | plain refused | benign refused | benign NLL | experts trained |\n|---|---|---|---|---|---|---|---|";
+    let line = |g: &Group, name: &str| {
+        format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            g.variant,
+            g.asr.map_or(0, |e| e.n),
+            fmt(g.asr, true),
+            fmt(g.plain, true),
+            fmt(g.benign, true),
+            fmt(g.nll, false),
+            g.trained_experts.map_or("–".into(), |e| fmt(Some(e), false).replace(".000", ""))
+        )
+    };
+    // The base model is the same in every cell unless a cell changes what it reads.
+    let _ = writeln!(out, "## Base model\n\n{header}");
+    let mut seen_base: Vec<String> = Vec::new();
+    for g in groups.iter().filter(|g| g.variant == "base") {
+        let l = line(g, "");
+        let body = l.split_once(" | ").map(|(_, b)| b.to_string()).unwrap_or_default();
+        if !seen_base.contains(&body) {
+            seen_base.push(body);
+            let _ = writeln!(out, "{}", line(g, if seen_base.len() == 1 { "every cell" } else { &sweep.cells[g.cell].name }));
+        }
+    }
+    let _ = writeln!(out, "\n## Cells\n\n{header}");
+    for g in groups.iter().filter(|g| g.variant != "base") {
+        let _ = writeln!(out, "{}", line(g, &sweep.cells[g.cell].name));
+    }
+    let twins: Vec<(usize, usize)> = (0..sweep.cells.len()).filter_map(|c| random_twin(sweep, c).map(|t| (c, t))).collect();
+    if !twins.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Risk-difference experts against matched random experts\n\nEach cell beside its twin with `analysis.experts = \"random\"` (the same sets under a random relabelling of the experts: as many per batch, as large a union, a random ranking for steering). \"separated\" = the two 95% intervals of jailbreak ASR do not overlap.\n\n| cell | evaluation | ASR, risk diff | ASR, random | separated | benign refused, risk diff | benign refused, random |\n|---|---|---|---|---|---|---|"
+        );
+        for (c, t) in twins {
+            for g in groups.iter().filter(|g| g.cell == c && g.variant != "base") {
+                let Some(r) = groups.iter().find(|h| h.cell == t && h.variant == g.variant) else { continue };
+                let separated = match (g.asr, r.asr) {
+                    (Some(a), Some(b)) if a.half_width.is_some() && b.half_width.is_some() => {
+                        if a.overlaps(&b) { "no" } else if a.mean < b.mean { "yes, lower" } else { "yes, higher" }
+                    }
+                    _ => "–",
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {separated} | {} | {} |",
+                    sweep.cells[c].name,
+                    g.variant,
+                    fmt(g.asr, true),
+                    fmt(r.asr, true),
+                    fmt(g.benign, true),
+                    fmt(r.benign, true)
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_estimates_as_percent_or_value() {
+        let e = estimate(&[0.1, 0.2, 0.3, 0.4, 0.5]);
+        assert_eq!(fmt(e, true), "30.0% ± 19.6");
+        assert_eq!(fmt(estimate(&[10.5]), false), "10.500");
+        assert_eq!(fmt(None, true), "–");
+    }
+}

@@ -1,0 +1,78 @@
+//! `loss_curve.png`: the training loss of every step (thin) and its exponential moving average
+//! (bold, the dashboard's smoothing), with the learning rate on a second axis.
+
+use plotters::prelude::*;
+
+use super::StepRecord;
+use crate::plot::{FONT, PlotError, err, palette};
+
+/// Smoothing of the moving average (the weight of the newest step).
+const EMA: f64 = 0.1;
+
+/// The loss curve of `steps` (in step order) as PNG bytes.
+pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
+    let last = steps.last().map_or(1, |s| s.step).max(1) as f64;
+    let max_loss = steps.iter().map(|s| s.loss).filter(|l| l.is_finite()).fold(0.0, f64::max).max(1e-6) * 1.05;
+    let max_lr = steps.iter().map(|s| s.lr).fold(0.0, f64::max).max(1e-12) * 1.05;
+    let mut smooth = Vec::with_capacity(steps.len());
+    let mut ema: Option<f64> = None;
+    for s in steps.iter().filter(|s| s.loss.is_finite()) {
+        let v = ema.map_or(s.loss, |e| e + EMA * (s.loss - e));
+        ema = Some(v);
+        smooth.push((s.step as f64, v));
+    }
+    crate::plot::png(900, 520, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Training loss", (FONT, 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .right_y_label_area_size(80)
+            .build_cartesian_2d(0.0..last, 0.0..max_loss)
+            .map_err(err)?
+            .set_secondary_coord(0.0..last, 0.0..max_lr);
+        chart
+            .configure_mesh()
+            .x_desc("optimizer step")
+            .y_desc("loss (nats per target token)")
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 13))
+            .light_line_style(RGBColor(238, 238, 238))
+            .draw()
+            .map_err(err)?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("learning rate")
+            .y_label_formatter(&|v| format!("{v:.1e}"))
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(err)?;
+        let blue = palette(0);
+        chart
+            .draw_series(LineSeries::new(steps.iter().filter(|s| s.loss.is_finite()).map(|s| (s.step as f64, s.loss)), blue.mix(0.35).stroke_width(1)))
+            .map_err(err)?
+            .label("loss per step")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.mix(0.35).stroke_width(1)));
+        chart
+            .draw_series(LineSeries::new(smooth.iter().copied(), blue.stroke_width(3)))
+            .map_err(err)?
+            .label("moving average")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
+        let grey = palette(11);
+        chart
+            .draw_secondary_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.lr)), grey.stroke_width(1)))
+            .map_err(err)?
+            .label("learning rate (right axis)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(1)));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .label_font((FONT, 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    })
+}
