@@ -21,6 +21,14 @@ pub enum RunDirError {
         /// Its recorded config.
         recorded: PathBuf,
     },
+    /// Another process holds the directory.
+    #[error("{} is in use by another steermoe process{}; wait for it or pass another --out", dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked {
+        /// The run directory.
+        dir: PathBuf,
+        /// The holder's pid, if it wrote one.
+        pid: Option<u32>,
+    },
     /// A file could not be read, written or linked.
     #[error("{}: {source}", path.display())]
     Io {
@@ -55,6 +63,13 @@ pub const ANALYSIS_FILES: [&str; 5] = [
 /// Files an evaluation writes into its directory (`eval.json` last: it marks it finished).
 pub const EVAL_FILES: [&str; 2] = ["responses.jsonl", "eval.json"];
 
+/// The exclusive hold of a run directory: an OS file lock on its `.lock` file, released when
+/// this value is dropped or the process ends (a killed process leaves no stale lock).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
 /// One run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -85,6 +100,33 @@ impl RunDir {
     /// The directory of the evaluation named `variant`.
     pub fn eval_dir(&self, variant: &str) -> PathBuf {
         self.root.join("eval").join(variant)
+    }
+
+    /// Create the directory and hold it for this process: a second process gets
+    /// [`RunDirError::Locked`] naming the holder's pid.
+    pub fn lock(&self) -> Result<DirLock, RunDirError> {
+        use std::io::{Read, Seek, Write};
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunDirError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let path = self.root.join(".lock");
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(RunDirError::Locked {
+                    dir: self.root.clone(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(RunDirError::Io { path, source }),
+        }
+        file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id())).map_err(io(&path))?;
+        Ok(DirLock { _file: file })
     }
 
     /// Create the directory (a stale one made with another config is refused) and record the
@@ -229,5 +271,17 @@ mod tests {
         b.prepare(&cfg, &prov).unwrap();
         let other = Config { seed: 9, ..Config::default() };
         assert!(matches!(b.prepare(&other, &prov), Err(RunDirError::OtherConfig { .. })));
+    }
+
+    #[test]
+    fn a_held_directory_is_refused_with_the_holders_pid_until_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(tmp.path().join("run"));
+        let held = dir.lock().unwrap();
+        let err = dir.lock().unwrap_err();
+        assert!(matches!(err, RunDirError::Locked { pid: Some(p), .. } if p == std::process::id()), "{err}");
+        assert!(err.to_string().contains("in use by another steermoe process"));
+        drop(held);
+        dir.lock().expect("released with its holder");
     }
 }

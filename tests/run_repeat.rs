@@ -85,13 +85,13 @@ fn run(tmp: &Path, backend: &str, name: &str) -> PathBuf {
     out
 }
 
-/// What a rerun may change: wall-clock throughput in `metrics.jsonl`, and burn's checkpoints
-/// (`train/checkpoint/*.mpk`), whose records carry randomly drawn parameter ids; the weights they
-/// hold are compared through `final_model/`.
+/// What a rerun may change: wall-clock throughput in `metrics.jsonl`, burn's checkpoints
+/// (`train/checkpoint/*.mpk`), whose records carry randomly drawn parameter ids (the weights they
+/// hold are compared through `final_model/`), and the lock file's pid.
 fn comparable(files: BTreeMap<PathBuf, Vec<u8>>) -> BTreeMap<PathBuf, Vec<u8>> {
     files
         .into_iter()
-        .filter(|(f, _)| !f.starts_with("train/checkpoint"))
+        .filter(|(f, _)| !f.starts_with("train/checkpoint") && f != Path::new(".lock"))
         .map(|(f, bytes)| {
             if f != Path::new("metrics.jsonl") {
                 return (f, bytes);

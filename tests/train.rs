@@ -187,6 +187,16 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert_eq!(rest.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), a.steps[2..].iter().map(|s| s.loss).collect::<Vec<_>>());
     assert_eq!(tensors(&run_c.join("final_model/model.safetensors")), after, "resumed run ends bit-identical");
 
+    // Killed after the last checkpoint, before the export (here: the export removed): the rerun
+    // exports the last checkpoint's weights, runs no step, and its history is the first run's.
+    std::fs::remove_dir_all(run_c.join("final_model")).unwrap();
+    let again = train::<B>(&cfg, &run_c, &device, &TrainOptions::default(), |_| {}).unwrap();
+    assert!(again.steps.is_empty() && !again.stopped);
+    assert_eq!(tensors(&run_c.join("final_model/model.safetensors")), after, "exported from the last checkpoint");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_c.join("final_model/training_metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["first_loss"].as_f64(), Some(a.steps[0].loss), "first_loss is the run's first, not the resumed segment's");
+
     // Every step went to metrics.jsonl, with expert counts for the dashboard.
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()

@@ -5,15 +5,17 @@
 # shared/ folder (a copy carried as ./shared is linked there).
 #
 #   benches/method/device.sh smoke      # 2 cells x 2 seeds of configs/organism-sweep.toml: timing
-#   benches/method/device.sh organism   # ORGANISM_CELLS x ORGANISM_SEED_GROUPS of the organism sweep,
-#                                       # one process each; meanwhile a sibling organism trained by
+#   benches/method/device.sh organism   # ORGANISM_JOBS of the organism sweep, one process each;
+#                                       # meanwhile a sibling organism trained by
 #                                       # shared/tools/organism_proto.py (HIDDEN=$SIBLING_HIDDEN) and
-#                                       # SIBLING_CELLS x SIBLING_SEEDS swept on it; all within BUDGET s
+#                                       # SIBLING_JOBS swept on it; all within BUDGET s
 #
 # Environment: OUT (where results go; default a temporary folder), JOBS (smoke: jobs at once),
-# BUDGET (seconds the organism mode's sweeps may run, default 480), ORGANISM_CELLS, SIBLING_CELLS
-# (space-separated cell names), ORGANISM_SEED_GROUPS (space-separated seed lists), SIBLING_SEEDS,
-# SIBLING_HIDDEN (default 256). Unfinished jobs are left out of the results, which say so.
+# BUDGET (seconds the organism mode's sweeps may run, default 480), ORGANISM_JOBS, SIBLING_JOBS
+# (space-separated `CELL@[SEEDS]` entries; empty = none), SIBLING=0 (no sibling), SIBLING_HIDDEN
+# (default 256), JOB_SET (space-separated `KEY=VALUE` overrides for every job), SIBLING_SET (the same
+# for the sibling's jobs only). Unfinished jobs are
+# left out of the results, which say so.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$(mktemp -d)}
@@ -45,17 +47,24 @@ case "${1:-smoke}" in
     pack /tmp/smoke smoke.tar.xz
     ;;
   organism)
-    # Jobs run as separate processes (one per cell and seed group): in one process, burn's
-    # device server serialises the threads of a small model (3 trainings at once ran 1.2x one).
+    # Jobs run as separate processes (one per entry of ORGANISM_JOBS / SIBLING_JOBS, each
+    # `CELL@[SEEDS]`, its seeds one after another): in one process, burn's device server
+    # serialises the threads of a small model (3 trainings at once ran 1.2x one). More than ~8
+    # processes exhaust the GPU's memory (each holds ~11 GB of pool).
     DEADLINE=$((SECONDS + ${BUDGET:-480}))
     left() { local l=$((DEADLINE - SECONDS)); echo $((l > 10 ? l : 10)); }
     mkdir -p "$OUT/logs"
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.log" &
     smi=$!
-    CELLS=${ORGANISM_CELLS:-generation_masked,experts=risk_diff generation_masked,experts=random prompt_free,experts=risk_diff prompt_free,experts=random response_free,experts=risk_diff response_free,experts=random}
-    SEED_GROUPS=${ORGANISM_SEED_GROUPS:-[0,1,2] [3,4]}
-    SIBLING_CELLS=${SIBLING_CELLS:-generation_masked,experts=risk_diff generation_masked,experts=random prompt_free,experts=risk_diff prompt_free,experts=random}
-    cell_args() { for c in "$@"; do printf -- '--cells\n%s\n' "$c"; done; }
+    ORGANISM_JOBS=${ORGANISM_JOBS:-prompt_free,experts=risk_diff@[0,1,2,3,4] prompt_free,experts=random@[0,1,2,3,4]}
+    SIBLING_JOBS=${SIBLING_JOBS:-prompt_free,experts=risk_diff@[0,1,2] prompt_free,experts=random@[0,1,2] generation_masked,experts=risk_diff@[0,1,2]}
+    # Extra `--set` for every job (e.g. 'eval.variants=["base","trained"]').
+    read -r -a EXTRA <<< "${JOB_SET:-}"
+    extra_args() { for e in "${EXTRA[@]}"; do printf -- '--set\n%s\n' "$e"; done; }
+    mapfile -t XARGS < <(extra_args)
+    read -r -a EXTRA <<< "${SIBLING_SET:-}"
+    mapfile -t SIB_XARGS < <(extra_args)
+    cells_of() { for j in "$@"; do echo "${j%@*}"; done | awk '!seen[$0]++ { print "--cells"; print }'; }
     # collect DIR [--set ...]: the collect stage every cell shares, once (the config less [sweep]).
     collect() {
       local dir=$1; shift
@@ -69,6 +78,20 @@ case "${1:-smoke}" in
         mkdir -p "$job" && cp -rl "$1/routing" "$1/samples.jsonl" "$job/"
       done
     }
+    # run_jobs PREFIX COLLECT_DIR [--set ...] -- JOB...: one sweep process per job entry.
+    run_jobs() {
+      local prefix=$1 cdir=$2; shift 2
+      local sets=(); while [ "$1" != -- ]; do sets+=("$1"); shift; done; shift
+      local pids=() i=0
+      for j in "$@"; do
+        local cell=${j%@*} seeds=${j#*@}
+        seed_jobs "$cdir" "$prefix-$i" "$cell" "$seeds"
+        timeout "$(left)" "$STEERMOE" sweep --config configs/organism-sweep.toml --out "$prefix-$i" --jobs 1 \
+          "${sets[@]}" "${XARGS[@]}" --set "sweep.seeds=$seeds" --cells "$cell" > "$OUT/logs/$(basename "$prefix")-$i.log" 2>&1 &
+        pids+=($!); i=$((i + 1))
+      done
+      wait "${pids[@]}"
+    }
     # merge DEST SRC...: the cells of several sweep directories into one, timings concatenated.
     merge() {
       local dest=$1; shift
@@ -76,48 +99,38 @@ case "${1:-smoke}" in
       for d in "$@"; do [ -d "$d/cells" ] && cp -rl "$d/cells/." "$dest/cells/"; done
       { echo cell,seed,stage,outcome,seconds; for d in "$@"; do tail -n +2 "$d/timings.csv" 2>/dev/null; done; } > "$dest/timings.csv"
     }
-    (
+    sibling=
+    if [ -n "$SIBLING_JOBS" ] && [ "${SIBLING:-1}" = 1 ]; then (
       # The sibling: organism_proto.py trains it, then runs its own reference (transformers) on it:
       # prompt-token risk difference, 8 experts, 60 steps at lr 2e-4, seed 0 (no mask, mask, random).
       HIDDEN=${SIBLING_HIDDEN:-256} ONLY_SUCCESS=1 SAVE_DIR=/tmp/sibling SEEDS=0 SCOPE=prompt FT_STEPS=60 FT_LR=2e-4 \
         PYTHONUNBUFFERED=1 python3 shared/tools/organism_proto.py > "$OUT/logs/sibling_proto.log" 2>&1 &
       proto=$!
-      until grep -q '"saved"' "$OUT/logs/sibling_proto.log" 2>/dev/null || ! kill -0 $proto 2>/dev/null; do sleep 2; done
+      until grep -q '"saved"' "$OUT/logs/sibling_proto.log" 2>/dev/null || ! kill -0 $proto 2>/dev/null \
+        || [ $SECONDS -ge $DEADLINE ]; do sleep 2; done
+      [ -f /tmp/sibling/config.json ] || { echo "sibling not saved by the deadline" >> "$OUT/logs/sibling_proto.log"; kill $proto; exit 1; }
       cp models/olmoe-organism/{tokenizer.json,tokenizer_config.json} /tmp/sibling/
       echo "sibling saved at $SECONDS s" >> "$OUT/logs/sibling_proto.log"
       collect /tmp/sib-collect --set model.dir=/tmp/sibling > "$OUT/logs/sib-collect.log" 2>&1
-      pids=(); i=0
-      for c in $SIBLING_CELLS; do
-        seed_jobs /tmp/sib-collect /tmp/sib-$i "$c" "${SIBLING_SEEDS:-[0,1,2]}"
-        timeout "$(left)" "$STEERMOE" sweep --config configs/organism-sweep.toml --out /tmp/sib-$i --jobs 1 \
-          --set model.dir=/tmp/sibling --set "sweep.seeds=${SIBLING_SEEDS:-[0,1,2]}" --cells "$c" > "$OUT/logs/sib-$i.log" 2>&1 &
-        pids+=($!); i=$((i + 1))
-      done
-      wait "${pids[@]}"
-      merge /tmp/sibling-sweep /tmp/sib-*
-      mapfile -t args < <(cell_args $SIBLING_CELLS)
+      echo "sibling collected at $SECONDS s" >> "$OUT/logs/sibling_proto.log"
+      run_jobs /tmp/sib /tmp/sib-collect --set model.dir=/tmp/sibling "${SIB_XARGS[@]}" -- $SIBLING_JOBS
+      merge /tmp/sibling-sweep /tmp/sib-[0-9]*
+      mapfile -t args < <(cells_of $SIBLING_JOBS)
       "$STEERMOE" sweep --config configs/organism-sweep.toml --out /tmp/sibling-sweep --report --set model.dir=/tmp/sibling \
-        --set "sweep.seeds=${SIBLING_SEEDS:-[0,1,2]}" "${args[@]}" > "$OUT/logs/sibling_report.log" 2>&1
+        "${SIB_XARGS[@]}" "${XARGS[@]}" "${args[@]}" > "$OUT/logs/sibling_report.log" 2>&1
       kill $proto 2>/dev/null
-    ) &
-    sibling=$!
-    collect /tmp/org-collect > "$OUT/logs/org-collect.log" 2>&1
-    pids=(); i=0
-    for c in $CELLS; do
-      for g in $SEED_GROUPS; do
-        seed_jobs /tmp/org-collect /tmp/org-$i "$c" "$g"
-        timeout "$(left)" "$STEERMOE" sweep --config configs/organism-sweep.toml --out /tmp/org-$i --jobs 1 \
-          --set "sweep.seeds=$g" --cells "$c" > "$OUT/logs/org-$i.log" 2>&1 &
-        pids+=($!); i=$((i + 1))
-      done
-    done
-    wait "${pids[@]}"
-    merge /tmp/organism /tmp/org-*
-    mapfile -t args < <(cell_args $CELLS)
-    "$STEERMOE" sweep --config configs/organism-sweep.toml --out /tmp/organism --report "${args[@]}" > "$OUT/logs/organism_report.log" 2>&1
-    wait $sibling
+    ) & sibling=$!; fi
+    if [ -n "$ORGANISM_JOBS" ]; then
+      collect /tmp/org-collect > "$OUT/logs/org-collect.log" 2>&1
+      run_jobs /tmp/org /tmp/org-collect -- $ORGANISM_JOBS
+      merge /tmp/organism /tmp/org-[0-9]*
+      mapfile -t args < <(cells_of $ORGANISM_JOBS)
+      "$STEERMOE" sweep --config configs/organism-sweep.toml --out /tmp/organism --report "${XARGS[@]}" "${args[@]}" \
+        > "$OUT/logs/organism_report.log" 2>&1
+      pack /tmp/organism organism.tar.xz
+    fi
+    [ -n "$sibling" ] && wait $sibling
     kill $smi
-    pack /tmp/organism organism.tar.xz
     [ -d /tmp/sibling-sweep ] && pack /tmp/sibling-sweep sibling.tar.xz
     cp /tmp/sibling/config.json "$OUT/sibling_config.json" 2>/dev/null
     (cd "$OUT" && tar -cJf logs.tar.xz logs && rm -r logs)

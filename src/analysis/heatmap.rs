@@ -80,7 +80,7 @@ pub fn png(values: &[f64], layers: usize, experts: usize, outlined: &[ExpertId])
             .disable_mesh()
             .disable_x_axis()
             .y_labels(5)
-            .y_label_formatter(&|v| format!("{v:+.3}"))
+            .y_label_formatter(&|v| if v.abs() < 5e-4 { "0".into() } else { format!("{v:+.3}") })
             .label_style((FONT, 13))
             .draw()
             .map_err(err)?;

@@ -74,7 +74,7 @@ impl Task for Collect<'_> {
 
 /// Run `steermoe collect`.
 pub fn run(args: CollectArgs) -> anyhow::Result<()> {
-    let (cfg, run_dir) = args.config.load()?;
+    let (cfg, run_dir, _lock) = args.config.load()?;
     run_with(&cfg, &run_dir)
 }
 

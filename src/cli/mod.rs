@@ -74,7 +74,7 @@ impl ConfigArgs {
     /// asks for (before any work), create the run directory and record the resolved config and
     /// the code's revision. A run directory made with a different config is refused: its stages
     /// would be skipped as done.
-    fn load(&self) -> anyhow::Result<(Config, PathBuf)> {
+    fn load(&self) -> anyhow::Result<(Config, PathBuf, steermoe::run_dir::DirLock)> {
         let cfg = Config::load(&self.config, &self.overrides)?;
         steermoe::collect::stage::batches(&cfg)?;
         if !cfg.eval.variants.is_empty() {
@@ -88,8 +88,10 @@ impl ConfigArgs {
             "config": self.config.display().to_string(),
             "overrides": self.overrides,
         });
-        steermoe::run_dir::RunDir::new(&run_dir).prepare(&cfg, &provenance)?;
-        Ok((cfg, run_dir))
+        let dir = steermoe::run_dir::RunDir::new(&run_dir);
+        let lock = dir.lock()?;
+        dir.prepare(&cfg, &provenance)?;
+        Ok((cfg, run_dir, lock))
     }
 }
 
@@ -108,6 +110,12 @@ pub struct RunDirArgs {
 }
 
 impl RunDirArgs {
+    /// Hold the run directory for this process.
+    fn lock(&self) -> anyhow::Result<steermoe::run_dir::DirLock> {
+        anyhow::ensure!(self.run.is_dir(), "--run {}: no such run directory", self.run.display());
+        Ok(steermoe::run_dir::RunDir::new(&self.run).lock()?)
+    }
+
     /// The config file, if one exists (`--config` or the run's `config.toml`).
     fn load(&self) -> anyhow::Result<Option<Config>> {
         let path = self.config.clone().unwrap_or_else(|| self.run.join("config.toml"));

@@ -14,7 +14,7 @@ pub struct RunArgs {
 
 /// Run `steermoe run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (cfg, run_dir) = args.config.load()?;
+    let (cfg, run_dir, _lock) = args.config.load()?;
     println!("== collect ({})", run_dir.display());
     collect::run_with(&cfg, &run_dir)?;
     let dir = RunDir::new(&run_dir);

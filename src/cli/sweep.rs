@@ -115,7 +115,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(&dir)?;
+    let _lock = steermoe::run_dir::RunDir::new(&dir).lock()?;
     let start = std::time::Instant::now();
     let reports = if args.report { Vec::new() } else { backend::run(backend, RunSweep { sweep: &sweep, jobs: args.jobs as usize })? };
     let secs = start.elapsed().as_secs_f64();

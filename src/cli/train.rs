@@ -69,6 +69,7 @@ impl Task for Train<'_> {
 
 /// Run `steermoe train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let _lock = args.dir.lock()?;
     let cfg = args.dir.load()?.ok_or_else(|| {
         anyhow::anyhow!("{}: no config.toml; pass --config", args.dir.run.display())
     })?;

@@ -44,6 +44,16 @@ pub enum EvalError {
     /// The judge failed.
     #[error(transparent)]
     Judge(#[from] JudgeError),
+    /// A measurement came out impossible: a numerical fault of the backend, not a result.
+    #[error("{model}: {what} came out {value}, which is impossible; nothing was written (a numerical fault of the backend: rerun the evaluation)")]
+    Impossible {
+        /// The model evaluated.
+        model: String,
+        /// What was measured.
+        what: &'static str,
+        /// The value.
+        value: f64,
+    },
     /// Nothing to evaluate.
     #[error("{}: no {what} to evaluate", path.display())]
     Empty {
@@ -182,6 +192,15 @@ pub fn evaluate<B: Backend>(
         }
     }
     let nll = answer_nll(model, tokenizer, &sets.benign, cfg, &routing, device, &mut progress)?;
+    // A per-token NLL is finite and non-negative. On CUDA, under GPU memory exhaustion, the
+    // answer-NLL forward pass was seen to return negative values: refuse them.
+    if !(nll.total.is_finite() && nll.total >= 0.0) {
+        return Err(EvalError::Impossible {
+            model: model_name.to_string(),
+            what: "the summed benign-answer NLL",
+            value: nll.total,
+        });
+    }
     let report = EvalReport {
         model: model_name.to_string(),
         activated_experts: steering.activate.clone(),

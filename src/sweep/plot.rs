@@ -30,8 +30,10 @@ pub fn asr_vs_utility(sweep: &Sweep, groups: &[Group]) -> Result<Vec<u8>, PlotEr
     if let Some(base) = groups.iter().find(|g| g.variant == "base" && g.asr.is_some() && g.benign.is_some()) {
         points.insert(0, base);
     }
-    let hi = |g: &&Group| g.benign.map_or(0.0, |e| e.interval().1);
-    let x_max = (points.iter().map(hi).fold(0.0, f64::max) * 100.0 * 1.15).max(10.0);
+    // The x range follows the means (wide intervals of two seeds would flatten the rest); bars
+    // are clipped to the chart.
+    let mean = |g: &&Group| g.benign.map_or(0.0, |e| e.mean);
+    let x_max = (points.iter().map(mean).fold(0.0, f64::max) * 100.0 * 1.3 + 2.0).max(10.0);
     let cells: Vec<usize> = {
         let mut c: Vec<usize> = points.iter().filter(|g| g.variant != "base").map(|g| g.cell).collect();
         c.dedup();
@@ -62,7 +64,7 @@ pub fn asr_vs_utility(sweep: &Sweep, groups: &[Group]) -> Result<Vec<u8>, PlotEr
             .y_desc("held-out jailbreak attack success (%)")
             .axis_desc_style((FONT, 20))
             .label_style((FONT, 16))
-            .light_line_style(RGBColor(238, 238, 238))
+            .light_line_style(RGBColor(245, 245, 245))
             .draw()
             .map_err(err)?;
         for g in &points {
@@ -70,9 +72,11 @@ pub fn asr_vs_utility(sweep: &Sweep, groups: &[Group]) -> Result<Vec<u8>, PlotEr
             let color = if g.variant == "base" { BLACK } else { palette(cells.iter().position(|&c| c == g.cell).unwrap_or(0)) };
             let (cx, cy) = (x.mean * 100.0, y.mean * 100.0);
             let ((x0, x1), (y0, y1)) = (x.interval(), y.interval());
+            let clip_x = |v: f64| (v * 100.0).clamp(0.0, x_max);
+            let clip_y = |v: f64| (v * 100.0).clamp(0.0, 100.0);
             let bar = color.stroke_width(2);
-            chart.draw_series([PathElement::new(vec![(x0 * 100.0, cy), (x1 * 100.0, cy)], bar)]).map_err(err)?;
-            chart.draw_series([PathElement::new(vec![(cx, y0 * 100.0), (cx, y1 * 100.0)], bar)]).map_err(err)?;
+            chart.draw_series([PathElement::new(vec![(clip_x(x0), cy), (clip_x(x1), cy)], bar)]).map_err(err)?;
+            chart.draw_series([PathElement::new(vec![(cx, clip_y(y0)), (cx, clip_y(y1))], bar)]).map_err(err)?;
             let at = chart.backend_coord(&(cx, cy));
             marker(&chart_area, at, &g.variant, color)?;
         }
@@ -87,7 +91,7 @@ pub fn asr_vs_utility(sweep: &Sweep, groups: &[Group]) -> Result<Vec<u8>, PlotEr
             y += 22;
         }
         y += 16;
-        legend.draw(&Text::new("evaluations (shape); bars: 95% CI over seeds", (10, y), (FONT, 18).into_font())).map_err(err)?;
+        legend.draw(&Text::new("evaluations (shape)", (10, y), (FONT, 18).into_font())).map_err(err)?;
         y += 28;
         for v in &variants {
             let label = match v.as_str() {
@@ -99,6 +103,8 @@ pub fn asr_vs_utility(sweep: &Sweep, groups: &[Group]) -> Result<Vec<u8>, PlotEr
             legend.draw(&Text::new(label, (32, y), font.clone())).map_err(err)?;
             y += 22;
         }
+        y += 16;
+        legend.draw(&Text::new("bars: 95% CI over seeds (clipped to the chart)", (10, y), font.clone())).map_err(err)?;
         Ok(())
     })
 }

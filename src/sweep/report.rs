@@ -62,6 +62,20 @@ pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
     Ok(rows)
 }
 
+/// Evaluations the jobs' configs ask for that have no `eval.json`, and how many they ask for.
+pub fn missing_evaluations(sweep: &Sweep) -> (usize, usize) {
+    let mut missing = 0;
+    let mut expected = 0;
+    for j in &sweep.jobs {
+        let dir = RunDir::new(&j.run_dir);
+        for v in EvalVariant::all(&j.config) {
+            expected += 1;
+            missing += usize::from(!dir.is_evaluated(&v.name()));
+        }
+    }
+    (missing, expected)
+}
+
 /// Jobs with every evaluation finished.
 pub fn finished_jobs(sweep: &Sweep) -> usize {
     sweep
@@ -189,11 +203,17 @@ pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
                 asr: est(&|r| r.report.asr),
                 plain: est(&|r| r.report.plain_refusal_rate),
                 benign: est(&|r| r.report.benign_refusal_rate),
-                nll: est(&|r| r.report.benign_answer_nll),
+                nll: est(&|r| r.report.benign_answer_nll.filter(|v| possible_nll(*v))),
                 trained_experts: est(&|r| r.trained_experts.map(|n| n as f64)),
             }
         })
         .collect()
+}
+
+/// Whether a per-token NLL is possible (finite, not negative): older evaluations did not refuse
+/// impossible ones (see [`crate::eval::EvalError::Impossible`]).
+fn possible_nll(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
 }
 
 /// `12.9% ± 4.1` (a rate in percent) or `10.763 ± 0.020` (a value).
@@ -228,7 +248,7 @@ fn random_twin(sweep: &Sweep, cell: usize) -> Option<usize> {
 
 /// `summary.md`.
 pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
-    let groups = groups(rows);
+    let by_cell = groups(rows);
     let mut out = String::new();
     let _ = writeln!(out, "# Sweep summary\n");
     let _ = writeln!(
@@ -244,9 +264,18 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
         sweep.spec.seeds,
         rows.len()
     );
+    let impossible = rows.iter().filter(|r| r.report.benign_answer_nll.is_some_and(|v| !possible_nll(v))).count();
+    if impossible > 0 {
+        let _ = writeln!(out, "**{impossible} evaluations recorded an impossible (negative) benign NLL**: a numerical fault of the backend; their NLL is left out of the NLL column (their other figures are kept).\n");
+    }
     let unfinished = sweep.jobs.len() - finished_jobs(sweep);
     if unfinished > 0 {
-        let _ = writeln!(out, "**{unfinished} of {} jobs are unfinished** and left out: n counts the seeds each figure has.\n", sweep.jobs.len());
+        let (missing, expected) = missing_evaluations(sweep);
+        let _ = writeln!(
+            out,
+            "**{unfinished} of {} jobs lack evaluations** ({missing} of {expected} evaluations: jobs unfinished, or variants a job was not asked to run): n counts the seeds each figure has.\n",
+            sweep.jobs.len()
+        );
     }
     let header = "| cell | evaluation | n | jailbreak ASR | plain refused | benign refused | benign NLL | experts trained |\n|---|---|---|---|---|---|---|---|";
     let line = |g: &Group, name: &str| {
@@ -261,19 +290,15 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
             g.trained_experts.map_or("–".into(), |e| fmt(Some(e), false).replace(".000", ""))
         )
     };
-    // The base model is the same in every cell unless a cell changes what it reads.
+    // The base model: one evaluation shared by every job unless a cell changes what it reads;
+    // all jobs' copies together, so that any disagreement between them shows as an interval.
     let _ = writeln!(out, "## Base model\n\n{header}");
-    let mut seen_base: Vec<String> = Vec::new();
-    for g in groups.iter().filter(|g| g.variant == "base") {
-        let l = line(g, "");
-        let body = l.split_once(" | ").map(|(_, b)| b.to_string()).unwrap_or_default();
-        if !seen_base.contains(&body) {
-            seen_base.push(body);
-            let _ = writeln!(out, "{}", line(g, if seen_base.len() == 1 { "every cell" } else { &sweep.cells[g.cell].name }));
-        }
+    let base: Vec<ResultRow> = rows.iter().filter(|r| r.variant == "base").cloned().map(|r| ResultRow { cell: 0, ..r }).collect();
+    for g in groups(&base) {
+        let _ = writeln!(out, "{}", line(&g, "all jobs"));
     }
     let _ = writeln!(out, "\n## Cells\n\n{header}");
-    for g in groups.iter().filter(|g| g.variant != "base") {
+    for g in by_cell.iter().filter(|g| g.variant != "base") {
         let _ = writeln!(out, "{}", line(g, &sweep.cells[g.cell].name));
     }
     let twins: Vec<(usize, usize)> = (0..sweep.cells.len()).filter_map(|c| random_twin(sweep, c).map(|t| (c, t))).collect();
@@ -283,8 +308,8 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
             "\n## Risk-difference experts against matched random experts\n\nEach cell beside its twin with `analysis.experts = \"random\"` (the same sets under a random relabelling of the experts: as many per batch, as large a union, a random ranking for steering). \"separated\" = the two 95% intervals of jailbreak ASR do not overlap.\n\n| cell | evaluation | ASR, risk diff | ASR, random | separated | benign refused, risk diff | benign refused, random |\n|---|---|---|---|---|---|---|"
         );
         for (c, t) in twins {
-            for g in groups.iter().filter(|g| g.cell == c && g.variant != "base") {
-                let Some(r) = groups.iter().find(|h| h.cell == t && h.variant == g.variant) else { continue };
+            for g in by_cell.iter().filter(|g| g.cell == c && g.variant != "base") {
+                let Some(r) = by_cell.iter().find(|h| h.cell == t && h.variant == g.variant) else { continue };
                 let separated = match (g.asr, r.asr) {
                     (Some(a), Some(b)) if a.half_width.is_some() && b.half_width.is_some() => {
                         if a.overlaps(&b) { "no" } else if a.mean < b.mean { "yes, lower" } else { "yes, higher" }

@@ -211,6 +211,7 @@ fn job_stages<B: AutodiffBackend, F: Fn(SweepEvent) + Sync>(sweep: &Sweep, j: us
         let f = fail(stage);
         move |e: ShareError<crate::Error>| f(&e)
     };
+    let _lock = dir.lock().map_err(|e| fail("prepare")(&e))?;
     dir.prepare(cfg, &provenance(sweep, job)).map_err(|e| fail("prepare")(&e))?;
     let batches = crate::collect::stage::batches(cfg).map_err(|e| fail("collect")(&e))?.len();
     let inner = device.clone();

@@ -1,13 +1,16 @@
 //! `loss_curve.png`: the training loss of every step (thin) and its exponential moving average
-//! (bold, the dashboard's smoothing), with the learning rate on a second axis.
+//! (bold), with the learning rate on a second axis.
 
 use plotters::prelude::*;
 
 use super::StepRecord;
 use crate::plot::{FONT, PlotError, err, palette};
 
-/// Smoothing of the moving average (the weight of the newest step).
-const EMA: f64 = 0.1;
+/// The weight of the newest step in the moving average: about a tenth of the run, between
+/// 0.02 (long runs) and 0.3 (short ones, which a slower average would only trail).
+fn ema_weight(steps: usize) -> f64 {
+    (10.0 / steps.max(1) as f64).clamp(0.02, 0.3)
+}
 
 /// The loss curve of `steps` (in step order) as PNG bytes.
 pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
@@ -16,8 +19,9 @@ pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
     let max_lr = steps.iter().map(|s| s.lr).fold(0.0, f64::max).max(1e-12) * 1.05;
     let mut smooth = Vec::with_capacity(steps.len());
     let mut ema: Option<f64> = None;
+    let weight = ema_weight(steps.len());
     for s in steps.iter().filter(|s| s.loss.is_finite()) {
-        let v = ema.map_or(s.loss, |e| e + EMA * (s.loss - e));
+        let v = ema.map_or(s.loss, |e| e + weight * (s.loss - e));
         ema = Some(v);
         smooth.push((s.step as f64, v));
     }
@@ -37,7 +41,7 @@ pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
             .y_desc("loss (nats per target token)")
             .axis_desc_style((FONT, 16))
             .label_style((FONT, 13))
-            .light_line_style(RGBColor(238, 238, 238))
+            .light_line_style(WHITE)
             .draw()
             .map_err(err)?;
         chart

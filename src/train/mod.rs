@@ -245,7 +245,7 @@ pub fn train<B: AutodiffBackend>(
         optim = optim.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32)));
     }
     let scheduler = schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps);
-    let learner = Learner::new(model, optim.init(), scheduler);
+    let learner = Learner::new(model.clone(), optim.init(), scheduler);
 
     let (tx, rx) = mpsc::channel();
     let mut training = SupervisedTraining::new(&train_dir, Arc::new(loader), Arc::new(valid))
@@ -290,19 +290,24 @@ pub fn train<B: AutodiffBackend>(
             drop(training);
             None
         } else {
-            Some(training.launch(learner))
+            Some(training.launch(learner).model)
         };
         (result, consumer.join().expect("step consumer"))
     });
+    // Every window was checkpointed by an earlier run that ended before its export: the model
+    // is the last checkpoint's.
+    let result = match (result, resume) {
+        (None, Some(r)) if r >= windows && opts.stop_after_windows.is_none_or(|s| s >= windows) => Some(burn::module::AutodiffModule::valid(&restore(model, &train_dir, r, device)?)),
+        (result, _) => result,
+    };
 
     let final_model = run_dir.join("final_model");
     // A stop request after the last window's checkpoint stopped nothing.
     let stopped = opts.stop_after_windows.is_some_and(|s| s < windows)
         || (control.stop_requested() && latest_checkpoint(&train_dir).is_none_or(|c| c < windows));
     if !stopped
-        && let Some(result) = result
+        && let Some(model) = result
     {
-        let model = result.model;
         export(&model, &model_cfg, &cfg.model.dir, &final_model)?;
         let history = read_metrics(&run_dir.join("metrics.jsonl"));
         write_atomic(&run_dir.join("loss_curve.png"), &curve::png(&history)?)?;
@@ -338,6 +343,17 @@ pub fn train<B: AutodiffBackend>(
         stopped,
         total_steps,
     })
+}
+
+/// `model` with the weights of checkpoint `epoch` under `train_dir`.
+fn restore<B: AutodiffBackend>(model: model::Olmoe<B>, train_dir: &Path, epoch: usize, device: &B::Device) -> Result<model::Olmoe<B>, TrainError> {
+    use burn::module::Module;
+    use burn::record::Recorder;
+    let path = train_dir.join("checkpoint").join(format!("model-{epoch}"));
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.clone(), device)
+        .map_err(|e| TrainError::Input { path, reason: format!("checkpoint unreadable: {e}") })?;
+    Ok(model.load_record(record))
 }
 
 /// Save `model` in Hub layout with the base model's tokenizer files.
