@@ -30,21 +30,30 @@ fn register_font() {
     });
 }
 
-/// A colour of a 12-colour qualitative palette (ColorBrewer's Paired, reordered dark first).
+/// A colour of a 20-colour qualitative palette (Tableau 20: ten hues, each dark then light), so
+/// that adjacent indices — a sweep's risk-difference cell and its random twin — share a hue.
 pub fn palette(i: usize) -> RGBColor {
-    const P: [(u8, u8, u8); 12] = [
-        (31, 120, 180),
-        (227, 26, 28),
-        (51, 160, 44),
-        (255, 127, 0),
-        (106, 61, 154),
-        (177, 89, 40),
-        (166, 206, 227),
-        (251, 154, 153),
-        (178, 223, 138),
-        (253, 191, 111),
-        (202, 178, 214),
-        (120, 120, 120),
+    const P: [(u8, u8, u8); 20] = [
+        (31, 119, 180),
+        (174, 199, 232),
+        (214, 39, 40),
+        (255, 152, 150),
+        (44, 160, 44),
+        (152, 223, 138),
+        (255, 127, 14),
+        (255, 187, 120),
+        (148, 103, 189),
+        (197, 176, 213),
+        (140, 86, 75),
+        (196, 156, 148),
+        (227, 119, 194),
+        (247, 182, 210),
+        (127, 127, 127),
+        (199, 199, 199),
+        (188, 189, 34),
+        (219, 219, 141),
+        (23, 190, 207),
+        (158, 218, 229),
     ];
     let (r, g, b) = P[i % P.len()];
     RGBColor(r, g, b)

@@ -63,7 +63,7 @@ pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
             .map_err(err)?
             .label("moving average")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
-        let grey = palette(11);
+        let grey = palette(15);
         chart
             .draw_secondary_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.lr)), grey.stroke_width(1)))
             .map_err(err)?
