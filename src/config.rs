@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::risk::TokenScope;
-use crate::analysis::select::ExpertSource;
 use crate::backend::BackendKind;
 use crate::data::attack::FieldMap;
 use crate::generate::Sampling;
@@ -528,8 +526,8 @@ impl Config {
         if t.grad_accumulation == 0 {
             return Err(bad("train.grad_accumulation", "must be at least 1".into()));
         }
-        if !(t.lr > 0.0) {
-            return Err(bad("train.lr", format!("must be positive, got {}", t.lr)));
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(bad("train.lr", format!("must be positive and finite, got {}", t.lr)));
         }
         if t.max_len < 8 {
             return Err(bad("train.max_len", format!("must be at least 8, got {}", t.max_len)));
@@ -601,6 +599,57 @@ pub(crate) fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result
     }
     at.insert(last.to_string(), parsed);
     Ok(())
+}
+
+// The analysis settings' vocabularies, defined here so that the config depends on no stage.
+
+/// Which tokens of a sample count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Prompt tokens only.
+    Prompt,
+    /// Generated tokens only (the seeds' choice).
+    Generation,
+    /// The first `first_n` generated tokens.
+    GenerationFirstN,
+    /// Prompt and generated tokens.
+    All,
+    /// The reply tokens of each pair's teacher-forced refusal (safe) and compliance (unsafe)
+    /// after its jailbreak prompt, as the forward pass routed them.
+    Response,
+}
+
+impl std::fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenScope::Prompt => "prompt",
+            TokenScope::Generation => "generation",
+            TokenScope::GenerationFirstN => "generation_first_n",
+            TokenScope::All => "all",
+            TokenScope::Response => "response",
+        })
+    }
+}
+
+/// Where the expert sets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertSource {
+    /// The risk difference (the method).
+    RiskDiff,
+    /// The matched random ablation: the risk-difference sets under a random relabelling of the
+    /// experts (seed: the config's `seed`), steering sets from a random ranking.
+    Random,
+}
+
+impl std::fmt::Display for ExpertSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExpertSource::RiskDiff => "risk_diff",
+            ExpertSource::Random => "random",
+        })
+    }
 }
 
 #[cfg(test)]

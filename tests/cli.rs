@@ -145,3 +145,56 @@ fn missing_model_dir_and_bad_ids_are_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("row 1 has 1 ids, row 0 has 2"));
 }
+
+/// `run --dry-run` prints the resolved config and the plan and writes nothing; `--backend` and
+/// `--precision` stand for the `model.` keys.
+#[test]
+fn run_dry_run_plans_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("never");
+    let o = steermoe(&[
+        "run", "--config", "configs/organism-cpu.toml", "--out", out.to_str().unwrap(), "--dry-run", "--backend", "wgpu",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.exists(), "a dry run created {}", out.display());
+    assert!(stdout.contains("# resolved config") && stdout.contains("backend = \"wgpu\""), "{stdout}");
+    // configs/organism-cpu.toml: 8 batches of 16, 4 epochs, the base/steered/trained evaluations
+    // on 48 held-out goals (31 of them with a successful jailbreak) and 32 benign prompts.
+    for line in [
+        "run directory: ", "collect: 8 batches, 128 prompts, up to 48 new tokens each, on wgpu (f32)\n",
+        "analyze: risk difference over prompt tokens, experts from risk_diff, at most 8 per batch",
+        "train: up to 32 steps (4 epochs × batches with a kept pair), lr 0.0002, routing mask: none",
+        "eval: base, steer-a5, trained on 31 jailbreaks, 48 plain goals, 32 benign prompts",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+    // A bad override is refused before anything is planned.
+    let o = steermoe(&["run", "--config", "configs/organism-cpu.toml", "--dry-run", "--set", "train.lr=fast"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("train.lr"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A NaN in the weights is an error naming the file and the tensor, not a model that runs to
+/// garbage.
+#[test]
+fn non_finite_weights_name_the_tensor() {
+    let tmp = copy_fixture(&fixture());
+    let path = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let t = owned.iter_mut().find(|t| t.0 == "model.norm.weight").expect("the fixture has a final norm");
+    match t.1 {
+        safetensors::Dtype::F32 => t.3[4..8].copy_from_slice(&f32::NAN.to_le_bytes()),
+        safetensors::Dtype::BF16 => t.3[2..4].copy_from_slice(&0x7fc0u16.to_le_bytes()),
+        safetensors::Dtype::F16 => t.3[2..4].copy_from_slice(&0x7e00u16.to_le_bytes()),
+        other => panic!("unexpected dtype {other:?}"),
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        owned.iter().map(|(k, d, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = fails(tmp.path());
+    assert!(err.contains("model.safetensors: tensor model.norm.weight holds NaN (element 1)"), "{err}");
+}

@@ -10,7 +10,7 @@ use steermoe::config::{Config, EvalConfig};
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::eval::{BenignItem, EvalPrompt, EvalSets, Steering, answer, answer_nll};
 use steermoe::model::{self, Olmoe, OlmoeInput, Precision, Routing};
-use steermoe::train::loss::{IGNORE_INDEX, causal_lm_loss};
+use steermoe::model::loss::{IGNORE_INDEX, causal_lm_loss};
 
 type B = TestBackend;
 

@@ -37,7 +37,7 @@ fn finished_run_directory_is_complete() {
         "final_model/model.safetensors",
         "final_model/tokenizer.json",
         "final_model/tokenizer_config.json",
-        "final_model/training_metadata.json",
+        "training_metadata.json",
         "eval/table.txt",
     ]
     .iter()

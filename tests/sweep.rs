@@ -85,7 +85,7 @@ fn tiny_sweep_shares_work_and_reports_the_jobs_numbers() {
         asr.entry((row["cell"].clone(), row["variant"].clone())).or_default().push(eval["asr"].as_f64().unwrap());
         // Every job directory is an ordinary, complete run directory.
         let dir = out.join(&row["run_dir"]);
-        for f in ["config.toml", "provenance.json", "samples.jsonl", "routing/index.json", "unsafe_experts.json", "final_model/training_metadata.json", "eval/table.txt"] {
+        for f in ["config.toml", "provenance.json", "samples.jsonl", "routing/index.json", "unsafe_experts.json", "training_metadata.json", "eval/table.txt"] {
             assert!(dir.join(f).is_file(), "{}: {f}", dir.display());
         }
     }

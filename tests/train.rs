@@ -16,7 +16,7 @@ use safetensors::SafeTensors;
 use steermoe::config::{Config, Consistency, MaskScope, Trainable};
 use steermoe::model::{self, Precision, Routing};
 use steermoe::train::loader::SftBatch;
-use steermoe::train::loss::Targets;
+use steermoe::model::loss::Targets;
 use steermoe::train::{TrainControl, TrainOptions, freeze, train};
 
 type B = TestAutodiffBackend;
@@ -150,7 +150,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
 
     // Frozen tensors bit-identical, the unsafe experts changed.
     let experts: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("final_model/training_metadata.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("training_metadata.json")).unwrap()).unwrap();
     let trained: Vec<String> = experts["unsafe_experts"]
         .as_array()
         .unwrap()
@@ -194,7 +194,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert!(again.steps.is_empty() && !again.stopped);
     assert_eq!(tensors(&run_c.join("final_model/model.safetensors")), after, "exported from the last checkpoint");
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_c.join("final_model/training_metadata.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run_c.join("training_metadata.json")).unwrap()).unwrap();
     assert_eq!(meta["first_loss"].as_f64(), Some(a.steps[0].loss), "first_loss is the run's first, not the resumed segment's");
 
     // Every step went to metrics.jsonl, with expert counts for the dashboard.
@@ -222,4 +222,79 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     let rest = train::<B>(&cfg, &run_d, &device, &TrainOptions::default(), |_| {}).unwrap();
     assert_eq!(rest.steps.len(), 6);
     assert_eq!(tensors(&run_d.join("final_model/model.safetensors")), after);
+}
+
+/// `expert_masks.safetensors` holds exactly the masks the train step applies: every batch the
+/// training loader serves (the loader `train` iterates) carries its set's mask on the samples the
+/// mask scope restricts and no mask on the others, and that mask is the file's `per_batch` row
+/// (or `global` under `train.expert_set = "global"`).
+#[test]
+fn expert_masks_file_holds_the_masks_training_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg_path, run) = analysed_run(tmp.path());
+    let bytes = std::fs::read(run.join("expert_masks.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> { st.tensor(name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect() };
+    let batch_idx: Vec<usize> =
+        st.tensor("batch_idx").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
+    let per_batch = f32s("per_batch");
+    let global = f32s("global");
+    let device = Default::default();
+    for (set, scope) in [("per_batch", "unsafe_samples"), ("per_batch", "all"), ("global", "unsafe_samples")] {
+        let cfg = Config::load(&cfg_path, &[format!("train.expert_set={set}"), format!("train.mask_scope={scope}")]).unwrap();
+        let inputs = steermoe::train::TrainInputs::read(&cfg, &run).unwrap();
+        let (layers, experts) = inputs.shape;
+        let width = layers * experts;
+        let loader = inputs.loader::<B>(&cfg, (0..inputs.groups.len()).collect(), 0, &device);
+        let mut unsafe_rows = 0;
+        for g in 0..inputs.groups.len() {
+            let batch = loader.batch(g);
+            let allow = batch.routing.allow.clone().expect("a masked scope sets a mask");
+            // `[layers, batch, experts]` → per sample `[layers * experts]`.
+            let values: Vec<bool> = allow.swap_dims(0, 1).into_data().iter::<bool>().collect();
+            let row = batch_idx.iter().position(|&b| b == batch.batch_idx).expect("the file has every analysed batch");
+            let want: Vec<bool> = match set {
+                "global" => global.iter().map(|&v| v != 0.0).collect(),
+                _ => per_batch[row * width..(row + 1) * width].iter().map(|&v| v != 0.0).collect(),
+            };
+            assert!(want.iter().any(|&a| !a), "batch {}: the file's mask restricts nothing", batch.batch_idx);
+            for (i, &is_unsafe) in batch.is_unsafe.iter().enumerate() {
+                let got = &values[i * width..(i + 1) * width];
+                if is_unsafe || scope == "all" {
+                    assert_eq!(got, &want[..], "{set}/{scope}: batch {} sample {i}", batch.batch_idx);
+                    unsafe_rows += 1;
+                } else {
+                    assert!(got.iter().all(|&a| a), "{set}/{scope}: a safe sample was masked");
+                }
+            }
+        }
+        assert!(unsafe_rows > 0);
+    }
+}
+
+/// A loss that goes non-finite (here: a learning rate that overflows the weights) stops training
+/// with an error naming the step; nothing is exported and no checkpoint holding the broken
+/// weights is left to resume from.
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_only_good_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg_path, run) = analysed_run(tmp.path());
+    let cfg = Config::load(&cfg_path, &["train.lr=1e30".into(), "train.warmup_steps=0".into()]).unwrap();
+    let device = Default::default();
+    let err = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap_err();
+    let text = err.to_string();
+    let steermoe::train::TrainError::NonFinite { step, kept, .. } = err else { panic!("{text}") };
+    assert!(step >= 2, "the first step's loss uses the base weights: {text}");
+    assert!(text.contains(&format!("step {step}: the loss is")), "{text}");
+    assert!(!run.join("final_model").exists() && !run.join("training_metadata.json").exists());
+    // checkpoint_every = 1: the weights after step `step - 1` are bad, so is its checkpoint.
+    let left: Vec<usize> = std::fs::read_dir(run.join("train/checkpoint"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.iter().all(|&w| w < step - 1), "checkpoints {left:?} left after a NaN at step {step}");
+    assert_eq!(kept, left.iter().max().copied());
 }

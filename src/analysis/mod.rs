@@ -3,7 +3,6 @@
 pub mod counts;
 pub mod heatmap;
 pub mod risk;
-pub mod routing_file;
 pub mod select;
 pub mod stage;
 

@@ -13,39 +13,12 @@
 //! replies after the *same* jailbreak prompt (safe: the model's refusal of the plain goal; unsafe:
 //! its compliant answer to the jailbreak), the SteerMoE paper's contrast.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::counts::TopKCounter;
 use crate::generate::{ChosenExperts, RouterLogits};
 
-/// Which tokens of a sample count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenScope {
-    /// Prompt tokens only.
-    Prompt,
-    /// Generated tokens only (the seeds' choice).
-    Generation,
-    /// The first `first_n` generated tokens.
-    GenerationFirstN,
-    /// Prompt and generated tokens.
-    All,
-    /// The reply tokens of each pair's teacher-forced refusal (safe) and compliance (unsafe)
-    /// after its jailbreak prompt, as the forward pass routed them.
-    Response,
-}
-
-impl std::fmt::Display for TokenScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TokenScope::Prompt => "prompt",
-            TokenScope::Generation => "generation",
-            TokenScope::GenerationFirstN => "generation_first_n",
-            TokenScope::All => "all",
-            TokenScope::Response => "response",
-        })
-    }
-}
+pub use crate::config::TokenScope;
 
 /// The routing of one sample.
 #[derive(Debug, Clone)]

@@ -15,25 +15,7 @@ use crate::seeds::{Stream, rng};
 /// A (layer, expert) pair.
 pub type ExpertId = [usize; 2];
 
-/// Where the expert sets come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpertSource {
-    /// The risk difference (the method).
-    RiskDiff,
-    /// The matched random ablation: the risk-difference sets under a random relabelling of the
-    /// experts (seed: the config's `seed`), steering sets from a random ranking.
-    Random,
-}
-
-impl std::fmt::Display for ExpertSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ExpertSource::RiskDiff => "risk_diff",
-            ExpertSource::Random => "random",
-        })
-    }
-}
+pub use crate::config::ExpertSource;
 
 /// Experts whose `risk_diff` exceeds `threshold`, the `top_k` riskiest first.
 pub fn unsafe_experts(rows: &[RiskRow], threshold: f64, top_k: usize) -> Vec<ExpertId> {
@@ -93,13 +75,26 @@ pub fn steering_sets(ranking: &[ExpertId], experts: usize, top_k: usize, activat
     (on, off)
 }
 
-/// A `[layers, experts]` mask, 1 for the given experts.
-pub fn mask(ids: &[ExpertId], layers: usize, experts: usize) -> Vec<f32> {
-    let mut m = vec![0.0; layers * experts];
+/// The routing mask of an expert set, `[layers, experts]` row-major, `true` = may be chosen: the
+/// set's experts, and every expert of a layer the set does not touch (masking all of a layer's
+/// experts would leave its tokens none to route to). Analysis writes these masks to
+/// `expert_masks.safetensors`; training applies exactly them.
+pub fn routing_mask(ids: &[ExpertId], layers: usize, experts: usize) -> Vec<bool> {
+    let mut m = vec![false; layers * experts];
     for &[l, e] in ids {
-        m[l * experts + e] = 1.0;
+        m[l * experts + e] = true;
+    }
+    for layer in m.chunks_mut(experts) {
+        if !layer.contains(&true) {
+            layer.fill(true);
+        }
     }
     m
+}
+
+/// [`routing_mask`] as f32 (1 = may be chosen), the layout of `expert_masks.safetensors`.
+pub fn mask(ids: &[ExpertId], layers: usize, experts: usize) -> Vec<f32> {
+    routing_mask(ids, layers, experts).into_iter().map(|a| if a { 1.0 } else { 0.0 }).collect()
 }
 
 /// The union of several expert lists, in (layer, expert) order.
@@ -151,7 +146,12 @@ mod tests {
         assert_eq!(unsafe_experts(&rows, 0.0, 2), vec![[0, 1], [0, 0]]);
         assert_eq!(unsafe_experts(&rows, 0.0, 10), vec![[0, 1], [0, 0], [1, 0]]);
         assert_eq!(unsafe_experts(&rows, 0.5, 10), Vec::<ExpertId>::new(), "all below: empty set");
-        assert_eq!(mask(&[], 2, 2), vec![0.0; 4], "an empty set is still a valid mask");
+        assert_eq!(mask(&[], 2, 2), vec![1.0; 4], "an empty set leaves every expert allowed");
+        assert_eq!(
+            mask(&[[0, 1]], 2, 3),
+            vec![0.0, 1.0, 0.0, 1.0, 1.0, 1.0],
+            "layer 0 restricted to its set; layer 1, untouched, keeps all its experts"
+        );
     }
 
     #[test]

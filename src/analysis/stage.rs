@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::heatmap;
 use super::risk::{RiskRow, SampleRouting, TokenScope, aggregate, by_risk, count_batch, risk_table};
-use super::routing_file;
 use super::select::{ExpertId, ExpertSource, SelectionParams, apply, mask, random_ranking, relabel, union, unsafe_experts};
-use crate::collect::{RoutingIndex, read_batch_records};
+use crate::run_dir::records::{RoutingIndex, batch_file, read_batch_records};
+use crate::run_dir::routing as routing_file;
 use crate::config::AnalysisConfig;
 use crate::data::batch::Label;
 use crate::model::LoadError;
@@ -134,7 +134,7 @@ fn read_batches(run_dir: &Path, index: &RoutingIndex, scope: TokenScope) -> Resu
         let input = |reason: String| AnalysisError::Input { path: path.clone(), reason };
         let mut tensors = routing_file::read(&path).map_err(input)?;
         let records = read_batch_records(run_dir, b.batch_idx).map_err(|e| AnalysisError::Input {
-            path: run_dir.join(crate::collect::batch_file(b.batch_idx, "json")),
+            path: run_dir.join(batch_file(b.batch_idx, "json")),
             reason: e.to_string(),
         })?;
         let mut samples = Vec::new();

@@ -19,6 +19,8 @@ pub struct EvalArgs {
     /// Override a config key, e.g. `--set eval.max_goals=16` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Model directory (default: the config's `model.dir`).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -81,7 +83,7 @@ fn eval_one(cfg: &Config, model: &Path, steer: Option<(&Path, SteerSetting)>, ou
 
 /// Run `steermoe eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let mut cfg = Config::load(&args.config, &args.overrides)?;
+    let mut cfg = Config::load(&args.config, &args.device.overrides(&args.overrides))?;
     if let Some(model) = args.model {
         anyhow::ensure!(model.is_dir(), "--model {}: no such directory", model.display());
         cfg.model.dir = model;

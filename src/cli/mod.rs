@@ -55,6 +55,33 @@ enum Command {
     Sweep(sweep::SweepArgs),
 }
 
+/// `--backend` and `--precision`: shorthands for `--set model.backend=…` and
+/// `--set model.precision=…` on the subcommands that read a config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// Backend to run on (overrides the config's `model.backend`).
+    #[arg(long, value_enum)]
+    backend: Option<steermoe::backend::BackendKind>,
+    /// Compute precision (overrides the config's `model.precision`).
+    #[arg(long, value_enum)]
+    precision: Option<steermoe::model::Precision>,
+}
+
+impl DeviceArgs {
+    /// `overrides` followed by the `--set` entries these flags stand for.
+    pub fn overrides(&self, overrides: &[String]) -> Vec<String> {
+        use clap::ValueEnum;
+        let mut out = overrides.to_vec();
+        if let Some(b) = self.backend.and_then(|b| b.to_possible_value()) {
+            out.push(format!("model.backend={}", b.get_name()));
+        }
+        if let Some(p) = self.precision.and_then(|p| p.to_possible_value()) {
+            out.push(format!("model.precision={}", p.get_name()));
+        }
+        out
+    }
+}
+
 /// The experiment config file, its overrides and the run directory.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
@@ -67,26 +94,35 @@ pub struct ConfigArgs {
     /// Override a config key, e.g. `--set collect.max_new_tokens=32` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 impl ConfigArgs {
+    /// Load and validate the config and check that its data make the batches and held-out sets
+    /// it asks for; the run directory it names. Writes nothing.
+    fn resolve(&self) -> anyhow::Result<(Config, PathBuf)> {
+        let cfg = Config::load(&self.config, &self.device.overrides(&self.overrides))?;
+        steermoe::collect::stage::batches(&cfg)?;
+        if !cfg.eval.variants.is_empty() {
+            steermoe::eval::EvalSets::from_config(&cfg)?;
+        }
+        Ok((cfg, collect::run_dir(&self.config, self.out.as_ref())))
+    }
+
     /// Load and validate the config, check that its data make the batches and held-out sets it
     /// asks for (before any work), create the run directory and record the resolved config and
     /// the code's revision. A run directory made with a different config is refused: its stages
     /// would be skipped as done.
     fn load(&self) -> anyhow::Result<(Config, PathBuf, steermoe::run_dir::DirLock)> {
-        let cfg = Config::load(&self.config, &self.overrides)?;
-        steermoe::collect::stage::batches(&cfg)?;
-        if !cfg.eval.variants.is_empty() {
-            steermoe::eval::EvalSets::from_config(&cfg)?;
-        }
-        let run_dir = collect::run_dir(&self.config, self.out.as_ref());
+        let (cfg, run_dir) = self.resolve()?;
+        let overrides = self.device.overrides(&self.overrides);
         let provenance = serde_json::json!({
             "steermoe_version": env!("CARGO_PKG_VERSION"),
             "git_revision": env!("STEERMOE_GIT_REVISION"),
             "seed": cfg.seed,
             "config": self.config.display().to_string(),
-            "overrides": self.overrides,
+            "overrides": overrides,
         });
         let dir = steermoe::run_dir::RunDir::new(&run_dir);
         let lock = dir.lock()?;
@@ -107,6 +143,8 @@ pub struct RunDirArgs {
     /// Override a config key, e.g. `--set train.lr=1e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 impl RunDirArgs {
@@ -119,11 +157,12 @@ impl RunDirArgs {
     /// The config file, if one exists (`--config` or the run's `config.toml`).
     fn load(&self) -> anyhow::Result<Option<Config>> {
         let path = self.config.clone().unwrap_or_else(|| self.run.join("config.toml"));
+        let overrides = self.device.overrides(&self.overrides);
         if path.is_file() {
-            Ok(Some(Config::load(&path, &self.overrides)?))
+            Ok(Some(Config::load(&path, &overrides)?))
         } else {
             anyhow::ensure!(self.config.is_none(), "{}: no such config file", path.display());
-            anyhow::ensure!(self.overrides.is_empty(), "--set needs a config; {} does not exist", path.display());
+            anyhow::ensure!(overrides.is_empty(), "--set, --backend and --precision need a config; {} does not exist", path.display());
             Ok(None)
         }
     }

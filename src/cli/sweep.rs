@@ -22,6 +22,8 @@ pub struct SweepArgs {
     /// Override a config key in every cell, e.g. `--set eval.max_goals=16` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Run only the cells whose name contains this text (repeatable).
     #[arg(long = "cells", value_name = "TEXT")]
     cells: Vec<String>,
@@ -88,7 +90,7 @@ impl Task for RunSweep<'_> {
 /// Run `steermoe sweep`.
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let dir = args.out.clone().unwrap_or_else(|| steermoe::sweep::default_dir(&args.config));
-    let mut sweep = Sweep::load(&args.config, &dir, &args.overrides)?;
+    let mut sweep = Sweep::load(&args.config, &dir, &args.device.overrides(&args.overrides))?;
     sweep.retain_cells(&args.cells)?;
     let backend = sweep.jobs[0].config.model.backend;
     if let Some(j) = sweep.jobs.iter().find(|j| j.config.model.backend != backend) {

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use serde::{Deserialize, Serialize};
 
 use crate::config::CollectConfig;
 use crate::data::batch::{Batch, Label};
@@ -30,6 +29,8 @@ use crate::generate::{GenerateOptions, RouterLogits, generate};
 use crate::judge::{Judge, JudgeError};
 use crate::model::checkpoint::write_atomic;
 use crate::model::{LoadError, Olmoe, Routing};
+use crate::run_dir::records::{BatchEntry, RoutingIndex, SampleRecord, batch_file, finished_batches, read_batch_records};
+use crate::run_dir::RunDirError;
 
 /// What can go wrong collecting.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,9 @@ pub enum CollectError {
     #[error(transparent)]
     Judge(#[from] JudgeError),
     /// A file of an earlier run is unreadable.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// A file of an earlier run is unreadable.
     #[error("{}: {reason}", path.display())]
     Corrupt {
         /// The file.
@@ -51,59 +55,6 @@ pub enum CollectError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// One line of `samples.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SampleRecord {
-    /// Batch of the sample.
-    pub batch_idx: usize,
-    /// Place in the batch.
-    pub in_batch_idx: usize,
-    /// Safe or unsafe.
-    pub label: Label,
-    /// The shared goal.
-    pub goal: String,
-    /// Dataset record index.
-    pub record: usize,
-    /// The conversation that was answered.
-    pub messages: Vec<crate::data::Message>,
-    /// Chat-templated prompt ids (after truncation).
-    pub prompt_ids: Vec<u32>,
-    /// Generated ids.
-    pub new_ids: Vec<u32>,
-    /// The generated text, special tokens skipped.
-    pub response: String,
-    /// The judge's verdict on the response.
-    pub refused: bool,
-    /// Whether the quality filter kept the sample's pair (routing stored only if so).
-    pub kept: bool,
-}
-
-/// `routing/index.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RoutingIndex {
-    /// MoE layers.
-    pub layers: usize,
-    /// Experts per layer.
-    pub experts: usize,
-    /// Experts chosen per token.
-    pub top_k: usize,
-    /// Finished batches in order.
-    pub batches: Vec<BatchEntry>,
-}
-
-/// A finished batch in the index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchEntry {
-    /// Batch index.
-    pub batch_idx: usize,
-    /// Routing file, relative to the run directory.
-    pub file: String,
-    /// Samples with stored routing.
-    pub kept: usize,
-    /// Samples dropped by the quality filter.
-    pub dropped: usize,
 }
 
 /// Progress of a collect run.
@@ -142,11 +93,6 @@ pub struct CollectSummary {
     pub skipped: Vec<usize>,
     /// Tokens generated in this call.
     pub tokens: usize,
-}
-
-/// File of batch `i` in `routing/`.
-pub fn batch_file(i: usize, ext: &str) -> String {
-    format!("routing/batch-{i:05}.{ext}")
 }
 
 /// Collect `batches` into `run_dir` (created), skipping batches already finished there.
@@ -189,6 +135,9 @@ pub fn collect<B: Backend>(
         skipped: Vec::new(),
         tokens: 0,
     };
+    // The summary files from the batches finished so far (read once), then one batch appended at a
+    // time; rewritten whole at the end (in batch order).
+    let mut index = write_summary_files(run_dir, model, top_k)?;
     for (batch, _) in batches.iter().zip(&done).filter(|(_, d)| !**d) {
         let prompts = batch
             .samples
@@ -235,9 +184,11 @@ pub fn collect<B: Backend>(
             dropped,
             activation,
         });
+        append_batch(run_dir, &mut index, batch.batch_idx, &records)?;
+    }
+    if summary.collected > 0 {
         write_summary_files(run_dir, model, top_k)?;
     }
-    write_summary_files(run_dir, model, top_k)?;
     Ok(summary)
 }
 
@@ -299,7 +250,7 @@ fn write_batch(
         chosen.push((format!("reply_unsafe.{}", r.unsafe_idx), &r.unsafe_));
     }
     let path = run_dir.join(batch_file(batch_idx, "safetensors"));
-    let bytes = crate::analysis::routing_file::encode(&tensors, &chosen).map_err(|reason| CollectError::Corrupt {
+    let bytes = crate::run_dir::routing::encode(&tensors, &chosen).map_err(|reason| CollectError::Corrupt {
         path: path.clone(),
         reason,
     })?;
@@ -309,36 +260,36 @@ fn write_batch(
     Ok(())
 }
 
-/// Read the records of a finished batch.
-pub fn read_batch_records(run_dir: &Path, batch_idx: usize) -> Result<Vec<SampleRecord>, CollectError> {
-    let path = run_dir.join(batch_file(batch_idx, "json"));
-    let text = std::fs::read_to_string(&path).map_err(|e| CollectError::Corrupt {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| CollectError::Corrupt {
-        path,
-        reason: e.to_string(),
-    })
+/// Add a finished batch to `samples.jsonl` (appended) and `routing/index.json` (rewritten: one
+/// short entry per batch).
+fn append_batch(run_dir: &Path, index: &mut RoutingIndex, batch_idx: usize, records: &[SampleRecord]) -> Result<(), CollectError> {
+    use std::io::Write;
+    let path = run_dir.join("samples.jsonl");
+    let mut lines = String::new();
+    for r in records {
+        lines.push_str(&serde_json::to_string(r).expect("record serialises"));
+        lines.push('\n');
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(lines.as_bytes()))
+        .map_err(|source| LoadError::Io { path, source })?;
+    let kept = records.iter().filter(|r| r.kept).count();
+    index.batches.push(BatchEntry {
+        batch_idx,
+        file: batch_file(batch_idx, "safetensors"),
+        kept,
+        dropped: records.len() - kept,
+    });
+    let json = serde_json::to_string_pretty(index).expect("index serialises");
+    write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?;
+    Ok(())
 }
 
-/// Finished batch indices found in `run_dir/routing`, sorted.
-pub fn finished_batches(run_dir: &Path) -> Vec<usize> {
-    let mut out: Vec<usize> = std::fs::read_dir(run_dir.join("routing"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("batch-")?.strip_suffix(".json")?.parse().ok()
-        })
-        .collect();
-    out.sort_unstable();
-    out
-}
-
-/// Rewrite `samples.jsonl` and `routing/index.json` from the finished batches.
-fn write_summary_files<B: Backend>(run_dir: &Path, model: &Olmoe<B>, top_k: usize) -> Result<(), CollectError> {
+/// Rewrite `samples.jsonl` and `routing/index.json` from the finished batches (each written to a
+/// new file and renamed into place, so a hard link to an earlier version is left as it was).
+fn write_summary_files<B: Backend>(run_dir: &Path, model: &Olmoe<B>, top_k: usize) -> Result<RoutingIndex, CollectError> {
     let mut lines = String::new();
     let mut index = RoutingIndex {
         layers: model.num_layers(),
@@ -363,5 +314,5 @@ fn write_summary_files<B: Backend>(run_dir: &Path, model: &Olmoe<B>, top_k: usiz
     write_atomic(&run_dir.join("samples.jsonl"), lines.as_bytes())?;
     let json = serde_json::to_string_pretty(&index).expect("index serialises");
     write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?;
-    Ok(())
+    Ok(index)
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::SampleRecord;
+use crate::run_dir::records::SampleRecord;
 use crate::data::batch::Label;
 use crate::generate::ChosenExperts;
 use crate::model::{Olmoe, OlmoeInput, Routing};

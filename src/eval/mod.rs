@@ -27,7 +27,7 @@ use crate::data::{ChatTokenizer, DataError, Message};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
 use crate::model::{Olmoe, OlmoeInput, Routing};
-use crate::train::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
+use crate::model::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
 
 /// What can go wrong evaluating.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +38,6 @@ pub enum EvalError {
     /// Loading the model.
     #[error(transparent)]
     Load(#[from] crate::model::LoadError),
-    /// Reading the run's analysis (`unsafe_experts.json`).
-    #[error(transparent)]
-    Analysis(#[from] crate::train::TrainError),
     /// The judge failed.
     #[error(transparent)]
     Judge(#[from] JudgeError),

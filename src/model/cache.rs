@@ -47,12 +47,4 @@ impl<B: Backend> KvCache<B> {
         self.layers[layer] = Some((k.clone(), v.clone()));
         (k, v)
     }
-
-    /// Keep only the rows in `rows` (to drop finished sequences from a batch).
-    pub fn retain_rows(&mut self, rows: Tensor<B, 1, burn::tensor::Int>) {
-        for entry in self.layers.iter_mut().flatten() {
-            entry.0 = entry.0.clone().select(0, rows.clone());
-            entry.1 = entry.1.clone().select(0, rows.clone());
-        }
-    }
 }

@@ -25,7 +25,8 @@ use serde_json::Value;
 
 use super::LoadError;
 use super::config::OlmoeConfig;
-use super::olmoe::{Attention, DecoderLayer, Expert, MoeBlock, Olmoe, OlmoeModel, RmsNorm};
+use super::experts::Expert;
+use super::olmoe::{Attention, DecoderLayer, MoeBlock, Olmoe, OlmoeModel, RmsNorm};
 
 /// Largest shard [`save`] writes before starting another (transformers' default is 5 GB).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -186,6 +187,14 @@ impl<'a> TensorTable<'a> {
                 });
             }
         };
+        if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            return Err(LoadError::NonFinite {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                value: values[at],
+                at,
+            });
+        }
         self.used.insert(key.to_string());
         let (values, shape) = match (transpose, shape) {
             (true, &[rows, cols]) => (transposed(&values, rows, cols), vec![cols, rows]),

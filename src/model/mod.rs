@@ -3,7 +3,8 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
-pub mod dense;
+pub mod experts;
+pub mod loss;
 pub mod olmoe;
 pub mod rope;
 pub mod routing;
@@ -14,7 +15,7 @@ pub use cache::KvCache;
 pub use checkpoint::{Precision, load, random, save};
 pub use config::OlmoeConfig;
 pub use olmoe::{Decoded, Olmoe, OlmoeInput, OlmoeOutput};
-pub use dense::StackedExperts;
+pub use experts::{Choice, Expert, StackedExperts};
 pub use routing::{ExpertExecution, Routing};
 
 /// What can go wrong reading or writing a checkpoint.
@@ -96,6 +97,18 @@ pub enum LoadError {
         found: Vec<usize>,
         /// Shape the config implies.
         expected: Vec<usize>,
+    },
+    /// A tensor holds NaN or an infinity: a broken checkpoint, which would run to garbage.
+    #[error("{}: tensor {key} holds {value} (element {at}); the checkpoint is broken", path.display())]
+    NonFinite {
+        /// The file holding it.
+        path: PathBuf,
+        /// Hub key.
+        key: String,
+        /// The first non-finite value.
+        value: f32,
+        /// Its flat index.
+        at: usize,
     },
     /// A tensor stored in a dtype other than bf16, f16 or f32.
     #[error("{}: tensor {key} is stored as {dtype}, expected bf16, f16 or f32", path.display())]

@@ -9,15 +9,15 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::config::OlmoeConfig;
 use super::rope::{Rope, apply_rope};
-use super::dense::StackedExperts;
-use super::routing::{Choice, ExpertExecution, LayerRouting, Routing, to_f32};
+use super::experts::{Choice, Expert, StackedExperts};
+use super::routing::{ExpertExecution, LayerRouting, Routing, to_f32};
 
 /// RMSNorm computed in float32 (transformers: `OlmoeRMSNorm`).
 #[derive(Module, Debug)]
@@ -163,28 +163,6 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .expand([batch, kv_heads, groups, seq, dim])
         .reshape([batch, kv_heads * groups, seq, dim])
-}
-
-/// One SwiGLU expert (transformers: `OlmoeMLP`).
-#[derive(Module, Debug)]
-pub struct Expert<B: Backend> {
-    /// Hub key `gate_proj`.
-    pub gate_proj: Linear<B>,
-    /// Hub key `up_proj`.
-    pub up_proj: Linear<B>,
-    /// Hub key `down_proj`.
-    pub down_proj: Linear<B>,
-}
-
-impl<B: Backend> Expert<B> {
-    /// `down_proj(silu(gate_proj(x)) * up_proj(x))`
-    ///
-    /// # Shapes
-    /// - `x`: `[tokens, hidden]` → `[tokens, hidden]`
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
-    }
 }
 
 /// What a MoE block returns.

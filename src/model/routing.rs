@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
-use super::dense::StackedExperts;
+use super::experts::{Choice, StackedExperts};
 
 /// How MoE blocks run their experts; every choice gives the same result up to rounding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -184,15 +184,6 @@ pub struct LayerRouting<B: Backend> {
     pub execution: ExpertExecution,
     /// This layer's stacked experts, if prepared.
     pub stacked: Option<StackedExperts<B>>,
-}
-
-/// The experts chosen for every token of one layer.
-#[derive(Debug, Clone)]
-pub struct Choice<B: Backend> {
-    /// `[tokens, k]`: routing weight of each chosen expert, in the hidden dtype.
-    pub weights: Tensor<B, 2>,
-    /// `[tokens, k]`: the chosen experts, by descending probability.
-    pub experts: Tensor<B, 2, Int>,
 }
 
 impl<B: Backend> LayerRouting<B> {

@@ -45,7 +45,7 @@ pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
             }
             let report = read_report(&dir.eval_dir(&name))?;
             let (trained_experts, trainable_params) = match v {
-                EvalVariant::Trained => training_counts(&dir.final_model().join("training_metadata.json")),
+                EvalVariant::Trained => training_counts(&dir.training_metadata()),
                 _ => (None, None),
             };
             rows.push(ResultRow {

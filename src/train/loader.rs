@@ -23,7 +23,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
 use super::control::TrainControl;
-use super::loss::Targets;
+use crate::model::loss::Targets;
 use super::sft::SftGroup;
 use crate::analysis::select::ExpertId;
 use crate::config::{Consistency, MaskScope};
@@ -70,17 +70,7 @@ impl<B: Backend> MaskTable<B> {
         let mut rows = HashMap::new();
         for (row, (batch_idx, set)) in sets.iter().enumerate() {
             rows.insert(*batch_idx, row);
-            let mut m = vec![false; layers * experts];
-            for &[l, e] in set {
-                m[l * experts + e] = true;
-            }
-            for l in 0..layers {
-                let layer = &mut m[l * experts..(l + 1) * experts];
-                if !layer.iter().any(|&a| a) {
-                    layer.fill(true);
-                }
-            }
-            values.extend(m);
+            values.extend(crate::analysis::select::routing_mask(set, layers, experts));
         }
         let allow = Tensor::from_data(TensorData::new(values, [sets.len(), layers, experts]), device);
         Self { rows, allow }
@@ -111,6 +101,25 @@ impl<B: Backend> MaskTable<B> {
         let per_sample = mask.unsqueeze_dim::<3>(0).expand([n, layers, experts]).bool_or(free);
         Routing::free().with_sample_masks(per_sample)
     }
+}
+
+/// How a [`BatchPreservingLoader`] serves its groups.
+#[derive(Debug, Clone)]
+pub struct LoaderSettings {
+    /// Group positions in training order, all epochs concatenated.
+    pub schedule: Vec<usize>,
+    /// Steps per burn-train epoch.
+    pub window: usize,
+    /// The first window `iter()` serves (a resumed run's).
+    pub start_window: usize,
+    /// Padding token.
+    pub pad_id: u32,
+    /// Which samples the batch's routing mask restricts.
+    pub mask_scope: MaskScope,
+    /// Router-consistency loss and its weight.
+    pub consistency: (Consistency, f64),
+    /// Load-balancing loss coefficient (0 = off).
+    pub aux_coef: f64,
 }
 
 /// The loader.
@@ -149,18 +158,8 @@ impl<B: Backend> BatchPreservingLoader<B> {
     /// A loader over `groups` following `schedule`, `window` steps per `iter()`, starting at
     /// window `start_window`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        groups: Vec<SftGroup>,
-        masks: MaskTable<B>,
-        schedule: Vec<usize>,
-        window: usize,
-        start_window: usize,
-        pad_id: u32,
-        mask_scope: MaskScope,
-        consistency: (Consistency, f64),
-        aux_coef: f64,
-        device: B::Device,
-    ) -> Self {
+    pub fn new(groups: Vec<SftGroup>, masks: MaskTable<B>, settings: LoaderSettings, device: B::Device) -> Self {
+        let LoaderSettings { schedule, window, start_window, pad_id, mask_scope, consistency, aux_coef } = settings;
         Self {
             groups: Arc::new(groups),
             masks,
@@ -199,10 +198,10 @@ impl<B: Backend> BatchPreservingLoader<B> {
         for ex in &group.examples {
             let pad = width - ex.input_ids.len();
             ids.extend(ex.input_ids.iter().map(|&t| t as i64).chain(std::iter::repeat_n(self.pad_id as i64, pad)));
-            labels.extend(ex.labels.iter().copied().chain(std::iter::repeat_n(super::loss::IGNORE_INDEX, pad)));
+            labels.extend(ex.labels.iter().copied().chain(std::iter::repeat_n(crate::model::loss::IGNORE_INDEX, pad)));
             valid.extend(std::iter::repeat_n(true, ex.input_ids.len()).chain(std::iter::repeat_n(false, pad)));
             // Counted targets: labels shifted by one.
-            tokens += ex.labels.iter().skip(1).filter(|&&l| l != super::loss::IGNORE_INDEX).count();
+            tokens += ex.labels.iter().skip(1).filter(|&&l| l != crate::model::loss::IGNORE_INDEX).count();
         }
         let is_unsafe: Vec<bool> = group.examples.iter().map(|e| e.label == Label::Unsafe).collect();
         let input_tokens = valid.iter().filter(|&&v| v).count();
@@ -332,7 +331,16 @@ mod tests {
     fn loader(window: usize, start: usize) -> BatchPreservingLoader<B> {
         let sets: Vec<(usize, Vec<ExpertId>)> = (0..5).map(|b| (10 + b, vec![[0, b % 3]])).collect();
         let masks = MaskTable::new(&sets, 2, 3, &Default::default());
-        BatchPreservingLoader::new(groups(), masks, schedule(5, 2, true, 7), window, start, 1, MaskScope::UnsafeSamples, (Consistency::Off, 0.0), 0.0, Default::default())
+        let settings = LoaderSettings {
+            schedule: schedule(5, 2, true, 7),
+            window,
+            start_window: start,
+            pad_id: 1,
+            mask_scope: MaskScope::UnsafeSamples,
+            consistency: (Consistency::Off, 0.0),
+            aux_coef: 0.0,
+        };
+        BatchPreservingLoader::new(groups(), masks, settings, Default::default())
     }
 
     #[test]

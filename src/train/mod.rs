@@ -13,7 +13,7 @@ pub mod control;
 pub mod curve;
 pub mod freeze;
 pub mod loader;
-pub mod loss;
+
 pub mod metrics;
 pub mod schedule;
 pub mod sft;
@@ -33,7 +33,6 @@ use serde::Serialize;
 
 use crate::analysis::select::{ExpertId, union};
 use crate::analysis::stage::{AnalysisError, UnsafeExperts};
-use crate::collect::CollectError;
 use crate::config::{Config, ExpertSet};
 use crate::data::{ChatTokenizer, DataError};
 use crate::model::checkpoint::write_atomic;
@@ -55,7 +54,7 @@ pub enum TrainError {
     },
     /// Reading the collect run.
     #[error(transparent)]
-    Collect(#[from] CollectError),
+    RunDir(#[from] crate::run_dir::RunDirError),
     /// Reading the analysis.
     #[error(transparent)]
     Analysis(#[from] AnalysisError),
@@ -68,6 +67,18 @@ pub enum TrainError {
     /// Drawing the loss curve.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    /// The loss went NaN or infinite: training stopped, nothing was exported.
+    #[error("step {step}: the loss is {loss}; training stopped and exported nothing ({}; {removed} later checkpoint(s) removed). Lower train.lr or check the model's weights", kept.map(|k| format!("the last good checkpoint, window {k}, is kept")).unwrap_or_else(|| "no good checkpoint".into()))]
+    NonFinite {
+        /// The first step with a non-finite loss.
+        step: usize,
+        /// Its loss.
+        loss: f64,
+        /// The last checkpoint left (window), if any.
+        kept: Option<usize>,
+        /// Checkpoints removed (windows at or after the bad step's).
+        removed: usize,
+    },
 }
 
 /// Every step recorded in `metrics.jsonl`, in step order, the last record of a step kept (a
@@ -165,6 +176,91 @@ fn latest_checkpoint(dir: &Path) -> Option<usize> {
         .max()
 }
 
+/// Remove the checkpoints of windows `from` and later (every `*-{n}.mpk` under `dir/checkpoint`);
+/// how many windows' were there.
+fn remove_checkpoints_from(dir: &Path, from: usize) -> usize {
+    let mut windows = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let n = name.strip_suffix(".mpk").and_then(|n| n.rsplit_once('-')).and_then(|(_, n)| n.parse::<usize>().ok());
+        if let Some(n) = n.filter(|&n| n >= from) {
+            let _ = std::fs::remove_file(e.path());
+            windows.insert(n);
+        }
+    }
+    windows.len()
+}
+
+/// What training reads from an analysed run.
+#[derive(Debug, Clone)]
+pub struct TrainInputs {
+    /// Each analysed batch's expert set: the experts its steps train and its routing mask.
+    pub sets: Vec<(usize, Vec<ExpertId>)>,
+    /// The union of the sets: every expert trained.
+    pub trained: Vec<ExpertId>,
+    /// The SFT examples, one group per analysed batch with kept samples.
+    pub groups: Vec<sft::SftGroup>,
+    /// Examples in all.
+    pub num_examples: usize,
+    /// MoE layers and experts per layer.
+    pub shape: (usize, usize),
+    /// Padding token.
+    pub pad_id: u32,
+    /// Load-balancing loss coefficient (0 unless `train.router_aux_loss`).
+    pub aux_coef: f64,
+}
+
+impl TrainInputs {
+    /// Read the analysis and the collected samples of `run_dir` as `cfg` trains on them.
+    pub fn read(cfg: &Config, run_dir: &Path) -> Result<Self, TrainError> {
+        let t = &cfg.train;
+        let model_cfg = OlmoeConfig::from_path(&cfg.model.dir)?;
+        let analysis = UnsafeExperts::read(run_dir)?;
+        let sets = batch_sets(&analysis, t.expert_set);
+        let trained = union(&sets.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
+        let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?;
+        let groups = sft::build(run_dir, &analysis.batch_idx, &tokenizer, t)?;
+        if groups.is_empty() {
+            return Err(TrainError::Input {
+                path: run_dir.join("unsafe_experts.json"),
+                reason: "no analysed batch has kept samples to train on".into(),
+            });
+        }
+        Ok(Self {
+            num_examples: groups.iter().map(|g| g.examples.len()).sum(),
+            sets,
+            trained,
+            groups,
+            shape: (model_cfg.num_hidden_layers, model_cfg.num_experts),
+            pad_id: tokenizer.pad_id,
+            aux_coef: if t.router_aux_loss { model_cfg.router_aux_loss_coef } else { 0.0 },
+        })
+    }
+
+    /// Steps per window: the steps between two checkpoints.
+    pub fn window(&self, cfg: &Config) -> usize {
+        if cfg.train.checkpoint_every > 0 { cfg.train.checkpoint_every } else { self.groups.len() }
+    }
+
+    /// The loader training iterates: the groups in `schedule` order from window `start_window`,
+    /// each batch carrying the routing its step applies (its set's mask, written by analysis to
+    /// `expert_masks.safetensors`, on the samples `train.mask_scope` restricts).
+    pub fn loader<B: burn::tensor::backend::Backend>(&self, cfg: &Config, schedule: Vec<usize>, start_window: usize, device: &B::Device) -> BatchPreservingLoader<B> {
+        let t = &cfg.train;
+        let (layers, experts) = self.shape;
+        let settings = loader::LoaderSettings {
+            schedule,
+            window: self.window(cfg),
+            start_window,
+            pad_id: self.pad_id,
+            mask_scope: t.mask_scope,
+            consistency: (t.router_consistency, t.consistency_weight),
+            aux_coef: self.aux_coef,
+        };
+        BatchPreservingLoader::new(self.groups.clone(), MaskTable::new(&self.sets, layers, experts, device), settings, device.clone())
+    }
+}
+
 /// Train on the analysed collect run in `run_dir` and export `run_dir/final_model`.
 pub fn train<B: AutodiffBackend>(
     cfg: &Config,
@@ -174,45 +270,21 @@ pub fn train<B: AutodiffBackend>(
     on_step: impl FnMut(StepRecord) + Send,
 ) -> Result<TrainSummary, TrainError> {
     let t = &cfg.train;
+    let inputs = TrainInputs::read(cfg, run_dir)?;
+    let TrainInputs { sets, trained, num_examples, .. } = inputs.clone();
+    let num_batches = inputs.groups.len();
     let model_cfg = OlmoeConfig::from_path(&cfg.model.dir)?;
-    let (layers, experts) = (model_cfg.num_hidden_layers, model_cfg.num_experts);
-    let analysis = UnsafeExperts::read(run_dir)?;
-    let sets = batch_sets(&analysis, t.expert_set);
-    let trained = union(&sets.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
-
-    let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?;
-    let groups = sft::build(run_dir, &analysis.batch_idx, &tokenizer, t)?;
-    if groups.is_empty() {
-        return Err(TrainError::Input {
-            path: run_dir.join("unsafe_experts.json"),
-            reason: "no analysed batch has kept samples to train on".into(),
-        });
-    }
-    let num_examples = groups.iter().map(|g| g.examples.len()).sum();
-    let num_batches = groups.len();
 
     let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
     let model = freeze::freeze(model, &trained, t.trainable);
     let params = freeze::param_counts(&model);
 
-    let aux_coef = if t.router_aux_loss { model_cfg.router_aux_loss_coef } else { 0.0 };
-    let window = if t.checkpoint_every > 0 { t.checkpoint_every } else { num_batches };
     let train_dir = run_dir.join("train");
     let resume = latest_checkpoint(&train_dir);
     let control = opts.control.clone().unwrap_or_default();
-    let loader = BatchPreservingLoader::<B>::new(
-        groups.clone(),
-        MaskTable::new(&sets, layers, experts, device),
-        loader::schedule(num_batches, t.epochs, t.shuffle_batches, cfg.seed),
-        window,
-        resume.unwrap_or(0),
-        tokenizer.pad_id,
-        t.mask_scope,
-        (t.router_consistency, t.consistency_weight),
-        aux_coef,
-        device.clone(),
-    )
-    .with_control(control.clone());
+    let loader = inputs
+        .loader::<B>(cfg, loader::schedule(num_batches, t.epochs, t.shuffle_batches, cfg.seed), resume.unwrap_or(0), device)
+        .with_control(control.clone());
     let windows = loader.windows();
     let total_steps = num_batches * t.epochs;
     control.set_plan(control::TrainPlan {
@@ -223,18 +295,7 @@ pub fn train<B: AutodiffBackend>(
     });
     let last_window = opts.stop_after_windows.map_or(windows, |s| s.min(windows));
     // No validation split: an empty loader on the inference backend.
-    let valid = BatchPreservingLoader::<B::InnerBackend>::new(
-        groups,
-        MaskTable::new(&sets, layers, experts, device),
-        Vec::new(),
-        window,
-        0,
-        tokenizer.pad_id,
-        t.mask_scope,
-        (t.router_consistency, t.consistency_weight),
-        aux_coef,
-        device.clone(),
-    );
+    let valid = inputs.loader::<B::InnerBackend>(cfg, Vec::new(), 0, device);
 
     let mut optim = AdamWConfig::new()
         .with_beta_1(0.9)
@@ -271,12 +332,20 @@ pub fn train<B: AutodiffBackend>(
         .append(true)
         .open(&metrics_path)
         .map_err(|source| LoadError::Io { path: metrics_path.clone(), source })?;
-    let (result, steps) = std::thread::scope(|s| {
+    // A non-finite loss stops training at the end of its window (burn-train checkpoints it);
+    // that checkpoint and any later one are then removed, so the run keeps its last good one.
+    let nan_control = control.clone();
+    let (result, (steps, non_finite)) = std::thread::scope(|s| {
         let consumer = s.spawn(move || {
             use std::io::Write;
             let mut on_step = on_step;
             let mut out = Vec::new();
+            let mut non_finite = None;
             for record in rx {
+                if !record.loss.is_finite() && non_finite.is_none() {
+                    non_finite = Some((record.step, record.loss));
+                    nan_control.request_stop();
+                }
                 let line = serde_json::to_string(&record).expect("step records serialise");
                 if let Err(e) = writeln!(metrics_file, "{line}") {
                     tracing::warn!("{}: {e}", metrics_path.display());
@@ -284,7 +353,7 @@ pub fn train<B: AutodiffBackend>(
                 on_step(record.clone());
                 out.push(record);
             }
-            out
+            (out, non_finite)
         });
         let result = if resume.is_some_and(|r| r >= last_window) {
             drop(training);
@@ -294,6 +363,18 @@ pub fn train<B: AutodiffBackend>(
         };
         (result, consumer.join().expect("step consumer"))
     });
+    if let Some((step, loss)) = non_finite {
+        // The loss of step `step` is computed with the weights step `step - 1` left: those, and
+        // every checkpoint from the window holding that step on, are bad.
+        let bad_window = (step - 1).div_ceil(inputs.window(cfg)).max(1);
+        let removed = remove_checkpoints_from(&train_dir, bad_window);
+        return Err(TrainError::NonFinite {
+            step,
+            loss,
+            kept: latest_checkpoint(&train_dir),
+            removed,
+        });
+    }
     // Every window was checkpointed by an earlier run that ended before its export: the model
     // is the last checkpoint's.
     let result = match (result, resume) {
@@ -325,15 +406,12 @@ pub fn train<B: AutodiffBackend>(
             train: t.clone(),
             seed: cfg.seed,
         };
+        // Beside the exported model (whose directory holds only what a Hub model directory
+        // holds), written last: it marks the stage finished.
         write_atomic(
-            &final_model.join("training_metadata.json"),
+            &run_dir.join("training_metadata.json"),
             serde_json::to_string_pretty(&meta).expect("metadata serialises").as_bytes(),
         )?;
-        let masks = run_dir.join("expert_masks.safetensors");
-        if masks.is_file() {
-            let bytes = std::fs::read(&masks).map_err(|source| LoadError::Io { path: masks.clone(), source })?;
-            write_atomic(&final_model.join("expert_masks.safetensors"), &bytes)?;
-        }
     }
     Ok(TrainSummary {
         steps,

@@ -9,11 +9,11 @@
 
 use std::path::Path;
 
-use crate::collect::{CollectError, read_batch_records};
+use crate::run_dir::records::read_batch_records;
 use crate::config::{LossOn, TrainConfig};
 use crate::data::batch::Label;
 use crate::data::{ChatTokenizer, DataError, Message};
-use crate::train::loss::IGNORE_INDEX;
+use crate::model::loss::IGNORE_INDEX;
 
 /// One training example.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +63,7 @@ pub fn encode_example(tokenizer: &ChatTokenizer, messages: &[Message], answer: &
 }
 
 /// Build the SFT groups of the analysed batches `batch_ids` of a collect run.
-pub fn build(run_dir: &Path, batch_ids: &[usize], tokenizer: &ChatTokenizer, cfg: &TrainConfig) -> Result<Vec<SftGroup>, CollectError> {
+pub fn build(run_dir: &Path, batch_ids: &[usize], tokenizer: &ChatTokenizer, cfg: &TrainConfig) -> Result<Vec<SftGroup>, super::TrainError> {
     let mut groups = Vec::with_capacity(batch_ids.len());
     for &b in batch_ids {
         let mut examples = Vec::new();

@@ -8,7 +8,7 @@ use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use super::loader::SftBatch;
-use super::loss::{load_balancing_loss, targeted_lm_loss};
+use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
 use crate::config::Consistency;
 use crate::model::routing::to_f32;
 use crate::model::{Olmoe, OlmoeInput};

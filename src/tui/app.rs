@@ -29,8 +29,6 @@ pub enum UiEvent {
     Step(StepRecord),
     /// Collect progress.
     Collect(CollectEvent),
-    /// A line for the status bar.
-    Status(String),
     /// The stage is over: leave the dashboard.
     Finished,
 }
@@ -195,7 +193,6 @@ fn apply(d: &mut Dashboard, ev: UiEvent, started: Instant) -> bool {
                 }
             }
         },
-        UiEvent::Status(s) => d.status = s,
         UiEvent::Finished => return true,
     }
     false

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use steermoe::model::{self, ExpertExecution, Olmoe, OlmoeInput, Precision, Routing};
-use steermoe::train::loss::{causal_lm_loss, load_balancing_loss};
+use steermoe::model::loss::{causal_lm_loss, load_balancing_loss};
 
 use crate::common::*;
 

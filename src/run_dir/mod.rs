@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod records;
+pub mod routing;
+
 use crate::config::Config;
 use crate::model::checkpoint::write_atomic;
 
@@ -28,6 +31,14 @@ pub enum RunDirError {
         dir: PathBuf,
         /// The holder's pid, if it wrote one.
         pid: Option<u32>,
+    },
+    /// A file of an earlier stage is unreadable or malformed.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// A file could not be read, written or linked.
     #[error("{}: {source}", path.display())]
@@ -95,6 +106,12 @@ impl RunDir {
     /// The exported model.
     pub fn final_model(&self) -> PathBuf {
         self.root.join("final_model")
+    }
+
+    /// `training_metadata.json`: what training did (written last: the train stage is finished
+    /// when it exists).
+    pub fn training_metadata(&self) -> PathBuf {
+        self.root.join("training_metadata.json")
     }
 
     /// The directory of the evaluation named `variant`.
@@ -165,11 +182,11 @@ impl RunDir {
                 let index = self.root.join("routing/index.json");
                 std::fs::read_to_string(index)
                     .ok()
-                    .and_then(|t| serde_json::from_str::<crate::collect::RoutingIndex>(&t).ok())
+                    .and_then(|t| serde_json::from_str::<records::RoutingIndex>(&t).ok())
                     .is_some_and(|i| i.batches.len() >= batches)
             }
             Stage::Analyze => ANALYSIS_FILES.iter().all(|f| self.root.join(f).is_file()),
-            Stage::Train => self.final_model().join("training_metadata.json").is_file(),
+            Stage::Train => self.training_metadata().is_file() && self.final_model().join("config.json").is_file(),
         }
     }
 
@@ -192,8 +209,8 @@ impl RunDir {
             Stage::Analyze => ANALYSIS_FILES.iter().map(PathBuf::from).collect(),
             Stage::Train => {
                 let mut files = files_under(&self.root, Path::new("final_model"));
-                files.sort_by_key(|f| f.ends_with("training_metadata.json"));
                 files.splice(0..0, [PathBuf::from("metrics.jsonl"), PathBuf::from("loss_curve.png")]);
+                files.push(PathBuf::from("training_metadata.json"));
                 files
             }
         }

@@ -1,10 +1,15 @@
-//! Dense expert execution: every expert of a layer runs on every token, each output weighted by
-//! that token's routing weight (zero for experts it did not choose).
+//! The experts of a MoE layer, and the two ways of running them on routed tokens — a leaf of
+//! the model: it depends on burn only.
+//!
+//! - [`Expert`]: one SwiGLU MLP (transformers: `OlmoeMLP`);
+//! - [`Choice`]: the experts a router picked for each token and their weights;
+//! - [`StackedExperts`]: dense execution. Every expert of a layer runs on every token, each output
+//!   weighted by that token's routing weight (zero for experts it did not choose).
 //!
 //! The grouped path of [`MoeBlock`](super::olmoe::MoeBlock) does exactly the chosen work but must
 //! read the choices on the host to group tokens by expert, once per layer, and runs one small
 //! matmul per expert whose shape changes with every batch. For a few tokens (a decode step) that
-//! synchronisation and those launches cost far more than the arithmetic: here a layer is two
+//! synchronisation and those launches cost far more than the arithmetic: dense execution is two
 //! matmuls over the experts laid side by side, `[tokens, hidden] × [hidden, experts·inter]` and
 //! back, with fixed shapes and nothing read back, at `experts / k` times the FLOPs. A decode step
 //! reads every expert's weights either way once the batch has a few sequences.
@@ -13,12 +18,42 @@
 //! rounding; unchosen experts have weight exactly zero and contribute exactly nothing, to the output
 //! and to the gradients.
 
+use burn::module::Module;
+use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Tensor};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
-use super::olmoe::Expert;
-use super::routing::Choice;
+/// One SwiGLU expert (transformers: `OlmoeMLP`).
+#[derive(Module, Debug)]
+pub struct Expert<B: Backend> {
+    /// Hub key `gate_proj`.
+    pub gate_proj: Linear<B>,
+    /// Hub key `up_proj`.
+    pub up_proj: Linear<B>,
+    /// Hub key `down_proj`.
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Expert<B> {
+    /// `down_proj(silu(gate_proj(x)) * up_proj(x))`
+    ///
+    /// # Shapes
+    /// - `x`: `[tokens, hidden]` → `[tokens, hidden]`
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// The experts chosen for every token of one layer.
+#[derive(Debug, Clone)]
+pub struct Choice<B: Backend> {
+    /// `[tokens, k]`: routing weight of each chosen expert, in the hidden dtype.
+    pub weights: Tensor<B, 2>,
+    /// `[tokens, k]`: the chosen experts, by descending probability.
+    pub experts: Tensor<B, 2, Int>,
+}
 
 /// The experts of one MoE layer side by side.
 #[derive(Debug, Clone)]
@@ -74,7 +109,7 @@ impl<B: Backend> StackedExperts<B> {
 mod tests {
     use burn::backend::NdArray;
     use burn::nn::LinearConfig;
-    use burn::tensor::{Distribution, Int, TensorData};
+    use burn::tensor::{Distribution, TensorData};
 
     use super::*;
 

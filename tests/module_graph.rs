@@ -1,0 +1,203 @@
+//! The library's modules import each other without a cycle, at two levels: between the crate's
+//! top-level modules (a stage never reaches back into one that depends on it), and between the
+//! files of each directory module (e.g. `model/`: `experts` is a leaf, `routing` uses it,
+//! `olmoe` uses both).
+//!
+//! `cargo test --test module_graph` checks it; `-- --nocapture` prints the graphs. References
+//! are read from the source text (`crate::a::b`, `super::x`, grouped `use` lists); comments and
+//! each file's `#[cfg(test)]` tail are left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Module path of every library file: `src/a/b.rs` → `[a, b]`, `src/a/mod.rs` → `[a]`.
+fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).unwrap();
+            let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+            // The binary (main.rs, cli/) is another crate.
+            if parts[0] == "main" || parts[0] == "cli" {
+                continue;
+            }
+            if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
+                parts.pop();
+            }
+            out.insert(parts, path);
+        }
+    }
+    out
+}
+
+/// Source text without comments and without the `#[cfg(test)]` tail.
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.split("#[cfg(test)]").next().unwrap();
+    let mut out = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("//") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+            out.push('\n');
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            let c = rest.chars().next().unwrap();
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+fn ident(s: &str) -> String {
+    s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+}
+
+/// Paths (from the crate root) this module's code names, each as far as it is spelled.
+fn references(module: &[String], text: &str) -> Vec<Vec<String>> {
+    // `super` of `a/b.rs` and of `a/b/mod.rs` alike is `a`.
+    let parent: Vec<String> = module[..module.len() - 1].to_vec();
+    let mut out = Vec::new();
+    for (anchor, base) in [("crate::", Vec::new()), ("super::", parent)] {
+        for (i, _) in text.match_indices(anchor) {
+            // `self::super::` and `foo::crate::` do not occur; a preceding identifier char means
+            // another word (e.g. `my_crate::`).
+            if text[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let after = &text[i + anchor.len()..];
+            let heads: Vec<Vec<String>> = if let Some(list) = after.strip_prefix('{') {
+                let list = &list[..list.find('}').unwrap_or(list.len())];
+                list.split(',').map(|item| item.trim().split("::").map(ident).filter(|s| !s.is_empty()).collect()).collect()
+            } else {
+                let mut parts = Vec::new();
+                let mut rest = after;
+                loop {
+                    let id = ident(rest);
+                    if id.is_empty() {
+                        break;
+                    }
+                    rest = &rest[id.len()..];
+                    parts.push(id);
+                    match rest.strip_prefix("::") {
+                        Some(r) => rest = r,
+                        None => break,
+                    }
+                }
+                vec![parts]
+            };
+            for h in heads {
+                let mut path = base.clone();
+                path.extend(h);
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The longest prefix of `path` that is a module file.
+fn resolve(path: &[String], modules: &BTreeMap<Vec<String>, PathBuf>) -> Option<Vec<String>> {
+    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains_key(p))
+}
+
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(n: &str, graph: &BTreeMap<String, BTreeSet<String>>, state: &mut BTreeMap<String, u8>, stack: &mut Vec<String>) -> Option<Vec<String>> {
+        state.insert(n.to_string(), 1);
+        stack.push(n.to_string());
+        for m in graph.get(n).into_iter().flatten() {
+            match state.get(m.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let start = stack.iter().position(|s| s == m).unwrap();
+                    let mut c = stack[start..].to_vec();
+                    c.push(m.clone());
+                    return Some(c);
+                }
+                0 => {
+                    if let Some(c) = visit(m, graph, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(n.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in graph.keys() {
+        if state.get(n.as_str()).copied().unwrap_or(0) == 0
+            && let Some(c) = visit(n, graph, &mut state, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let modules = modules(&src);
+    // Graphs: "" = the crate's top-level modules; "a/b" = the files of directory module a::b.
+    let mut graphs: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (module, path) in &modules {
+        if module.is_empty() {
+            continue;
+        }
+        for reference in references(module, &code(path)) {
+            let Some(target) = resolve(&reference, &modules) else { continue };
+            // Top level.
+            if target[0] != module[0] {
+                graphs.entry(String::new()).or_default().entry(module[0].clone()).or_default().insert(target[0].clone());
+            }
+            // Siblings: the first components where the two paths part, under a common parent.
+            let common = module.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            if common >= 1 && common < module.len() && common < target.len() {
+                let dir = module[..common].join("/");
+                graphs.entry(dir).or_default().entry(module[common].clone()).or_default().insert(target[common].clone());
+            }
+        }
+    }
+    assert!(graphs.get("").is_some_and(|g| g.len() > 5), "the top-level graph was not read: {graphs:?}");
+    assert!(graphs.get("model").is_some_and(|g| g.contains_key("olmoe")), "model/'s graph was not read: {graphs:?}");
+    for (dir, graph) in &graphs {
+        let name = if dir.is_empty() { "src/ (top-level modules)".to_string() } else { format!("src/{dir}/") };
+        println!("{name}");
+        for (from, to) in graph {
+            println!("  {from} -> {}", to.iter().cloned().collect::<Vec<_>>().join(", "));
+        }
+        if let Some(c) = cycle(graph) {
+            panic!("import cycle in {name}: {}", c.join(" -> "));
+        }
+    }
+}
+
+/// The checker finds a cycle when there is one (so that the test above can fail).
+#[test]
+fn the_checker_sees_a_cycle() {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.entry("a".into()).or_default().insert("b".into());
+    g.entry("b".into()).or_default().insert("c".into());
+    assert_eq!(cycle(&g), None);
+    g.entry("c".into()).or_default().insert("a".into());
+    assert_eq!(cycle(&g), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
+    let text = "use super::{cache::KvCache, config::OlmoeConfig};\nlet x = crate::model::routing::to_f32(y);";
+    let refs = references(&["model".into(), "olmoe".into()], text);
+    assert_eq!(
+        refs,
+        vec![vec!["model".to_string(), "routing".into(), "to_f32".into()], vec!["model".into(), "cache".into(), "KvCache".into()], vec!["model".into(), "config".into(), "OlmoeConfig".into()]]
+    );
+}
