@@ -140,6 +140,8 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     copy_dir(&run, &run_b);
     copy_dir(&run, &run_c);
     copy_dir(&run, &run_d);
+    let run_e = tmp.path().join("run_e");
+    copy_dir(&run, &run_e);
     let device = Default::default();
 
     let a = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap();
@@ -222,6 +224,19 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     let rest = train::<B>(&cfg, &run_d, &device, &TrainOptions::default(), |_| {}).unwrap();
     assert_eq!(rest.steps.len(), 6);
     assert_eq!(tensors(&run_d.join("final_model/model.safetensors")), after);
+    // Killed while writing a window's checkpoint: its files are partial (here: a model file of
+    // window 3 without its optimizer and scheduler, and a half-written temporary). The rerun
+    // removes them, resumes from window 2 and ends bit-identical.
+    let part = train::<B>(&cfg, &run_e, &device, &TrainOptions { stop_after_windows: Some(2), ..Default::default() }, |_| {}).unwrap();
+    assert_eq!(part.steps.len(), 2);
+    let ck = run_e.join("train/checkpoint");
+    assert!(!std::fs::read_dir(&ck).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")), "checkpoints are renamed into place");
+    std::fs::write(ck.join("model-3.mpk"), b"\x92half").unwrap();
+    std::fs::write(ck.join("optim-3.mpk.tmp"), b"\x92").unwrap();
+    let rest = train::<B>(&cfg, &run_e, &device, &TrainOptions::default(), |_| {}).unwrap();
+    assert_eq!(rest.resumed_from, Some(2));
+    assert_eq!(tensors(&run_e.join("final_model/model.safetensors")), after, "resumed past a partial checkpoint, bit-identical");
+    assert!(!ck.join("optim-3.mpk.tmp").exists());
 }
 
 /// `expert_masks.safetensors` holds exactly the masks the train step applies: every batch the

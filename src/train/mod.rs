@@ -9,6 +9,7 @@
 //! - [`train`] wires them into `SupervisedTraining`, checkpoints every window of steps under
 //!   `train/`, resumes from the latest checkpoint, and exports `final_model/` in Hub layout.
 
+pub mod checkpoint;
 pub mod control;
 pub mod curve;
 pub mod freeze;
@@ -25,7 +26,8 @@ use std::sync::mpsc;
 
 use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::record::FullPrecisionSettings;
+use checkpoint::AtomicMpkRecorder;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::{Learner, SupervisedTraining};
@@ -164,33 +166,6 @@ pub struct TrainOptions {
     pub control: Option<TrainControl>,
 }
 
-/// Latest checkpoint epoch under `dir/checkpoint` (`model-{n}.mpk`).
-fn latest_checkpoint(dir: &Path) -> Option<usize> {
-    std::fs::read_dir(dir.join("checkpoint"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok()
-        })
-        .max()
-}
-
-/// Remove the checkpoints of windows `from` and later (every `*-{n}.mpk` under `dir/checkpoint`);
-/// how many windows' were there.
-fn remove_checkpoints_from(dir: &Path, from: usize) -> usize {
-    let mut windows = std::collections::BTreeSet::new();
-    for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let n = name.strip_suffix(".mpk").and_then(|n| n.rsplit_once('-')).and_then(|(_, n)| n.parse::<usize>().ok());
-        if let Some(n) = n.filter(|&n| n >= from) {
-            let _ = std::fs::remove_file(e.path());
-            windows.insert(n);
-        }
-    }
-    windows.len()
-}
-
 /// What training reads from an analysed run.
 #[derive(Debug, Clone)]
 pub struct TrainInputs {
@@ -280,7 +255,13 @@ pub fn train<B: AutodiffBackend>(
     let params = freeze::param_counts(&model);
 
     let train_dir = run_dir.join("train");
-    let resume = latest_checkpoint(&train_dir);
+    // A kill between a window's checkpoint files leaves a partial checkpoint: resume from the
+    // last whole one.
+    let partial = checkpoint::remove_partial(&train_dir);
+    if !partial.is_empty() {
+        tracing::warn!("{}: removed the partial checkpoint(s) of window(s) {partial:?}", train_dir.display());
+    }
+    let resume = checkpoint::latest(&train_dir);
     let control = opts.control.clone().unwrap_or_default();
     let loader = inputs
         .loader::<B>(cfg, loader::schedule(num_batches, t.epochs, t.shuffle_batches, cfg.seed), resume.unwrap_or(0), device)
@@ -311,7 +292,7 @@ pub fn train<B: AutodiffBackend>(
     let (tx, rx) = mpsc::channel();
     let mut training = SupervisedTraining::new(&train_dir, Arc::new(loader), Arc::new(valid))
         .metric_train(metrics::StepMetric::new(tx))
-        .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+        .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::new())
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
         .renderer(metrics::QuietRenderer)
         .with_application_logger(None)
@@ -367,11 +348,11 @@ pub fn train<B: AutodiffBackend>(
         // The loss of step `step` is computed with the weights step `step - 1` left: those, and
         // every checkpoint from the window holding that step on, are bad.
         let bad_window = (step - 1).div_ceil(inputs.window(cfg)).max(1);
-        let removed = remove_checkpoints_from(&train_dir, bad_window);
+        let removed = checkpoint::remove_from(&train_dir, bad_window);
         return Err(TrainError::NonFinite {
             step,
             loss,
-            kept: latest_checkpoint(&train_dir),
+            kept: checkpoint::latest(&train_dir),
             removed,
         });
     }
@@ -385,7 +366,7 @@ pub fn train<B: AutodiffBackend>(
     let final_model = run_dir.join("final_model");
     // A stop request after the last window's checkpoint stopped nothing.
     let stopped = opts.stop_after_windows.is_some_and(|s| s < windows)
-        || (control.stop_requested() && latest_checkpoint(&train_dir).is_none_or(|c| c < windows));
+        || (control.stop_requested() && checkpoint::latest(&train_dir).is_none_or(|c| c < windows));
     if !stopped
         && let Some(model) = result
     {
@@ -428,7 +409,7 @@ fn restore<B: AutodiffBackend>(model: model::Olmoe<B>, train_dir: &Path, epoch: 
     use burn::module::Module;
     use burn::record::Recorder;
     let path = train_dir.join("checkpoint").join(format!("model-{epoch}"));
-    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+    let record = AtomicMpkRecorder::<FullPrecisionSettings>::new()
         .load(path.clone(), device)
         .map_err(|e| TrainError::Input { path, reason: format!("checkpoint unreadable: {e}") })?;
     Ok(model.load_record(record))

@@ -1,0 +1,167 @@
+//! Training checkpoints under `train/checkpoint/`: burn-train writes `model-{n}.mpk`,
+//! `optim-{n}.mpk` and `scheduler-{n}.mpk` after window `n`. Two rules keep them safe to resume
+//! from after a kill at any moment:
+//! - every file is written through [`AtomicMpkRecorder`]: to `*.mpk.tmp`, synced, then renamed, so
+//!   a `.mpk` file is always whole (burn's own recorder writes in place);
+//! - a window's checkpoint counts only when all three files exist ([`latest`]); a later, partial
+//!   one (a kill between its files) is ignored, and removed before training resumes.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use burn::record::{FileRecorder, PrecisionSettings, Recorder, RecorderError};
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The files of one window's checkpoint.
+pub const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
+
+/// burn's named-MessagePack format (`NamedMpkFileRecorder`'s), each file written atomically.
+#[derive(Debug, Default, Clone)]
+pub struct AtomicMpkRecorder<S: PrecisionSettings> {
+    _settings: PhantomData<S>,
+}
+
+impl<S: PrecisionSettings> AtomicMpkRecorder<S> {
+    /// A recorder.
+    pub fn new() -> Self {
+        Self { _settings: PhantomData }
+    }
+}
+
+fn unknown(path: &Path, e: impl std::fmt::Display) -> RecorderError {
+    RecorderError::Unknown(format!("{}: {e}", path.display()))
+}
+
+impl<S: PrecisionSettings, B: Backend> Recorder<B> for AtomicMpkRecorder<S> {
+    type Settings = S;
+    type RecordArgs = PathBuf;
+    type RecordOutput = ();
+    type LoadArgs = PathBuf;
+
+    fn save_item<I: Serialize>(&self, item: I, file: Self::RecordArgs) -> Result<(), RecorderError> {
+        let path = file.with_extension("mpk");
+        let tmp = file.with_extension("mpk.tmp");
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| unknown(parent, e))?;
+        }
+        let write = || -> Result<(), RecorderError> {
+            let f = std::fs::File::create(&tmp).map_err(|e| unknown(&tmp, e))?;
+            let mut w = std::io::BufWriter::new(f);
+            rmp_serde::encode::write_named(&mut w, &item).map_err(|e| unknown(&tmp, e))?;
+            let f = w.into_inner().map_err(|e| unknown(&tmp, e.error()))?;
+            f.sync_all().map_err(|e| unknown(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| unknown(&path, e))
+        };
+        write().inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    fn load_item<I: DeserializeOwned>(&self, file: &mut Self::LoadArgs) -> Result<I, RecorderError> {
+        let path = file.with_extension("mpk");
+        let f = std::fs::File::open(&path).map_err(|e| RecorderError::FileNotFound(format!("{}: {e}", path.display())))?;
+        rmp_serde::decode::from_read(std::io::BufReader::new(f)).map_err(|e| RecorderError::DeserializeError(format!("{}: {e}", path.display())))
+    }
+}
+
+impl<S: PrecisionSettings, B: Backend> FileRecorder<B> for AtomicMpkRecorder<S> {
+    fn file_extension() -> &'static str {
+        "mpk"
+    }
+}
+
+/// Windows with at least one checkpoint file under `dir/checkpoint`, and whether each is whole.
+fn windows(dir: &Path) -> std::collections::BTreeMap<usize, Vec<&'static str>> {
+    let mut out: std::collections::BTreeMap<usize, Vec<&'static str>> = Default::default();
+    for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".mpk") else { continue };
+        let Some((part, n)) = stem.rsplit_once('-') else { continue };
+        if let (Some(part), Ok(n)) = (PARTS.iter().find(|p| **p == part), n.parse()) {
+            out.entry(n).or_default().push(part);
+        }
+    }
+    out
+}
+
+/// The latest window whose checkpoint is whole (all of [`PARTS`]).
+pub fn latest(dir: &Path) -> Option<usize> {
+    windows(dir).into_iter().filter(|(_, parts)| parts.len() == PARTS.len()).map(|(n, _)| n).max()
+}
+
+/// Remove what cannot be resumed from: partial checkpoints after the latest whole one, and
+/// leftover `*.tmp` files. Returns the windows removed.
+pub fn remove_partial(dir: &Path) -> Vec<usize> {
+    let whole = latest(dir).unwrap_or(0);
+    let partial: Vec<usize> = windows(dir).into_iter().filter(|(n, parts)| *n > whole && parts.len() < PARTS.len()).map(|(n, _)| n).collect();
+    for &n in &partial {
+        for part in PARTS {
+            let _ = std::fs::remove_file(dir.join("checkpoint").join(format!("{part}-{n}.mpk")));
+        }
+    }
+    for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    partial
+}
+
+/// Remove the checkpoints of windows `from` and later; how many windows had files.
+pub fn remove_from(dir: &Path, from: usize) -> usize {
+    let doomed: Vec<usize> = windows(dir).into_keys().filter(|&n| n >= from).collect();
+    for &n in &doomed {
+        for part in PARTS {
+            let _ = std::fs::remove_file(dir.join("checkpoint").join(format!("{part}-{n}.mpk")));
+        }
+    }
+    doomed.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, name: &str) {
+        std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+        std::fs::write(dir.join("checkpoint").join(name), b"x").unwrap();
+    }
+
+    #[test]
+    fn only_whole_checkpoints_count_and_partial_ones_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        assert_eq!(latest(d), None);
+        for p in PARTS {
+            touch(d, &format!("{p}-1.mpk"));
+            touch(d, &format!("{p}-2.mpk"));
+        }
+        touch(d, "model-3.mpk");
+        touch(d, "optim-3.mpk.tmp");
+        assert_eq!(latest(d), Some(2), "window 3 lacks its optimizer and scheduler");
+        assert_eq!(remove_partial(d), vec![3]);
+        assert!(!d.join("checkpoint/model-3.mpk").exists() && !d.join("checkpoint/optim-3.mpk.tmp").exists());
+        assert_eq!(latest(d), Some(2));
+        assert_eq!(remove_from(d, 2), 1);
+        assert_eq!(latest(d), Some(1));
+    }
+
+    #[test]
+    fn the_recorder_round_trips_and_leaves_no_temporary_file() {
+        use burn::record::FullPrecisionSettings;
+        type B = burn::backend::NdArray<f32>;
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("checkpoint/model-1");
+        let r = AtomicMpkRecorder::<FullPrecisionSettings>::new();
+        Recorder::<B>::save_item(&r, vec![1.5f32, -2.0], file.clone()).unwrap();
+        assert!(tmp.path().join("checkpoint/model-1.mpk").is_file());
+        assert!(!tmp.path().join("checkpoint/model-1.mpk.tmp").exists());
+        let back: Vec<f32> = Recorder::<B>::load_item(&r, &mut file.clone()).unwrap();
+        assert_eq!(back, vec![1.5, -2.0]);
+        // A truncated file is an error, not a panic.
+        std::fs::write(tmp.path().join("checkpoint/model-1.mpk"), [0x92u8]).unwrap();
+        assert!(Recorder::<B>::load_item::<Vec<f32>>(&r, &mut file.clone()).is_err());
+    }
+}
