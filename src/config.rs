@@ -27,7 +27,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax, an unknown key or a wrong type.
-    #[error("{}: {key}: {reason}", path.display())]
+    #[error("{}: {}{reason}", path.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
     Parse {
         /// The file.
         path: PathBuf,

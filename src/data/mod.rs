@@ -24,7 +24,12 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// A record or key is malformed.
-    #[error("{}: {}{field}: {reason}", path.display(), record.map(|r| format!("record {r}: ")).unwrap_or_default())]
+    #[error(
+        "{}: {}{}{reason}",
+        path.display(),
+        record.map(|r| format!("record {r}: ")).unwrap_or_default(),
+        if field.is_empty() { String::new() } else { format!("{field}: ") }
+    )]
     Field {
         /// The file.
         path: PathBuf,

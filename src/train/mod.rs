@@ -306,8 +306,18 @@ pub fn train<B: AutodiffBackend>(
     }
     // The metric's sender lives in `training`; once the Learner is done and dropped, the
     // channel closes and the consumer returns every step it saw.
-    // Every step also goes to `metrics.jsonl` (appended: a resumed run continues the file).
+    // Every step also goes to `metrics.jsonl` (appended: a resumed run continues the file, first
+    // cut back to the steps its checkpoint holds, so that no step is recorded twice).
     let metrics_path = run_dir.join("metrics.jsonl");
+    if metrics_path.exists() {
+        let kept_steps = resume.unwrap_or(0) * inputs.window(cfg);
+        let mut text = String::new();
+        for r in read_metrics(&metrics_path).into_iter().filter(|r| r.step <= kept_steps) {
+            text.push_str(&serde_json::to_string(&r).expect("step records serialise"));
+            text.push('\n');
+        }
+        write_atomic(&metrics_path, text.as_bytes())?;
+    }
     let mut metrics_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -1,0 +1,165 @@
+//! A corpus of bad inputs (configs, datasets, checkpoints, command lines) on the tiny fixture:
+//! each must fail with exit code 1 or 2 (never a panic), a message naming the culprit (the file,
+//! the key or record, the flag), and nothing half-written (the run directory it would have
+//! made does not exist).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// One bad input: a config (TOML text; `{fixture}`, `{data}`, `{tmp}` substituted), extra files,
+/// the command line (`{cfg}`, `{out}`, `{tmp}` substituted), and what stderr must name.
+struct Case {
+    name: &'static str,
+    config: String,
+    files: Vec<(&'static str, String)>,
+    args: &'static [&'static str],
+    expect: &'static [&'static str],
+}
+
+/// A valid config with `model`, `data` and `collect` lines added, and `tail` appended.
+fn config(model: &str, data: &str, collect: &str, tail: &str) -> String {
+    format!(
+        "seed = 0\n[model]\ndir = \"{{fixture}}\"\n{model}\n[data]\npath = \"{{data}}\"\n{data}\n[collect]\nbatch_size = 4\nmax_batches = 1\nmax_new_tokens = 2\nquality_filter = false\n{collect}\n{tail}"
+    )
+}
+
+fn ok_config() -> String {
+    config("", "", "", "")
+}
+
+const COLLECT: &[&str] = &["collect", "--config", "{cfg}", "--out", "{out}"];
+const RUN: &[&str] = &["run", "--config", "{cfg}", "--out", "{out}"];
+
+fn case(name: &'static str, config: String, args: &'static [&'static str], expect: &'static [&'static str]) -> Case {
+    Case { name, config, files: Vec::new(), args, expect }
+}
+
+fn cases() -> Vec<Case> {
+    let dataset_with = |edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
+        let mut records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(shared().join("data/olmoe-fwo.json")).unwrap()).unwrap();
+        records.truncate(40);
+        edit(&mut records);
+        serde_json::to_string(&records).unwrap()
+    };
+    let own_data = config("", "", "", "").replace("{data}", "{tmp}/data.json");
+    vec![
+        // Configs.
+        case("unknown top-level key", format!("colour = 1\n{}", ok_config()), COLLECT, &["colour"]),
+        case("unknown key in a table", config("", "", "batchsize = 4", ""), COLLECT, &["batchsize"]),
+        case("wrong type", config("", "", "", "[train]\nlr = \"fast\""), COLLECT, &["train.lr"]),
+        case("zero learning rate", config("", "", "", "[train]\nlr = 0.0"), COLLECT, &["train.lr", "positive"]),
+        case("infinite learning rate", config("", "", "", "[train]\nlr = inf"), COLLECT, &["train.lr", "finite"]),
+        case("negative learning rate", config("", "", "", "[train]\nlr = -1e-4"), COLLECT, &["train.lr"]),
+        case("zero batch size", config("", "", "", "").replace("batch_size = 4", "batch_size = 0"), COLLECT, &["collect.batch_size"]),
+        case("safe ratio above 1", config("", "", "safe_ratio = 1.5", ""), COLLECT, &["collect.safe_ratio"]),
+        case("unknown token scope", config("", "", "", "[analysis]\ntoken_scope = \"tokens\""), COLLECT, &["analysis.token_scope", "tokens"]),
+        case("unknown expert source", config("", "", "", "[analysis]\nexperts = \"best\""), COLLECT, &["analysis.experts", "best"]),
+        case("unknown backend", config("backend = \"tpu\"", "", "", ""), COLLECT, &["model.backend", "tpu"]),
+        case("unknown precision", config("precision = \"f8\"", "", "", ""), COLLECT, &["model.precision", "f8"]),
+        case("too short an NLL window", config("", "", "", "[eval]\nnll_max_len = 4"), COLLECT, &["eval.nll_max_len"]),
+        case("TOML syntax error", format!("{}\n[train\nlr = 1", ok_config()), COLLECT, &["exp.toml: TOML parse error at line 15, column 7"]),
+        case("a [sweep] table given to run", config("", "", "", "[sweep]\nseeds = [0, 1]"), RUN, &["sweep"]),
+        case("missing model directory", ok_config().replace("{fixture}", "{tmp}/no-model"), COLLECT, &["model.dir", "no-model", "no such directory"]),
+        case("missing dataset", ok_config().replace("{data}", "{tmp}/no-data.json"), COLLECT, &["no-data.json"]),
+        case("missing split file", config("", "split = \"{tmp}/no-split.json\"", "", ""), COLLECT, &["no-split.json"]),
+        // Command lines.
+        case("missing config file", String::new(), &["collect", "--config", "{tmp}/absent.toml", "--out", "{out}"], &["absent.toml: No such file or directory (os error 2)"]),
+        case("--set without =", ok_config(), &["collect", "--config", "{cfg}", "--out", "{out}", "--set", "train.lr"], &["train.lr"]),
+        case("--set of an unknown key", ok_config(), &["collect", "--config", "{cfg}", "--out", "{out}", "--set", "train.speed=3"], &["train.speed"]),
+        case("--set of a bad value", ok_config(), &["collect", "--config", "{cfg}", "--out", "{out}", "--set", "collect.max_new_tokens=many"], &["collect.max_new_tokens"]),
+        case("--backend of an unknown backend", ok_config(), &["collect", "--config", "{cfg}", "--out", "{out}", "--backend", "tpu"], &["--backend", "tpu"]),
+        case("analyze of a missing run", String::new(), &["analyze", "--run", "{out}"], &["{out}"]),
+        case("train of a missing run", String::new(), &["train", "--run", "{out}"], &["{out}"]),
+        case("sweep of a config without [sweep]", ok_config(), &["sweep", "--config", "{cfg}", "--out", "{out}"], &["sweep"]),
+        case("sweep with --jobs 0", ok_config(), &["sweep", "--config", "{cfg}", "--out", "{out}", "--jobs", "0"], &["--jobs"]),
+        case("forward with non-numeric ids", String::new(), &["forward", "--model", "{fixture}", "--input-ids", "1,x", "--out", "{out}"], &["input ids", "\"x\" is not a token id"]),
+        // Datasets.
+        Case {
+            name: "malformed dataset JSON",
+            config: own_data.clone(),
+            files: vec![("data.json", "[{\"goal\": ".into())],
+            args: COLLECT,
+            expect: &["data.json: malformed JSON"],
+        },
+        Case {
+            name: "a record without its goal",
+            config: own_data.clone(),
+            files: vec![("data.json", dataset_with(&|r| {
+                r[3].as_object_mut().unwrap().remove("goal");
+            }))],
+            args: COLLECT,
+            expect: &["data.json", "goal"],
+        },
+        Case {
+            name: "a goal that is not a string",
+            config: own_data.clone(),
+            files: vec![("data.json", dataset_with(&|r| r[2]["goal"] = serde_json::json!(17)))],
+            args: COLLECT,
+            expect: &["data.json", "goal"],
+        },
+        Case {
+            name: "a dataset that is not a list",
+            config: own_data.clone(),
+            files: vec![("data.json", "{\"goal\": \"x\"}".into())],
+            args: COLLECT,
+            expect: &["data.json"],
+        },
+    ]
+}
+
+fn fill(text: &str, tmp: &Path) -> String {
+    text.replace("{fixture}", fixture().to_str().unwrap())
+        .replace("{data}", shared().join("data/olmoe-fwo.json").to_str().unwrap())
+        .replace("{tmp}", tmp.to_str().unwrap())
+        .replace("{cfg}", tmp.join("exp.toml").to_str().unwrap())
+        .replace("{out}", tmp.join("out").to_str().unwrap())
+}
+
+#[test]
+fn every_bad_input_fails_cleanly_naming_the_culprit() {
+    let all = cases();
+    assert!(all.len() >= 30, "{} cases", all.len());
+    let mut failures = Vec::new();
+    for c in &all {
+        let tmp = tempfile::tempdir().unwrap();
+        if !c.config.is_empty() {
+            std::fs::write(tmp.path().join("exp.toml"), fill(&c.config, tmp.path())).unwrap();
+        }
+        for (name, text) in &c.files {
+            std::fs::write(tmp.path().join(name), text).unwrap();
+        }
+        let args: Vec<String> = c.args.iter().map(|a| fill(a, tmp.path())).collect();
+        let o = Command::new(env!("CARGO_BIN_EXE_steermoe")).args(&args).output().expect("binary runs");
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        let mut wrong = Vec::new();
+        match o.status.code() {
+            Some(1) | Some(2) => {}
+            other => wrong.push(format!("exit code {other:?}")),
+        }
+        if stderr.matches("(os error").count() > 1 {
+            wrong.push("a cause repeated".into());
+        }
+        if stderr.contains("panicked") {
+            wrong.push("a panic".into());
+        }
+        for e in c.expect {
+            let e = fill(e, tmp.path());
+            if !stderr.contains(&e) {
+                wrong.push(format!("no {e:?} in the message"));
+            }
+        }
+        if tmp.path().join("out").exists() {
+            wrong.push("the run directory was created".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{}: {} — stderr: {}", c.name, wrong.join(", "), stderr.trim()));
+        } else {
+            eprintln!("{}: {}", c.name, stderr.trim().lines().last().unwrap_or(""));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), all.len(), failures.join("\n"));
+}
