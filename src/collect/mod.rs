@@ -44,10 +44,10 @@ pub enum CollectError {
     /// The judge failed.
     #[error(transparent)]
     Judge(#[from] JudgeError),
-    /// A file of an earlier run is unreadable.
+    /// Reading the run directory's records of finished batches.
     #[error(transparent)]
     RunDir(#[from] RunDirError),
-    /// A file of an earlier run is unreadable.
+    /// A batch's routing tensors could not be encoded.
     #[error("{}: {reason}", path.display())]
     Corrupt {
         /// The file.
@@ -260,31 +260,42 @@ fn write_batch(
     Ok(())
 }
 
-/// Add a finished batch to `samples.jsonl` (appended) and `routing/index.json` (rewritten: one
-/// short entry per batch).
-fn append_batch(run_dir: &Path, index: &mut RoutingIndex, batch_idx: usize, records: &[SampleRecord]) -> Result<(), CollectError> {
-    use std::io::Write;
-    let path = run_dir.join("samples.jsonl");
+/// One batch's lines of `samples.jsonl` and its entry in `routing/index.json`.
+fn batch_summary(batch_idx: usize, records: &[SampleRecord]) -> (String, BatchEntry) {
     let mut lines = String::new();
     for r in records {
         lines.push_str(&serde_json::to_string(r).expect("record serialises"));
         lines.push('\n');
     }
+    let kept = records.iter().filter(|r| r.kept).count();
+    let entry = BatchEntry {
+        batch_idx,
+        file: batch_file(batch_idx, "safetensors"),
+        kept,
+        dropped: records.len() - kept,
+    };
+    (lines, entry)
+}
+
+/// Write `routing/index.json`.
+fn write_index(run_dir: &Path, index: &RoutingIndex) -> Result<(), CollectError> {
+    let json = serde_json::to_string_pretty(index).expect("index serialises");
+    Ok(write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?)
+}
+
+/// Add a finished batch to `samples.jsonl` (appended) and `routing/index.json` (rewritten: one
+/// short entry per batch).
+fn append_batch(run_dir: &Path, index: &mut RoutingIndex, batch_idx: usize, records: &[SampleRecord]) -> Result<(), CollectError> {
+    use std::io::Write;
+    let (lines, entry) = batch_summary(batch_idx, records);
+    let path = run_dir.join("samples.jsonl");
     std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
         .and_then(|mut f| f.write_all(lines.as_bytes()))
         .map_err(|source| LoadError::Io { path, source })?;
-    let kept = records.iter().filter(|r| r.kept).count();
-    index.batches.push(BatchEntry {
-        batch_idx,
-        file: batch_file(batch_idx, "safetensors"),
-        kept,
-        dropped: records.len() - kept,
-    });
-    let json = serde_json::to_string_pretty(index).expect("index serialises");
-    write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?;
-    Ok(())
+    index.batches.push(entry);
+    write_index(run_dir, index)
 }
 
 /// Rewrite `samples.jsonl` and `routing/index.json` from the finished batches (each written to a
@@ -298,21 +309,11 @@ fn write_summary_files<B: Backend>(run_dir: &Path, model: &Olmoe<B>, top_k: usiz
         batches: Vec::new(),
     };
     for b in finished_batches(run_dir) {
-        let records = read_batch_records(run_dir, b)?;
-        for r in &records {
-            lines.push_str(&serde_json::to_string(r).expect("record serialises"));
-            lines.push('\n');
-        }
-        let kept = records.iter().filter(|r| r.kept).count();
-        index.batches.push(BatchEntry {
-            batch_idx: b,
-            file: batch_file(b, "safetensors"),
-            kept,
-            dropped: records.len() - kept,
-        });
+        let (batch_lines, entry) = batch_summary(b, &read_batch_records(run_dir, b)?);
+        lines.push_str(&batch_lines);
+        index.batches.push(entry);
     }
     write_atomic(&run_dir.join("samples.jsonl"), lines.as_bytes())?;
-    let json = serde_json::to_string_pretty(&index).expect("index serialises");
-    write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?;
+    write_index(run_dir, &index)?;
     Ok(index)
 }

@@ -191,7 +191,7 @@ pub fn evaluate<B: Backend>(
     let nll = answer_nll(model, tokenizer, &sets.benign, cfg, &routing, device, &mut progress)?;
     // A per-token NLL is finite and non-negative. On CUDA, under GPU memory exhaustion, the
     // answer-NLL forward pass was seen to return negative values: refuse them.
-    if !(nll.total.is_finite() && nll.total >= 0.0) {
+    if !possible_nll(nll.total) {
         return Err(EvalError::Impossible {
             model: model_name.to_string(),
             what: "the summed benign-answer NLL",
@@ -256,6 +256,11 @@ pub fn answer<B: Backend>(
         progress(EvalEvent::Answered(chunk.len()));
     }
     Ok(out)
+}
+
+/// Whether an NLL (a per-token mean or a sum of them) is possible: finite and not negative.
+pub fn possible_nll(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
 }
 
 /// Teacher-forced NLL of each reference answer given its instruction, summed over the answer's

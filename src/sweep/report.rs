@@ -10,7 +10,7 @@ use super::SweepError;
 use super::spec::Sweep;
 use super::stats::{Estimate, estimate};
 use crate::analysis::select::{ExpertId, ExpertSource};
-use crate::eval::EvalReport;
+use crate::eval::{EvalReport, possible_nll};
 use crate::eval::stage::{EvalVariant, read_report};
 use crate::run_dir::RunDir;
 
@@ -62,30 +62,22 @@ pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
     Ok(rows)
 }
 
+/// Evaluations a job's config asks for that have no `eval.json`, and how many it asks for.
+fn job_evaluations(job: &super::spec::Job) -> (usize, usize) {
+    let dir = RunDir::new(&job.run_dir);
+    let variants = EvalVariant::all(&job.config);
+    let missing = variants.iter().filter(|v| !dir.is_evaluated(&v.name())).count();
+    (missing, variants.len())
+}
+
 /// Evaluations the jobs' configs ask for that have no `eval.json`, and how many they ask for.
 pub fn missing_evaluations(sweep: &Sweep) -> (usize, usize) {
-    let mut missing = 0;
-    let mut expected = 0;
-    for j in &sweep.jobs {
-        let dir = RunDir::new(&j.run_dir);
-        for v in EvalVariant::all(&j.config) {
-            expected += 1;
-            missing += usize::from(!dir.is_evaluated(&v.name()));
-        }
-    }
-    (missing, expected)
+    sweep.jobs.iter().map(job_evaluations).fold((0, 0), |(m, e), (jm, je)| (m + jm, e + je))
 }
 
 /// Jobs with every evaluation finished.
 pub fn finished_jobs(sweep: &Sweep) -> usize {
-    sweep
-        .jobs
-        .iter()
-        .filter(|j| {
-            let dir = RunDir::new(&j.run_dir);
-            EvalVariant::all(&j.config).iter().all(|v| dir.is_evaluated(&v.name()))
-        })
-        .count()
+    sweep.jobs.iter().filter(|j| job_evaluations(j).0 == 0).count()
 }
 
 fn training_counts(path: &Path) -> (Option<usize>, Option<usize>) {
@@ -203,6 +195,7 @@ pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
                 asr: est(&|r| r.report.asr),
                 plain: est(&|r| r.report.plain_refusal_rate),
                 benign: est(&|r| r.report.benign_refusal_rate),
+                // Evaluations older than `EvalError::Impossible` may hold impossible NLLs.
                 nll: est(&|r| r.report.benign_answer_nll.filter(|v| possible_nll(*v))),
                 trained_experts: est(&|r| r.trained_experts.map(|n| n as f64)),
             }
@@ -210,11 +203,6 @@ pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
         .collect()
 }
 
-/// Whether a per-token NLL is possible (finite, not negative): older evaluations did not refuse
-/// impossible ones (see [`crate::eval::EvalError::Impossible`]).
-fn possible_nll(v: f64) -> bool {
-    v.is_finite() && v >= 0.0
-}
 
 /// `12.9% ± 4.1` (a rate in percent) or `10.763 ± 0.020` (a value).
 fn fmt(e: Option<Estimate>, percent: bool) -> String {

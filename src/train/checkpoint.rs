@@ -91,15 +91,20 @@ pub fn latest(dir: &Path) -> Option<usize> {
     windows(dir).into_iter().filter(|(_, parts)| parts.len() == PARTS.len()).map(|(n, _)| n).max()
 }
 
+/// Remove every file of window `n`'s checkpoint.
+fn remove_window(dir: &Path, n: usize) {
+    for part in PARTS {
+        let _ = std::fs::remove_file(dir.join("checkpoint").join(format!("{part}-{n}.mpk")));
+    }
+}
+
 /// Remove what cannot be resumed from: partial checkpoints after the latest whole one, and
 /// leftover `*.tmp` files. Returns the windows removed.
 pub fn remove_partial(dir: &Path) -> Vec<usize> {
     let whole = latest(dir).unwrap_or(0);
     let partial: Vec<usize> = windows(dir).into_iter().filter(|(n, parts)| *n > whole && parts.len() < PARTS.len()).map(|(n, _)| n).collect();
     for &n in &partial {
-        for part in PARTS {
-            let _ = std::fs::remove_file(dir.join("checkpoint").join(format!("{part}-{n}.mpk")));
-        }
+        remove_window(dir, n);
     }
     for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().ends_with(".tmp") {
@@ -113,9 +118,7 @@ pub fn remove_partial(dir: &Path) -> Vec<usize> {
 pub fn remove_from(dir: &Path, from: usize) -> usize {
     let doomed: Vec<usize> = windows(dir).into_keys().filter(|&n| n >= from).collect();
     for &n in &doomed {
-        for part in PARTS {
-            let _ = std::fs::remove_file(dir.join("checkpoint").join(format!("{part}-{n}.mpk")));
-        }
+        remove_window(dir, n);
     }
     doomed.len()
 }

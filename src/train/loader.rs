@@ -158,10 +158,10 @@ impl<B: Backend> BatchPreservingLoader<B> {
     /// A loader over `groups` following `schedule`, `window` steps per `iter()`, starting at
     /// window `start_window`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(groups: Vec<SftGroup>, masks: MaskTable<B>, settings: LoaderSettings, device: B::Device) -> Self {
+    pub fn new(groups: Arc<Vec<SftGroup>>, masks: MaskTable<B>, settings: LoaderSettings, device: B::Device) -> Self {
         let LoaderSettings { schedule, window, start_window, pad_id, mask_scope, consistency, aux_coef } = settings;
         Self {
-            groups: Arc::new(groups),
+            groups,
             masks,
             schedule: Arc::new(schedule),
             window: window.max(1),
@@ -340,7 +340,7 @@ mod tests {
             consistency: (Consistency::Off, 0.0),
             aux_coef: 0.0,
         };
-        BatchPreservingLoader::new(groups(), masks, settings, Default::default())
+        BatchPreservingLoader::new(Arc::new(groups()), masks, settings, Default::default())
     }
 
     #[test]

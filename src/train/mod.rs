@@ -173,8 +173,8 @@ pub struct TrainInputs {
     pub sets: Vec<(usize, Vec<ExpertId>)>,
     /// The union of the sets: every expert trained.
     pub trained: Vec<ExpertId>,
-    /// The SFT examples, one group per analysed batch with kept samples.
-    pub groups: Vec<sft::SftGroup>,
+    /// The SFT examples, one group per analysed batch with kept samples (shared by the loaders).
+    pub groups: Arc<Vec<sft::SftGroup>>,
     /// Examples in all.
     pub num_examples: usize,
     /// MoE layers and experts per layer.
@@ -205,7 +205,7 @@ impl TrainInputs {
             num_examples: groups.iter().map(|g| g.examples.len()).sum(),
             sets,
             trained,
-            groups,
+            groups: Arc::new(groups),
             shape: (model_cfg.num_hidden_layers, model_cfg.num_experts),
             pad_id: tokenizer.pad_id,
             aux_coef: if t.router_aux_loss { model_cfg.router_aux_loss_coef } else { 0.0 },
@@ -246,12 +246,12 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<TrainSummary, TrainError> {
     let t = &cfg.train;
     let inputs = TrainInputs::read(cfg, run_dir)?;
-    let TrainInputs { sets, trained, num_examples, .. } = inputs.clone();
+    let (sets, trained, num_examples) = (&inputs.sets, &inputs.trained, inputs.num_examples);
     let num_batches = inputs.groups.len();
     let model_cfg = OlmoeConfig::from_path(&cfg.model.dir)?;
 
     let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
-    let model = freeze::freeze(model, &trained, t.trainable);
+    let model = freeze::freeze(model, trained, t.trainable);
     let params = freeze::param_counts(&model);
 
     let train_dir = run_dir.join("train");
@@ -386,7 +386,7 @@ pub fn train<B: AutodiffBackend>(
         let meta = TrainingMetadata {
             base_model: cfg.model.dir.display().to_string(),
             num_unsafe_experts: trained.len(),
-            unsafe_experts: trained,
+            unsafe_experts: trained.clone(),
             num_batches,
             num_examples,
             trainable_params: params.0,
