@@ -1,23 +1,26 @@
-//! Analysis throughput: top-k activation counting and risk difference over 1M tokens of
-//! routing at the OLMoE-1B-7B shape (16 layers x 64 experts, top-8), as `analyze` runs it
-//! (batches counted on all cores).
+//! Analysis throughput on the CPU, with criterion: top-k activation counting plus the risk-
+//! difference table of one mixed batch (8 safe + 8 unsafe samples) at the OLMoE-1B-7B routing
+//! shape (16 layers × 64 experts, top-8), per token scope; `analyze` runs one such batch per
+//! core.
 //!
-//! `cargo bench --bench analysis` prints one JSON line with tokens/s. The seeds' per-token
-//! Python loop counts about 2.7k tokens/s on the CI CPU.
+//! `cargo bench --bench analysis` reports the time per batch and tokens/s (criterion's
+//! throughput); `TOKENS` (per sample, default 512 generated tokens) sets the size. The seeds'
+//! per-token Python loop counts about 2.7k tokens/s on the CI CPU. Routing is random logits from
+//! a seeded ChaCha stream, so every run measures the same input.
 
-use std::time::Instant;
-
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
-use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use steermoe::analysis::risk::{SampleRouting, TokenScope, count_batch, risk_table};
 use steermoe::generate::RouterLogits;
 
 const LAYERS: usize = 16;
 const EXPERTS: usize = 64;
 const TOP_K: usize = 8;
+const PROMPT_TOKENS: usize = 64;
 
-fn routing(rng: &mut StdRng, tokens: usize) -> RouterLogits {
+fn routing(rng: &mut ChaCha8Rng, tokens: usize) -> RouterLogits {
     RouterLogits {
         layers: LAYERS,
         tokens,
@@ -26,48 +29,34 @@ fn routing(rng: &mut StdRng, tokens: usize) -> RouterLogits {
     }
 }
 
-fn main() {
-    let total_tokens: usize = std::env::var("TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let (batches, per_batch) = (16, 16);
-    let per_sample = total_tokens / (batches * per_batch);
-    let mut rng = StdRng::seed_from_u64(0);
-    let data: Vec<Vec<SampleRouting>> = (0..batches)
-        .map(|_| {
-            (0..per_batch)
-                .map(|i| SampleRouting {
-                    is_unsafe: i >= per_batch / 2,
-                    prompt: routing(&mut rng, 1),
-                    generation: routing(&mut rng, per_sample),
-                })
-                .collect()
+fn analysis(c: &mut Criterion) {
+    let generated: usize = std::env::var("TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let batch: Vec<SampleRouting> = (0..16)
+        .map(|i| SampleRouting {
+            is_unsafe: i >= 8,
+            prompt: routing(&mut rng, PROMPT_TOKENS),
+            generation: routing(&mut rng, generated),
+            replies: None,
         })
         .collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let start = Instant::now();
-    let chunk = batches.div_ceil(threads);
-    let tables: usize = std::thread::scope(|s| {
-        data.chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|b| {
-                            let (safe, uns) = count_batch(b, TokenScope::Generation, 0, LAYERS, EXPERTS, TOP_K);
-                            risk_table(&safe, &uns, EXPERTS).len()
-                        })
-                        .sum::<usize>()
-                })
+    let mut group = c.benchmark_group("count_and_risk_diff_one_batch");
+    group.sample_size(10);
+    for (scope, tokens) in [
+        (TokenScope::Prompt, PROMPT_TOKENS),
+        (TokenScope::Generation, generated),
+        (TokenScope::All, PROMPT_TOKENS + generated),
+    ] {
+        group.throughput(Throughput::Elements((16 * tokens) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(format!("{scope:?}").to_lowercase()), &scope, |b, &scope| {
+            b.iter(|| {
+                let (safe, uns) = count_batch(&batch, scope, 0, LAYERS, EXPERTS, TOP_K);
+                risk_table(&safe, &uns, EXPERTS)
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .sum()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    let tokens = batches * per_batch * per_sample;
-    assert_eq!(tables, batches * LAYERS * EXPERTS);
-    println!(
-        "{{\"bench\":\"analysis\",\"tokens\":{tokens},\"layers\":{LAYERS},\"experts\":{EXPERTS},\"top_k\":{TOP_K},\"threads\":{threads},\"seconds\":{secs:.3},\"tokens_per_s\":{:.0},\"vs_seeds_loop\":{:.0}}}",
-        tokens as f64 / secs,
-        tokens as f64 / secs / 2700.0
-    );
+        });
+    }
+    group.finish();
 }
+
+criterion_group!(benches, analysis);
+criterion_main!(benches);

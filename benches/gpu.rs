@@ -27,17 +27,17 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
 use clap::Parser;
-use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng as StdRng;
 use serde_json::json;
 use steermoe::backend::{self, BackendKind, Task};
-use steermoe::config::{Consistency, Trainable};
+use steermoe::config::Trainable;
 use steermoe::generate::{GenerateOptions, Sampling, generate};
 use steermoe::model::{self, ExpertExecution, Olmoe, OlmoeConfig, OlmoeInput, Precision, Routing};
 use steermoe::train::freeze::freeze;
 use steermoe::train::loader::SftBatch;
-use steermoe::train::loss::{Targets, causal_lm_loss};
-use steermoe::train::step::sft_loss;
+use steermoe::model::loss::{Targets, causal_lm_loss};
+use steermoe::train::step::{LossSettings, sft_loss};
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
@@ -202,8 +202,7 @@ fn lm_batch<B: Backend>(ids: Vec<i64>, batch: usize, seq: usize, routing: Routin
         batch_idx: 0,
         is_unsafe: vec![false; batch],
         routing,
-        consistency: (Consistency::Off, 0.0),
-        aux_coef: 0.0,
+        real: vec![true; batch * seq].into(),
         input_tokens: batch * seq,
     }
 }
@@ -212,7 +211,7 @@ fn lm_batch<B: Backend>(ids: Vec<i64>, batch: usize, seq: usize, routing: Routin
 fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let cfg = config(a, a.layers);
     let t0 = Instant::now();
-    let model = model::random::<B>(&cfg, device, a.precision);
+    let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let mut model = freeze(model, &trainable_experts(a.layers, a.trainable), Trainable::UnsafeExperts);
     sync::<B>(device);
     let init_s = t0.elapsed().as_secs_f64();
@@ -223,7 +222,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let mut losses = Vec::new();
     for _ in 0..a.steps {
         let t = Instant::now();
-        let out = sft_loss(&model, &batch);
+        let out = sft_loss(&model, &LossSettings::lm_only(), &batch);
         let loss = out.loss.clone();
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         model = optim.step(5e-5, model, grads);
@@ -245,7 +244,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
 /// Greedy generation with router capture, run twice (the first compiles kernels).
 fn generation<B: Backend>(a: &Args, device: &B::Device) {
     let cfg = config(a, a.layers);
-    let model = model::random::<B>(&cfg, device, a.precision);
+    let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let mut rng = StdRng::seed_from_u64(2);
     let prompts: Vec<Vec<u32>> = (0..16)
         .map(|_| random_ids(&mut rng, a.prompt).into_iter().map(|t| t as u32).collect())
@@ -273,7 +272,7 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
 /// Save a random model and what steermoe computes on it, for `hf_check.py`.
 fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device) {
     let cfg = config(a, a.check_layers);
-    let model = model::random::<B>(&cfg, device, a.precision);
+    let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let experts: Vec<[usize; 2]> = vec![[0, 0], [0, 1], [a.check_layers - 1, 5]];
     let model = freeze(model, &experts, Trainable::UnsafeExperts);
     model::save(&model.valid(), &cfg, dir.join("model")).expect("save the check model");
@@ -302,8 +301,8 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
         "experts": experts}));
 }
 
-fn routing<B: Backend>(a: &Args) -> Routing<B> {
-    Routing::free().with_execution(a.execution)
+fn routing<B: Backend>(_: &Args) -> Routing<B> {
+    Routing::free()
 }
 
 fn round3(x: f64) -> f64 {

@@ -302,6 +302,9 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Checkpoint every this many steps (0 = once per epoch).
     pub checkpoint_every: usize,
+    /// Held-out pairs whose refusal loss is measured at every checkpoint (0 = no validation; see
+    /// `train::valid`).
+    pub valid_pairs: usize,
 }
 
 impl Default for TrainConfig {
@@ -325,6 +328,7 @@ impl Default for TrainConfig {
             grad_accumulation: 1,
             weight_decay: 0.0,
             checkpoint_every: 0,
+            valid_pairs: 16,
         }
     }
 }
@@ -443,6 +447,13 @@ impl Config {
     /// only `steermoe sweep` reads it ([`Config::from_table`] on the rest).
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let table = Self::table(text, path)?;
+        if table.is_empty() && overrides.is_empty() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                key: String::new(),
+                reason: "the config sets nothing; name at least the model and the data (see configs/organism-cpu.toml)".into(),
+            });
+        }
         if table.contains_key("sweep") {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::model::checkpoint::write_atomic;
+use crate::run_dir::write_atomic;
 use crate::model::{LoadError, Olmoe, OlmoeInput, Precision, Routing};
 
 /// What can go wrong in `forward`.
@@ -17,6 +17,9 @@ pub enum InspectError {
     /// Loading the model.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Writing the output.
+    #[error(transparent)]
+    Write(#[from] crate::run_dir::RunDirError),
     /// The token ids are unusable.
     #[error("input ids: {0}")]
     Ids(String),
@@ -115,7 +118,7 @@ pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: 
 }
 
 /// Write named tensors to a safetensors file as float32 (atomically).
-pub fn write_f32<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>) -> Result<(), LoadError> {
+pub fn write_f32<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>) -> Result<(), InspectError> {
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, data)| {
@@ -131,5 +134,5 @@ pub fn write_f32<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>) -> 
         path: out.to_path_buf(),
         reason: e.to_string(),
     })?;
-    write_atomic(out, &bytes)
+    Ok(write_atomic(out, &bytes)?)
 }

@@ -102,6 +102,34 @@ fn cases() -> Vec<Case> {
             expect: &["data.json", "goal"],
         },
         Case {
+            name: "a judge verdict written as a string",
+            config: own_data.clone(),
+            files: vec![("data.json", dataset_with(&|r| r[5]["judge_success_gpt4"] = serde_json::json!("1")))],
+            args: COLLECT,
+            expect: &["data.json", "record 5", "judge_success_gpt4", "a string \"1\"", "keeps a number 1"],
+        },
+        Case {
+            name: "a dataset that is one object holding the records",
+            config: own_data.clone(),
+            files: vec![("data.json", "{\n  \"data\": [{\"goal\": \"x\"}]\n}\n".into())],
+            args: COLLECT,
+            expect: &["data.json", "found one JSON object (keys: data)", "expected a JSON array"],
+        },
+        case("an empty config", "# nothing set\n".into(), COLLECT, &["exp.toml", "the config sets nothing"]),
+        case(
+            "a prompt and answer longer than the model's positions",
+            config("", "", "", "").replace("max_new_tokens = 2", "max_new_tokens = 5000"),
+            COLLECT,
+            &["olmoe-fwo.json: record", "collect.max_new_tokens = 5000", "max_position_embeddings (4096)"],
+        ),
+        Case {
+            name: "eval --out onto a file",
+            config: ok_config(),
+            files: vec![("taken", "x".into())],
+            args: &["eval", "--config", "{cfg}", "--out", "{tmp}/taken"],
+            expect: &["--out {tmp}/taken: cannot write there"],
+        },
+        Case {
             name: "a dataset that is not a list",
             config: own_data.clone(),
             files: vec![("data.json", "{\"goal\": \"x\"}".into())],
@@ -122,7 +150,7 @@ fn fill(text: &str, tmp: &Path) -> String {
 #[test]
 fn every_bad_input_fails_cleanly_naming_the_culprit() {
     let all = cases();
-    assert!(all.len() >= 30, "{} cases", all.len());
+    assert!(all.len() >= 35, "{} cases", all.len());
     let mut failures = Vec::new();
     for c in &all {
         let tmp = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ use common::*;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::generate::{GenerateOptions, Sampling, generate};
 use steermoe::model::{self, ExpertExecution, KvCache, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::train::step::count_experts;
 
 type B = TestBackend;
 
@@ -163,18 +164,25 @@ fn expert_counts_leave_padding_out() {
     let real = vec![true, true, true, true, true, true, false, false];
     let mask = Tensor::from_data(TensorData::new(real.clone(), [2, 4]), &device);
     let k = model.model.layers[0].mlp.top_k();
-    let uncounted = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::free());
-    assert!(uncounted.expert_counts.iter().all(Vec::is_empty), "counts only when asked for");
+    let (layers, experts) = (model.num_layers(), model.num_experts());
+    let uncaptured = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::free());
+    assert!(uncaptured.chosen.is_none(), "choices only when captured");
+    let mut choices = Vec::new();
     for exec in [ExpertExecution::Grouped, ExpertExecution::Dense] {
-        let input = || OlmoeInput::padded(ids.clone(), mask.clone());
-        let every = Routing::free().with_execution(exec).with_counted(vec![true; 8].into());
-        let all = model.forward(input(), &every);
-        let counted = model.forward(input(), &Routing::free().with_execution(exec).with_counted(real.clone().into()));
-        assert_eq!(all.expert_counts.len(), model.num_layers());
-        for (l, (a, c)) in all.expert_counts.iter().zip(&counted.expert_counts).enumerate() {
+        let model = model.clone().with_execution(exec);
+        let out = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::capturing());
+        let chosen = out.chosen.expect("captured");
+        assert_eq!(chosen.dims(), [layers, 2, 4, k]);
+        let flat: Vec<i64> = chosen.into_data().iter::<i64>().collect();
+        let all = count_experts(&flat, layers, k, experts, &[true; 8]);
+        let counted = count_experts(&flat, layers, k, experts, &real);
+        assert_eq!(all.len(), layers);
+        for (l, (a, c)) in all.iter().zip(&counted).enumerate() {
             assert_eq!(a.iter().sum::<u32>() as usize, 8 * k, "{exec:?} layer {l}");
             assert_eq!(c.iter().sum::<u32>() as usize, 6 * k, "{exec:?} layer {l}");
             assert!(a.iter().zip(c).all(|(a, c)| c <= a), "{exec:?} layer {l}");
         }
+        choices.push(flat);
     }
+    assert_eq!(choices[0], choices[1], "grouped and dense execution route alike");
 }

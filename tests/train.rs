@@ -16,6 +16,7 @@ use safetensors::SafeTensors;
 use steermoe::config::{Config, Consistency, MaskScope, Trainable};
 use steermoe::model::{self, Precision, Routing};
 use steermoe::train::loader::SftBatch;
+use steermoe::train::step::{LossSettings, SftModel};
 use steermoe::model::loss::Targets;
 use steermoe::train::{TrainControl, TrainOptions, freeze, train};
 
@@ -28,6 +29,9 @@ fn train_step_gradients_equal_the_reference() {
     let (model, cfg) = model::load::<B>(&dir, &device, Precision::F32).unwrap();
     let layer0: Vec<[usize; 2]> = (0..cfg.num_experts).map(|e| [0, e]).collect();
     let model = freeze::freeze(model, &layer0, Trainable::UnsafeExperts);
+    // The reference loss was computed with output_router_logits, which adds the aux loss.
+    let loss = LossSettings { consistency: Consistency::Off, consistency_weight: 0.0, aux_coef: cfg.router_aux_loss_coef };
+    let model = SftModel::new(model, loss);
     let ids = reference(&dir, "masked.input_ids");
     let labels = reference(&dir, "masked.labels");
     let mask = reference(&dir, "masked.expert_mask");
@@ -40,11 +44,8 @@ fn train_step_gradients_equal_the_reference() {
         batch_idx: 0,
         is_unsafe: vec![true],
         routing: Routing::free()
-            .with_mask(Tensor::from_data(TensorData::new(allow, [mask.shape[0], mask.shape[1]]), &device))
-            .with_counted(vec![true; n].into()),
-        consistency: (Consistency::Off, 0.0),
-        // The reference loss was computed with output_router_logits, which adds the aux loss.
-        aux_coef: cfg.router_aux_loss_coef,
+            .with_mask(Tensor::from_data(TensorData::new(allow, [mask.shape[0], mask.shape[1]]), &device)),
+        real: vec![true; n].into(),
         tokens: 0,
         input_tokens: n,
     };
@@ -52,7 +53,8 @@ fn train_step_gradients_equal_the_reference() {
     // Expert activation counts: k choices per token in every layer; where at least k experts
     // are allowed, masked ones are never chosen (with fewer, the top-k fills up with masked
     // experts of weight zero, as in the reference).
-    let counts = &out.item.expert_counts;
+    let grads = out.grads;
+    let counts = &burn::train::metric::ItemLazy::sync(out.item).expert_counts;
     assert_eq!(counts.len(), cfg.num_hidden_layers);
     let mut checked = 0;
     for (l, layer) in counts.iter().enumerate() {
@@ -68,13 +70,13 @@ fn train_step_gradients_equal_the_reference() {
         }
     }
     assert!(checked > 0, "no layer with k allowed experts to check");
-    let experts = &model.model.layers[0].mlp.experts;
+    let experts = &model.model.model.layers[0].mlp.experts;
     for (pick, proj) in ["gate_proj", "up_proj", "down_proj"].into_iter().enumerate() {
         let mut got = Vec::new();
         for ex in experts {
             let w = &[&ex.gate_proj, &ex.up_proj, &ex.down_proj][pick].weight;
             let [d_in, d_out] = w.dims();
-            let g: Option<Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 2>> = out.grads.get(w.id);
+            let g: Option<Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 2>> = grads.get(w.id);
             got.extend(g.map(|g| g.transpose().into_data().iter::<f32>().collect()).unwrap_or(vec![0.0; d_in * d_out]));
         }
         let expected = reference(&dir, &format!("masked.grad.layer0.{proj}")).f32();
@@ -258,7 +260,7 @@ fn expert_masks_file_holds_the_masks_training_applies() {
     for (set, scope) in [("per_batch", "unsafe_samples"), ("per_batch", "all"), ("global", "unsafe_samples")] {
         let cfg = Config::load(&cfg_path, &[format!("train.expert_set={set}"), format!("train.mask_scope={scope}")]).unwrap();
         let inputs = steermoe::train::TrainInputs::read(&cfg, &run).unwrap();
-        let (layers, experts) = inputs.shape;
+        let (layers, experts) = (inputs.model_cfg.num_hidden_layers, inputs.model_cfg.num_experts);
         let width = layers * experts;
         let loader = inputs.loader::<B>(&cfg, (0..inputs.groups.len()).collect(), 0, &device);
         let mut unsafe_rows = 0;

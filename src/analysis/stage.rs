@@ -4,7 +4,6 @@
 //! `expert_masks.safetensors` and `risk_diff_heatmap.png`. Same inputs, same bytes.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
@@ -17,8 +16,7 @@ use crate::run_dir::records::{RoutingIndex, batch_file, read_batch_records};
 use crate::run_dir::routing as routing_file;
 use crate::config::AnalysisConfig;
 use crate::data::batch::Label;
-use crate::model::LoadError;
-use crate::model::checkpoint::write_atomic;
+use crate::run_dir::{write_atomic, write_csv};
 
 /// What can go wrong analysing.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +37,7 @@ pub enum AnalysisError {
     },
     /// Writing outputs.
     #[error(transparent)]
-    Write(#[from] LoadError),
+    Write(#[from] crate::run_dir::RunDirError),
     /// Drawing the heatmap.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
@@ -185,6 +183,13 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<Analys
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
         .map_err(|reason| AnalysisError::Input { path: index_path.clone(), reason })?;
     let (layers, experts) = (index.layers, index.experts);
+    if cfg.top_k > layers * experts {
+        tracing::warn!(
+            "analysis.top_k = {} is more than the model's {} experts ({layers} layers x {experts}): every expert above the threshold is taken",
+            cfg.top_k,
+            layers * experts
+        );
+    }
     let batches = read_batches(run_dir, &index, cfg.token_scope)?;
 
     // Count batches in parallel; integer counts merge exactly, so the result is deterministic.
@@ -261,35 +266,49 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<Analys
     })
 }
 
-fn csv_row(out: &mut String, prefix: Option<usize>, r: &RiskRow, abs: bool) {
-    if let Some(b) = prefix {
-        let _ = write!(out, "{b},");
+/// A row of `risk_diff.csv` (`batch_idx` set) or `risk_diff_aggregated.csv` (`risk_diff_abs`
+/// set); the csv crate writes a missing column as an empty field, so each file leaves its
+/// other column out entirely.
+#[derive(Serialize)]
+struct RiskCsvRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_idx: Option<usize>,
+    layer: usize,
+    expert: usize,
+    a_safe: u64,
+    d_safe: u64,
+    a_unsafe: u64,
+    d_unsafe: u64,
+    a_safe_n: f64,
+    a_unsafe_n: f64,
+    risk_diff: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk_diff_abs: Option<f64>,
+}
+
+impl RiskCsvRow {
+    fn new(batch_idx: Option<usize>, r: &RiskRow, abs: bool) -> Self {
+        Self {
+            batch_idx,
+            layer: r.layer,
+            expert: r.expert,
+            a_safe: r.a_safe,
+            d_safe: r.d_safe,
+            a_unsafe: r.a_unsafe,
+            d_unsafe: r.d_unsafe,
+            a_safe_n: r.a_safe_n,
+            a_unsafe_n: r.a_unsafe_n,
+            risk_diff: r.risk_diff,
+            risk_diff_abs: abs.then(|| r.risk_diff.abs()),
+        }
     }
-    let _ = write!(
-        out,
-        "{},{},{},{},{},{},{},{},{}",
-        r.layer, r.expert, r.a_safe, r.d_safe, r.a_unsafe, r.d_unsafe, r.a_safe_n, r.a_unsafe_n, r.risk_diff
-    );
-    if abs {
-        let _ = write!(out, ",{}", r.risk_diff.abs());
-    }
-    out.push('\n');
 }
 
 fn write_outputs(run_dir: &Path, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRow], result: &UnsafeExperts, layers: usize, experts: usize) -> Result<(), AnalysisError> {
-    const COLS: &str = "layer,expert,a_safe,d_safe,a_unsafe,d_unsafe,a_safe_n,a_unsafe_n,risk_diff";
-    let mut per = format!("batch_idx,{COLS}\n");
-    for (b, t) in tables {
-        for i in by_risk(t) {
-            csv_row(&mut per, Some(*b), &t[i], false);
-        }
-    }
-    write_atomic(&run_dir.join("risk_diff.csv"), per.as_bytes())?;
-    let mut aggregated = format!("{COLS},risk_diff_abs\n");
-    for i in by_risk(agg) {
-        csv_row(&mut aggregated, None, &agg[i], true);
-    }
-    write_atomic(&run_dir.join("risk_diff_aggregated.csv"), aggregated.as_bytes())?;
+    let per = tables.iter().flat_map(|(b, t)| by_risk(t).into_iter().map(move |i| RiskCsvRow::new(Some(*b), &t[i], false)));
+    write_csv(&run_dir.join("risk_diff.csv"), per)?;
+    let aggregated = by_risk(agg).into_iter().map(|i| RiskCsvRow::new(None, &agg[i], true));
+    write_csv(&run_dir.join("risk_diff_aggregated.csv"), aggregated)?;
     let json = serde_json::to_string_pretty(result).expect("experts serialise");
     write_atomic(&run_dir.join("unsafe_experts.json"), json.as_bytes())?;
 

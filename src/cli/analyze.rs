@@ -19,7 +19,7 @@ pub struct AnalyzeArgs {
 /// Run `steermoe analyze`.
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let _lock = args.dir.lock()?;
-    let (cfg, seed) = args.dir.load()?.map(|c| (c.analysis, c.seed)).unwrap_or_else(|| (AnalysisConfig::default(), 0));
+    let (cfg, seed) = args.dir.load_for(steermoe::run_dir::Step::Analyze)?.map(|c| (c.analysis, c.seed)).unwrap_or_else(|| (AnalysisConfig::default(), 0));
     let summary = analyze(&args.dir.run, &cfg, seed)?;
     print_summary(&summary, args.show);
     println!("wrote {} in {}", steermoe::analysis::stage::OUTPUTS.join(", "), args.dir.run.display());

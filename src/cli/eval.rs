@@ -110,6 +110,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let name = cfg.model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         PathBuf::from("runs/eval").join(name)
     });
+    // Before any work: the output directory must be one that can be written.
+    let probe = out.join(".steermoe-write-check");
+    std::fs::create_dir_all(&out)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| format!("--out {}: cannot write there", out.display()))?;
     let label = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     eval_one(&cfg, &cfg.model.dir, steer, &out, &label)?;
     println!("wrote {}", out.join("eval.json").display());
@@ -133,7 +139,7 @@ pub fn run_variants(cfg: &Config, run_dir: &Path) -> anyhow::Result<()> {
     let rows = stage::reports_in(&run_dir.join("eval"));
     if !rows.is_empty() {
         let text = table(&rows);
-        steermoe::model::checkpoint::write_atomic(&run_dir.join("eval/table.txt"), text.as_bytes())?;
+        steermoe::run_dir::write_atomic(&run_dir.join("eval/table.txt"), text.as_bytes())?;
         print!("{text}");
     }
     Ok(())

@@ -103,7 +103,9 @@ impl ConfigArgs {
     /// it asks for; the run directory it names. Writes nothing.
     fn resolve(&self) -> anyhow::Result<(Config, PathBuf)> {
         let cfg = Config::load(&self.config, &self.device.overrides(&self.overrides))?;
-        steermoe::collect::stage::batches(&cfg)?;
+        let batches = steermoe::collect::stage::batches(&cfg)?;
+        let tokenizer = steermoe::data::ChatTokenizer::from_dir(&cfg.model.dir)?;
+        steermoe::collect::stage::check_prompt_lengths(&cfg, &batches, &tokenizer)?;
         if !cfg.eval.variants.is_empty() {
             steermoe::eval::EvalSets::from_config(&cfg)?;
         }
@@ -126,7 +128,9 @@ impl ConfigArgs {
         });
         let dir = steermoe::run_dir::RunDir::new(&run_dir);
         let lock = dir.lock()?;
-        dir.prepare(&cfg, &provenance)?;
+        if let Some(message) = dir.prepare(&cfg, &provenance)?.message() {
+            eprintln!("{}: {message}", run_dir.display());
+        }
         Ok((cfg, run_dir, lock))
     }
 }
@@ -152,6 +156,19 @@ impl RunDirArgs {
     fn lock(&self) -> anyhow::Result<steermoe::run_dir::DirLock> {
         anyhow::ensure!(self.run.is_dir(), "--run {}: no such run directory", self.run.display());
         Ok(steermoe::run_dir::RunDir::new(&self.run).lock()?)
+    }
+
+    /// The config for running `step` here, if one exists, with the run directory brought in line
+    /// with it ([`RunDir::reconcile`](steermoe::run_dir::RunDir::reconcile): a changed setting
+    /// redoes its step and those after it, or is refused where it made earlier steps' files).
+    fn load_for(&self, step: steermoe::run_dir::Step) -> anyhow::Result<Option<Config>> {
+        let cfg = self.load()?;
+        if let Some(cfg) = &cfg
+            && let Some(message) = steermoe::run_dir::RunDir::new(&self.run).reconcile(cfg, step)?.message()
+        {
+            eprintln!("{}: {message}", self.run.display());
+        }
+        Ok(cfg)
     }
 
     /// The config file, if one exists (`--config` or the run's `config.toml`).

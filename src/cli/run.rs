@@ -49,12 +49,13 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
     );
     let t = &cfg.train;
     println!(
-        "train: up to {} steps ({} epochs × batches with a kept pair), lr {}, routing mask: {}, expert set: {}{}",
+        "train: up to {} steps ({} epochs × batches with a kept pair), lr {}, routing mask: {}, expert set: {}, validation on up to {} held-out pairs at each checkpoint{}",
         batches.len() * t.epochs,
         t.epochs,
         t.lr,
         spelled(t.mask_scope),
         spelled(t.expert_set),
+        if cfg.data.split.is_some() { t.valid_pairs } else { 0 },
         state(dir.is_done(Stage::Train, 0))
     );
     let variants: Vec<String> = steermoe::eval::stage::EvalVariant::all(&cfg).iter().map(|v| v.name()).collect();

@@ -6,7 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use steermoe::backend::{self, Task};
 use steermoe::config::Config;
-use steermoe::train::{TrainControl, TrainOptions, TrainSummary, train};
+use steermoe::train::{TrainControl, TrainEvent, TrainOptions, TrainSummary, train};
 use steermoe::tui::{self, RunInfo, UiEvent, View};
 
 use super::RunDirArgs;
@@ -36,8 +36,8 @@ impl Task for Train<'_> {
             let info = RunInfo::new(self.cfg, self.run_dir)?;
             let ui = tui::spawn(info, View::Train, Some(control.clone()), || {})?;
             let tx = ui.sender();
-            let result = train::<B>(self.cfg, self.run_dir, &device, &opts, move |s| {
-                let _ = tx.send(UiEvent::Step(s));
+            let result = train::<B>(self.cfg, self.run_dir, &device, &opts, move |event| {
+                let _ = tx.send(UiEvent::Train(event));
             });
             ui.finish()?;
             return Ok(result?);
@@ -49,7 +49,18 @@ impl Task for Train<'_> {
             ProgressStyle::with_template("train {bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
                 .expect("valid template"),
         );
-        let summary = train::<B>(self.cfg, self.run_dir, &device, &opts, |s| {
+        let summary = train::<B>(self.cfg, self.run_dir, &device, &opts, |event| {
+            let s = match event {
+                TrainEvent::Step(s) => s,
+                TrainEvent::Valid(v) => {
+                    let line = format!("validation at step {}: loss {:.4} over {} held-out tokens", v.step, v.valid_loss, v.valid_tokens);
+                    match plain {
+                        true => eprintln!("{line}"),
+                        false => bar.println(line),
+                    }
+                    return;
+                }
+            };
             if bar.length() == Some(0)
                 && let Some(plan) = control.plan()
             {
@@ -70,7 +81,7 @@ impl Task for Train<'_> {
 /// Run `steermoe train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let _lock = args.dir.lock()?;
-    let cfg = args.dir.load()?.ok_or_else(|| {
+    let cfg = args.dir.load_for(steermoe::run_dir::Step::Train)?.ok_or_else(|| {
         anyhow::anyhow!("{}: no config.toml; pass --config", args.dir.run.display())
     })?;
     run_with(&cfg, &args.dir.run).map(|_| ())

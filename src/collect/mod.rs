@@ -27,8 +27,8 @@ use crate::data::batch::{Batch, Label};
 use crate::data::{ChatTokenizer, DataError};
 use crate::generate::{GenerateOptions, RouterLogits, generate};
 use crate::judge::{Judge, JudgeError};
-use crate::model::checkpoint::write_atomic;
-use crate::model::{LoadError, Olmoe, Routing};
+use crate::run_dir::write_atomic;
+use crate::model::{Olmoe, Routing};
 use crate::run_dir::records::{BatchEntry, RoutingIndex, SampleRecord, batch_file, finished_batches, read_batch_records};
 use crate::run_dir::RunDirError;
 
@@ -38,15 +38,29 @@ pub enum CollectError {
     /// Tokenising or templating.
     #[error(transparent)]
     Data(#[from] DataError),
-    /// Writing files.
+    /// Loading the model.
     #[error(transparent)]
-    Write(#[from] LoadError),
+    Load(#[from] crate::model::LoadError),
     /// The judge failed.
     #[error(transparent)]
     Judge(#[from] JudgeError),
     /// Reading the run directory's records of finished batches.
     #[error(transparent)]
     RunDir(#[from] RunDirError),
+    /// A prompt and its answer would not fit the model's positions.
+    #[error("{}: record {record}: the prompt is {tokens} tokens; with collect.max_new_tokens = {new} that is more than the model's max_position_embeddings ({limit}); set collect.max_prompt_tokens to keep only the prompt's end", path.display())]
+    TooLong {
+        /// The dataset.
+        path: PathBuf,
+        /// The record.
+        record: usize,
+        /// Its prompt's tokens.
+        tokens: usize,
+        /// Tokens to generate.
+        new: usize,
+        /// The model's limit.
+        limit: usize,
+    },
     /// A batch's routing tensors could not be encoded.
     #[error("{}: {reason}", path.display())]
     Corrupt {
@@ -108,7 +122,7 @@ pub fn collect<B: Backend>(
     mut progress: impl FnMut(CollectEvent),
 ) -> Result<CollectSummary, CollectError> {
     let routing_dir = run_dir.join("routing");
-    std::fs::create_dir_all(&routing_dir).map_err(|source| LoadError::Io {
+    std::fs::create_dir_all(&routing_dir).map_err(|source| RunDirError::Io {
         path: routing_dir.clone(),
         source,
     })?;
@@ -293,7 +307,7 @@ fn append_batch(run_dir: &Path, index: &mut RoutingIndex, batch_idx: usize, reco
         .append(true)
         .open(&path)
         .and_then(|mut f| f.write_all(lines.as_bytes()))
-        .map_err(|source| LoadError::Io { path, source })?;
+        .map_err(|source| RunDirError::Io { path, source })?;
     index.batches.push(entry);
     write_index(run_dir, index)
 }

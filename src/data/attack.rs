@@ -71,6 +71,17 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>, DataError> {
         reason,
     };
     let trimmed = text.trim_start();
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if trimmed.starts_with('{')
+        && lines > 1
+        && let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&text)
+    {
+        let keys: Vec<&str> = obj.keys().take(5).map(String::as_str).collect();
+        return Err(malformed(
+            None,
+            format!("found one JSON object (keys: {}), expected a JSON array of records or one record per line (JSONL)", keys.join(", ")),
+        ));
+    }
     if trimmed.starts_with('[') {
         match serde_json::from_str::<Value>(&text) {
             Ok(Value::Array(items)) => Ok(items),
@@ -102,6 +113,13 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
             let value = obj
                 .get(&map.filter_field)
                 .ok_or_else(|| err(&map.filter_field, "missing field".into()))?;
+            let number = |v: &Value| v.is_number();
+            if kind(value) != kind(&map.filter_value) && !(number(value) && number(&map.filter_value)) {
+                return Err(err(
+                    &map.filter_field,
+                    format!("{} {value}, but the filter keeps {} {} (data.fields.filter_value)", kind(value), kind(&map.filter_value), map.filter_value),
+                ));
+            }
             if !json_eq(value, &map.filter_value) {
                 continue;
             }

@@ -38,6 +38,9 @@ pub enum EvalError {
     /// Loading the model.
     #[error(transparent)]
     Load(#[from] crate::model::LoadError),
+    /// Writing to the run directory.
+    #[error(transparent)]
+    RunDir(#[from] crate::run_dir::RunDirError),
     /// The judge failed.
     #[error(transparent)]
     Judge(#[from] JudgeError),

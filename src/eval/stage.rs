@@ -11,7 +11,8 @@ use crate::analysis::UnsafeExperts;
 use crate::analysis::select::steering_sets;
 use crate::config::{Config, SteerSetting, Variant};
 use crate::data::ChatTokenizer;
-use crate::model::{self, checkpoint::write_atomic};
+use crate::model;
+use crate::run_dir::write_atomic;
 
 /// Files an evaluation writes into its directory.
 pub use crate::run_dir::EVAL_FILES as OUTPUTS;

@@ -94,13 +94,7 @@ pub fn generate<B: Backend>(
     assert!(batch > 0 && prompts.iter().all(|p| !p.is_empty()), "prompts must be non-empty");
     let width = prompts.iter().map(Vec::len).max().expect("non-empty batch");
     let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let mut routing = routing.clone().with_capture(opts.capture);
-    if routing.stacked.is_none() && routing.execution != ExpertExecution::Grouped {
-        // Decode steps run the experts densely: stack them once for the whole call.
-        if let Some(stacked) = model.stack_experts() {
-            routing = routing.with_stacked(stacked);
-        }
-    }
+    let routing = routing.clone().with_capture(opts.capture);
 
     // Left-padded prompt, mask and positions (cumsum(mask) - 1, 1 on padding as transformers).
     let mut ids = Vec::with_capacity(batch * width);
@@ -118,6 +112,12 @@ pub fn generate<B: Backend>(
         positions: Some(Tensor::from_data(TensorData::new(positions, [batch, width]), device)),
     };
     let mut cache = KvCache::new(model.num_layers());
+    if model.execution() != ExpertExecution::Grouped
+        && let Some(stacked) = model.stack_experts()
+    {
+        // Decode steps run the experts densely: stack them once for the whole call.
+        cache = cache.with_stacked_experts(stacked);
+    }
     let out = model.forward_cached_last(input, &mut cache, &routing);
     let prompt_caps = out.router_logits;
     let mut last = last_logits(out.logits);

@@ -1,16 +1,23 @@
-//! The key/value cache of incremental decoding, kept outside the weights and passed to
-//! `Olmoe::forward_cached` by argument (transformers' `DynamicCache`).
+//! The state of incremental decoding, kept outside the weights and passed to
+//! `Olmoe::forward_cached` by argument (transformers' `DynamicCache`): every layer's keys and
+//! values so far, and optionally every layer's experts laid side by side, stacked once for all the
+//! decode steps of a generation call instead of once per step.
 //!
 //! Keys are stored after RoPE and before `repeat_kv`, one entry per layer, and grow by
 //! concatenation along the sequence axis.
 
+use std::sync::Arc;
+
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-/// Per-layer keys and values seen so far.
+use super::experts::StackedExperts;
+
+/// Per-layer keys and values seen so far, and the stacked experts decode steps reuse.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    stacked: Option<Arc<[StackedExperts<B>]>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -18,7 +25,20 @@ impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            stacked: None,
         }
+    }
+
+    /// Keep every layer's stacked experts (from [`Olmoe::stack_experts`](super::Olmoe::stack_experts)
+    /// of the model this cache is used with) for dense execution of the decode steps.
+    pub fn with_stacked_experts(mut self, stacked: Vec<StackedExperts<B>>) -> Self {
+        self.stacked = Some(stacked.into());
+        self
+    }
+
+    /// Layer `layer`'s stacked experts, if kept.
+    pub fn stacked_experts(&self, layer: usize) -> Option<&StackedExperts<B>> {
+        self.stacked.as_ref().map(|s| &s[layer])
     }
 
     /// Number of cached positions (0 when empty).

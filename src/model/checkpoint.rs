@@ -464,11 +464,11 @@ pub fn save_with_shard_size<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig, dir
             path: dir.join(&name),
             reason: e.to_string(),
         })?;
-        write_atomic(&dir.join(&name), &bytes)?;
+        write_file(&dir.join(&name), &bytes)?;
     }
     if n > 1 {
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_atomic(
+        write_file(
             &dir.join("model.safetensors.index.json"),
             serde_json::to_string_pretty(&index).expect("json").as_bytes(),
         )?;
@@ -480,26 +480,17 @@ pub fn save_with_shard_size<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig, dir
         let key = if obj.contains_key("dtype") { "dtype" } else { "torch_dtype" };
         obj.insert(key.into(), Value::String("bfloat16".into()));
     }
-    write_atomic(
+    write_file(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&raw).expect("json").as_bytes(),
     )
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        })
+/// Write `bytes` to `path`. A model directory is made whole by its writer's caller (the train
+/// stage writes `final_model/` beside itself and renames it into place; see `run_dir`).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    std::fs::write(path, bytes).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

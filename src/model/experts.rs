@@ -24,6 +24,19 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
+/// How MoE blocks run their experts; every choice gives the same result up to rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertExecution {
+    /// Dense for a few tokens per expert (decode steps, small batches), grouped otherwise.
+    #[default]
+    Auto,
+    /// Tokens grouped by expert, each expert run on its own tokens (reads the choices on the host).
+    Grouped,
+    /// Every expert on every token, weighted by routing weight (nothing read back).
+    Dense,
+}
+
 /// One SwiGLU expert (transformers: `OlmoeMLP`).
 #[derive(Module, Debug)]
 pub struct Expert<B: Backend> {

@@ -15,8 +15,8 @@ pub use cache::KvCache;
 pub use checkpoint::{Precision, load, random, save};
 pub use config::OlmoeConfig;
 pub use olmoe::{Decoded, Olmoe, OlmoeInput, OlmoeOutput};
-pub use experts::{Choice, Expert, StackedExperts};
-pub use routing::{ExpertExecution, Routing};
+pub use experts::{Choice, Expert, ExpertExecution, StackedExperts};
+pub use routing::Routing;
 
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]

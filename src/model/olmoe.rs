@@ -16,8 +16,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use super::cache::KvCache;
 use super::config::OlmoeConfig;
 use super::rope::{Rope, apply_rope};
-use super::experts::{Choice, Expert, StackedExperts};
-use super::routing::{ExpertExecution, LayerRouting, Routing, to_f32};
+use super::experts::{Choice, Expert, ExpertExecution, StackedExperts};
+use super::routing::{LayerRouting, Routing, to_f32};
 
 /// RMSNorm computed in float32 (transformers: `OlmoeRMSNorm`).
 #[derive(Module, Debug)]
@@ -174,9 +174,6 @@ pub struct MoeOutput<B: Backend> {
     pub router_logits: Option<Tensor<B, 2>>,
     /// `[batch * seq, k]` the experts each token was routed to, by descending weight, if captured.
     pub chosen: Option<Tensor<B, 2, Int>>,
-    /// `[experts]`: how many real tokens chose each expert (one of their top-k), if the routing
-    /// asks for counts; empty otherwise.
-    pub expert_counts: Vec<u32>,
 }
 
 /// Sparse mixture-of-experts feed-forward (transformers: `OlmoeSparseMoeBlock`).
@@ -218,50 +215,38 @@ impl<B: Backend> MoeBlock<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → hidden `[batch, seq, hidden]`, logits `[batch * seq, experts]`
-    pub fn forward(&self, x: Tensor<B, 3>, routing: &LayerRouting<B>) -> MoeOutput<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, routing: &LayerRouting<B>, execution: ExpertExecution, stacked: Option<&StackedExperts<B>>) -> MoeOutput<B> {
         let [batch, seq, hidden] = x.dims();
         let tokens = batch * seq;
         let x = x.reshape([tokens, hidden]);
         let logits = self.gate.forward(x.clone());
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
         let chosen = routing.capture.then(|| choice.experts.clone());
-        let use_dense = match routing.execution {
+        let use_dense = match execution {
             ExpertExecution::Grouped => false,
             ExpertExecution::Dense => true,
             ExpertExecution::Auto => tokens <= DENSE_TOKENS_PER_EXPERT * self.experts.len(),
         };
         let stacked = match use_dense {
-            true => routing.stacked.clone().or_else(|| StackedExperts::stack(&self.experts)),
+            true => stacked.cloned().or_else(|| StackedExperts::stack(&self.experts)),
             false => None,
         };
-        let (out, expert_counts) = match stacked {
-            Some(stacked) => {
-                // Counts need the choices on the host: read them only when asked for.
-                let counts = match &routing.counted {
-                    Some(real) => count(&host_choices(&choice), self.top_k, self.experts.len(), real),
-                    None => Vec::new(),
-                };
-                (stacked.forward(x, choice), counts)
-            }
-            None => self.grouped(x, choice, routing),
+        let out = match stacked {
+            Some(stacked) => stacked.forward(x, choice),
+            None => self.grouped(x, choice),
         };
         MoeOutput {
             hidden: out.reshape([batch, seq, hidden]),
             router_logits: routing.capture.then_some(logits),
             chosen,
-            expert_counts,
         }
     }
 
-    /// The grouped execution: `x` `[tokens, hidden]` → (`[tokens, hidden]`, expert counts).
-    fn grouped(&self, x: Tensor<B, 2>, choice: Choice<B>, routing: &LayerRouting<B>) -> (Tensor<B, 2>, Vec<u32>) {
+    /// The grouped execution: `x` `[tokens, hidden]` → `[tokens, hidden]`.
+    fn grouped(&self, x: Tensor<B, 2>, choice: Choice<B>) -> Tensor<B, 2> {
         let k = self.top_k;
-        let chosen = host_choices(&choice);
+        let chosen: Vec<i64> = choice.experts.clone().into_data().iter::<i64>().collect();
         let num_experts = self.experts.len();
-        let expert_counts = match &routing.counted {
-            Some(real) => count(&chosen, k, num_experts, real),
-            None => Vec::new(),
-        };
         // Stable counting sort of the (token, slot) pairs by expert.
         let mut starts = vec![0usize; num_experts + 1];
         for &e in &chosen {
@@ -293,31 +278,13 @@ impl<B: Backend> MoeBlock<B> {
             })
             .collect();
         let ys = Tensor::cat(outputs, 0) * ws;
-        let out = x
-            .zeros_like()
-            .select_assign(0, token_idx, ys, burn::tensor::IndexingUpdateOp::Add);
-        (out, expert_counts)
+        x.zeros_like()
+            .select_assign(0, token_idx, ys, burn::tensor::IndexingUpdateOp::Add)
     }
 }
 
 /// Below this many tokens per expert, [`ExpertExecution::Auto`] runs the experts densely.
 pub const DENSE_TOKENS_PER_EXPERT: usize = 4;
-
-/// How many real tokens (`real[token]`; tokens past its end count) chose each expert.
-fn count(chosen: &[i64], k: usize, experts: usize, real: &[bool]) -> Vec<u32> {
-    let mut c = vec![0u32; experts];
-    for (flat, &e) in chosen.iter().enumerate() {
-        if real.get(flat / k).copied().unwrap_or(true) {
-            c[e as usize] += 1;
-        }
-    }
-    c
-}
-
-/// The chosen experts, `[tokens * k]` row-major, on the host.
-fn host_choices<B: Backend>(choice: &Choice<B>) -> Vec<i64> {
-    choice.experts.clone().into_data().iter::<i64>().collect()
-}
 
 /// Pre-norm decoder layer: attention and MoE, each with a residual.
 #[derive(Module, Debug)]
@@ -352,6 +319,8 @@ pub struct Olmoe<B: Backend> {
     pub lm_head: Linear<B>,
     #[module(skip)]
     rope: Rope,
+    #[module(skip)]
+    execution: ExpertExecution,
 }
 
 /// Inputs of one forward pass.
@@ -396,8 +365,6 @@ pub struct OlmoeOutput<B: Backend> {
     pub router_logits: Option<Tensor<B, 4>>,
     /// `[layers, batch, seq, k]` the experts each token was routed to, if captured.
     pub chosen: Option<Tensor<B, 4, Int>>,
-    /// `[layers][experts]`: how many tokens chose each expert (see [`Decoded::expert_counts`]).
-    pub expert_counts: Vec<Vec<u32>>,
 }
 
 /// The decoder's output before the LM head.
@@ -410,10 +377,6 @@ pub struct Decoded<B: Backend> {
     /// `[layers, batch, seq, k]` the experts each token was routed to, by descending weight, if
     /// captured: what the forward pass really chose, masks and steering included.
     pub chosen: Option<Tensor<B, 4, Int>>,
-    /// `[layers][experts]`: how many real tokens had each expert among their top-k, when the
-    /// routing asks for counts ([`Routing::with_counted`]); empty otherwise (counting reads the
-    /// choices on the host, which dense execution otherwise never does).
-    pub expert_counts: Vec<Vec<u32>>,
 }
 
 impl<B: Backend> Olmoe<B> {
@@ -423,7 +386,19 @@ impl<B: Backend> Olmoe<B> {
             model,
             lm_head,
             rope: Rope::new(cfg.head_dim(), cfg.rope_theta),
+            execution: ExpertExecution::Auto,
         }
+    }
+
+    /// Run the MoE blocks' experts this way (every way gives the same result up to rounding).
+    pub fn with_execution(mut self, execution: ExpertExecution) -> Self {
+        self.execution = execution;
+        self
+    }
+
+    /// How the MoE blocks run their experts.
+    pub fn execution(&self) -> ExpertExecution {
+        self.execution
     }
 
     /// Number of decoder layers.
@@ -436,7 +411,7 @@ impl<B: Backend> Olmoe<B> {
         self.model.layers[0].mlp.experts.len()
     }
 
-    /// Every layer's experts laid side by side for dense execution ([`Routing::with_stacked`]
+    /// Every layer's experts laid side by side for dense execution ([`KvCache::with_stacked_experts`]
     /// reuses them across forward passes of an unchanging model, such as decode steps). `None`
     /// when the experts have biases.
     pub fn stack_experts(&self) -> Option<Vec<StackedExperts<B>>> {
@@ -472,7 +447,6 @@ impl<B: Backend> Olmoe<B> {
             hidden,
             router_logits,
             chosen,
-            expert_counts,
         } = decoded;
         let logits = if last_only {
             let [batch, seq, width] = hidden.dims();
@@ -485,7 +459,6 @@ impl<B: Backend> Olmoe<B> {
             hidden,
             router_logits,
             chosen,
-            expert_counts,
         }
     }
 
@@ -505,15 +478,14 @@ impl<B: Backend> Olmoe<B> {
         let mut x = self.model.embed_tokens.forward(input.input_ids);
         let mut router_logits = Vec::new();
         let mut chosen = Vec::new();
-        let mut expert_counts = Vec::with_capacity(self.model.layers.len());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = x + layer.self_attn.forward(h, &cos, &sin, &masked, layer_cache);
             let h = layer.post_attention_layernorm.forward(x.clone());
-            let moe = layer.mlp.forward(h, &routing.layer(i));
+            let stacked = cache.as_deref().and_then(|c| c.stacked_experts(i));
+            let moe = layer.mlp.forward(h, &routing.layer(i), self.execution, stacked);
             x = x + moe.hidden;
-            expert_counts.push(moe.expert_counts);
             if let Some(logits) = moe.router_logits {
                 let experts = logits.dims()[1];
                 router_logits.push(logits.reshape([batch, seq, experts]));
@@ -527,7 +499,6 @@ impl<B: Backend> Olmoe<B> {
             hidden: self.model.norm.forward(x),
             router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
             chosen: (!chosen.is_empty()).then(|| Tensor::stack(chosen, 0)),
-            expert_counts,
         }
     }
 }

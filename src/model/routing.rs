@@ -18,26 +18,11 @@
 //! Ties in the top-k are broken by the backend's descending sort; a tie between two allowed
 //! experts has measure zero with real logits, and ties between masked experts carry weight zero.
 
-use std::sync::Arc;
-
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
-use super::experts::{Choice, StackedExperts};
-
-/// How MoE blocks run their experts; every choice gives the same result up to rounding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ExpertExecution {
-    /// Dense for a few tokens per expert (decode steps, small batches), grouped otherwise.
-    #[default]
-    Auto,
-    /// Tokens grouped by expert, each expert run on its own tokens (reads the choices on the host).
-    Grouped,
-    /// Every expert on every token, weighted by routing weight (nothing read back).
-    Dense,
-}
+use super::experts::Choice;
 
 /// Added to the logits of masked experts, as `mask_router` in `make_fixtures.py` does.
 pub const MASK_PENALTY: f32 = -1e9;
@@ -53,13 +38,6 @@ pub struct Routing<B: Backend> {
     pub force_off: Option<Tensor<B, 2, Bool>>,
     /// Return each layer's router logits (before mask and steering) and chosen experts.
     pub capture: bool,
-    /// Host copy of which of the `batch * seq` tokens are real, row-major: return expert counts
-    /// of these (padding left out). `None`: no counts.
-    pub counted: Option<Arc<[bool]>>,
-    /// How the experts run.
-    pub execution: ExpertExecution,
-    /// Each layer's experts laid side by side, reused by dense execution (else stacked per call).
-    pub stacked: Option<Arc<[StackedExperts<B>]>>,
 }
 
 impl<B: Backend> Default for Routing<B> {
@@ -69,9 +47,6 @@ impl<B: Backend> Default for Routing<B> {
             force_on: None,
             force_off: None,
             capture: false,
-            counted: None,
-            execution: ExpertExecution::Auto,
-            stacked: None,
         }
     }
 }
@@ -124,26 +99,6 @@ impl<B: Backend> Routing<B> {
         self
     }
 
-    /// Return expert counts of the real tokens (`[batch * seq]`, row-major, `true` = real), so
-    /// that they leave padding out.
-    pub fn with_counted(mut self, counted: Arc<[bool]>) -> Self {
-        self.counted = Some(counted);
-        self
-    }
-
-    /// Choose how the experts run.
-    pub fn with_execution(mut self, execution: ExpertExecution) -> Self {
-        self.execution = execution;
-        self
-    }
-
-    /// Reuse these stacked experts (from [`Olmoe::stack_experts`](super::Olmoe::stack_experts)
-    /// of the model this routing is used with) for dense execution.
-    pub fn with_stacked(mut self, stacked: Vec<StackedExperts<B>>) -> Self {
-        self.stacked = Some(stacked.into());
-        self
-    }
-
     /// The view of layer `layer`.
     pub fn layer(&self, layer: usize) -> LayerRouting<B> {
         LayerRouting {
@@ -154,9 +109,6 @@ impl<B: Backend> Routing<B> {
             force_on: self.force_on.as_ref().map(|f| layer_row(f, layer)),
             force_off: self.force_off.as_ref().map(|f| layer_row(f, layer)),
             capture: self.capture,
-            counted: self.counted.clone(),
-            execution: self.execution,
-            stacked: self.stacked.as_ref().map(|s| s[layer].clone()),
         }
     }
 }
@@ -178,12 +130,6 @@ pub struct LayerRouting<B: Backend> {
     pub force_off: Option<Tensor<B, 1, Bool>>,
     /// Capture the logits and the choices.
     pub capture: bool,
-    /// Which tokens count in the expert counts (see [`Routing::counted`]).
-    pub counted: Option<Arc<[bool]>>,
-    /// How the experts run.
-    pub execution: ExpertExecution,
-    /// This layer's stacked experts, if prepared.
-    pub stacked: Option<StackedExperts<B>>,
 }
 
 impl<B: Backend> LayerRouting<B> {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub use runner::{JobReport, SweepEvent};
 pub use spec::{Cell, Job, Sweep};
 
-use crate::model::checkpoint::write_atomic;
+use crate::run_dir::write_atomic;
 
 /// What can go wrong in a sweep.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub enum SweepError {
     Eval(#[from] crate::eval::EvalError),
     /// Writing the results.
     #[error(transparent)]
-    Write(#[from] crate::model::LoadError),
+    Write(#[from] crate::run_dir::RunDirError),
     /// Writing `results.csv`.
     #[error("{}: {source}", path.display())]
     Csv {

@@ -268,10 +268,10 @@ fn job_stages<B: AutodiffBackend, F: Fn(SweepEvent) + Sync>(sweep: &Sweep, j: us
 }
 
 /// The job's before/after table (`eval/table.txt`), as `steermoe run` writes it.
-fn write_table(run_dir: &Path) -> Result<(), crate::model::LoadError> {
+fn write_table(run_dir: &Path) -> Result<(), crate::run_dir::RunDirError> {
     let rows = crate::eval::stage::reports_in(&run_dir.join("eval"));
     if rows.is_empty() {
         return Ok(());
     }
-    crate::model::checkpoint::write_atomic(&run_dir.join("eval/table.txt"), crate::eval::table(&rows).as_bytes())
+    crate::run_dir::write_atomic(&run_dir.join("eval/table.txt"), crate::eval::table(&rows).as_bytes())
 }

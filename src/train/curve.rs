@@ -1,9 +1,9 @@
 //! `loss_curve.png`: the training loss of every step (thin) and its exponential moving average
-//! (bold), with the learning rate on a second axis.
+//! (bold), the validation loss at each checkpoint (dots), with the learning rate on a second axis.
 
 use plotters::prelude::*;
 
-use super::StepRecord;
+use super::metrics::{StepRecord, ValidRecord};
 use crate::plot::{FONT, PlotError, err, palette};
 
 /// The weight of the newest step in the moving average: about a tenth of the run, between
@@ -12,10 +12,17 @@ fn ema_weight(steps: usize) -> f64 {
     (10.0 / steps.max(1) as f64).clamp(0.02, 0.3)
 }
 
-/// The loss curve of `steps` (in step order) as PNG bytes.
-pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
+/// The loss curve of `steps` and `valid` (in step order) as PNG bytes.
+pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotError> {
     let last = steps.last().map_or(1, |s| s.step).max(1) as f64;
-    let max_loss = steps.iter().map(|s| s.loss).filter(|l| l.is_finite()).fold(0.0, f64::max).max(1e-6) * 1.05;
+    let max_loss = steps
+        .iter()
+        .map(|s| s.loss)
+        .chain(valid.iter().map(|v| v.valid_loss))
+        .filter(|l| l.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-6)
+        * 1.05;
     let max_lr = steps.iter().map(|s| s.lr).fold(0.0, f64::max).max(1e-12) * 1.05;
     let mut smooth = Vec::with_capacity(steps.len());
     let mut ema: Option<f64> = None;
@@ -63,6 +70,16 @@ pub fn png(steps: &[StepRecord]) -> Result<Vec<u8>, PlotError> {
             .map_err(err)?
             .label("moving average")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
+        if !valid.is_empty() {
+            let orange = palette(6);
+            let points: Vec<(f64, f64)> = valid.iter().filter(|v| v.valid_loss.is_finite()).map(|v| (v.step as f64, v.valid_loss)).collect();
+            chart.draw_series(LineSeries::new(points.iter().copied(), orange.stroke_width(2))).map_err(err)?;
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 5, orange.filled())))
+                .map_err(err)?
+                .label("validation loss (held-out pairs, at each checkpoint)")
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, orange.filled()));
+        }
         let grey = palette(15);
         chart
             .draw_secondary_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.lr)), grey.stroke_width(1)))

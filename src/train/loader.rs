@@ -26,7 +26,7 @@ use super::control::TrainControl;
 use crate::model::loss::Targets;
 use super::sft::SftGroup;
 use crate::analysis::select::ExpertId;
-use crate::config::{Consistency, MaskScope};
+use crate::config::MaskScope;
 use crate::data::batch::Label;
 use crate::model::Routing;
 
@@ -45,10 +45,9 @@ pub struct SftBatch<B: Backend> {
     pub is_unsafe: Vec<bool>,
     /// The routing the forward pass uses: this batch's mask, per sample.
     pub routing: Routing<B>,
-    /// Router-consistency loss direction and weight.
-    pub consistency: (Consistency, f64),
-    /// Weight of the load-balancing loss (0 = off).
-    pub aux_coef: f64,
+    /// `[batch * seq]`, row-major: the attention mask on the host (which tokens the expert counts
+    /// count).
+    pub real: Arc<[bool]>,
     /// Tokens counted by the loss.
     pub tokens: usize,
     /// Real (unpadded) tokens in the batch.
@@ -116,10 +115,6 @@ pub struct LoaderSettings {
     pub pad_id: u32,
     /// Which samples the batch's routing mask restricts.
     pub mask_scope: MaskScope,
-    /// Router-consistency loss and its weight.
-    pub consistency: (Consistency, f64),
-    /// Load-balancing loss coefficient (0 = off).
-    pub aux_coef: f64,
 }
 
 /// The loader.
@@ -134,8 +129,6 @@ pub struct BatchPreservingLoader<B: Backend> {
     next_window: Arc<AtomicUsize>,
     pad_id: u32,
     mask_scope: MaskScope,
-    consistency: (Consistency, f64),
-    aux_coef: f64,
     device: B::Device,
     control: TrainControl,
 }
@@ -157,9 +150,8 @@ pub fn schedule(groups: usize, epochs: usize, shuffle: bool, seed: u64) -> Vec<u
 impl<B: Backend> BatchPreservingLoader<B> {
     /// A loader over `groups` following `schedule`, `window` steps per `iter()`, starting at
     /// window `start_window`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(groups: Arc<Vec<SftGroup>>, masks: MaskTable<B>, settings: LoaderSettings, device: B::Device) -> Self {
-        let LoaderSettings { schedule, window, start_window, pad_id, mask_scope, consistency, aux_coef } = settings;
+        let LoaderSettings { schedule, window, start_window, pad_id, mask_scope } = settings;
         Self {
             groups,
             masks,
@@ -168,8 +160,6 @@ impl<B: Backend> BatchPreservingLoader<B> {
             next_window: Arc::new(AtomicUsize::new(start_window)),
             pad_id,
             mask_scope,
-            consistency,
-            aux_coef,
             device,
             control: TrainControl::default(),
         }
@@ -205,10 +195,8 @@ impl<B: Backend> BatchPreservingLoader<B> {
         }
         let is_unsafe: Vec<bool> = group.examples.iter().map(|e| e.label == Label::Unsafe).collect();
         let input_tokens = valid.iter().filter(|&&v| v).count();
-        let routing = self
-            .masks
-            .routing(group.batch_idx, &is_unsafe, self.mask_scope)
-            .with_counted(valid.clone().into());
+        let routing = self.masks.routing(group.batch_idx, &is_unsafe, self.mask_scope);
+        let real: Arc<[bool]> = valid.clone().into();
         SftBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), &self.device),
             targets: Targets::from_labels(&labels, n, width, &self.device),
@@ -216,8 +204,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
             batch_idx: group.batch_idx,
             routing,
             is_unsafe,
-            consistency: self.consistency,
-            aux_coef: self.aux_coef,
+            real,
             tokens,
             input_tokens,
         }
@@ -248,7 +235,9 @@ impl<B: Backend> DataLoaderIterator<SftBatch<B>> for WindowIter<'_, B> {
 
 impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<SftBatch<B>> + 'a> {
-        let w = self.next_window.fetch_add(1, Ordering::SeqCst);
+        // Past the last window the schedule starts over: the validation loader serves its whole
+        // (one-window) schedule at every call; training never asks past its last window.
+        let w = self.next_window.fetch_add(1, Ordering::SeqCst) % self.windows().max(1);
         let start = (w * self.window).min(self.schedule.len());
         let end = if self.control.window_may_start() {
             ((w + 1) * self.window).min(self.schedule.len())
@@ -278,8 +267,6 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             next_window: self.next_window.clone(),
             pad_id: self.pad_id,
             mask_scope: self.mask_scope,
-            consistency: self.consistency,
-            aux_coef: self.aux_coef,
             device: device.clone(),
             control: self.control.clone(),
         })
@@ -295,8 +282,6 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             next_window: Arc::new(AtomicUsize::new(0)),
             pad_id: self.pad_id,
             mask_scope: self.mask_scope,
-            consistency: self.consistency,
-            aux_coef: self.aux_coef,
             device: self.device.clone(),
             control: self.control.clone(),
         })
@@ -337,8 +322,6 @@ mod tests {
             start_window: start,
             pad_id: 1,
             mask_scope: MaskScope::UnsafeSamples,
-            consistency: (Consistency::Off, 0.0),
-            aux_coef: 0.0,
         };
         BatchPreservingLoader::new(Arc::new(groups()), masks, settings, Default::default())
     }

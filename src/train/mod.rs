@@ -1,29 +1,33 @@
 //! Training: expert-only fine-tuning with burn-train's Learner (the seeds'
 //! `train_batch_unsafe_experts.py`), except that each batch's routing mask is really applied.
 //!
-//! - [`sft`] builds the SFT set per analysis batch; [`loader`] serves it batch by batch with each
-//!   batch's mask looked up by `batch_idx`; [`step`] is the `TrainStep`; [`freeze`] decides what
-//!   trains; [`schedule`] is the learning-rate schedule; [`metrics`] carries each step's numbers
-//!   out of the Learner (a burn-train `Metric` that forwards to a channel: the Learner owns the
-//!   loop, so its metric hook is where per-step data appears).
+//! - [`sft`] builds the SFT set per analysis batch and [`valid`] the held-out validation set;
+//!   [`loader`] serves them batch by batch with each batch's mask looked up by `batch_idx`;
+//!   [`step`] is the model with its loss ([`step::SftModel`], burn-train's `TrainStep`);
+//!   [`freeze`] decides what trains; [`schedule`] is the learning-rate schedule; [`metrics`]
+//!   carries each step's and each validation's numbers out of the Learner (its metrics and its
+//!   renderer: the Learner owns the loop); [`checkpoint`] writes and recovers checkpoints;
+//!   [`curve`] draws `loss_curve.png`; [`control`] pauses and stops.
 //! - [`train`] wires them into `SupervisedTraining`, checkpoints every window of steps under
-//!   `train/`, resumes from the latest checkpoint, and exports `final_model/` in Hub layout.
+//!   `train/`, validates at each checkpoint, resumes from the latest checkpoint, and exports
+//!   `final_model/` in Hub layout.
 
 pub mod checkpoint;
 pub mod control;
 pub mod curve;
 pub mod freeze;
 pub mod loader;
-
 pub mod metrics;
 pub mod schedule;
 pub mod sft;
 pub mod step;
+pub mod valid;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::record::FullPrecisionSettings;
@@ -37,11 +41,12 @@ use crate::analysis::select::{ExpertId, union};
 use crate::analysis::stage::{AnalysisError, UnsafeExperts};
 use crate::config::{Config, ExpertSet};
 use crate::data::{ChatTokenizer, DataError};
-use crate::model::checkpoint::write_atomic;
+use crate::run_dir::write_atomic;
 use crate::model::{self, LoadError, OlmoeConfig};
 use loader::{BatchPreservingLoader, MaskTable};
 pub use control::{TrainControl, TrainPlan};
-pub use metrics::StepRecord;
+pub use metrics::{StepRecord, ValidRecord};
+use step::{LossSettings, SftModel};
 
 /// What can go wrong training.
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +88,40 @@ pub enum TrainError {
     },
 }
 
-/// Every step recorded in `metrics.jsonl`, in step order, the last record of a step kept (a
-/// resumed run redoes the steps after its checkpoint).
-pub fn read_metrics(path: &Path) -> Vec<StepRecord> {
-    let mut by_step = std::collections::BTreeMap::new();
+/// What `metrics.jsonl` holds, in step order, the last record of a step kept (a resumed run
+/// redoes the steps after its checkpoint): one line per step and one per validation.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsHistory {
+    /// Every training step.
+    pub steps: Vec<StepRecord>,
+    /// The validation loss at each checkpoint.
+    pub valid: Vec<ValidRecord>,
+}
+
+/// Read `metrics.jsonl` (empty when missing).
+pub fn read_metrics(path: &Path) -> MetricsHistory {
+    let mut steps = std::collections::BTreeMap::new();
+    let mut valid = std::collections::BTreeMap::new();
     for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
         if let Ok(r) = serde_json::from_str::<StepRecord>(line) {
-            by_step.insert(r.step, r);
+            steps.insert(r.step, r);
+        } else if let Ok(v) = serde_json::from_str::<ValidRecord>(line) {
+            valid.insert(v.step, v);
         }
     }
-    by_step.into_values().collect()
+    MetricsHistory {
+        steps: steps.into_values().collect(),
+        valid: valid.into_values().collect(),
+    }
+}
+
+/// What training reports as it goes.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// A training step.
+    Step(StepRecord),
+    /// The validation loss at a checkpoint.
+    Valid(ValidRecord),
 }
 
 /// Each analysed batch's expert set under `set`: its own unsafe experts, or the global ones.
@@ -134,6 +163,10 @@ pub struct TrainingMetadata {
     pub first_loss: Option<f64>,
     /// Loss of the last step.
     pub last_loss: Option<f64>,
+    /// Validation loss at the last checkpoint (held-out pairs, see [`valid`]).
+    pub last_valid_loss: Option<f64>,
+    /// Held-out pairs validated on.
+    pub valid_pairs: usize,
     /// The `[train]` settings used.
     pub train: crate::config::TrainConfig,
     /// Seed.
@@ -175,14 +208,14 @@ pub struct TrainInputs {
     pub trained: Vec<ExpertId>,
     /// The SFT examples, one group per analysed batch with kept samples (shared by the loaders).
     pub groups: Arc<Vec<sft::SftGroup>>,
+    /// The validation groups: held-out pairs answered with a refusal (see [`valid`]).
+    pub valid: Arc<Vec<sft::SftGroup>>,
     /// Examples in all.
     pub num_examples: usize,
-    /// MoE layers and experts per layer.
-    pub shape: (usize, usize),
+    /// The model's config.
+    pub model_cfg: OlmoeConfig,
     /// Padding token.
     pub pad_id: u32,
-    /// Load-balancing loss coefficient (0 unless `train.router_aux_loss`).
-    pub aux_coef: f64,
 }
 
 impl TrainInputs {
@@ -206,9 +239,9 @@ impl TrainInputs {
             sets,
             trained,
             groups: Arc::new(groups),
-            shape: (model_cfg.num_hidden_layers, model_cfg.num_experts),
+            valid: Arc::new(valid::heldout_groups(cfg, &tokenizer)?),
+            model_cfg,
             pad_id: tokenizer.pad_id,
-            aux_coef: if t.router_aux_loss { model_cfg.router_aux_loss_coef } else { 0.0 },
         })
     }
 
@@ -217,42 +250,78 @@ impl TrainInputs {
         if cfg.train.checkpoint_every > 0 { cfg.train.checkpoint_every } else { self.groups.len() }
     }
 
+    /// Optimizer steps of the whole schedule.
+    pub fn total_steps(&self, cfg: &Config) -> usize {
+        self.groups.len() * cfg.train.epochs
+    }
+
     /// The loader training iterates: the groups in `schedule` order from window `start_window`,
     /// each batch carrying the routing its step applies (its set's mask, written by analysis to
     /// `expert_masks.safetensors`, on the samples `train.mask_scope` restricts).
     pub fn loader<B: burn::tensor::backend::Backend>(&self, cfg: &Config, schedule: Vec<usize>, start_window: usize, device: &B::Device) -> BatchPreservingLoader<B> {
-        let t = &cfg.train;
-        let (layers, experts) = self.shape;
         let settings = loader::LoaderSettings {
             schedule,
             window: self.window(cfg),
             start_window,
             pad_id: self.pad_id,
-            mask_scope: t.mask_scope,
-            consistency: (t.router_consistency, t.consistency_weight),
-            aux_coef: self.aux_coef,
+            mask_scope: cfg.train.mask_scope,
         };
-        BatchPreservingLoader::new(self.groups.clone(), MaskTable::new(&self.sets, layers, experts, device), settings, device.clone())
+        let masks = MaskTable::new(&self.sets, self.model_cfg.num_hidden_layers, self.model_cfg.num_experts, device);
+        BatchPreservingLoader::new(self.groups.clone(), masks, settings, device.clone())
+    }
+
+    /// The validation loader: every validation group, under free routing, at each `iter()`.
+    pub fn valid_loader<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> BatchPreservingLoader<B> {
+        let n = self.valid.len();
+        let settings = loader::LoaderSettings {
+            schedule: (0..n).collect(),
+            window: n.max(1),
+            start_window: 0,
+            pad_id: self.pad_id,
+            mask_scope: crate::config::MaskScope::None,
+        };
+        let masks = MaskTable::new(&[], self.model_cfg.num_hidden_layers, self.model_cfg.num_experts, device);
+        BatchPreservingLoader::new(self.valid.clone(), masks, settings, device.clone())
     }
 }
 
+/// `metrics.jsonl` opened for appending, first cut back to the steps (and validations) that
+/// checkpoint `resume` holds, so that no step is recorded twice.
+fn open_metrics(path: &Path, kept_steps: usize) -> Result<std::fs::File, TrainError> {
+    if path.exists() {
+        let history = read_metrics(path);
+        let mut text = String::new();
+        let line = |v: serde_json::Result<String>| v.expect("metric records serialise") + "\n";
+        for r in history.steps.iter().filter(|r| r.step <= kept_steps) {
+            text.push_str(&line(serde_json::to_string(r)));
+        }
+        for v in history.valid.iter().filter(|v| v.step <= kept_steps) {
+            text.push_str(&line(serde_json::to_string(v)));
+        }
+        write_atomic(path, text.as_bytes())?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| crate::run_dir::RunDirError::Io { path: path.to_path_buf(), source }.into())
+}
+
 /// Train on the analysed collect run in `run_dir` and export `run_dir/final_model`.
+///
+/// In order: read the inputs; load and freeze the model; find the checkpoint to resume from;
+/// run burn-train's Learner (every step and validation to `metrics.jsonl` and `on_event`); stop
+/// on a non-finite loss; export the model, the loss curve and `training_metadata.json`.
 pub fn train<B: AutodiffBackend>(
     cfg: &Config,
     run_dir: &Path,
     device: &B::Device,
     opts: &TrainOptions,
-    on_step: impl FnMut(StepRecord) + Send,
+    on_event: impl FnMut(TrainEvent) + Send,
 ) -> Result<TrainSummary, TrainError> {
     let t = &cfg.train;
     let inputs = TrainInputs::read(cfg, run_dir)?;
-    let (sets, trained, num_examples) = (&inputs.sets, &inputs.trained, inputs.num_examples);
-    let num_batches = inputs.groups.len();
-    let model_cfg = OlmoeConfig::from_path(&cfg.model.dir)?;
-
-    let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
-    let model = freeze::freeze(model, trained, t.trainable);
-    let params = freeze::param_counts(&model);
+    let (model, params) = trainable_model::<B>(cfg, &inputs, device)?;
 
     let train_dir = run_dir.join("train");
     // A kill between a window's checkpoint files leaves a partial checkpoint: resume from the
@@ -263,38 +332,31 @@ pub fn train<B: AutodiffBackend>(
     }
     let resume = checkpoint::latest(&train_dir);
     let control = opts.control.clone().unwrap_or_default();
+    let num_batches = inputs.groups.len();
+    let total_steps = inputs.total_steps(cfg);
+    let window = inputs.window(cfg);
     let loader = inputs
         .loader::<B>(cfg, loader::schedule(num_batches, t.epochs, t.shuffle_batches, cfg.seed), resume.unwrap_or(0), device)
         .with_control(control.clone());
     let windows = loader.windows();
-    let total_steps = num_batches * t.epochs;
     control.set_plan(control::TrainPlan {
         total_steps,
         params,
-        trained: trained.clone(),
-        batch_experts: sets.clone(),
+        trained: inputs.trained.clone(),
+        batch_experts: inputs.sets.clone(),
     });
     let last_window = opts.stop_after_windows.map_or(windows, |s| s.min(windows));
-    // No validation split: an empty loader on the inference backend.
-    let valid = inputs.loader::<B::InnerBackend>(cfg, Vec::new(), 0, device);
-
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(t.weight_decay as f32);
-    if t.grad_clip > 0.0 {
-        optim = optim.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32)));
-    }
-    let scheduler = schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps);
-    let learner = Learner::new(model.clone(), optim.init(), scheduler);
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let metrics_file = open_metrics(&metrics_path, resume.unwrap_or(0) * window)?;
 
     let (tx, rx) = mpsc::channel();
-    let mut training = SupervisedTraining::new(&train_dir, Arc::new(loader), Arc::new(valid))
-        .metric_train(metrics::StepMetric::new(tx))
+    let mut training = SupervisedTraining::new(&train_dir, Arc::new(loader), Arc::new(inputs.valid_loader::<B::InnerBackend>(device)))
+        .metric_train(metrics::StepMetric::new(window))
+        .metric_valid(metrics::ValidMetric::new(window, total_steps))
+        .renderer(metrics::ChannelRenderer::new(tx))
+        .with_metric_logger(metrics::NoLog)
         .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::new())
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-        .renderer(metrics::QuietRenderer)
         .with_application_logger(None)
         .with_interrupter(control.interrupter())
         .num_epochs(last_window);
@@ -304,48 +366,11 @@ pub fn train<B: AutodiffBackend>(
     if let Some(epoch) = resume {
         training = training.checkpoint(epoch);
     }
-    // The metric's sender lives in `training`; once the Learner is done and dropped, the
+    let learner = Learner::new(model.clone(), optimizer(t).init(), schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps));
+    // The renderer's sender lives in `training`; once the Learner is done and dropped, the
     // channel closes and the consumer returns every step it saw.
-    // Every step also goes to `metrics.jsonl` (appended: a resumed run continues the file, first
-    // cut back to the steps its checkpoint holds, so that no step is recorded twice).
-    let metrics_path = run_dir.join("metrics.jsonl");
-    if metrics_path.exists() {
-        let kept_steps = resume.unwrap_or(0) * inputs.window(cfg);
-        let mut text = String::new();
-        for r in read_metrics(&metrics_path).into_iter().filter(|r| r.step <= kept_steps) {
-            text.push_str(&serde_json::to_string(&r).expect("step records serialise"));
-            text.push('\n');
-        }
-        write_atomic(&metrics_path, text.as_bytes())?;
-    }
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|source| LoadError::Io { path: metrics_path.clone(), source })?;
-    // A non-finite loss stops training at the end of its window (burn-train checkpoints it);
-    // that checkpoint and any later one are then removed, so the run keeps its last good one.
-    let nan_control = control.clone();
     let (result, (steps, non_finite)) = std::thread::scope(|s| {
-        let consumer = s.spawn(move || {
-            use std::io::Write;
-            let mut on_step = on_step;
-            let mut out = Vec::new();
-            let mut non_finite = None;
-            for record in rx {
-                if !record.loss.is_finite() && non_finite.is_none() {
-                    non_finite = Some((record.step, record.loss));
-                    nan_control.request_stop();
-                }
-                let line = serde_json::to_string(&record).expect("step records serialise");
-                if let Err(e) = writeln!(metrics_file, "{line}") {
-                    tracing::warn!("{}: {e}", metrics_path.display());
-                }
-                on_step(record.clone());
-                out.push(record);
-            }
-            (out, non_finite)
-        });
+        let consumer = s.spawn(|| record_reports(rx, metrics_file, &metrics_path, &control, on_event));
         let result = if resume.is_some_and(|r| r >= last_window) {
             drop(training);
             None
@@ -357,7 +382,7 @@ pub fn train<B: AutodiffBackend>(
     if let Some((step, loss)) = non_finite {
         // The loss of step `step` is computed with the weights step `step - 1` left: those, and
         // every checkpoint from the window holding that step on, are bad.
-        let bad_window = (step - 1).div_ceil(inputs.window(cfg)).max(1);
+        let bad_window = (step - 1).div_ceil(window).max(1);
         let removed = checkpoint::remove_from(&train_dir, bad_window);
         return Err(TrainError::NonFinite {
             step,
@@ -369,7 +394,7 @@ pub fn train<B: AutodiffBackend>(
     // Every window was checkpointed by an earlier run that ended before its export: the model
     // is the last checkpoint's.
     let result = match (result, resume) {
-        (None, Some(r)) if r >= windows && opts.stop_after_windows.is_none_or(|s| s >= windows) => Some(burn::module::AutodiffModule::valid(&restore(model, &train_dir, r, device)?)),
+        (None, Some(r)) if r >= windows && opts.stop_after_windows.is_none_or(|s| s >= windows) => Some(restore(model, &train_dir, r, device)?.valid()),
         (result, _) => result,
     };
 
@@ -380,29 +405,7 @@ pub fn train<B: AutodiffBackend>(
     if !stopped
         && let Some(model) = result
     {
-        export(&model, &model_cfg, &cfg.model.dir, &final_model)?;
-        let history = read_metrics(&run_dir.join("metrics.jsonl"));
-        write_atomic(&run_dir.join("loss_curve.png"), &curve::png(&history)?)?;
-        let meta = TrainingMetadata {
-            base_model: cfg.model.dir.display().to_string(),
-            num_unsafe_experts: trained.len(),
-            unsafe_experts: trained.clone(),
-            num_batches,
-            num_examples,
-            trainable_params: params.0,
-            total_params: params.1,
-            steps: total_steps,
-            first_loss: history.first().map(|s| s.loss),
-            last_loss: history.last().map(|s| s.loss),
-            train: t.clone(),
-            seed: cfg.seed,
-        };
-        // Beside the exported model (whose directory holds only what a Hub model directory
-        // holds), written last: it marks the stage finished.
-        write_atomic(
-            &run_dir.join("training_metadata.json"),
-            serde_json::to_string_pretty(&meta).expect("metadata serialises").as_bytes(),
-        )?;
+        finish(cfg, run_dir, &inputs, &model.model, params)?;
     }
     Ok(TrainSummary {
         steps,
@@ -414,8 +417,124 @@ pub fn train<B: AutodiffBackend>(
     })
 }
 
+/// The model as `cfg` trains it: loaded, everything frozen but the trained experts (or what
+/// `train.trainable` says), with its loss settings; and its (trainable, total) parameters.
+fn trainable_model<B: AutodiffBackend>(cfg: &Config, inputs: &TrainInputs, device: &B::Device) -> Result<(SftModel<B>, (usize, usize)), TrainError> {
+    let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
+    let model = freeze::freeze(model, &inputs.trained, cfg.train.trainable);
+    let params = freeze::param_counts(&model);
+    Ok((SftModel::new(model, LossSettings::new(cfg, &inputs.model_cfg)), params))
+}
+
+/// AdamW as the seeds configure it.
+fn optimizer(t: &crate::config::TrainConfig) -> AdamWConfig {
+    let optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(t.weight_decay as f32);
+    match t.grad_clip > 0.0 {
+        true => optim.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32))),
+        false => optim,
+    }
+}
+
+/// Take the renderer's reports until the Learner is done: each step and each checkpoint's
+/// validation loss (the mean over its batches' counted tokens) to `metrics.jsonl` and
+/// `on_event`. A non-finite loss requests a stop (at the end of its window); returns the steps
+/// seen and the first non-finite (step, loss).
+fn record_reports(
+    rx: mpsc::Receiver<metrics::Report>,
+    mut file: std::fs::File,
+    path: &Path,
+    control: &TrainControl,
+    mut on_event: impl FnMut(TrainEvent),
+) -> (Vec<StepRecord>, Option<(usize, f64)>) {
+    use std::io::Write;
+    let mut steps = Vec::new();
+    let mut non_finite = None;
+    // The validation batches of the current checkpoint: (step, Σ loss·tokens, Σ tokens).
+    let mut pending: Option<(usize, f64, usize)> = None;
+    let mut emit = |event: TrainEvent, file: &mut std::fs::File| {
+        let line = match &event {
+            TrainEvent::Step(r) => serde_json::to_string(r),
+            TrainEvent::Valid(v) => serde_json::to_string(v),
+        }
+        .expect("metric records serialise");
+        if let Err(e) = writeln!(file, "{line}") {
+            tracing::warn!("{}: {e}", path.display());
+        }
+        on_event(event);
+    };
+    let flush = |pending: &mut Option<(usize, f64, usize)>| {
+        pending.take().map(|(step, sum, tokens)| ValidRecord {
+            step,
+            valid_loss: sum / tokens.max(1) as f64,
+            valid_tokens: tokens,
+        })
+    };
+    for report in rx {
+        match report {
+            metrics::Report::Step(record) => {
+                if let Some(v) = flush(&mut pending) {
+                    emit(TrainEvent::Valid(v), &mut file);
+                }
+                if !record.loss.is_finite() && non_finite.is_none() {
+                    non_finite = Some((record.step, record.loss));
+                    control.request_stop();
+                }
+                steps.push(record.clone());
+                emit(TrainEvent::Step(record), &mut file);
+            }
+            metrics::Report::Valid(batch) => {
+                let (_, sum, tokens) = pending.get_or_insert((batch.step, 0.0, 0));
+                *sum += batch.lm_loss * batch.tokens as f64;
+                *tokens += batch.tokens;
+            }
+        }
+    }
+    if let Some(v) = flush(&mut pending) {
+        emit(TrainEvent::Valid(v), &mut file);
+    }
+    (steps, non_finite)
+}
+
+/// Export the trained model (written whole beside `final_model/`, then renamed into place), the
+/// loss curve and, last, `training_metadata.json`, which marks the stage finished.
+fn finish<B: burn::tensor::backend::Backend>(cfg: &Config, run_dir: &Path, inputs: &TrainInputs, model: &model::Olmoe<B>, params: (usize, usize)) -> Result<(), TrainError> {
+    let staged = run_dir.join("final_model.partial");
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).map_err(|source| crate::run_dir::RunDirError::Io { path: staged.clone(), source })?;
+    }
+    export(model, &inputs.model_cfg, &cfg.model.dir, &staged)?;
+    crate::run_dir::replace_dir(&staged, &run_dir.join("final_model"))?;
+    let history = read_metrics(&run_dir.join("metrics.jsonl"));
+    write_atomic(&run_dir.join("loss_curve.png"), &curve::png(&history.steps, &history.valid)?)?;
+    let meta = TrainingMetadata {
+        base_model: cfg.model.dir.display().to_string(),
+        num_unsafe_experts: inputs.trained.len(),
+        unsafe_experts: inputs.trained.clone(),
+        num_batches: inputs.groups.len(),
+        num_examples: inputs.num_examples,
+        trainable_params: params.0,
+        total_params: params.1,
+        steps: inputs.total_steps(cfg),
+        first_loss: history.steps.first().map(|s| s.loss),
+        last_loss: history.steps.last().map(|s| s.loss),
+        last_valid_loss: history.valid.last().map(|v| v.valid_loss),
+        valid_pairs: inputs.valid.iter().map(|g| g.examples.len()).sum::<usize>() / 2,
+        train: cfg.train.clone(),
+        seed: cfg.seed,
+    };
+    write_atomic(
+        &run_dir.join("training_metadata.json"),
+        serde_json::to_string_pretty(&meta).expect("metadata serialises").as_bytes(),
+    )?;
+    Ok(())
+}
+
 /// `model` with the weights of checkpoint `epoch` under `train_dir`.
-fn restore<B: AutodiffBackend>(model: model::Olmoe<B>, train_dir: &Path, epoch: usize, device: &B::Device) -> Result<model::Olmoe<B>, TrainError> {
+fn restore<B: AutodiffBackend>(model: SftModel<B>, train_dir: &Path, epoch: usize, device: &B::Device) -> Result<SftModel<B>, TrainError> {
     use burn::module::Module;
     use burn::record::Recorder;
     let path = train_dir.join("checkpoint").join(format!("model-{epoch}"));
@@ -431,8 +550,7 @@ pub fn export<B: burn::tensor::backend::Backend>(model: &model::Olmoe<B>, cfg: &
     for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
         let src = base_dir.join(f);
         if src.is_file() {
-            let bytes = std::fs::read(&src).map_err(|source| LoadError::Io { path: src.clone(), source })?;
-            write_atomic(&out.join(f), &bytes)?;
+            std::fs::copy(&src, out.join(f)).map_err(|source| LoadError::Io { path: src.clone(), source })?;
         }
     }
     Ok(())

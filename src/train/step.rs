@@ -1,17 +1,75 @@
-//! The train and inference steps burn-train's Learner calls: forward with the batch's routing,
-//! the SFT loss (plus the optional router-consistency KL), backward.
+//! The train and inference steps burn-train's Learner calls: [`SftModel`] is the model with its
+//! loss settings as module configuration; a step is the forward pass under the batch's routing,
+//! the SFT loss (plus the optional load-balancing loss and router-consistency KL) and, in
+//! training, backward.
+//!
+//! The experts every token chose come back from the forward pass as a tensor and are read to the
+//! host in the one transaction that reads the loss ([`SftOutput::sync`]), where they are counted
+//! for the dashboard: no extra host read per layer.
 
+use std::sync::Arc;
+
+use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData, Transaction};
+use burn::tensor::{Int, Tensor, TensorData, Transaction};
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use super::loader::SftBatch;
 use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
-use crate::config::Consistency;
+use crate::config::{Config, Consistency};
 use crate::model::routing::to_f32;
-use crate::model::{Olmoe, OlmoeInput};
+use crate::model::{Olmoe, OlmoeConfig, OlmoeInput};
+
+/// What the training loss adds to the language-modelling loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossSettings {
+    /// Router-consistency KL direction.
+    pub consistency: Consistency,
+    /// Its weight.
+    pub consistency_weight: f64,
+    /// Load-balancing loss coefficient (0 = off).
+    pub aux_coef: f64,
+}
+
+impl LossSettings {
+    /// The settings `cfg.train` asks for on a model of `model_cfg`.
+    pub fn new(cfg: &Config, model_cfg: &OlmoeConfig) -> Self {
+        let t = &cfg.train;
+        Self {
+            consistency: t.router_consistency,
+            consistency_weight: t.consistency_weight,
+            aux_coef: if t.router_aux_loss { model_cfg.router_aux_loss_coef } else { 0.0 },
+        }
+    }
+
+    /// The language-modelling loss alone.
+    pub fn lm_only() -> Self {
+        Self {
+            consistency: Consistency::Off,
+            consistency_weight: 0.0,
+            aux_coef: 0.0,
+        }
+    }
+}
+
+/// The model being fine-tuned, with the loss it is trained on.
+#[derive(Module, Debug)]
+pub struct SftModel<B: Backend> {
+    /// The model.
+    pub model: Olmoe<B>,
+    /// The loss (configuration: not saved in checkpoints).
+    #[module(skip)]
+    pub loss: LossSettings,
+}
+
+impl<B: Backend> SftModel<B> {
+    /// `model` trained on `loss`.
+    pub fn new(model: Olmoe<B>, loss: LossSettings) -> Self {
+        Self { model, loss }
+    }
+}
 
 /// What one step reports.
 #[derive(Debug, Clone)]
@@ -26,8 +84,12 @@ pub struct SftOutput<B: Backend> {
     pub input_tokens: usize,
     /// The analysis batch.
     pub batch_idx: usize,
-    /// `[layers][experts]`: real tokens that had each expert in their top-k.
-    pub expert_counts: Vec<Vec<u32>>,
+    /// `[layers, batch, seq, k]`: the experts each token chose.
+    pub chosen: Tensor<B, 4, Int>,
+    /// `[batch * seq]`, row-major: which tokens are real (counted in the expert counts).
+    pub real: Arc<[bool]>,
+    /// Experts per layer.
+    pub num_experts: usize,
 }
 
 /// [`SftOutput`] read back to the host.
@@ -51,20 +113,23 @@ impl<B: Backend> ItemLazy for SftOutput<B> {
     type ItemSync = SftOutputSync;
 
     fn sync(self) -> SftOutputSync {
-        let [loss, lm] = Transaction::default()
+        let [layers, _, _, k] = self.chosen.dims();
+        let [loss, lm, chosen] = Transaction::default()
             .register(self.loss)
             .register(self.lm_loss)
+            .register(self.chosen)
             .execute()
             .try_into()
-            .expect("two tensors registered");
+            .expect("three tensors registered");
         let scalar = |d: TensorData| d.iter::<f64>().next().unwrap_or(f64::NAN);
+        let chosen: Vec<i64> = chosen.iter::<i64>().collect();
         SftOutputSync {
             loss: scalar(loss),
             lm_loss: scalar(lm),
             tokens: self.tokens,
             input_tokens: self.input_tokens,
             batch_idx: self.batch_idx,
-            expert_counts: self.expert_counts,
+            expert_counts: count_experts(&chosen, layers, k, self.num_experts, &self.real),
         }
     }
 }
@@ -81,28 +146,43 @@ impl Adaptor<LossInput<burn::backend::NdArray>> for SftOutputSync {
     }
 }
 
-/// Loss of one batch: next-token cross-entropy under the batch's routing; plus `aux_coef`
-/// times the load-balancing loss when on; plus `weight * KL` between the mean router
+/// `[layers][experts]`: how many real tokens (`real[token]`) had each expert among their top-k,
+/// from the `[layers, tokens, k]` choices, row-major.
+pub fn count_experts(chosen: &[i64], layers: usize, k: usize, experts: usize, real: &[bool]) -> Vec<Vec<u32>> {
+    let per_layer = chosen.len() / layers.max(1);
+    chosen
+        .chunks(per_layer.max(1))
+        .map(|layer| {
+            let mut c = vec![0u32; experts];
+            for (flat, &e) in layer.iter().enumerate() {
+                if real.get(flat / k).copied().unwrap_or(true) {
+                    c[e as usize] += 1;
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// Loss of one batch under `settings`: next-token cross-entropy under the batch's routing; plus
+/// `aux_coef` times the load-balancing loss when on; plus `weight * KL` between the mean router
 /// distributions of its safe and unsafe samples (per layer, over real tokens, averaged over
 /// layers) when consistency is on.
-pub fn sft_loss<B: Backend>(model: &Olmoe<B>, batch: &SftBatch<B>) -> SftOutput<B> {
-    let (kind, weight) = batch.consistency;
-    let capture = kind != Consistency::Off || batch.aux_coef > 0.0;
-    let routing = batch.routing.clone().with_capture(capture);
+pub fn sft_loss<B: Backend>(model: &Olmoe<B>, settings: &LossSettings, batch: &SftBatch<B>) -> SftOutput<B> {
+    let routing = batch.routing.clone().with_capture(true);
     let decoded = model.forward_hidden(
         OlmoeInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
         &routing,
     );
     let lm_loss = targeted_lm_loss(decoded.hidden, &model.lm_head, &batch.targets);
     let mut loss = lm_loss.clone();
-    if let Some(logits) = decoded.router_logits {
-        if batch.aux_coef > 0.0 {
-            let top_k = model.model.layers[0].mlp.top_k();
-            loss = loss + load_balancing_loss(logits.clone(), top_k).mul_scalar(batch.aux_coef);
-        }
-        if kind != Consistency::Off {
-            loss = loss + consistency_kl(logits, batch, kind).mul_scalar(weight);
-        }
+    let logits = decoded.router_logits.expect("captured");
+    if settings.aux_coef > 0.0 {
+        let top_k = model.model.layers[0].mlp.top_k();
+        loss = loss + load_balancing_loss(logits.clone(), top_k).mul_scalar(settings.aux_coef);
+    }
+    if settings.consistency != Consistency::Off {
+        loss = loss + consistency_kl(logits, batch, settings.consistency).mul_scalar(settings.consistency_weight);
     }
     SftOutput {
         loss,
@@ -110,7 +190,9 @@ pub fn sft_loss<B: Backend>(model: &Olmoe<B>, batch: &SftBatch<B>) -> SftOutput<
         tokens: batch.tokens,
         input_tokens: batch.input_tokens,
         batch_idx: batch.batch_idx,
-        expert_counts: decoded.expert_counts,
+        chosen: decoded.chosen.expect("captured"),
+        real: batch.real.clone(),
+        num_experts: model.num_experts(),
     }
 }
 
@@ -143,22 +225,35 @@ fn consistency_kl<B: Backend>(router_logits: Tensor<B, 4>, batch: &SftBatch<B>, 
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for Olmoe<B> {
+impl<B: AutodiffBackend> TrainStep for SftModel<B> {
     type Input = SftBatch<B>;
     type Output = SftOutput<B>;
 
     fn step(&self, batch: SftBatch<B>) -> TrainOutput<SftOutput<B>> {
-        let out = sft_loss(self, &batch);
+        let out = sft_loss(&self.model, &self.loss, &batch);
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }
 }
 
-impl<B: Backend> InferenceStep for Olmoe<B> {
+impl<B: Backend> InferenceStep for SftModel<B> {
     type Input = SftBatch<B>;
     type Output = SftOutput<B>;
 
     fn step(&self, batch: SftBatch<B>) -> SftOutput<B> {
-        sft_loss(self, &batch)
+        sft_loss(&self.model, &self.loss, &batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_experts;
+
+    #[test]
+    fn counts_leave_padding_out() {
+        // 2 layers, 3 tokens (the last one padding), k = 2, 4 experts.
+        let chosen = [0, 1, 1, 2, 3, 3, /* layer 1 */ 2, 0, 2, 1, 0, 1];
+        let counts = count_experts(&chosen, 2, 2, 4, &[true, true, false]);
+        assert_eq!(counts, vec![vec![1, 2, 1, 0], vec![1, 1, 2, 0]]);
     }
 }

@@ -2,10 +2,11 @@
 //! screen), drains the events the stages send, reads keys, and redraws about ten times a
 //! second.
 //!
-//! How it is fed: burn-train's Learner owns the training loop and reports through its metric
-//! hook; steermoe's `StepMetric` forwards every step over a channel (see `train::metrics`), and
-//! the stage's `on_step` callback passes it on to this thread as a [`UiEvent`]. burn-train's own
-//! ratatui renderer is not used: it knows nothing of experts, masks or collect.
+//! How it is fed: burn-train's Learner owns the training loop and reports through its metrics and
+//! its renderer; steermoe's renderer (`train::metrics::ChannelRenderer`) forwards every step and
+//! validation over a channel, and the stage's `on_event` callback passes them on to this thread as
+//! a [`UiEvent`]. burn-train's own ratatui renderer is not used: it knows nothing of experts,
+//! masks or collect.
 //!
 //! The terminal is restored when the loop ends, on every error path, and on a panic anywhere
 //! (`ratatui::try_init` chains a panic hook that restores it first).
@@ -20,13 +21,13 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 use super::state::{Dashboard, RunInfo, View};
 use super::widgets::draw;
 use crate::collect::CollectEvent;
-use crate::train::{StepRecord, TrainControl};
+use crate::train::{TrainControl, TrainEvent};
 
 /// What the stages tell the dashboard.
 #[derive(Debug, Clone)]
 pub enum UiEvent {
-    /// A training step.
-    Step(StepRecord),
+    /// A training step or a validation.
+    Train(TrainEvent),
     /// Collect progress.
     Collect(CollectEvent),
     /// The stage is over: leave the dashboard.
@@ -171,10 +172,11 @@ fn ui_loop(
 /// Fold one event into the state; `true` when the stage is over.
 fn apply(d: &mut Dashboard, ev: UiEvent, started: Instant) -> bool {
     match ev {
-        UiEvent::Step(s) => {
+        UiEvent::Train(TrainEvent::Step(s)) => {
             d.train.elapsed = started.elapsed();
             d.train.push(s);
         }
+        UiEvent::Train(TrainEvent::Valid(v)) => d.train.valid.push((v.step as f64, v.valid_loss)),
         UiEvent::Collect(e) => match e {
             CollectEvent::Start { total, done } => {
                 d.collect.total = total;

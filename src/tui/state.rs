@@ -60,6 +60,8 @@ pub struct TrainState {
     pub loss: Vec<(f64, f64)>,
     /// `(step, smoothed loss)`.
     pub smoothed: Vec<(f64, f64)>,
+    /// `(step, validation loss)` at each checkpoint.
+    pub valid: Vec<(f64, f64)>,
     /// The last step.
     pub last: Option<StepRecord>,
     /// Steps in the schedule.

@@ -129,9 +129,10 @@ pub fn y_bounds(series: &[&[(f64, f64)]]) -> [f64; 2] {
     [lo - pad, hi + pad]
 }
 
-/// The loss chart: every step (dim) and the smoothed loss (bright).
+/// The loss chart: every step (dim), the smoothed loss (bright), the validation loss at each
+/// checkpoint (dots).
 pub fn loss_chart(state: &TrainState) -> Chart<'_> {
-    let [lo, hi] = y_bounds(&[&state.loss, &state.smoothed]);
+    let [lo, hi] = y_bounds(&[&state.loss, &state.smoothed, &state.valid]);
     let x_max = state.total_steps.max(state.loss.last().map_or(1, |p| p.0 as usize)).max(1) as f64;
     Chart::new(vec![
         Dataset::default()
@@ -146,6 +147,12 @@ pub fn loss_chart(state: &TrainState) -> Chart<'_> {
             .graph_type(GraphType::Line)
             .style(Style::default().fg(Color::Cyan))
             .data(&state.smoothed),
+        Dataset::default()
+            .name("valid")
+            .marker(Marker::Dot)
+            .graph_type(GraphType::Scatter)
+            .style(Style::default().fg(Color::Yellow))
+            .data(&state.valid),
     ])
     .block(Block::bordered().title("loss"))
     .x_axis(
@@ -175,6 +182,9 @@ fn stats(state: &TrainState) -> Paragraph<'_> {
             lines.push(Line::from(format!("loss {:.4}", s.loss)));
             if let Some(&(_, sm)) = state.smoothed.last() {
                 lines.push(Line::from(format!("smooth {sm:.4}")));
+            }
+            if let Some(&(step, v)) = state.valid.last() {
+                lines.push(Line::from(format!("valid {v:.4} @{}", step as usize)));
             }
             lines.push(Line::from(format!("lr {:.2e}", s.lr)));
             lines.push(Line::from(format!("{:.0} tok/s", s.tokens_per_s)));

@@ -126,8 +126,8 @@ fn reference_loss<B: Backend>(dir: &Path, logits: Tensor<B, 3>, router_logits: T
 /// See the test of this name.
 pub fn forward_logits_router_logits_and_hidden_match<B: Backend>(t: Target) {
     for (name, dir, exec) in runs() {
-        let model = load::<B>(&dir);
-        let routing = Routing::capturing().with_execution(exec);
+        let model = load::<B>(&dir).with_execution(exec);
+        let routing = Routing::capturing();
         let out = model.forward(OlmoeInput::ids(ids(&dir, "forward.input_ids")), &routing);
         let [_, _, vocab] = out.logits.dims();
         let check = |what: &str, got: Vec<f32>, tol: f32| {
@@ -172,14 +172,14 @@ pub fn free_routing_captures_nothing_by_default<B: Backend>(_: Target) {
 /// See the test of this name.
 pub fn left_padded_batch_matches_on_real_positions<B: Backend>(t: Target) {
     for (name, dir, exec) in runs() {
-        let model = load::<B>(&dir);
+        let model = load::<B>(&dir).with_execution(exec);
         let mask_ref = reference(&dir, "padded.attention_mask");
         let valid: Vec<bool> = mask_ref.values.iter().map(|&v| v != 0.0).collect();
         let attention = Tensor::<B, 2, Bool>::from_data(
             TensorData::new(valid.clone(), [mask_ref.shape[0], mask_ref.shape[1]]),
             &Default::default(),
         );
-        let routing = Routing::free().with_execution(exec);
+        let routing = Routing::free();
         let out = model.forward(OlmoeInput::padded(ids(&dir, "padded.input_ids"), attention), &routing);
         let got = to_vec(vocab_slice(out.logits, 0, 256));
         let expected = reference(&dir, "padded.logits_head").f32();
@@ -198,8 +198,8 @@ pub fn left_padded_batch_matches_on_real_positions<B: Backend>(t: Target) {
 /// See the test of this name.
 pub fn masked_routing_matches_logits_router_logits_and_loss<B: Backend>(t: Target) {
     for (name, dir, exec) in runs() {
-        let model = load::<B>(&dir);
-        let routing = Routing::capturing().with_mask(expert_mask(&dir)).with_execution(exec);
+        let model = load::<B>(&dir).with_execution(exec);
+        let routing = Routing::capturing().with_mask(expert_mask(&dir));
         let out = model.forward(OlmoeInput::ids(ids(&dir, "masked.input_ids")), &routing);
         assert_close(
             &format!("{name} masked.logits_head"),
@@ -224,14 +224,14 @@ pub fn masked_routing_matches_logits_router_logits_and_loss<B: Backend>(t: Targe
 /// See the test of this name.
 pub fn masked_expert_gradients_of_layer0_match<B: Backend>(t: Target) {
     for (name, dir, exec) in runs() {
-        let mut model = load::<Autodiff<B>>(&dir).no_grad();
+        let mut model = load::<Autodiff<B>>(&dir).no_grad().with_execution(exec);
         // Only layer 0's expert MLPs train, as in the reference.
         for expert in model.model.layers[0].mlp.experts.iter_mut() {
             for lin in [&mut expert.gate_proj, &mut expert.up_proj, &mut expert.down_proj] {
                 lin.weight = lin.weight.clone().set_require_grad(true);
             }
         }
-        let routing = Routing::capturing().with_mask(expert_mask(&dir)).with_execution(exec);
+        let routing = Routing::capturing().with_mask(expert_mask(&dir));
         let out = model.forward(OlmoeInput::ids(ids(&dir, "masked.input_ids")), &routing);
         let loss = reference_loss(&dir, out.logits, out.router_logits.expect("captured"), ids(&dir, "masked.labels"));
         let grads = loss.backward();
