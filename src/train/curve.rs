@@ -45,6 +45,7 @@ pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotE
         chart
             .configure_mesh()
             .x_desc("optimizer step")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("loss (nats per target token)")
             .axis_desc_style((FONT, 16))
             .label_style((FONT, 13))
