@@ -28,7 +28,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
 use clap::Parser;
 use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng as StdRng;
+use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use steermoe::backend::{self, BackendKind, Task};
 use steermoe::config::Trainable;
@@ -124,7 +124,7 @@ fn sync<B: Backend>(device: &B::Device) {
     B::sync(device).expect("device sync");
 }
 
-fn random_ids(rng: &mut StdRng, n: usize) -> Vec<i64> {
+fn random_ids(rng: &mut ChaCha8Rng, n: usize) -> Vec<i64> {
     (0..n).map(|_| rng.random_range(2..50000) as i64).collect()
 }
 
@@ -182,7 +182,7 @@ fn gemm<B: Backend>(a: &Args, device: &B::Device) {
 
 /// The seeds' setup: `n` experts over all layers, picked at random.
 fn trainable_experts(layers: usize, n: usize) -> Vec<[usize; 2]> {
-    let mut rng = StdRng::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut all: Vec<[usize; 2]> = (0..layers).flat_map(|l| (0..64).map(move |e| [l, e])).collect();
     for i in 0..all.len() {
         let j = rng.random_range(i..all.len());
@@ -216,7 +216,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     sync::<B>(device);
     let init_s = t0.elapsed().as_secs_f64();
     let mut optim = AdamWConfig::new().init::<B, Olmoe<B>>();
-    let mut rng = StdRng::seed_from_u64(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batch = lm_batch::<B>(random_ids(&mut rng, a.batch * a.seq), a.batch, a.seq, routing(a), device);
     let mut times = Vec::new();
     let mut losses = Vec::new();
@@ -245,7 +245,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
 fn generation<B: Backend>(a: &Args, device: &B::Device) {
     let cfg = config(a, a.layers);
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
-    let mut rng = StdRng::seed_from_u64(2);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
     let prompts: Vec<Vec<u32>> = (0..16)
         .map(|_| random_ids(&mut rng, a.prompt).into_iter().map(|t| t as u32).collect())
         .collect();
@@ -277,7 +277,7 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
     let model = freeze(model, &experts, Trainable::UnsafeExperts);
     model::save(&model.valid(), &cfg, dir.join("model")).expect("save the check model");
     let (batch, seq) = (2, 64);
-    let ids = random_ids(&mut StdRng::seed_from_u64(3), batch * seq);
+    let ids = random_ids(&mut ChaCha8Rng::seed_from_u64(3), batch * seq);
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), device);
     let out = model.forward(OlmoeInput::ids(input.clone()), &Routing::capturing());
     let loss = causal_lm_loss(out.logits.clone(), input);
