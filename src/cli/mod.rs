@@ -114,8 +114,9 @@ impl ConfigArgs {
 
     /// Load and validate the config, check that its data make the batches and held-out sets it
     /// asks for (before any work), create the run directory and record the resolved config and
-    /// the code's revision. A run directory made with a different config is refused: its stages
-    /// would be skipped as done.
+    /// the code's revision. A run directory made with a different config is brought in line
+    /// ([`RunDir::reconcile`](steermoe::run_dir::RunDir::reconcile)): changed later settings
+    /// redo their steps, changed settings of kept files are refused by key.
     fn load(&self) -> anyhow::Result<(Config, PathBuf, steermoe::run_dir::DirLock)> {
         let (cfg, run_dir) = self.resolve()?;
         let overrides = self.device.overrides(&self.overrides);
