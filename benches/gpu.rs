@@ -25,7 +25,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Distribution, ElementConversion, FloatDType, Int, Tensor, TensorData};
 use clap::Parser;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -72,6 +72,10 @@ struct Args {
     /// Train steps left out of the median.
     #[arg(long, default_value_t = 4)]
     warmup_steps: usize,
+    /// Time the train step's forward pass, backward pass and optimizer step apart (a device
+    /// synchronisation after each).
+    #[arg(long)]
+    phases: bool,
     /// Trainable experts, spread over layers at random.
     #[arg(long, default_value_t = 50)]
     trainable: usize,
@@ -118,6 +122,15 @@ fn active_params(cfg: &OlmoeConfig) -> f64 {
 
 fn emit(v: serde_json::Value) {
     println!("{v}");
+}
+
+/// Time spent in cuBLAS since the last call (calls, GEMMs, seconds waiting for burn's kernels,
+/// seconds in the GEMMs); null without the `cuda` feature.
+fn cublas_stats() -> serde_json::Value {
+    #[cfg(feature = "cuda")]
+    return serde_json::to_value(steermoe::cuda::cublas::take_stats()).expect("stats serialise");
+    #[cfg(not(feature = "cuda"))]
+    serde_json::Value::Null
 }
 
 fn sync<B: Backend>(device: &B::Device) {
@@ -212,7 +225,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let cfg = config(a, a.layers);
     let t0 = Instant::now();
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
-    let mut model = freeze(model, &trainable_experts(a.layers, a.trainable), Trainable::UnsafeExperts);
+    let mut model = freeze(model, &trainable_experts(a.layers, a.trainable), Trainable::UnsafeExperts, FloatDType::F32);
     sync::<B>(device);
     let init_s = t0.elapsed().as_secs_f64();
     let mut optim = AdamWConfig::new().init::<B, Olmoe<B>>();
@@ -220,16 +233,36 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let batch = lm_batch::<B>(random_ids(&mut rng, a.batch * a.seq), a.batch, a.seq, routing(a), device);
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    // With --phases: the device is synchronised after the forward pass and after the backward
+    // pass too, and each phase timed (forward, backward, optimizer).
+    let mut phases = Vec::new();
+    let mut cublas = Vec::new();
+    let mark = |t: &mut Instant| {
+        sync::<B>(device);
+        let s = t.elapsed().as_secs_f64();
+        *t = Instant::now();
+        s
+    };
     for _ in 0..a.steps {
         let t = Instant::now();
+        let mut phase = Instant::now();
         let out = sft_loss(&model, &LossSettings::lm_only(), &batch);
         let loss = out.loss.clone();
+        let forward = a.phases.then(|| mark(&mut phase));
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let backward = a.phases.then(|| mark(&mut phase));
         model = optim.step(5e-5, model, grads);
         losses.push(loss.into_scalar().elem::<f64>());
         sync::<B>(device);
+        if let (Some(f), Some(b)) = (forward, backward) {
+            phases.push([f, b, phase.elapsed().as_secs_f64()].map(round3));
+        }
         times.push(t.elapsed().as_secs_f64());
+        cublas.push(cublas_stats());
         eprintln!("train step {}/{}: {:.3} s, loss {:.4}", times.len(), a.steps, times[times.len() - 1], losses[losses.len() - 1]);
+    }
+    if a.phases {
+        emit(json!({"what": "train_phases", "execution": a.execution, "forward_backward_optimizer_s": phases}));
     }
     let mut steady: Vec<f64> = times.iter().skip(a.warmup_steps).copied().collect();
     steady.sort_by(f64::total_cmp);
@@ -238,7 +271,8 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": a.layers,
         "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]), "warmup_steps": a.warmup_steps, "step_s": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
         "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
-        "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>()}));
+        "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>(), "cublas_last_step": cublas.last(),
+        "cublas": std::env::var("STEERMOE_CUBLAS").map_or("on".to_string(), |v| if v == "0" { "off".into() } else { v })}));
 }
 
 /// Greedy generation with router capture, run twice (the first compiles kernels).
@@ -274,7 +308,7 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
     let cfg = config(a, a.check_layers);
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let experts: Vec<[usize; 2]> = vec![[0, 0], [0, 1], [a.check_layers - 1, 5]];
-    let model = freeze(model, &experts, Trainable::UnsafeExperts);
+    let model = freeze(model, &experts, Trainable::UnsafeExperts, FloatDType::F32);
     model::save(&model.valid(), &cfg, dir.join("model")).expect("save the check model");
     let (batch, seq) = (2, 64);
     let ids = random_ids(&mut ChaCha8Rng::seed_from_u64(3), batch * seq);

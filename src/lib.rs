@@ -9,6 +9,8 @@ pub mod analysis;
 pub mod backend;
 pub mod collect;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -2,7 +2,7 @@
 //! against steermoe's OLMoE in float32, for the main fixture (`../shared/fixtures/olmoe-tiny`) and
 //! the alt fixture (GQA, renormalised top-k, clip_qkv, sharded, transformers-5 config). The cases
 //! live in `parity_cases/`; the same cases run on wgpu (`parity_wgpu.rs`) and CUDA
-//! (`parity_cuda.rs`).
+//! (`cuda.rs`).
 
 
 mod common;

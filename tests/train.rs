@@ -28,7 +28,7 @@ fn train_step_gradients_equal_the_reference() {
     let device = Default::default();
     let (model, cfg) = model::load::<B>(&dir, &device, Precision::F32).unwrap();
     let layer0: Vec<[usize; 2]> = (0..cfg.num_experts).map(|e| [0, e]).collect();
-    let model = freeze::freeze(model, &layer0, Trainable::UnsafeExperts);
+    let model = freeze::freeze(model, &layer0, Trainable::UnsafeExperts, burn::tensor::FloatDType::F32);
     // The reference loss was computed with output_router_logits, which adds the aux loss.
     let loss = LossSettings { consistency: Consistency::Off, consistency_weight: 0.0, aux_coef: cfg.router_aux_loss_coef };
     let model = SftModel::new(model, loss);

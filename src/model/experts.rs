@@ -13,6 +13,8 @@
 //! matmuls over the experts laid side by side, `[tokens, hidden] × [hidden, experts·inter]` and
 //! back, with fixed shapes and nothing read back, at `experts / k` times the FLOPs. A decode step
 //! reads every expert's weights either way once the batch has a few sequences.
+//! - [`linear`]: a linear layer computed in its input's dtype, so that parameters kept in f32
+//!   while the model computes in bf16 (the trained experts' master weights) take part as bf16.
 //!
 //! `down(w · h) = w · down(h)` for a linear `down`, so the result equals the grouped path's up to
 //! rounding; unchosen experts have weight exactly zero and contribute exactly nothing, to the output
@@ -22,7 +24,27 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor};
+
+/// `t` in `dtype` (`t` itself when it already is: no copy, no autodiff node).
+pub fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+/// `layer(x)` computed in `x`'s dtype.
+///
+/// Training keeps the trained parameters as f32 master weights while the rest of the model is
+/// bf16 (an AdamW step of 5e-5 is below half a bf16 step for every weight with |w| ≥ 2⁻⁶: it would
+/// round away). Here they are cast to the activations' dtype; autodiff casts their gradients back
+/// to f32 for the optimizer. When the dtypes agree nothing is cast and this is `layer.forward(x)`.
+pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    burn::tensor::module::linear(
+        x,
+        in_dtype(layer.weight.val(), dtype),
+        layer.bias.as_ref().map(|b| in_dtype(b.val(), dtype)),
+    )
+}
 
 /// How MoE blocks run their experts; every choice gives the same result up to rounding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -35,6 +57,66 @@ pub enum ExpertExecution {
     Grouped,
     /// Every expert on every token, weighted by routing weight (nothing read back).
     Dense,
+}
+
+/// `y_e = x_e · W_e` for every expert `e` of a layer: `x`'s rows grouped by expert, `counts[e]`
+/// rows each in expert order, `W_e` `[in, out]` in `x`'s dtype. One group (`counts = [rows]`) is
+/// a plain matmul.
+///
+/// On CUDA (feature `cuda`) this is one operation of burn's stream running cuBLAS GEMMs, forward
+/// and backward ([`crate::cuda::grouped`]); elsewhere, and when cuBLAS cannot be loaded, burn's
+/// matmul on each group's rows.
+///
+/// # Shapes
+/// - `x`: `[Σ counts, in]`, each of `weights`: `[in, out]` → `[Σ counts, out]`
+pub fn grouped_linear<B: Backend>(x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>, counts: &[usize]) -> Tensor<B, 2> {
+    debug_assert_eq!(weights.len(), counts.len());
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::cuda::try_grouped_linear(&x, &weights, counts) {
+        return y;
+    }
+    grouped_linear_matmul(x, weights, counts)
+}
+
+/// [`grouped_linear`] with burn's matmul on each group's rows, on every backend (what the CUDA
+/// path is tested against).
+pub fn grouped_linear_matmul<B: Backend>(x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>, counts: &[usize]) -> Tensor<B, 2> {
+    if let [w] = &weights[..] {
+        return x.matmul(w.clone());
+    }
+    per_group(x, counts, |e, rows| rows.matmul(weights[e].clone()))
+}
+
+/// `f(e, rows of group e)` for every group with rows, concatenated in group order.
+fn per_group<B: Backend>(x: Tensor<B, 2>, counts: &[usize], mut f: impl FnMut(usize, Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, 2> {
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (e, &c) in counts.iter().enumerate() {
+        if c > 0 {
+            parts.push(f(e, x.clone().slice(start..start + c)));
+        }
+        start += c;
+    }
+    Tensor::cat(parts, 0)
+}
+
+/// The rows of `x` in the order `perm` (a permutation), `inverse` its inverse.
+///
+/// burn's gradient of a row gather is a scatter-add whose CUDA and wgpu kernels loop over the
+/// rows serially (one thread per column: 14 ms for 64k rows of 2048 on an H200, two thirds of a
+/// train step's kernel time). A permutation's gradient is the gather by its inverse, which the
+/// CUDA backend uses ([`crate::cuda::grouped::try_permute_rows`]); elsewhere this is `x.select(0,
+/// perm)`.
+///
+/// # Shapes
+/// - `x`: `[rows, width]`, `perm`, `inverse`: `[rows]` → `[rows, width]`
+pub fn permute_rows<B: Backend>(x: Tensor<B, 2>, perm: Tensor<B, 1, Int>, inverse: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::cuda::grouped::try_permute_rows(&x, &perm, &inverse) {
+        return y;
+    }
+    let _ = inverse;
+    x.select(0, perm)
 }
 
 /// One SwiGLU expert (transformers: `OlmoeMLP`).
@@ -54,9 +136,29 @@ impl<B: Backend> Expert<B> {
     /// # Shapes
     /// - `x`: `[tokens, hidden]` → `[tokens, hidden]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        linear(&self.down_proj, silu(linear(&self.gate_proj, x.clone())) * linear(&self.up_proj, x))
     }
+
+    /// Whether any projection has a bias (OLMoE's experts have none).
+    pub fn has_bias(&self) -> bool {
+        self.gate_proj.bias.is_some() || self.up_proj.bias.is_some() || self.down_proj.bias.is_some()
+    }
+}
+
+/// Every expert of a layer on its own rows of `x` (grouped by expert, `counts[e]` rows each):
+/// three [`grouped_linear`]s, the SwiGLU between them.
+///
+/// # Shapes
+/// - `x`: `[Σ counts, hidden]` → `[Σ counts, hidden]`
+pub fn grouped_experts<B: Backend>(experts: &[Expert<B>], x: Tensor<B, 2>, counts: &[usize]) -> Tensor<B, 2> {
+    if experts.iter().any(Expert::has_bias) {
+        return per_group(x, counts, |e, rows| experts[e].forward(rows));
+    }
+    let dtype = x.dtype();
+    let weights = |pick: fn(&Expert<B>) -> &Linear<B>| experts.iter().map(|e| in_dtype(pick(e).weight.val(), dtype)).collect::<Vec<_>>();
+    let gate = grouped_linear(x.clone(), weights(|e| &e.gate_proj), counts);
+    let up = grouped_linear(x, weights(|e| &e.up_proj), counts);
+    grouped_linear(silu(gate) * up, weights(|e| &e.down_proj), counts)
 }
 
 /// The experts chosen for every token of one layer.
@@ -81,18 +183,15 @@ pub struct StackedExperts<B: Backend> {
 }
 
 impl<B: Backend> StackedExperts<B> {
-    /// Lay `experts` side by side (differentiable: gradients flow back to each expert's weights).
-    /// `None` when an expert has a bias, which this path does not carry.
-    pub fn stack(experts: &[Expert<B>]) -> Option<Self> {
-        if experts.is_empty()
-            || experts
-                .iter()
-                .any(|e| e.gate_proj.bias.is_some() || e.up_proj.bias.is_some() || e.down_proj.bias.is_some())
-        {
+    /// Lay `experts` side by side in `dtype`, the activations' (differentiable: gradients flow
+    /// back to each expert's weights, in their own dtype). `None` when an expert has a bias,
+    /// which this path does not carry.
+    pub fn stack(experts: &[Expert<B>], dtype: DType) -> Option<Self> {
+        if experts.is_empty() || experts.iter().any(Expert::has_bias) {
             return None;
         }
         let cat = |pick: fn(&Expert<B>) -> Tensor<B, 2>, dim: usize| {
-            Tensor::cat(experts.iter().map(pick).collect(), dim)
+            Tensor::cat(experts.iter().map(|e| in_dtype(pick(e), dtype)).collect(), dim)
         };
         Some(Self {
             gate: cat(|e| e.gate_proj.weight.val(), 1),
@@ -112,9 +211,10 @@ impl<B: Backend> StackedExperts<B> {
         let inter = width / self.experts;
         let weights = Tensor::<B, 2>::zeros([tokens, self.experts], (&x.device(), x.dtype()))
             .scatter(1, choice.experts, choice.weights, IndexingUpdateOp::Add);
-        let h = silu(x.clone().matmul(self.gate.clone())) * x.matmul(self.up.clone());
+        let all = [tokens];
+        let h = silu(grouped_linear(x.clone(), vec![self.gate.clone()], &all)) * grouped_linear(x, vec![self.up.clone()], &all);
         let h = h.reshape([tokens, self.experts, inter]) * weights.reshape([tokens, self.experts, 1]);
-        h.reshape([tokens, width]).matmul(self.down.clone())
+        grouped_linear(h.reshape([tokens, width]), vec![self.down.clone()], &all)
     }
 }
 
@@ -148,7 +248,7 @@ mod tests {
             weights: Tensor::from_data(TensorData::from(w), &device),
             experts: Tensor::<B, 2, Int>::from_data(TensorData::from(chosen), &device),
         };
-        let got = StackedExperts::stack(&experts).unwrap().forward(x.clone(), choice);
+        let got = StackedExperts::stack(&experts, DType::F32).unwrap().forward(x.clone(), choice);
         for t in 0..3 {
             let row = x.clone().slice(t..t + 1);
             let mut want = row.zeros_like();

@@ -16,7 +16,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use super::cache::KvCache;
 use super::config::OlmoeConfig;
 use super::rope::{Rope, apply_rope};
-use super::experts::{Choice, Expert, ExpertExecution, StackedExperts};
+use super::experts::{Choice, Expert, ExpertExecution, StackedExperts, grouped_experts, grouped_linear, in_dtype, linear, permute_rows};
 use super::routing::{LayerRouting, Routing, to_f32};
 
 /// RMSNorm computed in float32 (transformers: `OlmoeRMSNorm`).
@@ -147,9 +147,18 @@ impl<B: Backend> Attention<B> {
 /// A linear layer over `[batch, seq, in]` as one `[batch * seq, in]` matmul: a 3-d input would
 /// be a batched matmul against a broadcast weight, which some backends run (and pack the weight
 /// for) once per batch row.
+///
+/// Without a bias this is a [`grouped_linear`] of one group: cuBLAS on CUDA.
 pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, width] = x.dims();
-    let y = layer.forward(x.reshape([batch * seq, width]));
+    let x = x.reshape([batch * seq, width]);
+    let y = match layer.bias {
+        None => {
+            let w = in_dtype(layer.weight.val(), x.dtype());
+            grouped_linear(x, vec![w], &[batch * seq])
+        }
+        Some(_) => linear(layer, x),
+    };
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
 }
@@ -208,10 +217,12 @@ impl<B: Backend> MoeBlock<B> {
     /// Route every token to its top-k experts and sum their outputs weighted by routing weight.
     ///
     /// Two executions give the same result (see [`ExpertExecution`]): *grouped* reads the
-    /// `[tokens, k]` choices on the host once, groups tokens by expert, and runs each expert once
-    /// on a contiguous slice of its tokens (gather → expert → scatter-add), as transformers'
-    /// expert loop does with `index_add_`; *dense* runs every expert on every token with the
-    /// experts laid side by side and nothing read back (see [`StackedExperts`]).
+    /// `[tokens, k]` choices on the host once, groups the (token, choice) rows by expert, runs
+    /// each expert once on its contiguous rows ([`grouped_experts`]) and gathers the outputs back
+    /// to sum each token's k of them (transformers' expert loop adds them with `index_add_`; a
+    /// gather both ways keeps burn's serial scatter kernels out of forward and backward, see
+    /// [`permute_rows`]); *dense* runs every expert on every token with the experts laid side by
+    /// side and nothing read back (see [`StackedExperts`]).
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → hidden `[batch, seq, hidden]`, logits `[batch * seq, experts]`
@@ -219,16 +230,17 @@ impl<B: Backend> MoeBlock<B> {
         let [batch, seq, hidden] = x.dims();
         let tokens = batch * seq;
         let x = x.reshape([tokens, hidden]);
-        let logits = self.gate.forward(x.clone());
+        let logits = linear(&self.gate, x.clone());
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
         let chosen = routing.capture.then(|| choice.experts.clone());
+        let dtype = x.dtype();
         let use_dense = match execution {
             ExpertExecution::Grouped => false,
             ExpertExecution::Dense => true,
             ExpertExecution::Auto => tokens <= DENSE_TOKENS_PER_EXPERT * self.experts.len(),
         };
         let stacked = match use_dense {
-            true => stacked.cloned().or_else(|| StackedExperts::stack(&self.experts)),
+            true => stacked.cloned().or_else(|| StackedExperts::stack(&self.experts, dtype)),
             false => None,
         };
         let out = match stacked {
@@ -255,31 +267,30 @@ impl<B: Backend> MoeBlock<B> {
         for e in 0..num_experts {
             starts[e + 1] += starts[e];
         }
+        // sorted[at] = the flat (token, slot) index of the pair at sorted position `at`;
+        // position[flat] = where that pair sits in sorted order.
         let mut fill = starts.clone();
-        let mut token_of = vec![0i64; chosen.len()];
-        let mut slot_of = vec![0i64; chosen.len()];
+        let mut sorted = vec![0i64; chosen.len()];
+        let mut position = vec![0i64; chosen.len()];
         for (flat, &e) in chosen.iter().enumerate() {
             let at = fill[e as usize];
-            token_of[at] = (flat / k) as i64;
-            slot_of[at] = flat as i64;
+            sorted[at] = flat as i64;
+            position[flat] = at as i64;
             fill[e as usize] += 1;
         }
         let device = x.device();
+        let [tokens, hidden] = x.dims();
         let n = chosen.len();
-        let token_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(token_of, [n]), &device);
-        let slot_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(slot_of, [n]), &device);
-        let xs = x.clone().select(0, token_idx.clone());
-        let ws = choice.weights.reshape([n]).select(0, slot_idx).reshape([n, 1]);
-        let outputs: Vec<Tensor<B, 2>> = (0..num_experts)
-            .filter(|&e| starts[e + 1] > starts[e])
-            .map(|e| {
-                let rows = xs.clone().slice(starts[e]..starts[e + 1]);
-                self.experts[e].forward(rows)
-            })
-            .collect();
-        let ys = Tensor::cat(outputs, 0) * ws;
-        x.zeros_like()
-            .select_assign(0, token_idx, ys, burn::tensor::IndexingUpdateOp::Add)
+        let sorted = Tensor::<B, 1, Int>::from_data(TensorData::new(sorted, [n]), &device);
+        let position = Tensor::<B, 1, Int>::from_data(TensorData::new(position, [n]), &device);
+        // Each token's row k times (flat order), then grouped by expert: gathers only, no
+        // scatter forward or backward (see `permute_rows`).
+        let repeated = x.unsqueeze_dim::<3>(1).expand([tokens, k, hidden]).reshape([n, hidden]);
+        let xs = permute_rows(repeated, sorted.clone(), position.clone());
+        let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        let ys = permute_rows(grouped_experts(&self.experts, xs, &counts), position, sorted);
+        // Σ over each token's k choices of routing weight × expert output.
+        (ys * choice.weights.reshape([n, 1])).reshape([tokens, k, hidden]).sum_dim(1).reshape([tokens, hidden])
     }
 }
 
@@ -415,7 +426,8 @@ impl<B: Backend> Olmoe<B> {
     /// reuses them across forward passes of an unchanging model, such as decode steps). `None`
     /// when the experts have biases.
     pub fn stack_experts(&self) -> Option<Vec<StackedExperts<B>>> {
-        self.model.layers.iter().map(|l| StackedExperts::stack(&l.mlp.experts)).collect()
+        let dtype = self.model.embed_tokens.weight.val().dtype();
+        self.model.layers.iter().map(|l| StackedExperts::stack(&l.mlp.experts, dtype)).collect()
     }
 
     /// A full forward pass with no cache.

@@ -32,6 +32,7 @@ use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::record::FullPrecisionSettings;
 use checkpoint::AtomicMpkRecorder;
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::{Learner, SupervisedTraining};
@@ -421,7 +422,7 @@ pub fn train<B: AutodiffBackend>(
 /// `train.trainable` says), with its loss settings; and its (trainable, total) parameters.
 fn trainable_model<B: AutodiffBackend>(cfg: &Config, inputs: &TrainInputs, device: &B::Device) -> Result<(SftModel<B>, (usize, usize)), TrainError> {
     let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
-    let model = freeze::freeze(model, &inputs.trained, cfg.train.trainable);
+    let model = freeze::freeze(model, &inputs.trained, cfg.train.trainable, FloatDType::F32);
     let params = freeze::param_counts(&model);
     Ok((SftModel::new(model, LossSettings::new(cfg, &inputs.model_cfg)), params))
 }

@@ -1,5 +1,5 @@
 //! The parity cases, generic over the backend: `tests/parity.rs` runs them on the CPU,
-//! `tests/parity_wgpu.rs` on wgpu and `tests/parity_cuda.rs` on CUDA, from one build of the
+//! `tests/parity_wgpu.rs` on wgpu and `tests/cuda.rs` on CUDA, from one build of the
 //! crate (a backend chosen by a cargo feature would recompile the crate for every backend).
 #![allow(dead_code)]
 

@@ -1,0 +1,223 @@
+//! cuBLAS GEMMs on device pointers that burn's CUDA backend owns.
+//!
+//! cubecl and cudarc share the device's primary context, so a pointer from cubecl's memory is
+//! valid for cuBLAS. cubecl's streams are private: [`Cublas::run`] first waits for the whole
+//! context (every kernel cubecl has issued, which includes everything these GEMMs read), runs
+//! the GEMMs on its own stream and waits for them, so that cubecl's later kernels see the results.
+//! One handle and stream per device, behind a lock.
+
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use burn::tensor::DType;
+use cudarc::cublas::{result as cublas, sys as blas};
+use cudarc::driver::{result as driver, sys as cu};
+
+/// One operand of a GEMM: a row-major `[rows, cols]` view of device memory, with element strides.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat {
+    /// Device address of element `[0, 0]`.
+    pub ptr: u64,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Elements between rows.
+    pub row_stride: usize,
+    /// Elements between columns.
+    pub col_stride: usize,
+}
+
+impl Mat {
+    /// A contiguous row-major matrix.
+    pub fn contiguous(ptr: u64, rows: usize, cols: usize) -> Self {
+        Self { ptr, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// Rows `start..start + rows`, `elem` bytes per element.
+    pub fn rows(self, start: usize, rows: usize, elem: usize) -> Self {
+        Self { ptr: self.ptr + (start * self.row_stride * elem) as u64, rows, ..self }
+    }
+
+    /// The transpose (a view: no copy).
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// How cuBLAS (column-major) reads this matrix *transposed*: the operation and leading
+    /// dimension, or `None` when neither dimension is unit-stride.
+    fn as_transposed_operand(&self) -> Option<(blas::cublasOperation_t, i32)> {
+        // Row-major with unit column stride is, read column-major, the transpose itself.
+        if self.col_stride == 1 && self.row_stride >= self.cols.max(1) {
+            Some((blas::cublasOperation_t::CUBLAS_OP_N, self.row_stride as i32))
+        } else if self.row_stride == 1 && self.col_stride >= self.rows.max(1) {
+            Some((blas::cublasOperation_t::CUBLAS_OP_T, self.col_stride as i32))
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a GEMM could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CublasError {
+    /// The CUDA driver or cuBLAS failed (or libcublas could not be loaded).
+    #[error("cuBLAS on device {device}: {what}: {reason}")]
+    Call {
+        /// The device ordinal.
+        device: usize,
+        /// What was being done.
+        what: &'static str,
+        /// The library's error.
+        reason: String,
+    },
+    /// An operand has no unit stride.
+    #[error("GEMM operand {0:?} is not contiguous in either dimension")]
+    Layout(Mat),
+    /// A dtype cuBLAS is not asked to handle here.
+    #[error("no cuBLAS GEMM for {0:?}")]
+    Dtype(DType),
+}
+
+struct Handle {
+    device: usize,
+    ctx: cu::CUcontext,
+    stream: cu::CUstream,
+    blas: blas::cublasHandle_t,
+}
+
+// SAFETY: the raw handles are only used while `HANDLES` is locked, with the context made current.
+unsafe impl Send for Handle {}
+
+static HANDLES: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
+
+/// Where the time of [`Cublas::run`] went, summed over the process (for the GPU bench's profile).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Stats {
+    /// Synchronised batches of GEMMs.
+    pub calls: u64,
+    /// GEMMs launched.
+    pub gemms: u64,
+    /// Seconds waiting for burn's kernels before the GEMMs.
+    pub wait_s: f64,
+    /// Seconds from the first GEMM's launch to the last one's end.
+    pub gemm_s: f64,
+}
+
+static STATS: Mutex<Stats> = Mutex::new(Stats { calls: 0, gemms: 0, wait_s: 0.0, gemm_s: 0.0 });
+
+/// The time spent in cuBLAS so far, and reset.
+pub fn take_stats() -> Stats {
+    std::mem::take(&mut *STATS.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn call<T, E: std::fmt::Debug>(device: usize, what: &'static str, r: Result<T, E>) -> Result<T, CublasError> {
+    r.map_err(|e| CublasError::Call { device, what, reason: format!("{e:?}") })
+}
+
+impl Handle {
+    fn new(device: usize) -> Result<Self, CublasError> {
+        call(device, "driver init", driver::init())?;
+        let dev = call(device, "device", driver::device::get(device as i32))?;
+        // SAFETY: `dev` is a valid device; the primary context is the one cubecl uses.
+        let ctx = call(device, "primary context", unsafe { driver::primary_ctx::retain(dev) })?;
+        call(device, "set context", unsafe { driver::ctx::set_current(ctx) })?;
+        let stream = call(device, "stream", driver::stream::create(driver::stream::StreamKind::NonBlocking))?;
+        let blas = call(device, "create handle (is libcublas.so.13 on the library path?)", cublas::create_handle())?;
+        // SAFETY: both handles were just created and are valid.
+        call(device, "set stream", unsafe { cublas::set_stream(blas, stream as blas::cudaStream_t) })?;
+        Ok(Self { device, ctx, stream, blas })
+    }
+}
+
+/// The work of one synchronised batch of GEMMs on one device.
+pub struct Cublas<'a> {
+    handle: &'a Handle,
+    gemms: std::cell::Cell<u64>,
+}
+
+impl Cublas<'_> {
+    /// Wait for every kernel issued on `device`, run `work` on cuBLAS's stream, and wait for it.
+    pub fn run<T>(device: usize, work: impl FnOnce(&Cublas) -> Result<T, CublasError>) -> Result<T, CublasError> {
+        let mut handles = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
+        if !handles.iter().any(|h| h.device == device) {
+            handles.push(Handle::new(device)?);
+        }
+        let handle = handles.iter().find(|h| h.device == device).expect("just added");
+        // SAFETY: the context is valid for the process's lifetime (retained, never released).
+        call(device, "set context", unsafe { driver::ctx::set_current(handle.ctx) })?;
+        let start = std::time::Instant::now();
+        call(device, "wait for burn's kernels", driver::ctx::synchronize())?;
+        let waited = start.elapsed();
+        let blas = Cublas { handle, gemms: std::cell::Cell::new(0) };
+        let out = work(&blas)?;
+        // SAFETY: the stream is valid.
+        call(device, "wait for cuBLAS", unsafe { driver::stream::synchronize(handle.stream) })?;
+        let mut stats = STATS.lock().unwrap_or_else(|p| p.into_inner());
+        stats.calls += 1;
+        stats.gemms += blas.gemms.get();
+        stats.wait_s += waited.as_secs_f64();
+        stats.gemm_s += (start.elapsed() - waited).as_secs_f64();
+        Ok(out)
+    }
+
+    /// Zero `bytes` bytes at `ptr` (stream-ordered with the GEMMs).
+    pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), CublasError> {
+        // SAFETY: the caller owns `bytes` bytes at `ptr`.
+        call(self.handle.device, "memset", unsafe { driver::memset_d8_async(ptr, 0, bytes, self.handle.stream) })
+    }
+
+    /// `c = a · b` (`c` contiguous, overwritten), all in `dtype`, accumulated in f32 (TF32 tensor
+    /// cores for f32 operands, as burn's f32 matmul on CUDA).
+    ///
+    /// # Safety
+    /// Every pointer must address device memory of the views' extent that stays alive until
+    /// [`Cublas::run`] returns, and `c` must not overlap `a` or `b`.
+    pub unsafe fn gemm(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<(), CublasError> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        debug_assert_eq!(b.rows, k);
+        debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (data, compute) = match dtype {
+            DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+            DType::F16 => (blas::cudaDataType::CUDA_R_16F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+            DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+            other => return Err(CublasError::Dtype(other)),
+        };
+        if k == 0 {
+            return self.zero(c.ptr, m * n * dtype.size());
+        }
+        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is Bᵀ, its second Aᵀ.
+        let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;
+        let (op_a, ld_a) = a.as_transposed_operand().ok_or(CublasError::Layout(a))?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the caller guarantees the pointers; sizes and leading dimensions match the views.
+        let r = unsafe {
+            cublas::gemm_ex(
+                self.handle.blas,
+                op_b,
+                op_a,
+                n as i32,
+                m as i32,
+                k as i32,
+                (&alpha as *const f32).cast::<c_void>(),
+                b.ptr as *const c_void,
+                data,
+                ld_b,
+                a.ptr as *const c_void,
+                data,
+                ld_a,
+                (&beta as *const f32).cast::<c_void>(),
+                c.ptr as *mut c_void,
+                data,
+                n as i32,
+                compute,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        };
+        self.gemms.set(self.gemms.get() + 1);
+        call(self.handle.device, "gemm_ex", r)
+    }
+}

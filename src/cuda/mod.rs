@@ -1,0 +1,9 @@
+//! CUDA-only kernels behind the `cuda` feature: the MoE experts' and the large dense GEMMs through
+//! cuBLAS ([`grouped`]), on the device memory burn's CUDA backend owns ([`cublas`]).
+//!
+//! A leaf: it depends on burn, its CUDA crates and cudarc, nothing else of this crate.
+
+pub mod cublas;
+pub mod grouped;
+
+pub use grouped::{available, try_grouped_linear};

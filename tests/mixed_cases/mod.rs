@@ -1,0 +1,178 @@
+//! The mixed-precision cases, generic over the backend: run on the CPU by `mixed_precision.rs`
+//! and on CUDA by `cuda.rs`.
+#![allow(dead_code)]
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
+use crate::common::{fixture, reference};
+use steermoe::config::Trainable;
+use steermoe::model::loss::Targets;
+use steermoe::model::{self, Olmoe, Precision, Routing};
+use steermoe::train::freeze::freeze;
+use steermoe::train::loader::SftBatch;
+use steermoe::train::step::{LossSettings, sft_loss};
+
+/// Compute and master types, learning rate, and the largest relative difference allowed between
+/// the mixed and the reference updates (the gradients differ by the compute type's rounding,
+/// which AdamW's normalisation mostly absorbs).
+pub struct Setting {
+    compute: Precision,
+    master: FloatDType,
+    lr: f64,
+    tolerance: f64,
+}
+
+/// f32 compute, f64 master weights: what the CPU can show.
+pub const CPU: Setting = Setting { compute: Precision::F32, master: FloatDType::F64, lr: 1e-10, tolerance: 1e-3 };
+/// bf16 compute, f32 master weights, the real-model config's learning rate.
+#[cfg(feature = "cuda")]
+pub const CUDA: Setting = Setting { compute: Precision::Bf16, master: FloatDType::F32, lr: 5e-5, tolerance: 0.25 };
+
+const STEPS: usize = 4;
+
+/// Every float parameter as (dtype, whether it trains, f64 values), in visiting order.
+struct Snapshot(Vec<(DType, bool, Vec<f64>)>);
+
+impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Snapshot {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+        let t = param.val();
+        let values = t.to_data().convert::<f64>().to_vec::<f64>().expect("float values");
+        self.0.push((t.dtype(), t.is_require_grad(), values));
+    }
+}
+
+fn snapshot<B: AutodiffBackend>(model: &Olmoe<B>) -> Vec<(DType, bool, Vec<f64>)> {
+    let mut s = Snapshot(Vec::new());
+    model.visit(&mut s);
+    s.0
+}
+
+/// Every float parameter cast to one dtype.
+struct CastAll(DType);
+
+impl<Bk: burn::tensor::backend::Backend> ModuleMapper<Bk> for CastAll {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<Bk, D>>) -> Param<Tensor<Bk, D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+/// The fixture's masked-loss ids as one language-modelling batch, free routing.
+fn batch<B: AutodiffBackend>(device: &Device<B>) -> SftBatch<B> {
+    let ids = reference(&fixture(), "masked.input_ids").i64();
+    let n = ids.len();
+    SftBatch {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), device),
+        targets: Targets::from_labels(&ids, 1, n, device),
+        attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [1, n]), device),
+        batch_idx: 0,
+        is_unsafe: vec![true],
+        routing: Routing::free(),
+        real: vec![true; n].into(),
+        tokens: n - 1,
+        input_tokens: n,
+    }
+}
+
+/// `STEPS` AdamW steps with the even-numbered experts of every layer trained in `master`.
+fn train<B: AutodiffBackend>(model: Olmoe<B>, master: FloatDType, lr: f64, experts: &[[usize; 2]], batch: &SftBatch<B>) -> Olmoe<B> {
+    let mut model = freeze(model, experts, Trainable::UnsafeExperts, master);
+    let mut optim = AdamWConfig::new().init::<B, Olmoe<B>>();
+    for _ in 0..STEPS {
+        let loss = sft_loss(&model, &LossSettings::lm_only(), batch).loss;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+    }
+    model
+}
+
+/// ‖a − b‖ / ‖b‖ over the trained tensors' updates, each tensor on its own; the largest.
+fn worst_relative_difference(updates: &[Vec<f64>], reference: &[Vec<f64>]) -> f64 {
+    updates
+        .iter()
+        .zip(reference)
+        .filter(|(_, r)| r.iter().any(|&v| v != 0.0))
+        .map(|(u, r)| {
+            let diff: f64 = u.iter().zip(r).map(|(a, b)| (a - b) * (a - b)).sum();
+            let norm: f64 = r.iter().map(|b| b * b).sum();
+            (diff / norm).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+fn updates(before: &[(DType, bool, Vec<f64>)], after: &[(DType, bool, Vec<f64>)]) -> Vec<Vec<f64>> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(_, (_, trains, _))| *trains)
+        .map(|((_, _, b), (_, _, a))| a.iter().zip(b).map(|(a, b)| a - b).collect())
+        .collect()
+}
+
+pub fn master_weights_move_as_the_reference<B: AutodiffBackend>(s: Setting, device: Device<B>) {
+    let Setting { compute: precision, master: master_type, lr, tolerance } = s;
+    let dir = fixture();
+    let batch = batch::<B>(&device);
+    let (model, cfg) = model::load::<B>(&dir, &device, precision).unwrap();
+    let experts: Vec<[usize; 2]> = (0..cfg.num_hidden_layers)
+        .flat_map(|l| (0..cfg.num_experts).step_by(2).map(move |e| [l, e]))
+        .collect();
+    let master = DType::from(master_type);
+    let compute = precision.dtype();
+
+    // Reference: the whole model in the master type.
+    let (wide, _) = model::load::<B>(&dir, &device, Precision::F32).unwrap();
+    let wide = wide.map(&mut CastAll(master));
+    let wide_before = snapshot(&freeze(wide.clone(), &experts, Trainable::UnsafeExperts, master_type));
+    let wide_after = snapshot(&train(wide, master_type, lr, &experts, &batch));
+    let reference = updates(&wide_before, &wide_after);
+
+    let before = snapshot(&freeze(model.clone(), &experts, Trainable::UnsafeExperts, master_type));
+    let after = snapshot(&train(model.clone(), master_type, lr, &experts, &batch));
+    assert_eq!(before.len(), after.len());
+    let mut frozen = 0;
+    for (i, ((dtype, trains, b), (dtype_after, _, a))) in before.iter().zip(&after).enumerate() {
+        match trains {
+            true => assert_eq!((*dtype, *dtype_after), (master, master), "trained parameter {i} not kept in {master:?}"),
+            false => {
+                assert_eq!((*dtype, *dtype_after), (compute, compute), "frozen parameter {i} changed dtype");
+                assert!(a == b, "frozen parameter {i} changed");
+                frozen += 1;
+            }
+        }
+    }
+    assert!(frozen > 0);
+    let mixed = updates(&before, &after);
+    assert_eq!(mixed.len(), 3 * experts.len());
+    let mixed_error = worst_relative_difference(&mixed, &reference);
+
+    // Control: the trained experts kept in the compute type.
+    let control_before = snapshot(&freeze(model.clone(), &experts, Trainable::UnsafeExperts, FloatDType::from(compute)));
+    let control_after = snapshot(&train(model, FloatDType::from(compute), lr, &experts, &batch));
+    let control_error = worst_relative_difference(&updates(&control_before, &control_after), &reference);
+    eprintln!("{precision:?} compute, {master_type:?} master, lr {lr:e}, {STEPS} steps: worst relative update error {mixed_error:.3e} with master weights, {control_error:.3e} without");
+    assert!(mixed_error <= tolerance, "updates with master weights differ from the reference by {mixed_error:.3e} (> {tolerance:e})");
+    // The control must fail the check the master weights pass.
+    assert!(control_error > tolerance, "without master weights the updates should round away: error {control_error:.3e} (≤ {tolerance:e})");
+}
+
+/// A checkpoint holds f32 (burn's records load as the backend's default float type): loading one
+/// into a frozen model must leave every parameter in the dtype it had, master weights included.
+pub fn loaded_checkpoint_keeps_dtypes<B: AutodiffBackend>(s: Setting, device: Device<B>) {
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    let (model, cfg) = model::load::<B>(&fixture(), &device, s.compute).unwrap();
+    let experts: Vec<[usize; 2]> = (0..cfg.num_experts).map(|e| [0, e]).collect();
+    let model = freeze(model, &experts, Trainable::UnsafeExperts, s.master);
+    let before = snapshot(&model);
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let bytes = recorder.record(model.clone().into_record(), ()).unwrap();
+    let loaded = model.load_record(recorder.load(bytes, &device).unwrap());
+    let after = snapshot(&loaded);
+    let dtypes = |s: &[(DType, bool, Vec<f64>)]| s.iter().map(|(d, t, _)| (*d, *t)).collect::<Vec<_>>();
+    assert_eq!(dtypes(&after), dtypes(&before));
+    assert!(before.iter().any(|(d, t, _)| *t && *d == DType::from(s.master)));
+    assert!(before.iter().any(|(d, t, _)| !*t && *d == s.compute.dtype()));
+}
+
