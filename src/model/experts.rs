@@ -103,8 +103,8 @@ fn per_group<B: Backend>(x: Tensor<B, 2>, counts: &[usize], mut f: impl FnMut(us
 /// The rows of `x` in the order `perm` (a permutation), `inverse` its inverse.
 ///
 /// burn's gradient of a row gather is a scatter-add whose CUDA and wgpu kernels loop over the
-/// rows serially (one thread per column: 14 ms for 64k rows of 2048 on an H200, two thirds of a
-/// train step's kernel time). A permutation's gradient is the gather by its inverse, which the
+/// rows serially (one thread per column: 14 ms for 64k rows of 2048 on an H200, three quarters
+/// of a train step's kernel time). A permutation's gradient is the gather by its inverse, which the
 /// CUDA backend uses ([`crate::cuda::grouped::try_permute_rows`]); elsewhere this is `x.select(0,
 /// perm)`.
 ///
