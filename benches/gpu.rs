@@ -33,7 +33,7 @@ use serde_json::json;
 use steermoe::backend::{self, BackendKind, Task};
 use steermoe::config::Trainable;
 use steermoe::generate::{GenerateOptions, Sampling, generate};
-use steermoe::model::{self, ExpertExecution, Olmoe, OlmoeConfig, OlmoeInput, Precision, Routing};
+use steermoe::model::{self, ExpertExecution, MoeLm, ModelConfig, LmInput, Precision, Routing};
 use steermoe::train::freeze::freeze;
 use steermoe::train::loader::SftBatch;
 use steermoe::model::loss::{Targets, causal_lm_loss};
@@ -100,7 +100,7 @@ struct Args {
 }
 
 /// The OLMoE-1B-7B shape (`hf_anchor.py`'s config) with `layers` layers.
-fn config(a: &Args, layers: usize) -> OlmoeConfig {
+fn config(a: &Args, layers: usize) -> ModelConfig {
     let heads = (a.hidden / 128).max(1);
     let raw = json!({
         "model_type": "olmoe", "architectures": ["OlmoeForCausalLM"],
@@ -110,11 +110,11 @@ fn config(a: &Args, layers: usize) -> OlmoeConfig {
         "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": false,
         "router_aux_loss_coef": 0.01, "eos_token_id": 50279, "pad_token_id": 1, "torch_dtype": "bfloat16",
     });
-    OlmoeConfig::from_json_str(&raw.to_string(), std::path::Path::new("<bench>")).expect("bench config")
+    ModelConfig::from_json_str(&raw.to_string(), std::path::Path::new("<bench>")).expect("bench config")
 }
 
 /// FLOPs of one token through the active parameters (as `hf_anchor.py` counts them).
-fn active_params(cfg: &OlmoeConfig) -> f64 {
+fn active_params(cfg: &ModelConfig) -> f64 {
     let (h, i, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
     let k = cfg.num_experts_per_tok as f64;
     cfg.num_hidden_layers as f64 * (4.0 * h * h + k * 3.0 * h * i + cfg.num_experts as f64 * h) + 2.0 * v * h
@@ -228,7 +228,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let mut model = freeze(model, &trainable_experts(a.layers, a.trainable), Trainable::UnsafeExperts, FloatDType::F32);
     sync::<B>(device);
     let init_s = t0.elapsed().as_secs_f64();
-    let mut optim = AdamWConfig::new().init::<B, Olmoe<B>>();
+    let mut optim = AdamWConfig::new().init::<B, MoeLm<B>>();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batch = lm_batch::<B>(random_ids(&mut rng, a.batch * a.seq), a.batch, a.seq, routing(a), device);
     let mut times = Vec::new();
@@ -313,7 +313,7 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
     let (batch, seq) = (2, 64);
     let ids = random_ids(&mut ChaCha8Rng::seed_from_u64(3), batch * seq);
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), device);
-    let out = model.forward(OlmoeInput::ids(input.clone()), &Routing::capturing());
+    let out = model.forward(LmInput::ids(input.clone()), &Routing::capturing());
     let loss = causal_lm_loss(out.logits.clone(), input);
     let grads = loss.backward();
     let mut tensors = vec![
@@ -323,7 +323,7 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
         ("loss".to_string(), loss.clone().cast(DType::F32).into_data()),
     ];
     for &[l, e] in &experts {
-        let ex = &model.model.layers[l].mlp.experts[e];
+        let ex = &model.moe_block(l).experts[e];
         for (proj, lin) in [("gate_proj", &ex.gate_proj), ("up_proj", &ex.up_proj), ("down_proj", &ex.down_proj)] {
             let g = lin.weight.val().grad(&grads).expect("trainable expert has a gradient");
             // Hub orientation [out, in].

@@ -95,6 +95,10 @@ pub struct ModelConfig {
     pub backend: BackendKind,
     /// Compute precision.
     pub precision: Precision,
+    /// The chat template's `enable_thinking` (Qwen3: `false` opens every assistant turn with an
+    /// empty think block, which makes the prompt a prefix of the conversation with its answer, as
+    /// training's loss masking needs); unset leaves it undefined, the template's default.
+    pub enable_thinking: Option<bool>,
 }
 
 impl Default for ModelConfig {
@@ -103,6 +107,7 @@ impl Default for ModelConfig {
             dir: PathBuf::from("models/olmoe-organism"),
             backend: BackendKind::Cpu,
             precision: Precision::F32,
+            enable_thinking: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::run_dir::write_atomic;
-use crate::model::{LoadError, Olmoe, OlmoeInput, Precision, Routing};
+use crate::model::{LoadError, MoeLm, LmInput, Precision, Routing};
 
 /// What can go wrong in `forward`.
 #[derive(Debug, thiserror::Error)]
@@ -83,24 +83,37 @@ pub fn read_mask(path: &Path, layers: usize, experts: usize) -> Result<Vec<bool>
 
 /// Run `model` over `ids` (equal-length rows) with an optional `[layers, experts]` mask and
 /// return `logits` `[batch, seq, vocab]` and `router_logits` `[layers, batch, seq, experts]`.
-pub fn forward<B: Backend>(model: &Olmoe<B>, ids: &[Vec<u32>], mask: Option<&[bool]>, device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 4>) {
+pub fn forward<B: Backend>(model: &MoeLm<B>, ids: &[Vec<u32>], mask: Option<&[bool]>, device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 4>) {
     let (batch, seq) = (ids.len(), ids[0].len());
     let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, seq]), device);
     let mut routing = Routing::capturing();
     if let Some(mask) = mask {
         let allow = Tensor::<B, 2, Bool>::from_data(
-            TensorData::new(mask.to_vec(), [model.num_layers(), model.num_experts()]),
+            TensorData::new(mask.to_vec(), [model.num_moe_layers(), model.num_experts()]),
             device,
         );
         routing = routing.with_mask(allow);
     }
-    let out = model.forward(OlmoeInput::ids(input), &routing);
+    let out = model.forward(LmInput::ids(input), &routing);
     (out.logits, out.router_logits.expect("capture was asked for"))
 }
 
-/// Load `model_dir`, run [`forward`] and write `logits` and `router_logits` (f32) to `out`.
-pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: Option<&Path>, precision: Precision, out: &Path, device: &B::Device) -> Result<[usize; 4], InspectError> {
+/// What [`forward_to_file`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSummary {
+    /// `[moe_layers, batch, seq, experts]` of `router_logits`.
+    pub router_shape: [usize; 4],
+    /// The decoder index of each MoE layer: the rows of `router_logits` (also in the file's
+    /// metadata as `moe_layers`).
+    pub moe_layers: Vec<usize>,
+    /// Decoder layers in all.
+    pub num_layers: usize,
+}
+
+/// Load `model_dir`, run [`forward`] and write `logits` and `router_logits` (f32; router logits of
+/// the MoE layers only, their decoder indices in the metadata) to `out`.
+pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: Option<&Path>, precision: Precision, out: &Path, device: &B::Device) -> Result<ForwardSummary, InspectError> {
     let ids = parse_ids(ids_text)?;
     let (model, cfg) = crate::model::load::<B>(model_dir, device, precision)?;
     if let Some((r, t)) = ids.iter().enumerate().find_map(|(r, row)| {
@@ -109,16 +122,24 @@ pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: 
         return Err(InspectError::Ids(format!("row {r}: id {t} is outside the vocabulary of {}", cfg.vocab_size)));
     }
     let mask = mask_path
-        .map(|p| read_mask(p, cfg.num_hidden_layers, cfg.num_experts))
+        .map(|p| read_mask(p, cfg.num_moe_layers(), cfg.num_experts))
         .transpose()?;
     let (logits, router_logits) = forward(&model, &ids, mask.as_deref(), device);
-    let shape = router_logits.dims();
-    write_f32(out, vec![("logits", logits.into_data()), ("router_logits", router_logits.into_data())])?;
-    Ok(shape)
+    let router_shape = router_logits.dims();
+    let moe_layers = model.moe_layers().to_vec();
+    let listed = moe_layers.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let tensors = vec![("logits", logits.into_data()), ("router_logits", router_logits.into_data())];
+    write_f32_with(out, tensors, [("moe_layers".to_string(), listed)].into())?;
+    Ok(ForwardSummary { router_shape, moe_layers, num_layers: model.num_layers() })
 }
 
 /// Write named tensors to a safetensors file as float32 (atomically).
 pub fn write_f32<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>) -> Result<(), InspectError> {
+    write_f32_with(out, tensors, HashMap::new())
+}
+
+/// [`write_f32`] with string metadata in the file's header.
+pub fn write_f32_with<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>, metadata: HashMap<String, String>) -> Result<(), InspectError> {
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, data)| {
@@ -130,7 +151,7 @@ pub fn write_f32<S: Into<String>>(out: &Path, tensors: Vec<(S, TensorData)>) -> 
         .iter()
         .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("f32 bytes")))
         .collect();
-    let bytes = safetensors::serialize(views, Some(HashMap::new())).map_err(|e| LoadError::Safetensors {
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| LoadError::Safetensors {
         path: out.to_path_buf(),
         reason: e.to_string(),
     })?;

@@ -9,12 +9,12 @@ use common::*;
 use steermoe::config::{Config, EvalConfig};
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::eval::{BenignItem, EvalPrompt, EvalSets, Steering, answer, answer_nll};
-use steermoe::model::{self, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::model::{self, MoeLm, LmInput, Precision, Routing};
 use steermoe::model::loss::{IGNORE_INDEX, causal_lm_loss};
 
 type B = TestBackend;
 
-fn model() -> Olmoe<B> {
+fn model() -> MoeLm<B> {
     model::load::<B>(fixture(), &Default::default(), Precision::F32).unwrap().0
 }
 
@@ -74,7 +74,7 @@ fn answer_nll_is_the_causal_lm_loss_of_the_answer_and_ignores_batching() {
         let n = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
         let ids: Vec<i64> = full.iter().map(|&i| i as i64).collect();
         let len = ids.len();
-        let out = model.forward(OlmoeInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device)), &routing);
+        let out = model.forward(LmInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device)), &routing);
         let loss: f32 = causal_lm_loss(out.logits, Tensor::from_data(TensorData::new(labels, [1, len]), &device)).into_scalar();
         total += loss as f64 * n as f64;
         tokens += n;
@@ -136,7 +136,7 @@ fn steering_forces_the_listed_experts_into_and_out_of_every_top_k() {
     };
     let routing = steer.routing::<B>(2, 8, &device).with_capture(true);
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| 100 + 37 * i).collect::<Vec<_>>(), [2, 12]), &device);
-    let out = model.forward(OlmoeInput::ids(ids.clone()), &routing);
+    let out = model.forward(LmInput::ids(ids.clone()), &routing);
     let chosen = out.chosen.expect("captured");
     let [layers, batch, seq, k] = chosen.dims();
     assert_eq!((layers, batch, seq, k), (2, 2, 12, 2));
@@ -148,7 +148,7 @@ fn steering_forces_the_listed_experts_into_and_out_of_every_top_k() {
         }
     }
     // Unsteered, the forced-on expert is not every token's choice: the steering did it.
-    let free = model.forward(OlmoeInput::ids(ids), &Routing::capturing()).chosen.unwrap();
+    let free = model.forward(LmInput::ids(ids), &Routing::capturing()).chosen.unwrap();
     let free: Vec<i64> = free.into_data().iter::<i64>().collect();
     assert!(free[..batch * seq * k].chunks(k).any(|t| !t.contains(&3)));
     assert!(Steering::default().routing::<B>(2, 8, &device).force_on.is_none());

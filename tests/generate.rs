@@ -8,12 +8,12 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::generate::{GenerateOptions, Sampling, generate};
-use steermoe::model::{self, ExpertExecution, KvCache, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::model::{self, ExpertExecution, KvCache, MoeLm, LmInput, Precision, Routing};
 use steermoe::train::step::count_experts;
 
 type B = TestBackend;
 
-fn model() -> Olmoe<B> {
+fn model() -> MoeLm<B> {
     model::load::<B>(fixture(), &Default::default(), Precision::F32).unwrap().0
 }
 
@@ -58,14 +58,14 @@ fn kv_cache_decoding_equals_recomputation() {
     let seq: Vec<i64> = ids_of(&reference_json(&fixture())["chat_train"]["ids"]).iter().map(|&t| t as i64).collect();
     let n = seq.len();
     let full = model.forward(
-        OlmoeInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(seq.clone(), [1, n]), &device)),
+        LmInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(seq.clone(), [1, n]), &device)),
         &Routing::free(),
     );
     let mut cache = KvCache::new(model.num_layers());
     let split = n - 6;
     let mut got = vec![model
         .forward_cached(
-            OlmoeInput::ids(Tensor::from_data(TensorData::new(seq[..split].to_vec(), [1, split]), &device)),
+            LmInput::ids(Tensor::from_data(TensorData::new(seq[..split].to_vec(), [1, split]), &device)),
             &mut cache,
             &Routing::free(),
         )
@@ -74,7 +74,7 @@ fn kv_cache_decoding_equals_recomputation() {
         got.push(
             model
                 .forward_cached(
-                    OlmoeInput::ids(Tensor::from_data(TensorData::new(vec![seq[t]], [1, 1]), &device)),
+                    LmInput::ids(Tensor::from_data(TensorData::new(vec![seq[t]], [1, 1]), &device)),
                     &mut cache,
                     &Routing::free(),
                 )
@@ -131,7 +131,7 @@ fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
         let all: Vec<i64> = g.prompt_ids.iter().chain(&g.new_ids).map(|&t| t as i64).collect();
         let n = all.len();
         let out = model.forward(
-            OlmoeInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(all, [1, n]), &device)),
+            LmInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(all, [1, n]), &device)),
             &Routing::capturing(),
         );
         let rl = out.router_logits.unwrap(); // [layers, 1, n, experts]
@@ -163,14 +163,14 @@ fn expert_counts_leave_padding_out() {
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![5i64, 6, 7, 8, 9, 10, 1, 1], [2, 4]), &device);
     let real = vec![true, true, true, true, true, true, false, false];
     let mask = Tensor::from_data(TensorData::new(real.clone(), [2, 4]), &device);
-    let k = model.model.layers[0].mlp.top_k();
-    let (layers, experts) = (model.num_layers(), model.num_experts());
-    let uncaptured = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::free());
+    let k = model.top_k();
+    let (layers, experts) = (model.num_moe_layers(), model.num_experts());
+    let uncaptured = model.forward(LmInput::padded(ids.clone(), mask.clone()), &Routing::free());
     assert!(uncaptured.chosen.is_none(), "choices only when captured");
     let mut choices = Vec::new();
     for exec in [ExpertExecution::Grouped, ExpertExecution::Dense] {
         let model = model.clone().with_execution(exec);
-        let out = model.forward(OlmoeInput::padded(ids.clone(), mask.clone()), &Routing::capturing());
+        let out = model.forward(LmInput::padded(ids.clone(), mask.clone()), &Routing::capturing());
         let chosen = out.chosen.expect("captured");
         assert_eq!(chosen.dims(), [layers, 2, 4, k]);
         let flat: Vec<i64> = chosen.into_data().iter::<i64>().collect();

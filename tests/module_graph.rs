@@ -1,7 +1,7 @@
 //! The library's modules import each other without a cycle, at two levels: between the crate's
 //! top-level modules (a stage never reaches back into one that depends on it), and between the
 //! files of each directory module (e.g. `model/`: `experts` is a leaf, `routing` uses it,
-//! `olmoe` uses both).
+//! `lm` uses both).
 //!
 //! `cargo test --test module_graph` checks it; `-- --nocapture` prints the graphs. References
 //! are read from the source text (`crate::a::b`, `super::x`, grouped `use` lists); comments and
@@ -172,7 +172,7 @@ fn no_import_cycle_between_modules() {
         }
     }
     assert!(graphs.get("").is_some_and(|g| g.len() > 5), "the top-level graph was not read: {graphs:?}");
-    assert!(graphs.get("model").is_some_and(|g| g.contains_key("olmoe")), "model/'s graph was not read: {graphs:?}");
+    assert!(graphs.get("model").is_some_and(|g| g.contains_key("lm")), "model/'s graph was not read: {graphs:?}");
     for (dir, graph) in &graphs {
         let name = if dir.is_empty() { "src/ (top-level modules)".to_string() } else { format!("src/{dir}/") };
         println!("{name}");
@@ -194,10 +194,10 @@ fn the_checker_sees_a_cycle() {
     assert_eq!(cycle(&g), None);
     g.entry("c".into()).or_default().insert("a".into());
     assert_eq!(cycle(&g), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
-    let text = "use super::{cache::KvCache, config::OlmoeConfig};\nlet x = crate::model::routing::to_f32(y);";
+    let text = "use super::{cache::KvCache, config::ModelConfig};\nlet x = crate::model::routing::to_f32(y);";
     let refs = references(&["model".into(), "olmoe".into()], text);
     assert_eq!(
         refs,
-        vec![vec!["model".to_string(), "routing".into(), "to_f32".into()], vec!["model".into(), "cache".into(), "KvCache".into()], vec!["model".into(), "config".into(), "OlmoeConfig".into()]]
+        vec![vec!["model".to_string(), "routing".into(), "to_f32".into()], vec!["model".into(), "cache".into(), "KvCache".into()], vec!["model".into(), "config".into(), "ModelConfig".into()]]
     );
 }

@@ -55,7 +55,7 @@ fn train_step_gradients_equal_the_reference() {
     // experts of weight zero, as in the reference).
     let grads = out.grads;
     let counts = &burn::train::metric::ItemLazy::sync(out.item).expert_counts;
-    assert_eq!(counts.len(), cfg.num_hidden_layers);
+    assert_eq!(counts.len(), cfg.num_moe_layers());
     let mut checked = 0;
     for (l, layer) in counts.iter().enumerate() {
         assert_eq!(layer.iter().sum::<u32>() as usize, n * cfg.num_experts_per_tok, "layer {l}");
@@ -70,7 +70,7 @@ fn train_step_gradients_equal_the_reference() {
         }
     }
     assert!(checked > 0, "no layer with k allowed experts to check");
-    let experts = &model.model.model.layers[0].mlp.experts;
+    let experts = &model.model.moe_block(0).experts;
     for (pick, proj) in ["gate_proj", "up_proj", "down_proj"].into_iter().enumerate() {
         let mut got = Vec::new();
         for ex in experts {
@@ -260,7 +260,7 @@ fn expert_masks_file_holds_the_masks_training_applies() {
     for (set, scope) in [("per_batch", "unsafe_samples"), ("per_batch", "all"), ("global", "unsafe_samples")] {
         let cfg = Config::load(&cfg_path, &[format!("train.expert_set={set}"), format!("train.mask_scope={scope}")]).unwrap();
         let inputs = steermoe::train::TrainInputs::read(&cfg, &run).unwrap();
-        let (layers, experts) = (inputs.model_cfg.num_hidden_layers, inputs.model_cfg.num_experts);
+        let (layers, experts) = (inputs.model_cfg.num_moe_layers(), inputs.model_cfg.num_experts);
         let width = layers * experts;
         let loader = inputs.loader::<B>(&cfg, (0..inputs.groups.len()).collect(), 0, &device);
         let mut unsafe_rows = 0;

@@ -43,6 +43,10 @@ pub struct GenerateArgs {
     /// Compute precision.
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
+    /// The chat template's `enable_thinking` (Qwen3: `false` opens the answer with an empty think
+    /// block); left undefined when not given.
+    #[arg(long)]
+    enable_thinking: Option<bool>,
 }
 
 struct Generate(GenerateArgs, Vec<Message>, Sampling);
@@ -51,7 +55,7 @@ impl Task for Generate {
     type Output = anyhow::Result<ChatGeneration>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let Generate(a, messages, sampling) = self;
-        let tokenizer = ChatTokenizer::from_dir(&a.model)?;
+        let tokenizer = ChatTokenizer::from_dir(&a.model)?.with_enable_thinking(a.enable_thinking);
         let (model, _) = model::load::<B::InnerBackend>(&a.model, &device, a.precision)?;
         Ok(generate_chat(&model, &tokenizer, &messages, a.max_new_tokens, sampling, a.ignore_eos, &device)?)
     }

@@ -28,7 +28,7 @@ use crate::data::{ChatTokenizer, DataError};
 use crate::generate::{GenerateOptions, RouterLogits, generate};
 use crate::judge::{Judge, JudgeError};
 use crate::run_dir::write_atomic;
-use crate::model::{Olmoe, Routing};
+use crate::model::{MoeLm, Routing};
 use crate::run_dir::records::{BatchEntry, RoutingIndex, SampleRecord, batch_file, finished_batches, read_batch_records};
 use crate::run_dir::RunDirError;
 
@@ -112,7 +112,7 @@ pub struct CollectSummary {
 /// Collect `batches` into `run_dir` (created), skipping batches already finished there.
 #[allow(clippy::too_many_arguments)]
 pub fn collect<B: Backend>(
-    model: &Olmoe<B>,
+    model: &MoeLm<B>,
     tokenizer: &ChatTokenizer,
     batches: &[Batch],
     cfg: &CollectConfig,
@@ -135,7 +135,7 @@ pub fn collect<B: Backend>(
         total: batches.len(),
         done: resumed,
     });
-    let top_k = model.model.layers[0].mlp.top_k();
+    let top_k = model.top_k();
     let opts = GenerateOptions {
         max_new_tokens: cfg.max_new_tokens,
         sampling: cfg.sampling,
@@ -314,10 +314,11 @@ fn append_batch(run_dir: &Path, index: &mut RoutingIndex, batch_idx: usize, reco
 
 /// Rewrite `samples.jsonl` and `routing/index.json` from the finished batches (each written to a
 /// new file and renamed into place, so a hard link to an earlier version is left as it was).
-fn write_summary_files<B: Backend>(run_dir: &Path, model: &Olmoe<B>, top_k: usize) -> Result<RoutingIndex, CollectError> {
+fn write_summary_files<B: Backend>(run_dir: &Path, model: &MoeLm<B>, top_k: usize) -> Result<RoutingIndex, CollectError> {
     let mut lines = String::new();
     let mut index = RoutingIndex {
-        layers: model.num_layers(),
+        layers: model.num_moe_layers(),
+        moe_layers: model.moe_layers().to_vec(),
         experts: model.num_experts(),
         top_k,
         batches: Vec::new(),

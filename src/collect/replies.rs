@@ -16,7 +16,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use crate::run_dir::records::SampleRecord;
 use crate::data::batch::Label;
 use crate::generate::ChosenExperts;
-use crate::model::{Olmoe, OlmoeInput, Routing};
+use crate::model::{MoeLm, LmInput, Routing};
 
 /// The two teacher-forced replies of one pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,7 @@ pub struct ReplyRouting {
 }
 
 /// Route the replies of every kept pair in `records` (one batch) in one forward pass.
-pub fn route<B: Backend>(model: &Olmoe<B>, records: &[SampleRecord], pad_id: u32, device: &B::Device) -> Vec<ReplyRouting> {
+pub fn route<B: Backend>(model: &MoeLm<B>, records: &[SampleRecord], pad_id: u32, device: &B::Device) -> Vec<ReplyRouting> {
     let mut pairs: BTreeMap<usize, [Option<&SampleRecord>; 2]> = BTreeMap::new();
     for r in records.iter().filter(|r| r.kept) {
         pairs.entry(r.record).or_default()[(r.label == Label::Unsafe) as usize] = Some(r);
@@ -58,7 +58,7 @@ pub fn route<B: Backend>(model: &Olmoe<B>, records: &[SampleRecord], pad_id: u32
         ids.extend(s.iter().map(|&t| t as i64).chain(std::iter::repeat_n(pad_id as i64, width - s.len())));
         valid.extend(std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, width - s.len())));
     }
-    let input = OlmoeInput::padded(
+    let input = LmInput::padded(
         Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, width]), device),
         Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, width]), device),
     );

@@ -51,7 +51,7 @@ pub fn batches(cfg: &Config) -> Result<Vec<Batch>, DataError> {
 
 /// Before any work: every prompt of `batches` and its answer fit the model's positions.
 pub fn check_prompt_lengths(cfg: &Config, batches: &[Batch], tokenizer: &ChatTokenizer) -> Result<(), CollectError> {
-    let limit = model::OlmoeConfig::from_path(&cfg.model.dir)?.max_position_embeddings;
+    let limit = model::ModelConfig::from_path(&cfg.model.dir)?.max_position_embeddings;
     for s in batches.iter().flat_map(|b| &b.samples) {
         let tokens = tokenizer.encode_prompt(&s.messages, cfg.collect.max_prompt_tokens)?.len();
         if tokens + cfg.collect.max_new_tokens > limit {
@@ -70,7 +70,7 @@ pub fn check_prompt_lengths(cfg: &Config, batches: &[Batch], tokenizer: &ChatTok
 /// Run the collect stage of `cfg` into `run_dir` on `device`.
 pub fn run<B: Backend>(cfg: &Config, run_dir: &Path, device: &B::Device, progress: impl FnMut(CollectEvent)) -> Result<CollectSummary, CollectError> {
     let batches = batches(cfg)?;
-    let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?;
+    let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?.with_enable_thinking(cfg.model.enable_thinking);
     check_prompt_lengths(cfg, &batches, &tokenizer)?;
     let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
     collect(&model, &tokenizer, &batches, &cfg.collect, &cfg.judge, run_dir, device, progress)

@@ -1,7 +1,9 @@
 //! Chat messages and the checkpoint's chat template (`tokenizer_config.json`'s `chat_template`),
 //! rendered with minijinja the way transformers' `apply_chat_template` renders it with Jinja2:
 //! `trim_blocks` and `lstrip_blocks` on, `bos_token`, `eos_token`, `add_generation_prompt` and
-//! `messages` in the context, `raise_exception` available.
+//! `messages` in the context, `raise_exception` available; `enable_thinking` (Qwen3's templates)
+//! in the context only when set, so that `enable_thinking is defined` holds exactly as in
+//! `apply_chat_template(..., enable_thinking=...)`.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +47,7 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    enable_thinking: Option<bool>,
 }
 
 impl ChatTemplate {
@@ -63,7 +66,14 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            enable_thinking: None,
         })
+    }
+
+    /// Render with `enable_thinking` set (`None`: left undefined, the template's default).
+    pub fn with_enable_thinking(mut self, enable_thinking: Option<bool>) -> Self {
+        self.enable_thinking = enable_thinking;
+        self
     }
 
     /// Render a conversation; `add_generation_prompt` opens the assistant's turn.
@@ -73,6 +83,7 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
             add_generation_prompt => add_generation_prompt,
+            enable_thinking => self.enable_thinking.map(minijinja::Value::from).unwrap_or(minijinja::Value::UNDEFINED),
         })
     }
 }

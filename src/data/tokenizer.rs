@@ -92,6 +92,13 @@ impl ChatTokenizer {
         })
     }
 
+    /// Set the template's `enable_thinking` (Qwen3: `Some(false)` opens the assistant's turn with
+    /// an empty think block; `None` leaves it undefined, the template's default).
+    pub fn with_enable_thinking(mut self, enable_thinking: Option<bool>) -> Self {
+        self.template = self.template.with_enable_thinking(enable_thinking);
+        self
+    }
+
     /// Render messages with the chat template.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, DataError> {
         self.template

@@ -26,7 +26,7 @@ use crate::config::EvalConfig;
 use crate::data::{ChatTokenizer, DataError, Message};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
-use crate::model::{Olmoe, OlmoeInput, Routing};
+use crate::model::{MoeLm, LmInput, Routing};
 use crate::model::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
 
 /// What can go wrong evaluating.
@@ -150,7 +150,7 @@ pub struct Evaluation {
 /// Evaluate `model` on `sets`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
-    model: &Olmoe<B>,
+    model: &MoeLm<B>,
     model_name: &str,
     tokenizer: &ChatTokenizer,
     sets: &EvalSets,
@@ -160,7 +160,7 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
     mut progress: impl FnMut(EvalEvent),
 ) -> Result<Evaluation, EvalError> {
-    let routing = steering.routing::<B>(model.num_layers(), model.num_experts(), device);
+    let routing = steering.routing::<B>(model.num_moe_layers(), model.num_experts(), device);
     let benign_prompts: Vec<EvalPrompt> = sets.benign.iter().map(|b| b.prompt.clone()).collect();
     progress(EvalEvent::Start {
         prompts: sets.plain.len() + sets.jailbreak.len() + benign_prompts.len(),
@@ -224,7 +224,7 @@ pub fn evaluate<B: Backend>(
 /// Answer `prompts` in batches of similar length: (prompt tokens fed, generated ids) per prompt,
 /// in input order; generated ids stop before the EOS.
 pub fn answer<B: Backend>(
-    model: &Olmoe<B>,
+    model: &MoeLm<B>,
     tokenizer: &ChatTokenizer,
     prompts: &[EvalPrompt],
     cfg: &EvalConfig,
@@ -270,7 +270,7 @@ pub fn possible_nll(v: f64) -> bool {
 /// tokens (the assistant turn as the chat template closes it). An example longer than
 /// `cfg.nll_max_len` keeps its head; one whose prompt alone fills it is not scored.
 pub fn answer_nll<B: Backend>(
-    model: &Olmoe<B>,
+    model: &MoeLm<B>,
     tokenizer: &ChatTokenizer,
     items: &[BenignItem],
     cfg: &EvalConfig,
@@ -313,7 +313,7 @@ pub fn answer_nll<B: Backend>(
             }
         }
         let targets = Targets::<B>::from_labels(&labels, batch, seq, device);
-        let input = OlmoeInput {
+        let input = LmInput {
             input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device),
             attention_mask: Some(Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, seq]), device)),
             positions: None,

@@ -99,10 +99,10 @@ pub fn run<B: Backend>(
     progress: impl FnMut(EvalEvent),
 ) -> Result<EvalReport, EvalError> {
     let sets = EvalSets::from_config(cfg)?;
-    let tokenizer = ChatTokenizer::from_dir(model_dir)?;
+    let tokenizer = ChatTokenizer::from_dir(model_dir)?.with_enable_thinking(cfg.model.enable_thinking);
     let (model, mcfg) = model::load::<B>(model_dir, device, cfg.model.precision)?;
     let steering = match steer {
-        Some((run, setting)) => steering(run, setting, mcfg.num_hidden_layers, mcfg.num_experts, mcfg.num_experts_per_tok)?,
+        Some((run, setting)) => steering(run, setting, mcfg.num_moe_layers(), mcfg.num_experts, mcfg.num_experts_per_tok)?,
         None => Steering::default(),
     };
     let name = model_dir.display().to_string();

@@ -14,7 +14,7 @@ use burn::tensor::{Bool, Tensor, TensorData};
 use half::f16;
 
 use super::sampler::{Sampler, Sampling};
-use crate::model::{ExpertExecution, KvCache, Olmoe, OlmoeInput, Routing};
+use crate::model::{ExpertExecution, KvCache, MoeLm, LmInput, Routing};
 
 /// Settings of one generation call.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ pub struct Generation {
 /// `routing` may carry a mask or steering bias; its capture flag is set from `opts.capture`.
 /// `on_token` is called after every decode step with the number of tokens produced in it.
 pub fn generate<B: Backend>(
-    model: &Olmoe<B>,
+    model: &MoeLm<B>,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     routing: &Routing<B>,
@@ -106,7 +106,7 @@ pub fn generate<B: Backend>(
         positions.extend(std::iter::repeat_n(1i64, pad).chain(0..p.len() as i64));
     }
     let mut mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, width]), device);
-    let input = OlmoeInput {
+    let input = LmInput {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, width]), device),
         attention_mask: Some(mask.clone()),
         positions: Some(Tensor::from_data(TensorData::new(positions, [batch, width]), device)),
@@ -152,7 +152,7 @@ pub fn generate<B: Backend>(
             break;
         }
         mask = Tensor::cat(vec![mask, ones.clone()], 1);
-        let input = OlmoeInput {
+        let input = LmInput {
             input_ids: Tensor::from_data(TensorData::new(fed, [batch, 1]), device),
             attention_mask: Some(mask.clone()),
             positions: Some(Tensor::from_data(TensorData::new(next_pos.clone(), [batch, 1]), device)),

@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use crate::data::{ChatTokenizer, DataError, Message};
-use crate::model::{Olmoe, Routing};
+use crate::model::{MoeLm, Routing};
 
 /// A chat answered by the model (what `steermoe generate` prints).
 #[derive(Debug, Clone, Serialize)]
@@ -26,7 +26,7 @@ pub struct ChatGeneration {
 /// Apply the chat template to `messages` (opening the assistant turn) and generate an answer;
 /// it stops at the tokenizer's EOS unless `ignore_eos`.
 pub fn generate_chat<B: Backend>(
-    model: &Olmoe<B>,
+    model: &MoeLm<B>,
     tokenizer: &ChatTokenizer,
     messages: &[Message],
     max_new_tokens: usize,

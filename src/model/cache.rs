@@ -1,6 +1,6 @@
 //! The state of incremental decoding, kept outside the weights and passed to
-//! `Olmoe::forward_cached` by argument (transformers' `DynamicCache`): every layer's keys and
-//! values so far, and optionally every layer's experts laid side by side, stacked once for all the
+//! `MoeLm::forward_cached` by argument (transformers' `DynamicCache`): every layer's keys and
+//! values so far, and optionally every MoE layer's experts laid side by side, stacked once for all the
 //! decode steps of a generation call instead of once per step.
 //!
 //! Keys are stored after RoPE and before `repeat_kv`, one entry per layer, and grow by
@@ -29,14 +29,14 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// Keep every layer's stacked experts (from [`Olmoe::stack_experts`](super::Olmoe::stack_experts)
+    /// Keep every layer's stacked experts (from [`MoeLm::stack_experts`](super::MoeLm::stack_experts)
     /// of the model this cache is used with) for dense execution of the decode steps.
     pub fn with_stacked_experts(mut self, stacked: Vec<StackedExperts<B>>) -> Self {
         self.stacked = Some(stacked.into());
         self
     }
 
-    /// Layer `layer`'s stacked experts, if kept.
+    /// MoE layer `layer`'s stacked experts, if kept.
     pub fn stacked_experts(&self, layer: usize) -> Option<&StackedExperts<B>> {
         self.stacked.as_ref().map(|s| &s[layer])
     }

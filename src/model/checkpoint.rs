@@ -24,9 +24,12 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::LoadError;
-use super::config::OlmoeConfig;
+use super::attention::Attention;
+use super::config::{Arch, ModelConfig, QkNorm};
 use super::experts::Expert;
-use super::olmoe::{Attention, DecoderLayer, MoeBlock, Olmoe, OlmoeModel, RmsNorm};
+use super::lm::{DecoderLayer, DecoderStack, FeedForward, MoeLm};
+use super::moe::MoeBlock;
+use super::norm::RmsNorm;
 
 /// Largest shard [`save`] writes before starting another (transformers' default is 5 GB).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -125,10 +128,39 @@ impl Shards {
 struct TensorTable<'a> {
     views: HashMap<String, (&'a Path, safetensors::tensor::TensorView<'a>)>,
     used: std::collections::HashSet<String>,
+    arch: Arch,
+}
+
+/// `" from config.json's ..."`: the config keys that decide whether tensor `key` exists and its
+/// shape, for errors about it (a wrong `head_dim` shows up as a q_proj of the wrong shape).
+fn implied_by(key: &str, arch: Arch) -> String {
+    let qwen = arch == Arch::Qwen3Moe;
+    let keys = if key.contains("self_attn.q_proj") || key.contains("self_attn.o_proj") {
+        if qwen { "hidden_size, num_attention_heads, head_dim" } else { "hidden_size" }
+    } else if key.contains("self_attn.k_proj") || key.contains("self_attn.v_proj") {
+        if qwen { "hidden_size, num_key_value_heads, head_dim" } else { "hidden_size, num_attention_heads, num_key_value_heads" }
+    } else if key.contains("self_attn.q_norm") {
+        if qwen { "head_dim" } else { "hidden_size" }
+    } else if key.contains("self_attn.k_norm") {
+        if qwen { "head_dim" } else { "hidden_size, num_attention_heads, num_key_value_heads" }
+    } else if key.contains(".mlp.experts.") {
+        if qwen { "hidden_size, moe_intermediate_size, num_experts; MoE layers by decoder_sparse_step, mlp_only_layers" } else { "hidden_size, intermediate_size, num_experts" }
+    } else if key.contains(".mlp.gate.") {
+        if qwen { "hidden_size, num_experts; MoE layers by decoder_sparse_step, mlp_only_layers" } else { "hidden_size, num_experts" }
+    } else if key.contains(".mlp.") {
+        "hidden_size, intermediate_size; dense layers by decoder_sparse_step, mlp_only_layers"
+    } else if key.contains("embed_tokens") || key.starts_with("lm_head") {
+        "vocab_size, hidden_size"
+    } else if key.contains("layers.") {
+        "hidden_size, num_hidden_layers"
+    } else {
+        "hidden_size"
+    };
+    format!(", from config.json's {keys}")
 }
 
 impl<'a> TensorTable<'a> {
-    fn new(shards: &'a Shards) -> Result<Self, LoadError> {
+    fn new(shards: &'a Shards, arch: Arch) -> Result<Self, LoadError> {
         let mut views = HashMap::new();
         for (path, map) in &shards.files {
             let st = SafeTensors::deserialize(map).map_err(|e| LoadError::Safetensors {
@@ -142,6 +174,7 @@ impl<'a> TensorTable<'a> {
         Ok(Self {
             views,
             used: Default::default(),
+            arch,
         })
     }
 
@@ -156,6 +189,7 @@ impl<'a> TensorTable<'a> {
             dir: dir.to_path_buf(),
             key: key.to_string(),
             expected: shape.to_vec(),
+            implied_by: implied_by(key, self.arch),
         })?;
         if view.shape() != shape {
             return Err(LoadError::ShapeMismatch {
@@ -163,6 +197,7 @@ impl<'a> TensorTable<'a> {
                 key: key.to_string(),
                 found: view.shape().to_vec(),
                 expected: shape.to_vec(),
+                implied_by: implied_by(key, self.arch),
             });
         }
         let bytes = view.data();
@@ -283,14 +318,14 @@ impl<B: Backend> Builder<'_, '_, B> {
 }
 
 /// Load a Hub checkpoint directory onto `device`, computing in `precision`.
-pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Precision) -> Result<(Olmoe<B>, OlmoeConfig), LoadError> {
+pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Precision) -> Result<(MoeLm<B>, ModelConfig), LoadError> {
     let dir = dir.as_ref();
     if !dir.is_dir() {
         return Err(LoadError::NoModelDir { dir: dir.to_path_buf() });
     }
-    let cfg = OlmoeConfig::from_path(dir)?;
+    let cfg = ModelConfig::from_path(dir)?;
     let shards = Shards::open(dir)?;
-    let mut table = TensorTable::new(&shards)?;
+    let mut table = TensorTable::new(&shards, cfg.arch)?;
     let model = build(&cfg, Some(&mut table), dir, device, precision.dtype())?;
     if let Some((path, key)) = table.unused() {
         return Err(LoadError::UnexpectedTensor { path, key });
@@ -301,39 +336,50 @@ pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Pr
 /// A model of shape `cfg` with random weights (normal, std 0.02; norms 1), drawn on `device` from
 /// the backend's generator (seed it with `B::seed`): for benchmarks at a real model's shape
 /// without its checkpoint.
-pub fn random<B: Backend>(cfg: &OlmoeConfig, device: &B::Device, precision: Precision) -> Olmoe<B> {
+pub fn random<B: Backend>(cfg: &ModelConfig, device: &B::Device, precision: Precision) -> MoeLm<B> {
     build(cfg, None, Path::new("<random>"), device, precision.dtype()).expect("random weights cannot fail")
 }
 
-fn build<B: Backend>(cfg: &OlmoeConfig, table: Option<&mut TensorTable<'_>>, dir: &Path, device: &B::Device, dtype: DType) -> Result<Olmoe<B>, LoadError> {
+fn build<B: Backend>(cfg: &ModelConfig, table: Option<&mut TensorTable<'_>>, dir: &Path, device: &B::Device, dtype: DType) -> Result<MoeLm<B>, LoadError> {
     let mut b = Builder::<B> { table, dir, device, dtype };
     let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+    let (q_norm_width, k_norm_width) = match cfg.qk_norm {
+        QkNorm::Full => (cfg.q_dim(), cfg.kv_dim()),
+        QkNorm::PerHead => (cfg.head_dim, cfg.head_dim),
+    };
     let embed = b.tensor("model.embed_tokens.weight", [cfg.vocab_size, h])?;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let self_attn = Attention::new(
-            b.linear(&format!("{p}.self_attn.q_proj"), h, h)?,
+            b.linear(&format!("{p}.self_attn.q_proj"), h, cfg.q_dim())?,
             b.linear(&format!("{p}.self_attn.k_proj"), h, cfg.kv_dim())?,
             b.linear(&format!("{p}.self_attn.v_proj"), h, cfg.kv_dim())?,
-            b.linear(&format!("{p}.self_attn.o_proj"), h, h)?,
-            b.norm(&format!("{p}.self_attn.q_norm"), h, eps)?,
-            b.norm(&format!("{p}.self_attn.k_norm"), cfg.kv_dim(), eps)?,
+            b.linear(&format!("{p}.self_attn.o_proj"), cfg.q_dim(), h)?,
+            b.norm(&format!("{p}.self_attn.q_norm"), q_norm_width, eps)?,
+            b.norm(&format!("{p}.self_attn.k_norm"), k_norm_width, eps)?,
             cfg,
         );
-        let gate = b.linear(&format!("{p}.mlp.gate"), h, cfg.num_experts)?;
-        let mut experts = Vec::with_capacity(cfg.num_experts);
-        for e in 0..cfg.num_experts {
-            let q = format!("{p}.mlp.experts.{e}");
-            experts.push(Expert {
-                gate_proj: b.linear(&format!("{q}.gate_proj"), h, i)?,
-                up_proj: b.linear(&format!("{q}.up_proj"), h, i)?,
-                down_proj: b.linear(&format!("{q}.down_proj"), i, h)?,
-            });
-        }
+        let mlp = |b: &mut Builder<B>, q: &str, inter: usize| -> Result<Expert<B>, LoadError> {
+            Ok(Expert {
+                gate_proj: b.linear(&format!("{q}.gate_proj"), h, inter)?,
+                up_proj: b.linear(&format!("{q}.up_proj"), h, inter)?,
+                down_proj: b.linear(&format!("{q}.down_proj"), inter, h)?,
+            })
+        };
+        let ffn = if cfg.is_moe(l) {
+            let gate = b.linear(&format!("{p}.mlp.gate"), h, cfg.num_experts)?;
+            let mut experts = Vec::with_capacity(cfg.num_experts);
+            for e in 0..cfg.num_experts {
+                experts.push(mlp(&mut b, &format!("{p}.mlp.experts.{e}"), i)?);
+            }
+            FeedForward::Moe(MoeBlock::new(gate, experts, cfg))
+        } else {
+            FeedForward::Dense(mlp(&mut b, &format!("{p}.mlp"), cfg.dense_intermediate_size)?)
+        };
         layers.push(DecoderLayer {
             self_attn,
-            mlp: MoeBlock::new(gate, experts, cfg),
+            mlp: ffn,
             input_layernorm: b.norm(&format!("{p}.input_layernorm"), h, eps)?,
             post_attention_layernorm: b.norm(&format!("{p}.post_attention_layernorm"), h, eps)?,
         });
@@ -353,14 +399,14 @@ fn build<B: Backend>(cfg: &OlmoeConfig, table: Option<&mut TensorTable<'_>>, dir
     } else {
         b.linear("lm_head", h, cfg.vocab_size)?
     };
-    let model = OlmoeModel {
+    let model = DecoderStack {
         embed_tokens: Embedding {
             weight: Param::from_tensor(embed),
         },
         layers,
         norm,
     };
-    Ok(Olmoe::new(model, lm_head, cfg))
+    Ok(MoeLm::new(model, lm_head, cfg))
 }
 
 /// One tensor to write: Hub key, shape, values.
@@ -371,7 +417,7 @@ struct Entry {
 }
 
 /// Every tensor of `model` under its Hub key and in the Hub's orientation.
-fn hub_tensors<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig) -> Vec<Entry> {
+fn hub_tensors<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut put2 = |key: String, t: Tensor<B, 2>| {
         let shape = t.dims().to_vec();
@@ -389,9 +435,14 @@ fn hub_tensors<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig) -> Vec<Entry> {
         put2(format!("{p}.self_attn.o_proj.weight"), lin(&a.o_proj));
         put2(format!("{p}.self_attn.q_norm.weight"), vec2(&a.q_norm));
         put2(format!("{p}.self_attn.k_norm.weight"), vec2(&a.k_norm));
-        put2(format!("{p}.mlp.gate.weight"), lin(&layer.mlp.gate));
-        for (e, ex) in layer.mlp.experts.iter().enumerate() {
-            let q = format!("{p}.mlp.experts.{e}");
+        let mlps: Vec<(String, &Expert<B>)> = match &layer.mlp {
+            FeedForward::Moe(moe) => {
+                put2(format!("{p}.mlp.gate.weight"), lin(&moe.gate));
+                moe.experts.iter().enumerate().map(|(e, ex)| (format!("{p}.mlp.experts.{e}"), ex)).collect()
+            }
+            FeedForward::Dense(ex) => vec![(format!("{p}.mlp"), ex)],
+        };
+        for (q, ex) in mlps {
             put2(format!("{q}.gate_proj.weight"), lin(&ex.gate_proj));
             put2(format!("{q}.up_proj.weight"), lin(&ex.up_proj));
             put2(format!("{q}.down_proj.weight"), lin(&ex.down_proj));
@@ -414,12 +465,12 @@ fn hub_tensors<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig) -> Vec<Entry> {
 
 /// Save `model` as a Hub checkpoint in `dir` (created if needed): `config.json` and bf16
 /// safetensors, sharded with an index past [`MAX_SHARD_BYTES`], loadable by transformers.
-pub fn save<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig, dir: impl AsRef<Path>) -> Result<(), LoadError> {
+pub fn save<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig, dir: impl AsRef<Path>) -> Result<(), LoadError> {
     save_with_shard_size(model, cfg, dir, MAX_SHARD_BYTES)
 }
 
 /// [`save`] with an explicit shard size in bytes.
-pub fn save_with_shard_size<B: Backend>(model: &Olmoe<B>, cfg: &OlmoeConfig, dir: impl AsRef<Path>, max_shard_bytes: usize) -> Result<(), LoadError> {
+pub fn save_with_shard_size<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig, dir: impl AsRef<Path>, max_shard_bytes: usize) -> Result<(), LoadError> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
         path: dir.to_path_buf(),

@@ -1,11 +1,20 @@
-//! The OLMoE model: configuration, architecture, routing, RoPE, KV cache and Hub checkpoints.
+//! The MoE language models (OLMoE and Qwen3-MoE, one code path): configuration, architecture,
+//! routing, RoPE, KV cache and Hub checkpoints.
+//!
+//! Leaves first: `experts` (one SwiGLU MLP, grouped and dense execution), `norm`, `rope`,
+//! `cache`; `routing` (logits → top-k, masks, steering) and `attention` on top of them; `moe`
+//! (router + experts); `lm` (the decoder stack and LM head); `checkpoint` (Hub directories in and
+//! out) and `loss` last.
 
+pub mod attention;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod experts;
+pub mod lm;
 pub mod loss;
-pub mod olmoe;
+pub mod moe;
+pub mod norm;
 pub mod rope;
 pub mod routing;
 
@@ -13,8 +22,8 @@ use std::path::PathBuf;
 
 pub use cache::KvCache;
 pub use checkpoint::{Precision, load, random, save};
-pub use config::OlmoeConfig;
-pub use olmoe::{Decoded, Olmoe, OlmoeInput, OlmoeOutput};
+pub use config::{Arch, ModelConfig};
+pub use lm::{Decoded, FeedForward, LmInput, LmOutput, MoeLm};
 pub use experts::{Choice, Expert, ExpertExecution, StackedExperts};
 pub use routing::Routing;
 
@@ -69,7 +78,7 @@ pub enum LoadError {
         reason: String,
     },
     /// A tensor the model needs is absent.
-    #[error("{}: tensor {key} is missing (expected shape {expected:?})", dir.display())]
+    #[error("{}: tensor {key} is missing (expected shape {expected:?}{implied_by})", dir.display())]
     MissingTensor {
         /// The checkpoint directory.
         dir: PathBuf,
@@ -77,6 +86,8 @@ pub enum LoadError {
         key: String,
         /// The shape it should have.
         expected: Vec<usize>,
+        /// `", from config.json's ..."`: the keys that imply the tensor and its shape.
+        implied_by: String,
     },
     /// A tensor in the files that the model has no place for.
     #[error("{}: unexpected tensor {key}", path.display())]
@@ -87,7 +98,7 @@ pub enum LoadError {
         key: String,
     },
     /// A tensor of the wrong shape.
-    #[error("{}: tensor {key} has shape {found:?}, expected {expected:?}", path.display())]
+    #[error("{}: tensor {key} has shape {found:?}, expected {expected:?}{implied_by}", path.display())]
     ShapeMismatch {
         /// The file holding it.
         path: PathBuf,
@@ -97,6 +108,8 @@ pub enum LoadError {
         found: Vec<usize>,
         /// Shape the config implies.
         expected: Vec<usize>,
+        /// `" from config.json's ..."`: the keys that imply the shape.
+        implied_by: String,
     },
     /// A tensor holds NaN or an infinity: a broken checkpoint, which would run to garbage.
     #[error("{}: tensor {key} holds {value} (element {at}); the checkpoint is broken", path.display())]

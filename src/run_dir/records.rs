@@ -39,8 +39,12 @@ pub struct SampleRecord {
 /// `routing/index.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingIndex {
-    /// MoE layers.
+    /// MoE layers (the routing files' first axis).
     pub layers: usize,
+    /// The decoder index of each MoE layer (empty in run directories written before it was
+    /// recorded, when every layer was MoE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moe_layers: Vec<usize>,
     /// Experts per layer.
     pub experts: usize,
     /// Experts chosen per token.

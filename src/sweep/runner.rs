@@ -112,8 +112,8 @@ fn eval_key(cfg: &crate::config::Config, dir: &RunDir, v: &EvalVariant) -> Resul
         EvalVariant::Base => share::base_eval_key(cfg),
         EvalVariant::Trained => share::trained_eval_key(cfg),
         EvalVariant::Steered(setting) => {
-            let m = crate::model::OlmoeConfig::from_path(&cfg.model.dir)?;
-            let s = crate::eval::stage::steering(dir.path(), *setting, m.num_hidden_layers, m.num_experts, m.num_experts_per_tok)?;
+            let m = crate::model::ModelConfig::from_path(&cfg.model.dir)?;
+            let s = crate::eval::stage::steering(dir.path(), *setting, m.num_moe_layers(), m.num_experts, m.num_experts_per_tok)?;
             share::steer_eval_key(cfg, &s.activate, &s.deactivate)
         }
     })

@@ -19,7 +19,7 @@ use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::analysis::select::ExpertId;
 use crate::config::Trainable;
-use crate::model::Olmoe;
+use crate::model::MoeLm;
 use crate::model::experts::in_dtype;
 
 fn unfreeze<B: AutodiffBackend>(l: &mut Linear<B>, master: DType) {
@@ -28,20 +28,20 @@ fn unfreeze<B: AutodiffBackend>(l: &mut Linear<B>, master: DType) {
 
 /// Freeze `model` except what `trainable` names among `experts`, which are kept in `master`
 /// (training passes f32; a float type wider than the model's).
-pub fn freeze<B: AutodiffBackend>(model: Olmoe<B>, experts: &[ExpertId], trainable: Trainable, master: FloatDType) -> Olmoe<B> {
+pub fn freeze<B: AutodiffBackend>(model: MoeLm<B>, experts: &[ExpertId], trainable: Trainable, master: FloatDType) -> MoeLm<B> {
     let master = DType::from(master);
     let mut model = model.no_grad();
     if trainable != Trainable::Routers {
         for &[l, e] in experts {
-            let ex = &mut model.model.layers[l].mlp.experts[e];
+            let ex = &mut model.moe_block_mut(l).experts[e];
             unfreeze(&mut ex.gate_proj, master);
             unfreeze(&mut ex.up_proj, master);
             unfreeze(&mut ex.down_proj, master);
         }
     }
     if trainable != Trainable::UnsafeExperts {
-        for layer in model.model.layers.iter_mut() {
-            unfreeze(&mut layer.mlp.gate, master);
+        for l in 0..model.num_moe_layers() {
+            unfreeze(&mut model.moe_block_mut(l).gate, master);
         }
     }
     model.map(&mut KeepDtypeOnLoad)
@@ -65,11 +65,11 @@ fn numel<B: AutodiffBackend>(p: &Param<burn::tensor::Tensor<B, 2>>) -> (usize, b
 }
 
 /// (trainable, total) parameter counts.
-pub fn param_counts<B: AutodiffBackend>(model: &Olmoe<B>) -> (usize, usize) {
+pub fn param_counts<B: AutodiffBackend>(model: &MoeLm<B>) -> (usize, usize) {
     let mut trainable = 0;
-    for layer in &model.model.layers {
-        let mut linears: Vec<&Linear<B>> = vec![&layer.mlp.gate];
-        for ex in &layer.mlp.experts {
+    for block in model.moe_blocks() {
+        let mut linears: Vec<&Linear<B>> = vec![&block.gate];
+        for ex in &block.experts {
             linears.extend([&ex.gate_proj, &ex.up_proj, &ex.down_proj]);
         }
         for l in linears {

@@ -43,7 +43,7 @@ use crate::analysis::stage::{AnalysisError, UnsafeExperts};
 use crate::config::{Config, ExpertSet};
 use crate::data::{ChatTokenizer, DataError};
 use crate::run_dir::write_atomic;
-use crate::model::{self, LoadError, OlmoeConfig};
+use crate::model::{self, LoadError, ModelConfig};
 use loader::{BatchPreservingLoader, MaskTable};
 pub use control::{TrainControl, TrainPlan};
 pub use metrics::{StepRecord, ValidRecord};
@@ -214,7 +214,7 @@ pub struct TrainInputs {
     /// Examples in all.
     pub num_examples: usize,
     /// The model's config.
-    pub model_cfg: OlmoeConfig,
+    pub model_cfg: ModelConfig,
     /// Padding token.
     pub pad_id: u32,
 }
@@ -223,11 +223,11 @@ impl TrainInputs {
     /// Read the analysis and the collected samples of `run_dir` as `cfg` trains on them.
     pub fn read(cfg: &Config, run_dir: &Path) -> Result<Self, TrainError> {
         let t = &cfg.train;
-        let model_cfg = OlmoeConfig::from_path(&cfg.model.dir)?;
+        let model_cfg = ModelConfig::from_path(&cfg.model.dir)?;
         let analysis = UnsafeExperts::read(run_dir)?;
         let sets = batch_sets(&analysis, t.expert_set);
         let trained = union(&sets.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
-        let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?;
+        let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?.with_enable_thinking(cfg.model.enable_thinking);
         let groups = sft::build(run_dir, &analysis.batch_idx, &tokenizer, t)?;
         if groups.is_empty() {
             return Err(TrainError::Input {
@@ -267,7 +267,7 @@ impl TrainInputs {
             pad_id: self.pad_id,
             mask_scope: cfg.train.mask_scope,
         };
-        let masks = MaskTable::new(&self.sets, self.model_cfg.num_hidden_layers, self.model_cfg.num_experts, device);
+        let masks = MaskTable::new(&self.sets, self.model_cfg.num_moe_layers(), self.model_cfg.num_experts, device);
         BatchPreservingLoader::new(self.groups.clone(), masks, settings, device.clone())
     }
 
@@ -281,7 +281,7 @@ impl TrainInputs {
             pad_id: self.pad_id,
             mask_scope: crate::config::MaskScope::None,
         };
-        let masks = MaskTable::new(&[], self.model_cfg.num_hidden_layers, self.model_cfg.num_experts, device);
+        let masks = MaskTable::new(&[], self.model_cfg.num_moe_layers(), self.model_cfg.num_experts, device);
         BatchPreservingLoader::new(self.valid.clone(), masks, settings, device.clone())
     }
 }
@@ -502,7 +502,7 @@ fn record_reports(
 
 /// Export the trained model (written whole beside `final_model/`, then renamed into place), the
 /// loss curve and, last, `training_metadata.json`, which marks the stage finished.
-fn finish<B: burn::tensor::backend::Backend>(cfg: &Config, run_dir: &Path, inputs: &TrainInputs, model: &model::Olmoe<B>, params: (usize, usize)) -> Result<(), TrainError> {
+fn finish<B: burn::tensor::backend::Backend>(cfg: &Config, run_dir: &Path, inputs: &TrainInputs, model: &model::MoeLm<B>, params: (usize, usize)) -> Result<(), TrainError> {
     let staged = run_dir.join("final_model.partial");
     if staged.exists() {
         std::fs::remove_dir_all(&staged).map_err(|source| crate::run_dir::RunDirError::Io { path: staged.clone(), source })?;
@@ -546,7 +546,7 @@ fn restore<B: AutodiffBackend>(model: SftModel<B>, train_dir: &Path, epoch: usiz
 }
 
 /// Save `model` in Hub layout with the base model's tokenizer files.
-pub fn export<B: burn::tensor::backend::Backend>(model: &model::Olmoe<B>, cfg: &OlmoeConfig, base_dir: &Path, out: &Path) -> Result<(), LoadError> {
+pub fn export<B: burn::tensor::backend::Backend>(model: &model::MoeLm<B>, cfg: &ModelConfig, base_dir: &Path, out: &Path) -> Result<(), LoadError> {
     model::save(model, cfg, out)?;
     for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
         let src = base_dir.join(f);

@@ -41,10 +41,25 @@ pub struct SftGroup {
 
 /// Tokenise `messages` plus an assistant `answer` into ids and labels.
 pub fn encode_example(tokenizer: &ChatTokenizer, messages: &[Message], answer: &str, loss_on: LossOn, max_len: usize) -> Result<(Vec<u32>, Vec<i64>), DataError> {
-    let prompt = tokenizer.encode_chat(messages, true)?;
+    let prompt_text = tokenizer.render(messages, true)?;
+    let prompt = tokenizer.encode(&prompt_text)?;
     let mut full_msgs = messages.to_vec();
     full_msgs.push(Message::assistant(answer));
-    let mut ids = tokenizer.encode_chat(&full_msgs, false)?;
+    let full_text = tokenizer.render(&full_msgs, false)?;
+    // The loss leaves out the prompt's length in tokens, as the reference does; that needs the
+    // prompt's text to begin the conversation's (token merges across the seam aside).
+    if loss_on == LossOn::Assistant && !full_text.starts_with(&prompt_text) {
+        let tail: String = prompt_text.chars().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(DataError::Template {
+            path: "tokenizer_config.json".into(),
+            reason: format!(
+                "the conversation with its answer does not begin with the generation prompt, so the prompt \
+                 cannot be left out of the loss (prompt ends {:?}); check [model] enable_thinking",
+                tail
+            ),
+        });
+    }
+    let mut ids = tokenizer.encode(&full_text)?;
     let mut n_prompt = match loss_on {
         LossOn::Assistant => prompt.len().min(ids.len()),
         LossOn::All => 0,

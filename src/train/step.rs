@@ -20,7 +20,7 @@ use super::loader::SftBatch;
 use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
 use crate::config::{Config, Consistency};
 use crate::model::routing::to_f32;
-use crate::model::{Olmoe, OlmoeConfig, OlmoeInput};
+use crate::model::{MoeLm, ModelConfig, LmInput};
 
 /// What the training loss adds to the language-modelling loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,7 +35,7 @@ pub struct LossSettings {
 
 impl LossSettings {
     /// The settings `cfg.train` asks for on a model of `model_cfg`.
-    pub fn new(cfg: &Config, model_cfg: &OlmoeConfig) -> Self {
+    pub fn new(cfg: &Config, model_cfg: &ModelConfig) -> Self {
         let t = &cfg.train;
         Self {
             consistency: t.router_consistency,
@@ -58,7 +58,7 @@ impl LossSettings {
 #[derive(Module, Debug)]
 pub struct SftModel<B: Backend> {
     /// The model.
-    pub model: Olmoe<B>,
+    pub model: MoeLm<B>,
     /// The loss (configuration: not saved in checkpoints).
     #[module(skip)]
     pub loss: LossSettings,
@@ -66,7 +66,7 @@ pub struct SftModel<B: Backend> {
 
 impl<B: Backend> SftModel<B> {
     /// `model` trained on `loss`.
-    pub fn new(model: Olmoe<B>, loss: LossSettings) -> Self {
+    pub fn new(model: MoeLm<B>, loss: LossSettings) -> Self {
         Self { model, loss }
     }
 }
@@ -168,17 +168,17 @@ pub fn count_experts(chosen: &[i64], layers: usize, k: usize, experts: usize, re
 /// `aux_coef` times the load-balancing loss when on; plus `weight * KL` between the mean router
 /// distributions of its safe and unsafe samples (per layer, over real tokens, averaged over
 /// layers) when consistency is on.
-pub fn sft_loss<B: Backend>(model: &Olmoe<B>, settings: &LossSettings, batch: &SftBatch<B>) -> SftOutput<B> {
+pub fn sft_loss<B: Backend>(model: &MoeLm<B>, settings: &LossSettings, batch: &SftBatch<B>) -> SftOutput<B> {
     let routing = batch.routing.clone().with_capture(true);
     let decoded = model.forward_hidden(
-        OlmoeInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
+        LmInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
         &routing,
     );
     let lm_loss = targeted_lm_loss(decoded.hidden, &model.lm_head, &batch.targets);
     let mut loss = lm_loss.clone();
     let logits = decoded.router_logits.expect("captured");
     if settings.aux_coef > 0.0 {
-        let top_k = model.model.layers[0].mlp.top_k();
+        let top_k = model.top_k();
         loss = loss + load_balancing_loss(logits.clone(), top_k).mul_scalar(settings.aux_coef);
     }
     if settings.consistency != Consistency::Off {

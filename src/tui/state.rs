@@ -38,7 +38,7 @@ impl RunInfo {
             precision: format!("{:?}", cfg.model.precision).to_lowercase(),
             params: None,
             run_dir: run_dir.display().to_string(),
-            experts: crate::model::OlmoeConfig::from_path(&cfg.model.dir)?.num_experts,
+            experts: crate::model::ModelConfig::from_path(&cfg.model.dir)?.num_experts,
         })
     }
 }

@@ -37,9 +37,16 @@ pub fn alt_fixture() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmoe-alt"))
 }
 
-/// Both fixtures, named.
-pub fn fixtures() -> [(&'static str, PathBuf); 2] {
-    [("main", fixture()), ("alt", alt_fixture())]
+/// The Qwen3-MoE fixture made by `tests/hf/make_qwen3_fixture.py --seed 0` (transformers
+/// 5.17): per-head q/k norms, head_dim 16 ≠ 32 / 4, MoE layers 1 and 5 of 6 (the others dense),
+/// GQA, renormalised top-k, 3 shards, transformers-5 config (`num_local_experts`).
+pub fn qwen3_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-moe-tiny")
+}
+
+/// Every fixture, named: the two OLMoE ones and the Qwen3-MoE one.
+pub fn fixtures() -> [(&'static str, PathBuf); 3] {
+    [("main", fixture()), ("alt", alt_fixture()), ("qwen3", qwen3_fixture())]
 }
 
 /// `reference.json` of a fixture directory.

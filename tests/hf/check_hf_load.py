@@ -6,6 +6,8 @@ Usage: check_hf_load.py MODEL_DIR STEERMOE_FORWARD.safetensors IDS [IDS ...]
   STEERMOE_FORWARD           the output of `steermoe forward --model MODEL_DIR --input-ids ...`
   IDS                        the same ids, one comma-separated row per argument
 
+Any architecture steermoe writes (OLMoE, Qwen3-MoE: transformers picks the class from
+config.json); router logits are those of the MoE layers, in order, on both sides.
 Prints one JSON line: max abs error of logits and router logits, and whether they pass.
 Runs where transformers is installed (the device machine).
 """
@@ -14,13 +16,13 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-from transformers import OlmoeForCausalLM
+from transformers import AutoModelForCausalLM
 
 
 def main():
     model_dir, forward_file, *rows = sys.argv[1:]
     ids = torch.tensor([[int(t) for t in r.split(",")] for r in rows])
-    model = OlmoeForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         out = model(input_ids=ids, output_router_logits=True)
     ours = load_file(forward_file)

@@ -9,7 +9,7 @@ use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 use crate::common::{fixture, reference};
 use steermoe::config::Trainable;
 use steermoe::model::loss::Targets;
-use steermoe::model::{self, Olmoe, Precision, Routing};
+use steermoe::model::{self, MoeLm, Precision, Routing};
 use steermoe::train::freeze::freeze;
 use steermoe::train::loader::SftBatch;
 use steermoe::train::step::{LossSettings, sft_loss};
@@ -43,7 +43,7 @@ impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Snapshot {
     }
 }
 
-fn snapshot<B: AutodiffBackend>(model: &Olmoe<B>) -> Vec<(DType, bool, Vec<f64>)> {
+fn snapshot<B: AutodiffBackend>(model: &MoeLm<B>) -> Vec<(DType, bool, Vec<f64>)> {
     let mut s = Snapshot(Vec::new());
     model.visit(&mut s);
     s.0
@@ -77,9 +77,9 @@ fn batch<B: AutodiffBackend>(device: &Device<B>) -> SftBatch<B> {
 }
 
 /// `STEPS` AdamW steps with the even-numbered experts of every layer trained in `master`.
-fn train<B: AutodiffBackend>(model: Olmoe<B>, master: FloatDType, lr: f64, experts: &[[usize; 2]], batch: &SftBatch<B>) -> Olmoe<B> {
+fn train<B: AutodiffBackend>(model: MoeLm<B>, master: FloatDType, lr: f64, experts: &[[usize; 2]], batch: &SftBatch<B>) -> MoeLm<B> {
     let mut model = freeze(model, experts, Trainable::UnsafeExperts, master);
-    let mut optim = AdamWConfig::new().init::<B, Olmoe<B>>();
+    let mut optim = AdamWConfig::new().init::<B, MoeLm<B>>();
     for _ in 0..STEPS {
         let loss = sft_loss(&model, &LossSettings::lm_only(), batch).loss;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -116,7 +116,7 @@ pub fn master_weights_move_as_the_reference<B: AutodiffBackend>(s: Setting, devi
     let dir = fixture();
     let batch = batch::<B>(&device);
     let (model, cfg) = model::load::<B>(&dir, &device, precision).unwrap();
-    let experts: Vec<[usize; 2]> = (0..cfg.num_hidden_layers)
+    let experts: Vec<[usize; 2]> = (0..cfg.num_moe_layers())
         .flat_map(|l| (0..cfg.num_experts).step_by(2).map(move |e| [l, e]))
         .collect();
     let master = DType::from(master_type);

@@ -9,7 +9,7 @@ use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
-use steermoe::model::{self, ExpertExecution, Olmoe, OlmoeInput, Precision, Routing};
+use steermoe::model::{self, ExpertExecution, MoeLm, LmInput, Precision, Routing};
 use steermoe::model::loss::{causal_lm_loss, load_balancing_loss};
 
 use crate::common::*;
@@ -87,7 +87,7 @@ fn runs() -> Vec<(String, std::path::PathBuf, ExpertExecution)> {
 /// Logits tolerance of the issue (max abs).
 const LOGITS_TOL: f32 = 1e-4;
 
-fn load<B: Backend>(dir: &Path) -> Olmoe<B> {
+fn load<B: Backend>(dir: &Path) -> MoeLm<B> {
     model::load::<B>(dir, &Default::default(), precision())
         .expect("fixture loads")
         .0
@@ -118,7 +118,7 @@ fn expert_mask<B: Backend>(dir: &Path) -> Tensor<B, 2, Bool> {
 /// loss is the LM loss plus `router_aux_loss_coef` times the load-balancing loss of the
 /// (unmasked) router logits.
 fn reference_loss<B: Backend>(dir: &Path, logits: Tensor<B, 3>, router_logits: Tensor<B, 4>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-    let cfg = model::OlmoeConfig::from_path(dir).unwrap();
+    let cfg = model::ModelConfig::from_path(dir).unwrap();
     causal_lm_loss(logits, labels)
         + load_balancing_loss(router_logits, cfg.num_experts_per_tok).mul_scalar(cfg.router_aux_loss_coef)
 }
@@ -128,7 +128,7 @@ pub fn forward_logits_router_logits_and_hidden_match<B: Backend>(t: Target) {
     for (name, dir, exec) in runs() {
         let model = load::<B>(&dir).with_execution(exec);
         let routing = Routing::capturing();
-        let out = model.forward(OlmoeInput::ids(ids(&dir, "forward.input_ids")), &routing);
+        let out = model.forward(LmInput::ids(ids(&dir, "forward.input_ids")), &routing);
         let [_, _, vocab] = out.logits.dims();
         let check = |what: &str, got: Vec<f32>, tol: f32| {
             assert_close(&format!("{name} {what}"), &got, &reference(&dir, what).f32(), t.loosen(tol))
@@ -154,7 +154,7 @@ pub fn forward_loss_matches<B: Backend>(t: Target) {
     for (name, dir) in fixtures() {
         let model = load::<B>(&dir);
         let input = ids::<B>(&dir, "forward.input_ids");
-        let out = model.forward(OlmoeInput::ids(input.clone()), &Routing::free());
+        let out = model.forward(LmInput::ids(input.clone()), &Routing::free());
         let loss = causal_lm_loss(out.logits, input).into_scalar().elem::<f32>();
         let expected = reference_json(&dir)["forward_loss"].as_f64().unwrap() as f32;
         assert_close(&format!("{name} forward_loss"), &[loss], &[expected], t.loosen(1e-4));
@@ -165,7 +165,7 @@ pub fn forward_loss_matches<B: Backend>(t: Target) {
 pub fn free_routing_captures_nothing_by_default<B: Backend>(_: Target) {
     let dir = fixture();
     let model = load::<B>(&dir);
-    let out = model.forward(OlmoeInput::ids(ids(&dir, "forward.input_ids")), &Routing::free());
+    let out = model.forward(LmInput::ids(ids(&dir, "forward.input_ids")), &Routing::free());
     assert!(out.router_logits.is_none());
 }
 
@@ -180,7 +180,7 @@ pub fn left_padded_batch_matches_on_real_positions<B: Backend>(t: Target) {
             &Default::default(),
         );
         let routing = Routing::free();
-        let out = model.forward(OlmoeInput::padded(ids(&dir, "padded.input_ids"), attention), &routing);
+        let out = model.forward(LmInput::padded(ids(&dir, "padded.input_ids"), attention), &routing);
         let got = to_vec(vocab_slice(out.logits, 0, 256));
         let expected = reference(&dir, "padded.logits_head").f32();
         let keep = |v: &[f32]| -> Vec<f32> {
@@ -200,7 +200,7 @@ pub fn masked_routing_matches_logits_router_logits_and_loss<B: Backend>(t: Targe
     for (name, dir, exec) in runs() {
         let model = load::<B>(&dir).with_execution(exec);
         let routing = Routing::capturing().with_mask(expert_mask(&dir));
-        let out = model.forward(OlmoeInput::ids(ids(&dir, "masked.input_ids")), &routing);
+        let out = model.forward(LmInput::ids(ids(&dir, "masked.input_ids")), &routing);
         assert_close(
             &format!("{name} masked.logits_head"),
             &to_vec(vocab_slice(out.logits.clone(), 0, 256)),
@@ -226,16 +226,17 @@ pub fn masked_expert_gradients_of_layer0_match<B: Backend>(t: Target) {
     for (name, dir, exec) in runs() {
         let mut model = load::<Autodiff<B>>(&dir).no_grad().with_execution(exec);
         // Only layer 0's expert MLPs train, as in the reference.
-        for expert in model.model.layers[0].mlp.experts.iter_mut() {
+        // The first MoE layer (decoder layer 0 of OLMoE, 1 of the Qwen3 fixture).
+        for expert in model.moe_block_mut(0).experts.iter_mut() {
             for lin in [&mut expert.gate_proj, &mut expert.up_proj, &mut expert.down_proj] {
                 lin.weight = lin.weight.clone().set_require_grad(true);
             }
         }
         let routing = Routing::capturing().with_mask(expert_mask(&dir));
-        let out = model.forward(OlmoeInput::ids(ids(&dir, "masked.input_ids")), &routing);
+        let out = model.forward(LmInput::ids(ids(&dir, "masked.input_ids")), &routing);
         let loss = reference_loss(&dir, out.logits, out.router_logits.expect("captured"), ids(&dir, "masked.labels"));
         let grads = loss.backward();
-        let experts = &model.model.layers[0].mlp.experts;
+        let experts = &model.moe_block(0).experts;
         let grad_of = |e: usize, pick: usize| -> Vec<f32> {
             let ex = &experts[e];
             let w = [&ex.gate_proj, &ex.up_proj, &ex.down_proj][pick].weight.val();

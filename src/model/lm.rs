@@ -1,0 +1,354 @@
+//! A MoE causal language model top to bottom, for OLMoE (Muennighoff et al. 2024, "OLMoE: Open
+//! Mixture-of-Experts Language Models"; transformers' `modeling_olmoe.py`) and Qwen3-MoE (Qwen
+//! team 2025, "Qwen3 Technical Report"; transformers' `modeling_qwen3_moe.py`): embedding,
+//! pre-norm decoder layers of [`Attention`] and a feed-forward block, final norm, LM head.
+//!
+//! The two architectures share this one code path; what differs is read from the config
+//! ([`ModelConfig`]): where the q/k norms sit ([`QkNorm`](super::config::QkNorm)), the head width,
+//! the qkv clamp, and which layers are MoE ([`FeedForward`]: every OLMoE layer; Qwen3's
+//! `decoder_sparse_step` and `mlp_only_layers` may make some dense).
+//!
+//! Routing is addressed by *MoE layer*: the n-th MoE block of the stack is MoE layer n, whatever
+//! its decoder index ([`MoeLm::moe_layers`] maps one to the other). Masks, steering, captured
+//! router logits and every analysis artifact are `[moe_layers, ...]`.
+//!
+//! Field names are the Hub's checkpoint keys (`model.layers.{i}.mlp.experts.{e}.gate_proj`, ...).
+//! Computation follows transformers' dtype policy: RMSNorm, the router softmax and the attention
+//! softmax run in float32 whatever the activations' dtype.
+
+use burn::module::Module;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+use super::attention::{Attention, linear_3d};
+use super::cache::KvCache;
+use super::config::ModelConfig;
+use super::experts::{Expert, ExpertExecution, StackedExperts, grouped_experts};
+use super::moe::MoeBlock;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use super::routing::Routing;
+
+/// A decoder layer's feed-forward block (Hub key `mlp`).
+#[derive(Module, Debug)]
+pub enum FeedForward<B: Backend> {
+    /// Router and experts (Hub keys `mlp.gate`, `mlp.experts.{e}`).
+    Moe(MoeBlock<B>),
+    /// One SwiGLU MLP on every token (Hub keys `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj`;
+    /// transformers: `Qwen3MoeMLP`).
+    Dense(Expert<B>),
+}
+
+impl<B: Backend> FeedForward<B> {
+    /// The MoE block, if this is one.
+    pub fn moe(&self) -> Option<&MoeBlock<B>> {
+        match self {
+            FeedForward::Moe(m) => Some(m),
+            FeedForward::Dense(_) => None,
+        }
+    }
+
+    /// The MoE block, mutably, if this is one.
+    pub fn moe_mut(&mut self) -> Option<&mut MoeBlock<B>> {
+        match self {
+            FeedForward::Moe(m) => Some(m),
+            FeedForward::Dense(_) => None,
+        }
+    }
+}
+
+/// Pre-norm decoder layer: attention and a feed-forward block, each with a residual.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Hub key `self_attn`.
+    pub self_attn: Attention<B>,
+    /// Hub key `mlp`.
+    pub mlp: FeedForward<B>,
+    /// Hub key `input_layernorm`.
+    pub input_layernorm: RmsNorm<B>,
+    /// Hub key `post_attention_layernorm`.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The decoder stack (transformers: `OlmoeModel`, `Qwen3MoeModel`).
+#[derive(Module, Debug)]
+pub struct DecoderStack<B: Backend> {
+    /// Hub key `model.embed_tokens`.
+    pub embed_tokens: Embedding<B>,
+    /// Hub keys `model.layers.{i}`.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Hub key `model.norm`.
+    pub norm: RmsNorm<B>,
+}
+
+/// The decoder stack with its LM head (transformers: `OlmoeForCausalLM`, `Qwen3MoeForCausalLM`).
+#[derive(Module, Debug)]
+pub struct MoeLm<B: Backend> {
+    /// Hub prefix `model`.
+    pub model: DecoderStack<B>,
+    /// Hub key `lm_head`; for tied checkpoints it holds a copy of the embedding.
+    pub lm_head: Linear<B>,
+    #[module(skip)]
+    rope: Rope,
+    #[module(skip)]
+    execution: ExpertExecution,
+    /// Decoder index of each MoE layer, in order.
+    #[module(skip)]
+    moe_layers: Vec<usize>,
+}
+
+/// Inputs of one forward pass.
+#[derive(Debug, Clone)]
+pub struct LmInput<B: Backend> {
+    /// `[batch, seq]` token ids.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, past + seq]`, `true` = real token, `false` = padding; `None` = no padding.
+    pub attention_mask: Option<Tensor<B, 2, Bool>>,
+    /// `[batch, seq]` RoPE positions; `None` = `past..past + seq` for every row.
+    pub positions: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> LmInput<B> {
+    /// Unpadded ids with default positions.
+    pub fn ids(input_ids: Tensor<B, 2, Int>) -> Self {
+        Self {
+            input_ids,
+            attention_mask: None,
+            positions: None,
+        }
+    }
+
+    /// Ids with a padding mask (`true` = real token).
+    pub fn padded(input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Bool>) -> Self {
+        Self {
+            input_ids,
+            attention_mask: Some(attention_mask),
+            positions: None,
+        }
+    }
+}
+
+/// Outputs of one forward pass.
+#[derive(Debug, Clone)]
+pub struct LmOutput<B: Backend> {
+    /// `[batch, seq, vocab]` (`[batch, 1, vocab]` from `forward_cached_last`).
+    pub logits: Tensor<B, 3>,
+    /// `[batch, seq, hidden]`, after the final norm.
+    pub hidden: Tensor<B, 3>,
+    /// `[moe_layers, batch, seq, experts]` router logits before mask and steering, if captured.
+    pub router_logits: Option<Tensor<B, 4>>,
+    /// `[moe_layers, batch, seq, k]` the experts each token was routed to, if captured.
+    pub chosen: Option<Tensor<B, 4, Int>>,
+}
+
+/// The decoder's output before the LM head.
+#[derive(Debug, Clone)]
+pub struct Decoded<B: Backend> {
+    /// `[batch, seq, hidden]`, after the final norm.
+    pub hidden: Tensor<B, 3>,
+    /// `[moe_layers, batch, seq, experts]` router logits before mask and steering, if captured.
+    pub router_logits: Option<Tensor<B, 4>>,
+    /// `[moe_layers, batch, seq, k]` the experts each token was routed to, by descending weight, if
+    /// captured: what the forward pass really chose, masks and steering included.
+    pub chosen: Option<Tensor<B, 4, Int>>,
+}
+
+impl<B: Backend> MoeLm<B> {
+    /// Assemble a model from its parts (see `checkpoint` for loading).
+    pub fn new(model: DecoderStack<B>, lm_head: Linear<B>, cfg: &ModelConfig) -> Self {
+        let moe_layers = model.layers.iter().enumerate().filter(|(_, l)| l.mlp.moe().is_some()).map(|(i, _)| i).collect();
+        Self {
+            model,
+            lm_head,
+            rope: Rope::new(cfg.head_dim, cfg.rope_theta),
+            execution: ExpertExecution::Auto,
+            moe_layers,
+        }
+    }
+
+    /// Run the MoE blocks' experts this way (every way gives the same result up to rounding).
+    pub fn with_execution(mut self, execution: ExpertExecution) -> Self {
+        self.execution = execution;
+        self
+    }
+
+    /// How the MoE blocks run their experts.
+    pub fn execution(&self) -> ExpertExecution {
+        self.execution
+    }
+
+    /// Number of decoder layers (what a [`KvCache`] holds).
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// Number of MoE layers (what routing masks, steering and captures are indexed by).
+    pub fn num_moe_layers(&self) -> usize {
+        self.moe_layers.len()
+    }
+
+    /// The decoder index of every MoE layer, in order.
+    pub fn moe_layers(&self) -> &[usize] {
+        &self.moe_layers
+    }
+
+    /// MoE layer `l` (the `l`-th MoE block of the stack).
+    pub fn moe_block(&self, l: usize) -> &MoeBlock<B> {
+        self.model.layers[self.moe_layers[l]].mlp.moe().expect("moe_layers lists MoE blocks")
+    }
+
+    /// MoE layer `l`, mutably.
+    pub fn moe_block_mut(&mut self, l: usize) -> &mut MoeBlock<B> {
+        let i = self.moe_layers[l];
+        self.model.layers[i].mlp.moe_mut().expect("moe_layers lists MoE blocks")
+    }
+
+    /// Every MoE block, in order.
+    pub fn moe_blocks(&self) -> impl Iterator<Item = &MoeBlock<B>> {
+        self.model.layers.iter().filter_map(|l| l.mlp.moe())
+    }
+
+    /// Experts per MoE layer.
+    pub fn num_experts(&self) -> usize {
+        self.moe_block(0).experts.len()
+    }
+
+    /// Experts chosen per token.
+    pub fn top_k(&self) -> usize {
+        self.moe_block(0).top_k()
+    }
+
+    /// Every MoE layer's experts laid side by side for dense execution
+    /// ([`KvCache::with_stacked_experts`] reuses them across forward passes of an unchanging
+    /// model, such as decode steps). `None` when the experts have biases.
+    pub fn stack_experts(&self) -> Option<Vec<StackedExperts<B>>> {
+        let dtype = self.model.embed_tokens.weight.val().dtype();
+        self.moe_blocks().map(|m| StackedExperts::stack(&m.experts, dtype)).collect()
+    }
+
+    /// A full forward pass with no cache.
+    pub fn forward(&self, input: LmInput<B>, routing: &Routing<B>) -> LmOutput<B> {
+        let decoded = self.run(input, None, routing);
+        self.with_head(decoded, false)
+    }
+
+    /// A forward pass that reads and extends `cache` (prefill, then one token at a time).
+    pub fn forward_cached(&self, input: LmInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> LmOutput<B> {
+        let decoded = self.run(input, Some(cache), routing);
+        self.with_head(decoded, false)
+    }
+
+    /// [`MoeLm::forward_cached`] computing logits for the last position only (`[batch, 1,
+    /// vocab]`): what decoding needs, without the LM head over a whole prompt.
+    pub fn forward_cached_last(&self, input: LmInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> LmOutput<B> {
+        let decoded = self.run(input, Some(cache), routing);
+        self.with_head(decoded, true)
+    }
+
+    /// The decoder without the LM head. Training applies the head only where the loss counts.
+    pub fn forward_hidden(&self, input: LmInput<B>, routing: &Routing<B>) -> Decoded<B> {
+        self.run(input, None, routing)
+    }
+
+    fn with_head(&self, decoded: Decoded<B>, last_only: bool) -> LmOutput<B> {
+        let Decoded {
+            hidden,
+            router_logits,
+            chosen,
+        } = decoded;
+        let logits = if last_only {
+            let [batch, seq, width] = hidden.dims();
+            linear_3d(&self.lm_head, hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
+        } else {
+            linear_3d(&self.lm_head, hidden.clone())
+        };
+        LmOutput {
+            logits,
+            hidden,
+            router_logits,
+            chosen,
+        }
+    }
+
+    fn run(&self, input: LmInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>) -> Decoded<B> {
+        let [batch, seq] = input.input_ids.dims();
+        let device = input.input_ids.device();
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let total = past + seq;
+        let positions = input.positions.unwrap_or_else(|| {
+            Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
+                .unsqueeze_dim::<2>(0)
+                .expand([batch, seq])
+        });
+        let (cos, sin) = self.rope.cos_sin(positions);
+        let masked = attention_mask(input.attention_mask, batch, seq, past, &device);
+
+        let mut x = self.model.embed_tokens.forward(input.input_ids);
+        let mut router_logits = Vec::new();
+        let mut chosen = Vec::new();
+        let mut moe_layer = 0;
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(x.clone());
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            x = x + layer.self_attn.forward(h, &cos, &sin, &masked, layer_cache);
+            let h = layer.post_attention_layernorm.forward(x.clone());
+            let block = match &layer.mlp {
+                FeedForward::Moe(block) => block,
+                FeedForward::Dense(mlp) => {
+                    let [_, _, hidden] = h.dims();
+                    let tokens = batch * seq;
+                    let y = grouped_experts(std::slice::from_ref(mlp), h.reshape([tokens, hidden]), &[tokens]);
+                    x = x + y.reshape([batch, seq, hidden]);
+                    continue;
+                }
+            };
+            let stacked = cache.as_deref().and_then(|c| c.stacked_experts(moe_layer));
+            let moe = block.forward(h, &routing.layer(moe_layer), self.execution, stacked);
+            moe_layer += 1;
+            x = x + moe.hidden;
+            if let Some(logits) = moe.router_logits {
+                let experts = logits.dims()[1];
+                router_logits.push(logits.reshape([batch, seq, experts]));
+            }
+            if let Some(c) = moe.chosen {
+                let k = c.dims()[1];
+                chosen.push(c.reshape([batch, seq, k]));
+            }
+        }
+        Decoded {
+            hidden: self.model.norm.forward(x),
+            router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
+            chosen: (!chosen.is_empty()).then(|| Tensor::stack(chosen, 0)),
+        }
+    }
+}
+
+/// Which (query, key) pairs may not attend: `[batch, 1, seq, past + seq]`, `true` = masked.
+///
+/// A query attends to keys at or before its own slot that are real tokens. Each query always
+/// attends to itself, so the softmax of a padding row stays finite (its output is never read).
+fn attention_mask<B: Backend>(
+    padding: Option<Tensor<B, 2, Bool>>,
+    batch: usize,
+    seq: usize,
+    past: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let total = past + seq;
+    let keys = Tensor::<B, 1, Int>::arange(0..total as i64, device)
+        .reshape([1, 1, total])
+        .expand([batch, seq, total]);
+    let queries = Tensor::<B, 1, Int>::arange(past as i64..total as i64, device)
+        .reshape([1, seq, 1])
+        .expand([batch, seq, total]);
+    let causal = keys.clone().lower_equal(queries.clone());
+    let allowed = match padding {
+        Some(valid) => {
+            let valid = valid.reshape([batch, 1, total]).expand([batch, seq, total]);
+            causal.bool_and(valid).bool_or(keys.equal(queries))
+        }
+        None => causal,
+    };
+    allowed.bool_not().unsqueeze_dim(1)
+}

@@ -1,0 +1,38 @@
+//! RMSNorm computed in float32, as transformers' `OlmoeRMSNorm` and `Qwen3MoeRMSNorm` do.
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+use super::experts::in_dtype;
+
+/// `weight * (x / sqrt(mean(x²) + eps))` over the last axis.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Scale; Hub key `weight`.
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// A norm with the given scale.
+    pub fn new(weight: Param<Tensor<B, 1>>, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+
+    /// The normalisation in float32, the scale applied in `x`'s dtype.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., width]` → same
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = in_dtype(x, DType::F32);
+        let variance = x.clone().square().mean_dim(D - 1);
+        let normed = x * (variance.add_scalar(self.eps)).sqrt().recip();
+        let [width] = self.weight.dims();
+        let mut shape = [1; D];
+        shape[D - 1] = width;
+        self.weight.val().reshape(shape) * normed.cast(dtype)
+    }
+}
