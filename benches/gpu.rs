@@ -16,6 +16,9 @@
 //! cargo bench --features cuda --bench gpu -- --backend cuda [--what gemm,train,generate] [--check-dir DIR]
 //! ```
 //!
+//! `--model-config FILE` measures another shape, a Hub `config.json` (e.g.
+//! `benches/qwen3-30b-a3b.json`, Qwen3-30B-A3B's), with `--layers` layers if given.
+//!
 //! One JSON line per figure on stdout. `benches/gpu.sh` runs it with the transformers anchor on
 //! the device; the results are in `benches/RESULTS.md`.
 
@@ -50,9 +53,13 @@ struct Args {
     /// Figures to measure, comma-separated: gemm, train, generate.
     #[arg(long, value_delimiter = ',', default_value = "gemm,train,generate")]
     what: Vec<String>,
-    /// Decoder layers (16 at the real shape).
-    #[arg(long, default_value_t = 16)]
-    layers: usize,
+    /// Decoder layers (default: 16, OLMoE-1B-7B's, or the `--model-config`'s).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// A Hub `config.json` whose shape to measure instead of OLMoE-1B-7B's (`--hidden` and
+    /// `--inter` then do not apply).
+    #[arg(long)]
+    model_config: Option<PathBuf>,
     /// Width (2048 at the real shape; smaller for a smoke test on the CPU).
     #[arg(long, default_value_t = 2048)]
     hidden: usize,
@@ -99,8 +106,26 @@ struct Args {
     bench: bool,
 }
 
-/// The OLMoE-1B-7B shape (`hf_anchor.py`'s config) with `layers` layers.
-fn config(a: &Args, layers: usize) -> ModelConfig {
+/// Decoder layers measured.
+fn layers(a: &Args) -> usize {
+    a.layers.unwrap_or_else(|| match &a.model_config {
+        Some(_) => config(a, None).num_hidden_layers,
+        None => 16,
+    })
+}
+
+/// The OLMoE-1B-7B shape (`hf_anchor.py`'s config), or `--model-config`'s, with `layers` layers
+/// (`None`: the file's).
+fn config(a: &Args, layers: Option<usize>) -> ModelConfig {
+    if let Some(path) = &a.model_config {
+        let text = std::fs::read_to_string(path).expect("read --model-config");
+        let mut raw: serde_json::Value = serde_json::from_str(&text).expect("--model-config is JSON");
+        if let Some(l) = layers {
+            raw["num_hidden_layers"] = json!(l);
+        }
+        return ModelConfig::from_json_str(&raw.to_string(), path).expect("--model-config");
+    }
+    let layers = layers.unwrap_or(16);
     let heads = (a.hidden / 128).max(1);
     let raw = json!({
         "model_type": "olmoe", "architectures": ["OlmoeForCausalLM"],
@@ -113,11 +138,18 @@ fn config(a: &Args, layers: usize) -> ModelConfig {
     ModelConfig::from_json_str(&raw.to_string(), std::path::Path::new("<bench>")).expect("bench config")
 }
 
-/// FLOPs of one token through the active parameters (as `hf_anchor.py` counts them).
+/// FLOPs of one token through the active parameters (as `hf_anchor.py` counts them: attention
+/// projections, the k chosen experts and the router of MoE layers, dense MLPs, embedding and head).
 fn active_params(cfg: &ModelConfig) -> f64 {
     let (h, i, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
+    let (q, kv) = (cfg.q_dim() as f64, cfg.kv_dim() as f64);
     let k = cfg.num_experts_per_tok as f64;
-    cfg.num_hidden_layers as f64 * (4.0 * h * h + k * 3.0 * h * i + cfg.num_experts as f64 * h) + 2.0 * v * h
+    let moe = cfg.num_moe_layers() as f64;
+    let dense = (cfg.num_hidden_layers - cfg.num_moe_layers()) as f64;
+    cfg.num_hidden_layers as f64 * 2.0 * h * (q + kv)
+        + moe * (k * 3.0 * h * i + cfg.num_experts as f64 * h)
+        + dense * 3.0 * h * cfg.dense_intermediate_size as f64
+        + 2.0 * v * h
 }
 
 fn emit(v: serde_json::Value) {
@@ -193,10 +225,11 @@ fn gemm<B: Backend>(a: &Args, device: &B::Device) {
     }
 }
 
-/// The seeds' setup: `n` experts over all layers, picked at random.
-fn trainable_experts(layers: usize, n: usize) -> Vec<[usize; 2]> {
+/// The seeds' setup: `n` experts over all MoE layers, picked at random.
+fn trainable_experts(cfg: &ModelConfig, n: usize) -> Vec<[usize; 2]> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut all: Vec<[usize; 2]> = (0..layers).flat_map(|l| (0..64).map(move |e| [l, e])).collect();
+    let experts = cfg.num_experts;
+    let mut all: Vec<[usize; 2]> = (0..cfg.num_moe_layers()).flat_map(|l| (0..experts).map(move |e| [l, e])).collect();
     for i in 0..all.len() {
         let j = rng.random_range(i..all.len());
         all.swap(i, j);
@@ -222,10 +255,10 @@ fn lm_batch<B: Backend>(ids: Vec<i64>, batch: usize, seq: usize, routing: Routin
 
 /// Forward + backward + AdamW with only the trainable experts' MLPs unfrozen.
 fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
-    let cfg = config(a, a.layers);
+    let cfg = config(a, Some(layers(a)));
     let t0 = Instant::now();
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
-    let mut model = freeze(model, &trainable_experts(a.layers, a.trainable), Trainable::UnsafeExperts, FloatDType::F32);
+    let mut model = freeze(model, &trainable_experts(&cfg, a.trainable), Trainable::UnsafeExperts, FloatDType::F32);
     sync::<B>(device);
     let init_s = t0.elapsed().as_secs_f64();
     let mut optim = AdamWConfig::new().init::<B, MoeLm<B>>();
@@ -268,7 +301,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     steady.sort_by(f64::total_cmp);
     let median = steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN);
     let tok = (a.batch * a.seq) as f64 / median;
-    emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": a.layers,
+    emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": cfg.arch.model_type(),
         "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]), "warmup_steps": a.warmup_steps, "step_s": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
         "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
         "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>(), "cublas_last_step": cublas.last(),
@@ -277,7 +310,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
 
 /// Greedy generation with router capture, run twice (the first compiles kernels).
 fn generation<B: Backend>(a: &Args, device: &B::Device) {
-    let cfg = config(a, a.layers);
+    let cfg = config(a, Some(layers(a)));
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let prompts: Vec<Vec<u32>> = (0..16)
@@ -298,14 +331,14 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
         let new: usize = out.iter().map(|g| g.new_ids.len()).sum();
         let captured = out.iter().all(|g| g.gen_routing.as_ref().is_some_and(|r| r.tokens == g.new_ids.len()));
         emit(json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": 16,
-            "prompt": a.prompt, "new": a.new_tokens, "execution": a.execution, "layers": a.layers, "seconds": round3(s),
+            "prompt": a.prompt, "new": a.new_tokens, "execution": a.execution, "layers": layers(a), "seconds": round3(s),
             "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}));
     }
 }
 
 /// Save a random model and what steermoe computes on it, for `hf_check.py`.
 fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device) {
-    let cfg = config(a, a.check_layers);
+    let cfg = config(a, Some(a.check_layers));
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let experts: Vec<[usize; 2]> = vec![[0, 0], [0, 1], [a.check_layers - 1, 5]];
     let model = freeze(model, &experts, Trainable::UnsafeExperts, FloatDType::F32);

@@ -98,38 +98,8 @@ fn bad_qwen3_configs_fail_with_one_line_naming_key_and_tensor() {
 
 /// The method's config on the Qwen3 fixture (thinking off, as `configs/qwen3-30b-a3b-cuda.toml`).
 fn config(dir: &Path, sweep: bool) -> std::path::PathBuf {
-    let mut text = format!(
-        r#"seed = 0
-[model]
-dir = {:?}
-enable_thinking = false
-[data]
-path = {:?}
-[collect]
-batch_size = 4
-max_batches = 2
-max_new_tokens = 4
-quality_filter = false
-[analysis]
-top_k = 3
-[train]
-epochs = 1
-lr = 1e-3
-[eval]
-max_goals = 4
-max_benign = 2
-max_new_tokens = 4
-benign_path = {:?}
-[[eval.steer]]
-activate_safe = 1
-"#,
-        qwen3_fixture(),
-        shared().join("data/olmoe-fwo.json"),
-        shared().join("data/alpaca-eval.json"),
-    );
-    if sweep {
-        text.push_str("[sweep]\nseeds = [0]\n[sweep.axes]\n\"analysis.experts\" = [\"risk_diff\", \"random\"]\n");
-    }
+    let sweep_table = "[sweep]\nseeds = [0]\n[sweep.axes]\n\"analysis.experts\" = [\"risk_diff\", \"random\"]\n";
+    let text = tiny_method_toml(&qwen3_fixture(), "enable_thinking = false", if sweep { sweep_table } else { "" });
     let path = dir.join(if sweep { "sweep.toml" } else { "run.toml" });
     std::fs::write(&path, text).unwrap();
     path

@@ -11,38 +11,7 @@ use std::process::Command;
 use common::*;
 
 fn config(dir: &Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"seed = 0
-[model]
-dir = {:?}
-[data]
-path = {:?}
-[collect]
-batch_size = 4
-max_batches = 2
-max_new_tokens = 4
-quality_filter = false
-[analysis]
-top_k = 3
-[train]
-epochs = 1
-lr = 1e-3
-[eval]
-max_goals = 4
-max_benign = 2
-max_new_tokens = 4
-benign_path = {:?}
-[[eval.steer]]
-activate_safe = 1
-[sweep]
-seeds = [0, 1]
-[sweep.axes]
-"analysis.experts" = ["risk_diff", "random"]
-"#,
-        fixture(),
-        shared().join("data/olmoe-fwo.json"),
-        shared().join("data/alpaca-eval.json"),
-    );
+    let text = tiny_method_toml(&fixture(), "", "[sweep]\nseeds = [0, 1]\n[sweep.axes]\n\"analysis.experts\" = [\"risk_diff\", \"random\"]\n");
     let path = dir.join("sweep.toml");
     std::fs::write(&path, text).unwrap();
     path

@@ -10,11 +10,11 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use super::cache::KvCache;
 use super::config::{ModelConfig, QkNorm};
-use super::experts::{grouped_linear, in_dtype, linear};
+use super::experts::{grouped_linear, in_dtype, linear, to_f32};
 use super::norm::RmsNorm;
 use super::rope::apply_rope;
 
@@ -119,7 +119,7 @@ impl<B: Backend> Attention<B> {
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((head_dim as f64).powf(-0.5));
         let dtype = scores.dtype();
-        let scores = in_dtype(scores, DType::F32).mask_fill(
+        let scores = to_f32(scores).mask_fill(
             masked.clone().expand([batch, self.num_heads, seq, total]),
             f32::NEG_INFINITY,
         );

@@ -1,7 +1,7 @@
 //! The experts of a MoE layer, and the two ways of running them on routed tokens — a leaf of
 //! the model: it depends on burn only.
 //!
-//! - [`Expert`]: one SwiGLU MLP (transformers: `OlmoeMLP`);
+//! - [`Expert`]: one SwiGLU MLP (transformers: `OlmoeMLP`, `Qwen3MoeMLP`);
 //! - [`Choice`]: the experts a router picked for each token and their weights;
 //! - [`StackedExperts`]: dense execution. Every expert of a layer runs on every token, each output
 //!   weighted by that token's routing weight (zero for experts it did not choose).
@@ -29,6 +29,11 @@ use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor};
 /// `t` in `dtype` (`t` itself when it already is: no copy, no autodiff node).
 pub fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+/// Upcast to float32 where transformers computes in float32 (a no-op on f32 tensors).
+pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    in_dtype(x, DType::F32)
 }
 
 /// `layer(x)` computed in `x`'s dtype.
@@ -119,7 +124,7 @@ pub fn permute_rows<B: Backend>(x: Tensor<B, 2>, perm: Tensor<B, 1, Int>, invers
     x.select(0, perm)
 }
 
-/// One SwiGLU expert (transformers: `OlmoeMLP`).
+/// One SwiGLU MLP (transformers: `OlmoeMLP`, `Qwen3MoeMLP`): an expert, or a Qwen3 dense layer.
 #[derive(Module, Debug)]
 pub struct Expert<B: Backend> {
     /// Hub key `gate_proj`.

@@ -5,7 +5,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-use super::routing::to_f32;
+use super::experts::to_f32;
 
 /// Label value that is not counted (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;

@@ -2,9 +2,9 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
-use super::experts::in_dtype;
+use super::experts::to_f32;
 
 /// `weight * (x / sqrt(mean(x²) + eps))` over the last axis.
 #[derive(Module, Debug)]
@@ -27,7 +27,7 @@ impl<B: Backend> RmsNorm<B> {
     /// - `x`: `[..., width]` → same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
-        let x = in_dtype(x, DType::F32);
+        let x = to_f32(x);
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x * (variance.add_scalar(self.eps)).sqrt().recip();
         let [width] = self.weight.dims();

@@ -20,9 +20,9 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, FloatDType, Tensor};
+use burn::tensor::{Bool, Tensor};
 
-use super::experts::Choice;
+use super::experts::{Choice, to_f32};
 
 /// Added to the logits of masked experts, as `mask_router` in `make_fixtures.py` does.
 pub const MASK_PENALTY: f32 = -1e9;
@@ -189,15 +189,6 @@ impl<B: Backend> LayerRouting<B> {
             weights: weights.cast(dtype),
             experts,
         }
-    }
-}
-
-/// Upcast to float32 where transformers computes in float32 (a no-op on f32 tensors).
-pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if x.dtype() == DType::F32 {
-        x
-    } else {
-        x.cast(FloatDType::F32)
     }
 }
 

@@ -19,7 +19,7 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use super::loader::SftBatch;
 use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
 use crate::config::{Config, Consistency};
-use crate::model::routing::to_f32;
+use crate::model::experts::to_f32;
 use crate::model::{MoeLm, ModelConfig, LmInput};
 
 /// What the training loss adds to the language-modelling loss.

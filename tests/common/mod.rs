@@ -49,6 +49,41 @@ pub fn fixtures() -> [(&'static str, PathBuf); 3] {
     [("main", fixture()), ("alt", alt_fixture()), ("qwen3", qwen3_fixture())]
 }
 
+/// The method at toy size on a fixture model, as TOML: 2 collect batches of 4 with 4-token
+/// answers, the top 3 experts, one epoch, 4 held-out goals and 2 benign instructions, one
+/// steering setting; `model_lines` go into `[model]`, `tail` after it all (e.g. a `[sweep]` table).
+pub fn tiny_method_toml(model_dir: &std::path::Path, model_lines: &str, tail: &str) -> String {
+    format!(
+        r#"seed = 0
+[model]
+dir = {:?}
+{model_lines}
+[data]
+path = {:?}
+[collect]
+batch_size = 4
+max_batches = 2
+max_new_tokens = 4
+quality_filter = false
+[analysis]
+top_k = 3
+[train]
+epochs = 1
+lr = 1e-3
+[eval]
+max_goals = 4
+max_benign = 2
+max_new_tokens = 4
+benign_path = {:?}
+[[eval.steer]]
+activate_safe = 1
+{tail}"#,
+        model_dir,
+        shared().join("data/olmoe-fwo.json"),
+        shared().join("data/alpaca-eval.json"),
+    )
+}
+
 /// `reference.json` of a fixture directory.
 pub fn reference_json(dir: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
