@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use crate::data::attack::FieldMap;
+use crate::data::{ChatTokenizer, DataError};
 use crate::generate::Sampling;
 use crate::judge::PhraseJudge;
 use crate::model::Precision;
@@ -99,6 +100,14 @@ pub struct ModelConfig {
     /// empty think block, which makes the prompt a prefix of the conversation with its answer, as
     /// training's loss masking needs); unset leaves it undefined, the template's default.
     pub enable_thinking: Option<bool>,
+}
+
+impl ModelConfig {
+    /// The tokenizer and chat template of the model in `dir` (the configured model, or one
+    /// trained from it), rendering with this config's `enable_thinking`.
+    pub fn tokenizer(&self, dir: &Path) -> Result<ChatTokenizer, DataError> {
+        Ok(ChatTokenizer::from_dir(dir)?.with_enable_thinking(self.enable_thinking))
+    }
 }
 
 impl Default for ModelConfig {

@@ -126,7 +126,7 @@ pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: 
         .transpose()?;
     let (logits, router_logits) = forward(&model, &ids, mask.as_deref(), device);
     let router_shape = router_logits.dims();
-    let moe_layers = model.moe_layers().to_vec();
+    let moe_layers = model.moe_layers();
     let listed = moe_layers.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let tensors = vec![("logits", logits.into_data()), ("router_logits", router_logits.into_data())];
     write_f32_with(out, tensors, [("moe_layers".to_string(), listed)].into())?;

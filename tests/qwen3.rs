@@ -39,7 +39,7 @@ fn chat_template_with_and_without_thinking_equals_transformers() {
 #[test]
 fn greedy_tokens_equal_transformers_generate() {
     let (model, _) = model::load::<TestBackend>(qwen3_fixture(), &Default::default(), Precision::F32).unwrap();
-    assert_eq!(model.moe_layers(), &[1, 5]);
+    assert_eq!(model.moe_layers(), vec![1, 5]);
     let greedy = &reference_json(&qwen3_fixture())["greedy"];
     let tok = ChatTokenizer::from_dir(qwen3_fixture()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 16, sampling: Sampling::Greedy, stop_ids: vec![], pad_id: tok.pad_id, capture: true };

@@ -104,7 +104,7 @@ impl ConfigArgs {
     fn resolve(&self) -> anyhow::Result<(Config, PathBuf)> {
         let cfg = Config::load(&self.config, &self.device.overrides(&self.overrides))?;
         let batches = steermoe::collect::stage::batches(&cfg)?;
-        let tokenizer = steermoe::data::ChatTokenizer::from_dir(&cfg.model.dir)?.with_enable_thinking(cfg.model.enable_thinking);
+        let tokenizer = cfg.model.tokenizer(&cfg.model.dir)?;
         steermoe::collect::stage::check_prompt_lengths(&cfg, &batches, &tokenizer)?;
         if !cfg.eval.variants.is_empty() {
             steermoe::eval::EvalSets::from_config(&cfg)?;

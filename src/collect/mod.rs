@@ -318,7 +318,7 @@ fn write_summary_files<B: Backend>(run_dir: &Path, model: &MoeLm<B>, top_k: usiz
     let mut lines = String::new();
     let mut index = RoutingIndex {
         layers: model.num_moe_layers(),
-        moe_layers: model.moe_layers().to_vec(),
+        moe_layers: model.moe_layers(),
         experts: model.num_experts(),
         top_k,
         batches: Vec::new(),

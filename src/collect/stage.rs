@@ -70,7 +70,7 @@ pub fn check_prompt_lengths(cfg: &Config, batches: &[Batch], tokenizer: &ChatTok
 /// Run the collect stage of `cfg` into `run_dir` on `device`.
 pub fn run<B: Backend>(cfg: &Config, run_dir: &Path, device: &B::Device, progress: impl FnMut(CollectEvent)) -> Result<CollectSummary, CollectError> {
     let batches = batches(cfg)?;
-    let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?.with_enable_thinking(cfg.model.enable_thinking);
+    let tokenizer = cfg.model.tokenizer(&cfg.model.dir)?;
     check_prompt_lengths(cfg, &batches, &tokenizer)?;
     let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
     collect(&model, &tokenizer, &batches, &cfg.collect, &cfg.judge, run_dir, device, progress)

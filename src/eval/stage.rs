@@ -10,7 +10,6 @@ use super::{EvalError, EvalEvent, EvalReport, EvalSets, Evaluation, Steering, ev
 use crate::analysis::UnsafeExperts;
 use crate::analysis::select::steering_sets;
 use crate::config::{Config, SteerSetting, Variant};
-use crate::data::ChatTokenizer;
 use crate::model;
 use crate::run_dir::write_atomic;
 
@@ -99,7 +98,7 @@ pub fn run<B: Backend>(
     progress: impl FnMut(EvalEvent),
 ) -> Result<EvalReport, EvalError> {
     let sets = EvalSets::from_config(cfg)?;
-    let tokenizer = ChatTokenizer::from_dir(model_dir)?.with_enable_thinking(cfg.model.enable_thinking);
+    let tokenizer = cfg.model.tokenizer(model_dir)?;
     let (model, mcfg) = model::load::<B>(model_dir, device, cfg.model.precision)?;
     let steering = match steer {
         Some((run, setting)) => steering(run, setting, mcfg.num_moe_layers(), mcfg.num_experts, mcfg.num_experts_per_tok)?,

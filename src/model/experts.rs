@@ -6,7 +6,7 @@
 //! - [`StackedExperts`]: dense execution. Every expert of a layer runs on every token, each output
 //!   weighted by that token's routing weight (zero for experts it did not choose).
 //!
-//! The grouped path of [`MoeBlock`](super::lm::MoeBlock) does exactly the chosen work but must
+//! The grouped path of [`MoeBlock`](super::moe::MoeBlock) does exactly the chosen work but must
 //! read the choices on the host to group tokens by expert, once per layer, and runs one small
 //! matmul per expert whose shape changes with every batch. For a few tokens (a decode step) that
 //! synchronisation and those launches cost far more than the arithmetic: dense execution is two

@@ -93,9 +93,6 @@ pub struct MoeLm<B: Backend> {
     rope: Rope,
     #[module(skip)]
     execution: ExpertExecution,
-    /// Decoder index of each MoE layer, in order.
-    #[module(skip)]
-    moe_layers: Vec<usize>,
 }
 
 /// Inputs of one forward pass.
@@ -157,13 +154,11 @@ pub struct Decoded<B: Backend> {
 impl<B: Backend> MoeLm<B> {
     /// Assemble a model from its parts (see `checkpoint` for loading).
     pub fn new(model: DecoderStack<B>, lm_head: Linear<B>, cfg: &ModelConfig) -> Self {
-        let moe_layers = model.layers.iter().enumerate().filter(|(_, l)| l.mlp.moe().is_some()).map(|(i, _)| i).collect();
         Self {
             model,
             lm_head,
             rope: Rope::new(cfg.head_dim, cfg.rope_theta),
             execution: ExpertExecution::Auto,
-            moe_layers,
         }
     }
 
@@ -185,23 +180,22 @@ impl<B: Backend> MoeLm<B> {
 
     /// Number of MoE layers (what routing masks, steering and captures are indexed by).
     pub fn num_moe_layers(&self) -> usize {
-        self.moe_layers.len()
+        self.moe_blocks().count()
     }
 
     /// The decoder index of every MoE layer, in order.
-    pub fn moe_layers(&self) -> &[usize] {
-        &self.moe_layers
+    pub fn moe_layers(&self) -> Vec<usize> {
+        self.model.layers.iter().enumerate().filter(|(_, l)| l.mlp.moe().is_some()).map(|(i, _)| i).collect()
     }
 
     /// MoE layer `l` (the `l`-th MoE block of the stack).
     pub fn moe_block(&self, l: usize) -> &MoeBlock<B> {
-        self.model.layers[self.moe_layers[l]].mlp.moe().expect("moe_layers lists MoE blocks")
+        self.moe_blocks().nth(l).unwrap_or_else(|| panic!("no MoE layer {l}"))
     }
 
     /// MoE layer `l`, mutably.
     pub fn moe_block_mut(&mut self, l: usize) -> &mut MoeBlock<B> {
-        let i = self.moe_layers[l];
-        self.model.layers[i].mlp.moe_mut().expect("moe_layers lists MoE blocks")
+        self.model.layers.iter_mut().filter_map(|x| x.mlp.moe_mut()).nth(l).unwrap_or_else(|| panic!("no MoE layer {l}"))
     }
 
     /// Every MoE block, in order.

@@ -41,7 +41,7 @@ use serde::Serialize;
 use crate::analysis::select::{ExpertId, union};
 use crate::analysis::stage::{AnalysisError, UnsafeExperts};
 use crate::config::{Config, ExpertSet};
-use crate::data::{ChatTokenizer, DataError};
+use crate::data::DataError;
 use crate::run_dir::write_atomic;
 use crate::model::{self, LoadError, ModelConfig};
 use loader::{BatchPreservingLoader, MaskTable};
@@ -227,7 +227,7 @@ impl TrainInputs {
         let analysis = UnsafeExperts::read(run_dir)?;
         let sets = batch_sets(&analysis, t.expert_set);
         let trained = union(&sets.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
-        let tokenizer = ChatTokenizer::from_dir(&cfg.model.dir)?.with_enable_thinking(cfg.model.enable_thinking);
+        let tokenizer = cfg.model.tokenizer(&cfg.model.dir)?;
         let groups = sft::build(run_dir, &analysis.batch_idx, &tokenizer, t)?;
         if groups.is_empty() {
             return Err(TrainError::Input {
