@@ -1,10 +1,12 @@
 //! cuBLAS GEMMs on device pointers that burn's CUDA backend owns.
 //!
 //! cubecl and cudarc share the device's primary context, so a pointer from cubecl's memory is
-//! valid for cuBLAS. cubecl's streams are private: [`Cublas::run`] first waits for the whole
-//! context (every kernel cubecl has issued, which includes everything these GEMMs read), runs
-//! the GEMMs on its own stream and waits for them, so that cubecl's later kernels see the results.
-//! One handle and stream per device, behind a lock.
+//! valid for cuBLAS. Where the operands' memory says which of cubecl's streams owns it (the
+//! patched cubecl-cuda in `vendor/`), [`Order::Stream`] issues the GEMMs on that stream, in order
+//! with burn's kernels, and nothing waits. [`Order::Synchronised`] is the fallback: wait for the
+//! whole context (every kernel cubecl has issued, which includes everything these GEMMs read), run
+//! the GEMMs on cuBLAS's own stream and wait for them, so that cubecl's later kernels see the
+//! results. One handle per device, behind a lock.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -82,8 +84,21 @@ pub enum CublasError {
 struct Handle {
     device: usize,
     ctx: cu::CUcontext,
+    /// cuBLAS's own stream, for [`Order::Synchronised`].
     stream: cu::CUstream,
+    /// The stream the handle is set to now.
+    current: cu::CUstream,
     blas: blas::cublasHandle_t,
+}
+
+/// Where one batch of GEMMs runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// On this stream of cubecl's, which owns every operand: ordered with burn's kernels by the
+    /// stream itself, so nothing waits.
+    Stream(cu::CUstream),
+    /// After every kernel of the device, on cuBLAS's own stream, and waited for.
+    Synchronised,
 }
 
 // SAFETY: the raw handles are only used while `HANDLES` is locked, with the context made current.
@@ -94,8 +109,10 @@ static HANDLES: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
 /// Where the time of [`Cublas::run`] went, summed over the process (for the GPU bench's profile).
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Stats {
-    /// Synchronised batches of GEMMs.
+    /// Synchronised batches of GEMMs ([`Order::Synchronised`]).
     pub calls: u64,
+    /// Batches of GEMMs issued on burn's stream ([`Order::Stream`]).
+    pub stream_calls: u64,
     /// GEMMs launched.
     pub gemms: u64,
     /// Seconds waiting for burn's kernels before the GEMMs.
@@ -104,7 +121,7 @@ pub struct Stats {
     pub gemm_s: f64,
 }
 
-static STATS: Mutex<Stats> = Mutex::new(Stats { calls: 0, gemms: 0, wait_s: 0.0, gemm_s: 0.0 });
+static STATS: Mutex<Stats> = Mutex::new(Stats { calls: 0, stream_calls: 0, gemms: 0, wait_s: 0.0, gemm_s: 0.0 });
 
 /// The time spent in cuBLAS so far, and reset.
 pub fn take_stats() -> Stats {
@@ -126,53 +143,79 @@ impl Handle {
         let blas = call(device, "create handle (is libcublas.so.13 on the library path?)", cublas::create_handle())?;
         // SAFETY: both handles were just created and are valid.
         call(device, "set stream", unsafe { cublas::set_stream(blas, stream as blas::cudaStream_t) })?;
-        Ok(Self { device, ctx, stream, blas })
+        Ok(Self { device, ctx, stream, current: stream, blas })
+    }
+
+    /// Point the handle at `stream` (resetting cuBLAS's workspace, so only when it changes).
+    fn use_stream(&mut self, stream: cu::CUstream) -> Result<(), CublasError> {
+        if self.current != stream {
+            // SAFETY: the handle is valid and `stream` is a live stream of this context.
+            call(self.device, "set stream", unsafe { cublas::set_stream(self.blas, stream as blas::cudaStream_t) })?;
+            self.current = stream;
+        }
+        Ok(())
     }
 }
 
-/// The work of one synchronised batch of GEMMs on one device.
+/// The work of one batch of GEMMs on one device.
 pub struct Cublas<'a> {
     handle: &'a Handle,
     gemms: std::cell::Cell<u64>,
 }
 
 impl Cublas<'_> {
-    /// Wait for every kernel issued on `device`, run `work` on cuBLAS's stream, and wait for it.
-    pub fn run<T>(device: usize, work: impl FnOnce(&Cublas) -> Result<T, CublasError>) -> Result<T, CublasError> {
+    /// Run `work`'s GEMMs on `device` in the given [`Order`].
+    pub fn run<T>(device: usize, order: Order, work: impl FnOnce(&Cublas) -> Result<T, CublasError>) -> Result<T, CublasError> {
         let mut handles = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
         if !handles.iter().any(|h| h.device == device) {
             handles.push(Handle::new(device)?);
         }
-        let handle = handles.iter().find(|h| h.device == device).expect("just added");
+        let handle = handles.iter_mut().find(|h| h.device == device).expect("just added");
         // SAFETY: the context is valid for the process's lifetime (retained, never released).
         call(device, "set context", unsafe { driver::ctx::set_current(handle.ctx) })?;
         let start = std::time::Instant::now();
-        call(device, "wait for burn's kernels", driver::ctx::synchronize())?;
+        match order {
+            Order::Stream(stream) => handle.use_stream(stream)?,
+            Order::Synchronised => {
+                handle.use_stream(handle.stream)?;
+                call(device, "wait for burn's kernels", driver::ctx::synchronize())?;
+            }
+        }
         let waited = start.elapsed();
         let blas = Cublas { handle, gemms: std::cell::Cell::new(0) };
         let out = work(&blas)?;
-        // SAFETY: the stream is valid.
-        call(device, "wait for cuBLAS", unsafe { driver::stream::synchronize(handle.stream) })?;
+        let gemms = blas.gemms.get();
+        if order == Order::Synchronised {
+            // SAFETY: the stream is valid.
+            call(device, "wait for cuBLAS", unsafe { driver::stream::synchronize(handle.stream) })?;
+        }
         let mut stats = STATS.lock().unwrap_or_else(|p| p.into_inner());
-        stats.calls += 1;
-        stats.gemms += blas.gemms.get();
-        stats.wait_s += waited.as_secs_f64();
-        stats.gemm_s += (start.elapsed() - waited).as_secs_f64();
+        stats.gemms += gemms;
+        match order {
+            Order::Stream(_) => stats.stream_calls += 1,
+            Order::Synchronised => {
+                stats.calls += 1;
+                stats.wait_s += waited.as_secs_f64();
+                stats.gemm_s += (start.elapsed() - waited).as_secs_f64();
+            }
+        }
         Ok(out)
     }
 
     /// Zero `bytes` bytes at `ptr` (stream-ordered with the GEMMs).
     pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), CublasError> {
         // SAFETY: the caller owns `bytes` bytes at `ptr`.
-        call(self.handle.device, "memset", unsafe { driver::memset_d8_async(ptr, 0, bytes, self.handle.stream) })
+        call(self.handle.device, "memset", unsafe { driver::memset_d8_async(ptr, 0, bytes, self.handle.current) })
     }
 
     /// `c = a · b` (`c` contiguous, overwritten), all in `dtype`, accumulated in f32 (TF32 tensor
     /// cores for f32 operands, as burn's f32 matmul on CUDA).
     ///
     /// # Safety
-    /// Every pointer must address device memory of the views' extent that stays alive until
-    /// [`Cublas::run`] returns, and `c` must not overlap `a` or `b`.
+    /// Every pointer must address device memory of the views' extent that stays alive until the
+    /// GEMM has run (until [`Cublas::run`] returns for [`Order::Synchronised`]; for
+    /// [`Order::Stream`], memory the stream's own pool owns, which it reuses only in stream
+    /// order), and `c` must not overlap `a` or `b`.
     pub unsafe fn gemm(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<(), CublasError> {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         debug_assert_eq!(b.rows, k);

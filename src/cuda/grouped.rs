@@ -24,7 +24,7 @@ use burn_fusion::FusionRuntime;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 
-use super::cublas::{Cublas, CublasError, Mat};
+use super::cublas::{Cublas, CublasError, Mat, Order};
 
 type Cube = CubeBackend<CudaRuntime, f32, i32, u8>;
 type Fused = <Cuda as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
@@ -86,7 +86,7 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
         .collect();
     let out = CubeTensor::new_contiguous(client.clone(), device.clone(), out_shape.clone(), client.empty(out_shape.num_elements() * elem), dtype);
     // Each `get_resource` returns once burn has issued every earlier kernel; the resources keep
-    // the memory alive until the GEMMs are done.
+    // the memory alive until the GEMMs are issued (and, synchronised, done).
     let resource = |t: &CubeTensor<CudaRuntime>| {
         client
             .get_resource(t.handle.clone())
@@ -96,8 +96,12 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
     let out_resource = resource(&out)?;
     let mats: Vec<Mat> = inputs.iter().zip(&resources).map(|(t, r)| mat(t, r.resource().ptr)).collect();
     let out_ptr = out_resource.resource().ptr;
+    // The output was just allocated on the caller's stream; when every input lives there too, the
+    // GEMMs join that stream.
+    let stream = out_resource.resource().stream;
+    let order = if resources.iter().all(|r| r.resource().stream == stream) { Order::Stream(stream) } else { Order::Synchronised };
     let starts: Vec<usize> = counts.iter().scan(0, |s, &c| Some(std::mem::replace(s, *s + c))).collect();
-    Cublas::run(device.index, |blas| {
+    Cublas::run(device.index, order, |blas| {
         match kind {
             Kind::Forward | Kind::InputGrad => {
                 let [n, width] = [out_shape[0], out_shape[1]];
@@ -272,7 +276,7 @@ pub fn available(device: usize) -> bool {
         if std::env::var("STEERMOE_CUBLAS").is_ok_and(|v| v == "0") {
             return false;
         }
-        match Cublas::run(device, |_| Ok(())) {
+        match Cublas::run(device, Order::Synchronised, |_| Ok(())) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!("{e}; expert and dense GEMMs use burn's matmul instead");
