@@ -250,6 +250,9 @@ fn lm_batch<B: Backend>(ids: Vec<i64>, batch: usize, seq: usize, routing: Routin
         routing,
         real: vec![true; batch * seq].into(),
         input_tokens: batch * seq,
+        step: 1,
+        rank: steermoe::train::shard::Rank::SOLE,
+        loss_scale: 1.0,
     }
 }
 

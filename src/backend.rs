@@ -50,15 +50,25 @@ pub trait Task {
 
 /// The backend was not compiled in.
 #[derive(Debug, thiserror::Error)]
-#[error("backend {kind} is not compiled into this binary (rebuild with `--features {kind}`)")]
+#[error("backend {kind} is not compiled into this binary (rebuild with `--features {kind}`; a `ddp` build has no cpu backend)")]
 pub struct NotCompiled {
     /// The backend asked for.
     pub kind: BackendKind,
 }
 
+/// Device `index` of backend `B` (ignored where there is only one, as on the CPU).
+pub fn device<B: burn::tensor::backend::Backend>(index: usize) -> B::Device {
+    use burn::prelude::DeviceOps as _;
+    let mut id = B::Device::default().to_id();
+    id.index_id = index as u16;
+    B::Device::from_id(id)
+}
+
 /// Run `task` on the backend `kind`.
 pub fn run<T: Task>(kind: BackendKind, task: T) -> Result<T::Output, NotCompiled> {
     match kind {
+        // With burn's `distributed` on (feature `ddp`), `Autodiff<NdArray>` cannot train.
+        #[cfg(not(feature = "ddp"))]
         BackendKind::Cpu => Ok(task.run::<Cpu>(Default::default())),
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => Ok(task.run::<Wgpu>(Default::default())),

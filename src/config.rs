@@ -100,6 +100,11 @@ pub struct ModelConfig {
     /// empty think block, which makes the prompt a prefix of the conversation with its answer, as
     /// training's loss masking needs); unset leaves it undefined, the template's default.
     pub enable_thinking: Option<bool>,
+    /// The devices training runs on (indices of the backend's devices). More than one trains
+    /// data-parallel (CUDA, a binary built with the `ddp` feature): each analysis batch split
+    /// across them, one optimizer step per batch as on one device. Everything else runs on the
+    /// first.
+    pub devices: Vec<usize>,
 }
 
 impl ModelConfig {
@@ -117,6 +122,7 @@ impl Default for ModelConfig {
             backend: BackendKind::Cpu,
             precision: Precision::F32,
             enable_thinking: None,
+            devices: vec![0],
         }
     }
 }
@@ -542,6 +548,26 @@ impl Config {
             return Err(bad("analysis.first_n", "must be at least 1 with token_scope = \"generation_first_n\"".into()));
         }
         let t = &self.train;
+        let devices = &self.model.devices;
+        if devices.is_empty() {
+            return Err(bad("model.devices", "needs at least one device".into()));
+        }
+        if let Some(d) = devices.iter().enumerate().find_map(|(i, d)| devices[..i].contains(d).then_some(d)) {
+            return Err(bad("model.devices", format!("device {d} is listed twice")));
+        }
+        if devices.len() > 1 {
+            if self.model.backend != BackendKind::Cuda {
+                return Err(bad("model.devices", format!("several devices need backend \"cuda\", not \"{}\"", self.model.backend)));
+            }
+            if t.router_consistency != Consistency::Off || t.router_aux_loss {
+                return Err(bad(
+                    "model.devices",
+                    "several devices cannot train train.router_consistency or train.router_aux_loss: both compare \
+                     routing across the whole batch, which no device holds"
+                        .into(),
+                ));
+            }
+        }
         if t.refusals.is_empty() || t.refusals.iter().any(|r| r.trim().is_empty()) {
             return Err(bad("train.refusals", "needs at least one non-empty refusal".into()));
         }

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn::train::TrainStep;
@@ -48,6 +47,9 @@ fn train_step_gradients_equal_the_reference() {
         real: vec![true; n].into(),
         tokens: 0,
         input_tokens: n,
+        step: 1,
+        rank: steermoe::train::shard::Rank::SOLE,
+        loss_scale: 1.0,
     };
     let out = TrainStep::step(&model, batch);
     // Expert activation counts: k choices per token in every layer; where at least k experts
@@ -89,26 +91,13 @@ fn train_step_gradients_equal_the_reference() {
 
 /// A collected and analysed run of the fixture in a temporary directory.
 fn analysed_run(root: &Path) -> (PathBuf, PathBuf) {
-    let cfg = root.join("exp.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
-             [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\nmax_len = 96\n",
-            fixture(),
-            shared().join("data/olmoe-fwo.json"),
-        ),
-    )
-    .unwrap();
-    let run = root.join("run");
-    for args in [
-        vec!["collect", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()],
-        vec!["analyze", "--run", run.to_str().unwrap()],
-    ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_steermoe")).args(&args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    (cfg, run)
+    let toml = format!(
+        "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
+         [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\nmax_len = 96\n",
+        fixture(),
+        shared().join("data/olmoe-fwo.json"),
+    );
+    collected_and_analysed(root, &toml)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -265,7 +254,7 @@ fn expert_masks_file_holds_the_masks_training_applies() {
         let loader = inputs.loader::<B>(&cfg, (0..inputs.groups.len()).collect(), 0, &device);
         let mut unsafe_rows = 0;
         for g in 0..inputs.groups.len() {
-            let batch = loader.batch(g);
+            let batch = loader.batch(g, g + 1);
             let allow = batch.routing.allow.clone().expect("a masked scope sets a mask");
             // `[layers, batch, experts]` → per sample `[layers * experts]`.
             let values: Vec<bool> = allow.swap_dims(0, 1).into_data().iter::<bool>().collect();

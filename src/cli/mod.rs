@@ -55,8 +55,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
 }
 
-/// `--backend` and `--precision`: shorthands for `--set model.backend=…` and
-/// `--set model.precision=…` on the subcommands that read a config.
+/// `--backend`, `--precision` and `--devices`: shorthands for `--set model.backend=…`,
+/// `--set model.precision=…` and `--set model.devices=[…]` on the subcommands that read a config.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeviceArgs {
     /// Backend to run on (overrides the config's `model.backend`).
@@ -65,6 +65,10 @@ pub struct DeviceArgs {
     /// Compute precision (overrides the config's `model.precision`).
     #[arg(long, value_enum)]
     precision: Option<steermoe::model::Precision>,
+    /// Devices to train on, e.g. `--devices 0,1` (overrides the config's `model.devices`; more
+    /// than one trains data-parallel on CUDA).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    devices: Option<Vec<usize>>,
 }
 
 impl DeviceArgs {
@@ -77,6 +81,10 @@ impl DeviceArgs {
         }
         if let Some(p) = self.precision.and_then(|p| p.to_possible_value()) {
             out.push(format!("model.precision={}", p.get_name()));
+        }
+        if let Some(d) = &self.devices {
+            let list: Vec<String> = d.iter().map(usize::to_string).collect();
+            out.push(format!("model.devices=[{}]", list.join(", ")));
         }
         out
     }

@@ -96,6 +96,17 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     if let Some(j) = sweep.jobs.iter().find(|j| j.config.model.backend != backend) {
         anyhow::bail!("{}: cell {} runs on {}, the others on {backend}: one sweep runs on one backend", args.config.display(), sweep.cells[j.cell].name, j.config.model.backend);
     }
+    // burn's data-parallel training keeps one gradient exchange per process: one job at a time.
+    if args.jobs > 1
+        && let Some(j) = sweep.jobs.iter().find(|j| j.config.model.devices.len() > 1)
+    {
+        anyhow::bail!(
+            "{}: cell {} trains on devices {:?}: a sweep that trains on several devices runs one job at a time (--jobs 1)",
+            args.config.display(),
+            sweep.cells[j.cell].name,
+            j.config.model.devices
+        );
+    }
     // The data must make every cell's batches and held-out sets before any work.
     for job in &sweep.jobs {
         let cell = &sweep.cells[job.cell].name;

@@ -220,6 +220,9 @@ pub struct RunDir {
     root: PathBuf,
 }
 
+/// Config keys that say where a run computes, not what it computes.
+const WHERE_NOT_WHAT: [&str; 2] = ["model.backend", "model.devices"];
+
 impl RunDir {
     /// The run directory at `root` (nothing is created).
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -298,7 +301,8 @@ impl RunDir {
     /// - otherwise: the files of the earliest changed step and of every step after it are
     ///   removed (they are redone) and the new config recorded.
     ///
-    /// `model.backend` is where a run computes, not what: it may change freely. A directory whose
+    /// `model.backend` and `model.devices` are where a run computes, not what: they may change
+    /// freely. A directory whose
     /// steps wrote nothing takes any config (e.g. after a failed model load).
     pub fn reconcile(&self, cfg: &Config, from: Step) -> Result<Reconciled, RunDirError> {
         let recorded = self.config_path();
@@ -309,7 +313,7 @@ impl RunDir {
         };
         let old: toml::Table = toml::from_str(&old_text).map_err(|e| RunDirError::Corrupt { path: recorded.clone(), reason: e.message().to_string() })?;
         let new: toml::Table = toml::from_str(&resolved).expect("a config's TOML parses");
-        let changed: Vec<String> = changed_keys(&old, &new).into_iter().filter(|k| k != "model.backend").collect();
+        let changed: Vec<String> = changed_keys(&old, &new).into_iter().filter(|k| !WHERE_NOT_WHAT.contains(&k.as_str())).collect();
         if changed.is_empty() {
             if old_text != resolved {
                 write_atomic(&recorded, resolved.as_bytes())?;

@@ -7,7 +7,13 @@
 //! window before it was checkpointed, and a rerun resumes from there with nothing lost. A second
 //! request interrupts at once (the steps since the last checkpoint are redone on resume). Pause is
 //! served by the loader too: it holds the next batch back while paused.
+//!
+//! On several devices every rank's loader asks whether a window may start; the first answer for
+//! a window is every rank's, so that all ranks run the same steps (a rank that stopped alone would
+//! leave the others waiting in the gradient exchange). For the same reason a second stop request
+//! does not interrupt a data-parallel run mid-window: it stops at the next checkpoint.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +28,10 @@ pub struct TrainControl {
     stop: Arc<AtomicU8>,
     interrupter: Interrupter,
     plan: Arc<Mutex<Option<TrainPlan>>>,
+    /// Whether each window asked about so far may start (the first rank's answer).
+    windows: Arc<Mutex<HashMap<usize, bool>>>,
+    /// Several ranks: no interruption mid-window.
+    parallel: Arc<AtomicBool>,
 }
 
 /// What a training run is about to do, published when it starts.
@@ -66,7 +76,7 @@ impl TrainControl {
     pub fn request_stop(&self) {
         let before = self.stop.fetch_add(1, Ordering::SeqCst);
         self.paused.store(false, Ordering::SeqCst);
-        if before >= 1 {
+        if before >= 1 && !self.parallel.load(Ordering::SeqCst) {
             self.interrupter.stop(Some("stopped by the user"));
         }
     }
@@ -91,14 +101,19 @@ impl TrainControl {
         self.interrupter.clone()
     }
 
-    /// Called by the loader when a window starts: `false` (and the Learner interrupted) if a
-    /// stop is pending.
-    pub(crate) fn window_may_start(&self) -> bool {
-        if self.stop_requested() {
+    /// Mark the run as data-parallel (see the module docs).
+    pub(crate) fn set_parallel(&self) {
+        self.parallel.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the loader when window `w` starts: `false` (and the Learner interrupted) if a
+    /// stop was pending when the first rank asked about `w`.
+    pub(crate) fn window_may_start(&self, w: usize) -> bool {
+        let may = *self.windows.lock().expect("window lock").entry(w).or_insert_with(|| !self.stop_requested());
+        if !may {
             self.interrupter.stop(Some("stopped by the user at a checkpoint"));
-            return false;
         }
-        true
+        may
     }
 
     /// Called by the loader before each batch: waits while paused.
@@ -118,14 +133,26 @@ mod tests {
         let c = TrainControl::new();
         assert!(c.toggle_pause() && c.is_paused());
         assert!(!c.toggle_pause() && !c.is_paused());
-        assert!(c.window_may_start());
+        assert!(c.window_may_start(0));
         c.request_stop();
         assert!(!c.interrupter().should_stop());
-        assert!(!c.window_may_start());
+        assert!(!c.window_may_start(1));
         assert!(c.interrupter().should_stop());
         let c = TrainControl::new();
         c.request_stop();
         c.request_stop();
         assert!(c.interrupter().should_stop());
+    }
+
+    #[test]
+    fn every_rank_gets_the_first_answer_for_a_window() {
+        let c = TrainControl::new();
+        c.set_parallel();
+        assert!(c.window_may_start(3), "rank 0 starts window 3");
+        c.request_stop();
+        c.request_stop();
+        assert!(!c.interrupter().should_stop(), "no interruption mid-window on several ranks");
+        assert!(c.window_may_start(3), "rank 1 runs window 3 too");
+        assert!(!c.window_may_start(4) && !c.window_may_start(4), "and both stop before window 4");
     }
 }

@@ -12,6 +12,12 @@
 //! loader serves the whole schedule (all true epochs, concatenated) in *windows* of N steps, one
 //! window per burn-train epoch. Window `w` is the `w`-th call of `iter()` counted from the window
 //! the run starts at, so a resumed run continues the same schedule.
+//!
+//! On several devices (`ranks > 1`) every rank serves every step, each its [`shard`] of the
+//! step's batch with the loss weight that makes the ranks' mean gradient the batch's. burn-train's
+//! data-parallel strategy hands each device `slice(start, end)` of the loader's items; here the
+//! items of a window are (rank, step) pairs, `window` per rank, so rank `r`'s slice starts at
+//! `r · window`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
 use super::control::TrainControl;
+use super::shard::{Rank, counted_tokens, loss_scale, shard};
 use crate::model::loss::Targets;
 use super::sft::SftGroup;
 use crate::analysis::select::ExpertId;
@@ -52,6 +59,13 @@ pub struct SftBatch<B: Backend> {
     pub tokens: usize,
     /// Real (unpadded) tokens in the batch.
     pub input_tokens: usize,
+    /// The global step (1-based, counted across windows and resumes) this batch is trained at.
+    pub step: usize,
+    /// The rank this part of the batch is for (the whole batch on one device).
+    pub rank: Rank,
+    /// The weight of this part's mean loss in the ranks' mean gradient ([`loss_scale`]; 1 on
+    /// one device).
+    pub loss_scale: f32,
 }
 
 /// Per-batch expert masks on the device, `[batches, layers, experts]`, `true` = may be chosen.
@@ -115,6 +129,8 @@ pub struct LoaderSettings {
     pub pad_id: u32,
     /// Which samples the batch's routing mask restricts.
     pub mask_scope: MaskScope,
+    /// Devices the batches are split across (1: one device).
+    pub ranks: usize,
 }
 
 /// The loader.
@@ -129,6 +145,8 @@ pub struct BatchPreservingLoader<B: Backend> {
     next_window: Arc<AtomicUsize>,
     pad_id: u32,
     mask_scope: MaskScope,
+    /// Whose part of each batch `iter()` serves.
+    rank: Rank,
     device: B::Device,
     control: TrainControl,
 }
@@ -151,7 +169,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
     /// A loader over `groups` following `schedule`, `window` steps per `iter()`, starting at
     /// window `start_window`.
     pub fn new(groups: Arc<Vec<SftGroup>>, masks: MaskTable<B>, settings: LoaderSettings, device: B::Device) -> Self {
-        let LoaderSettings { schedule, window, start_window, pad_id, mask_scope } = settings;
+        let LoaderSettings { schedule, window, start_window, pad_id, mask_scope, ranks } = settings;
         Self {
             groups,
             masks,
@@ -160,6 +178,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
             next_window: Arc::new(AtomicUsize::new(start_window)),
             pad_id,
             mask_scope,
+            rank: Rank { rank: 0, ranks: ranks.max(1) },
             device,
             control: TrainControl::default(),
         }
@@ -176,24 +195,26 @@ impl<B: Backend> BatchPreservingLoader<B> {
         self.schedule.len().div_ceil(self.window)
     }
 
-    /// Assemble the batch of group position `g`.
-    pub fn batch(&self, g: usize) -> SftBatch<B> {
+    /// Assemble this loader's rank's part of the batch of group position `g`, trained at
+    /// (1-based) step `step`.
+    pub fn batch(&self, g: usize, step: usize) -> SftBatch<B> {
         let group = &self.groups[g];
-        let n = group.examples.len();
-        let width = group.examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(1);
+        let examples = shard(group, self.rank);
+        let n = examples.len();
+        let width = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(1);
         let mut ids = Vec::with_capacity(n * width);
         let mut labels = Vec::with_capacity(n * width);
         let mut valid = Vec::with_capacity(n * width);
         let mut tokens = 0;
-        for ex in &group.examples {
+        for ex in &examples {
             let pad = width - ex.input_ids.len();
             ids.extend(ex.input_ids.iter().map(|&t| t as i64).chain(std::iter::repeat_n(self.pad_id as i64, pad)));
             labels.extend(ex.labels.iter().copied().chain(std::iter::repeat_n(crate::model::loss::IGNORE_INDEX, pad)));
             valid.extend(std::iter::repeat_n(true, ex.input_ids.len()).chain(std::iter::repeat_n(false, pad)));
-            // Counted targets: labels shifted by one.
-            tokens += ex.labels.iter().skip(1).filter(|&&l| l != crate::model::loss::IGNORE_INDEX).count();
+            tokens += counted_tokens(ex);
         }
-        let is_unsafe: Vec<bool> = group.examples.iter().map(|e| e.label == Label::Unsafe).collect();
+        let batch_tokens: usize = group.examples.iter().map(counted_tokens).sum();
+        let is_unsafe: Vec<bool> = examples.iter().map(|e| e.label == Label::Unsafe).collect();
         let input_tokens = valid.iter().filter(|&&v| v).count();
         let routing = self.masks.routing(group.batch_idx, &is_unsafe, self.mask_scope);
         let real: Arc<[bool]> = valid.clone().into();
@@ -207,6 +228,9 @@ impl<B: Backend> BatchPreservingLoader<B> {
             real,
             tokens,
             input_tokens,
+            step,
+            rank: self.rank,
+            loss_scale: loss_scale(tokens, batch_tokens, self.rank.ranks),
         }
     }
 }
@@ -223,7 +247,7 @@ impl<B: Backend> Iterator for WindowIter<'_, B> {
         let step = self.steps.next()?;
         self.loader.control.wait_while_paused();
         self.done += 1;
-        Some(self.loader.batch(self.loader.schedule[step]))
+        Some(self.loader.batch(self.loader.schedule[step], step + 1))
     }
 }
 
@@ -239,7 +263,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
         // (one-window) schedule at every call; training never asks past its last window.
         let w = self.next_window.fetch_add(1, Ordering::SeqCst) % self.windows().max(1);
         let start = (w * self.window).min(self.schedule.len());
-        let end = if self.control.window_may_start() {
+        let end = if self.control.window_may_start(w) {
             ((w + 1) * self.window).min(self.schedule.len())
         } else {
             start
@@ -252,7 +276,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     }
 
     fn num_items(&self) -> usize {
-        self.window.min(self.schedule.len())
+        self.window.min(self.schedule.len()) * self.rank.ranks
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
@@ -267,12 +291,29 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             next_window: self.next_window.clone(),
             pad_id: self.pad_id,
             mask_scope: self.mask_scope,
+            rank: self.rank,
             device: device.clone(),
             control: self.control.clone(),
         })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
+        if self.rank.ranks > 1 {
+            // Items are (rank, step) pairs, `window` steps per rank: this slice is one rank's.
+            let per_rank = self.window.min(self.schedule.len()).max(1);
+            return Arc::new(Self {
+                groups: self.groups.clone(),
+                masks: self.masks.clone(),
+                schedule: self.schedule.clone(),
+                window: self.window,
+                next_window: Arc::new(AtomicUsize::new(self.next_window.load(Ordering::SeqCst))),
+                pad_id: self.pad_id,
+                mask_scope: self.mask_scope,
+                rank: Rank { rank: (start / per_rank).min(self.rank.ranks - 1), ranks: self.rank.ranks },
+                device: self.device.clone(),
+                control: self.control.clone(),
+            });
+        }
         let schedule: Vec<usize> = self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
         Arc::new(Self {
             groups: self.groups.clone(),
@@ -282,6 +323,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             next_window: Arc::new(AtomicUsize::new(0)),
             pad_id: self.pad_id,
             mask_scope: self.mask_scope,
+            rank: self.rank,
             device: self.device.clone(),
             control: self.control.clone(),
         })
@@ -322,6 +364,7 @@ mod tests {
             start_window: start,
             pad_id: 1,
             mask_scope: MaskScope::UnsafeSamples,
+            ranks: 1,
         };
         BatchPreservingLoader::new(Arc::new(groups()), masks, settings, Default::default())
     }
@@ -361,7 +404,7 @@ mod tests {
     #[test]
     fn mask_lookup_restricts_unsafe_samples_only() {
         let l = loader(5, 0);
-        let batch = l.batch(1); // batch_idx 11: expert 1 of layer 0; layer 1 has none → free
+        let batch = l.batch(1, 1); // batch_idx 11: expert 1 of layer 0; layer 1 has none → free
         let allow = batch.routing.allow.expect("masked"); // [layers, batch, experts]
         let v: Vec<bool> = allow.into_data().iter::<bool>().collect();
         // layer 0: safe rows all true; unsafe rows only expert 1.

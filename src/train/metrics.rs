@@ -46,6 +46,46 @@ pub struct StepRecord {
     pub batch_idx: usize,
     /// `[layers][experts]`: real tokens of the step that had each expert in their top-k.
     pub expert_counts: Vec<Vec<u32>>,
+    /// On several devices, the parts a step's record comes in (one per rank, merged by
+    /// [`StepRecord::merge`] before anyone sees them); absent from `metrics.jsonl`.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub parts: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+impl StepRecord {
+    /// One step's record from its ranks' parts: losses weighted by each part's counted tokens
+    /// (the batch's mean), token and expert counts summed, tokens/s of the parts added.
+    pub fn merge(parts: &[StepRecord]) -> StepRecord {
+        let first = parts.first().expect("a step has at least one part").clone();
+        let tokens: usize = parts.iter().map(|p| p.tokens).sum();
+        let mean = |f: fn(&StepRecord) -> f64| parts.iter().map(|p| f(p) * p.tokens as f64).sum::<f64>() / tokens.max(1) as f64;
+        let mut expert_counts = first.expert_counts.clone();
+        for p in &parts[1..] {
+            for (acc, layer) in expert_counts.iter_mut().zip(&p.expert_counts) {
+                for (a, c) in acc.iter_mut().zip(layer) {
+                    *a += c;
+                }
+            }
+        }
+        StepRecord {
+            loss: mean(|p| p.loss),
+            lm_loss: mean(|p| p.lm_loss),
+            tokens,
+            input_tokens: parts.iter().map(|p| p.input_tokens).sum(),
+            tokens_per_s: parts.iter().map(|p| p.tokens_per_s).sum(),
+            expert_counts,
+            parts: 1,
+            ..first
+        }
+    }
 }
 
 /// The validation loss at the end of a window (a checkpoint), as `metrics.jsonl` records it.
@@ -121,6 +161,31 @@ mod tests {
             assert!(back.valid_loss == loss || (loss.is_nan() && back.valid_loss.is_nan()), "{loss}");
         }
     }
+
+    #[test]
+    fn rank_parts_merge_into_the_batch_record() {
+        let part = |loss: f64, tokens: usize, counts: Vec<u32>| StepRecord {
+            step: 4,
+            loss,
+            lm_loss: loss,
+            lr: 1e-4,
+            tokens,
+            input_tokens: tokens + 10,
+            tokens_per_s: 100.0,
+            batch_idx: 7,
+            expert_counts: vec![counts],
+            parts: 2,
+        };
+        let m = StepRecord::merge(&[part(2.0, 30, vec![1, 0, 3]), part(1.0, 10, vec![0, 2, 1])]);
+        assert_eq!((m.step, m.batch_idx, m.tokens, m.input_tokens, m.parts), (4, 7, 40, 60, 1));
+        assert!((m.loss - 70.0 / 40.0).abs() < 1e-12 && (m.lm_loss - 1.75).abs() < 1e-12);
+        assert_eq!(m.expert_counts, vec![vec![1, 2, 4]]);
+        assert_eq!(m.tokens_per_s, 200.0);
+        // A one-device record is written as before: no `parts` key.
+        let line = serde_json::to_string(&StepRecord { parts: 1, ..m }).unwrap();
+        assert!(!line.contains("parts"), "{line}");
+        assert_eq!(serde_json::from_str::<StepRecord>(&line).unwrap().parts, 1);
+    }
 }
 
 impl Adaptor<SftOutputSync> for SftOutputSync {
@@ -129,21 +194,20 @@ impl Adaptor<SftOutputSync> for SftOutputSync {
     }
 }
 
-/// Reports each training step (see [`StepRecord`]).
+/// Reports each training step (see [`StepRecord`]), or each rank's part of it.
 #[derive(Clone)]
 pub struct StepMetric {
     name: MetricName,
-    last: Instant,
-    window: usize,
+    /// When each rank's previous step ended.
+    last: Vec<Instant>,
 }
 
 impl StepMetric {
-    /// A metric for windows of `window` steps.
-    pub fn new(window: usize) -> Self {
+    /// A metric for a run on `ranks` devices.
+    pub fn new(ranks: usize) -> Self {
         Self {
             name: Arc::new("step".to_string()),
-            last: Instant::now(),
-            window,
+            last: vec![Instant::now(); ranks.max(1)],
         }
     }
 }
@@ -156,14 +220,13 @@ impl Metric for StepMetric {
     }
 
     fn update(&mut self, item: &SftOutputSync, metadata: &MetricMetadata) -> SerializedEntry {
-        // Global step: windows before this one times the window length, plus the iteration.
-        let window = metadata.global_progress.items_processed.saturating_sub(1);
-        let step = window * self.window + metadata.iteration.unwrap_or(metadata.progress.items_processed);
         let now = Instant::now();
-        let seconds = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
+        let slot = item.rank.rank.min(self.last.len() - 1);
+        let last = &mut self.last[slot];
+        let seconds = now.duration_since(*last).as_secs_f64();
+        *last = now;
         let record = StepRecord {
-            step,
+            step: item.step,
             loss: item.loss,
             lm_loss: item.lm_loss,
             lr: metadata.lr.unwrap_or(0.0),
@@ -172,6 +235,7 @@ impl Metric for StepMetric {
             tokens_per_s: item.input_tokens as f64 / seconds.max(1e-9),
             batch_idx: item.batch_idx,
             expert_counts: item.expert_counts.clone(),
+            parts: item.rank.ranks,
         };
         SerializedEntry::new(format!("{:.4}", item.loss), serde_json::to_string(&record).expect("step records serialise"))
     }

@@ -18,8 +18,10 @@ pub mod curve;
 pub mod freeze;
 pub mod loader;
 pub mod metrics;
+pub mod parallel;
 pub mod schedule;
 pub mod sft;
+pub mod shard;
 pub mod step;
 pub mod valid;
 
@@ -75,6 +77,17 @@ pub enum TrainError {
     /// Drawing the loss curve.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    /// A batch too small to split across `model.devices`.
+    #[error(transparent)]
+    Shard(#[from] shard::TooSmall),
+    /// Several devices asked of a binary or backend that cannot train on them.
+    #[error("model.devices = {devices:?}: {reason}")]
+    Parallel {
+        /// The devices asked for.
+        devices: Vec<usize>,
+        /// Why not.
+        reason: String,
+    },
     /// The loss went NaN or infinite: training stopped, nothing was exported.
     #[error("step {step}: the loss is {loss}; training stopped and exported nothing ({}; {removed} later checkpoint(s) removed). Lower train.lr or check the model's weights", kept.map(|k| format!("the last good checkpoint, window {k}, is kept")).unwrap_or_else(|| "no good checkpoint".into()))]
     NonFinite {
@@ -266,6 +279,7 @@ impl TrainInputs {
             start_window,
             pad_id: self.pad_id,
             mask_scope: cfg.train.mask_scope,
+            ranks: cfg.model.devices.len().max(1),
         };
         let masks = MaskTable::new(&self.sets, self.model_cfg.num_moe_layers(), self.model_cfg.num_experts, device);
         BatchPreservingLoader::new(self.groups.clone(), masks, settings, device.clone())
@@ -280,6 +294,7 @@ impl TrainInputs {
             start_window: 0,
             pad_id: self.pad_id,
             mask_scope: crate::config::MaskScope::None,
+            ranks: 1,
         };
         let masks = MaskTable::new(&[], self.model_cfg.num_moe_layers(), self.model_cfg.num_experts, device);
         BatchPreservingLoader::new(self.valid.clone(), masks, settings, device.clone())
@@ -322,6 +337,9 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<TrainSummary, TrainError> {
     let t = &cfg.train;
     let inputs = TrainInputs::read(cfg, run_dir)?;
+    let ranks = cfg.model.devices.len().max(1);
+    shard::check(&inputs.groups, ranks)?;
+    let strategy = if ranks > 1 { Some(parallel_strategy::<B>(&cfg.model.devices)?) } else { None };
     let (model, params) = trainable_model::<B>(cfg, &inputs, device)?;
 
     let train_dir = run_dir.join("train");
@@ -333,6 +351,9 @@ pub fn train<B: AutodiffBackend>(
     }
     let resume = checkpoint::latest(&train_dir);
     let control = opts.control.clone().unwrap_or_default();
+    if ranks > 1 {
+        control.set_parallel();
+    }
     let num_batches = inputs.groups.len();
     let total_steps = inputs.total_steps(cfg);
     let window = inputs.window(cfg);
@@ -352,7 +373,7 @@ pub fn train<B: AutodiffBackend>(
 
     let (tx, rx) = mpsc::channel();
     let mut training = SupervisedTraining::new(&train_dir, Arc::new(loader), Arc::new(inputs.valid_loader::<B::InnerBackend>(device)))
-        .metric_train(metrics::StepMetric::new(window))
+        .metric_train(metrics::StepMetric::new(ranks))
         .metric_valid(metrics::ValidMetric::new(window, total_steps))
         .renderer(metrics::ChannelRenderer::new(tx))
         .with_metric_logger(metrics::NoLog)
@@ -367,7 +388,10 @@ pub fn train<B: AutodiffBackend>(
     if let Some(epoch) = resume {
         training = training.checkpoint(epoch);
     }
-    let learner = Learner::new(model.clone(), optimizer(t).init(), schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps));
+    if let Some(strategy) = strategy {
+        training = training.with_training_strategy(strategy.into());
+    }
+    let learner = Learner::new(model.clone(), optimizer(t).init(), schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps).per_step(ranks));
     // The renderer's sender lives in `training`; once the Learner is done and dropped, the
     // channel closes and the consumer returns every step it saw.
     let (result, (steps, non_finite)) = std::thread::scope(|s| {
@@ -440,6 +464,17 @@ fn optimizer(t: &crate::config::TrainConfig) -> AdamWConfig {
     }
 }
 
+/// burn's data-parallel strategy on `devices` (CUDA, feature `ddp`).
+fn parallel_strategy<B: AutodiffBackend>(devices: &[usize]) -> Result<burn::train::ExecutionStrategy<B>, TrainError> {
+    let fail = |reason: &str| TrainError::Parallel { devices: devices.to_vec(), reason: reason.into() };
+    #[cfg(feature = "ddp")]
+    {
+        crate::cuda::ddp::strategy::<B>(devices).map_err(|reason| fail(&reason))
+    }
+    #[cfg(not(feature = "ddp"))]
+    Err(fail("this binary was built without data-parallel training (cargo build --release --no-default-features --features cuda,ddp)"))
+}
+
 /// Take the renderer's reports until the Learner is done: each step and each checkpoint's
 /// validation loss (the mean over its batches' counted tokens) to `metrics.jsonl` and
 /// `on_event`. A non-finite loss requests a stop (at the end of its window); returns the steps
@@ -454,6 +489,8 @@ fn record_reports(
     use std::io::Write;
     let mut steps = Vec::new();
     let mut non_finite = None;
+    // On several devices: the parts of each step seen so far, by step.
+    let mut parts: std::collections::BTreeMap<usize, Vec<StepRecord>> = Default::default();
     // The validation batches of the current checkpoint: (step, Σ loss·tokens, Σ tokens).
     let mut pending: Option<(usize, f64, usize)> = None;
     let mut emit = |event: TrainEvent, file: &mut std::fs::File| {
@@ -477,6 +514,17 @@ fn record_reports(
     for report in rx {
         match report {
             metrics::Report::Step(record) => {
+                let record = if record.parts > 1 {
+                    let step = record.step;
+                    let seen = parts.entry(step).or_default();
+                    seen.push(record);
+                    if seen.len() < seen[0].parts {
+                        continue;
+                    }
+                    StepRecord::merge(&parts.remove(&step).expect("just filled"))
+                } else {
+                    record
+                };
                 if let Some(v) = flush(&mut pending) {
                     emit(TrainEvent::Valid(v), &mut file);
                 }

@@ -1,5 +1,9 @@
 //! The learning-rate schedule: linear warmup to the peak over `warmup` steps, then linear decay
 //! to zero at `total` steps (transformers' default `linear` schedule with warmup).
+//!
+//! burn-train's data-parallel loop advances each rank's scheduler once per rank for every item,
+//! as if the ranks shared the items; here every rank serves every step (its part of the batch),
+//! so on `n` devices the schedule moves one step every `n` calls ([`WarmupLinear::per_step`]).
 
 use burn::optim::LearningRate;
 use burn::optim::lr_scheduler::LrScheduler;
@@ -11,7 +15,10 @@ pub struct WarmupLinear {
     peak: f64,
     warmup: usize,
     total: usize,
-    step: usize,
+    /// Calls of `step()` so far.
+    calls: usize,
+    /// Calls per optimizer step.
+    per_step: usize,
 }
 
 impl WarmupLinear {
@@ -21,8 +28,16 @@ impl WarmupLinear {
             peak,
             warmup,
             total: total.max(1),
-            step: 0,
+            calls: 0,
+            per_step: 1,
         }
+    }
+
+    /// Advance one step every `calls` calls of `step()` (the number of devices of a
+    /// data-parallel run).
+    pub fn per_step(mut self, calls: usize) -> Self {
+        self.per_step = calls.max(1);
+        self
     }
 
     /// The rate at (0-based) step `s`.
@@ -41,17 +56,18 @@ impl LrScheduler for WarmupLinear {
     type Record<B: Backend> = usize;
 
     fn step(&mut self) -> LearningRate {
-        let lr = self.at(self.step);
-        self.step += 1;
+        let lr = self.at(self.calls / self.per_step);
+        self.calls += 1;
         lr
     }
 
+    /// Steps taken (not calls: a checkpoint resumes on any number of devices).
     fn to_record<B: Backend>(&self) -> usize {
-        self.step
+        self.calls / self.per_step
     }
 
     fn load_record<B: Backend>(mut self, record: usize) -> Self {
-        self.step = record;
+        self.calls = record * self.per_step;
         self
     }
 }
@@ -67,5 +83,19 @@ mod tests {
         assert_eq!(lrs, vec![0.5, 1.0, 1.0, 0.75, 0.5, 0.25]);
         let s = WarmupLinear::new(2.0, 0, 4);
         assert_eq!(s.at(0), 2.0);
+    }
+
+    #[test]
+    fn on_two_devices_each_step_is_called_twice() {
+        type B = burn::backend::NdArray<f32>;
+        let mut one = WarmupLinear::new(1.0, 2, 6);
+        let mut two = WarmupLinear::new(1.0, 2, 6).per_step(2);
+        for _ in 0..3 {
+            let lr = one.step();
+            assert_eq!((two.step(), two.step()), (lr, lr));
+        }
+        assert_eq!(two.to_record::<B>(), 3);
+        let resumed = WarmupLinear::new(1.0, 2, 6).load_record::<B>(two.to_record::<B>());
+        assert_eq!(resumed.clone().step(), one.step(), "a 2-device checkpoint resumes on one device");
     }
 }

@@ -17,6 +17,9 @@ use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use super::loader::SftBatch;
+use super::parallel;
+use super::shard::Rank;
+use burn::optim::GradientsParams;
 use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
 use crate::config::{Config, Consistency};
 use crate::model::experts::to_f32;
@@ -90,6 +93,10 @@ pub struct SftOutput<B: Backend> {
     pub real: Arc<[bool]>,
     /// Experts per layer.
     pub num_experts: usize,
+    /// The global step (1-based).
+    pub step: usize,
+    /// The rank whose part of the batch this is.
+    pub rank: Rank,
 }
 
 /// [`SftOutput`] read back to the host.
@@ -107,6 +114,10 @@ pub struct SftOutputSync {
     pub batch_idx: usize,
     /// `[layers][experts]` expert choices of the real tokens.
     pub expert_counts: Vec<Vec<u32>>,
+    /// The global step (1-based).
+    pub step: usize,
+    /// The rank whose part of the batch this is.
+    pub rank: Rank,
 }
 
 impl<B: Backend> ItemLazy for SftOutput<B> {
@@ -130,6 +141,8 @@ impl<B: Backend> ItemLazy for SftOutput<B> {
             input_tokens: self.input_tokens,
             batch_idx: self.batch_idx,
             expert_counts: count_experts(&chosen, layers, k, self.num_experts, &self.real),
+            step: self.step,
+            rank: self.rank,
         }
     }
 }
@@ -193,6 +206,8 @@ pub fn sft_loss<B: Backend>(model: &MoeLm<B>, settings: &LossSettings, batch: &S
         chosen: decoded.chosen.expect("captured"),
         real: batch.real.clone(),
         num_experts: model.num_experts(),
+        step: batch.step,
+        rank: batch.rank,
     }
 }
 
@@ -231,8 +246,17 @@ impl<B: AutodiffBackend> TrainStep for SftModel<B> {
 
     fn step(&self, batch: SftBatch<B>) -> TrainOutput<SftOutput<B>> {
         let out = sft_loss(&self.model, &self.loss, &batch);
-        let grads = out.loss.backward();
-        TrainOutput::new(self, grads, out)
+        if batch.rank.ranks <= 1 {
+            let grads = out.loss.backward();
+            return TrainOutput::new(self, grads, out);
+        }
+        // One part of a batch split across devices (see `parallel`): weighted so that the ranks'
+        // mean gradient is the batch's, every trainable parameter in the graph, and after the
+        // exchange no gradient for what no rank's tokens reached.
+        let loss = parallel::with_every_trainable(self, out.loss.clone().mul_scalar(batch.loss_scale));
+        let mut grads = GradientsParams::from_grads(loss.backward(), self);
+        parallel::drop_zero_gradients(self, &mut grads);
+        TrainOutput { grads, item: out }
     }
 }
 

@@ -231,6 +231,7 @@ mod tests {
             tokens_per_s: 1000.0,
             batch_idx: step % 2,
             expert_counts: counts,
+            parts: 1,
         }
     }
 

@@ -354,6 +354,7 @@ mod tests {
             tokens_per_s: 1234.0,
             batch_idx: 3,
             expert_counts: counts,
+            parts: 1,
         }
     }
 

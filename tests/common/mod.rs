@@ -17,6 +17,22 @@ pub type TestBackend = burn::backend::Cuda;
 /// Autodiff on the test backend.
 pub type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
 
+/// Write `toml` to `root/exp.toml`, then `steermoe collect` and `steermoe analyze` it into
+/// `root/run`; returns (config path, run directory).
+pub fn collected_and_analysed(root: &std::path::Path, toml: &str) -> (PathBuf, PathBuf) {
+    let cfg = root.join("exp.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let run = root.join("run");
+    for args in [
+        vec!["collect", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()],
+        vec!["analyze", "--run", run.to_str().unwrap()],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_steermoe")).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    (cfg, run)
+}
+
 /// The project's `shared/` folder: `$STEERMOE_SHARED`, else `../shared` beside the crate root.
 pub fn shared() -> PathBuf {
     std::env::var_os("STEERMOE_SHARED")

@@ -73,6 +73,9 @@ fn batch<B: AutodiffBackend>(device: &Device<B>) -> SftBatch<B> {
         real: vec![true; n].into(),
         tokens: n - 1,
         input_tokens: n,
+        step: 1,
+        rank: steermoe::train::shard::Rank::SOLE,
+        loss_scale: 1.0,
     }
 }
 
