@@ -50,10 +50,17 @@ pub trait Task {
 
 /// The backend was not compiled in.
 #[derive(Debug, thiserror::Error)]
-#[error("backend {kind} is not compiled into this binary (rebuild with `--features {kind}`; a `ddp` build has no cpu backend)")]
+#[error("backend {kind} is not compiled into this binary ({})", rebuild(*kind))]
 pub struct NotCompiled {
     /// The backend asked for.
     pub kind: BackendKind,
+}
+
+fn rebuild(kind: BackendKind) -> String {
+    match kind {
+        BackendKind::Cpu => "a build with the `ddp` feature trains on CUDA only: build without it to run on the CPU".into(),
+        other => format!("rebuild with `--features {other}`"),
+    }
 }
 
 /// Device `index` of backend `B` (ignored where there is only one, as on the CPU).

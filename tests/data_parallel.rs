@@ -139,4 +139,14 @@ fn several_devices_are_refused_where_they_cannot_run() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("model.devices"), "{err}");
     assert!(!tmp.path().join("r").exists(), "nothing written");
+    // A valid multi-device config on a binary without the `ddp` feature: refused before any stage.
+    let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
+        .args(["run", "--config", cfg.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap(), "--backend", "cuda", "--devices", "0,1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if cfg!(not(feature = "ddp")) {
+        assert!(!o.status.success() && err.contains("built without data-parallel training"), "{err}");
+        assert!(!tmp.path().join("r").exists(), "nothing written");
+    }
 }

@@ -111,6 +111,7 @@ impl ConfigArgs {
     /// it asks for; the run directory it names. Writes nothing.
     fn resolve(&self) -> anyhow::Result<(Config, PathBuf)> {
         let cfg = Config::load(&self.config, &self.device.overrides(&self.overrides))?;
+        steermoe::train::check_devices(&cfg)?;
         let batches = steermoe::collect::stage::batches(&cfg)?;
         let tokenizer = cfg.model.tokenizer(&cfg.model.dir)?;
         steermoe::collect::stage::check_prompt_lengths(&cfg, &batches, &tokenizer)?;
@@ -185,10 +186,12 @@ impl RunDirArgs {
         let path = self.config.clone().unwrap_or_else(|| self.run.join("config.toml"));
         let overrides = self.device.overrides(&self.overrides);
         if path.is_file() {
-            Ok(Some(Config::load(&path, &overrides)?))
+            let cfg = Config::load(&path, &overrides)?;
+            steermoe::train::check_devices(&cfg)?;
+            Ok(Some(cfg))
         } else {
             anyhow::ensure!(self.config.is_none(), "{}: no such config file", path.display());
-            anyhow::ensure!(overrides.is_empty(), "--set, --backend and --precision need a config; {} does not exist", path.display());
+            anyhow::ensure!(overrides.is_empty(), "--set, --backend, --precision and --devices need a config; {} does not exist", path.display());
             Ok(None)
         }
     }

@@ -464,6 +464,22 @@ fn optimizer(t: &crate::config::TrainConfig) -> AdamWConfig {
     }
 }
 
+/// Whether this binary can train on `cfg.model.devices` (every device present, the `ddp`
+/// feature built in when there are several): for the CLI to ask before any stage runs.
+pub fn check_devices(cfg: &Config) -> Result<(), TrainError> {
+    if cfg.model.devices.len() <= 1 {
+        return Ok(());
+    }
+    #[cfg(feature = "ddp")]
+    {
+        parallel_strategy::<crate::backend::Cuda>(&cfg.model.devices).map(drop)
+    }
+    #[cfg(not(feature = "ddp"))]
+    {
+        parallel_strategy::<crate::backend::Cpu>(&cfg.model.devices).map(drop)
+    }
+}
+
 /// burn's data-parallel strategy on `devices` (CUDA, feature `ddp`).
 fn parallel_strategy<B: AutodiffBackend>(devices: &[usize]) -> Result<burn::train::ExecutionStrategy<B>, TrainError> {
     let fail = |reason: &str| TrainError::Parallel { devices: devices.to_vec(), reason: reason.into() };
