@@ -63,14 +63,6 @@ fn rebuild(kind: BackendKind) -> String {
     }
 }
 
-/// Device `index` of backend `B` (ignored where there is only one, as on the CPU).
-pub fn device<B: burn::tensor::backend::Backend>(index: usize) -> B::Device {
-    use burn::prelude::DeviceOps as _;
-    let mut id = B::Device::default().to_id();
-    id.index_id = index as u16;
-    B::Device::from_id(id)
-}
-
 /// Run `task` on the backend `kind`.
 pub fn run<T: Task>(kind: BackendKind, task: T) -> Result<T::Output, NotCompiled> {
     match kind {

@@ -133,7 +133,8 @@ pub struct LoaderSettings {
     pub ranks: usize,
 }
 
-/// The loader.
+/// The loader. A clone shares the window counter.
+#[derive(Clone)]
 pub struct BatchPreservingLoader<B: Backend> {
     groups: Arc<Vec<SftGroup>>,
     masks: MaskTable<B>,
@@ -280,21 +281,8 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
-        Arc::new(Self {
-            groups: self.groups.clone(),
-            masks: MaskTable {
-                rows: self.masks.rows.clone(),
-                allow: self.masks.allow.clone().to_device(device),
-            },
-            schedule: self.schedule.clone(),
-            window: self.window,
-            next_window: self.next_window.clone(),
-            pad_id: self.pad_id,
-            mask_scope: self.mask_scope,
-            rank: self.rank,
-            device: device.clone(),
-            control: self.control.clone(),
-        })
+        let masks = MaskTable { rows: self.masks.rows.clone(), allow: self.masks.allow.clone().to_device(device) };
+        Arc::new(Self { masks, device: device.clone(), ..self.clone() })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
@@ -302,31 +290,13 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             // Items are (rank, step) pairs, `window` steps per rank: this slice is one rank's.
             let per_rank = self.window.min(self.schedule.len()).max(1);
             return Arc::new(Self {
-                groups: self.groups.clone(),
-                masks: self.masks.clone(),
-                schedule: self.schedule.clone(),
-                window: self.window,
                 next_window: Arc::new(AtomicUsize::new(self.next_window.load(Ordering::SeqCst))),
-                pad_id: self.pad_id,
-                mask_scope: self.mask_scope,
                 rank: Rank { rank: (start / per_rank).min(self.rank.ranks - 1), ranks: self.rank.ranks },
-                device: self.device.clone(),
-                control: self.control.clone(),
+                ..self.clone()
             });
         }
         let schedule: Vec<usize> = self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
-        Arc::new(Self {
-            groups: self.groups.clone(),
-            masks: self.masks.clone(),
-            schedule: Arc::new(schedule),
-            window: self.window,
-            next_window: Arc::new(AtomicUsize::new(0)),
-            pad_id: self.pad_id,
-            mask_scope: self.mask_scope,
-            rank: self.rank,
-            device: self.device.clone(),
-            control: self.control.clone(),
-        })
+        Arc::new(Self { schedule: Arc::new(schedule), next_window: Arc::new(AtomicUsize::new(0)), ..self.clone() })
     }
 }
 
