@@ -63,6 +63,17 @@ fn rebuild(kind: BackendKind) -> String {
     }
 }
 
+/// Whether `kind` is compiled into this binary (checked before anything is written; [`run`]
+/// answers the same).
+pub fn compiled(kind: BackendKind) -> Result<(), NotCompiled> {
+    let compiled = match kind {
+        BackendKind::Cpu => cfg!(not(feature = "ddp")),
+        BackendKind::Wgpu => cfg!(feature = "wgpu"),
+        BackendKind::Cuda => cfg!(feature = "cuda"),
+    };
+    if compiled { Ok(()) } else { Err(NotCompiled { kind }) }
+}
+
 /// Run `task` on the backend `kind`.
 pub fn run<T: Task>(kind: BackendKind, task: T) -> Result<T::Output, NotCompiled> {
     match kind {

@@ -175,6 +175,24 @@ fn run_dry_run_plans_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("train.lr"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// A backend that is not compiled into the binary is refused in one line before anything is
+/// written: by `run` (no run directory) and by `sweep` (no sweep directory).
+#[test]
+fn a_backend_not_compiled_in_is_refused_before_anything_is_written() {
+    let Some(missing) = [("cuda", cfg!(feature = "cuda")), ("wgpu", cfg!(feature = "wgpu"))].into_iter().find(|(_, built)| !built).map(|(b, _)| b) else {
+        return; // every backend is compiled in: nothing to refuse
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (command, config) in [("run", "configs/organism-cpu.toml"), ("sweep", "configs/organism-sweep.toml")] {
+        let out = tmp.path().join(command);
+        let o = steermoe(&[command, "--config", config, "--out", out.to_str().unwrap(), "--backend", missing]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{command} --backend {missing} succeeded");
+        assert!(err.contains(&format!("backend {missing} is not compiled into this binary")), "{command}: {err}");
+        assert!(!out.exists(), "{command} wrote {} before refusing", out.display());
+    }
+}
+
 /// A NaN in the weights is an error naming the file and the tensor, not a model that runs to
 /// garbage.
 #[test]

@@ -128,6 +128,7 @@ impl ConfigArgs {
     /// redo their steps, changed settings of kept files are refused by key.
     fn load(&self) -> anyhow::Result<(Config, PathBuf, steermoe::run_dir::DirLock)> {
         let (cfg, run_dir) = self.resolve()?;
+        steermoe::backend::compiled(cfg.model.backend)?;
         let overrides = self.device.overrides(&self.overrides);
         let provenance = serde_json::json!({
             "steermoe_version": env!("CARGO_PKG_VERSION"),
@@ -187,6 +188,7 @@ impl RunDirArgs {
         let overrides = self.device.overrides(&self.overrides);
         if path.is_file() {
             let cfg = Config::load(&path, &overrides)?;
+            steermoe::backend::compiled(cfg.model.backend)?;
             steermoe::train::check_devices(&cfg)?;
             Ok(Some(cfg))
         } else {

@@ -93,6 +93,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let mut sweep = Sweep::load(&args.config, &dir, &args.device.overrides(&args.overrides))?;
     sweep.retain_cells(&args.cells)?;
     let backend = sweep.jobs[0].config.model.backend;
+    steermoe::backend::compiled(backend)?;
     if let Some(j) = sweep.jobs.iter().find(|j| j.config.model.backend != backend) {
         anyhow::bail!("{}: cell {} runs on {}, the others on {backend}: one sweep runs on one backend", args.config.display(), sweep.cells[j.cell].name, j.config.model.backend);
     }
