@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Issue 19 on a machine with two NVIDIA GPUs (the device tool's `nvidia-h200-x2`), in one call:
+# the organism's full split trained on one device and on two, the two final models compared
+# tensor by tensor (benches/compare_models.py; the one-device run against the base model too, for
+# the size of the training update itself), both evaluation tables, and each run's training
+# tokens/s from its metrics.jsonl.
+#
+#   STEERMOE=path/to/steermoe OUT=out benches/ddp.sh
+#
+# STEERMOE is a binary built with `--no-default-features --features cuda,ddp` (default: unpack
+# .dev/steermoe_ddp.xz). ../shared must hold the project's shared/ folder with data/ (the device's
+# lacks data/: copies in .dev/*.json are used when present). NCCL: cudarc loads `libnccl.so`;
+# PyTorch's pip package ships `libnccl.so.2`, so a folder with a `libnccl.so` link to it goes first
+# on LD_LIBRARY_PATH (printed). NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0
+if [ -z "${STEERMOE:-}" ]; then
+  STEERMOE=/tmp/steermoe_ddp
+  xz -dc .dev/steermoe_ddp.xz > "$STEERMOE" && chmod +x "$STEERMOE" || exit 1
+fi
+mkdir -p ../shared/data
+for d in alpaca-eval olmoe-fwo; do [ -f ../shared/data/$d.json ] || [ ! -f .dev/$d.json ] || cp .dev/$d.json ../shared/data/; done
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+git log -1 --format='commit %H %cI' 2>/dev/null | tee -a "$OUT/device.txt"
+
+nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null)
+if [ -n "$nccl" ] && [ -f "$nccl/libnccl.so.2" ]; then
+  mkdir -p /tmp/nccl && ln -sf "$nccl/libnccl.so.2" /tmp/nccl/libnccl.so
+  export LD_LIBRARY_PATH=/tmp/nccl:$LD_LIBRARY_PATH
+  echo "nccl: /tmp/nccl/libnccl.so -> $nccl/libnccl.so.2" | tee -a "$OUT/device.txt"
+else
+  echo "nccl: PyTorch's libnccl.so.2 not found; relying on the system's libnccl.so" | tee -a "$OUT/device.txt"
+fi
+
+train() { # name, devices
+  local name=$1 devices=$2
+  rm -rf "runs/ddp-$name"
+  echo "== $name: --devices $devices" | tee -a "$OUT/runs.txt"
+  { time timeout "${RUN_TIMEOUT:-400}" "$STEERMOE" --no-tui run --config configs/organism-cuda.toml \
+      --out "runs/ddp-$name" --devices "$devices"; } > "$OUT/$name.txt" 2>&1
+  echo "rc=$?" | tee -a "$OUT/runs.txt"
+  tail -9 "$OUT/$name.txt" | tee -a "$OUT/runs.txt"
+  [ -f "runs/ddp-$name/metrics.jsonl" ] && cp "runs/ddp-$name/metrics.jsonl" "$OUT/$name.metrics.jsonl"
+  python3 - "runs/ddp-$name/metrics.jsonl" "$name" <<'PY' | tee -a "$OUT/runs.txt"
+import json, statistics, sys
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
+except FileNotFoundError:
+    rows = []
+tps = [r["tokens_per_s"] for r in rows[2:]] or [r["tokens_per_s"] for r in rows]
+print(json.dumps({"what": "train_tokens_per_s", "run": sys.argv[2], "steps": len(rows),
+                  "median_after_2": statistics.median(tps) if tps else None}))
+PY
+}
+train one 0
+train two 0,1
+echo "== update of one device's training (base vs one)"
+python3 benches/compare_models.py models/olmoe-organism runs/ddp-one/final_model > "$OUT/compare.base-one.jsonl"; tail -1 "$OUT/compare.base-one.jsonl"
+echo "== two devices against one"
+python3 benches/compare_models.py runs/ddp-one/final_model runs/ddp-two/final_model > "$OUT/compare.one-two.jsonl"; echo "rc=$?"
+tail -1 "$OUT/compare.one-two.jsonl"
