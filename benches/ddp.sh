@@ -25,15 +25,17 @@ fi
 mkdir -p ../shared/data
 for d in alpaca-eval olmoe-fwo; do [ -f ../shared/data/$d.json ] || [ ! -f .dev/$d.json ] || cp .dev/$d.json ../shared/data/; done
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-git log -1 --format='commit %H %cI' 2>/dev/null | tee -a "$OUT/device.txt"
 
-nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null)
-if [ -n "$nccl" ] && [ -f "$nccl/libnccl.so.2" ]; then
-  mkdir -p /tmp/nccl && ln -sf "$nccl/libnccl.so.2" /tmp/nccl/libnccl.so
+# NCCL: the first libnccl.so.2 in Python's package folders (PyTorch's `nvidia-nccl` wheel), or the
+# system's.
+sites=$(python3 -c 'import site, sys; print(" ".join(site.getsitepackages() + [sys.prefix]))' 2>/dev/null)
+nccl=$(find $sites /usr/lib /usr/local -name 'libnccl.so.2' 2>/dev/null | head -1)
+if [ -n "$nccl" ]; then
+  mkdir -p /tmp/nccl && ln -sf "$nccl" /tmp/nccl/libnccl.so
   export LD_LIBRARY_PATH=/tmp/nccl:$LD_LIBRARY_PATH
-  echo "nccl: /tmp/nccl/libnccl.so -> $nccl/libnccl.so.2" | tee -a "$OUT/device.txt"
+  echo "nccl: /tmp/nccl/libnccl.so -> $nccl" | tee -a "$OUT/device.txt"
 else
-  echo "nccl: PyTorch's libnccl.so.2 not found; relying on the system's libnccl.so" | tee -a "$OUT/device.txt"
+  echo "nccl: no libnccl.so.2 found; relying on a libnccl.so on the library path" | tee -a "$OUT/device.txt"
 fi
 
 train() { # name, devices
@@ -57,6 +59,8 @@ print(json.dumps({"what": "train_tokens_per_s", "run": sys.argv[2], "steps": len
 PY
 }
 train one 0
+# The commit the binary was built from (the run's provenance), not this checkout's.
+python3 -c 'import json; print("binary built from", json.load(open("runs/ddp-one/provenance.json"))["git_revision"])' 2>/dev/null | tee -a "$OUT/device.txt"
 train two 0,1
 echo "== update of one device's training (base vs one)"
 python3 benches/compare_models.py models/olmoe-organism runs/ddp-one/final_model > "$OUT/compare.base-one.jsonl"; tail -1 "$OUT/compare.base-one.jsonl"
