@@ -196,6 +196,11 @@ impl<B: Backend> BatchPreservingLoader<B> {
         self.schedule.len().div_ceil(self.window)
     }
 
+    /// Steps in one window (the whole schedule when it is shorter than a window).
+    fn window_steps(&self) -> usize {
+        self.window.min(self.schedule.len())
+    }
+
     /// Assemble this loader's rank's part of the batch of group position `g`, trained at
     /// (1-based) step `step`.
     pub fn batch(&self, g: usize, step: usize) -> SftBatch<B> {
@@ -277,7 +282,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     }
 
     fn num_items(&self) -> usize {
-        self.window.min(self.schedule.len()) * self.rank.ranks
+        self.window_steps() * self.rank.ranks
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
@@ -288,7 +293,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
         if self.rank.ranks > 1 {
             // Items are (rank, step) pairs, `window` steps per rank: this slice is one rank's.
-            let per_rank = self.window.min(self.schedule.len()).max(1);
+            let per_rank = self.window_steps().max(1);
             return Arc::new(Self {
                 next_window: Arc::new(AtomicUsize::new(self.next_window.load(Ordering::SeqCst))),
                 rank: Rank { rank: (start / per_rank).min(self.rank.ranks - 1), ranks: self.rank.ranks },

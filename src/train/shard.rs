@@ -71,14 +71,13 @@ pub struct TooSmall {
 /// Check that every rank gets at least one example of every batch (a rank with an empty shard
 /// would have no forward pass to take part in the step's gradient exchange).
 pub fn check(groups: &[SftGroup], ranks: usize) -> Result<(), TooSmall> {
-    for g in groups {
-        let safe = g.examples.iter().filter(|e| e.label == Label::Safe).count();
-        let unsafe_ = g.examples.len() - safe;
-        if g.examples.len() < ranks {
-            return Err(TooSmall { batch_idx: g.batch_idx, safe, unsafe_, ranks });
+    match groups.iter().find(|g| g.examples.len() < ranks) {
+        Some(g) => {
+            let safe = g.examples.iter().filter(|e| e.label == Label::Safe).count();
+            Err(TooSmall { batch_idx: g.batch_idx, safe, unsafe_: g.examples.len() - safe, ranks })
         }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
