@@ -101,6 +101,11 @@ struct Args {
     /// How MoE layers run their experts.
     #[arg(long, value_enum, default_value_t = ExpertExecution::Auto)]
     execution: ExpertExecution,
+    /// Sample every thread's stack while the measured train steps and the last generation run
+    /// (build with `--features profile`), and write them as folded stacks
+    /// (`DIR/train.folded`, `DIR/generate.folded`: `thread;root;…;leaf count` per line).
+    #[arg(long)]
+    cpu_profile: Option<PathBuf>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -279,7 +284,11 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         *t = Instant::now();
         s
     };
-    for _ in 0..a.steps {
+    let mut profile = None;
+    for step in 0..a.steps {
+        if step == a.warmup_steps {
+            profile = Profile::start(a);
+        }
         let t = Instant::now();
         let mut phase = Instant::now();
         let out = sft_loss(&model, &LossSettings::lm_only(), &batch);
@@ -297,6 +306,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         cublas.push(cublas_stats());
         eprintln!("train step {}/{}: {:.3} s, loss {:.4}", times.len(), a.steps, times[times.len() - 1], losses[losses.len() - 1]);
     }
+    Profile::finish(profile, a, "train");
     if a.phases {
         emit(json!({"what": "train_phases", "execution": a.execution, "forward_backward_optimizer_s": phases}));
     }
@@ -326,11 +336,13 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
         pad_id: 1,
         capture: true,
     };
-    for run in ["first", "again", "again"] {
+    for (i, run) in ["first", "again", "again"].into_iter().enumerate() {
         sync::<B>(device);
+        let profile = if i == 2 { Profile::start(a) } else { None };
         let t = Instant::now();
         let out = generate(&model, &prompts, &opts, &routing(a), device, |_| {});
         let s = t.elapsed().as_secs_f64();
+        Profile::finish(profile, a, "generate");
         let new: usize = out.iter().map(|g| g.new_ids.len()).sum();
         let captured = out.iter().all(|g| g.gen_routing.as_ref().is_some_and(|r| r.tokens == g.new_ids.len()));
         emit(json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": 16,
@@ -369,6 +381,51 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
     steermoe::inspect::write_f32(&dir.join("steermoe.safetensors"), tensors).expect("write the check file");
     emit(json!({"what": "check_written", "dir": dir, "layers": a.check_layers, "loss": loss.into_scalar().elem::<f64>(),
         "experts": experts}));
+}
+
+/// A CPU profile of the whole process (every thread), with `--cpu-profile` and `--features profile`.
+#[cfg(feature = "profile")]
+struct Profile(pprof::ProfilerGuard<'static>);
+#[cfg(not(feature = "profile"))]
+struct Profile;
+
+impl Profile {
+    fn start(a: &Args) -> Option<Self> {
+        a.cpu_profile.as_ref()?;
+        #[cfg(feature = "profile")]
+        {
+            // Samples landing in the unwinder's and libc's own code are dropped (pprof's advice:
+            // unwinding from there can deadlock), so time inside libc does not show.
+            let guard = pprof::ProfilerGuardBuilder::default()
+                .frequency(999)
+                .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+                .build()
+                .expect("start the CPU profiler");
+            Some(Self(guard))
+        }
+        #[cfg(not(feature = "profile"))]
+        panic!("--cpu-profile needs a build with `--features profile`")
+    }
+
+    #[cfg_attr(not(feature = "profile"), allow(unused_variables))]
+    fn finish(profile: Option<Self>, a: &Args, name: &str) {
+        #[cfg(feature = "profile")]
+        if let (Some(Self(guard)), Some(dir)) = (profile, &a.cpu_profile) {
+            use std::fmt::Write as _;
+            let report = guard.report().build().expect("build the CPU profile");
+            let mut folded = String::new();
+            let mut samples = 0;
+            for (frames, count) in &report.data {
+                let stack: Vec<String> = frames.frames.iter().rev().flat_map(|f| f.iter().rev().map(|s| s.name().replace(';', ":"))).collect();
+                let _ = writeln!(folded, "{};{} {count}", frames.thread_name_or_id(), stack.join(";"));
+                samples += count;
+            }
+            std::fs::create_dir_all(dir).expect("create the profile folder");
+            let path = dir.join(format!("{name}.folded"));
+            std::fs::write(&path, folded).expect("write the CPU profile");
+            emit(json!({"what": "cpu_profile", "of": name, "samples": samples, "seconds": round3(report.timing.duration.as_secs_f64()), "file": path}));
+        }
+    }
 }
 
 fn routing<B: Backend>(_: &Args) -> Routing<B> {

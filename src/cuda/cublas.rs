@@ -7,6 +7,11 @@
 //! whole context (every kernel cubecl has issued, which includes everything these GEMMs read), run
 //! the GEMMs on cuBLAS's own stream and wait for them, so that cubecl's later kernels see the
 //! results. One handle per device, behind a lock.
+//!
+//! [`Cublas::gemm_grouped`] runs many GEMMs of different sizes as one `cublasGemmGroupedBatchedEx`
+//! call, whose operand addresses cuBLAS reads from device memory: they are staged in pinned host
+//! memory and copied in stream order, each staging buffer reused once an event says its copy and
+//! GEMMs have run.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -81,8 +86,19 @@ pub enum CublasError {
     Dtype(DType),
 }
 
+/// A pinned host buffer and a device buffer for one grouped call's operand addresses, free for
+/// reuse once `event` (recorded after the call) has completed.
+struct Staging {
+    host: *mut u64,
+    device: cu::CUdeviceptr,
+    words: usize,
+    event: cu::CUevent,
+}
+
 struct Handle {
     device: usize,
+    /// Staging buffers of [`Cublas::gemm_grouped`], allocated as needed and never freed.
+    staging: std::cell::RefCell<Vec<Staging>>,
     ctx: cu::CUcontext,
     /// cuBLAS's own stream, for [`Order::Synchronised`].
     stream: cu::CUstream,
@@ -119,9 +135,11 @@ pub struct Stats {
     pub wait_s: f64,
     /// Seconds from the first GEMM's launch to the last one's end.
     pub gemm_s: f64,
+    /// cuBLAS calls made (a grouped call counts once, however many GEMMs it runs).
+    pub launches: u64,
 }
 
-static STATS: Mutex<Stats> = Mutex::new(Stats { calls: 0, stream_calls: 0, gemms: 0, wait_s: 0.0, gemm_s: 0.0 });
+static STATS: Mutex<Stats> = Mutex::new(Stats { calls: 0, stream_calls: 0, gemms: 0, wait_s: 0.0, gemm_s: 0.0, launches: 0 });
 
 /// The time spent in cuBLAS so far, and reset.
 pub fn take_stats() -> Stats {
@@ -143,7 +161,7 @@ impl Handle {
         let blas = call(device, "create handle (is libcublas.so.13 on the library path?)", cublas::create_handle())?;
         // SAFETY: both handles were just created and are valid.
         call(device, "set stream", unsafe { cublas::set_stream(blas, stream as blas::cudaStream_t) })?;
-        Ok(Self { device, ctx, stream, current: stream, blas })
+        Ok(Self { device, staging: std::cell::RefCell::new(Vec::new()), ctx, stream, current: stream, blas })
     }
 
     /// Point the handle at `stream` (resetting cuBLAS's workspace, so only when it changes).
@@ -161,6 +179,7 @@ impl Handle {
 pub struct Cublas<'a> {
     handle: &'a Handle,
     gemms: std::cell::Cell<u64>,
+    launches: std::cell::Cell<u64>,
 }
 
 impl Cublas<'_> {
@@ -182,15 +201,16 @@ impl Cublas<'_> {
             }
         }
         let waited = start.elapsed();
-        let blas = Cublas { handle, gemms: std::cell::Cell::new(0) };
+        let blas = Cublas { handle, gemms: std::cell::Cell::new(0), launches: std::cell::Cell::new(0) };
         let out = work(&blas)?;
-        let gemms = blas.gemms.get();
+        let (gemms, launches) = (blas.gemms.get(), blas.launches.get());
         if order == Order::Synchronised {
             // SAFETY: the stream is valid.
             call(device, "wait for cuBLAS", unsafe { driver::stream::synchronize(handle.stream) })?;
         }
         let mut stats = STATS.lock().unwrap_or_else(|p| p.into_inner());
         stats.gemms += gemms;
+        stats.launches += launches;
         match order {
             Order::Stream(_) => stats.stream_calls += 1,
             Order::Synchronised => {
@@ -223,12 +243,7 @@ impl Cublas<'_> {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (data, compute) = match dtype {
-            DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
-            DType::F16 => (blas::cudaDataType::CUDA_R_16F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
-            DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
-            other => return Err(CublasError::Dtype(other)),
-        };
+        let (data, compute) = gemm_types(dtype)?;
         if k == 0 {
             return self.zero(c.ptr, m * n * dtype.size());
         }
@@ -261,6 +276,140 @@ impl Cublas<'_> {
             )
         };
         self.gemms.set(self.gemms.get() + 1);
+        self.launches.set(self.launches.get() + 1);
         call(self.handle.device, "gemm_ex", r)
     }
+
+    /// `c = a · b` for every `(a, b, c)` of `problems` (each as in [`Cublas::gemm`]), in one
+    /// `cublasGemmGroupedBatchedEx` call with one group per GEMM (cuBLAS ≥ 12.5).
+    ///
+    /// # Safety
+    /// As [`Cublas::gemm`], for every problem; no `c` may overlap another problem's operands.
+    pub unsafe fn gemm_grouped(&self, dtype: DType, problems: &[(Mat, Mat, Mat)]) -> Result<(), CublasError> {
+        let device = self.handle.device;
+        let (data, compute) = gemm_types(dtype)?;
+        let mut g = Grouped::default();
+        for &(a, b, c) in problems {
+            let (m, k, n) = (a.rows, a.cols, b.cols);
+            debug_assert_eq!(b.rows, k);
+            debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
+            if m == 0 || n == 0 {
+                continue;
+            }
+            if k == 0 {
+                self.zero(c.ptr, m * n * dtype.size())?;
+                continue;
+            }
+            // As in `gemm`: column-major Cᵀ = Bᵀ·Aᵀ.
+            let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;
+            let (op_a, ld_a) = a.as_transposed_operand().ok_or(CublasError::Layout(a))?;
+            g.push([op_b, op_a], [n, m, k].map(|v| v as i32), [ld_b, ld_a, n as i32], [b.ptr, a.ptr, c.ptr]);
+        }
+        let groups = g.m.len();
+        if groups == 0 {
+            return Ok(());
+        }
+        // The operand addresses, [A… | B… | C…], copied to the device in stream order.
+        let words: Vec<u64> = g.ptrs.iter().flat_map(|p| p.iter().copied()).collect();
+        let (slot, dev) = self.stage(&words)?;
+        let ptr = |i: usize| (dev + (i * groups * 8) as u64) as *const *const c_void;
+        let (alpha, beta) = (vec![1.0f32; groups], vec![0.0f32; groups]);
+        let sizes = vec![1i32; groups];
+        // SAFETY: the caller guarantees the operands; the address arrays were copied to `dev` on
+        // this stream before the call; the host arrays live until it returns.
+        let r = unsafe {
+            blas::cublasGemmGroupedBatchedEx(
+                self.handle.blas,
+                g.ops[0].as_ptr(),
+                g.ops[1].as_ptr(),
+                g.m.as_ptr(),
+                g.n.as_ptr(),
+                g.k.as_ptr(),
+                alpha.as_ptr().cast::<c_void>(),
+                ptr(0),
+                data,
+                g.ld[0].as_ptr(),
+                ptr(1),
+                data,
+                g.ld[1].as_ptr(),
+                beta.as_ptr().cast::<c_void>(),
+                ptr(2) as *const *mut c_void,
+                data,
+                g.ld[2].as_ptr(),
+                groups as i32,
+                sizes.as_ptr(),
+                compute,
+            )
+            .result()
+        };
+        call(device, "cublasGemmGroupedBatchedEx", r)?;
+        // SAFETY: the event and the stream are valid; the slot is free again once it completes.
+        let staging = self.handle.staging.borrow();
+        call(device, "record event", unsafe { driver::event::record(staging[slot].event, self.handle.current) })?;
+        self.gemms.set(self.gemms.get() + groups as u64);
+        self.launches.set(self.launches.get() + 1);
+        Ok(())
+    }
+
+    /// Copy `words` to device memory in stream order, through a free staging buffer; returns the
+    /// buffer's index (record its event after the work that reads it) and device address.
+    fn stage(&self, words: &[u64]) -> Result<(usize, cu::CUdeviceptr), CublasError> {
+        let device = self.handle.device;
+        let mut staging = self.handle.staging.borrow_mut();
+        // SAFETY: the events are valid; a query does not block.
+        let free = staging.iter().position(|s| s.words >= words.len() && unsafe { driver::event::query(s.event) }.is_ok());
+        let slot = match free {
+            Some(slot) => slot,
+            None => {
+                let words = words.len().max(2048);
+                // SAFETY: plain allocations of `words` u64s on the current context.
+                let host = call(device, "pinned staging buffer", unsafe { driver::malloc_host(words * 8, 0) })?.cast::<u64>();
+                let dev = call(device, "device staging buffer", unsafe { driver::malloc_sync(words * 8) })?;
+                let event = call(device, "event", driver::event::create(cu::CUevent_flags::CU_EVENT_DISABLE_TIMING))?;
+                staging.push(Staging { host, device: dev, words, event });
+                staging.len() - 1
+            }
+        };
+        let s = &staging[slot];
+        // SAFETY: the pinned buffer holds `s.words` ≥ `words.len()` u64s and no copy reads it now
+        // (its event completed); the device buffer is as large.
+        unsafe {
+            std::ptr::copy_nonoverlapping(words.as_ptr(), s.host, words.len());
+            let host = std::slice::from_raw_parts(s.host, words.len());
+            call(device, "copy operand addresses", driver::memcpy_htod_async(s.device, host, self.handle.current))?;
+        }
+        Ok((slot, s.device))
+    }
+}
+
+/// The per-group arrays of one grouped call (cuBLAS's column-major operands).
+#[derive(Default)]
+struct Grouped {
+    ops: [Vec<blas::cublasOperation_t>; 2],
+    m: Vec<i32>,
+    n: Vec<i32>,
+    k: Vec<i32>,
+    ld: [Vec<i32>; 3],
+    ptrs: [Vec<u64>; 3],
+}
+
+impl Grouped {
+    fn push(&mut self, ops: [blas::cublasOperation_t; 2], [m, n, k]: [i32; 3], ld: [i32; 3], ptrs: [u64; 3]) {
+        (0..2).for_each(|i| self.ops[i].push(ops[i]));
+        self.m.push(m);
+        self.n.push(n);
+        self.k.push(k);
+        (0..3).for_each(|i| self.ld[i].push(ld[i]));
+        (0..3).for_each(|i| self.ptrs[i].push(ptrs[i]));
+    }
+}
+
+/// cuBLAS's data and compute types for `dtype`: f32 accumulation, TF32 tensor cores for f32.
+fn gemm_types(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
+    Ok(match dtype {
+        DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        DType::F16 => (blas::cudaDataType::CUDA_R_16F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+        other => return Err(CublasError::Dtype(other)),
+    })
 }

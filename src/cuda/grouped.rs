@@ -114,43 +114,65 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
 }
 
 /// Issue one [`GroupedGemm`]'s cuBLAS calls: `mats` are the inputs' views, the output is
-/// contiguous at `out_ptr`.
+/// contiguous at `out_ptr`. One grouped cuBLAS call for all the experts, or one GEMM per expert
+/// with `STEERMOE_GROUPED_GEMM=loop`.
 #[allow(clippy::too_many_arguments)]
 fn gemms(kind: Kind, dtype: burn::tensor::DType, mats: &[Mat], out_ptr: u64, out_shape: &Shape, counts: &[usize], slots: &[usize], device: usize, order: Order) -> Result<(), CublasError> {
     let elem = dtype.size();
     let starts: Vec<usize> = counts.iter().scan(0, |s, &c| Some(std::mem::replace(s, *s + c))).collect();
-    Cublas::run(device, order, |blas| {
-        match kind {
-            Kind::Forward | Kind::InputGrad => {
-                let [n, width] = [out_shape[0], out_shape[1]];
-                let y = Mat::contiguous(out_ptr, n, width);
-                for (e, (&s, &c)) in starts.iter().zip(counts).enumerate() {
-                    if c == 0 {
-                        continue;
-                    }
-                    let w = match kind {
-                        Kind::Forward => mats[1 + e],
-                        _ => mats[1 + e].t(),
-                    };
-                    // SAFETY: every view lies in memory that the caller's resources hold.
-                    unsafe { blas.gemm(dtype, mats[0].rows(s, c, elem), w, y.rows(s, c, elem))? };
+    // (a, b, c) with c = a · b, for every expert with rows; `zeros`: weight gradients of trained
+    // experts without rows.
+    let mut problems = Vec::with_capacity(counts.len());
+    let mut zeros = Vec::new();
+    match kind {
+        Kind::Forward | Kind::InputGrad => {
+            let [n, width] = [out_shape[0], out_shape[1]];
+            let y = Mat::contiguous(out_ptr, n, width);
+            for (e, (&s, &c)) in starts.iter().zip(counts).enumerate().filter(|(_, (_, c))| **c > 0) {
+                let w = match kind {
+                    Kind::Forward => mats[1 + e],
+                    _ => mats[1 + e].t(),
+                };
+                problems.push((mats[0].rows(s, c, elem), w, y.rows(s, c, elem)));
+            }
+        }
+        Kind::WeightGrad => {
+            let [_, rows, cols] = [out_shape[0], out_shape[1], out_shape[2]];
+            let (x, dy) = (mats[0], mats[1]);
+            for (t, &e) in slots.iter().enumerate() {
+                let dw = Mat::contiguous(out_ptr + (t * rows * cols * elem) as u64, rows, cols);
+                match counts[e] {
+                    0 => zeros.push(dw),
+                    c => problems.push((x.rows(starts[e], c, elem).t(), dy.rows(starts[e], c, elem), dw)),
                 }
             }
-            Kind::WeightGrad => {
-                let [_, rows, cols] = [out_shape[0], out_shape[1], out_shape[2]];
-                let (x, dy) = (mats[0], mats[1]);
-                for (t, &e) in slots.iter().enumerate() {
-                    let dw = Mat::contiguous(out_ptr + (t * rows * cols * elem) as u64, rows, cols);
-                    match counts[e] {
-                        0 => blas.zero(dw.ptr, rows * cols * elem)?,
-                        // SAFETY: as above.
-                        c => unsafe { blas.gemm(dtype, x.rows(starts[e], c, elem).t(), dy.rows(starts[e], c, elem), dw)? },
+        }
+    }
+    Cublas::run(device, order, |blas| {
+        for dw in &zeros {
+            blas.zero(dw.ptr, dw.rows * dw.cols * elem)?;
+        }
+        // SAFETY: every view lies in memory that the caller's resources hold; the outputs are
+        // disjoint rows (or slots) of a fresh tensor.
+        unsafe {
+            match grouped_calls() && problems.len() > 1 {
+                true => blas.gemm_grouped(dtype, &problems)?,
+                false => {
+                    for &(a, b, c) in &problems {
+                        blas.gemm(dtype, a, b, c)?;
                     }
                 }
             }
         }
         Ok(())
     })
+}
+
+/// Whether the experts' GEMMs (two or more) run as one grouped cuBLAS call (the default) rather
+/// than one call per expert (`STEERMOE_GROUPED_GEMM=loop`).
+fn grouped_calls() -> bool {
+    static GROUPED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GROUPED.get_or_init(|| std::env::var("STEERMOE_GROUPED_GEMM").map_or(true, |v| v != "loop"))
 }
 
 /// Register one grouped GEMM on the fusion stream of its inputs.
