@@ -15,12 +15,14 @@
 //!   expert its lowest − 0.01 (so it leaves it), and the routing weights are the softmax of these
 //!   scores. Both extremes are taken before either change.
 //!
-//! Ties in the top-k are broken by the backend's descending sort; a tie between two allowed
-//! experts has measure zero with real logits, and ties between masked experts carry weight zero.
+//! Ties in the top-k go to the lower expert index (a stable descending sort's order); a tie
+//! between two allowed experts has measure zero with real logits, and ties between masked experts
+//! carry weight zero. The top-k is computed on the device without sorting ([`top_k`]): burn 0.21's
+//! sort runs on the host on every backend, a device synchronisation per MoE layer.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::experts::{Choice, to_f32};
 
@@ -180,7 +182,7 @@ impl<B: Backend> LayerRouting<B> {
         }
         // probs = softmax(router_logits, dtype=torch.float)
         let probs = softmax(scores, 1);
-        let (mut weights, experts) = probs.topk_with_indices(top_k, 1);
+        let (mut weights, experts) = self::top_k(probs, top_k);
         if renorm {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
             weights = weights.clone() / weights.sum_dim(1);
@@ -190,6 +192,55 @@ impl<B: Backend> LayerRouting<B> {
             experts,
         }
     }
+}
+
+/// The `k` largest entries of every row of `x` `[rows, n]`, in descending order (ties to the
+/// lower index; NaN last), and their indices, both `[rows, k]`; the values are gathered from
+/// `x`, so gradients flow to it as through burn's `topk_with_indices`.
+///
+/// Computed without a sort, all on the device: entry `j`'s rank is the number of entries that
+/// come before it (larger, or equal at a lower index), and slot `r` holds the entry of rank `r`.
+/// `O(rows · n²)` work, nothing at the OLMoE shapes (n = 64); burn 0.21's sort instead reads the
+/// tensor back to the host, a synchronisation per call.
+pub fn top_k<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    top_k_in_chunks(x, k, TOP_K_CHUNK_ELEMENTS)
+}
+
+/// Rows × n² above which [`top_k`] works through the rows in chunks, bounding its `[rows, n, n]`
+/// intermediates (2²⁶ elements: 256 MiB as i32; one chunk for 8,192 rows of 64 experts).
+const TOP_K_CHUNK_ELEMENTS: usize = 1 << 26;
+
+fn top_k_in_chunks<B: Backend>(x: Tensor<B, 2>, k: usize, max_elements: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    let [rows, n] = x.dims();
+    let chunk = (max_elements / (n * n).max(1)).max(1);
+    if rows <= chunk {
+        return top_k_rows(x, k);
+    }
+    let (values, indices): (Vec<_>, Vec<_>) = (0..rows)
+        .step_by(chunk)
+        .map(|start| top_k_rows(x.clone().slice([start..(start + chunk).min(rows), 0..n]), k))
+        .unzip();
+    (Tensor::cat(values, 0), Tensor::cat(indices, 0))
+}
+
+fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    let [rows, n] = x.dims();
+    let device = x.device();
+    let cube = [rows, n, n];
+    // NaN compares false with everything, which would leave ranks unassigned: rank it last.
+    let keys = x.clone().mask_fill(x.clone().is_nan(), f32::NEG_INFINITY);
+    // [r, j, l]: x[r, l] (the other entry) and x[r, j] (this one).
+    let other = keys.clone().unsqueeze_dim::<3>(1).expand(cube);
+    let this = keys.unsqueeze_dim::<3>(2).expand(cube);
+    let lower: Vec<bool> = (0..n).flat_map(|j| (0..n).map(move |l| l < j)).collect();
+    let lower = Tensor::<B, 2, Bool>::from_data(TensorData::new(lower, [n, n]), &device).unsqueeze_dim::<3>(0).expand(cube);
+    let before = other.clone().greater(this.clone()).int() + other.equal(this).bool_and(lower).int();
+    // [r, j, slot]: entry j has rank `slot`.
+    let rank = before.sum_dim(2).expand([rows, n, k]);
+    let slots = Tensor::<B, 1, Int>::arange(0..k as i64, &device).reshape([1, 1, k]).expand([rows, n, k]);
+    let index = Tensor::<B, 1, Int>::arange(0..n as i64, &device).reshape([1, n, 1]).expand([rows, n, k]);
+    let indices = (rank.equal(slots).int() * index).sum_dim(1).reshape([rows, k]);
+    (x.gather(1, indices.clone()), indices)
 }
 
 #[cfg(test)]
@@ -227,6 +278,34 @@ mod tests {
         let s: f32 = e.iter().sum();
         let w = choice.weights.into_data().to_vec::<f32>().unwrap();
         assert!((w[0] - e[1] / s).abs() < 1e-6 && (w[1] - e[2] / s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_orders_like_a_stable_descending_sort() {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::from_floats([[0.1, 0.7, 0.7, 0.0, 0.2], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0], [f32::NAN, 1.0, f32::NAN, 2.0, 0.5]], &device);
+        let (values, indices) = top_k(x, 3);
+        indices.into_data().assert_eq(&TensorData::from([[1i64, 2, 4], [0, 1, 2], [0, 1, 2], [3, 1, 4]]), false);
+        values.into_data().assert_eq(&TensorData::from([[0.7f32, 0.7, 0.2], [0.0, 0.0, 0.0], [5.0, 4.0, 3.0], [2.0, 1.0, 0.5]]), false);
+        // An all-NaN row still gives valid, distinct indices.
+        let (_, indices) = top_k(Tensor::<B, 2>::full([1, 4], f32::NAN, &device), 2);
+        indices.into_data().assert_eq(&TensorData::from([[0i64, 1]]), false);
+        // Against a sort on the host, on random rows.
+        let x = Tensor::<B, 2>::random([64, 16], burn::tensor::Distribution::Default, &device);
+        let rows: Vec<f32> = x.to_data().to_vec().unwrap();
+        let (_, indices) = top_k(x, 4);
+        let got: Vec<i64> = indices.into_data().to_vec().unwrap();
+        for (r, row) in rows.chunks(16).enumerate() {
+            let mut order: Vec<usize> = (0..16).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            assert_eq!(&got[r * 4..r * 4 + 4], &order[..4].iter().map(|&i| i as i64).collect::<Vec<_>>()[..], "row {r}");
+        }
+        // In chunks of 5 rows (the last one short), the same.
+        let x = Tensor::<B, 2>::random([23, 16], burn::tensor::Distribution::Default, &device);
+        let (v1, i1) = top_k(x.clone(), 4);
+        let (v2, i2) = top_k_in_chunks(x, 4, 5 * 16 * 16);
+        i2.into_data().assert_eq(&i1.into_data(), true);
+        v2.into_data().assert_eq(&v1.into_data(), true);
     }
 
     #[test]
