@@ -404,6 +404,13 @@ impl Grouped {
     }
 }
 
+/// Whether the loaded cuBLAS has `cublasGemmGroupedBatchedEx` (cuBLAS 12.5 and later; cudarc
+/// may load an older `libcublas.so`, where calling it would panic on the missing symbol).
+pub fn has_grouped_gemm() -> bool {
+    // SAFETY: loading the library runs no code of ours; looking a symbol up calls nothing.
+    unsafe { blas::is_culib_present() && blas::culib().get::<unsafe extern "C" fn()>(b"cublasGemmGroupedBatchedEx\0").is_ok() }
+}
+
 /// cuBLAS's data and compute types for `dtype`: f32 accumulation, TF32 tensor cores for f32.
 fn gemm_types(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
     Ok(match dtype {

@@ -169,10 +169,19 @@ fn gemms(kind: Kind, dtype: burn::tensor::DType, mats: &[Mat], out_ptr: u64, out
 }
 
 /// Whether the experts' GEMMs (two or more) run as one grouped cuBLAS call (the default) rather
-/// than one call per expert (`STEERMOE_GROUPED_GEMM=loop`).
+/// than one call per expert (`STEERMOE_GROUPED_GEMM=loop`, or a cuBLAS older than 12.5).
 fn grouped_calls() -> bool {
     static GROUPED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *GROUPED.get_or_init(|| std::env::var("STEERMOE_GROUPED_GEMM").map_or(true, |v| v != "loop"))
+    *GROUPED.get_or_init(|| {
+        if std::env::var("STEERMOE_GROUPED_GEMM").is_ok_and(|v| v == "loop") {
+            return false;
+        }
+        let present = super::cublas::has_grouped_gemm();
+        if !present {
+            tracing::warn!("this cuBLAS has no cublasGemmGroupedBatchedEx (it needs 12.5 or later): one GEMM per expert");
+        }
+        present
+    })
 }
 
 /// Register one grouped GEMM on the fusion stream of its inputs.
