@@ -95,7 +95,8 @@ pub fn load_balancing_loss<B: Backend>(router_logits: Tensor<B, 4>, top_k: usize
     let [layers, batch, seq, experts] = router_logits.dims();
     let rows = layers * batch * seq;
     let probs = burn::tensor::activation::softmax(to_f32(router_logits.reshape([rows, experts])), 1);
-    let (_, selected) = probs.clone().detach().topk_with_indices(top_k, 1);
+    // On the device, without burn's sort (a host round trip); see `routing::top_k`.
+    let (_, selected) = super::routing::top_k(probs.clone().detach(), top_k);
     let picks = Tensor::<B, 2>::zeros([rows, experts], (&probs.device(), probs.dtype())).scatter(
         1,
         selected,
@@ -105,4 +106,37 @@ pub fn load_balancing_loss<B: Backend>(router_logits: Tensor<B, 4>, top_k: usize
     let share = picks.mean_dim(0);
     let mean_prob = probs.mean_dim(0);
     (share * mean_prob).sum().mul_scalar(experts as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn load_balancing_loss_is_experts_times_choice_shares_times_mean_probabilities() {
+        let device = Default::default();
+        let [layers, batch, seq, experts, k] = [2, 3, 5, 6, 2];
+        let logits = Tensor::<B, 4>::random([layers, batch, seq, experts], Distribution::Normal(0.0, 1.0), &device);
+        let values: Vec<f32> = logits.to_data().to_vec().unwrap();
+        let rows = (layers * batch * seq) as f64;
+        let (mut share, mut mean) = (vec![0f64; experts], vec![0f64; experts]);
+        for row in values.chunks(experts) {
+            let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - top).exp()).collect();
+            let z: f64 = e.iter().sum();
+            let p: Vec<f64> = e.iter().map(|v| v / z).collect();
+            p.iter().enumerate().for_each(|(i, pi)| mean[i] += pi / rows);
+            let mut order: Vec<usize> = (0..experts).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            order[..k].iter().for_each(|&i| share[i] += 1.0 / rows);
+        }
+        let want = experts as f64 * share.iter().zip(&mean).map(|(f, p)| f * p).sum::<f64>();
+        let got = load_balancing_loss(logits, k).into_scalar() as f64;
+        assert!((got - want).abs() < 1e-5, "{got} against {want}");
+    }
 }
