@@ -237,19 +237,10 @@ impl Cublas<'_> {
     /// [`Order::Stream`], memory the stream's own pool owns, which it reuses only in stream
     /// order), and `c` must not overlap `a` or `b`.
     pub unsafe fn gemm(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<(), CublasError> {
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        debug_assert_eq!(b.rows, k);
-        debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
-        if m == 0 || n == 0 {
+        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c)? else {
             return Ok(());
-        }
+        };
         let (data, compute) = gemm_types(dtype)?;
-        if k == 0 {
-            return self.zero(c.ptr, m * n * dtype.size());
-        }
-        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is Bᵀ, its second Aᵀ.
-        let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;
-        let (op_a, ld_a) = a.as_transposed_operand().ok_or(CublasError::Layout(a))?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the caller guarantees the pointers; sizes and leading dimensions match the views.
         let r = unsafe {
@@ -257,20 +248,20 @@ impl Cublas<'_> {
                 self.handle.blas,
                 op_b,
                 op_a,
-                n as i32,
-                m as i32,
-                k as i32,
+                n,
+                m,
+                k,
                 (&alpha as *const f32).cast::<c_void>(),
-                b.ptr as *const c_void,
+                b_ptr as *const c_void,
                 data,
                 ld_b,
-                a.ptr as *const c_void,
+                a_ptr as *const c_void,
                 data,
                 ld_a,
                 (&beta as *const f32).cast::<c_void>(),
-                c.ptr as *mut c_void,
+                c_ptr as *mut c_void,
                 data,
-                n as i32,
+                ld_c,
                 compute,
                 blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
             )
@@ -290,20 +281,9 @@ impl Cublas<'_> {
         let (data, compute) = gemm_types(dtype)?;
         let mut g = Grouped::default();
         for &(a, b, c) in problems {
-            let (m, k, n) = (a.rows, a.cols, b.cols);
-            debug_assert_eq!(b.rows, k);
-            debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
-            if m == 0 || n == 0 {
-                continue;
+            if let Some(p) = self.column_major(dtype, a, b, c)? {
+                g.push(p);
             }
-            if k == 0 {
-                self.zero(c.ptr, m * n * dtype.size())?;
-                continue;
-            }
-            // As in `gemm`: column-major Cᵀ = Bᵀ·Aᵀ.
-            let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;
-            let (op_a, ld_a) = a.as_transposed_operand().ok_or(CublasError::Layout(a))?;
-            g.push([op_b, op_a], [n, m, k].map(|v| v as i32), [ld_b, ld_a, n as i32], [b.ptr, a.ptr, c.ptr]);
         }
         let groups = g.m.len();
         if groups == 0 {
@@ -351,6 +331,26 @@ impl Cublas<'_> {
         Ok(())
     }
 
+    /// `c = a · b` as cuBLAS's column-major call takes it, or `None` when there is nothing to
+    /// multiply (`c` empty, or zeroed here when the inner dimension is 0). Row-major C = A·B is
+    /// column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is Bᵀ, its second Aᵀ.
+    fn column_major(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<Option<ColMajor>, CublasError> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        debug_assert_eq!(b.rows, k);
+        debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
+        if m == 0 || n == 0 {
+            return Ok(None);
+        }
+        gemm_types(dtype)?;
+        if k == 0 {
+            self.zero(c.ptr, m * n * dtype.size())?;
+            return Ok(None);
+        }
+        let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;
+        let (op_a, ld_a) = a.as_transposed_operand().ok_or(CublasError::Layout(a))?;
+        Ok(Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k].map(|v| v as i32), ld: [ld_b, ld_a, n as i32], ptrs: [b.ptr, a.ptr, c.ptr] }))
+    }
+
     /// Copy `words` to device memory in stream order, through a free staging buffer; returns the
     /// buffer's index (record its event after the work that reads it) and device address.
     fn stage(&self, words: &[u64]) -> Result<(usize, cu::CUdeviceptr), CublasError> {
@@ -393,8 +393,17 @@ struct Grouped {
     ptrs: [Vec<u64>; 3],
 }
 
+/// One GEMM as cuBLAS takes it: the two operands' operations, m, n, k, the three leading
+/// dimensions and the three addresses (first operand, second, output).
+struct ColMajor {
+    ops: [blas::cublasOperation_t; 2],
+    mnk: [i32; 3],
+    ld: [i32; 3],
+    ptrs: [u64; 3],
+}
+
 impl Grouped {
-    fn push(&mut self, ops: [blas::cublasOperation_t; 2], [m, n, k]: [i32; 3], ld: [i32; 3], ptrs: [u64; 3]) {
+    fn push(&mut self, ColMajor { ops, mnk: [m, n, k], ld, ptrs }: ColMajor) {
         (0..2).for_each(|i| self.ops[i].push(ops[i]));
         self.m.push(m);
         self.n.push(n);
