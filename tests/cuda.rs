@@ -1,6 +1,7 @@
 //! Everything that needs an NVIDIA GPU, in one test binary: the parity cases on CUDA (float32 at
 //! TF32 precision, see `Target`; `STEERMOE_TEST_PRECISION=bf16` for bf16), the cuBLAS grouped
-//! expert GEMM against burn's matmuls, and mixed precision with f32 master weights over bf16.
+//! expert GEMM and attention's batched GEMM against burn's matmuls, and mixed precision with f32
+//! master weights over bf16.
 //! Build with `--features cuda` and run on a machine with an NVIDIA GPU:
 //! `cargo test --features cuda --test cuda -- --ignored`.
 #![cfg(feature = "cuda")]
@@ -49,6 +50,21 @@ fn masked_expert_gradients_of_layer0_match() {
     parity_cases::masked_expert_gradients_of_layer0_match::<B>(CUDA_TF32);
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn cached_decoding_matches_recomputation_and_greedy_tokens() {
+    parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CUDA_TF32);
+}
+
+/// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.
+fn assert_close<const D: usize>(what: &str, got: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, want: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, rel: f64) {
+    let max_abs = |t: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>| -> f64 { t.abs().max().into_scalar().into() };
+    let scale = max_abs(want.clone()).max(1e-12);
+    let err = max_abs(got - want);
+    eprintln!("{what}: max |diff| / max |want| = {:.2e}", err / scale);
+    assert!(err <= rel * scale, "{what}: max |diff| {err:.3e} > {rel:e} × {scale:.3e}");
+}
+
 /// The cuBLAS grouped expert GEMM against burn's own matmuls on CUDA, forward and backward, in
 /// f32 (TF32 both) and bf16: rows grouped by expert, one expert without rows, trained and frozen
 /// experts, f32 master weights cast to the compute dtype.
@@ -57,18 +73,9 @@ mod grouped_gemm {
     use burn::tensor::{DType, Distribution, FloatDType, Tensor};
     use steermoe::model::experts::{grouped_linear, grouped_linear_matmul};
 
+    use super::assert_close;
+
     type B = Autodiff<Cuda>;
-
-    fn max_abs(t: Tensor<B, 2>) -> f64 {
-        t.abs().max().into_scalar().into()
-    }
-
-    fn assert_close(what: &str, got: Tensor<B, 2>, want: Tensor<B, 2>, rel: f64) {
-        let scale = max_abs(want.clone()).max(1e-12);
-        let err = max_abs(got - want);
-        eprintln!("{what}: max |diff| / max |want| = {:.2e}", err / scale);
-        assert!(err <= rel * scale, "{what}: max |diff| {err:.3e} > {rel:e} × {scale:.3e}");
-    }
 
     fn case(dtype: FloatDType, rel: f64) {
         let device = Default::default();
@@ -123,6 +130,65 @@ mod grouped_gemm {
     #[test]
     #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
     fn grouped_gemm_matches_burn_in_bf16() {
+        case(FloatDType::BF16, 3e-2);
+    }
+}
+
+/// The cuBLAS batched GEMM of attention against burn's matmul on CUDA, forward and both input
+/// gradients, in f32 (TF32 both) and bf16: a contiguous left operand, a transposed view on the
+/// right (keys as attention reads them), and a left operand flattened from a head-split layout
+/// (`[batch, seq, heads, dim]` → `[batch · heads, seq, dim]`, as attention's queries).
+mod batched_gemm {
+    use burn::backend::{Autodiff, Cuda};
+    use burn::tensor::{DType, Distribution, FloatDType, Tensor};
+
+    use super::assert_close;
+
+    type B = Autodiff<Cuda>;
+
+    fn case(dtype: FloatDType, rel: f64) {
+        let device = Default::default();
+        assert!(steermoe::cuda::available(0), "cuBLAS did not load: the test would compare burn with itself");
+        let (batch, heads, m, k, p) = (2, 3, 5, 16, 7);
+        let n = batch * heads;
+        let normal = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+        // [batch, m, heads, k] → [batch · heads, m, k].
+        let a4 = Tensor::<B, 4>::random([batch, m, heads, k], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+        let lefts = [("contiguous", normal([n, m, k])), ("head-split", a4.swap_dims(1, 2).reshape([n, m, k]))];
+        let b_t = normal([n, p, k]);
+        let r = normal([n, m, p]);
+        for (layout, a0) in lefts {
+            let run = |cublas: bool| {
+                let a = a0.clone().detach().require_grad();
+                let bt = b_t.clone().detach().require_grad();
+                let b = bt.clone().swap_dims(1, 2);
+                let c = match cublas {
+                    true => steermoe::cuda::try_batched_matmul(&a, &b).expect("CUDA tensors"),
+                    false => a.clone().matmul(b),
+                };
+                let grads = (c.clone() * r.clone()).cast(FloatDType::F32).sum().backward();
+                let da = Tensor::<B, 3>::from_inner(a.grad(&grads).expect("a's gradient"));
+                let db = Tensor::<B, 3>::from_inner(bt.grad(&grads).expect("b's gradient"));
+                (c, da, db)
+            };
+            let (c, da, db) = run(true);
+            let (c_ref, da_ref, db_ref) = run(false);
+            assert_eq!(c.dtype(), DType::from(dtype));
+            assert_close(&format!("{layout}: c"), c, c_ref, rel);
+            assert_close(&format!("{layout}: da"), da, da_ref, rel);
+            assert_close(&format!("{layout}: db"), db, db_ref, rel);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+    fn batched_gemm_matches_burn_in_f32() {
+        case(FloatDType::F32, 5e-3);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+    fn batched_gemm_matches_burn_in_bf16() {
         case(FloatDType::BF16, 3e-2);
     }
 }

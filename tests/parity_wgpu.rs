@@ -45,3 +45,9 @@ fn masked_routing_matches_logits_router_logits_and_loss() {
 fn masked_expert_gradients_of_layer0_match() {
     parity_cases::masked_expert_gradients_of_layer0_match::<B>(WGPU);
 }
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn cached_decoding_matches_recomputation_and_greedy_tokens() {
+    parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(WGPU);
+}

@@ -271,6 +271,62 @@ impl Cublas<'_> {
         call(self.handle.device, "gemm_ex", r)
     }
 
+    /// `c_i = a_i · b_i` for `i < batch`, in one `cublasGemmStridedBatchedEx` call: `a`, `b`,
+    /// `c` are the views of item 0 (as in [`Cublas::gemm`]) and item `i` lies `i · strides[_]`
+    /// elements further on. float32 is computed in full float32 ([`gemm_types_exact`]).
+    ///
+    /// # Safety
+    /// As [`Cublas::gemm`], for every item; the items of `c` must not overlap.
+    pub unsafe fn gemm_strided_batched(&self, dtype: DType, a: Mat, b: Mat, c: Mat, batch: usize, strides: [usize; 3]) -> Result<(), CublasError> {
+        if batch == 0 {
+            return Ok(());
+        }
+        let (m, n) = (a.rows, b.cols);
+        if a.cols == 0 && m > 0 && n > 0 {
+            // Every item's inner dimension is 0: zero every item of `c` (contiguous items).
+            debug_assert_eq!(strides[2], m * n);
+            return self.zero(c.ptr, batch * m * n * dtype.size());
+        }
+        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c)? else {
+            return Ok(());
+        };
+        let (data, compute) = gemm_types_exact(dtype)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let [stride_a, stride_b, stride_c] = strides.map(|s| s as i64);
+        // SAFETY: the caller guarantees the pointers; sizes, leading dimensions and batch strides
+        // match the views.
+        let r = unsafe {
+            cublas::gemm_strided_batched_ex(
+                self.handle.blas,
+                op_b,
+                op_a,
+                n,
+                m,
+                k,
+                (&alpha as *const f32).cast::<c_void>(),
+                b_ptr as *const c_void,
+                data,
+                ld_b,
+                stride_b,
+                a_ptr as *const c_void,
+                data,
+                ld_a,
+                stride_a,
+                (&beta as *const f32).cast::<c_void>(),
+                c_ptr as *mut c_void,
+                data,
+                ld_c,
+                stride_c,
+                batch as i32,
+                compute,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        };
+        self.gemms.set(self.gemms.get() + batch as u64);
+        self.launches.set(self.launches.get() + 1);
+        call(self.handle.device, "gemm_strided_batched_ex", r)
+    }
+
     /// `c = a · b` for every `(a, b, c)` of `problems` (each as in [`Cublas::gemm`]), in one
     /// `cublasGemmGroupedBatchedEx` call with one group per GEMM (cuBLAS ≥ 12.5).
     ///
@@ -427,5 +483,15 @@ fn gemm_types(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeTy
         DType::F16 => (blas::cudaDataType::CUDA_R_16F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
         DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
         other => return Err(CublasError::Dtype(other)),
+    })
+}
+
+/// [`gemm_types`] with float32 computed in full float32 (no TF32): attention's scores, which the
+/// softmax's exponential turns small rounding into large weight changes for (TF32 scores flipped
+/// a near-tied argmax of the CUDA parity suite that burn's kernel for these shapes kept).
+fn gemm_types_exact(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
+    Ok(match dtype {
+        DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        other => gemm_types(other)?,
     })
 }

@@ -18,6 +18,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::cubecl::server::Binding;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::FusionRuntime;
@@ -25,6 +26,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 
 use super::cublas::{Cublas, CublasError, Mat, Order};
+use super::device_thread;
 
 type Cube = CubeBackend<CudaRuntime, f32, i32, u8>;
 type Fused = <Cuda as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
@@ -60,10 +62,8 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for GroupedGemm {
     }
 }
 
-/// A 2-d tensor as a GEMM operand at `ptr`.
-fn mat(t: &CubeTensor<CudaRuntime>, ptr: u64) -> Mat {
-    let shape = t.meta.shape();
-    let strides = t.meta.strides();
+/// A 2-d tensor of this shape and strides as a GEMM operand at `ptr`.
+fn mat(shape: &Shape, strides: &[usize], ptr: u64) -> Mat {
     Mat { ptr, rows: shape[0], cols: shape[1], row_stride: strides[0], col_stride: strides[1] }
 }
 
@@ -85,31 +85,17 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
         .map(|t| if has_unit_stride(&t) { t } else { burn_cubecl::kernel::into_contiguous(t) })
         .collect();
     let out = CubeTensor::new_contiguous(client.clone(), device.clone(), out_shape.clone(), client.empty(out_shape.num_elements() * elem), dtype);
-    // The device addresses and the GEMMs are taken on cubecl's device thread, in one task: asked
-    // for from here, every `get_resource` would be a round trip to that thread (one per expert
-    // weight: 66 a call at 64 experts, ~17,000 a train step at the OLMoE-1B-7B shape), each
-    // blocking this fusion thread while the device thread drains its queue.
-    let work = || -> Result<(), CublasError> {
-        // On the device thread a lookup is immediate: every kernel queued before has been issued.
-        // The resources keep the memory alive until the GEMMs are issued (and, synchronised, done).
-        let resource = |t: &CubeTensor<CudaRuntime>| {
-            client
-                .get_resource(t.handle.clone())
-                .map_err(|e| CublasError::Call { device: device.index, what: "device address", reason: format!("{e:?}") })
-        };
-        let resources = inputs.iter().map(resource).collect::<Result<Vec<_>, _>>()?;
-        let out_resource = resource(&out)?;
-        let mats: Vec<Mat> = inputs.iter().zip(&resources).map(|(t, r)| mat(t, r.resource().ptr)).collect();
-        let out_ptr = out_resource.resource().ptr;
-        // The output was just allocated on the caller's stream; when every input lives there
-        // too, the GEMMs join that stream.
-        let stream = out_resource.resource().stream;
-        let order = if resources.iter().all(|r| r.resource().stream == stream) { Order::Stream(stream) } else { Order::Synchronised };
-        gemms(kind, dtype, &mats, out_ptr, &out_shape, counts, slots, device.index, order)
-    };
-    client
-        .exclusive(work)
-        .map_err(|e| CublasError::Call { device: device.index, what: "device thread", reason: format!("{e:?}") })??;
+    // Looked up and issued on cubecl's device thread, in order with burn's kernels, not waited for.
+    let views: Vec<(Shape, Vec<usize>)> = inputs.iter().map(|t| (t.meta.shape().clone(), t.meta.strides().to_vec())).collect();
+    let mut operands: Vec<Binding> = inputs.into_iter().map(|t| t.handle.binding()).collect();
+    operands.push(out.handle.clone().binding());
+    let (counts, slots) = (counts.to_vec(), slots.to_vec());
+    let index = device.index;
+    device_thread::submit(&device, "grouped expert GEMM (cuBLAS)", operands, move |ptrs, order| {
+        let (out_ptr, inputs) = ptrs.split_last().expect("the output's address");
+        let mats: Vec<Mat> = views.iter().zip(inputs).map(|((shape, strides), &ptr)| mat(shape, strides, ptr)).collect();
+        gemms(kind, dtype, &mats, *out_ptr, &out_shape, &counts, &slots, index, order)
+    });
     Ok(out)
 }
 
@@ -276,13 +262,13 @@ fn primitive3(t: Tensor<Ad, 3>) -> AdTensor {
 }
 
 /// `v` as the concrete type `T`, when it is one.
-fn as_backend<T: Any + Clone>(v: &dyn Any) -> Option<T> {
+pub(super) fn as_backend<T: Any + Clone>(v: &dyn Any) -> Option<T> {
     v.downcast_ref::<T>().cloned()
 }
 
-/// A concrete tensor back as the generic `Tensor<B, 2>` it was.
-fn back<B: Backend, T: Any>(t: T) -> Option<Tensor<B, 2>> {
-    (Box::new(t) as Box<dyn Any>).downcast::<Tensor<B, 2>>().ok().map(|b| *b)
+/// A concrete tensor back as the generic `Tensor<B, D>` it was.
+pub(super) fn back<B: Backend, T: Any, const D: usize>(t: T) -> Option<Tensor<B, D>> {
+    (Box::new(t) as Box<dyn Any>).downcast::<Tensor<B, D>>().ok().map(|b| *b)
 }
 
 /// The gradient of a row permutation: the gather by the inverse permutation (state).
@@ -312,7 +298,7 @@ pub fn try_permute_rows<B: Backend>(x: &Tensor<B, 2>, perm: &Tensor<B, 1, burn::
         OpsKind::Tracked(prep) => prep.finish(inverse, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
-    back::<B, _>(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out)))
+    back::<B, _, 2>(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out)))
 }
 
 /// Whether cuBLAS loads on `device` (tried once; a warning and burn's matmuls when it does not),
@@ -345,7 +331,7 @@ pub fn try_grouped_linear<B: Backend>(x: &Tensor<B, 2>, weights: &[Tensor<B, 2>]
             return None;
         }
         let weights = weights.iter().map(|w| as_backend::<Tensor<Ad, 2>>(w)).collect::<Option<Vec<_>>>()?;
-        return back::<B, _>(forward_autodiff(x, weights, counts));
+        return back::<B, _, 2>(forward_autodiff(x, weights, counts));
     }
     if let Some(x) = as_backend::<Tensor<Cuda, 2>>(x) {
         if !available(x.device().index) {
@@ -356,7 +342,7 @@ pub fn try_grouped_linear<B: Backend>(x: &Tensor<B, 2>, weights: &[Tensor<B, 2>]
             .map(|w| as_backend::<Tensor<Cuda, 2>>(w).map(|w| w.into_primitive().tensor()))
             .collect::<Option<Vec<Fused>>>()?;
         let y = forward_inner(x.into_primitive().tensor(), weights, counts);
-        return back::<B, _>(Tensor::<Cuda, 2>::from_primitive(TensorPrimitive::Float(y)));
+        return back::<B, _, 2>(Tensor::<Cuda, 2>::from_primitive(TensorPrimitive::Float(y)));
     }
     None
 }

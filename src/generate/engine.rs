@@ -96,22 +96,26 @@ pub fn generate<B: Backend>(
     let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
     let routing = routing.clone().with_capture(opts.capture);
 
-    // Left-padded prompt, mask and positions (cumsum(mask) - 1, 1 on padding as transformers).
+    // Every position the call can fill: the prompt, then one a decode step.
+    let capacity = width + opts.max_new_tokens;
+    // Left-padded prompt and positions (cumsum(mask) - 1, 1 on padding as transformers); the
+    // mask covers every position the call can fill (generated ones are real tokens), made once.
     let mut ids = Vec::with_capacity(batch * width);
-    let mut valid = Vec::with_capacity(batch * width);
+    let mut valid = Vec::with_capacity(batch * capacity);
     let mut positions = Vec::with_capacity(batch * width);
     for (p, &pad) in prompts.iter().zip(&pads) {
         ids.extend(std::iter::repeat_n(opts.pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
+        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, capacity - pad)));
         positions.extend(std::iter::repeat_n(1i64, pad).chain(0..p.len() as i64));
     }
-    let mut mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, width]), device);
+    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, capacity]), device);
     let input = LmInput {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, width]), device),
         attention_mask: Some(mask.clone()),
         positions: Some(Tensor::from_data(TensorData::new(positions, [batch, width]), device)),
     };
-    let mut cache = KvCache::new(model.num_layers());
+    // Keys and values written in place into buffers for the whole call.
+    let mut cache = KvCache::new(model.num_layers()).with_capacity(capacity);
     if model.execution() != ExpertExecution::Grouped
         && let Some(stacked) = model.stack_experts()
     {
@@ -127,7 +131,6 @@ pub fn generate<B: Backend>(
     let mut done = vec![opts.max_new_tokens == 0; batch];
     let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
     let mut gen_caps: Vec<Tensor<B, 4>> = Vec::new();
-    let ones = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; batch], [batch, 1]), device);
     let mut step = 0;
     while step < opts.max_new_tokens && !done.iter().all(|&d| d) {
         let picked = pick(&mut sampler, last);
@@ -151,7 +154,6 @@ pub fn generate<B: Backend>(
         if done.iter().all(|&d| d) && !opts.capture {
             break;
         }
-        mask = Tensor::cat(vec![mask, ones.clone()], 1);
         let input = LmInput {
             input_ids: Tensor::from_data(TensorData::new(fed, [batch, 1]), device),
             attention_mask: Some(mask.clone()),

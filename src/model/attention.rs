@@ -14,7 +14,7 @@ use burn::tensor::{Bool, Tensor};
 
 use super::cache::KvCache;
 use super::config::{ModelConfig, QkNorm};
-use super::experts::{grouped_linear, in_dtype, linear, to_f32};
+use super::experts::{dense_linear, to_f32};
 use super::norm::RmsNorm;
 use super::rope::apply_rope;
 
@@ -73,8 +73,9 @@ impl<B: Backend> Attention<B> {
     }
 
     /// # Shapes
-    /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`;
-    ///   `masked`: `[batch, 1, seq, past + seq]`, `true` = may not attend
+    /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, seq, 1, head_dim]`;
+    ///   `masked`: `[batch, 1, seq, keys]` (`keys`: the positions so far, or every slot of a
+    ///   [`KvCache`] written in place), `true` = may not attend
     /// - returns `[batch, seq, hidden]`
     pub fn forward(
         &self,
@@ -107,8 +108,8 @@ impl<B: Backend> Attention<B> {
                 heads(v, self.num_kv_heads),
             ),
         };
-        let q = apply_rope(q.swap_dims(1, 2), cos, sin);
-        let k = apply_rope(k.swap_dims(1, 2), cos, sin);
+        let q = apply_rope(q, cos, sin).swap_dims(1, 2);
+        let k = apply_rope(k, cos, sin).swap_dims(1, 2);
         let v = v.swap_dims(1, 2);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
@@ -117,36 +118,44 @@ impl<B: Backend> Attention<B> {
         let total = k.dims()[2];
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads);
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((head_dim as f64).powf(-0.5));
+        // One product per (sequence, head): [batch · heads, seq, head_dim] · [.., head_dim, total].
+        let items = batch * self.num_heads;
+        let scores = bmm(q.reshape([items, seq, head_dim]), k.reshape([items, total, head_dim]).swap_dims(1, 2))
+            .reshape([batch, self.num_heads, seq, total])
+            .mul_scalar((head_dim as f64).powf(-0.5));
         let dtype = scores.dtype();
         let scores = to_f32(scores).mask_fill(
             masked.clone().expand([batch, self.num_heads, seq, total]),
             f32::NEG_INFINITY,
         );
         // attn_weights = softmax(attn_weights, dim=-1, dtype=torch.float32).to(query_states.dtype)
-        let probs = softmax(scores, 3).cast(dtype);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, self.num_heads * head_dim]);
+        let probs = softmax(scores, 3).cast(dtype).reshape([items, seq, total]);
+        let out = bmm(probs, v.reshape([items, total, head_dim]))
+            .reshape([batch, self.num_heads, seq, head_dim])
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * head_dim]);
         linear_3d(&self.o_proj, out)
     }
 }
 
-/// A linear layer over `[batch, seq, in]` as one `[batch * seq, in]` matmul: a 3-d input would
-/// be a batched matmul against a broadcast weight, which some backends run (and pack the weight
-/// for) once per batch row.
-///
-/// Without a bias this is a [`grouped_linear`] of one group: cuBLAS on CUDA.
+/// A linear layer over `[batch, seq, in]` as one `[batch * seq, in]` matmul ([`dense_linear`]:
+/// cuBLAS on CUDA): a 3-d input would be a batched matmul against a broadcast weight, which some
+/// backends run (and pack the weight for) once per batch row.
 pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, width] = x.dims();
-    let x = x.reshape([batch * seq, width]);
-    let y = match layer.bias {
-        None => {
-            let w = in_dtype(layer.weight.val(), x.dtype());
-            grouped_linear(x, vec![w], &[batch * seq])
-        }
-        Some(_) => linear(layer, x),
-    };
+    let y = dense_linear(layer, x.reshape([batch * seq, width]));
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
+}
+
+/// `a_i · b_i` for every item `i` of the leading axis (`[n, m, k] · [n, k, p] → [n, m, p]`): one
+/// cuBLAS batched GEMM on CUDA, burn's matmul elsewhere.
+fn bmm<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "cuda")]
+    if let Some(c) = crate::cuda::try_batched_matmul(&a, &b) {
+        return c;
+    }
+    a.matmul(b)
 }
 
 /// `repeat_kv`: each key/value head serves `groups` query heads.

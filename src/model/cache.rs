@@ -3,8 +3,12 @@
 //! values so far, and optionally every MoE layer's experts laid side by side, stacked once for all the
 //! decode steps of a generation call instead of once per step.
 //!
-//! Keys are stored after RoPE and before `repeat_kv`, one entry per layer, and grow by
-//! concatenation along the sequence axis.
+//! Keys are stored after RoPE and before `repeat_kv`, one entry per layer. By default they grow by
+//! concatenation along the sequence axis (a copy of the whole history per layer and step);
+//! [`KvCache::with_capacity`] instead keeps buffers with room to spare, writes each step's keys
+//! and values into them in place, and doubles them (up to the capacity) when full: attention then
+//! runs over every slot of the buffers, the slots not yet written masked (they hold zeros, so they
+//! contribute exactly nothing).
 
 use std::sync::Arc;
 
@@ -17,16 +21,33 @@ use super::experts::StackedExperts;
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// At most this many positions, when written in place.
+    capacity: Option<usize>,
+    /// Slots every layer's buffers had at the last commit (written in place).
+    slots: usize,
+    /// Positions written (and committed) so far.
+    filled: usize,
     stacked: Option<Arc<[StackedExperts<B>]>>,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `num_layers` layers.
+    /// An empty cache for `num_layers` layers, growing by concatenation.
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            capacity: None,
+            slots: 0,
+            filled: 0,
             stacked: None,
         }
+    }
+
+    /// Write keys and values in place into buffers of up to `positions` slots per layer (prompt
+    /// and generated tokens): sized to the next power of two of the positions so far, doubled
+    /// when full. Attention reads every slot, masking those beyond the ones written.
+    pub fn with_capacity(mut self, positions: usize) -> Self {
+        self.capacity = Some(positions);
+        self
     }
 
     /// Keep every layer's stacked experts (from [`MoeLm::stack_experts`](super::MoeLm::stack_experts)
@@ -43,11 +64,7 @@ impl<B: Backend> KvCache<B> {
 
     /// Number of cached positions (0 when empty).
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dims()[2])
-            .unwrap_or(0)
+        self.filled
     }
 
     /// Whether nothing is cached yet.
@@ -55,16 +72,64 @@ impl<B: Backend> KvCache<B> {
         self.len() == 0
     }
 
-    /// Append this step's keys and values to layer `layer` and return the whole history.
+    /// How many key slots attention reads in a forward pass of `seq` new positions: every slot
+    /// of the in-place buffers (grown if they are full), or the positions so far.
+    ///
+    /// # Panics
+    /// When `seq` more positions do not fit the capacity.
+    pub fn key_slots(&self, seq: usize) -> usize {
+        let total = self.filled + seq;
+        match self.capacity {
+            Some(capacity) => {
+                assert!(total <= capacity, "KV cache overflow: {total} positions, room for {capacity}");
+                match total <= self.slots {
+                    true => self.slots,
+                    false => total.next_power_of_two().max(2 * self.slots).clamp(total, capacity),
+                }
+            }
+            None => total,
+        }
+    }
+
+    /// Append this step's keys and values to layer `layer` (at the positions after those
+    /// committed) and return every key slot attention reads ([`KvCache::key_slots`]).
     ///
     /// # Shapes
-    /// - `k`, `v`: `[batch, kv_heads, seq, head_dim]` → `[batch, kv_heads, past + seq, head_dim]`
+    /// - `k`, `v`: `[batch, kv_heads, seq, head_dim]` → `[batch, kv_heads, key_slots(seq), head_dim]`
     pub fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        let past = self.filled;
+        let (k, v) = match (self.layers[layer].take(), self.capacity) {
+            (held, Some(_)) => {
+                let [batch, heads, seq, dim] = k.dims();
+                let slots = self.key_slots(seq);
+                let zeros = |t: &Tensor<B, 4>, n: usize| Tensor::zeros([batch, heads, n, dim], (&t.device(), t.dtype()));
+                let grow = |t: Tensor<B, 4>| match t.dims()[2] {
+                    have if have < slots => {
+                        let more = zeros(&t, slots - have);
+                        Tensor::cat(vec![t, more], 2)
+                    }
+                    _ => t,
+                };
+                let (ck, cv) = match held {
+                    Some((ck, cv)) => (grow(ck), grow(cv)),
+                    None => (zeros(&k, slots), zeros(&v, slots)),
+                };
+                let at = [0..batch, 0..heads, past..past + seq, 0..dim];
+                // The buffers are held here alone, so the writes happen in place.
+                (ck.slice_assign(at.clone(), k), cv.slice_assign(at, v))
+            }
+            (Some((pk, pv)), None) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            (None, None) => (k, v),
         };
         self.layers[layer] = Some((k.clone(), v.clone()));
         (k, v)
+    }
+
+    /// Count `seq` positions as written, once every layer has appended them.
+    pub fn commit(&mut self, seq: usize) {
+        if self.capacity.is_some() {
+            self.slots = self.key_slots(seq);
+        }
+        self.filled += seq;
     }
 }

@@ -51,6 +51,19 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
     )
 }
 
+/// `layer(x)` for `x` `[rows, in]`, computed in `x`'s dtype: without a bias a [`grouped_linear`]
+/// of one group (cuBLAS on CUDA), with one [`linear`].
+pub fn dense_linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    match layer.bias {
+        None => {
+            let rows = x.dims()[0];
+            let w = in_dtype(layer.weight.val(), x.dtype());
+            grouped_linear(x, vec![w], &[rows])
+        }
+        Some(_) => linear(layer, x),
+    }
+}
+
 /// How MoE blocks run their experts; every choice gives the same result up to rounding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

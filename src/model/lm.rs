@@ -100,7 +100,8 @@ pub struct MoeLm<B: Backend> {
 pub struct LmInput<B: Backend> {
     /// `[batch, seq]` token ids.
     pub input_ids: Tensor<B, 2, Int>,
-    /// `[batch, past + seq]`, `true` = real token, `false` = padding; `None` = no padding.
+    /// `[batch, past + seq]` (or as wide as a preallocated [`KvCache`]'s slots; positions after
+    /// `past + seq` are not read), `true` = real token, `false` = padding; `None` = no padding.
     pub attention_mask: Option<Tensor<B, 2, Bool>>,
     /// `[batch, seq]` RoPE positions; `None` = `past..past + seq` for every row.
     pub positions: Option<Tensor<B, 2, Int>>,
@@ -270,13 +271,15 @@ impl<B: Backend> MoeLm<B> {
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let total = past + seq;
+        // Key slots attention reads: the positions so far, or a preallocated cache's every slot.
+        let keys = cache.as_ref().map(|c| c.key_slots(seq)).unwrap_or(total);
         let positions = input.positions.unwrap_or_else(|| {
             Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
                 .unsqueeze_dim::<2>(0)
                 .expand([batch, seq])
         });
         let (cos, sin) = self.rope.cos_sin(positions);
-        let masked = attention_mask(input.attention_mask, batch, seq, past, &device);
+        let masked = attention_mask(input.attention_mask, batch, seq, past, keys, &device);
 
         let mut x = self.model.embed_tokens.forward(input.input_ids);
         let mut router_logits = Vec::new();
@@ -310,6 +313,9 @@ impl<B: Backend> MoeLm<B> {
                 chosen.push(c.reshape([batch, seq, k]));
             }
         }
+        if let Some(cache) = cache {
+            cache.commit(seq);
+        }
         Decoded {
             hidden: self.model.norm.forward(x),
             router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
@@ -318,29 +324,38 @@ impl<B: Backend> MoeLm<B> {
     }
 }
 
-/// Which (query, key) pairs may not attend: `[batch, 1, seq, past + seq]`, `true` = masked.
+/// Which (query, key) pairs may not attend: `[batch, 1, seq, keys]`, `true` = masked.
 ///
 /// A query attends to keys at or before its own slot that are real tokens. Each query always
 /// attends to itself, so the softmax of a padding row stays finite (its output is never read).
+/// Key slots after the last query (a preallocated cache's unwritten ones) are masked by
+/// causality; a padding mask narrower than `keys` is taken as covering the first slots.
 fn attention_mask<B: Backend>(
     padding: Option<Tensor<B, 2, Bool>>,
     batch: usize,
     seq: usize,
     past: usize,
+    keys: usize,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
     let total = past + seq;
-    let keys = Tensor::<B, 1, Int>::arange(0..total as i64, device)
-        .reshape([1, 1, total])
-        .expand([batch, seq, total]);
+    let key_index = Tensor::<B, 1, Int>::arange(0..keys as i64, device)
+        .reshape([1, 1, keys])
+        .expand([batch, seq, keys]);
     let queries = Tensor::<B, 1, Int>::arange(past as i64..total as i64, device)
         .reshape([1, seq, 1])
-        .expand([batch, seq, total]);
-    let causal = keys.clone().lower_equal(queries.clone());
+        .expand([batch, seq, keys]);
+    let causal = key_index.clone().lower_equal(queries.clone());
     let allowed = match padding {
         Some(valid) => {
-            let valid = valid.reshape([batch, 1, total]).expand([batch, seq, total]);
-            causal.bool_and(valid).bool_or(keys.equal(queries))
+            let [_, width] = valid.dims();
+            let valid = match width.cmp(&keys) {
+                std::cmp::Ordering::Less => Tensor::cat(vec![valid, Tensor::<B, 2, Bool>::zeros([batch, keys - width], device)], 1),
+                std::cmp::Ordering::Equal => valid,
+                std::cmp::Ordering::Greater => valid.slice([0..batch, 0..keys]),
+            };
+            let valid = valid.reshape([batch, 1, keys]).expand([batch, seq, keys]);
+            causal.bool_and(valid).bool_or(key_index.equal(queries))
         }
         None => causal,
     };

@@ -67,6 +67,8 @@ impl<B: Backend> MoeBlock<B> {
         let [batch, seq, hidden] = x.dims();
         let tokens = batch * seq;
         let x = x.reshape([tokens, hidden]);
+        // burn's matmul, not cuBLAS (whose float32 runs TF32): the router is a small product,
+        // and its logits decide the routing this tool measures.
         let logits = linear(&self.gate, x.clone());
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
         let chosen = routing.capture.then(|| choice.experts.clone());

@@ -26,10 +26,11 @@ impl Rope {
         Self { inv_freq }
     }
 
-    /// cos and sin for the given positions.
+    /// cos and sin for the given positions, the sin with `rotate_half`'s sign folded in (its
+    /// first half negated): what [`apply_rope`] takes.
     ///
     /// # Shapes
-    /// - `positions`: `[batch, seq]` → cos, sin: `[batch, 1, seq, head_dim]` (float32)
+    /// - `positions`: `[batch, seq]` → cos, sin: `[batch, seq, 1, head_dim]` (float32)
     pub fn cos_sin<B: Backend>(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let device = positions.device();
         let [batch, seq] = positions.dims();
@@ -43,23 +44,28 @@ impl Rope {
             .cast(burn::tensor::FloatDType::F32)
             .reshape([batch, seq, 1]);
         let freqs = pos * inv_freq.reshape([1, 1, half]);
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
-        (emb.clone().cos(), emb.sin())
+        let cos = freqs.clone().cos();
+        let sin = freqs.sin();
+        let both = |a: Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![a, b], 2).unsqueeze_dim::<4>(2);
+        (both(cos.clone(), cos), both(sin.clone().neg(), sin))
     }
 }
 
 /// `q * cos + rotate_half(q) * sin`, with cos/sin cast to `x`'s dtype.
 ///
+/// `rotate_half(x) = cat(-x2, x1)` is computed as the halves swapped, `[x2, x1]` (one flip of a
+/// size-2 axis), times a `sin` whose first half [`Rope::cos_sin`] has negated: the same products
+/// bit for bit (negation is exact), without the slices and the concatenation.
+///
 /// # Shapes
-/// - `x`: `[batch, heads, seq, head_dim]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
+/// - `x`: `[batch, seq, heads, head_dim]` (heads before the swap to `[batch, heads, seq, _]`, so
+///   that a contiguous projection splits its halves without a copy); `cos`, `sin` (sign folded
+///   in): `[batch, seq, 1, head_dim]`
 pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let dtype = x.dtype();
-    let [batch, heads, seq, dim] = x.dims();
-    let half = dim / 2;
-    let x1 = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);
-    let x2 = x.clone().slice([0..batch, 0..heads, 0..seq, half..dim]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().cast(dtype) + rotated * sin.clone().cast(dtype)
+    let [batch, seq, heads, dim] = x.dims();
+    let swapped = x.clone().reshape([batch, seq, heads, 2, dim / 2]).flip([3]).reshape([batch, seq, heads, dim]);
+    x * cos.clone().cast(dtype) + swapped * sin.clone().cast(dtype)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::experts::{Choice, to_f32};
 
@@ -225,6 +225,7 @@ fn top_k_in_chunks<B: Backend>(x: Tensor<B, 2>, k: usize, max_elements: usize) -
 
 fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let [rows, n] = x.dims();
+    assert!(k <= n, "top-{k} of rows of {n} entries");
     let device = x.device();
     let cube = [rows, n, n];
     // NaN compares false with everything, which would leave ranks unassigned: rank it last.
@@ -232,13 +233,20 @@ fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B,
     // [r, j, l]: x[r, l] (the other entry) and x[r, j] (this one).
     let other = keys.clone().unsqueeze_dim::<3>(1).expand(cube);
     let this = keys.unsqueeze_dim::<3>(2).expand(cube);
-    let lower: Vec<bool> = (0..n).flat_map(|j| (0..n).map(move |l| l < j)).collect();
-    let lower = Tensor::<B, 2, Bool>::from_data(TensorData::new(lower, [n, n]), &device).unsqueeze_dim::<3>(0).expand(cube);
+    // One upload of 0..n gives the [j, l] mask `l < j`, the slots 0..k and the entries' indices.
+    let arange = Tensor::<B, 1, Int>::arange(0..n as i64, &device);
+    let lower = arange
+        .clone()
+        .reshape([1, n])
+        .expand([n, n])
+        .lower(arange.clone().reshape([n, 1]).expand([n, n]))
+        .unsqueeze_dim::<3>(0)
+        .expand(cube);
     let before = other.clone().greater(this.clone()).int() + other.equal(this).bool_and(lower).int();
     // [r, j, slot]: entry j has rank `slot`.
     let rank = before.sum_dim(2).expand([rows, n, k]);
-    let slots = Tensor::<B, 1, Int>::arange(0..k as i64, &device).reshape([1, 1, k]).expand([rows, n, k]);
-    let index = Tensor::<B, 1, Int>::arange(0..n as i64, &device).reshape([1, n, 1]).expand([rows, n, k]);
+    let slots = arange.clone().slice(0..k).reshape([1, 1, k]).expand([rows, n, k]);
+    let index = arange.reshape([1, n, 1]).expand([rows, n, k]);
     let indices = (rank.equal(slots).int() * index).sum_dim(1).reshape([rows, k]);
     (x.gather(1, indices.clone()), indices)
 }

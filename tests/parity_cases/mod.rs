@@ -9,7 +9,8 @@ use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
-use steermoe::model::{self, ExpertExecution, MoeLm, LmInput, Precision, Routing};
+use steermoe::generate::{GenerateOptions, Sampling, generate};
+use steermoe::model::{self, ExpertExecution, KvCache, MoeLm, LmInput, Precision, Routing};
 use steermoe::model::loss::{causal_lm_loss, load_balancing_loss};
 
 use crate::common::*;
@@ -141,14 +142,40 @@ pub fn forward_logits_router_logits_and_hidden_match<B: Backend>(t: Target) {
         let max = out.logits.clone().max_dim(2);
         let lse = (out.logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
         check("forward.logsumexp", to_vec(lse), LOGITS_TOL);
-        let argmax: Vec<i64> = out.logits.clone().argmax(2).into_data().iter::<i64>().collect();
         if precision() == Precision::F32 {
-            assert_eq!(argmax, reference(&dir, "forward.argmax").i64(), "{name} forward.argmax");
+            assert_argmax_within_tolerance(&name, out.logits.clone(), &reference(&dir, "forward.argmax").i64(), t.loosen(LOGITS_TOL));
         }
         // Reference: [layers, batch*seq, experts]; ours: [layers, batch, seq, experts].
         check("forward.router_logits", to_vec(out.router_logits.expect("captured")), 1e-5);
         check("forward.final_hidden", to_vec(out.hidden), 1e-4);
     }
+}
+
+/// The argmax of every position equals the reference's wherever it is decided beyond the
+/// logits tolerance `tol`: where this backend's two largest logits are more than `2 · tol` apart
+/// (logits within `tol` of the reference cannot then rank another token first). A position
+/// whose top two are closer is a near-tie that the accepted error may flip (CUDA's float32 runs
+/// TF32 GEMMs at `tol` = 0.2); at least half the positions must be decided, so the check keeps
+/// its teeth.
+fn assert_argmax_within_tolerance<B: Backend>(name: &str, logits: Tensor<B, 3>, want: &[i64], tol: f32) {
+    let [b, s, vocab] = logits.dims();
+    let rows: Vec<f32> = to_vec(logits.reshape([b * s, vocab]));
+    let mut decided = 0;
+    for (pos, (row, &want)) in rows.chunks(vocab).zip(want).enumerate() {
+        let (mut first, mut second, mut arg) = (f32::NEG_INFINITY, f32::NEG_INFINITY, 0);
+        for (i, &v) in row.iter().enumerate() {
+            if v > first {
+                (second, first, arg) = (first, v, i as i64);
+            } else if v > second {
+                second = v;
+            }
+        }
+        if first - second > 2.0 * tol {
+            decided += 1;
+            assert_eq!(arg, want, "{name} forward.argmax at position {pos} (top-2 margin {:.3e} > 2 × {tol:e})", first - second);
+        }
+    }
+    assert!(2 * decided >= want.len(), "{name} forward.argmax: only {decided} of {} positions decided beyond 2 × {tol:e}", want.len());
 }
 
 /// See the test of this name.
@@ -269,6 +296,43 @@ pub fn masked_expert_gradients_of_layer0_match<B: Backend>(t: Target) {
             if allowed == 0.0 {
                 assert!(grad_of(e, 0).iter().all(|&g| g == 0.0), "{name}: masked expert {e} got a gradient");
             }
+        }
+    }
+}
+
+/// See the test of this name.
+pub fn cached_decoding_matches_recomputation_and_greedy_tokens<B: Backend>(t: Target) {
+    let json_ids = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    let device = Default::default();
+    for (name, dir, exec) in runs() {
+        let model = load::<B>(&dir).with_execution(exec);
+        let reference = reference_json(&dir);
+        // A prefill and six single-token steps through a cache preallocated with spare slots
+        // (as `generate` does: written in place, unwritten slots masked) give the logits of one
+        // forward pass over the whole sequence.
+        let seq = json_ids(&reference["chat_train"]["ids"]);
+        let n = seq.len();
+        let tokens = |ids: &[i64]| Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &device);
+        let full = model.forward(LmInput::ids(tokens(&seq)), &Routing::free()).logits;
+        let mut cache = KvCache::new(model.num_layers()).with_capacity(n + 3);
+        if exec != ExpertExecution::Grouped {
+            cache = cache.with_stacked_experts(model.stack_experts().expect("no biases"));
+        }
+        let split = n - 6;
+        let mut steps = vec![model.forward_cached(LmInput::ids(tokens(&seq[..split])), &mut cache, &Routing::free()).logits];
+        for i in split..n {
+            steps.push(model.forward_cached(LmInput::ids(tokens(&seq[i..i + 1])), &mut cache, &Routing::free()).logits);
+        }
+        assert_eq!(cache.len(), n);
+        assert_close(&format!("{name} KV-cache logits"), &to_vec(Tensor::cat(steps, 1)), &to_vec(full), t.loosen(LOGITS_TOL));
+        // transformers' greedy tokens (f32: a bf16 rounding may flip an argmax).
+        if precision() == Precision::F32 {
+            let greedy = &reference["greedy"];
+            let prompt: Vec<u32> = json_ids(&greedy["prompt_ids"]).iter().map(|&t| t as u32).collect();
+            let want: Vec<u32> = json_ids(&greedy["new_ids"]).iter().map(|&t| t as u32).collect();
+            let opts = GenerateOptions { max_new_tokens: want.len(), sampling: Sampling::Greedy, stop_ids: vec![], pad_id: 1, capture: false };
+            let out = generate(&model, &[prompt], &opts, &Routing::free(), &device, |_| {});
+            assert_eq!(out[0].new_ids, want, "{name} greedy tokens");
         }
     }
 }
