@@ -46,14 +46,19 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for BatchedGemm {
     }
 }
 
-/// One batch item of a 3-d tensor as a GEMM operand, and its batch stride (elements), when cuBLAS
-/// can read it in place: one of the last two axes unit-stride, the other at least as wide.
-fn item(t: &CubeTensor<CudaRuntime>) -> Option<(Mat, usize)> {
-    let shape = t.meta.shape();
-    let strides = t.meta.strides();
-    let m = Mat { ptr: 0, rows: shape[1], cols: shape[2], row_stride: strides[1], col_stride: strides[2] };
-    let readable = (m.col_stride == 1 && m.row_stride >= m.cols.max(1)) || (m.row_stride == 1 && m.col_stride >= m.rows.max(1));
-    readable.then_some((m, strides[0]))
+/// `t` (copied contiguous where cuBLAS cannot read it in place, [`Mat::readable`]) with its batch
+/// item 0 as a GEMM operand (address filled in later) and its batch stride (elements).
+fn operand(t: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Mat, usize) {
+    let view = |t: &CubeTensor<CudaRuntime>| {
+        let (shape, strides) = (t.meta.shape(), t.meta.strides());
+        (Mat { ptr: 0, rows: shape[1], cols: shape[2], row_stride: strides[1], col_stride: strides[2] }, strides[0])
+    };
+    let t = match view(&t).0.readable() {
+        true => t,
+        false => burn_cubecl::kernel::into_contiguous(t),
+    };
+    let (m, stride) = view(&t);
+    (t, m, stride)
 }
 
 fn run(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, out_shape: Shape) -> Result<CubeTensor<CudaRuntime>, CublasError> {
@@ -61,12 +66,7 @@ fn run(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, out_shape: Shape)
     if b.dtype != dtype {
         return Err(CublasError::Dtype(b.dtype));
     }
-    let readable = |t: CubeTensor<CudaRuntime>| match item(&t) {
-        Some(_) => t,
-        None => burn_cubecl::kernel::into_contiguous(t),
-    };
-    let (a, b) = (readable(a), readable(b));
-    let ((ma, sa), (mb, sb)) = (item(&a).expect("contiguous"), item(&b).expect("contiguous"));
+    let ((a, ma, sa), (b, mb, sb)) = (operand(a), operand(b));
     let [batch, rows, cols] = [out_shape[0], out_shape[1], out_shape[2]];
     let client = a.client.clone();
     let device = a.device.clone();

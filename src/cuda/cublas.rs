@@ -51,6 +51,12 @@ impl Mat {
         Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
     }
 
+    /// Whether cuBLAS can read this view in place (see [`Mat::as_transposed_operand`]): one axis
+    /// unit-stride, the other at least as wide as the first. Otherwise copy it contiguous first.
+    pub fn readable(&self) -> bool {
+        self.as_transposed_operand().is_some()
+    }
+
     /// How cuBLAS (column-major) reads this matrix *transposed*: the operation and leading
     /// dimension, or `None` when neither dimension is unit-stride.
     fn as_transposed_operand(&self) -> Option<(blas::cublasOperation_t, i32)> {
@@ -237,7 +243,7 @@ impl Cublas<'_> {
     /// [`Order::Stream`], memory the stream's own pool owns, which it reuses only in stream
     /// order), and `c` must not overlap `a` or `b`.
     pub unsafe fn gemm(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<(), CublasError> {
-        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c)? else {
+        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c, 1)? else {
             return Ok(());
         };
         let (data, compute) = gemm_types(dtype)?;
@@ -278,16 +284,8 @@ impl Cublas<'_> {
     /// # Safety
     /// As [`Cublas::gemm`], for every item; the items of `c` must not overlap.
     pub unsafe fn gemm_strided_batched(&self, dtype: DType, a: Mat, b: Mat, c: Mat, batch: usize, strides: [usize; 3]) -> Result<(), CublasError> {
-        if batch == 0 {
-            return Ok(());
-        }
-        let (m, n) = (a.rows, b.cols);
-        if a.cols == 0 && m > 0 && n > 0 {
-            // Every item's inner dimension is 0: zero every item of `c` (contiguous items).
-            debug_assert_eq!(strides[2], m * n);
-            return self.zero(c.ptr, batch * m * n * dtype.size());
-        }
-        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c)? else {
+        debug_assert_eq!(strides[2], c.rows * c.cols, "the items of c are contiguous");
+        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c, batch)? else {
             return Ok(());
         };
         let (data, compute) = gemm_types_exact(dtype)?;
@@ -337,7 +335,7 @@ impl Cublas<'_> {
         let (data, compute) = gemm_types(dtype)?;
         let mut g = Grouped::default();
         for &(a, b, c) in problems {
-            if let Some(p) = self.column_major(dtype, a, b, c)? {
+            if let Some(p) = self.column_major(dtype, a, b, c, 1)? {
                 g.push(p);
             }
         }
@@ -388,18 +386,19 @@ impl Cublas<'_> {
     }
 
     /// `c = a · b` as cuBLAS's column-major call takes it, or `None` when there is nothing to
-    /// multiply (`c` empty, or zeroed here when the inner dimension is 0). Row-major C = A·B is
+    /// multiply (`c` empty, or zeroed here when the inner dimension is 0: `items` contiguous
+    /// outputs of `c`'s shape from `c.ptr` on, for a batched call). Row-major C = A·B is
     /// column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is Bᵀ, its second Aᵀ.
-    fn column_major(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<Option<ColMajor>, CublasError> {
+    fn column_major(&self, dtype: DType, a: Mat, b: Mat, c: Mat, items: usize) -> Result<Option<ColMajor>, CublasError> {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         debug_assert_eq!(b.rows, k);
         debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
-        if m == 0 || n == 0 {
+        if m == 0 || n == 0 || items == 0 {
             return Ok(None);
         }
         gemm_types(dtype)?;
         if k == 0 {
-            self.zero(c.ptr, m * n * dtype.size())?;
+            self.zero(c.ptr, items * m * n * dtype.size())?;
             return Ok(None);
         }
         let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;

@@ -67,9 +67,9 @@ fn mat(shape: &Shape, strides: &[usize], ptr: u64) -> Mat {
     Mat { ptr, rows: shape[0], cols: shape[1], row_stride: strides[0], col_stride: strides[1] }
 }
 
-fn has_unit_stride(t: &CubeTensor<CudaRuntime>) -> bool {
-    let strides = t.meta.strides();
-    strides.len() == 2 && (strides[1] == 1 || strides[0] == 1)
+/// Whether cuBLAS can read `t` (2-d) in place ([`Mat::readable`]).
+fn readable(t: &CubeTensor<CudaRuntime>) -> bool {
+    mat(t.meta.shape(), t.meta.strides(), 0).readable()
 }
 
 fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots: &[usize], out_shape: Shape) -> Result<CubeTensor<CudaRuntime>, CublasError> {
@@ -82,7 +82,7 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
     let device = inputs[0].device.clone();
     let inputs: Vec<_> = inputs
         .into_iter()
-        .map(|t| if has_unit_stride(&t) { t } else { burn_cubecl::kernel::into_contiguous(t) })
+        .map(|t| if readable(&t) { t } else { burn_cubecl::kernel::into_contiguous(t) })
         .collect();
     let out = CubeTensor::new_contiguous(client.clone(), device.clone(), out_shape.clone(), client.empty(out_shape.num_elements() * elem), dtype);
     // Looked up and issued on cubecl's device thread, in order with burn's kernels, not waited for.

@@ -114,7 +114,7 @@ pub fn generate<B: Backend>(
         attention_mask: Some(mask.clone()),
         positions: Some(Tensor::from_data(TensorData::new(positions, [batch, width]), device)),
     };
-    // Keys and values written in place into buffers for the whole call.
+    // Keys and values written in place, into buffers that double when full (up to `capacity`).
     let mut cache = KvCache::new(model.num_layers()).with_capacity(capacity);
     if model.execution() != ExpertExecution::Grouped
         && let Some(stacked) = model.stack_experts()

@@ -23,8 +23,6 @@ pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     /// At most this many positions, when written in place.
     capacity: Option<usize>,
-    /// Slots every layer's buffers had at the last commit (written in place).
-    slots: usize,
     /// Positions written (and committed) so far.
     filled: usize,
     stacked: Option<Arc<[StackedExperts<B>]>>,
@@ -36,7 +34,6 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; num_layers],
             capacity: None,
-            slots: 0,
             filled: 0,
             stacked: None,
         }
@@ -82,9 +79,11 @@ impl<B: Backend> KvCache<B> {
         match self.capacity {
             Some(capacity) => {
                 assert!(total <= capacity, "KV cache overflow: {total} positions, room for {capacity}");
-                match total <= self.slots {
-                    true => self.slots,
-                    false => total.next_power_of_two().max(2 * self.slots).clamp(total, capacity),
+                // The buffers' size so far: the first layer's (all grow to the same size).
+                let slots = self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2]);
+                match total <= slots {
+                    true => slots,
+                    false => total.next_power_of_two().max(2 * slots).clamp(total, capacity),
                 }
             }
             None => total,
@@ -98,10 +97,11 @@ impl<B: Backend> KvCache<B> {
     /// - `k`, `v`: `[batch, kv_heads, seq, head_dim]` → `[batch, kv_heads, key_slots(seq), head_dim]`
     pub fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let past = self.filled;
+        let [batch, heads, seq, dim] = k.dims();
+        // Before this layer's buffers are taken out: the size is read from the first layer's.
+        let slots = self.key_slots(seq);
         let (k, v) = match (self.layers[layer].take(), self.capacity) {
             (held, Some(_)) => {
-                let [batch, heads, seq, dim] = k.dims();
-                let slots = self.key_slots(seq);
                 let zeros = |t: &Tensor<B, 4>, n: usize| Tensor::zeros([batch, heads, n, dim], (&t.device(), t.dtype()));
                 let grow = |t: Tensor<B, 4>| match t.dims()[2] {
                     have if have < slots => {
@@ -127,9 +127,6 @@ impl<B: Backend> KvCache<B> {
 
     /// Count `seq` positions as written, once every layer has appended them.
     pub fn commit(&mut self, seq: usize) {
-        if self.capacity.is_some() {
-            self.slots = self.key_slots(seq);
-        }
         self.filled += seq;
     }
 }
