@@ -2,7 +2,7 @@
 """Split one train step's GPU time by kind of kernel, from cubecl's profiling log.
 
     CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=prof.txt gpu --what train --steps 6 --warmup-steps 5
-    python3 benches/profile_summary.py prof.txt [--wall-s 3.1]
+    python3 benches/profile_summary.py prof.txt [--wall-s 3.1] [--table N] [--sort launches] [--list]
 
 cubecl prints a table of kernel name, summed duration and launch count at every device
 synchronisation and starts again; the bench synchronises once per step, so the last table is the
@@ -68,11 +68,17 @@ def main():
     ap.add_argument("log")
     ap.add_argument("--wall-s", type=float, default=None)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--table", type=int, default=-1, help="which table (index; default the last)")
+    ap.add_argument("--sort", choices=["time", "launches"], default="time", help="order of the top kernels")
+    ap.add_argument("--list", action="store_true", help="first list every table's kernel time and launches")
     a = ap.parse_args()
     found = tables(open(a.log, encoding="utf-8", errors="replace").read())
     if not found:
         sys.exit(f"{a.log}: no profiling table found (was CUBECL_DEBUG_OPTION=profile set?)")
-    rows = found[-1]
+    if a.list:
+        for i, t in enumerate(found):
+            print(json.dumps({"table": i, "kernel_s": round(sum(s for _, s, _ in t), 4), "launches": sum(n for _, _, n in t)}))
+    rows = found[a.table]
     total = sum(s for _, s, _ in rows)
     split = {name: [0.0, 0] for name, _ in CATEGORIES}
     split["other"] = [0.0, 0]
@@ -86,7 +92,9 @@ def main():
         "kernel_s": round(total, 4),
         "launches": sum(n for _, _, n in rows),
         "by_kind": {k: {"s": round(v[0], 4), "share": round(v[0] / total, 3), "launches": v[1]} for k, v in split.items() if v[1]},
-        "top_kernels": [{"name": n[:120], "s": round(s, 4), "launches": c} for n, s, c in sorted(rows, key=lambda r: -r[1])[: a.top]],
+        "table": a.table,
+        "top_kernels": [{"name": n[:160], "s": round(s, 4), "launches": c}
+                        for n, s, c in sorted(rows, key=lambda r: -r[2] if a.sort == "launches" else -r[1])[: a.top]],
     }
     if a.wall_s:
         result["wall_s"] = a.wall_s

@@ -186,3 +186,29 @@ fn expert_counts_leave_padding_out() {
     }
     assert_eq!(choices[0], choices[1], "grouped and dense execution route alike");
 }
+
+#[test]
+fn greedy_rows_stop_at_their_own_stop_id_and_the_rest_go_on() {
+    // Greedy decoding tracks stopped rows on the device and reads the tokens every few steps:
+    // with a stop id, each row's tokens must be its free-running ones cut after the first stop
+    // id, over more steps than one read covers, and the progress count must add up.
+    let model = model();
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]
+        .iter()
+        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
+        .collect();
+    let steps = 40;
+    let free = generate(&model, &prompts, &opts(steps, Sampling::Greedy, false), &Routing::free(), &Default::default(), |_| {});
+    let stop = free[0].new_ids[2];
+    let o = GenerateOptions { stop_ids: vec![stop], ..opts(steps, Sampling::Greedy, true) };
+    let mut produced = 0;
+    let stopped = generate(&model, &prompts, &o, &Routing::free(), &Default::default(), |n| produced += n);
+    for (r, (f, s)) in free.iter().zip(&stopped).enumerate() {
+        let cut = f.new_ids.iter().position(|&t| t == stop).map_or(steps, |i| i + 1);
+        assert_eq!(s.new_ids, f.new_ids[..cut], "row {r}");
+        assert_eq!(s.gen_routing.as_ref().unwrap().tokens, cut, "row {r}: routing of each generated token");
+    }
+    assert!(stopped[0].new_ids.len() <= 3, "row 0 stops by its third token");
+    assert_eq!(produced, stopped.iter().map(|g| g.new_ids.len()).sum::<usize>());
+}

@@ -8,9 +8,14 @@
 //! Router logits of a token are those of the forward pass that *reads* it, so a generation's
 //! routing covers every generated token, the last one included (one extra decode step when
 //! capturing): they equal the router logits of a plain forward over prompt + generated ids.
+//!
+//! Greedy decoding keeps the tokens on the device: each step feeds its argmax back (padding for
+//! rows already stopped, tracked on the device too) and the host reads them every few steps, so
+//! that steps queue on an asynchronous backend without a synchronisation each. Up to that many
+//! steps minus one may run after the last row stops; their tokens and routing are dropped.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use half::f16;
 
 use super::sampler::{Sampler, Sampling};
@@ -127,45 +132,57 @@ pub fn generate<B: Backend>(
     let mut last = last_logits(out.logits);
 
     let mut sampler = Sampler::new(opts.sampling);
-    let mut new_ids: Vec<Vec<u32>> = vec![Vec::new(); batch];
-    let mut done = vec![opts.max_new_tokens == 0; batch];
-    let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+    let mut rows = Rows::new(batch, opts);
+    // Positions go on from each prompt's length, on the device (nothing is uploaded a step).
+    let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+    let mut positions = Tensor::<B, 2, Int>::from_data(TensorData::new(lengths, [batch, 1]), device);
+    // Greedy decoding feeds each step's argmax back on the device: which rows have stopped is
+    // tracked there too, and the host reads the tokens only every `READ_EVERY` steps, so that the
+    // steps in between queue without waiting for the device (a read drains every queue).
+    let mut stopped = Tensor::<B, 1, Bool>::from_data(TensorData::new(vec![false; batch], [batch]), device);
+    let mut unread: Vec<Tensor<B, 1, Int>> = Vec::new();
     let mut gen_caps: Vec<Tensor<B, 4>> = Vec::new();
     let mut step = 0;
-    while step < opts.max_new_tokens && !done.iter().all(|&d| d) {
-        let picked = pick(&mut sampler, last);
-        let mut fed = Vec::with_capacity(batch);
-        let mut produced = 0;
-        for (r, &tok) in picked.iter().enumerate() {
-            if done[r] {
-                fed.push(opts.pad_id as i64);
-                continue;
+    while step < opts.max_new_tokens && !rows.all_done() {
+        let fed = if sampler.is_greedy() {
+            let picked = last.argmax(1).reshape([batch]);
+            let fed = picked.clone().mask_fill(stopped.clone(), opts.pad_id as i64);
+            for &id in &opts.stop_ids {
+                stopped = stopped.bool_or(picked.clone().equal_elem(id as i64));
             }
-            produced += 1;
-            new_ids[r].push(tok);
-            fed.push(tok as i64);
-            if opts.stop_ids.contains(&tok) || new_ids[r].len() == opts.max_new_tokens {
-                done[r] = true;
+            unread.push(picked);
+            fed
+        } else {
+            let picked = sample(&mut sampler, last);
+            let fed = rows.fed(&picked, opts.pad_id);
+            on_token(rows.take(&picked));
+            Tensor::from_data(TensorData::new(fed, [batch]), device)
+        };
+        step += 1;
+        if unread.len() == READ_EVERY || (step == opts.max_new_tokens && !unread.is_empty()) {
+            let steps = unread.len();
+            let read: Vec<u32> = Tensor::stack::<2>(std::mem::take(&mut unread), 0).into_data().iter::<i64>().map(|t| t as u32).collect();
+            for picked in read.chunks(batch).take(steps) {
+                on_token(rows.take(picked));
             }
         }
-        on_token(produced);
-        step += 1;
-        // Read the new tokens: needed to continue, and to capture the last token's routing.
-        if done.iter().all(|&d| d) && !opts.capture {
+        // The last token's routing is that of the pass that reads it: one more step when capturing.
+        if rows.all_done() && !opts.capture {
             break;
         }
         let input = LmInput {
-            input_ids: Tensor::from_data(TensorData::new(fed, [batch, 1]), device),
+            input_ids: fed.reshape([batch, 1]),
             attention_mask: Some(mask.clone()),
-            positions: Some(Tensor::from_data(TensorData::new(next_pos.clone(), [batch, 1]), device)),
+            positions: Some(positions.clone()),
         };
-        next_pos.iter_mut().for_each(|p| *p += 1);
+        positions = positions.add_scalar(1);
         let out = model.forward_cached_last(input, &mut cache, &routing);
         if let Some(caps) = out.router_logits {
             gen_caps.push(caps);
         }
         last = last_logits(out.logits);
     }
+    let mut new_ids = rows.new_ids;
 
     let prompt_host = prompt_caps.map(host_caps);
     let gen_host = (!gen_caps.is_empty()).then(|| host_caps(Tensor::cat(gen_caps, 2)));
@@ -185,14 +202,60 @@ fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     logits.slice([0..batch, seq - 1..seq, 0..vocab]).reshape([batch, vocab])
 }
 
-/// One token per row: argmax on the device for greedy decoding, else the sampler on the host.
-fn pick<B: Backend>(sampler: &mut Sampler, logits: Tensor<B, 2>) -> Vec<u32> {
-    if sampler.is_greedy() {
-        return logits.argmax(1).into_data().iter::<i64>().map(|t| t as u32).collect();
-    }
+/// One sampled token per row, on the host.
+fn sample<B: Backend>(sampler: &mut Sampler, logits: Tensor<B, 2>) -> Vec<u32> {
     let [_, vocab] = logits.dims();
     let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
     values.chunks(vocab).map(|row| sampler.pick(row)).collect()
+}
+
+/// Greedy decoding reads the tokens back every this many steps (a row that stops in between is
+/// fed padding on the device; at most this many steps minus one run after the last row stops).
+const READ_EVERY: usize = 16;
+
+/// Each row's generated ids and whether it has stopped, as the host knows them.
+struct Rows {
+    new_ids: Vec<Vec<u32>>,
+    done: Vec<bool>,
+    stop_ids: Vec<u32>,
+    max_new_tokens: usize,
+}
+
+impl Rows {
+    fn new(batch: usize, opts: &GenerateOptions) -> Self {
+        Self {
+            new_ids: vec![Vec::new(); batch],
+            done: vec![opts.max_new_tokens == 0; batch],
+            stop_ids: opts.stop_ids.clone(),
+            max_new_tokens: opts.max_new_tokens,
+        }
+    }
+
+    fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+
+    /// The ids one step fed: each row's pick, padding for the rows stopped before it.
+    fn fed(&self, picked: &[u32], pad_id: u32) -> Vec<i64> {
+        picked.iter().zip(&self.done).map(|(&t, &d)| if d { pad_id as i64 } else { t as i64 }).collect()
+    }
+
+    /// Add one step's picks to the rows still going (a stop id ends a row, included); returns how
+    /// many rows took a token. Call [`Rows::fed`] first: this updates which rows are done.
+    fn take(&mut self, picked: &[u32]) -> usize {
+        let mut produced = 0;
+        for (r, &tok) in picked.iter().enumerate() {
+            if self.done[r] {
+                continue;
+            }
+            produced += 1;
+            self.new_ids[r].push(tok);
+            if self.stop_ids.contains(&tok) || self.new_ids[r].len() == self.max_new_tokens {
+                self.done[r] = true;
+            }
+        }
+        produced
+    }
 }
 
 /// Captured router logits `[layers, batch, seq, experts]` on the host.

@@ -9,12 +9,16 @@
 //! and values into them in place, and doubles them (up to the capacity) when full: attention then
 //! runs over every slot of the buffers, the slots not yet written masked (they hold zeros, so they
 //! contribute exactly nothing).
+//!
+//! The cache also keeps the forward pass's [`Constants`] (the index and RoPE's frequencies), made
+//! at the first pass and reused by the later ones, so a decode step uploads nothing.
 
 use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use super::constants::Constants;
 use super::experts::StackedExperts;
 
 /// Per-layer keys and values seen so far, and the stacked experts decode steps reuse.
@@ -26,6 +30,7 @@ pub struct KvCache<B: Backend> {
     /// Positions written (and committed) so far.
     filled: usize,
     stacked: Option<Arc<[StackedExperts<B>]>>,
+    constants: Option<Constants<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -36,6 +41,7 @@ impl<B: Backend> KvCache<B> {
             capacity: None,
             filled: 0,
             stacked: None,
+            constants: None,
         }
     }
 
@@ -57,6 +63,20 @@ impl<B: Backend> KvCache<B> {
     /// MoE layer `layer`'s stacked experts, if kept.
     pub fn stacked_experts(&self, layer: usize) -> Option<&StackedExperts<B>> {
         self.stacked.as_ref().map(|s| &s[layer])
+    }
+
+    /// The constants of a forward pass whose index must reach `len`: those kept, or `make`'s
+    /// (called with `len`, or the capacity where that is larger, so that one upload serves every
+    /// later pass), then kept.
+    pub fn constants(&mut self, len: usize, make: impl FnOnce(usize) -> Constants<B>) -> Constants<B> {
+        match &self.constants {
+            Some(c) if c.len() >= len => c.clone(),
+            _ => {
+                let made = make(len.max(self.capacity.unwrap_or(0)));
+                self.constants = Some(made.clone());
+                made
+            }
+        }
     }
 
     /// Number of cached positions (0 when empty).

@@ -24,6 +24,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use super::attention::{Attention, linear_3d};
 use super::cache::KvCache;
 use super::config::ModelConfig;
+use super::constants::Constants;
 use super::experts::{Expert, ExpertExecution, StackedExperts, grouped_experts};
 use super::moe::MoeBlock;
 use super::norm::RmsNorm;
@@ -273,13 +274,18 @@ impl<B: Backend> MoeLm<B> {
         let total = past + seq;
         // Key slots attention reads: the positions so far, or a preallocated cache's every slot.
         let keys = cache.as_ref().map(|c| c.key_slots(seq)).unwrap_or(total);
-        let positions = input.positions.unwrap_or_else(|| {
-            Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
-                .unsqueeze_dim::<2>(0)
-                .expand([batch, seq])
-        });
-        let (cos, sin) = self.rope.cos_sin(positions);
-        let masked = attention_mask(input.attention_mask, batch, seq, past, keys, &device);
+        // The index reaches every key slot (so every query position) and every expert.
+        let need = keys.max(self.moe_blocks().map(|m| m.experts.len()).max().unwrap_or(0));
+        let make = |len| Constants::new(len, &self.rope, &device);
+        let constants = match cache.as_deref_mut() {
+            Some(c) => c.constants(need, make),
+            None => make(need),
+        };
+        let positions = input
+            .positions
+            .unwrap_or_else(|| constants.range(past..total).unsqueeze_dim::<2>(0).expand([batch, seq]));
+        let (cos, sin) = self.rope.cos_sin(positions, constants.inv_freq());
+        let masked = attention_mask(input.attention_mask, batch, seq, past, keys, &constants);
 
         let mut x = self.model.embed_tokens.forward(input.input_ids);
         let mut router_logits = Vec::new();
@@ -301,7 +307,8 @@ impl<B: Backend> MoeLm<B> {
                 }
             };
             let stacked = cache.as_deref().and_then(|c| c.stacked_experts(moe_layer));
-            let moe = block.forward(h, &routing.layer(moe_layer), self.execution, stacked);
+            let layer_routing = routing.layer(moe_layer).with_index(constants.range(0..block.experts.len()));
+            let moe = block.forward(h, &layer_routing, self.execution, stacked);
             moe_layer += 1;
             x = x + moe.hidden;
             if let Some(logits) = moe.router_logits {
@@ -329,28 +336,28 @@ impl<B: Backend> MoeLm<B> {
 /// A query attends to keys at or before its own slot that are real tokens. Each query always
 /// attends to itself, so the softmax of a padding row stays finite (its output is never read).
 /// Key slots after the last query (a preallocated cache's unwritten ones) are masked by
-/// causality; a padding mask narrower than `keys` is taken as covering the first slots.
+/// causality; a padding mask narrower than `keys` is taken as covering the first slots. The
+/// indices are slices of `constants`' (which must reach `keys`).
 fn attention_mask<B: Backend>(
     padding: Option<Tensor<B, 2, Bool>>,
     batch: usize,
     seq: usize,
     past: usize,
     keys: usize,
-    device: &B::Device,
+    constants: &Constants<B>,
 ) -> Tensor<B, 4, Bool> {
     let total = past + seq;
-    let key_index = Tensor::<B, 1, Int>::arange(0..keys as i64, device)
-        .reshape([1, 1, keys])
-        .expand([batch, seq, keys]);
-    let queries = Tensor::<B, 1, Int>::arange(past as i64..total as i64, device)
-        .reshape([1, seq, 1])
-        .expand([batch, seq, keys]);
+    let key_index = constants.range(0..keys).reshape([1, 1, keys]).expand([batch, seq, keys]);
+    let queries = constants.range(past..total).reshape([1, seq, 1]).expand([batch, seq, keys]);
     let causal = key_index.clone().lower_equal(queries.clone());
     let allowed = match padding {
         Some(valid) => {
             let [_, width] = valid.dims();
             let valid = match width.cmp(&keys) {
-                std::cmp::Ordering::Less => Tensor::cat(vec![valid, Tensor::<B, 2, Bool>::zeros([batch, keys - width], device)], 1),
+                std::cmp::Ordering::Less => {
+                    let device = valid.device();
+                    Tensor::cat(vec![valid, Tensor::<B, 2, Bool>::zeros([batch, keys - width], &device)], 1)
+                }
                 std::cmp::Ordering::Equal => valid,
                 std::cmp::Ordering::Greater => valid.slice([0..batch, 0..keys]),
             };

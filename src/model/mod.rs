@@ -2,7 +2,7 @@
 //! routing, RoPE, KV cache and Hub checkpoints.
 //!
 //! Leaves first: `experts` (one SwiGLU MLP, grouped and dense execution), `norm`, `rope`,
-//! `cache`; `routing` (logits → top-k, masks, steering) and `attention` on top of them; `moe`
+//! `constants` (the index and RoPE frequencies a forward pass uploads once), `cache`; `routing` (logits → top-k, masks, steering) and `attention` on top of them; `moe`
 //! (router + experts); `lm` (the decoder stack and LM head); `checkpoint` (Hub directories in and
 //! out) and `loss` last.
 
@@ -10,6 +10,7 @@ pub mod attention;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod constants;
 pub mod experts;
 pub mod lm;
 pub mod loss;

@@ -7,7 +7,7 @@
 //! their first real token.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 
 /// Inverse frequencies of the default RoPE, `[head_dim / 2]`.
 #[derive(Debug, Clone)]
@@ -26,19 +26,22 @@ impl Rope {
         Self { inv_freq }
     }
 
+    /// The inverse frequencies, `[head_dim / 2]`.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// cos and sin for the given positions, the sin with `rotate_half`'s sign folded in (its
-    /// first half negated): what [`apply_rope`] takes.
+    /// first half negated): what [`apply_rope`] takes. `inv_freq` is [`Rope::inv_freq`] on the
+    /// positions' device (uploaded once, see [`Constants`](super::constants::Constants)).
     ///
     /// # Shapes
-    /// - `positions`: `[batch, seq]` → cos, sin: `[batch, seq, 1, head_dim]` (float32)
-    pub fn cos_sin<B: Backend>(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let device = positions.device();
+    /// - `positions`: `[batch, seq]`, `inv_freq`: `[head_dim / 2]` float32 → cos, sin:
+    ///   `[batch, seq, 1, head_dim]` (float32)
+    pub fn cos_sin<B: Backend>(&self, positions: Tensor<B, 2, Int>, inv_freq: Tensor<B, 1>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, seq] = positions.dims();
         let half = self.inv_freq.len();
-        let inv_freq = Tensor::<B, 1>::from_data(
-            TensorData::new(self.inv_freq.clone(), [half]),
-            (&device, burn::tensor::DType::F32),
-        );
+        assert_eq!(inv_freq.dims(), [half], "inverse frequencies of another head width");
         let pos = positions
             .float()
             .cast(burn::tensor::FloatDType::F32)
@@ -81,7 +84,8 @@ mod tests {
         let rope = Rope::new(4, 100.0);
         // inv_freq = [1, 100^-0.5] = [1, 0.1]
         let positions = Tensor::<B, 2, Int>::from_ints([[2]], &device);
-        let (cos, sin) = rope.cos_sin(positions);
+        let inv_freq = Tensor::from_floats(rope.inv_freq(), &device);
+        let (cos, sin) = rope.cos_sin(positions, inv_freq);
         let x = Tensor::<B, 4>::from_floats([[[[1.0, 0.0, 0.0, 0.0]]]], &device);
         let y = apply_rope(x, &cos, &sin).into_data().to_vec::<f32>().unwrap();
         // x1 = [1, 0], x2 = [0, 0]: y = [cos(2), cos(0.2)*0, sin(2)*1, 0]

@@ -111,6 +111,7 @@ impl<B: Backend> Routing<B> {
             force_on: self.force_on.as_ref().map(|f| layer_row(f, layer)),
             force_off: self.force_off.as_ref().map(|f| layer_row(f, layer)),
             capture: self.capture,
+            index: None,
         }
     }
 }
@@ -132,9 +133,17 @@ pub struct LayerRouting<B: Backend> {
     pub force_off: Option<Tensor<B, 1, Bool>>,
     /// Capture the logits and the choices.
     pub capture: bool,
+    /// `0..experts` on the logits' device for the top-k (`None`: made by each call).
+    pub index: Option<Tensor<B, 1, Int>>,
 }
 
 impl<B: Backend> LayerRouting<B> {
+    /// Take the top-k's `0..experts` from `index` rather than uploading it.
+    pub fn with_index(mut self, index: Tensor<B, 1, Int>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
     /// Turn router logits into the top-k experts and their weights.
     ///
     /// # Shapes
@@ -182,7 +191,10 @@ impl<B: Backend> LayerRouting<B> {
         }
         // probs = softmax(router_logits, dtype=torch.float)
         let probs = softmax(scores, 1);
-        let (mut weights, experts) = self::top_k(probs, top_k);
+        let (mut weights, experts) = match &self.index {
+            Some(index) => top_k_indexed(probs, top_k, index.clone()),
+            None => self::top_k(probs, top_k),
+        };
         if renorm {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
             weights = weights.clone() / weights.sum_dim(1);
@@ -203,38 +215,44 @@ impl<B: Backend> LayerRouting<B> {
 /// `O(rows · n²)` work, nothing at the OLMoE shapes (n = 64); burn 0.21's sort instead reads the
 /// tensor back to the host, a synchronisation per call.
 pub fn top_k<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
-    top_k_in_chunks(x, k, TOP_K_CHUNK_ELEMENTS)
+    let index = Tensor::arange(0..x.dims()[1] as i64, &x.device());
+    top_k_indexed(x, k, index)
+}
+
+/// [`top_k`] given `0..n` on `x`'s device (from a forward pass's
+/// [`Constants`](super::constants::Constants), so that no MoE layer uploads it).
+pub fn top_k_indexed<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    top_k_in_chunks(x, k, index, TOP_K_CHUNK_ELEMENTS)
 }
 
 /// Rows × n² above which [`top_k`] works through the rows in chunks, bounding its `[rows, n, n]`
 /// intermediates (2²⁶ elements: 256 MiB as i32; one chunk for 8,192 rows of 64 experts).
 const TOP_K_CHUNK_ELEMENTS: usize = 1 << 26;
 
-fn top_k_in_chunks<B: Backend>(x: Tensor<B, 2>, k: usize, max_elements: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+fn top_k_in_chunks<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>, max_elements: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let [rows, n] = x.dims();
+    assert_eq!(index.dims(), [n], "top-k index of another width");
     let chunk = (max_elements / (n * n).max(1)).max(1);
     if rows <= chunk {
-        return top_k_rows(x, k);
+        return top_k_rows(x, k, index);
     }
     let (values, indices): (Vec<_>, Vec<_>) = (0..rows)
         .step_by(chunk)
-        .map(|start| top_k_rows(x.clone().slice([start..(start + chunk).min(rows), 0..n]), k))
+        .map(|start| top_k_rows(x.clone().slice([start..(start + chunk).min(rows), 0..n]), k, index.clone()))
         .unzip();
     (Tensor::cat(values, 0), Tensor::cat(indices, 0))
 }
 
-fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize, arange: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let [rows, n] = x.dims();
     assert!(k <= n, "top-{k} of rows of {n} entries");
-    let device = x.device();
     let cube = [rows, n, n];
     // NaN compares false with everything, which would leave ranks unassigned: rank it last.
     let keys = x.clone().mask_fill(x.clone().is_nan(), f32::NEG_INFINITY);
     // [r, j, l]: x[r, l] (the other entry) and x[r, j] (this one).
     let other = keys.clone().unsqueeze_dim::<3>(1).expand(cube);
     let this = keys.unsqueeze_dim::<3>(2).expand(cube);
-    // One upload of 0..n gives the [j, l] mask `l < j`, the slots 0..k and the entries' indices.
-    let arange = Tensor::<B, 1, Int>::arange(0..n as i64, &device);
+    // 0..n gives the [j, l] mask `l < j`, the slots 0..k and the entries' indices.
     let lower = arange
         .clone()
         .reshape([1, n])
@@ -311,7 +329,7 @@ mod tests {
         // In chunks of 5 rows (the last one short), the same.
         let x = Tensor::<B, 2>::random([23, 16], burn::tensor::Distribution::Default, &device);
         let (v1, i1) = top_k(x.clone(), 4);
-        let (v2, i2) = top_k_in_chunks(x, 4, 5 * 16 * 16);
+        let (v2, i2) = top_k_in_chunks(x, 4, Tensor::arange(0..16, &device), 5 * 16 * 16);
         i2.into_data().assert_eq(&i1.into_data(), true);
         v2.into_data().assert_eq(&v1.into_data(), true);
     }

@@ -143,7 +143,14 @@ pub fn forward_logits_router_logits_and_hidden_match<B: Backend>(t: Target) {
         let lse = (out.logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
         check("forward.logsumexp", to_vec(lse), LOGITS_TOL);
         if precision() == Precision::F32 {
-            assert_argmax_within_tolerance(&name, out.logits.clone(), &reference(&dir, "forward.argmax").i64(), t.loosen(LOGITS_TOL));
+            // One logit's error: twice the largest measured on the 512 compared per position
+            // (for the entries not compared), at least the CPU's tolerance.
+            let measured = ["forward.logits_head", "forward.logits_tail"]
+                .iter()
+                .zip([0, vocab - 256])
+                .map(|(what, lo)| max_abs_diff(&to_vec(vocab_slice(out.logits.clone(), lo, lo + 256)), &reference(&dir, what).f32()).0)
+                .fold(0f32, f32::max);
+            assert_argmax_within(&name, out.logits.clone(), &reference(&dir, "forward.argmax").i64(), (2.0 * measured).max(LOGITS_TOL));
         }
         // Reference: [layers, batch*seq, experts]; ours: [layers, batch, seq, experts].
         check("forward.router_logits", to_vec(out.router_logits.expect("captured")), 1e-5);
@@ -151,16 +158,15 @@ pub fn forward_logits_router_logits_and_hidden_match<B: Backend>(t: Target) {
     }
 }
 
-/// The argmax of every position equals the reference's wherever it is decided beyond the
-/// logits tolerance `tol`: where this backend's two largest logits are more than `2 · tol` apart
-/// (logits within `tol` of the reference cannot then rank another token first). A position
-/// whose top two are closer is a near-tie that the accepted error may flip (CUDA's float32 runs
-/// TF32 GEMMs at `tol` = 0.2); at least half the positions must be decided, so the check keeps
-/// its teeth.
-fn assert_argmax_within_tolerance<B: Backend>(name: &str, logits: Tensor<B, 3>, want: &[i64], tol: f32) {
+/// The argmax agrees with the reference's as far as the logits' error allows. `eps` bounds the
+/// error of one logit; then at every position this backend's logit of the reference's argmax
+/// is within `2 · eps` of its largest (the reference ranks that token first, each logit is off
+/// by at most `eps`), and where this backend's two largest logits are more than `2 · eps` apart
+/// its argmax is the reference's. A flip inside `2 · eps` is a near-tie the error allows (CUDA's
+/// float32 runs TF32 GEMMs).
+fn assert_argmax_within<B: Backend>(name: &str, logits: Tensor<B, 3>, want: &[i64], eps: f32) {
     let [b, s, vocab] = logits.dims();
     let rows: Vec<f32> = to_vec(logits.reshape([b * s, vocab]));
-    let mut decided = 0;
     for (pos, (row, &want)) in rows.chunks(vocab).zip(want).enumerate() {
         let (mut first, mut second, mut arg) = (f32::NEG_INFINITY, f32::NEG_INFINITY, 0);
         for (i, &v) in row.iter().enumerate() {
@@ -170,12 +176,12 @@ fn assert_argmax_within_tolerance<B: Backend>(name: &str, logits: Tensor<B, 3>, 
                 second = v;
             }
         }
-        if first - second > 2.0 * tol {
-            decided += 1;
-            assert_eq!(arg, want, "{name} forward.argmax at position {pos} (top-2 margin {:.3e} > 2 × {tol:e})", first - second);
+        let behind = first - row[want as usize];
+        assert!(behind <= 2.0 * eps, "{name} forward.argmax at position {pos}: the reference's token {want} is {behind:.3e} below the largest logit (token {arg}), more than 2 × {eps:e}");
+        if first - second > 2.0 * eps {
+            assert_eq!(arg, want, "{name} forward.argmax at position {pos} (top-2 margin {:.3e} > 2 × {eps:e})", first - second);
         }
     }
-    assert!(2 * decided >= want.len(), "{name} forward.argmax: only {decided} of {} positions decided beyond 2 × {tol:e}", want.len());
 }
 
 /// See the test of this name.
