@@ -191,10 +191,9 @@ pub struct Choice<B: Backend> {
 /// The experts of one MoE layer side by side.
 #[derive(Debug, Clone)]
 pub struct StackedExperts<B: Backend> {
-    /// `[hidden, experts * inter]`.
-    gate: Tensor<B, 2>,
-    /// `[hidden, experts * inter]`.
-    up: Tensor<B, 2>,
+    /// `[hidden, 2 * experts * inter]`: every expert's gate projection, then every expert's up
+    /// projection (one GEMM computes both).
+    gate_up: Tensor<B, 2>,
     /// `[experts * inter, hidden]`.
     down: Tensor<B, 2>,
     experts: usize,
@@ -211,9 +210,10 @@ impl<B: Backend> StackedExperts<B> {
         let cat = |pick: fn(&Expert<B>) -> Tensor<B, 2>, dim: usize| {
             Tensor::cat(experts.iter().map(|e| in_dtype(pick(e), dtype)).collect(), dim)
         };
+        let gate = cat(|e| e.gate_proj.weight.val(), 1);
+        let up = cat(|e| e.up_proj.weight.val(), 1);
         Some(Self {
-            gate: cat(|e| e.gate_proj.weight.val(), 1),
-            up: cat(|e| e.up_proj.weight.val(), 1),
+            gate_up: Tensor::cat(vec![gate, up], 1),
             down: cat(|e| e.down_proj.weight.val(), 0),
             experts: experts.len(),
         })
@@ -225,12 +225,13 @@ impl<B: Backend> StackedExperts<B> {
     /// - `x`: `[tokens, hidden]`, `choice`: `[tokens, k]` → `[tokens, hidden]`
     pub fn forward(&self, x: Tensor<B, 2>, choice: Choice<B>) -> Tensor<B, 2> {
         let [tokens, _] = x.dims();
-        let [_, width] = self.gate.dims();
+        let width = self.gate_up.dims()[1] / 2;
         let inter = width / self.experts;
         let weights = Tensor::<B, 2>::zeros([tokens, self.experts], (&x.device(), x.dtype()))
             .scatter(1, choice.experts, choice.weights, IndexingUpdateOp::Add);
         let all = [tokens];
-        let h = silu(grouped_linear(x.clone(), vec![self.gate.clone()], &all)) * grouped_linear(x, vec![self.up.clone()], &all);
+        let gate_up = grouped_linear(x, vec![self.gate_up.clone()], &all);
+        let h = silu(gate_up.clone().slice([0..tokens, 0..width])) * gate_up.slice([0..tokens, width..2 * width]);
         let h = h.reshape([tokens, self.experts, inter]) * weights.reshape([tokens, self.experts, 1]);
         grouped_linear(h.reshape([tokens, width]), vec![self.down.clone()], &all)
     }
