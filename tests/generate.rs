@@ -25,6 +25,12 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+/// Chat-templated prompts (one user message each) as ids.
+fn chat_prompts(texts: &[&str]) -> Vec<Vec<u32>> {
+    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
+    texts.iter().map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap()).collect()
+}
+
 fn opts(max_new_tokens: usize, sampling: Sampling, capture: bool) -> GenerateOptions {
     GenerateOptions { max_new_tokens, sampling, stop_ids: vec![], pad_id: 1, capture }
 }
@@ -89,11 +95,7 @@ fn kv_cache_decoding_equals_recomputation() {
 #[test]
 fn left_padded_batch_gives_each_row_its_own_tokens() {
     let model = model();
-    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
-    let prompts: Vec<Vec<u32>> = ["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]
-        .iter()
-        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
-        .collect();
+    let prompts = chat_prompts(&["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]);
     let o = opts(10, Sampling::Greedy, false);
     let batch = generate(&model, &prompts, &o, &Routing::free(), &Default::default(), |_| {});
     for (i, p) in prompts.iter().enumerate() {
@@ -120,12 +122,8 @@ fn same_seed_same_sampled_tokens() {
 #[test]
 fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
     let model = model();
-    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
     let device = Default::default();
-    let prompts: Vec<Vec<u32>> = ["Tell me a joke.", "Hello there, how are you today?"]
-        .iter()
-        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
-        .collect();
+    let prompts = chat_prompts(&["Tell me a joke.", "Hello there, how are you today?"]);
     let gens = generate(&model, &prompts, &opts(7, Sampling::Greedy, true), &Routing::free(), &device, |_| {});
     for g in &gens {
         let all: Vec<i64> = g.prompt_ids.iter().chain(&g.new_ids).map(|&t| t as i64).collect();
@@ -193,11 +191,7 @@ fn greedy_rows_stop_at_their_own_stop_id_and_the_rest_go_on() {
     // with a stop id, each row's tokens must be its free-running ones cut after the first stop
     // id, over more steps than one read covers, and the progress count must add up.
     let model = model();
-    let tok = ChatTokenizer::from_dir(fixture()).unwrap();
-    let prompts: Vec<Vec<u32>> = ["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]
-        .iter()
-        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
-        .collect();
+    let prompts = chat_prompts(&["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]);
     let steps = 40;
     let free = generate(&model, &prompts, &opts(steps, Sampling::Greedy, false), &Routing::free(), &Default::default(), |_| {});
     let stop = free[0].new_ids[2];
