@@ -153,9 +153,8 @@ pub fn generate<B: Backend>(
             unread.push(picked);
             fed
         } else {
-            let picked = sample(&mut sampler, last);
-            let fed = rows.fed(&picked, opts.pad_id);
-            on_token(rows.take(&picked));
+            let (fed, produced) = rows.take(&sample(&mut sampler, last));
+            on_token(produced);
             Tensor::from_data(TensorData::new(fed, [batch]), device)
         };
         step += 1;
@@ -163,7 +162,7 @@ pub fn generate<B: Backend>(
             let steps = unread.len();
             let read: Vec<u32> = Tensor::stack::<2>(std::mem::take(&mut unread), 0).into_data().iter::<i64>().map(|t| t as u32).collect();
             for picked in read.chunks(batch).take(steps) {
-                on_token(rows.take(picked));
+                on_token(rows.take(picked).1);
             }
         }
         // The last token's routing is that of the pass that reads it: one more step when capturing.
@@ -214,20 +213,18 @@ fn sample<B: Backend>(sampler: &mut Sampler, logits: Tensor<B, 2>) -> Vec<u32> {
 const READ_EVERY: usize = 16;
 
 /// Each row's generated ids and whether it has stopped, as the host knows them.
-struct Rows {
+struct Rows<'a> {
+    opts: &'a GenerateOptions,
     new_ids: Vec<Vec<u32>>,
     done: Vec<bool>,
-    stop_ids: Vec<u32>,
-    max_new_tokens: usize,
 }
 
-impl Rows {
-    fn new(batch: usize, opts: &GenerateOptions) -> Self {
+impl<'a> Rows<'a> {
+    fn new(batch: usize, opts: &'a GenerateOptions) -> Self {
         Self {
+            opts,
             new_ids: vec![Vec::new(); batch],
             done: vec![opts.max_new_tokens == 0; batch],
-            stop_ids: opts.stop_ids.clone(),
-            max_new_tokens: opts.max_new_tokens,
         }
     }
 
@@ -235,26 +232,25 @@ impl Rows {
         self.done.iter().all(|&d| d)
     }
 
-    /// The ids one step fed: each row's pick, padding for the rows stopped before it.
-    fn fed(&self, picked: &[u32], pad_id: u32) -> Vec<i64> {
-        picked.iter().zip(&self.done).map(|(&t, &d)| if d { pad_id as i64 } else { t as i64 }).collect()
-    }
-
-    /// Add one step's picks to the rows still going (a stop id ends a row, included); returns how
-    /// many rows took a token. Call [`Rows::fed`] first: this updates which rows are done.
-    fn take(&mut self, picked: &[u32]) -> usize {
+    /// Add one step's picks to the rows still going (a stop id ends a row, included). Returns the
+    /// ids the step feeds (each row's pick, padding for the rows stopped before it) and how many
+    /// rows took a token.
+    fn take(&mut self, picked: &[u32]) -> (Vec<i64>, usize) {
+        let mut fed = Vec::with_capacity(picked.len());
         let mut produced = 0;
         for (r, &tok) in picked.iter().enumerate() {
             if self.done[r] {
+                fed.push(self.opts.pad_id as i64);
                 continue;
             }
+            fed.push(tok as i64);
             produced += 1;
             self.new_ids[r].push(tok);
-            if self.stop_ids.contains(&tok) || self.new_ids[r].len() == self.max_new_tokens {
+            if self.opts.stop_ids.contains(&tok) || self.new_ids[r].len() == self.opts.max_new_tokens {
                 self.done[r] = true;
             }
         }
-        produced
+        (fed, produced)
     }
 }
 

@@ -207,14 +207,12 @@ impl<B: Backend> StackedExperts<B> {
         if experts.is_empty() || experts.iter().any(Expert::has_bias) {
             return None;
         }
-        let cat = |pick: fn(&Expert<B>) -> Tensor<B, 2>, dim: usize| {
-            Tensor::cat(experts.iter().map(|e| in_dtype(pick(e), dtype)).collect(), dim)
-        };
-        let gate = cat(|e| e.gate_proj.weight.val(), 1);
-        let up = cat(|e| e.up_proj.weight.val(), 1);
+        let weights = |pick: fn(&Expert<B>) -> &Linear<B>| experts.iter().map(move |e| in_dtype(pick(e).weight.val(), dtype));
+        // One concatenation of the gate weights then the up weights: no intermediate copies.
+        let gate_up = weights(|e| &e.gate_proj).chain(weights(|e| &e.up_proj)).collect();
         Some(Self {
-            gate_up: Tensor::cat(vec![gate, up], 1),
-            down: cat(|e| e.down_proj.weight.val(), 0),
+            gate_up: Tensor::cat(gate_up, 1),
+            down: Tensor::cat(weights(|e| &e.down_proj).collect(), 0),
             experts: experts.len(),
         })
     }
