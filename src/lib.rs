@@ -9,6 +9,8 @@ pub mod analysis;
 pub mod backend;
 pub mod collect;
 pub mod config;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod data;

@@ -56,6 +56,18 @@ fn cached_decoding_matches_recomputation_and_greedy_tokens() {
     parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CUDA_TF32);
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn routing_kernels_match_burn_ops() {
+    parity_cases::routing_kernels_match_burn_ops::<B>();
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn decode_attention_kernel_matches_burn_ops() {
+    parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
+}
+
 /// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.
 fn assert_close<const D: usize>(what: &str, got: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, want: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, rel: f64) {
     let max_abs = |t: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>| -> f64 { t.abs().max().into_scalar().into() };

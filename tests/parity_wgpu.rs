@@ -51,3 +51,15 @@ fn masked_expert_gradients_of_layer0_match() {
 fn cached_decoding_matches_recomputation_and_greedy_tokens() {
     parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(WGPU);
 }
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn routing_kernels_match_burn_ops() {
+    parity_cases::routing_kernels_match_burn_ops::<B>();
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn decode_attention_kernel_matches_burn_ops() {
+    parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
+}

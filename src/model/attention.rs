@@ -115,6 +115,12 @@ impl<B: Backend> Attention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
+        let scale = (head_dim as f64).powf(-0.5);
+        // A decode step's attention on a GPU backend: one kernel (see `crate::cube`).
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if let Some(out) = crate::cube::try_decode_attention(&q, &k, &v, masked, scale) {
+            return linear_3d(&self.o_proj, out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * head_dim]));
+        }
         let total = k.dims()[2];
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads);
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads);
@@ -122,7 +128,7 @@ impl<B: Backend> Attention<B> {
         let items = batch * self.num_heads;
         let scores = bmm(q.reshape([items, seq, head_dim]), k.reshape([items, total, head_dim]).swap_dims(1, 2))
             .reshape([batch, self.num_heads, seq, total])
-            .mul_scalar((head_dim as f64).powf(-0.5));
+            .mul_scalar(scale);
         let dtype = scores.dtype();
         let scores = to_f32(scores).mask_fill(
             masked.clone().expand([batch, self.num_heads, seq, total]),

@@ -182,10 +182,14 @@ pub fn grouped_experts<B: Backend>(experts: &[Expert<B>], x: Tensor<B, 2>, count
 /// The experts chosen for every token of one layer.
 #[derive(Debug, Clone)]
 pub struct Choice<B: Backend> {
-    /// `[tokens, k]`: routing weight of each chosen expert, in the hidden dtype.
+    /// `[tokens, k]`: routing weight of each chosen expert, float32 (cast to the hidden dtype
+    /// where it is used, so that the cast fuses with the product it feeds).
     pub weights: Tensor<B, 2>,
     /// `[tokens, k]`: the chosen experts, by descending probability.
     pub experts: Tensor<B, 2, Int>,
+    /// `[tokens, experts]` float32, when the routing computed it: `weights` at the chosen experts'
+    /// columns, zero elsewhere (what the dense execution scatters otherwise).
+    pub dense: Option<Tensor<B, 2>>,
 }
 
 /// The experts of one MoE layer side by side.
@@ -225,8 +229,11 @@ impl<B: Backend> StackedExperts<B> {
         let [tokens, _] = x.dims();
         let width = self.gate_up.dims()[1] / 2;
         let inter = width / self.experts;
-        let weights = Tensor::<B, 2>::zeros([tokens, self.experts], (&x.device(), x.dtype()))
-            .scatter(1, choice.experts, choice.weights, IndexingUpdateOp::Add);
+        let dtype = x.dtype();
+        let weights = match choice.dense {
+            Some(dense) => dense.cast(dtype),
+            None => Tensor::<B, 2>::zeros([tokens, self.experts], (&x.device(), dtype)).scatter(1, choice.experts, choice.weights.cast(dtype), IndexingUpdateOp::Add),
+        };
         let all = [tokens];
         let gate_up = grouped_linear(x, vec![self.gate_up.clone()], &all);
         let h = silu(gate_up.clone().slice([0..tokens, 0..width])) * gate_up.slice([0..tokens, width..2 * width]);
@@ -264,6 +271,7 @@ mod tests {
         let choice = Choice {
             weights: Tensor::from_data(TensorData::from(w), &device),
             experts: Tensor::<B, 2, Int>::from_data(TensorData::from(chosen), &device),
+            dense: None,
         };
         let got = StackedExperts::stack(&experts, DType::F32).unwrap().forward(x.clone(), choice);
         for t in 0..3 {

@@ -96,6 +96,7 @@ impl<B: Backend> MoeBlock<B> {
     /// The grouped execution: `x` `[tokens, hidden]` → `[tokens, hidden]`.
     fn grouped(&self, x: Tensor<B, 2>, choice: Choice<B>) -> Tensor<B, 2> {
         let k = self.top_k;
+        let x_dtype = x.dtype();
         let chosen: Vec<i64> = choice.experts.clone().into_data().iter::<i64>().collect();
         let num_experts = self.experts.len();
         // Stable counting sort of the (token, slot) pairs by expert.
@@ -129,7 +130,7 @@ impl<B: Backend> MoeBlock<B> {
         let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
         let ys = permute_rows(grouped_experts(&self.experts, xs, &counts), position, sorted);
         // Σ over each token's k choices of routing weight × expert output.
-        (ys * choice.weights.reshape([n, 1])).reshape([tokens, k, hidden]).sum_dim(1).reshape([tokens, hidden])
+        (ys * choice.weights.cast(x_dtype).reshape([n, 1])).reshape([tokens, k, hidden]).sum_dim(1).reshape([tokens, hidden])
     }
 }
 

@@ -18,7 +18,10 @@
 //! Ties in the top-k go to the lower expert index (a stable descending sort's order); a tie
 //! between two allowed experts has measure zero with real logits, and ties between masked experts
 //! carry weight zero. The top-k is computed on the device without sorting ([`top_k`]): burn 0.21's
-//! sort runs on the host on every backend, a device synchronisation per MoE layer.
+//! sort runs on the host on every backend, a device synchronisation per MoE layer. On the GPU
+//! backends its indices come from one kernel, and in inference the softmax, top-k and weights
+//! too (`crate::cube`); the CPU runs the burn ops written here, which the kernels are tested
+//! against.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
@@ -189,6 +192,15 @@ impl<B: Backend> LayerRouting<B> {
                 scores = scores.mask_where(rows(off), bottom);
             }
         }
+        // Inference on a GPU backend: all of what follows as one kernel (see `crate::cube`).
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if let Some(route) = crate::cube::try_route(&scores, top_k, renorm) {
+            return Choice {
+                weights: route.weights,
+                experts: route.indices,
+                dense: Some(route.dense),
+            };
+        }
         // probs = softmax(router_logits, dtype=torch.float)
         let probs = softmax(scores, 1);
         let (mut weights, experts) = match &self.index {
@@ -199,10 +211,7 @@ impl<B: Backend> LayerRouting<B> {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
             weights = weights.clone() / weights.sum_dim(1);
         }
-        Choice {
-            weights: weights.cast(dtype),
-            experts,
-        }
+        Choice { weights, experts, dense: None }
     }
 }
 
@@ -221,7 +230,19 @@ pub fn top_k<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 
 
 /// [`top_k`] given `0..n` on `x`'s device (from a forward pass's
 /// [`Constants`](super::constants::Constants), so that no MoE layer uploads it).
+///
+/// On burn's GPU backends the indices come from one kernel instead (`crate::cube::try_top_k`,
+/// the same order), the values gathered as here.
 pub fn top_k_indexed<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let Some(indices) = crate::cube::try_top_k(&x, k) {
+        return (x.gather(1, indices.clone()), indices);
+    }
+    top_k_by_rank(x, k, index)
+}
+
+/// [`top_k_indexed`] with burn's tensor ops on every backend (what the kernel is tested against).
+pub fn top_k_by_rank<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     top_k_in_chunks(x, k, index, TOP_K_CHUNK_ELEMENTS)
 }
 

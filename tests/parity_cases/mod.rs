@@ -342,3 +342,118 @@ pub fn cached_decoding_matches_recomputation_and_greedy_tokens<B: Backend>(t: Ta
         }
     }
 }
+
+/// The routing kernels of `steermoe::cube` against burn's ops on the same backend: the top-k's
+/// indices exactly (ties to the lower index, NaN last: rows built with both), on plain and on
+/// autodiff tensors; the inference routing's indices exactly and its weights (plain and
+/// renormalised) and their dense layout to float32 rounding of the softmax's sum.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn routing_kernels_match_burn_ops<B: Backend>() {
+    use burn::tensor::activation::softmax;
+    use burn::tensor::{Distribution, IndexingUpdateOp};
+    use steermoe::cube::{try_route, try_top_k};
+    use steermoe::model::routing::top_k_by_rank;
+
+    let device = B::Device::default();
+    let index = |n: usize| Tensor::<B, 1, Int>::arange(0..n as i64, &device);
+    let ints = |t: Tensor<B, 2, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let floats = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    // Random rows (1,000 of 64: more than one cube of rows), then rows with ties, NaN and ±inf.
+    let random = Tensor::<B, 2>::random([1000, 64], Distribution::Normal(0.0, 1.0), &device);
+    let special = Tensor::<B, 2>::from_floats(
+        [
+            [0.1, 0.7, 0.7, 0.0, 0.2, 0.7, f32::NAN, 0.2],
+            [0.0; 8],
+            [f32::NAN; 8],
+            [f32::NAN, 1.0, f32::NEG_INFINITY, 2.0, 0.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
+        ],
+        &device,
+    );
+    for (x, k) in [(random.clone(), 8), (random.clone().slice([0..16, 0..64]), 8), (special, 5)] {
+        let n = x.dims()[1];
+        let (_, want) = top_k_by_rank(x.clone(), k, index(n));
+        let got = try_top_k(&x, k).expect("a GPU backend runs the top-k kernel");
+        assert_eq!(ints(got), ints(want.clone()), "top-{k} indices of {:?}", x.dims());
+        // Through autodiff (the training path), and on a transposed (strided) view.
+        let ad = Tensor::<Autodiff<B>, 2>::from_inner(x.clone());
+        let got = try_top_k(&ad, k).expect("a GPU autodiff backend runs the top-k kernel");
+        assert_eq!(ints(got.inner()), ints(want), "top-{k} indices through autodiff");
+    }
+    let strided = random.clone().slice([0..64, 0..64]).transpose();
+    let (_, want) = top_k_by_rank(strided.clone(), 8, index(64));
+    assert_eq!(ints(try_top_k(&strided, 8).unwrap()), ints(want), "top-k of a transposed view");
+
+    for renorm in [false, true] {
+        let scores = random.clone().mul_scalar(3.0);
+        let route = try_route(&scores, 8, renorm).expect("a GPU backend runs the routing kernel");
+        let probs = softmax(scores, 1);
+        let (mut weights, experts) = top_k_by_rank(probs, 8, index(64));
+        if renorm {
+            weights = weights.clone() / weights.sum_dim(1);
+        }
+        let dense = Tensor::<B, 2>::zeros([1000, 64], &device).scatter(1, experts.clone(), weights.clone(), IndexingUpdateOp::Add);
+        assert_eq!(ints(route.indices), ints(experts), "routing indices (renorm {renorm})");
+        for (what, got, want) in [("weights", route.weights, weights), ("dense weights", route.dense, dense)] {
+            let (got, want) = (floats(got), floats(want));
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1e-6)).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "routing {what} (renorm {renorm}): max relative error {worst:e}");
+        }
+    }
+}
+
+/// The decode-attention kernel of `steermoe::cube` against burn's ops on the same backend: one
+/// query per sequence over a cache with masked slots, grouped-query heads (4 query heads on 2
+/// key/value heads) and a strided query (heads swapped in, as the model passes it), to float32
+/// rounding; and `None` where it does not apply (two query positions, autodiff).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn decode_attention_kernel_matches_burn_ops<B: Backend>() {
+    use burn::tensor::Distribution;
+    use steermoe::cube::try_decode_attention;
+
+    let device = B::Device::default();
+    let [batch, heads, kv_heads, slots, dim] = [3, 4, 2, 37, 64];
+    let normal = Distribution::Normal(0.0, 1.0);
+    // [batch, 1, heads, dim] swapped to [batch, heads, 1, dim]: a strided view.
+    let q = Tensor::<B, 4>::random([batch, 1, heads, dim], normal, &device).swap_dims(1, 2);
+    let k = Tensor::<B, 4>::random([batch, kv_heads, slots, dim], normal, &device);
+    let v = Tensor::<B, 4>::random([batch, kv_heads, slots, dim], normal, &device);
+    // Sequence b may not attend to slots below 3b (padding) nor above 30 (unwritten).
+    let mh: Vec<bool> = (0..batch).flat_map(|b| (0..slots).map(move |s| s < 3 * b || s > 30)).collect();
+    let masked = Tensor::<B, 4, Bool>::from_data(TensorData::new(mh.clone(), [batch, 1, 1, slots]), &device);
+    let scale = (dim as f64).powf(-0.5);
+    let got = try_decode_attention(&q, &k, &v, &masked, scale).expect("a GPU backend runs the decode-attention kernel");
+
+    // The reference on the host in float64 (burn's CUDA matmul would run float32 as TF32).
+    let host = |t: &Tensor<B, 4>| t.to_data().to_vec::<f32>().unwrap();
+    let (qh, kh, vh) = (host(&q), host(&k), host(&v));
+    let mut want = vec![0f64; batch * heads * dim];
+    for b in 0..batch {
+        for h in 0..heads {
+            let g = h / (heads / kv_heads);
+            let row = |s: usize| ((b * kv_heads + g) * slots + s) * dim;
+            let qr = &qh[(b * heads + h) * dim..][..dim];
+            let scores: Vec<f64> = (0..slots)
+                .map(|s| match mh[b * slots + s] {
+                    true => f64::NEG_INFINITY,
+                    false => scale * (0..dim).map(|d| qr[d] as f64 * kh[row(s) + d] as f64).sum::<f64>(),
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+            for d in 0..dim {
+                want[(b * heads + h) * dim + d] = (0..slots).map(|s| (scores[s] - max).exp() / sum * vh[row(s) + d] as f64).sum();
+            }
+        }
+    }
+    assert_eq!(got.dims(), [batch, heads, 1, dim]);
+    let got = got.into_data().to_vec::<f32>().unwrap();
+    let top = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    let worst = got.iter().zip(&want).map(|(&g, w)| (g as f64 - w).abs()).fold(0f64, f64::max) / top;
+    assert!(worst < 1e-5, "decode attention: max error {worst:e} of the largest output");
+
+    let two = Tensor::<B, 4>::random([batch, heads, 2, dim], normal, &device);
+    assert!(try_decode_attention(&two, &k, &v, &masked, scale).is_none(), "two query positions are burn's");
+    let ad = |t: &Tensor<B, 4>| Tensor::<Autodiff<B>, 4>::from_inner(t.clone());
+    let masked_ad = Tensor::<Autodiff<B>, 4, Bool>::from_inner(masked);
+    assert!(try_decode_attention(&ad(&q), &ad(&k), &ad(&v), &masked_ad, scale).is_none(), "autodiff is burn's");
+}

@@ -1,0 +1,42 @@
+//! cubecl kernels of this crate, on burn's GPU backends (CUDA and wgpu): the routers' top-k (with
+//! or without autodiff) and, for inference, a router's whole decision ([`routing`]) and a decode
+//! step's attention over the KV cache ([`attention`]), each as one kernel and one operation of
+//! burn's fusion stream.
+//!
+//! Why: a decode step at the OLMoE-1B-7B shape launched ~66 burn kernels a layer, about twenty of
+//! them the routing's (softmax, the rank-based top-k's comparisons, casts and sums, the gather,
+//! the dense experts' scatter) and about ten its attention's, and a step's time is bound by the
+//! number of launches (`benches/RESULTS.md`, issue 17). The model stays generic over
+//! `B: Backend`: each `try_*` function recognises these backends by type and returns `None` on
+//! any other (the CPU), which then runs burn's ops; each computes what those ops compute.
+//!
+//! A leaf: it depends on burn and its cubecl crates, nothing else of this crate.
+
+pub mod attention;
+mod attention_kernel;
+pub mod routing;
+mod routing_kernels;
+
+use std::any::Any;
+
+use burn_cubecl::CubeBackend;
+use burn_fusion::Fusion;
+
+pub use attention::try_decode_attention;
+pub use routing::{Route, try_route, try_top_k};
+
+/// burn's CUDA or wgpu backend below fusion (float32 and i32 element types, as burn's `Cuda` and
+/// `Wgpu` aliases have them).
+type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
+/// The same with fusion: what `burn::backend::Cuda` and `burn::backend::Wgpu` are.
+type Fused<R, BT> = Fusion<Cube<R, BT>>;
+
+/// `v` as the concrete type `T`, when it is one.
+pub(crate) fn as_backend<T: Any + Clone>(v: &dyn Any) -> Option<T> {
+    v.downcast_ref::<T>().cloned()
+}
+
+/// A concrete tensor back as the generic `Tensor<B, D>` (or `Tensor<B, D, Int>`) it was.
+pub(crate) fn back<T: Any, U: Any>(t: T) -> Option<U> {
+    (Box::new(t) as Box<dyn Any>).downcast::<U>().ok().map(|b| *b)
+}

@@ -1,0 +1,177 @@
+//! The routers' top-k, and for inference a router's whole decision, each as one kernel
+//! ([`routing_kernels`](super::routing_kernels)) and one operation of burn's fusion stream: they
+//! replace about twenty of burn's kernels a MoE layer (the softmax, the rank-based top-k's
+//! comparisons, casts and sums, the gather, the dense experts' scatter).
+
+use std::marker::PhantomData;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeRuntime};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use super::routing_kernels as kernels;
+use super::{Cube, Fused, as_backend, back};
+
+/// Rows a cube (thread block) of the routing kernels covers.
+const ROWS_PER_CUBE: u32 = 64;
+
+/// The `k` largest entries of each row of `x` `[rows, n]`, in descending order (ties to the lower
+/// index; NaN last), as indices `[rows, k]` — what `model::routing::top_k`'s rank-based version
+/// computes — in one kernel, when `B` is burn's CUDA or wgpu backend (with or without autodiff)
+/// and `x` is float32; `None` otherwise. Indices carry no gradient: gather the values from `x`.
+pub fn try_top_k<B: Backend>(x: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2, Int>> {
+    if x.dtype() != DType::F32 || k > x.dims()[1] {
+        return None;
+    }
+    macro_rules! on {
+        ($fused:ty) => {
+            if let Some(x) = as_backend::<Tensor<$fused, 2>>(x) {
+                return back_int(top_k_fused(x, k));
+            }
+            if let Some(x) = as_backend::<Tensor<Autodiff<$fused>, 2>>(x) {
+                return back_int(Tensor::<Autodiff<$fused>, 2, Int>::from_inner(top_k_fused(x.inner(), k)));
+            }
+        };
+    }
+    #[cfg(feature = "cuda")]
+    on!(burn::backend::Cuda);
+    #[cfg(feature = "wgpu")]
+    on!(burn::backend::Wgpu);
+    None
+}
+
+/// One router's decision for inference (see [`route_kernel`](super::routing_kernels::route_kernel)).
+#[derive(Debug, Clone)]
+pub struct Route<B: Backend> {
+    /// `[rows, k]`: the chosen experts, by descending probability.
+    pub indices: Tensor<B, 2, Int>,
+    /// `[rows, k]` float32: their probabilities (renormalised over the k when asked).
+    pub weights: Tensor<B, 2>,
+    /// `[rows, n]` float32: the same weights at their experts' columns, zero elsewhere.
+    pub dense: Tensor<B, 2>,
+}
+
+/// softmax, top-k, the chosen probabilities (renormalised when `renorm`) and their dense
+/// `[rows, n]` layout, of the float32 router scores `scores` `[rows, n]`, in one kernel, when `B`
+/// is burn's CUDA or wgpu backend *without* autodiff (nothing here is differentiable); `None`
+/// otherwise.
+pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> Option<Route<B>> {
+    if scores.dtype() != DType::F32 || k > scores.dims()[1] {
+        return None;
+    }
+    macro_rules! on {
+        ($fused:ty) => {
+            if let Some(scores) = as_backend::<Tensor<$fused, 2>>(scores) {
+                let [indices, weights, dense] = route_fused(scores, k, renorm);
+                return Some(Route {
+                    indices: back(Tensor::<$fused, 2, Int>::from_primitive(indices))?,
+                    weights: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(weights)))?,
+                    dense: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(dense)))?,
+                });
+            }
+        };
+    }
+    #[cfg(feature = "cuda")]
+    on!(burn::backend::Cuda);
+    #[cfg(feature = "wgpu")]
+    on!(burn::backend::Wgpu);
+    None
+}
+
+/// Which kernel an [`RoutingOp`] launches.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Inputs `[x]` → `[indices]`.
+    TopK { k: usize },
+    /// Inputs `[scores]` → `[indices, weights, dense]`.
+    Route { k: usize, renorm: bool },
+}
+
+/// One routing kernel as an operation of burn's fusion stream.
+#[derive(Debug)]
+struct RoutingOp<R, BT> {
+    desc: CustomOpIr,
+    kind: Kind,
+    backend: PhantomData<fn() -> (R, BT)>,
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RoutingOp<R, BT> {
+    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>) {
+        let x = handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[0]);
+        let [rows, n] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let client = x.client.clone();
+        let empty = |shape: [usize; 2], dtype: DType| {
+            let shape = Shape::new(shape);
+            let bytes = shape.num_elements() * dtype.size();
+            CubeTensor::new_contiguous(client.clone(), x.device.clone(), shape, client.empty(bytes), dtype)
+        };
+        let cube_dim = CubeDim::new_1d(ROWS_PER_CUBE);
+        let cube_count = CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE).max(1), 1, 1);
+        let outs = &self.desc.outputs;
+        match self.kind {
+            Kind::TopK { k } => {
+                let indices = empty([rows, k], DType::I32);
+                kernels::top_k_kernel::launch::<R>(&client, cube_count, cube_dim, x.into_tensor_arg(), indices.clone().into_tensor_arg(), f32::NEG_INFINITY, k);
+                handles.register_int_tensor::<Cube<R, BT>>(&outs[0].id, indices);
+            }
+            Kind::Route { k, renorm } => {
+                let indices = empty([rows, k], DType::I32);
+                let weights = empty([rows, k], DType::F32);
+                let dense = empty([rows, n], DType::F32);
+                kernels::route_kernel::launch::<R>(
+                    &client,
+                    cube_count,
+                    cube_dim,
+                    x.into_tensor_arg(),
+                    indices.clone().into_tensor_arg(),
+                    weights.clone().into_tensor_arg(),
+                    dense.clone().into_tensor_arg(),
+                    f32::NEG_INFINITY,
+                    k,
+                    renorm,
+                );
+                handles.register_int_tensor::<Cube<R, BT>>(&outs[0].id, indices);
+                handles.register_float_tensor::<Cube<R, BT>>(&outs[1].id, weights);
+                handles.register_float_tensor::<Cube<R, BT>>(&outs[2].id, dense);
+            }
+        }
+    }
+}
+
+/// Register one routing kernel on the fusion stream of `x`: outputs of these shapes and dtypes.
+fn register<R: CubeRuntime, BT: BoolElement>(x: FusionTensor<FusionCubeRuntime<R>>, kind: Kind, outputs: &[([usize; 2], DType)]) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
+    let client = x.client.clone();
+    let streams = OperationStreams::with_inputs([&x]);
+    let outs: Vec<TensorIr> = outputs
+        .iter()
+        .map(|&(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype))
+        .collect();
+    let desc = CustomOpIr::new("steermoe_routing", &[x.into_ir()], &outs);
+    client.register(streams, OperationIr::Custom(desc.clone()), RoutingOp::<R, BT> { desc, kind, backend: PhantomData })
+}
+
+fn top_k_fused<R: CubeRuntime, BT: BoolElement>(x: Tensor<Fused<R, BT>, 2>, k: usize) -> Tensor<Fused<R, BT>, 2, Int> {
+    let [rows, _] = x.dims();
+    let x = x.into_primitive().tensor();
+    let mut out = register::<R, BT>(x, Kind::TopK { k }, &[([rows, k], DType::I32)]);
+    Tensor::from_primitive(out.remove(0))
+}
+
+fn route_fused<R: CubeRuntime, BT: BoolElement>(scores: Tensor<Fused<R, BT>, 2>, k: usize, renorm: bool) -> [FusionTensor<FusionCubeRuntime<R>>; 3] {
+    let [rows, n] = scores.dims();
+    let scores = scores.into_primitive().tensor();
+    let outputs = [([rows, k], DType::I32), ([rows, k], DType::F32), ([rows, n], DType::F32)];
+    let out = register::<R, BT>(scores, Kind::Route { k, renorm }, &outputs);
+    out.try_into().unwrap_or_else(|_| unreachable!("three outputs registered"))
+}
+
+fn back_int<B: Backend, T: std::any::Any>(t: T) -> Option<Tensor<B, 2, Int>> {
+    back(t)
+}

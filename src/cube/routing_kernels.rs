@@ -1,0 +1,115 @@
+//! The routers' kernels, written in cubecl: one thread per row (a token's router scores), so a
+//! MoE layer's routing is one launch instead of burn's ~20 small kernels (see [`super`]).
+//!
+//! Both select like a stable descending sort: slot `s` holds the entry that comes first among
+//! those after slot `s - 1`'s, where `a` comes before `b` when it is larger, or equal at a lower
+//! index; NaN is ranked as −∞ (`neg_inf`, passed in at launch because WGSL has no infinity
+//! literal). `O(k · n)` per row: nothing at router widths (64 or 128 experts, k = 8).
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+/// `indices[r, s]` = the index of row `r`'s entry of rank `s` in `x` `[rows, n]` (any strides),
+/// for `s` in `0..k`.
+#[cube(launch)]
+pub fn top_k_kernel(x: &Tensor<f32>, indices: &mut Tensor<i32>, neg_inf: f32, #[comptime] k: usize) {
+    let row = ABSOLUTE_POS;
+    if row >= indices.shape(0) {
+        terminate!();
+    }
+    let n = x.shape(1);
+    let base = row * x.stride(0);
+    let step = x.stride(1);
+    let out = row * indices.stride(0);
+    let mut prev_v = neg_inf;
+    let mut prev_j = n;
+    for slot in 0..k {
+        let mut best_v = neg_inf;
+        let mut best_j = n;
+        for j in 0..n {
+            let raw = x[base + j * step];
+            let v = select(raw.is_nan(), neg_inf, raw);
+            let after = slot == 0 || v < prev_v || (v == prev_v && j > prev_j);
+            if after && (best_j == n || v > best_v) {
+                best_v = v;
+                best_j = j;
+            }
+        }
+        indices[out + slot * indices.stride(1)] = i32::cast_from(best_j);
+        prev_v = best_v;
+        prev_j = best_j;
+    }
+}
+
+/// A router's whole decision for inference, as the model's routing computes it (see
+/// `model::routing`): `p = softmax(scores)` over each row of `scores` `[rows, n]` (float32:
+/// `exp(s - max) / Σ exp(s - max)`); `indices [rows, k]` the top-k of `p` as [`top_k_kernel`]
+/// ranks them; `weights [rows, k]` their probabilities, divided by their sum when `renorm`; and
+/// `dense [rows, n]` the same weights at their experts' columns, zero elsewhere.
+#[cube(launch)]
+pub fn route_kernel(
+    scores: &Tensor<f32>,
+    indices: &mut Tensor<i32>,
+    weights: &mut Tensor<f32>,
+    dense: &mut Tensor<f32>,
+    neg_inf: f32,
+    #[comptime] k: usize,
+    #[comptime] renorm: bool,
+) {
+    let row = ABSOLUTE_POS;
+    if row >= indices.shape(0) {
+        terminate!();
+    }
+    let n = scores.shape(1);
+    let base = row * scores.stride(0);
+    let step = scores.stride(1);
+    let mut max = scores[base];
+    for j in 1..n {
+        let s = scores[base + j * step];
+        if s > max {
+            max = s;
+        }
+    }
+    let mut sum = 0.0f32;
+    for j in 0..n {
+        sum += (scores[base + j * step] - max).exp();
+    }
+    let dense_row = row * dense.stride(0);
+    for j in 0..n {
+        dense[dense_row + j * dense.stride(1)] = 0.0f32;
+    }
+    let out = row * indices.stride(0);
+    let w_out = row * weights.stride(0);
+    let mut prev_v = neg_inf;
+    let mut prev_j = n;
+    let mut total = 0.0f32;
+    for slot in 0..k {
+        let mut best_v = neg_inf;
+        let mut best_j = n;
+        for j in 0..n {
+            let raw = (scores[base + j * step] - max).exp() / sum;
+            let v = select(raw.is_nan(), neg_inf, raw);
+            let after = slot == 0 || v < prev_v || (v == prev_v && j > prev_j);
+            if after && (best_j == n || v > best_v) {
+                best_v = v;
+                best_j = j;
+            }
+        }
+        let p = (scores[base + best_j * step] - max).exp() / sum;
+        indices[out + slot * indices.stride(1)] = i32::cast_from(best_j);
+        weights[w_out + slot * weights.stride(1)] = p;
+        total += p;
+        prev_v = best_v;
+        prev_j = best_j;
+    }
+    for slot in 0..k {
+        let at = w_out + slot * weights.stride(1);
+        let mut w = weights[at];
+        if renorm {
+            w = w / total;
+            weights[at] = w;
+        }
+        let j = usize::cast_from(indices[out + slot * indices.stride(1)]);
+        dense[dense_row + j * dense.stride(1)] = w;
+    }
+}
