@@ -68,6 +68,23 @@ fn decode_attention_kernel_matches_burn_ops() {
     parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
 }
 
+/// The routing kernel reads bf16 logits as their float32 values: the same indices, weights and
+/// dense weights, bit for bit, as from the logits cast to float32 first.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn routing_kernel_reads_bf16_logits_as_float32() {
+    use burn::tensor::{Distribution, FloatDType, Tensor};
+    let device = Default::default();
+    let logits = Tensor::<B, 2>::random([300, 64], Distribution::Normal(0.0, 2.0), &device).cast(FloatDType::BF16);
+    for renorm in [false, true] {
+        let a = steermoe::cube::try_route(&logits, 8, renorm).expect("CUDA runs the routing kernel");
+        let b = steermoe::cube::try_route(&logits.clone().cast(FloatDType::F32), 8, renorm).expect("CUDA runs the routing kernel");
+        a.indices.into_data().assert_eq(&b.indices.into_data(), true);
+        a.weights.into_data().assert_eq(&b.weights.into_data(), true);
+        a.dense.into_data().assert_eq(&b.dense.into_data(), true);
+    }
+}
+
 /// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.
 fn assert_close<const D: usize>(what: &str, got: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, want: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, rel: f64) {
     let max_abs = |t: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>| -> f64 { t.abs().max().into_scalar().into() };

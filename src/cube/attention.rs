@@ -34,7 +34,7 @@ pub fn try_decode_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &
     let [batch, heads, seq, dim] = q.dims();
     let [_, kv_heads, slots, _] = k.dims();
     let supported = matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16) && k.dtype() == q.dtype() && v.dtype() == q.dtype();
-    if seq != 1 || slots > MAX_SLOTS || kv_heads == 0 || heads % kv_heads != 0 || !supported || masked.dims() != [batch, 1, 1, slots] || k.dims()[3] != dim {
+    if !super::enabled() || seq != 1 || slots > MAX_SLOTS || kv_heads == 0 || heads % kv_heads != 0 || !supported || masked.dims() != [batch, 1, 1, slots] || k.dims()[3] != dim {
         return None;
     }
     macro_rules! on {

@@ -10,6 +10,8 @@
 //! `B: Backend`: each `try_*` function recognises these backends by type and returns `None` on
 //! any other (the CPU), which then runs burn's ops; each computes what those ops compute.
 //!
+//! `STEERMOE_CUBE_KERNELS=0` turns them off (burn's ops run everywhere), for comparing the two.
+//!
 //! A leaf: it depends on burn and its cubecl crates, nothing else of this crate.
 
 pub mod attention;
@@ -30,6 +32,12 @@ pub use routing::{Route, try_route, try_top_k};
 type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
 /// The same with fusion: what `burn::backend::Cuda` and `burn::backend::Wgpu` are.
 type Fused<R, BT> = Fusion<Cube<R, BT>>;
+
+/// Whether the kernels run: not when `STEERMOE_CUBE_KERNELS=0` (read once).
+pub(crate) fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| !std::env::var("STEERMOE_CUBE_KERNELS").is_ok_and(|v| v == "0"))
+}
 
 /// `v` as the concrete type `T`, when it is one.
 pub(crate) fn as_backend<T: Any + Clone>(v: &dyn Any) -> Option<T> {

@@ -27,7 +27,7 @@ const ROWS_PER_CUBE: u32 = 64;
 /// computes — in one kernel, when `B` is burn's CUDA or wgpu backend (with or without autodiff)
 /// and `x` is float32; `None` otherwise. Indices carry no gradient: gather the values from `x`.
 pub fn try_top_k<B: Backend>(x: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2, Int>> {
-    if x.dtype() != DType::F32 || k > x.dims()[1] {
+    if !super::enabled() || x.dtype() != DType::F32 || k > x.dims()[1] {
         return None;
     }
     macro_rules! on {
@@ -59,11 +59,12 @@ pub struct Route<B: Backend> {
 }
 
 /// softmax, top-k, the chosen probabilities (renormalised when `renorm`) and their dense
-/// `[rows, n]` layout, of the float32 router scores `scores` `[rows, n]`, in one kernel, when `B`
+/// `[rows, n]` layout, of the router scores `scores` `[rows, n]` taken to float32 (any float
+/// dtype: the cast is the kernel's first step), in one kernel, when `B`
 /// is burn's CUDA or wgpu backend *without* autodiff (nothing here is differentiable); `None`
 /// otherwise.
 pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> Option<Route<B>> {
-    if scores.dtype() != DType::F32 || k > scores.dims()[1] {
+    if !super::enabled() || !matches!(scores.dtype(), DType::F32 | DType::BF16 | DType::F16) || k > scores.dims()[1] {
         return None;
     }
     macro_rules! on {
@@ -125,6 +126,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
                 let indices = empty([rows, k], DType::I32);
                 let weights = empty([rows, k], DType::F32);
                 let dense = empty([rows, n], DType::F32);
+                let dtype = x.dtype;
                 kernels::route_kernel::launch::<R>(
                     &client,
                     cube_count,
@@ -136,6 +138,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
                     f32::NEG_INFINITY,
                     k,
                     renorm,
+                    dtype.into(),
                 );
                 handles.register_int_tensor::<Cube<R, BT>>(&outs[0].id, indices);
                 handles.register_float_tensor::<Cube<R, BT>>(&outs[1].id, weights);

@@ -42,19 +42,20 @@ pub fn top_k_kernel(x: &Tensor<f32>, indices: &mut Tensor<i32>, neg_inf: f32, #[
 }
 
 /// A router's whole decision for inference, as the model's routing computes it (see
-/// `model::routing`): `p = softmax(scores)` over each row of `scores` `[rows, n]` (float32:
-/// `exp(s - max) / Σ exp(s - max)`); `indices [rows, k]` the top-k of `p` as [`top_k_kernel`]
+/// `model::routing`): `p = softmax(scores)` over each row of `scores` `[rows, n]` (in float32,
+/// whatever `F`: `exp(s - max) / Σ exp(s - max)`); `indices [rows, k]` the top-k of `p` as [`top_k_kernel`]
 /// ranks them; `weights [rows, k]` their probabilities, divided by their sum when `renorm`; and
 /// `dense [rows, n]` the same weights at their experts' columns, zero elsewhere.
 #[cube(launch)]
-pub fn route_kernel(
-    scores: &Tensor<f32>,
+pub fn route_kernel<F: Float>(
+    scores: &Tensor<F>,
     indices: &mut Tensor<i32>,
     weights: &mut Tensor<f32>,
     dense: &mut Tensor<f32>,
     neg_inf: f32,
     #[comptime] k: usize,
     #[comptime] renorm: bool,
+    #[define(F)] _dtype: StorageType,
 ) {
     let row = ABSOLUTE_POS;
     if row >= indices.shape(0) {
@@ -63,16 +64,16 @@ pub fn route_kernel(
     let n = scores.shape(1);
     let base = row * scores.stride(0);
     let step = scores.stride(1);
-    let mut max = scores[base];
+    let mut max = f32::cast_from(scores[base]);
     for j in 1..n {
-        let s = scores[base + j * step];
+        let s = f32::cast_from(scores[base + j * step]);
         if s > max {
             max = s;
         }
     }
     let mut sum = 0.0f32;
     for j in 0..n {
-        sum += (scores[base + j * step] - max).exp();
+        sum += (f32::cast_from(scores[base + j * step]) - max).exp();
     }
     let dense_row = row * dense.stride(0);
     for j in 0..n {
@@ -87,7 +88,7 @@ pub fn route_kernel(
         let mut best_v = neg_inf;
         let mut best_j = n;
         for j in 0..n {
-            let raw = (scores[base + j * step] - max).exp() / sum;
+            let raw = (f32::cast_from(scores[base + j * step]) - max).exp() / sum;
             let v = select(raw.is_nan(), neg_inf, raw);
             let after = slot == 0 || v < prev_v || (v == prev_v && j > prev_j);
             if after && (best_j == n || v > best_v) {
@@ -95,7 +96,7 @@ pub fn route_kernel(
                 best_j = j;
             }
         }
-        let p = (scores[base + best_j * step] - max).exp() / sum;
+        let p = (f32::cast_from(scores[base + best_j * step]) - max).exp() / sum;
         indices[out + slot * indices.stride(1)] = i32::cast_from(best_j);
         weights[w_out + slot * weights.stride(1)] = p;
         total += p;

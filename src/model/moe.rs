@@ -5,10 +5,10 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use super::config::ModelConfig;
-use super::experts::{Choice, Expert, ExpertExecution, StackedExperts, grouped_experts, linear, permute_rows};
+use super::experts::{Choice, Expert, ExpertExecution, StackedExperts, dense_linear, grouped_experts, linear, permute_rows};
 use super::routing::LayerRouting;
 
 /// What a MoE block returns.
@@ -67,9 +67,13 @@ impl<B: Backend> MoeBlock<B> {
         let [batch, seq, hidden] = x.dims();
         let tokens = batch * seq;
         let x = x.reshape([tokens, hidden]);
-        // burn's matmul, not cuBLAS (whose float32 runs TF32): the router is a small product,
-        // and its logits decide the routing this tool measures.
-        let logits = linear(&self.gate, x.clone());
+        // In float32 burn's matmul, not cuBLAS (whose float32 runs TF32): the router is a small
+        // product, and its logits decide the routing this tool measures. In bf16 or f16 cuBLAS
+        // (both accumulate in float32 and round to the dtype).
+        let logits = match x.dtype() {
+            DType::F32 => linear(&self.gate, x.clone()),
+            _ => dense_linear(&self.gate, x.clone()),
+        };
         let choice = routing.choose(logits.clone(), batch, self.top_k, self.norm_topk_prob);
         let chosen = routing.capture.then(|| choice.experts.clone());
         let dtype = x.dtype();

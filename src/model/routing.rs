@@ -176,8 +176,19 @@ impl<B: Backend> LayerRouting<B> {
             };
             routed = routed + penalty;
         }
+        let steered = self.force_on.is_some() || self.force_off.is_some();
+        // Inference on a GPU backend: all of what follows as one kernel (see `crate::cube`), which
+        // reads the logits in their own dtype (the float32 cast is its first step).
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if !steered && let Some(route) = crate::cube::try_route(&routed, top_k, renorm) {
+            return Choice {
+                weights: route.weights,
+                experts: route.indices,
+                dense: Some(route.dense),
+            };
+        }
         let mut scores = to_f32(routed);
-        if self.force_on.is_some() || self.force_off.is_some() {
+        if steered {
             // router_logits = log_softmax(router_logits); max_per_tok, min_per_tok taken first;
             // router_logits[:, pos_mask] = max_per_tok + 0.01; router_logits[:, neg_mask] = min_per_tok - 0.01
             let logp = log_softmax(scores, 1);
@@ -192,7 +203,6 @@ impl<B: Backend> LayerRouting<B> {
                 scores = scores.mask_where(rows(off), bottom);
             }
         }
-        // Inference on a GPU backend: all of what follows as one kernel (see `crate::cube`).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(route) = crate::cube::try_route(&scores, top_k, renorm) {
             return Choice {
