@@ -203,6 +203,7 @@ impl<B: Backend> LayerRouting<B> {
                 scores = scores.mask_where(rows(off), bottom);
             }
         }
+        // Steered scores: the same kernel from here.
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(route) = crate::cube::try_route(&scores, top_k, renorm) {
             return Choice {
