@@ -11,12 +11,12 @@ use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
-use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::attention_kernel::decode_attention_kernel;
-use super::{Cube, Fused, as_backend, back};
+use super::{Cube, Fused, as_backend, back, register};
 
 /// Key slots above which the scores no longer fit the kernel's shared memory (16 KiB of float32,
 /// WebGPU's default limit a workgroup): burn's ops then run.
@@ -99,11 +99,7 @@ fn fused<R: CubeRuntime, BT: BoolElement>(q: Tensor<Fused<R, BT>, 4>, k: Tensor<
     let dtype = q.dtype();
     let [q, k, v]: [FusionTensor<FusionCubeRuntime<R>>; 3] = [q, k, v].map(|t| t.into_primitive().tensor());
     let masked: FusionTensor<FusionCubeRuntime<R>> = masked.into_primitive();
-    let client = q.client.clone();
-    let streams = OperationStreams::with_inputs([&q, &k, &v, &masked]);
-    let out = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
-    let desc = CustomOpIr::new("steermoe_decode_attention", &[q.into_ir(), k.into_ir(), v.into_ir(), masked.into_ir()], &[out]);
-    let op = DecodeAttentionOp::<R, BT> { desc: desc.clone(), scale: scale as f32, backend: PhantomData };
-    let mut outs = client.register(streams, OperationIr::Custom(desc), op);
+    let op = |desc| DecodeAttentionOp::<R, BT> { desc, scale: scale as f32, backend: PhantomData };
+    let mut outs = register("steermoe_decode_attention", vec![q, k, v, masked], &[(shape, dtype)], op);
     Tensor::from_primitive(TensorPrimitive::Float(outs.remove(0)))
 }

@@ -21,8 +21,12 @@ mod routing_kernels;
 
 use std::any::Any;
 
-use burn_cubecl::CubeBackend;
-use burn_fusion::Fusion;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::{CubeBackend, CubeRuntime};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionTensor};
+use burn_ir::{CustomOpIr, OperationIr, TensorIr};
 
 pub use attention::try_decode_attention;
 pub use routing::{Route, try_route, try_top_k};
@@ -32,6 +36,22 @@ pub use routing::{Route, try_route, try_top_k};
 type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
 /// The same with fusion: what `burn::backend::Cuda` and `burn::backend::Wgpu` are.
 type Fused<R, BT> = Fusion<Cube<R, BT>>;
+
+/// Register the custom operation `op(descriptor)` (named `name`) on the fusion streams of
+/// `inputs`, with outputs of these shapes and dtypes; returns the outputs.
+fn register<R: CubeRuntime, O: Operation<FusionCubeRuntime<R>> + 'static>(
+    name: &'static str,
+    inputs: Vec<FusionTensor<FusionCubeRuntime<R>>>,
+    outputs: &[(Shape, DType)],
+    op: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outs: Vec<TensorIr> = outputs.iter().map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.clone(), *dtype)).collect();
+    let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &irs, &outs);
+    client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+}
 
 /// Whether the kernels run: not when `STEERMOE_CUBE_KERNELS=0` (read once).
 pub(crate) fn enabled() -> bool {

@@ -12,12 +12,12 @@ use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
-use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::routing_kernels as kernels;
-use super::{Cube, Fused, as_backend, back};
+use super::{Cube, Fused, as_backend, back, register};
 
 /// Rows a cube (thread block) of the routing kernels covers.
 const ROWS_PER_CUBE: u32 = 64;
@@ -33,10 +33,10 @@ pub fn try_top_k<B: Backend>(x: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2, 
     macro_rules! on {
         ($fused:ty) => {
             if let Some(x) = as_backend::<Tensor<$fused, 2>>(x) {
-                return back_int(top_k_fused(x, k));
+                return back(top_k_fused(x, k));
             }
             if let Some(x) = as_backend::<Tensor<Autodiff<$fused>, 2>>(x) {
-                return back_int(Tensor::<Autodiff<$fused>, 2, Int>::from_inner(top_k_fused(x.inner(), k)));
+                return back(Tensor::<Autodiff<$fused>, 2, Int>::from_inner(top_k_fused(x.inner(), k)));
             }
         };
     }
@@ -149,21 +149,15 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
 }
 
 /// Register one routing kernel on the fusion stream of `x`: outputs of these shapes and dtypes.
-fn register<R: CubeRuntime, BT: BoolElement>(x: FusionTensor<FusionCubeRuntime<R>>, kind: Kind, outputs: &[([usize; 2], DType)]) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
-    let client = x.client.clone();
-    let streams = OperationStreams::with_inputs([&x]);
-    let outs: Vec<TensorIr> = outputs
-        .iter()
-        .map(|&(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype))
-        .collect();
-    let desc = CustomOpIr::new("steermoe_routing", &[x.into_ir()], &outs);
-    client.register(streams, OperationIr::Custom(desc.clone()), RoutingOp::<R, BT> { desc, kind, backend: PhantomData })
+fn register_routing<R: CubeRuntime, BT: BoolElement>(x: FusionTensor<FusionCubeRuntime<R>>, kind: Kind, outputs: &[([usize; 2], DType)]) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
+    let outputs: Vec<(Shape, DType)> = outputs.iter().map(|&(shape, dtype)| (Shape::new(shape), dtype)).collect();
+    register("steermoe_routing", vec![x], &outputs, |desc| RoutingOp::<R, BT> { desc, kind, backend: PhantomData })
 }
 
 fn top_k_fused<R: CubeRuntime, BT: BoolElement>(x: Tensor<Fused<R, BT>, 2>, k: usize) -> Tensor<Fused<R, BT>, 2, Int> {
     let [rows, _] = x.dims();
     let x = x.into_primitive().tensor();
-    let mut out = register::<R, BT>(x, Kind::TopK { k }, &[([rows, k], DType::I32)]);
+    let mut out = register_routing::<R, BT>(x, Kind::TopK { k }, &[([rows, k], DType::I32)]);
     Tensor::from_primitive(out.remove(0))
 }
 
@@ -171,10 +165,6 @@ fn route_fused<R: CubeRuntime, BT: BoolElement>(scores: Tensor<Fused<R, BT>, 2>,
     let [rows, n] = scores.dims();
     let scores = scores.into_primitive().tensor();
     let outputs = [([rows, k], DType::I32), ([rows, k], DType::F32), ([rows, n], DType::F32)];
-    let out = register::<R, BT>(scores, Kind::Route { k, renorm }, &outputs);
+    let out = register_routing::<R, BT>(scores, Kind::Route { k, renorm }, &outputs);
     out.try_into().unwrap_or_else(|_| unreachable!("three outputs registered"))
-}
-
-fn back_int<B: Backend, T: std::any::Any>(t: T) -> Option<Tensor<B, 2, Int>> {
-    back(t)
 }

@@ -9,6 +9,23 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+/// The value an entry is ranked by: NaN as −∞.
+#[cube]
+fn key(raw: f32, neg_inf: f32) -> f32 {
+    select(raw.is_nan(), neg_inf, raw)
+}
+
+/// Whether entry `(v, j)` (`v` its [`key`]) takes the slot being filled from the best so far
+/// (`best_v`; `none`: no entry yet): it must come after the previous slot's entry `(prev_v,
+/// prev_j)` — smaller, or equal at a higher index; anything does for the first slot — and before
+/// the best so far, i.e. be larger (the scan runs up the indices, so an equal one comes after).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn takes(v: f32, j: usize, first: bool, prev_v: f32, prev_j: usize, best_v: f32, none: bool) -> bool {
+    let after = first || v < prev_v || (v == prev_v && j > prev_j);
+    after && (none || v > best_v)
+}
+
 /// `indices[r, s]` = the index of row `r`'s entry of rank `s` in `x` `[rows, n]` (any strides),
 /// for `s` in `0..k`.
 #[cube(launch)]
@@ -27,10 +44,8 @@ pub fn top_k_kernel(x: &Tensor<f32>, indices: &mut Tensor<i32>, neg_inf: f32, #[
         let mut best_v = neg_inf;
         let mut best_j = n;
         for j in 0..n {
-            let raw = x[base + j * step];
-            let v = select(raw.is_nan(), neg_inf, raw);
-            let after = slot == 0 || v < prev_v || (v == prev_v && j > prev_j);
-            if after && (best_j == n || v > best_v) {
+            let v = key(x[base + j * step], neg_inf);
+            if takes(v, j, slot == 0, prev_v, prev_j, best_v, best_j == n) {
                 best_v = v;
                 best_j = j;
             }
@@ -88,10 +103,8 @@ pub fn route_kernel<F: Float>(
         let mut best_v = neg_inf;
         let mut best_j = n;
         for j in 0..n {
-            let raw = (f32::cast_from(scores[base + j * step]) - max).exp() / sum;
-            let v = select(raw.is_nan(), neg_inf, raw);
-            let after = slot == 0 || v < prev_v || (v == prev_v && j > prev_j);
-            if after && (best_j == n || v > best_v) {
+            let v = key((f32::cast_from(scores[base + j * step]) - max).exp() / sum, neg_inf);
+            if takes(v, j, slot == 0, prev_v, prev_j, best_v, best_j == n) {
                 best_v = v;
                 best_j = j;
             }

@@ -25,7 +25,8 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 
 use super::cublas::{Cublas, CublasError, Mat};
 use super::device_thread;
-use super::grouped::{as_backend, available, back};
+use super::grouped::available;
+use crate::cube::{as_backend, back};
 
 type Cube = CubeBackend<CudaRuntime, f32, i32, u8>;
 type Fused = <Cuda as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
@@ -149,7 +150,7 @@ pub fn try_batched_matmul<B: Backend>(a: &Tensor<B, 3>, b: &Tensor<B, 3>) -> Opt
             return None;
         }
         let y = as_backend::<Tensor<Ad, 3>>(b)?;
-        return back::<B, _, 3>(forward_autodiff(x, y));
+        return back(forward_autodiff(x, y));
     }
     if let Some(x) = as_backend::<Tensor<Cuda, 3>>(a) {
         if !available(x.device().index) {
@@ -157,7 +158,7 @@ pub fn try_batched_matmul<B: Backend>(a: &Tensor<B, 3>, b: &Tensor<B, 3>) -> Opt
         }
         let y = as_backend::<Tensor<Cuda, 3>>(b)?;
         let out = fused(x.into_primitive().tensor(), y.into_primitive().tensor());
-        return back::<B, _, 3>(Tensor::<Cuda, 3>::from_primitive(TensorPrimitive::Float(out)));
+        return back(Tensor::<Cuda, 3>::from_primitive(TensorPrimitive::Float(out)));
     }
     None
 }

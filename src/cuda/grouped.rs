@@ -7,8 +7,6 @@
 //! backend (with or without autodiff) by type and returns `None` on any other, which then runs
 //! burn's own matmuls. What each expert computes is exactly `x_e · W_e`, as on every backend.
 
-use std::any::Any;
-
 use burn::backend::{Autodiff, Cuda};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
@@ -27,6 +25,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 
 use super::cublas::{Cublas, CublasError, Mat, Order};
 use super::device_thread;
+use crate::cube::{as_backend, back};
 
 type Cube = CubeBackend<CudaRuntime, f32, i32, u8>;
 type Fused = <Cuda as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
@@ -261,16 +260,6 @@ fn primitive3(t: Tensor<Ad, 3>) -> AdTensor {
     t.into_primitive().tensor()
 }
 
-/// `v` as the concrete type `T`, when it is one.
-pub(super) fn as_backend<T: Any + Clone>(v: &dyn Any) -> Option<T> {
-    v.downcast_ref::<T>().cloned()
-}
-
-/// A concrete tensor back as the generic `Tensor<B, D>` it was.
-pub(super) fn back<B: Backend, T: Any, const D: usize>(t: T) -> Option<Tensor<B, D>> {
-    (Box::new(t) as Box<dyn Any>).downcast::<Tensor<B, D>>().ok().map(|b| *b)
-}
-
 /// The gradient of a row permutation: the gather by the inverse permutation (state).
 #[derive(Debug)]
 struct PermuteBackward;
@@ -298,7 +287,7 @@ pub fn try_permute_rows<B: Backend>(x: &Tensor<B, 2>, perm: &Tensor<B, 1, burn::
         OpsKind::Tracked(prep) => prep.finish(inverse, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
-    back::<B, _, 2>(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out)))
+    back(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out)))
 }
 
 /// Whether cuBLAS loads on `device` (tried once; a warning and burn's matmuls when it does not),
@@ -331,7 +320,7 @@ pub fn try_grouped_linear<B: Backend>(x: &Tensor<B, 2>, weights: &[Tensor<B, 2>]
             return None;
         }
         let weights = weights.iter().map(|w| as_backend::<Tensor<Ad, 2>>(w)).collect::<Option<Vec<_>>>()?;
-        return back::<B, _, 2>(forward_autodiff(x, weights, counts));
+        return back(forward_autodiff(x, weights, counts));
     }
     if let Some(x) = as_backend::<Tensor<Cuda, 2>>(x) {
         if !available(x.device().index) {
@@ -342,7 +331,7 @@ pub fn try_grouped_linear<B: Backend>(x: &Tensor<B, 2>, weights: &[Tensor<B, 2>]
             .map(|w| as_backend::<Tensor<Cuda, 2>>(w).map(|w| w.into_primitive().tensor()))
             .collect::<Option<Vec<Fused>>>()?;
         let y = forward_inner(x.into_primitive().tensor(), weights, counts);
-        return back::<B, _, 2>(Tensor::<Cuda, 2>::from_primitive(TensorPrimitive::Float(y)));
+        return back(Tensor::<Cuda, 2>::from_primitive(TensorPrimitive::Float(y)));
     }
     None
 }

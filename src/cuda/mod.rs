@@ -3,7 +3,8 @@
 //! burn's CUDA backend owns ([`cublas`]), queued on its device thread ([`device_thread`]); with the
 //! `ddp` feature, burn's data-parallel training strategy on several devices ([`ddp`]).
 //!
-//! A leaf: it depends on burn, its CUDA crates and cudarc, nothing else of this crate.
+//! It depends on burn, its CUDA crates, cudarc and [`crate::cube`]'s backend downcasts, nothing
+//! else of this crate.
 
 pub mod batched;
 pub mod cublas;

@@ -176,34 +176,27 @@ impl<B: Backend> LayerRouting<B> {
             };
             routed = routed + penalty;
         }
-        let steered = self.force_on.is_some() || self.force_off.is_some();
+        let scores = match self.force_on.is_some() || self.force_off.is_some() {
+            false => routed,
+            true => {
+                // router_logits = log_softmax(router_logits); max_per_tok, min_per_tok taken first;
+                // router_logits[:, pos_mask] = max_per_tok + 0.01; router_logits[:, neg_mask] = min_per_tok - 0.01
+                let logp = log_softmax(to_f32(routed), 1);
+                let top = logp.clone().max_dim(1).add_scalar(0.01).expand([tokens, num_experts]);
+                let bottom = logp.clone().min_dim(1).sub_scalar(0.01).expand([tokens, num_experts]);
+                let rows = |m: &Tensor<B, 1, Bool>| m.clone().unsqueeze_dim::<2>(0).expand([tokens, num_experts]);
+                let mut scores = logp;
+                if let Some(on) = &self.force_on {
+                    scores = scores.mask_where(rows(on), top);
+                }
+                if let Some(off) = &self.force_off {
+                    scores = scores.mask_where(rows(off), bottom);
+                }
+                scores
+            }
+        };
         // Inference on a GPU backend: all of what follows as one kernel (see `crate::cube`), which
-        // reads the logits in their own dtype (the float32 cast is its first step).
-        #[cfg(any(feature = "cuda", feature = "wgpu"))]
-        if !steered && let Some(route) = crate::cube::try_route(&routed, top_k, renorm) {
-            return Choice {
-                weights: route.weights,
-                experts: route.indices,
-                dense: Some(route.dense),
-            };
-        }
-        let mut scores = to_f32(routed);
-        if steered {
-            // router_logits = log_softmax(router_logits); max_per_tok, min_per_tok taken first;
-            // router_logits[:, pos_mask] = max_per_tok + 0.01; router_logits[:, neg_mask] = min_per_tok - 0.01
-            let logp = log_softmax(scores, 1);
-            let top = logp.clone().max_dim(1).add_scalar(0.01).expand([tokens, num_experts]);
-            let bottom = logp.clone().min_dim(1).sub_scalar(0.01).expand([tokens, num_experts]);
-            let rows = |m: &Tensor<B, 1, Bool>| m.clone().unsqueeze_dim::<2>(0).expand([tokens, num_experts]);
-            scores = logp;
-            if let Some(on) = &self.force_on {
-                scores = scores.mask_where(rows(on), top);
-            }
-            if let Some(off) = &self.force_off {
-                scores = scores.mask_where(rows(off), bottom);
-            }
-        }
-        // Steered scores: the same kernel from here.
+        // reads the scores in their own dtype (the float32 cast is its first step).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(route) = crate::cube::try_route(&scores, top_k, renorm) {
             return Choice {
@@ -213,7 +206,7 @@ impl<B: Backend> LayerRouting<B> {
             };
         }
         // probs = softmax(router_logits, dtype=torch.float)
-        let probs = softmax(scores, 1);
+        let probs = softmax(to_f32(scores), 1);
         let (mut weights, experts) = match &self.index {
             Some(index) => top_k_indexed(probs, top_k, index.clone()),
             None => self::top_k(probs, top_k),
