@@ -68,6 +68,12 @@ fn decode_attention_kernel_matches_burn_ops() {
     parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn rms_norm_kernel_matches_burn_ops() {
+    parity_cases::rms_norm_kernel_matches_burn_ops::<B>();
+}
+
 /// The routing kernel reads bf16 logits as their float32 values: the same indices, weights and
 /// dense weights, bit for bit, as from the logits cast to float32 first.
 #[test]
@@ -83,6 +89,28 @@ fn routing_kernel_reads_bf16_logits_as_float32() {
         a.weights.into_data().assert_eq(&b.weights.into_data(), true);
         a.dense.into_data().assert_eq(&b.dense.into_data(), true);
     }
+}
+
+/// In bf16 the RMSNorm kernel rounds where burn's ops (the model's RMSNorm without the kernel)
+/// round: only the float32 sum's order differs, so nearly every output is bit-identical and none
+/// is more than one bf16 step away.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
+    use burn::tensor::{Distribution, FloatDType, Tensor};
+    let device = Default::default();
+    let x = Tensor::<B, 2>::random([64, 2048], Distribution::Normal(0.0, 3.0), &device).cast(FloatDType::BF16);
+    let w = Tensor::<B, 1>::random([2048], Distribution::Uniform(0.5, 1.5), &device).cast(FloatDType::BF16);
+    let got = steermoe::cube::try_rms_norm(&x, &w, 1e-5).expect("CUDA runs the RMSNorm kernel");
+    let xf = x.cast(FloatDType::F32);
+    let normed = xf.clone() * xf.square().mean_dim(1).add_scalar(1e-5).sqrt().recip();
+    let want = w.reshape([1, 2048]) * normed.cast(FloatDType::BF16);
+    let f32s = |t: Tensor<B, 2>| t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+    let (got, want) = (f32s(got), f32s(want));
+    let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1e-6)).fold(0f32, f32::max);
+    assert!(worst <= 1.0 / 128.0, "max relative difference {worst:e} (more than one bf16 step)");
+    assert!(differ * 100 <= got.len(), "{differ} of {} outputs differ", got.len());
 }
 
 /// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.

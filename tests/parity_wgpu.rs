@@ -63,3 +63,9 @@ fn routing_kernels_match_burn_ops() {
 fn decode_attention_kernel_matches_burn_ops() {
     parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
 }
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn rms_norm_kernel_matches_burn_ops() {
+    parity_cases::rms_norm_kernel_matches_burn_ops::<B>();
+}

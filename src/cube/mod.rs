@@ -1,7 +1,7 @@
 //! cubecl kernels of this crate, on burn's GPU backends (CUDA and wgpu): the routers' top-k (with
-//! or without autodiff) and, for inference, a router's whole decision ([`routing`]) and a decode
-//! step's attention over the KV cache ([`attention`]), each as one kernel and one operation of
-//! burn's fusion stream.
+//! or without autodiff) and, for inference, a router's whole decision ([`routing`]), a decode
+//! step's attention over the KV cache ([`attention`]) and RMSNorm ([`norm`]), each as one kernel
+//! and one operation of burn's fusion stream.
 //!
 //! Why: a decode step at the OLMoE-1B-7B shape launched ~66 burn kernels a layer, about twenty of
 //! them the routing's (softmax, the rank-based top-k's comparisons, casts and sums, the gather,
@@ -16,6 +16,8 @@
 
 pub mod attention;
 mod attention_kernel;
+pub mod norm;
+mod norm_kernel;
 pub mod routing;
 mod routing_kernels;
 
@@ -29,6 +31,7 @@ use burn_fusion::{Fusion, FusionTensor};
 use burn_ir::{CustomOpIr, OperationIr, TensorIr};
 
 pub use attention::try_decode_attention;
+pub use norm::try_rms_norm;
 pub use routing::{Route, try_route, try_top_k};
 
 /// burn's CUDA or wgpu backend below fusion (float32 and i32 element types, as burn's `Cuda` and

@@ -225,26 +225,27 @@ impl<B: Backend> MoeLm<B> {
 
     /// A full forward pass with no cache.
     pub fn forward(&self, input: LmInput<B>, routing: &Routing<B>) -> LmOutput<B> {
-        let decoded = self.run(input, None, routing);
+        let decoded = self.run(input, None, routing, true);
         self.with_head(decoded, false)
     }
 
     /// A forward pass that reads and extends `cache` (prefill, then one token at a time).
     pub fn forward_cached(&self, input: LmInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> LmOutput<B> {
-        let decoded = self.run(input, Some(cache), routing);
+        let decoded = self.run(input, Some(cache), routing, true);
         self.with_head(decoded, false)
     }
 
     /// [`MoeLm::forward_cached`] computing logits for the last position only (`[batch, 1,
-    /// vocab]`): what decoding needs, without the LM head over a whole prompt.
+    /// vocab]`): what decoding needs, without the LM head over a whole prompt, nor the chosen
+    /// experts (`chosen` is `None`; captured router logits are kept).
     pub fn forward_cached_last(&self, input: LmInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> LmOutput<B> {
-        let decoded = self.run(input, Some(cache), routing);
+        let decoded = self.run(input, Some(cache), routing, false);
         self.with_head(decoded, true)
     }
 
     /// The decoder without the LM head. Training applies the head only where the loss counts.
     pub fn forward_hidden(&self, input: LmInput<B>, routing: &Routing<B>) -> Decoded<B> {
-        self.run(input, None, routing)
+        self.run(input, None, routing, true)
     }
 
     fn with_head(&self, decoded: Decoded<B>, last_only: bool) -> LmOutput<B> {
@@ -267,7 +268,8 @@ impl<B: Backend> MoeLm<B> {
         }
     }
 
-    fn run(&self, input: LmInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>) -> Decoded<B> {
+    /// The decoder; the chosen experts are stacked (when captured) only if `keep_chosen`.
+    fn run(&self, input: LmInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>, keep_chosen: bool) -> Decoded<B> {
         let [batch, seq] = input.input_ids.dims();
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -315,7 +317,7 @@ impl<B: Backend> MoeLm<B> {
                 let experts = logits.dims()[1];
                 router_logits.push(logits.reshape([batch, seq, experts]));
             }
-            if let Some(c) = moe.chosen {
+            if let Some(c) = moe.chosen.filter(|_| keep_chosen) {
                 let k = c.dims()[1];
                 chosen.push(c.reshape([batch, seq, k]));
             }

@@ -26,6 +26,11 @@ impl<B: Backend> RmsNorm<B> {
     /// # Shapes
     /// - `x`: `[..., width]` → same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // For inference on a GPU backend: one kernel (see `crate::cube`).
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if let Some(y) = crate::cube::try_rms_norm(&x, &self.weight.val(), self.eps) {
+            return y;
+        }
         let dtype = x.dtype();
         let x = to_f32(x);
         let variance = x.clone().square().mean_dim(D - 1);

@@ -457,3 +457,60 @@ pub fn decode_attention_kernel_matches_burn_ops<B: Backend>() {
     let masked_ad = Tensor::<Autodiff<B>, 4, Bool>::from_inner(masked);
     assert!(try_decode_attention(&ad(&q), &ad(&k), &ad(&v), &masked_ad, scale).is_none(), "autodiff is burn's");
 }
+
+/// The RMSNorm kernel gives what the model's float32 RMSNorm computes (a float64 host
+/// reference, to float32 rounding): rows wider than a cube (300 features), a strided view (made
+/// contiguous first), more rows than one axis of the grid holds (66,000), a 2-d and a 4-d input;
+/// and under autodiff, the gradients of the input and of the weight against burn's ops'.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn rms_norm_kernel_matches_burn_ops<B: Backend>() {
+    use burn::tensor::Distribution;
+    use steermoe::cube::try_rms_norm;
+
+    let device = B::Device::default();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let eps = 1e-5;
+    fn check<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) {
+        let got = try_rms_norm(&x, &weight, eps).expect("a GPU backend runs the RMSNorm kernel");
+        assert_eq!(got.dims(), x.dims());
+        let width = weight.dims()[0];
+        let xs = x.into_data().to_vec::<f32>().unwrap();
+        let ws = weight.into_data().to_vec::<f32>().unwrap();
+        let got = got.into_data().to_vec::<f32>().unwrap();
+        let mut worst = 0f64;
+        for (row, out) in xs.chunks(width).zip(got.chunks(width)) {
+            let mean = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / width as f64;
+            let inv = 1.0 / (mean + eps).sqrt();
+            for ((&v, &w), &g) in row.iter().zip(&ws).zip(out) {
+                let want = w as f64 * v as f64 * inv;
+                worst = worst.max((g as f64 - want).abs() / want.abs().max(1e-3));
+            }
+        }
+        assert!(worst < 1e-5, "RMSNorm of {width} features: max relative error {worst:e}");
+    }
+    let weight = |n: usize| Tensor::<B, 1>::random([n], Distribution::Uniform(0.5, 1.5), &device);
+    check(Tensor::<B, 3>::random([3, 5, 300], normal, &device), weight(300), eps);
+    check(Tensor::<B, 3>::random([5, 3, 64], normal, &device).swap_dims(0, 1), weight(64), eps);
+    check(Tensor::<B, 2>::random([66_000, 4], normal, &device).mul_scalar(1e-3), weight(4), 1e-6);
+    check(Tensor::<B, 4>::random([2, 1, 4, 16], normal, &device), weight(16), eps);
+
+    // Through autodiff (training): the gradients of x and of the weight are those of burn's ops
+    // (the model's formula written out), to float32 rounding.
+    let x = Tensor::<B, 3>::random([4, 3, 300], normal, &device);
+    let w = weight(300);
+    let g = Tensor::<Autodiff<B>, 3>::from_inner(Tensor::random([4, 3, 300], normal, &device));
+    let tracked = || (Tensor::<Autodiff<B>, 3>::from_inner(x.clone()).require_grad(), Tensor::<Autodiff<B>, 1>::from_inner(w.clone()).require_grad());
+    let (xk, wk) = tracked();
+    let y = try_rms_norm(&xk, &wk, eps).expect("a GPU autodiff backend runs the RMSNorm kernel");
+    let grads = (y * g.clone()).sum().backward();
+    let (xb, wb) = tracked();
+    let yb = wb.clone().reshape([1, 1, 300]) * (xb.clone() * xb.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip());
+    let grads_b = (yb * g).sum().backward();
+    fn close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>) {
+        let top: f32 = want.clone().abs().max().into_scalar().elem();
+        let worst: f32 = (got - want).abs().max().into_scalar().elem();
+        assert!(worst <= 1e-5 * top, "RMSNorm's gradient of {what}: max error {worst:e} of the largest {top:e}");
+    }
+    close("x", xk.grad(&grads).unwrap(), xb.grad(&grads_b).unwrap());
+    close("the weight", wk.grad(&grads).unwrap(), wb.grad(&grads_b).unwrap());
+}

@@ -1,0 +1,120 @@
+//! RMSNorm of contiguous rows and its gradient, each as one cubecl kernel: one cube (thread block)
+//! per row, the row's sums reduced in shared memory.
+//!
+//! It computes what `model::norm::RmsNorm` computes with burn's ops, rounding where they round:
+//! the row taken to float32, `inv = 1 / sqrt(Σ x² / width + eps)` in float32, `x · inv` rounded
+//! to the activations' dtype `F`, then times the weight in `F`. Only the order of the float32 sum
+//! differs.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+/// `out[r, i] = weight[i] · F(f32(x[r, i]) / sqrt(mean_i f32(x[r, i])² + eps))`.
+///
+/// Shapes: `x` and `out` contiguous, `rows × width` elements (any rank, the last axis `width`),
+/// `weight` `[width]`, `width_f32` = `width`; one cube per row (row `y · count_x + x` of the
+/// grid; those from `rows` on do nothing); `threads` (a power of two) = the cube's size.
+#[cube(launch)]
+pub fn rms_norm_kernel<F: Float>(
+    x: &Tensor<F>,
+    weight: &Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    width_f32: f32,
+    rows: usize,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    // Rows beyond 65,535 continue on the grid's second axis (WebGPU's limit an axis).
+    let row = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    if row < rows {
+        let width = weight.shape(0);
+        let base = row * width;
+        let t = UNIT_POS_X as usize;
+        let mut partial = SharedMemory::<f32>::new(threads);
+
+        let mut acc = 0.0f32;
+        let mut i = t;
+        while i < width {
+            let v = f32::cast_from(x[base + i]);
+            acc += v * v;
+            i += threads;
+        }
+        partial[t] = acc;
+        sync_cube();
+        // The cube's size read at run time: a comptime value would not change in the loop.
+        let mut half = CUBE_DIM_X as usize / 2;
+        while half > 0 {
+            if t < half {
+                partial[t] += partial[t + half];
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let inv = 1.0f32 / (partial[0] / width_f32 + eps).sqrt();
+
+        let mut i = t;
+        while i < width {
+            out[base + i] = weight[i] * F::cast_from(f32::cast_from(x[base + i]) * inv);
+            i += threads;
+        }
+    }
+}
+
+/// The gradient of [`rms_norm_kernel`] with respect to `x`, per row, in float32:
+/// `dx_i = inv · gn_i − x_i · inv³ · (Σ_j gn_j · x_j) / width`, where `gn = f32(grad) · f32(weight)`
+/// and `inv = 1 / sqrt(Σ x² / width + eps)`, rounded to `F` once.
+///
+/// Shapes as [`rms_norm_kernel`]'s, `grad` and `dx` like `x` (contiguous).
+#[cube(launch)]
+pub fn rms_norm_backward_kernel<F: Float>(
+    x: &Tensor<F>,
+    weight: &Tensor<F>,
+    grad: &Tensor<F>,
+    dx: &mut Tensor<F>,
+    eps: f32,
+    width_f32: f32,
+    rows: usize,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    if row < rows {
+        let width = weight.shape(0);
+        let base = row * width;
+        let t = UNIT_POS_X as usize;
+        let mut squares = SharedMemory::<f32>::new(threads);
+        let mut dots = SharedMemory::<f32>::new(threads);
+
+        let mut sq = 0.0f32;
+        let mut dot = 0.0f32;
+        let mut i = t;
+        while i < width {
+            let v = f32::cast_from(x[base + i]);
+            sq += v * v;
+            dot += f32::cast_from(grad[base + i]) * f32::cast_from(weight[i]) * v;
+            i += threads;
+        }
+        squares[t] = sq;
+        dots[t] = dot;
+        sync_cube();
+        let mut half = CUBE_DIM_X as usize / 2;
+        while half > 0 {
+            if t < half {
+                squares[t] += squares[t + half];
+                dots[t] += dots[t + half];
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let inv = 1.0f32 / (squares[0] / width_f32 + eps).sqrt();
+        let k = inv * inv * inv * dots[0] / width_f32;
+
+        let mut i = t;
+        while i < width {
+            let gn = f32::cast_from(grad[base + i]) * f32::cast_from(weight[i]);
+            dx[base + i] = F::cast_from(inv * gn - f32::cast_from(x[base + i]) * k);
+            i += threads;
+        }
+    }
+}
