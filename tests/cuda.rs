@@ -74,6 +74,18 @@ fn rms_norm_kernel_matches_burn_ops() {
     parity_cases::rms_norm_kernel_matches_burn_ops::<B>();
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn swiglu_kernel_matches_burn_ops() {
+    parity_cases::swiglu_kernel_matches_burn_ops::<B>();
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn rope_kernel_matches_burn_ops() {
+    parity_cases::rope_kernel_matches_burn_ops::<B>();
+}
+
 /// The routing kernel reads bf16 logits as their float32 values: the same indices, weights and
 /// dense weights, bit for bit, as from the logits cast to float32 first.
 #[test]
@@ -111,6 +123,19 @@ fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
     let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1e-6)).fold(0f32, f32::max);
     assert!(worst <= 1.0 / 128.0, "max relative difference {worst:e} (more than one bf16 step)");
     assert!(differ * 100 <= got.len(), "{differ} of {} outputs differ", got.len());
+}
+
+/// The SwiGLU kernel on more than 65,535 cubes of outputs (the grid's second axis), as at 256
+/// decode tokens of 64 experts × 1,024.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+fn swiglu_kernel_spans_the_grid_s_second_axis() {
+    use burn::tensor::{Distribution, Tensor};
+    let device = Default::default();
+    let wide = 65_536 * 256 + 6;
+    let gate_up = Tensor::<B, 2>::random([1, 2 * wide], Distribution::Normal(0.0, 3.0), &device);
+    let dense = Tensor::<B, 2>::random([1, 2], Distribution::Uniform(0.0, 1.0), &device);
+    parity_cases::check_swiglu(gate_up, dense, wide / 2);
 }
 
 /// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.

@@ -69,3 +69,15 @@ fn decode_attention_kernel_matches_burn_ops() {
 fn rms_norm_kernel_matches_burn_ops() {
     parity_cases::rms_norm_kernel_matches_burn_ops::<B>();
 }
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn swiglu_kernel_matches_burn_ops() {
+    parity_cases::swiglu_kernel_matches_burn_ops::<B>();
+}
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test parity_wgpu -- --ignored"]
+fn rope_kernel_matches_burn_ops() {
+    parity_cases::rope_kernel_matches_burn_ops::<B>();
+}

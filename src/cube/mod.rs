@@ -1,7 +1,8 @@
 //! cubecl kernels of this crate, on burn's GPU backends (CUDA and wgpu): the routers' top-k (with
 //! or without autodiff) and, for inference, a router's whole decision ([`routing`]), a decode
-//! step's attention over the KV cache ([`attention`]) and RMSNorm ([`norm`]), each as one kernel
-//! and one operation of burn's fusion stream.
+//! step's attention over the KV cache ([`attention`]), the dense experts' SwiGLU times routing
+//! weight ([`swiglu`]), RoPE ([`rope`]) and RMSNorm ([`norm`]), each as one kernel and one
+//! operation of burn's fusion stream.
 //!
 //! Why: a decode step at the OLMoE-1B-7B shape launched ~66 burn kernels a layer, about twenty of
 //! them the routing's (softmax, the rank-based top-k's comparisons, casts and sums, the gather,
@@ -18,8 +19,12 @@ pub mod attention;
 mod attention_kernel;
 pub mod norm;
 mod norm_kernel;
+pub mod rope;
+mod rope_kernel;
 pub mod routing;
 mod routing_kernels;
+pub mod swiglu;
+mod swiglu_kernel;
 
 use std::any::Any;
 
@@ -32,7 +37,9 @@ use burn_ir::{CustomOpIr, OperationIr, TensorIr};
 
 pub use attention::try_decode_attention;
 pub use norm::try_rms_norm;
+pub use rope::try_rope;
 pub use routing::{Route, try_route, try_top_k};
+pub use swiglu::try_swiglu;
 
 /// burn's CUDA or wgpu backend below fusion (float32 and i32 element types, as burn's `Cuda` and
 /// `Wgpu` aliases have them).

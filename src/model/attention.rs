@@ -119,7 +119,9 @@ impl<B: Backend> Attention<B> {
         // A decode step's attention on a GPU backend: one kernel (see `crate::cube`).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(out) = crate::cube::try_decode_attention(&q, &k, &v, masked, scale) {
-            return linear_3d(&self.o_proj, out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * head_dim]));
+            // [batch, heads, 1, dim] contiguous is [batch, 1, heads · dim] already (one position):
+            // no swap, which would make burn copy.
+            return linear_3d(&self.o_proj, out.reshape([batch, seq, self.num_heads * head_dim]));
         }
         let total = k.dims()[2];
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads);

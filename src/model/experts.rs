@@ -230,12 +230,18 @@ impl<B: Backend> StackedExperts<B> {
         let width = self.gate_up.dims()[1] / 2;
         let inter = width / self.experts;
         let dtype = x.dtype();
-        let weights = match choice.dense {
-            Some(dense) => dense.cast(dtype),
-            None => Tensor::<B, 2>::zeros([tokens, self.experts], (&x.device(), dtype)).scatter(1, choice.experts, choice.weights.cast(dtype), IndexingUpdateOp::Add),
-        };
+        let device = x.device();
         let all = [tokens];
         let gate_up = grouped_linear(x, vec![self.gate_up.clone()], &all);
+        // For inference on a GPU backend, the SwiGLU and the weights in one kernel (see `crate::cube`).
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if let Some(h) = choice.dense.as_ref().and_then(|dense| crate::cube::try_swiglu(&gate_up, dense, inter)) {
+            return grouped_linear(h, vec![self.down.clone()], &all);
+        }
+        let weights = match choice.dense {
+            Some(dense) => dense.cast(dtype),
+            None => Tensor::<B, 2>::zeros([tokens, self.experts], (&device, dtype)).scatter(1, choice.experts, choice.weights.cast(dtype), IndexingUpdateOp::Add),
+        };
         let h = silu(gate_up.clone().slice([0..tokens, 0..width])) * gate_up.slice([0..tokens, width..2 * width]);
         let h = h.reshape([tokens, self.experts, inter]) * weights.reshape([tokens, self.experts, 1]);
         grouped_linear(h.reshape([tokens, width]), vec![self.down.clone()], &all)

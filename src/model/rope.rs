@@ -65,6 +65,11 @@ impl Rope {
 ///   that a contiguous projection splits its halves without a copy); `cos`, `sin` (sign folded
 ///   in): `[batch, seq, 1, head_dim]`
 pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    // For inference on a GPU backend: one kernel (see `crate::cube`).
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let Some(y) = crate::cube::try_rope(&x, cos, sin) {
+        return y;
+    }
     let dtype = x.dtype();
     let [batch, seq, heads, dim] = x.dims();
     let swapped = x.clone().reshape([batch, seq, heads, 2, dim / 2]).flip([3]).reshape([batch, seq, heads, dim]);

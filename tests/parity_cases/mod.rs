@@ -514,3 +514,85 @@ pub fn rms_norm_kernel_matches_burn_ops<B: Backend>() {
     close("x", xk.grad(&grads).unwrap(), xb.grad(&grads_b).unwrap());
     close("the weight", wk.grad(&grads).unwrap(), wb.grad(&grads_b).unwrap());
 }
+
+/// The dense experts' SwiGLU kernel gives `silu(g) · u · w` (a float64 host reference, to float32
+/// rounding): a few experts and a transposed (strided) input; `None` under autodiff. (More than
+/// 65,535 cubes of outputs, the grid's second axis, needs a buffer above WebGPU's 128 MiB: that
+/// case is `tests/cuda.rs`'s, through [`check_swiglu`].)
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn swiglu_kernel_matches_burn_ops<B: Backend>() {
+    use burn::tensor::Distribution;
+
+    let device = B::Device::default();
+    let normal = Distribution::Normal(0.0, 3.0);
+    let weights = |rows: usize, experts: usize| Tensor::<B, 2>::random([rows, experts], Distribution::Uniform(0.0, 1.0), &device);
+    check_swiglu(Tensor::<B, 2>::random([5, 2 * 4 * 6], normal, &device), weights(5, 4), 6);
+    check_swiglu(Tensor::<B, 2>::random([2 * 3 * 8, 7], normal, &device).transpose(), weights(7, 3), 8);
+
+    let ad = Tensor::<Autodiff<B>, 2>::from_inner(Tensor::random([5, 48], normal, &device));
+    assert!(steermoe::cube::try_swiglu(&ad, &Tensor::<Autodiff<B>, 2>::from_inner(weights(5, 4)), 6).is_none(), "autodiff is burn's");
+}
+
+/// `try_swiglu(gate_up, dense, inter)` against a float64 host reference of `silu(g) · u · w`,
+/// to float32 rounding.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn check_swiglu<B: Backend>(gate_up: Tensor<B, 2>, dense: Tensor<B, 2>, inter: usize) {
+    let [tokens, both] = gate_up.dims();
+    let [_, experts] = dense.dims();
+    let width = both / 2;
+    let got = steermoe::cube::try_swiglu(&gate_up, &dense, inter).expect("a GPU backend runs the SwiGLU kernel");
+    assert_eq!(got.dims(), [tokens, width]);
+    let got = got.into_data().to_vec::<f32>().unwrap();
+    let gu = gate_up.into_data().to_vec::<f32>().unwrap();
+    let w = dense.into_data().to_vec::<f32>().unwrap();
+    let mut worst = 0f64;
+    for t in 0..tokens {
+        for j in 0..width {
+            let (g, u) = (gu[t * both + j] as f64, gu[t * both + width + j] as f64);
+            let want = g / (1.0 + (-g).exp()) * u * w[t * experts + j / inter] as f64;
+            worst = worst.max((got[t * width + j] as f64 - want).abs() / want.abs().max(1e-3));
+        }
+    }
+    assert!(worst < 1e-5, "SwiGLU of {tokens} × {width}: max relative error {worst:e}");
+}
+
+/// The RoPE kernel gives `x · cos + swapped halves · sin` (a float64 host reference, to float32
+/// rounding) on the angles `Rope::cos_sin` makes, for a contiguous input and a strided one (heads
+/// and positions swapped); `None` under autodiff.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn rope_kernel_matches_burn_ops<B: Backend>() {
+    use burn::tensor::Distribution;
+    use steermoe::cube::try_rope;
+    use steermoe::model::rope::Rope;
+
+    let device = B::Device::default();
+    let [batch, seq, heads, dim] = [3, 5, 4, 16];
+    let rope = Rope::new(dim, 10_000.0);
+    let positions = Tensor::<B, 2, Int>::from_data(TensorData::new((0..(batch * seq) as i64).map(|p| p * 7 % 50).collect::<Vec<_>>(), [batch, seq]), &device);
+    let (cos, sin) = rope.cos_sin(positions, Tensor::from_floats(rope.inv_freq(), &device));
+    let normal = Distribution::Normal(0.0, 1.0);
+    let inputs = [
+        Tensor::<B, 4>::random([batch, seq, heads, dim], normal, &device),
+        Tensor::<B, 4>::random([batch, heads, seq, dim], normal, &device).swap_dims(1, 2),
+    ];
+    let (ch, sh) = (cos.to_data().to_vec::<f32>().unwrap(), sin.to_data().to_vec::<f32>().unwrap());
+    for x in inputs {
+        let got = try_rope(&x, &cos, &sin).expect("a GPU backend runs the RoPE kernel");
+        assert_eq!(got.dims(), [batch, seq, heads, dim]);
+        let got = got.into_data().to_vec::<f32>().unwrap();
+        let xs = x.to_data().to_vec::<f32>().unwrap();
+        let top = xs.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        let mut worst = 0f64;
+        for (row, (out, xr)) in got.chunks(dim).zip(xs.chunks(dim)).enumerate() {
+            let angle = row / heads * dim;
+            for i in 0..dim {
+                let want = xr[i] as f64 * ch[angle + i] as f64 + xr[(i + dim / 2) % dim] as f64 * sh[angle + i] as f64;
+                worst = worst.max((out[i] as f64 - want).abs() / top);
+            }
+        }
+        assert!(worst < 1e-6, "RoPE: max error {worst:e} of the largest input");
+    }
+    let ad = |t: &Tensor<B, 4>| Tensor::<Autodiff<B>, 4>::from_inner(t.clone());
+    let x = Tensor::<B, 4>::random([batch, seq, heads, dim], normal, &device);
+    assert!(try_rope(&ad(&x), &ad(&cos), &ad(&sin)).is_none(), "autodiff is burn's");
+}
