@@ -47,10 +47,7 @@ pub fn try_decode_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &
             }
         };
     }
-    #[cfg(feature = "cuda")]
-    on!(burn::backend::Cuda);
-    #[cfg(feature = "wgpu")]
-    on!(burn::backend::Wgpu);
+    each_gpu_backend!(on);
     None
 }
 

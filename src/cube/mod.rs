@@ -15,6 +15,17 @@
 //!
 //! A leaf: it depends on burn and its cubecl crates, nothing else of this crate.
 
+/// Expand the calling function's local macro `$on!(backend)` once for each of burn's GPU
+/// backends compiled in (CUDA, wgpu): how every `try_*` here recognises them.
+macro_rules! each_gpu_backend {
+    ($on:ident) => {
+        #[cfg(feature = "cuda")]
+        $on!(burn::backend::Cuda);
+        #[cfg(feature = "wgpu")]
+        $on!(burn::backend::Wgpu);
+    };
+}
+
 pub mod attention;
 mod attention_kernel;
 pub mod norm;

@@ -53,10 +53,7 @@ pub fn try_rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tenso
             }
         };
     }
-    #[cfg(feature = "cuda")]
-    on!(burn::backend::Cuda);
-    #[cfg(feature = "wgpu")]
-    on!(burn::backend::Wgpu);
+    each_gpu_backend!(on);
     None
 }
 

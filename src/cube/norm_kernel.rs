@@ -41,16 +41,7 @@ pub fn rms_norm_kernel<F: Float>(
             i += threads;
         }
         partial[t] = acc;
-        sync_cube();
-        // The cube's size read at run time: a comptime value would not change in the loop.
-        let mut half = CUBE_DIM_X as usize / 2;
-        while half > 0 {
-            if t < half {
-                partial[t] += partial[t + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
+        cube_sum(&mut partial);
         let inv = 1.0f32 / (partial[0] / width_f32 + eps).sqrt();
 
         let mut i = t;
@@ -97,16 +88,8 @@ pub fn rms_norm_backward_kernel<F: Float>(
         }
         squares[t] = sq;
         dots[t] = dot;
-        sync_cube();
-        let mut half = CUBE_DIM_X as usize / 2;
-        while half > 0 {
-            if t < half {
-                squares[t] += squares[t + half];
-                dots[t] += dots[t + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
+        cube_sum(&mut squares);
+        cube_sum(&mut dots);
         let inv = 1.0f32 / (squares[0] / width_f32 + eps).sqrt();
         let k = inv * inv * inv * dots[0] / width_f32;
 
@@ -116,5 +99,22 @@ pub fn rms_norm_backward_kernel<F: Float>(
             dx[base + i] = F::cast_from(inv * gn - f32::cast_from(x[base + i]) * k);
             i += threads;
         }
+    }
+}
+
+/// Sum `values[0..CUBE_DIM_X]` (one entry a unit, written) into `values[0]`, by halves; every
+/// unit of the cube calls it.
+#[cube]
+fn cube_sum(values: &mut SharedMemory<f32>) {
+    sync_cube();
+    let t = UNIT_POS_X as usize;
+    // The cube's size read at run time: a comptime value would not change in the loop.
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if t < half {
+            values[t] += values[t + half];
+        }
+        sync_cube();
+        half /= 2;
     }
 }

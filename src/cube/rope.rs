@@ -46,10 +46,7 @@ pub fn try_rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B
             }
         };
     }
-    #[cfg(feature = "cuda")]
-    on!(burn::backend::Cuda);
-    #[cfg(feature = "wgpu")]
-    on!(burn::backend::Wgpu);
+    each_gpu_backend!(on);
     None
 }
 

@@ -40,10 +40,7 @@ pub fn try_top_k<B: Backend>(x: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2, 
             }
         };
     }
-    #[cfg(feature = "cuda")]
-    on!(burn::backend::Cuda);
-    #[cfg(feature = "wgpu")]
-    on!(burn::backend::Wgpu);
+    each_gpu_backend!(on);
     None
 }
 
@@ -79,10 +76,7 @@ pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> O
             }
         };
     }
-    #[cfg(feature = "cuda")]
-    on!(burn::backend::Cuda);
-    #[cfg(feature = "wgpu")]
-    on!(burn::backend::Wgpu);
+    each_gpu_backend!(on);
     None
 }
 

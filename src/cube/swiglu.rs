@@ -46,10 +46,7 @@ pub fn try_swiglu<B: Backend>(gate_up: &Tensor<B, 2>, weights: &Tensor<B, 2>, in
             }
         };
     }
-    #[cfg(feature = "cuda")]
-    on!(burn::backend::Cuda);
-    #[cfg(feature = "wgpu")]
-    on!(burn::backend::Wgpu);
+    each_gpu_backend!(on);
     None
 }
 
