@@ -104,25 +104,30 @@ fn routing_kernel_reads_bf16_logits_as_float32() {
 }
 
 /// In bf16 the RMSNorm kernel rounds where burn's ops (the model's RMSNorm without the kernel)
-/// round: only the float32 sum's order differs, so nearly every output is bit-identical and none
-/// is more than one bf16 step away.
+/// round: only the float32 sum's order differs, so nearly every output is bit-identical; with a
+/// unit weight none is more than one bf16 step away (`2⁻⁷` relative), and with a random weight
+/// none more than two (a one-step difference of the normalised value, then the product's own
+/// rounding: 1.19e-2 relative was seen on random inputs).
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
 fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
     use burn::tensor::{Distribution, FloatDType, Tensor};
     let device = Default::default();
     let x = Tensor::<B, 2>::random([64, 2048], Distribution::Normal(0.0, 3.0), &device).cast(FloatDType::BF16);
-    let w = Tensor::<B, 1>::random([2048], Distribution::Uniform(0.5, 1.5), &device).cast(FloatDType::BF16);
-    let got = steermoe::cube::try_rms_norm(&x, &w, 1e-5).expect("CUDA runs the RMSNorm kernel");
-    let xf = x.cast(FloatDType::F32);
-    let normed = xf.clone() * xf.square().mean_dim(1).add_scalar(1e-5).sqrt().recip();
-    let want = w.reshape([1, 2048]) * normed.cast(FloatDType::BF16);
-    let f32s = |t: Tensor<B, 2>| t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
-    let (got, want) = (f32s(got), f32s(want));
-    let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
-    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1e-6)).fold(0f32, f32::max);
-    assert!(worst <= 1.0 / 128.0, "max relative difference {worst:e} (more than one bf16 step)");
-    assert!(differ * 100 <= got.len(), "{differ} of {} outputs differ", got.len());
+    let random = Tensor::<B, 1>::random([2048], Distribution::Uniform(0.5, 1.5), &device).cast(FloatDType::BF16);
+    let unit = Tensor::<B, 1>::ones([2048], &device).cast(FloatDType::BF16);
+    for (w, steps) in [(unit, 1.0), (random, 2.0)] {
+        let got = steermoe::cube::try_rms_norm(&x, &w, 1e-5).expect("CUDA runs the RMSNorm kernel");
+        let xf = x.clone().cast(FloatDType::F32);
+        let normed = xf.clone() * xf.square().mean_dim(1).add_scalar(1e-5).sqrt().recip();
+        let want = w.reshape([1, 2048]) * normed.cast(FloatDType::BF16);
+        let f32s = |t: Tensor<B, 2>| t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+        let (got, want) = (f32s(got), f32s(want));
+        let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1e-6)).fold(0f32, f32::max);
+        assert!(worst <= steps / 128.0, "max relative difference {worst:e} (more than {steps} bf16 steps)");
+        assert!(differ * 100 <= got.len(), "{differ} of {} outputs differ", got.len());
+    }
 }
 
 /// The SwiGLU kernel on more than 65,535 cubes of outputs (the grid's second axis), as at 256
