@@ -40,6 +40,8 @@ mod swiglu_kernel;
 use std::any::Any;
 
 use burn::tensor::{DType, Shape};
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use burn_fusion::stream::{Operation, OperationStreams};
@@ -72,6 +74,28 @@ fn register<R: CubeRuntime, O: Operation<FusionCubeRuntime<R>> + 'static>(
     let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let desc = CustomOpIr::new(name, &irs, &outs);
     client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+}
+
+/// Cubes along the grid's first axis at most (WebGPU's limit an axis); the rest go on the second.
+const GRID_X: usize = 65_535;
+
+/// A grid of `cubes` cubes: up to [`GRID_X`] along the first axis, rows of them along the second
+/// (a kernel finds its cube by [`cube_index`]; those past `cubes` must do nothing).
+fn grid(cubes: usize) -> CubeCount {
+    CubeCount::Static(cubes.min(GRID_X) as u32, cubes.div_ceil(GRID_X) as u32, 1)
+}
+
+/// The grid and cube of a kernel that runs a thread an output (SwiGLU, RoPE): 256 threads a cube,
+/// enough cubes for `outputs`; thread `cube_index() · 256 + UNIT_POS_X`.
+fn per_output(outputs: usize) -> (CubeCount, CubeDim) {
+    const THREADS: usize = 256;
+    (grid(outputs.div_ceil(THREADS)), CubeDim::new_1d(THREADS as u32))
+}
+
+/// This cube's index in a [`grid`].
+#[cube]
+fn cube_index() -> usize {
+    CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
 /// Whether the kernels run: not when `STEERMOE_CUBE_KERNELS=0` (read once).

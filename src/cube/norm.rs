@@ -12,7 +12,7 @@ use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
+use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -22,7 +22,7 @@ use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::norm_kernel::{rms_norm_backward_kernel, rms_norm_kernel};
-use super::{Cube, Fused, as_backend, back, register};
+use super::{Cube, Fused, as_backend, back, grid, register};
 
 /// `weight · (x / sqrt(mean(x²) + eps))` over the last axis, as `model::norm::RmsNorm` computes
 /// it (see [`rms_norm_kernel`] for where it rounds), in one kernel, when `B` is burn's CUDA or
@@ -57,9 +57,6 @@ pub fn try_rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tenso
     None
 }
 
-/// Cubes along the grid's first axis at most (WebGPU's limit), the rest on the second.
-const GRID_X: usize = 65_535;
-
 /// The forward kernel (inputs `[x, weight]`) or the gradient's (inputs `[x, weight, grad]`).
 #[derive(Debug)]
 struct RmsNormOp<R, BT> {
@@ -83,7 +80,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
         // A thread per feature up to 256 (at least a warp), the rest in strides.
         let threads = width.next_power_of_two().clamp(32, 256);
         let dtype = x.dtype;
-        let count = CubeCount::Static(rows.min(GRID_X) as u32, rows.div_ceil(GRID_X) as u32, 1);
+        let count = grid(rows);
         let dim = CubeDim::new_1d(threads as u32);
         match self.backward {
             false => rms_norm_kernel::launch::<R>(

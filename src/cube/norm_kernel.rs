@@ -9,6 +9,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::cube_index;
+
 /// `out[r, i] = weight[i] · F(f32(x[r, i]) / sqrt(mean_i f32(x[r, i])² + eps))`.
 ///
 /// Shapes: `x` and `out` contiguous, `rows × width` elements (any rank, the last axis `width`),
@@ -25,8 +27,7 @@ pub fn rms_norm_kernel<F: Float>(
     #[comptime] threads: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    // Rows beyond 65,535 continue on the grid's second axis (WebGPU's limit an axis).
-    let row = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let row = cube_index();
     if row < rows {
         let width = weight.shape(0);
         let base = row * width;
@@ -69,7 +70,7 @@ pub fn rms_norm_backward_kernel<F: Float>(
     #[comptime] threads: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let row = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let row = cube_index();
     if row < rows {
         let width = weight.shape(0);
         let base = row * width;

@@ -7,7 +7,6 @@ use std::marker::PhantomData;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
-use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
@@ -16,12 +15,7 @@ use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::rope_kernel::rope_kernel;
-use super::{Cube, Fused, as_backend, back, register};
-
-/// Threads a cube.
-const THREADS: usize = 256;
-/// Cubes along the grid's first axis at most (WebGPU's limit), the rest on the second.
-const GRID_X: usize = 65_535;
+use super::{Cube, Fused, as_backend, back, per_output, register};
 
 /// `x · cos + swapped halves · sin` as `model::rope::apply_rope` computes it (see
 /// [`rope_kernel`] for where it rounds), in one kernel, when `B` is burn's CUDA or wgpu backend
@@ -65,11 +59,11 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RopeOp
         let n = shape.num_elements();
         let dtype = x.dtype;
         let out = CubeTensor::new_contiguous(client.clone(), x.device.clone(), shape, client.empty(n * dtype.size()), dtype);
-        let cubes = n.div_ceil(THREADS);
+        let (count, dim) = per_output(n);
         rope_kernel::launch::<R>(
             &client,
-            CubeCount::Static(cubes.min(GRID_X) as u32, cubes.div_ceil(GRID_X) as u32, 1),
-            CubeDim::new_1d(THREADS as u32),
+            count,
+            dim,
             x.into_tensor_arg(),
             cos.into_tensor_arg(),
             sin.into_tensor_arg(),

@@ -8,6 +8,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::cube_index;
+
 /// `out[b, s, h, i] = x[b, s, h, i] · F(cos[b, s, 0, i]) + x[b, s, h, (i + dim/2) mod dim] ·
 /// F(sin[b, s, 0, i])` (the sin with `rotate_half`'s sign folded in).
 ///
@@ -15,7 +17,7 @@ use burn_cubecl::cubecl::prelude::*;
 /// strides), `out` like `x`, contiguous; thread `(y · count_x + x) · dim + unit` of the grid.
 #[cube(launch)]
 pub fn rope_kernel<F: Float>(x: &Tensor<F>, cos: &Tensor<f32>, sin: &Tensor<f32>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
-    let idx = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize) * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let idx = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if idx < out.len() {
         let dim = out.shape(3);
         let heads = out.shape(2);

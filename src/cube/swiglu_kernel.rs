@@ -7,6 +7,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::cube_index;
+
 /// `out[t, j] = silu(gate_up[t, j]) · gate_up[t, width + j] · F(weights[t, j / inter])`, where
 /// `width` = `out`'s columns (every expert's `inter` side by side).
 ///
@@ -15,7 +17,7 @@ use burn_cubecl::cubecl::prelude::*;
 /// of the grid (WebGPU's 65,535 cubes an axis).
 #[cube(launch)]
 pub fn swiglu_kernel<F: Float>(gate_up: &Tensor<F>, weights: &Tensor<f32>, out: &mut Tensor<F>, inter: usize, #[define(F)] _dtype: StorageType) {
-    let idx = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize) * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let idx = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if idx < out.len() {
         let width = out.shape(1);
         let t = idx / width;

@@ -26,7 +26,7 @@ impl<B: Backend> RmsNorm<B> {
     /// # Shapes
     /// - `x`: `[..., width]` → same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // For inference on a GPU backend: one kernel (see `crate::cube`).
+        // On a GPU backend, with or without autodiff: one kernel (see `crate::cube`).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(y) = crate::cube::try_rms_norm(&x, &self.weight.val(), self.eps) {
             return y;
