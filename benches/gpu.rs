@@ -6,6 +6,10 @@
 //!   and at 8192³, TFLOP/s;
 //! - `train`: forward + backward + AdamW, batch 16 × 512, 50 experts trainable (the rest frozen),
 //!   tokens/s and MFU against 800 TFLOP/s counted as `hf_anchor.py` counts it;
+//! - `learner`: the same batches through `steermoe train`'s own path (burn-train's Learner, the
+//!   batch-preserving loader with routing masks, AdamW) on `--devices`, several of them through
+//!   burn's data-parallel strategy (a `--features cuda,ddp` build), tokens/s from the run's step
+//!   metrics; not in the default `--what`;
 //! - `generate`: greedy generation with router-logit capture, batch 16, 64-token prompts, 128 new
 //!   tokens, new tokens/s, first run (kernel compilation included) and again;
 //! - `check`: a random model at the full width (`--check-layers` layers) saved in Hub layout with
@@ -38,6 +42,7 @@ use steermoe::config::Trainable;
 use steermoe::generate::{GenerateOptions, Sampling, generate};
 use steermoe::model::{self, ExpertExecution, MoeLm, ModelConfig, LmInput, Precision, Routing};
 use steermoe::train::freeze::freeze;
+use steermoe::train::{TrainEvent, TrainOptions};
 use steermoe::train::loader::SftBatch;
 use steermoe::model::loss::{Targets, causal_lm_loss};
 use steermoe::train::step::{LossSettings, sft_loss};
@@ -86,6 +91,14 @@ struct Args {
     /// Trainable experts, spread over layers at random.
     #[arg(long, default_value_t = 50)]
     trainable: usize,
+    /// `learner`: the devices it trains on (several: burn's data-parallel strategy, a binary
+    /// built with `--features cuda,ddp`).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    devices: Vec<usize>,
+    /// `learner` on one device through burn's data-parallel strategy all the same (NCCL, one
+    /// worker): what that path costs, and a check of it on a machine with one GPU.
+    #[arg(long)]
+    ddp_one_rank: bool,
     /// Generation prompt length.
     #[arg(long, default_value_t = 64)]
     prompt: usize,
@@ -190,9 +203,10 @@ impl Task for Bench {
             match what.as_str() {
                 "gemm" => gemm::<B::InnerBackend>(&a, &device),
                 "train" => train::<B>(&a, &device),
+                "learner" => learner::<B>(&a, &device),
                 "generate" => generation::<B::InnerBackend>(&a, &device),
                 "" => {}
-                other => panic!("unknown figure {other:?} (gemm, train, generate)"),
+                other => panic!("unknown figure {other:?} (gemm, train, learner, generate)"),
             }
         }
         if let Some(dir) = &a.check_dir {
@@ -319,6 +333,42 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
         "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>(), "cublas_last_step": cublas.last(),
         "cublas": std::env::var("STEERMOE_CUBLAS").map_or("on".to_string(), |v| if v == "0" { "off".into() } else { v })}));
+}
+
+/// Training as `steermoe train` runs it: burn-train's Learner, the batch-preserving loader with
+/// each batch's routing mask (the default recipe's `mask_scope`), AdamW, on `--devices` (several:
+/// burn's data-parallel strategy); nothing written but `metrics.jsonl`. Tokens/s are the
+/// metrics' (each step's real tokens over the wall time since the step before, the ranks' parts
+/// added), the median after `--warmup-steps`.
+fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
+    let model_cfg = config(a, Some(layers(a)));
+    let mut cfg = steermoe::config::Config::default();
+    cfg.model.devices = a.devices.clone();
+    cfg.model.precision = a.precision;
+    cfg.train.valid_pairs = 0;
+    cfg.train.shuffle_batches = false;
+    let dir = tempfile::tempdir().expect("a temporary run directory");
+    let inputs = steermoe::train::synthetic::inputs(&model_cfg, trainable_experts(&model_cfg, a.trainable), a.steps, a.batch, a.seq, 1);
+    let t0 = Instant::now();
+    let load = || Ok(model::random::<B>(&model_cfg, device, a.precision).with_execution(a.execution));
+    let opts = TrainOptions { measure_only: true, parallel_on_one_device: a.ddp_one_rank, ..Default::default() };
+    let summary = steermoe::train::train_on::<B>(&cfg, dir.path(), inputs, load, device, &opts, |e| {
+        if let TrainEvent::Step(r) = e {
+            eprintln!("learner step {}/{}: {:.0} tokens/s, loss {:.4}", r.step, a.steps, r.tokens_per_s, r.loss);
+        }
+    })
+    .expect("training");
+    let wall_s = t0.elapsed().as_secs_f64();
+    let tps: Vec<f64> = summary.steps.iter().map(|r| r.tokens_per_s).collect();
+    let mut steady: Vec<f64> = tps.iter().skip(a.warmup_steps).copied().collect();
+    steady.sort_by(f64::total_cmp);
+    let median = steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN);
+    emit(json!({"what": "learner_train", "impl": "steermoe", "devices": a.devices, "ddp": a.devices.len() > 1 || a.ddp_one_rank,
+        "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": model_cfg.arch.model_type(),
+        "trainable_experts": a.trainable, "mask_scope": cfg.train.mask_scope, "steps": tps.len(), "warmup_steps": a.warmup_steps,
+        "tokens_per_s_each": tps.iter().map(|t| t.round()).collect::<Vec<_>>(), "median_tokens_per_s": median.round(),
+        "mfu_vs_800T_per_device": round3(6.0 * active_params(&model_cfg) * median / 800e12 / a.devices.len() as f64),
+        "losses": summary.steps.iter().map(|r| round3(r.loss)).collect::<Vec<_>>(), "wall_s": round3(wall_s)}));
 }
 
 /// Greedy generation with router capture, run twice (the first compiles kernels).

@@ -133,6 +133,8 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     copy_dir(&run, &run_d);
     let run_e = tmp.path().join("run_e");
     copy_dir(&run, &run_e);
+    let run_f = tmp.path().join("run_f");
+    copy_dir(&run, &run_f);
     let device = Default::default();
 
     let a = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap();
@@ -228,6 +230,15 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert_eq!(rest.resumed_from, Some(2));
     assert_eq!(tensors(&run_e.join("final_model/model.safetensors")), after, "resumed past a partial checkpoint, bit-identical");
     assert!(!ck.join("optim-3.mpk.tmp").exists());
+
+    // Measuring only (the benchmark's mode): the same steps, nothing written but metrics.jsonl.
+    let measured = train::<B>(&cfg, &run_f, &device, &TrainOptions { measure_only: true, ..Default::default() }, |_| {}).unwrap();
+    assert_eq!(losses(&measured), losses(&a));
+    assert!(!measured.stopped);
+    for written in ["final_model", "training_metadata.json", "loss_curve.png", "train/checkpoint"] {
+        assert!(!run_f.join(written).exists(), "measure_only wrote {written}");
+    }
+    assert_eq!(std::fs::read_to_string(run_f.join("metrics.jsonl")).unwrap().lines().count(), 6);
 }
 
 /// `expert_masks.safetensors` holds exactly the masks the train step applies: every batch the

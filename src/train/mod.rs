@@ -7,7 +7,8 @@
 //!   [`freeze`] decides what trains; [`schedule`] is the learning-rate schedule; [`metrics`]
 //!   carries each step's and each validation's numbers out of the Learner (its metrics and its
 //!   renderer: the Learner owns the loop); [`checkpoint`] writes and recovers checkpoints;
-//!   [`curve`] draws `loss_curve.png`; [`control`] pauses and stops.
+//!   [`curve`] draws `loss_curve.png`; [`control`] pauses and stops; [`synthetic`] makes up
+//!   inputs for measuring and checking training without a collected run.
 //! - [`train`] wires them into `SupervisedTraining`, checkpoints every window of steps under
 //!   `train/`, validates at each checkpoint, resumes from the latest checkpoint, and exports
 //!   `final_model/` in Hub layout.
@@ -23,6 +24,7 @@ pub mod schedule;
 pub mod sft;
 pub mod shard;
 pub mod step;
+pub mod synthetic;
 pub mod valid;
 
 use std::path::{Path, PathBuf};
@@ -194,7 +196,7 @@ pub struct TrainSummary {
     pub steps: Vec<StepRecord>,
     /// Trainable and total parameter counts.
     pub params: (usize, usize),
-    /// The exported model.
+    /// The exported model (none when stopped early or [`TrainOptions::measure_only`]).
     pub final_model: PathBuf,
     /// The window (checkpoint) the run resumed from, if any.
     pub resumed_from: Option<usize>,
@@ -211,6 +213,13 @@ pub struct TrainOptions {
     pub stop_after_windows: Option<usize>,
     /// Pause and stop requests from a UI.
     pub control: Option<TrainControl>,
+    /// Write `metrics.jsonl` only: no checkpoints (nothing to resume from) and no final model.
+    /// For measuring the training of a model too large to write at every window
+    /// (`benches/gpu.rs --what learner`).
+    pub measure_only: bool,
+    /// burn's data-parallel strategy even on one device (feature `ddp`): its path (NCCL, a
+    /// worker per device, the gradients exchanged) on a machine with one GPU.
+    pub parallel_on_one_device: bool,
 }
 
 /// What training reads from an analysed run.
@@ -335,12 +344,31 @@ pub fn train<B: AutodiffBackend>(
     opts: &TrainOptions,
     on_event: impl FnMut(TrainEvent) + Send,
 ) -> Result<TrainSummary, TrainError> {
-    let t = &cfg.train;
     let inputs = TrainInputs::read(cfg, run_dir)?;
+    let load = || Ok(model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?.0);
+    train_on(cfg, run_dir, inputs, load, device, opts, on_event)
+}
+
+/// [`train`] on `inputs` given in memory, with the model `load` returns (called once the devices
+/// are known to be there): what `run_dir` gets is the same (`metrics.jsonl`, checkpoints under
+/// `train/`, `final_model/`), but nothing is read from it but a checkpoint to resume from.
+pub fn train_on<B: AutodiffBackend>(
+    cfg: &Config,
+    run_dir: &Path,
+    inputs: TrainInputs,
+    load: impl FnOnce() -> Result<model::MoeLm<B>, TrainError>,
+    device: &B::Device,
+    opts: &TrainOptions,
+    on_event: impl FnMut(TrainEvent) + Send,
+) -> Result<TrainSummary, TrainError> {
+    let t = &cfg.train;
     let ranks = cfg.model.devices.len().max(1);
     shard::check(&inputs.groups, ranks)?;
-    let strategy = if ranks > 1 { Some(parallel_strategy::<B>(&cfg.model.devices)?) } else { None };
-    let (model, params) = trainable_model::<B>(cfg, &inputs, device)?;
+    let strategy = match ranks > 1 || opts.parallel_on_one_device {
+        true => Some(parallel_strategy::<B>(&cfg.model.devices)?),
+        false => None,
+    };
+    let (model, params) = trainable_model::<B>(cfg, &inputs, load()?);
 
     let train_dir = run_dir.join("train");
     // A kill between a window's checkpoint files leaves a partial checkpoint: resume from the
@@ -349,7 +377,7 @@ pub fn train<B: AutodiffBackend>(
     if !partial.is_empty() {
         tracing::warn!("{}: removed the partial checkpoint(s) of window(s) {partial:?}", train_dir.display());
     }
-    let resume = checkpoint::latest(&train_dir);
+    let resume = if opts.measure_only { None } else { checkpoint::latest(&train_dir) };
     let control = opts.control.clone().unwrap_or_default();
     if ranks > 1 {
         control.set_parallel();
@@ -377,11 +405,14 @@ pub fn train<B: AutodiffBackend>(
         .metric_valid(metrics::ValidMetric::new(window, total_steps))
         .renderer(metrics::ChannelRenderer::new(tx))
         .with_metric_logger(metrics::NoLog)
-        .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::new())
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
         .with_application_logger(None)
         .with_interrupter(control.interrupter())
         .num_epochs(last_window);
+    if !opts.measure_only {
+        training = training
+            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::new())
+            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2));
+    }
     if t.grad_accumulation > 1 {
         training = training.grads_accumulation(t.grad_accumulation);
     }
@@ -428,6 +459,7 @@ pub fn train<B: AutodiffBackend>(
     let stopped = opts.stop_after_windows.is_some_and(|s| s < windows)
         || (control.stop_requested() && checkpoint::latest(&train_dir).is_none_or(|c| c < windows));
     if !stopped
+        && !opts.measure_only
         && let Some(model) = result
     {
         finish(cfg, run_dir, &inputs, &model.model, params)?;
@@ -444,11 +476,10 @@ pub fn train<B: AutodiffBackend>(
 
 /// The model as `cfg` trains it: loaded, everything frozen but the trained experts (or what
 /// `train.trainable` says), with its loss settings; and its (trainable, total) parameters.
-fn trainable_model<B: AutodiffBackend>(cfg: &Config, inputs: &TrainInputs, device: &B::Device) -> Result<(SftModel<B>, (usize, usize)), TrainError> {
-    let (model, _) = model::load::<B>(&cfg.model.dir, device, cfg.model.precision)?;
+fn trainable_model<B: AutodiffBackend>(cfg: &Config, inputs: &TrainInputs, model: model::MoeLm<B>) -> (SftModel<B>, (usize, usize)) {
     let model = freeze::freeze(model, &inputs.trained, cfg.train.trainable, FloatDType::F32);
     let params = freeze::param_counts(&model);
-    Ok((SftModel::new(model, LossSettings::new(cfg, &inputs.model_cfg)), params))
+    (SftModel::new(model, LossSettings::new(cfg, &inputs.model_cfg)), params)
 }
 
 /// AdamW as the seeds configure it.
