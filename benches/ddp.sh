@@ -3,12 +3,15 @@
 # the organism's full split trained on one device and on two, the two final models compared
 # tensor by tensor (benches/compare_models.py; the one-device run against the base model too, for
 # the size of the training update itself), both evaluation tables, and each run's training
-# tokens/s from its metrics.jsonl.
+# tokens/s from its metrics.jsonl; then issue 19's speed-up at the OLMoE-1B-7B shape:
+# `benches/gpu.rs --what learner` (steermoe train's own path on random bf16 weights, 16 x 512 and
+# 32 x 512, 50 trainable experts) on one device and on two.
 #
-#   STEERMOE=path/to/steermoe OUT=out benches/ddp.sh
+#   STEERMOE=path/to/steermoe GPU_BENCH=path/to/gpu-bench OUT=out benches/ddp.sh
 #
 # STEERMOE is a binary built with `--no-default-features --features cuda,ddp` (default: unpack
-# .dev/steermoe_ddp.xz). ../shared must hold the project's shared/ folder with data/ (the device's
+# .dev/steermoe_ddp.xz), GPU_BENCH the gpu bench of the same build (`cargo bench --no-run
+# --no-default-features --features cuda,ddp --bench gpu`; default: unpack .dev/gpu_ddp.xz). ../shared must hold the project's shared/ folder with data/ (the device's
 # lacks data/: copies in .dev/*.json are used when present). NCCL: cudarc loads `libnccl.so`;
 # PyTorch's pip package ships `libnccl.so.2`, so a folder with a `libnccl.so` link to it goes first
 # on LD_LIBRARY_PATH (printed). NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
@@ -67,3 +70,17 @@ python3 benches/compare_models.py models/olmoe-organism runs/ddp-one/final_model
 echo "== two devices against one"
 python3 benches/compare_models.py runs/ddp-one/final_model runs/ddp-two/final_model > "$OUT/compare.one-two.jsonl"; echo "rc=$?"
 tail -1 "$OUT/compare.one-two.jsonl"
+
+echo "== the OLMoE-1B-7B shape: one device, two devices (benches/gpu.rs --what learner)"
+if [ -z "${GPU_BENCH:-}" ]; then
+  GPU_BENCH=/tmp/gpu_ddp
+  xz -dc .dev/gpu_ddp.xz > "$GPU_BENCH" && chmod +x "$GPU_BENCH" || exit 1
+fi
+for batch in 16 32; do
+  for devices in 0 0,1; do
+    name="learner.b$batch.d${devices/,/}"
+    timeout "${FIGURE_TIMEOUT:-200}" "$GPU_BENCH" --backend cuda --what learner --devices "$devices" --batch "$batch" \
+      --steps 12 --warmup-steps 4 > "$OUT/$name.jsonl" 2> "$OUT/$name.err"
+    echo "$name rc=$?"; tail -1 "$OUT/$name.jsonl" | cut -c1-600
+  done
+done
