@@ -213,9 +213,9 @@ pub struct TrainOptions {
     pub stop_after_windows: Option<usize>,
     /// Pause and stop requests from a UI.
     pub control: Option<TrainControl>,
-    /// Write `metrics.jsonl` only: no checkpoints (nothing to resume from) and no final model.
-    /// For measuring the training of a model too large to write at every window
-    /// (`benches/gpu.rs --what learner`).
+    /// Write `metrics.jsonl` only (started over): no checkpoints, none resumed from or removed,
+    /// and no final model. For measuring the training of a model too large to write at every
+    /// window (`benches/gpu.rs --what learner`), in a directory of its own.
     pub measure_only: bool,
     /// burn's data-parallel strategy even on one device (feature `ddp`): its path (NCCL, a
     /// worker per device, the gradients exchanged) on a machine with one GPU.
@@ -373,7 +373,7 @@ pub fn train_on<B: AutodiffBackend>(
     let train_dir = run_dir.join("train");
     // A kill between a window's checkpoint files leaves a partial checkpoint: resume from the
     // last whole one.
-    let partial = checkpoint::remove_partial(&train_dir);
+    let partial = if opts.measure_only { Vec::new() } else { checkpoint::remove_partial(&train_dir) };
     if !partial.is_empty() {
         tracing::warn!("{}: removed the partial checkpoint(s) of window(s) {partial:?}", train_dir.display());
     }
