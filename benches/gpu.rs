@@ -324,9 +324,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     if a.phases {
         emit(json!({"what": "train_phases", "execution": a.execution, "forward_backward_optimizer_s": phases}));
     }
-    let mut steady: Vec<f64> = times.iter().skip(a.warmup_steps).copied().collect();
-    steady.sort_by(f64::total_cmp);
-    let median = steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN);
+    let median = median_after(&times, a.warmup_steps);
     let tok = (a.batch * a.seq) as f64 / median;
     emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": cfg.arch.model_type(),
         "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]), "warmup_steps": a.warmup_steps, "step_s": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
@@ -360,9 +358,7 @@ fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     .expect("training");
     let wall_s = t0.elapsed().as_secs_f64();
     let tps: Vec<f64> = summary.steps.iter().map(|r| r.tokens_per_s).collect();
-    let mut steady: Vec<f64> = tps.iter().skip(a.warmup_steps).copied().collect();
-    steady.sort_by(f64::total_cmp);
-    let median = steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN);
+    let median = median_after(&tps, a.warmup_steps);
     emit(json!({"what": "learner_train", "impl": "steermoe", "devices": a.devices, "ddp": a.devices.len() > 1 || a.ddp_one_rank,
         "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": model_cfg.arch.model_type(),
         "trainable_experts": a.trainable, "mask_scope": cfg.train.mask_scope, "steps": tps.len(), "warmup_steps": a.warmup_steps,
@@ -480,6 +476,13 @@ impl Profile {
 
 fn routing<B: Backend>(_: &Args) -> Routing<B> {
     Routing::free()
+}
+
+/// The median of `values` after the first `skip` (the upper one of an even count; NaN if none).
+fn median_after(values: &[f64], skip: usize) -> f64 {
+    let mut steady: Vec<f64> = values.iter().skip(skip).copied().collect();
+    steady.sort_by(f64::total_cmp);
+    steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn round3(x: f64) -> f64 {
