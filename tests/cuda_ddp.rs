@@ -11,15 +11,17 @@ type Ad = burn::backend::Autodiff<burn::backend::Cuda>;
 
 /// burn's data-parallel strategy with one rank (NCCL, a worker thread, the gradients exchanged)
 /// trains as the one-device path does: the same losses, and exported weights equal up to the
-/// order of float sums (each trained tensor within 1% of its own training update, which must not
-/// be zero). The strategy on two GPUs is `benches/ddp.sh`'s check.
+/// order of float sums. The fixture is bf16 and so is the export: a small float difference can
+/// round an element one bf16 step apart, so each element may differ by its bf16 step plus 1% of
+/// its tensor's training update (which must not be zero); nothing more. A second one-device run
+/// is held to the same bound, and the counts of differing elements are printed for both, so that
+/// the log shows whether DDP differs from one device more than one device differs from itself.
+/// The strategy on two GPUs is `benches/ddp.sh`'s check.
 #[test]
 #[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
 fn one_rank_through_ddp_trains_as_one_device() {
-    use std::collections::HashMap;
-
     use steermoe::config::Config;
-    use steermoe::model::ModelConfig;
+    use steermoe::model::{ModelConfig, Precision};
     use steermoe::train::{TrainOptions, synthetic, train_on};
 
     let fixture = common::fixture();
@@ -38,42 +40,46 @@ fn one_rank_through_ddp_trains_as_one_device() {
         let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, cfg.model.precision)?.0);
         let opts = TrainOptions { parallel_on_one_device: one_rank, ..Default::default() };
         let summary = train_on::<Ad>(&cfg, &dir, inputs, load, &device, &opts, |_| {}).unwrap();
-        (summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), dir.join("final_model/model.safetensors"))
+        (summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), dir.join("final_model"))
     };
     let (plain_losses, plain) = run("plain", false);
     let (ddp_losses, ddp) = run("ddp", true);
+    let (again_losses, again) = run("again", false);
     assert_eq!(plain_losses.len(), 3);
-    for (p, d) in plain_losses.iter().zip(&ddp_losses) {
-        assert!((p - d).abs() <= 1e-5 * p.abs(), "losses {plain_losses:?} vs {ddp_losses:?}");
-    }
-    let read = |path: &std::path::Path| -> HashMap<String, Vec<f32>> {
-        let bytes = std::fs::read(path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        st.tensors()
-            .into_iter()
-            .map(|(k, v)| {
-                let values = match v.dtype() {
-                    safetensors::Dtype::BF16 => v.data().chunks(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
-                    safetensors::Dtype::F32 => v.data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                    other => panic!("{k}: {other:?}"),
-                };
-                (k, values)
-            })
-            .collect()
-    };
-    let (base, plain, ddp) = (read(&fixture.join("model.safetensors")), read(&plain), read(&ddp));
-    let mut checked = 0;
-    for &[l, e] in &trained {
-        for proj in ["gate_proj", "up_proj", "down_proj"] {
-            let key = format!("model.layers.{l}.mlp.experts.{e}.{proj}.weight");
-            let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            let update = max_diff(&plain[&key], &base[&key]);
-            let apart = max_diff(&ddp[&key], &plain[&key]);
-            eprintln!("{key}: update {update:.3e}, one rank through DDP vs one device {apart:.3e}");
-            assert!(update > 0.0, "{key} did not train");
-            assert!(apart <= 0.01 * update, "{key}: {apart} apart, update {update}");
-            checked += 1;
+    for other in [&ddp_losses, &again_losses] {
+        for (p, o) in plain_losses.iter().zip(other) {
+            assert!((p - o).abs() <= 1e-5 * p.abs(), "losses {plain_losses:?} vs {other:?}");
         }
+    }
+    // Each trained expert's three weights, as the project's loader reads the exported model.
+    let weights = |dir: &std::path::Path| -> Vec<(String, Vec<f32>)> {
+        let (model, _) = steermoe::model::load::<Ad>(dir, &device, Precision::F32).unwrap();
+        let mut out = Vec::new();
+        for &[l, e] in &trained {
+            let ex = &model.moe_block(l).experts[e];
+            for (proj, w) in [("gate_proj", &ex.gate_proj.weight), ("up_proj", &ex.up_proj.weight), ("down_proj", &ex.down_proj.weight)] {
+                out.push((format!("layers.{l}.experts.{e}.{proj}"), w.val().into_data().to_vec::<f32>().unwrap()));
+            }
+        }
+        out
+    };
+    let (base, plain, ddp, again) = (weights(&fixture), weights(&plain), weights(&ddp), weights(&again));
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    // The spacing of bf16 values at `x`: 2^(exponent - 7).
+    let bf16_step = |x: f32| f32::from_bits(x.to_bits() & 0x7f80_0000) / 128.0;
+    let mut checked = 0;
+    for (((key, base), (_, plain)), ((_, ddp), (_, again))) in base.iter().zip(&plain).zip(ddp.iter().zip(&again)) {
+        let update = max_diff(plain, base);
+        assert!(update > 0.0, "{key} did not train");
+        for (label, other) in [("one rank through DDP", ddp), ("one device again", again)] {
+            let differ = other.iter().zip(plain).filter(|(o, p)| o != p).count();
+            let apart = max_diff(other, plain);
+            eprintln!("{key}: update {update:.3e}; {label} vs one device: {apart:.3e} apart, {differ} of {} elements differ", plain.len());
+            for (i, (o, p)) in other.iter().zip(plain).enumerate() {
+                assert!((o - p).abs() <= bf16_step(*p) + 0.01 * update, "{key}[{i}], {label}: {o} vs {p}, update {update}");
+            }
+        }
+        checked += 1;
     }
     assert_eq!(checked, trained.len() * 3);
 }
