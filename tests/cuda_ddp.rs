@@ -79,3 +79,46 @@ fn one_rank_through_ddp_trains_as_one_device() {
         }
     }
 }
+
+/// Many steps of the tiny fixture through burn's learner, one rank through DDP or one device:
+/// each must finish with finite losses. burn-fusion 0.21 can lose a tensor's handle when tensors
+/// cross threads (`Should have handle for tensor`, burn issues #4347 and #4947, fixed after
+/// 0.21.0); under DDP a gradient sync thread all-reduces the gradients that the worker thread
+/// made. Run many times (the device records in `benches/gpu-2026-12-03/ddp-one-rank/`) these
+/// two say how often each path meets it, and `STEERMOE_CUBE_KERNELS=0 STEERMOE_CUBLAS=0` whether
+/// this project's kernels take part.
+fn many_steps(one_rank: bool) {
+    use steermoe::config::Config;
+    use steermoe::model::ModelConfig;
+    use steermoe::train::{TrainOptions, synthetic, train_on};
+
+    const STEPS: usize = 120;
+    let fixture = common::fixture();
+    let model_cfg = ModelConfig::from_path(&fixture).unwrap();
+    let mut cfg = Config::default();
+    cfg.model.dir = fixture.clone();
+    cfg.train.lr = 1e-3;
+    cfg.train.valid_pairs = 0;
+    cfg.train.checkpoint_every = 40;
+    let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers()).flat_map(|l| [[l, 1], [l, 4]]).collect();
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = synthetic::inputs(&model_cfg, trained, STEPS, 4, 24, 11);
+    let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, cfg.model.precision)?.0);
+    let opts = TrainOptions { parallel_on_one_device: one_rank, ..Default::default() };
+    let summary = train_on::<Ad>(&cfg, tmp.path(), inputs, load, &device, &opts, |_| {}).unwrap();
+    assert_eq!(summary.steps.len(), STEPS);
+    assert!(summary.steps.iter().all(|s| s.loss.is_finite()), "{:?}", summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+fn many_steps_through_ddp() {
+    many_steps(true);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+fn many_steps_on_one_device() {
+    many_steps(false);
+}
