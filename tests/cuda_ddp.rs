@@ -85,9 +85,10 @@ fn one_rank_through_ddp_trains_as_one_device() {
 /// cross threads (`Should have handle for tensor`, burn issues #4347 and #4947, fixed after
 /// 0.21.0); under DDP a gradient sync thread all-reduces the gradients that the worker thread
 /// made. Run many times (the device records in `benches/gpu-2026-12-03/ddp-one-rank/`) these
-/// two say how often each path meets it, and `STEERMOE_CUBE_KERNELS=0 STEERMOE_CUBLAS=0` whether
-/// this project's kernels take part.
-fn many_steps(one_rank: bool) {
+/// say how often each path meets it, `STEERMOE_CUBE_KERNELS=0 STEERMOE_CUBLAS=0` whether this
+/// project's kernels take part, and the runs with checkpoints every 5 steps or none whether
+/// burn-train's checkpointer threads (which read the model's tensors while training goes on) do.
+fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
     use steermoe::config::Config;
     use steermoe::model::ModelConfig;
     use steermoe::train::{TrainOptions, synthetic, train_on};
@@ -99,13 +100,14 @@ fn many_steps(one_rank: bool) {
     cfg.model.dir = fixture.clone();
     cfg.train.lr = 1e-3;
     cfg.train.valid_pairs = 0;
-    cfg.train.checkpoint_every = 40;
+    // None: no checkpoints at all (`measure_only`).
+    cfg.train.checkpoint_every = checkpoint_every.unwrap_or(0);
     let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers()).flat_map(|l| [[l, 1], [l, 4]]).collect();
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
     let inputs = synthetic::inputs(&model_cfg, trained, STEPS, 4, 24, 11);
     let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, cfg.model.precision)?.0);
-    let opts = TrainOptions { parallel_on_one_device: one_rank, ..Default::default() };
+    let opts = TrainOptions { parallel_on_one_device: one_rank, measure_only: checkpoint_every.is_none(), ..Default::default() };
     let summary = train_on::<Ad>(&cfg, tmp.path(), inputs, load, &device, &opts, |_| {}).unwrap();
     assert_eq!(summary.steps.len(), STEPS);
     assert!(summary.steps.iter().all(|s| s.loss.is_finite()), "{:?}", summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>());
@@ -114,11 +116,23 @@ fn many_steps(one_rank: bool) {
 #[test]
 #[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
 fn many_steps_through_ddp() {
-    many_steps(true);
+    many_steps(true, Some(40));
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
 fn many_steps_on_one_device() {
-    many_steps(false);
+    many_steps(false, Some(40));
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+fn many_steps_on_one_device_checkpointing_every_5_steps() {
+    many_steps(false, Some(5));
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+fn many_steps_on_one_device_without_checkpoints() {
+    many_steps(false, None);
 }
