@@ -5,9 +5,19 @@
 //!   a `.mpk` file is always whole (burn's own recorder writes in place);
 //! - a window's checkpoint counts only when all three files exist ([`latest`]); a later, partial
 //!   one (a kill between its files) is ignored, and removed before training resumes.
+//!
+//! burn-train hands each window's records to three checkpointer threads, which read the model's
+//! and the optimizer's tensors while the training thread goes on with the next window. burn-fusion
+//! 0.21 can lose a tensor's handle when tensors cross threads like that (`Should have handle for
+//! tensor`, burn issues #4347 and #4947, fixed after 0.21.0; `benches/gpu-2026-12-03/ddp-one-rank/`
+//! measured it on CUDA). So the recorder reports each record it has taken in to a [`Taken`], and
+//! the loader waits on it before it serves the next window: no tensor is read on another thread
+//! while training runs. The files themselves are written while training goes on.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use burn::record::{FileRecorder, PrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::Backend;
@@ -17,16 +27,49 @@ use serde::de::DeserializeOwned;
 /// The files of one window's checkpoint.
 pub const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
 
+/// How many records a run's recorder has taken in (their tensors read into host memory), for the
+/// training thread to wait on.
+#[derive(Debug, Default)]
+pub struct Taken {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Taken {
+    fn one_more(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Block until `records` records have been taken in. A checkpointer thread that died before
+    /// taking its record in never reports it: after `patience` without one, say so and return
+    /// (burn-train then reports the checkpointer's failure itself).
+    pub fn wait_for(&self, records: usize, patience: Duration) {
+        let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, timeout) = self.changed.wait_timeout_while(count, patience, |c| *c < records).unwrap_or_else(|p| p.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!("went on training after waiting {patience:?} for checkpoint records: {} of {records} taken in", *count);
+        }
+    }
+}
+
 /// burn's named-MessagePack format (`NamedMpkFileRecorder`'s), each file written atomically.
 #[derive(Debug, Default, Clone)]
 pub struct AtomicMpkRecorder<S: PrecisionSettings> {
+    /// Told of each record taken in, when set.
+    taken: Option<Arc<Taken>>,
     _settings: PhantomData<S>,
 }
 
 impl<S: PrecisionSettings> AtomicMpkRecorder<S> {
     /// A recorder.
     pub fn new() -> Self {
-        Self { _settings: PhantomData }
+        Self { taken: None, _settings: PhantomData }
+    }
+
+    /// A recorder that tells `taken` of each record it has taken in.
+    pub fn reporting_to(taken: Arc<Taken>) -> Self {
+        Self { taken: Some(taken), _settings: PhantomData }
     }
 }
 
@@ -41,6 +84,10 @@ impl<S: PrecisionSettings, B: Backend> Recorder<B> for AtomicMpkRecorder<S> {
     type LoadArgs = PathBuf;
 
     fn save_item<I: Serialize>(&self, item: I, file: Self::RecordArgs) -> Result<(), RecorderError> {
+        // `Recorder::record` has turned the record into `item`: its tensors are read.
+        if let Some(taken) = &self.taken {
+            taken.one_more();
+        }
         let path = file.with_extension("mpk");
         let tmp = file.with_extension("mpk.tmp");
         if let Some(parent) = path.parent() {
@@ -166,5 +213,34 @@ mod tests {
         // A truncated file is an error, not a panic.
         std::fs::write(tmp.path().join("checkpoint/model-1.mpk"), [0x92u8]).unwrap();
         assert!(Recorder::<B>::load_item::<Vec<f32>>(&r, &mut file.clone()).is_err());
+    }
+
+    #[test]
+    fn a_waiter_returns_once_the_records_are_taken_in_or_patience_runs_out() {
+        use burn::record::FullPrecisionSettings;
+        type B = burn::backend::NdArray<f32>;
+        let tmp = tempfile::tempdir().unwrap();
+        let taken = Arc::new(Taken::default());
+        let r = AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(taken.clone());
+        taken.wait_for(0, Duration::ZERO);
+        let saver = {
+            let r = r.clone();
+            let dir = tmp.path().to_path_buf();
+            std::thread::spawn(move || {
+                for part in PARTS {
+                    Recorder::<B>::save_item(&r, vec![1.0f32], dir.join(format!("checkpoint/{part}-1"))).unwrap();
+                }
+            })
+        };
+        // Returns when the third record is in, long before its patience.
+        let start = std::time::Instant::now();
+        taken.wait_for(3, Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        assert_eq!(*taken.count.lock().unwrap(), 3);
+        saver.join().unwrap();
+        // A fourth never comes: it gives up after its patience.
+        let start = std::time::Instant::now();
+        taken.wait_for(4, Duration::from_millis(50));
+        assert!(start.elapsed() >= Duration::from_millis(50));
     }
 }

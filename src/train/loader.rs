@@ -18,6 +18,10 @@
 //! data-parallel strategy hands each device `slice(start, end)` of the loader's items; here the
 //! items of a window are (rank, step) pairs, `window` per rank, so rank `r`'s slice starts at
 //! `r · window`.
+//!
+//! When checkpoints are written ([`with_checkpoints`](BatchPreservingLoader::with_checkpoints)),
+//! each window after the run's first starts only once burn-train's checkpointer threads have taken
+//! in the previous window's records (see [`checkpoint`](super::checkpoint) for why).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
+use super::checkpoint::{self, Taken};
 use super::control::TrainControl;
 use super::shard::{Rank, counted_tokens, loss_scale, shard};
 use crate::model::loss::Targets;
@@ -150,6 +155,10 @@ pub struct BatchPreservingLoader<B: Backend> {
     rank: Rank,
     device: B::Device,
     control: TrainControl,
+    /// The first window this run trains, and the checkpoint records to wait for before each later
+    /// one (none: no checkpoints).
+    first_window: usize,
+    taken: Option<Arc<Taken>>,
 }
 
 /// Group positions in training order: `epochs` passes, each shuffled by its own seeded stream if
@@ -182,7 +191,16 @@ impl<B: Backend> BatchPreservingLoader<B> {
             rank: Rank { rank: 0, ranks: ranks.max(1) },
             device,
             control: TrainControl::default(),
+            first_window: start_window,
+            taken: None,
         }
+    }
+
+    /// Before each window after the first, wait until `taken` has the records of every window's
+    /// checkpoint so far (burn-train checkpoints at the end of each window).
+    pub fn with_checkpoints(mut self, taken: Arc<Taken>) -> Self {
+        self.taken = Some(taken);
+        self
     }
 
     /// Serve pause and stop requests of `control` (see [`TrainControl`]).
@@ -268,6 +286,10 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
         // Past the last window the schedule starts over: the validation loader serves its whole
         // (one-window) schedule at every call; training never asks past its last window.
         let w = self.next_window.fetch_add(1, Ordering::SeqCst) % self.windows().max(1);
+        if let Some(taken) = &self.taken {
+            const PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+            taken.wait_for(checkpoint::PARTS.len() * w.saturating_sub(self.first_window), PATIENCE);
+        }
         let start = (w * self.window).min(self.schedule.len());
         let end = if self.control.window_may_start(w) {
             ((w + 1) * self.window).min(self.schedule.len())
@@ -301,7 +323,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             });
         }
         let schedule: Vec<usize> = self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
-        Arc::new(Self { schedule: Arc::new(schedule), next_window: Arc::new(AtomicUsize::new(0)), ..self.clone() })
+        Arc::new(Self { schedule: Arc::new(schedule), next_window: Arc::new(AtomicUsize::new(0)), first_window: 0, ..self.clone() })
     }
 }
 

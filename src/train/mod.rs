@@ -385,9 +385,13 @@ pub fn train_on<B: AutodiffBackend>(
     let num_batches = inputs.groups.len();
     let total_steps = inputs.total_steps(cfg);
     let window = inputs.window(cfg);
-    let loader = inputs
+    let taken = Arc::new(checkpoint::Taken::default());
+    let mut loader = inputs
         .loader::<B>(cfg, loader::schedule(num_batches, t.epochs, t.shuffle_batches, cfg.seed), resume.unwrap_or(0), device)
         .with_control(control.clone());
+    if !opts.measure_only {
+        loader = loader.with_checkpoints(taken.clone());
+    }
     let windows = loader.windows();
     control.set_plan(control::TrainPlan {
         total_steps,
@@ -410,7 +414,7 @@ pub fn train_on<B: AutodiffBackend>(
         .num_epochs(last_window);
     if !opts.measure_only {
         training = training
-            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::new())
+            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(taken))
             .with_checkpointing_strategy(KeepLastNCheckpoints::new(2));
     }
     if t.grad_accumulation > 1 {
