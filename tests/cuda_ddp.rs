@@ -82,12 +82,11 @@ fn one_rank_through_ddp_trains_as_one_device() {
 
 /// Many steps of the tiny fixture through burn's learner, one rank through DDP or one device:
 /// each must finish with finite losses. burn-fusion 0.21 can lose a tensor's handle when tensors
-/// cross threads (`Should have handle for tensor`, burn issues #4347 and #4947, fixed after
-/// 0.21.0); under DDP a gradient sync thread all-reduces the gradients that the worker thread
-/// made. Run many times (the device records in `benches/gpu-2026-12-03/ddp-one-rank/`) these
-/// say how often each path meets it, `STEERMOE_CUBE_KERNELS=0 STEERMOE_CUBLAS=0` whether this
-/// project's kernels take part, and the runs with checkpoints every 5 steps or none whether
-/// burn-train's checkpointer threads (which read the model's tensors while training goes on) do.
+/// cross threads (`Should have handle for tensor`, burn issues #4347 and #4947, reworked after
+/// 0.21.0). burn-train's checkpointer threads, reading the model while training went on, were
+/// the way in; the loader now waits for them (`train::checkpoint::Taken`). One run rarely meets
+/// it: run many times at once, as `benches/gpu-2026-12-03/ddp-one-rank/call7.sh` does (15 of 112
+/// runs lost a handle with checkpoints every 5 steps before the wait, 0 of 108 with it).
 fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
     use steermoe::config::Config;
     use steermoe::model::ModelConfig;
