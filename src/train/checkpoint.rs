@@ -9,7 +9,7 @@
 //! burn-train hands each window's records to three checkpointer threads, which read the model's
 //! and the optimizer's tensors while the training thread goes on with the next window. burn-fusion
 //! 0.21 can lose a tensor's handle when tensors cross threads like that (`Should have handle for
-//! tensor`, burn issues #4347 and #4947, fixed after 0.21.0; `benches/gpu-2026-12-03/ddp-one-rank/`
+//! tensor`, burn issues #4347 and #4947, reworked after 0.21.0; `benches/gpu-2026-12-03/ddp-one-rank/`
 //! measured it on CUDA). So the recorder reports each record it has taken in to a [`Taken`], and
 //! the loader waits on it before it serves the next window: no tensor is read on another thread
 //! while training runs. The files themselves are written while training goes on.

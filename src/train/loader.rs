@@ -399,6 +399,29 @@ mod tests {
     }
 
     #[test]
+    fn each_later_window_waits_for_the_previous_checkpoints_records() {
+        use std::time::{Duration, Instant};
+        let taken = Arc::new(Taken::default());
+        // Resumed at window 1: its first window waits for nothing, the next for one checkpoint.
+        let l = loader(3, 1).with_checkpoints(taken.clone());
+        assert_eq!(l.iter().count(), 3);
+        let recorder = checkpoint::AtomicMpkRecorder::<burn::record::FullPrecisionSettings>::reporting_to(taken);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        const DELAY: Duration = Duration::from_millis(300);
+        let start = Instant::now();
+        let saver = std::thread::spawn(move || {
+            std::thread::sleep(DELAY);
+            for part in checkpoint::PARTS {
+                burn::record::Recorder::<B>::save_item(&recorder, vec![0u8], dir.join(format!("checkpoint/{part}-2"))).unwrap();
+            }
+        });
+        assert_eq!(l.iter().count(), 3);
+        assert!(start.elapsed() >= DELAY, "window 2 started before window 1's records were taken in");
+        saver.join().unwrap();
+    }
+
+    #[test]
     fn mask_lookup_restricts_unsafe_samples_only() {
         let l = loader(5, 0);
         let batch = l.batch(1, 1); // batch_idx 11: expert 1 of layer 0; layer 1 has none → free
