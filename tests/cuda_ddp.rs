@@ -119,6 +119,12 @@ fn many_steps_through_ddp() {
 }
 
 #[test]
+#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+fn many_steps_through_ddp_checkpointing_every_5_steps() {
+    many_steps(true, Some(5));
+}
+
+#[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
 fn many_steps_on_one_device() {
     many_steps(false, Some(40));
