@@ -12,10 +12,15 @@ type Ad = burn::backend::Autodiff<burn::backend::Cuda>;
 /// burn's data-parallel strategy with one rank (NCCL, a worker thread, the gradients exchanged)
 /// trains as the one-device path does: the same losses, and exported weights equal up to the
 /// order of float sums. The fixture is bf16 and so is the export: a small float difference can
-/// round an element one bf16 step apart, so each element may differ by its bf16 step plus 1% of
+/// round an element one bf16 step apart, so each element may differ by its bf16 step plus 5% of
 /// its tensor's training update (which must not be zero); nothing more. A second one-device run
 /// is held to the same bound, and the counts of differing elements are printed for both, so that
 /// the log shows whether DDP differs from one device more than one device differs from itself.
+/// Why 5%: CUDA's float sums run in no fixed order (atomic adds in the backward), and Adam turns a
+/// gradient's small difference into a step-sized one where the gradient is small; one device
+/// against itself reached 1.1% of the update beyond the bf16 step (`benches/gpu-2026-12-03/
+/// ddp-one-rank/call8/`). What the check is for — a gradient lost or not averaged, a step applied
+/// twice or with another rate — moves elements by a good part of the whole update.
 /// The strategy on two GPUs is `benches/ddp.sh`'s check.
 #[test]
 #[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
@@ -72,9 +77,15 @@ fn one_rank_through_ddp_trains_as_one_device() {
         for (label, other) in [("one rank through DDP", ddp), ("one device again", again)] {
             let differ = other.iter().zip(plain).filter(|(o, p)| o != p).count();
             let (apart, _) = common::max_abs_diff(other, plain);
-            eprintln!("{key}: update {update:.3e}; {label} vs one device: {apart:.3e} apart, {differ} of {} elements differ", plain.len());
+            // The largest difference beyond an element's bf16 step, as a share of the update.
+            let beyond = other.iter().zip(plain).map(|(o, p)| ((o - p).abs() - bf16_step(*p)).max(0.0) / update).fold(0.0, f32::max);
+            eprintln!(
+                "{key}: update {update:.3e}; {label} vs one device: {apart:.3e} apart, {differ} of {} elements differ, at most {:.2}% of the update beyond a bf16 step",
+                plain.len(),
+                100.0 * beyond
+            );
             for (i, (o, p)) in other.iter().zip(plain).enumerate() {
-                assert!((o - p).abs() <= bf16_step(*p) + 0.01 * update, "{key}[{i}], {label}: {o} vs {p}, update {update}");
+                assert!((o - p).abs() <= bf16_step(*p) + 0.05 * update, "{key}[{i}], {label}: {o} vs {p}, update {update}");
             }
         }
     }
