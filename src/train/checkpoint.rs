@@ -11,8 +11,10 @@
 //! 0.21 can lose a tensor's handle when tensors cross threads like that (`Should have handle for
 //! tensor`, burn issues #4347 and #4947, reworked after 0.21.0; `benches/gpu-2026-12-03/ddp-one-rank/`
 //! measured it on CUDA). So the recorder reports each record it has taken in to a [`Taken`], and
-//! the loader waits on it before it serves the next window: no tensor is read on another thread
-//! while training runs. The files themselves are written while training goes on.
+//! the training thread waits on it right after each checkpoint ([`RecordsTaken`], the one hook
+//! burn-train calls there): no tensor is read on another thread while training runs, nor while
+//! the training thread drops the learner after the last window. The files themselves are written
+//! while training goes on.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ use std::time::Duration;
 
 use burn::record::{FileRecorder, PrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::Backend;
+use burn::train::EarlyStoppingStrategy;
+use burn::train::metric::store::EventStoreClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -50,6 +54,36 @@ impl Taken {
         if timeout.timed_out() {
             tracing::warn!("went on training after waiting {patience:?} for checkpoint records: {} of {records} taken in", *count);
         }
+    }
+}
+
+/// burn-train's hook right after each window's checkpoint, on the training thread (an early
+/// stopping strategy that never stops): it waits until that checkpoint's records, and every earlier
+/// one's of this run, are taken in. Each rank's clone counts its own windows.
+#[derive(Debug, Clone)]
+pub struct RecordsTaken {
+    taken: Arc<Taken>,
+    windows: usize,
+    patience: Duration,
+}
+
+impl RecordsTaken {
+    /// Wait on `taken`, at most `patience` each window.
+    pub fn new(taken: Arc<Taken>, patience: Duration) -> Self {
+        Self { taken, windows: 0, patience }
+    }
+
+    /// One more window's checkpoint was handed to the checkpointer threads: wait for its records.
+    fn after_checkpoint(&mut self) {
+        self.windows += 1;
+        self.taken.wait_for(PARTS.len() * self.windows, self.patience);
+    }
+}
+
+impl EarlyStoppingStrategy for RecordsTaken {
+    fn should_stop(&mut self, _epoch: usize, _store: &EventStoreClient) -> bool {
+        self.after_checkpoint();
+        false
     }
 }
 
@@ -242,5 +276,35 @@ mod tests {
         let start = std::time::Instant::now();
         taken.wait_for(4, Duration::from_millis(50));
         assert!(start.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn after_each_checkpoint_the_training_thread_waits_for_its_records() {
+        use burn::record::FullPrecisionSettings;
+        use std::time::Instant;
+        type B = burn::backend::NdArray<f32>;
+        let tmp = tempfile::tempdir().unwrap();
+        let taken = Arc::new(Taken::default());
+        let recorder = AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(taken.clone());
+        let mut hook = RecordsTaken::new(taken, Duration::from_secs(60));
+        const DELAY: Duration = Duration::from_millis(300);
+        // Window n's three records come in DELAY after the training thread reaches the hook.
+        for window in 1..=2 {
+            let start = Instant::now();
+            let saver = {
+                let (r, dir) = (recorder.clone(), tmp.path().to_path_buf());
+                std::thread::spawn(move || {
+                    std::thread::sleep(DELAY);
+                    for part in PARTS {
+                        Recorder::<B>::save_item(&r, vec![0u8], dir.join(format!("checkpoint/{part}-{window}"))).unwrap();
+                    }
+                })
+            };
+            hook.after_checkpoint();
+            let waited = start.elapsed();
+            assert!(waited >= DELAY, "window {window}: went on before its checkpoint's records were taken in");
+            assert!(waited < Duration::from_secs(30), "window {window}: waited for more than its own records");
+            saver.join().unwrap();
+        }
     }
 }

@@ -18,10 +18,7 @@
 //! data-parallel strategy hands each device `slice(start, end)` of the loader's items; here the
 //! items of a window are (rank, step) pairs, `window` per rank, so rank `r`'s slice starts at
 //! `r · window`.
-//!
-//! When checkpoints are written ([`with_checkpoints`](BatchPreservingLoader::with_checkpoints)),
-//! each window after the run's first starts only once burn-train's checkpointer threads have taken
-//! in the previous window's records (see [`checkpoint`](super::checkpoint) for why).
+
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +29,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
-use super::checkpoint::{self, Taken};
 use super::control::TrainControl;
 use super::shard::{Rank, counted_tokens, loss_scale, shard};
 use crate::model::loss::Targets;
@@ -155,10 +151,6 @@ pub struct BatchPreservingLoader<B: Backend> {
     rank: Rank,
     device: B::Device,
     control: TrainControl,
-    /// The first window this run trains, and the checkpoint records to wait for before each later
-    /// one (none: no checkpoints).
-    first_window: usize,
-    taken: Option<Arc<Taken>>,
 }
 
 /// Group positions in training order: `epochs` passes, each shuffled by its own seeded stream if
@@ -191,16 +183,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
             rank: Rank { rank: 0, ranks: ranks.max(1) },
             device,
             control: TrainControl::default(),
-            first_window: start_window,
-            taken: None,
         }
-    }
-
-    /// Before each window after the first, wait until `taken` has the records of every window's
-    /// checkpoint so far (burn-train checkpoints at the end of each window).
-    pub fn with_checkpoints(mut self, taken: Arc<Taken>) -> Self {
-        self.taken = Some(taken);
-        self
     }
 
     /// Serve pause and stop requests of `control` (see [`TrainControl`]).
@@ -286,10 +269,6 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
         // Past the last window the schedule starts over: the validation loader serves its whole
         // (one-window) schedule at every call; training never asks past its last window.
         let w = self.next_window.fetch_add(1, Ordering::SeqCst) % self.windows().max(1);
-        if let Some(taken) = &self.taken {
-            const PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
-            taken.wait_for(checkpoint::PARTS.len() * w.saturating_sub(self.first_window), PATIENCE);
-        }
         let start = (w * self.window).min(self.schedule.len());
         let end = if self.control.window_may_start(w) {
             ((w + 1) * self.window).min(self.schedule.len())
@@ -323,7 +302,7 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             });
         }
         let schedule: Vec<usize> = self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
-        Arc::new(Self { schedule: Arc::new(schedule), next_window: Arc::new(AtomicUsize::new(0)), first_window: 0, ..self.clone() })
+        Arc::new(Self { schedule: Arc::new(schedule), next_window: Arc::new(AtomicUsize::new(0)), ..self.clone() })
     }
 }
 
@@ -396,29 +375,6 @@ mod tests {
         let resumed = loader(3, 2);
         let rest: Vec<usize> = resumed.iter().map(|b| b.batch_idx).collect();
         assert_eq!(rest, expected[6..9]);
-    }
-
-    #[test]
-    fn each_later_window_waits_for_the_previous_checkpoints_records() {
-        use std::time::{Duration, Instant};
-        let taken = Arc::new(Taken::default());
-        // Resumed at window 1: its first window waits for nothing, the next for one checkpoint.
-        let l = loader(3, 1).with_checkpoints(taken.clone());
-        assert_eq!(l.iter().count(), 3);
-        let recorder = checkpoint::AtomicMpkRecorder::<burn::record::FullPrecisionSettings>::reporting_to(taken);
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        const DELAY: Duration = Duration::from_millis(300);
-        let start = Instant::now();
-        let saver = std::thread::spawn(move || {
-            std::thread::sleep(DELAY);
-            for part in checkpoint::PARTS {
-                burn::record::Recorder::<B>::save_item(&recorder, vec![0u8], dir.join(format!("checkpoint/{part}-2"))).unwrap();
-            }
-        });
-        assert_eq!(l.iter().count(), 3);
-        assert!(start.elapsed() >= DELAY, "window 2 started before window 1's records were taken in");
-        saver.join().unwrap();
     }
 
     #[test]

@@ -385,13 +385,9 @@ pub fn train_on<B: AutodiffBackend>(
     let num_batches = inputs.groups.len();
     let total_steps = inputs.total_steps(cfg);
     let window = inputs.window(cfg);
-    let taken = Arc::new(checkpoint::Taken::default());
-    let mut loader = inputs
+    let loader = inputs
         .loader::<B>(cfg, loader::schedule(num_batches, t.epochs, t.shuffle_batches, cfg.seed), resume.unwrap_or(0), device)
         .with_control(control.clone());
-    if !opts.measure_only {
-        loader = loader.with_checkpoints(taken.clone());
-    }
     let windows = loader.windows();
     control.set_plan(control::TrainPlan {
         total_steps,
@@ -413,9 +409,13 @@ pub fn train_on<B: AutodiffBackend>(
         .with_interrupter(control.interrupter())
         .num_epochs(last_window);
     if !opts.measure_only {
+        // After each checkpoint the training thread waits for its records (`checkpoint` says why).
+        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+        let taken = Arc::new(checkpoint::Taken::default());
         training = training
-            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(taken))
-            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2));
+            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(taken.clone()))
+            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+            .early_stopping(checkpoint::RecordsTaken::new(taken, PATIENCE));
     }
     if t.grad_accumulation > 1 {
         training = training.grads_accumulation(t.grad_accumulation);
