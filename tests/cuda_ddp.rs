@@ -95,9 +95,11 @@ fn one_rank_through_ddp_trains_as_one_device() {
 /// each must finish with finite losses. burn-fusion 0.21 can lose a tensor's handle when tensors
 /// cross threads (`Should have handle for tensor`, burn issues #4347 and #4947, reworked after
 /// 0.21.0). burn-train's checkpointer threads, reading the model while training went on, were
-/// the way in; the loader now waits for them (`train::checkpoint::Taken`). One run rarely meets
-/// it: run many times at once, as `benches/gpu-2026-12-03/ddp-one-rank/call7.sh` does (15 of 112
-/// runs lost a handle with checkpoints every 5 steps before the wait, 0 of 108 with it).
+/// the way in; the training thread now waits for them after each checkpoint
+/// (`train::checkpoint::RecordsTaken`). One run rarely meets it: run many times at once, as
+/// `benches/gpu-2026-12-03/ddp-one-rank/call10.sh` does (`call7/`, `call8/`: with no wait 15 of
+/// 112 runs on one device and 24 of 96 through DDP lost a handle with checkpoints every 5 steps;
+/// `call10/`, `call11/`: with the wait 0 of 41 and 0 of 43).
 fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
     use steermoe::config::Config;
     use steermoe::model::ModelConfig;
