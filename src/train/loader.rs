@@ -19,7 +19,6 @@
 //! items of a window are (rank, step) pairs, `window` per rank, so rank `r`'s slice starts at
 //! `r · window`.
 
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
