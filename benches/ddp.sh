@@ -9,10 +9,10 @@
 #
 #   STEERMOE=path/to/steermoe GPU_BENCH=path/to/gpu-bench OUT=out benches/ddp.sh
 #
-# STEERMOE is a binary built with `--no-default-features --features cuda,ddp` (default: unpack
-# .dev/steermoe_ddp.xz), GPU_BENCH the gpu bench of the same build (`cargo bench --no-run
-# --no-default-features --features cuda,ddp --bench gpu`; default: unpack .dev/gpu_ddp.xz). ../shared must hold the project's shared/ folder with data/ (the device's
-# lacks data/: copies in .dev/*.json are used when present). NCCL: cudarc loads `libnccl.so`;
+# STEERMOE is a binary built with `cargo build --release --no-default-features --features cuda,ddp`,
+# GPU_BENCH the gpu bench of the same build (`cargo bench --no-run --no-default-features --features
+# cuda,ddp --bench gpu` prints its path). The organism's data is read where
+# configs/organism-cuda.toml says. NCCL: cudarc loads `libnccl.so`;
 # PyTorch's pip package ships `libnccl.so.2`, so a folder with a `libnccl.so` link to it goes first
 # on LD_LIBRARY_PATH (printed). NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
 set -uo pipefail
@@ -21,12 +21,8 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0
-if [ -z "${STEERMOE:-}" ]; then
-  STEERMOE=/tmp/steermoe_ddp
-  xz -dc .dev/steermoe_ddp.xz > "$STEERMOE" && chmod +x "$STEERMOE" || exit 1
-fi
-mkdir -p ../shared/data
-for d in alpaca-eval olmoe-fwo; do [ -f ../shared/data/$d.json ] || [ ! -f .dev/$d.json ] || cp .dev/$d.json ../shared/data/; done
+STEERMOE=${STEERMOE:?set STEERMOE to a steermoe binary built with --features cuda,ddp}
+GPU_BENCH=${GPU_BENCH:?set GPU_BENCH to the benches/gpu.rs binary of the same build}
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
 # NCCL: the first libnccl.so.2 in Python's package folders (PyTorch's `nvidia-nccl` wheel), or the
@@ -72,10 +68,6 @@ python3 benches/compare_models.py runs/ddp-one/final_model runs/ddp-two/final_mo
 tail -1 "$OUT/compare.one-two.jsonl"
 
 echo "== the OLMoE-1B-7B shape: one device, two devices (benches/gpu.rs --what learner)"
-if [ -z "${GPU_BENCH:-}" ]; then
-  GPU_BENCH=/tmp/gpu_ddp
-  xz -dc .dev/gpu_ddp.xz > "$GPU_BENCH" && chmod +x "$GPU_BENCH" || exit 1
-fi
 for batch in 16 32; do
   for devices in 0 0,1; do
     name="learner.b$batch.d${devices/,/}"

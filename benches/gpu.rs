@@ -1,5 +1,5 @@
 //! GPU benchmarks at the OLMoE-1B-7B shape (16 layers, hidden 2048, 64 experts, top-8, expert
-//! width 1024, vocab 50304), random bf16 weights, the figures `../shared/tools/hf_anchor.py`
+//! width 1024, vocab 50304), random bf16 weights, the figures `benches/hf_anchor.py`
 //! measures for transformers:
 //!
 //! - `gemm`: burn's plain matmul at the expert shapes (tokens-per-expert × 2048 × 1024 and back)
@@ -24,7 +24,7 @@
 //! `benches/qwen3-30b-a3b.json`, Qwen3-30B-A3B's), with `--layers` layers if given.
 //!
 //! One JSON line per figure on stdout. `benches/gpu.sh` runs it with the transformers anchor on
-//! the device; the results are in `benches/RESULTS.md`.
+//! the device; the latest results are in `benches/results/*.jsonl` (`benches/README.md`).
 
 use std::path::PathBuf;
 use std::time::Instant;

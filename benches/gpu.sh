@@ -9,14 +9,14 @@
 # Environment:
 #   GPU_BENCH       the benches/gpu.rs binary (built with --features cuda)
 #   ANALYSIS_BENCH  the benches/analysis.rs binary
-#   HF_ANCHOR       ../shared/tools/hf_anchor.py
+#   HF_ANCHOR       transformers' side (default benches/hf_anchor.py)
 #   SKIP            figures to leave out, comma-separated (hf, check, analysis, gemm, train, generate)
 #   FIGURE_TIMEOUT  seconds each measuring process may run (default 400)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU_BENCH=${GPU_BENCH:?set GPU_BENCH to the benches/gpu.rs binary}
 ANALYSIS_BENCH=${ANALYSIS_BENCH:-}
-HF_ANCHOR=${HF_ANCHOR:-../shared/tools/hf_anchor.py}
+HF_ANCHOR=${HF_ANCHOR:-benches/hf_anchor.py}
 SKIP=${SKIP:-}
 OUTDIR=${OUTDIR:-$(mktemp -d)}
 mkdir -p "$OUTDIR"
