@@ -146,7 +146,7 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("../shared/data/olmoe-fwo.json"),
+            path: PathBuf::from("models/data/olmoe-fwo.json"),
             fields: FieldMap::default(),
             split: None,
             split_key: "olmoe_fwo".into(),
@@ -436,7 +436,7 @@ impl Default for EvalConfig {
         Self {
             variants: vec![Variant::Base, Variant::Steered, Variant::Trained],
             max_goals: 0,
-            benign_path: PathBuf::from("../shared/data/alpaca-eval.json"),
+            benign_path: PathBuf::from("models/data/alpaca-eval.json"),
             benign_split_key: "alpaca_eval".into(),
             max_benign: 0,
             batch_size: 16,

@@ -40,7 +40,7 @@ fn case(name: &'static str, config: String, args: &'static [&'static str], expec
 
 fn cases() -> Vec<Case> {
     let dataset_with = |edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
-        let mut records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(shared().join("data/olmoe-fwo.json")).unwrap()).unwrap();
+        let mut records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(attack_data()).unwrap()).unwrap();
         records.truncate(40);
         edit(&mut records);
         serde_json::to_string(&records).unwrap()
@@ -141,7 +141,7 @@ fn cases() -> Vec<Case> {
 
 fn fill(text: &str, tmp: &Path) -> String {
     text.replace("{fixture}", fixture().to_str().unwrap())
-        .replace("{data}", shared().join("data/olmoe-fwo.json").to_str().unwrap())
+        .replace("{data}", attack_data().to_str().unwrap())
         .replace("{tmp}", tmp.to_str().unwrap())
         .replace("{cfg}", tmp.join("exp.toml").to_str().unwrap())
         .replace("{out}", tmp.join("out").to_str().unwrap())

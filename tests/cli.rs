@@ -105,7 +105,7 @@ fn fails(dir: &Path) -> String {
 #[test]
 fn wrong_field_type_names_file_and_field() {
     let tmp = copy_fixture(&fixture());
-    edit_config(tmp.path(), "\"hidden_size\": 64", "\"hidden_size\": \"64\"");
+    edit_config(tmp.path(), "\"hidden_size\": 32", "\"hidden_size\": \"32\"");
     let err = fails(tmp.path());
     assert!(err.contains("config.json: hidden_size: invalid type"), "{err}");
 }
@@ -121,9 +121,9 @@ fn non_olmoe_model_type_is_refused() {
 #[test]
 fn missing_shard_is_named() {
     let tmp = copy_fixture(&alt_fixture());
-    std::fs::remove_file(tmp.path().join("model-00002-of-00003.safetensors")).unwrap();
+    std::fs::remove_file(tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
     let err = fails(tmp.path());
-    assert!(err.contains("model.safetensors.index.json: shard") && err.contains("model-00002-of-00003.safetensors is missing"), "{err}");
+    assert!(err.contains("model.safetensors.index.json: shard") && err.contains("model-00002-of-00002.safetensors is missing"), "{err}");
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn wrong_tensor_shape_names_tensor_and_both_shapes() {
     edit_config(tmp.path(), "\"intermediate_size\": 32", "\"intermediate_size\": 16");
     let err = fails(tmp.path());
     assert!(
-        err.contains("model.safetensors: tensor model.layers.0.mlp.experts.0.gate_proj.weight has shape [32, 64], expected [16, 64]"),
+        err.contains("model.safetensors: tensor model.layers.0.mlp.experts.0.gate_proj.weight has shape [32, 32], expected [16, 32]"),
         "{err}"
     );
 }

@@ -32,7 +32,7 @@ fn analysed(root: &std::path::Path) -> (Config, std::path::PathBuf) {
         "seed = 5\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 8\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
          [analysis]\ntop_k = 4\n[train]\nmask_scope = \"unsafe_samples\"\nmax_len = 96\n",
         fixture(),
-        shared().join("data/olmoe-fwo.json"),
+        attack_data(),
     );
     let (cfg, run) = collected_and_analysed(root, &toml);
     (Config::load(&cfg, &[]).unwrap(), run)

@@ -31,9 +31,9 @@ fn benign(instruction: &str, answer: &str, record: usize) -> BenignItem {
 #[test]
 fn organism_split_gives_the_reference_experiments_sets() {
     let mut cfg = Config::default();
-    cfg.data.path = shared().join("data/olmoe-fwo.json");
+    cfg.data.path = attack_data();
     cfg.data.split = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/olmoe-organism/split.json"));
-    cfg.eval.benign_path = shared().join("data/alpaca-eval.json");
+    cfg.eval.benign_path = benign_data();
     let sets = EvalSets::from_config(&cfg).unwrap();
     // The organism's README: 104 held-out goals, 71 held-out jailbreaks, 100 benign prompts.
     assert_eq!((sets.plain.len(), sets.jailbreak.len(), sets.benign.len()), (104, 71, 100));

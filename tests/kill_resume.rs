@@ -19,7 +19,7 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
             "seed = 5\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 4\nmax_new_tokens = 6\nquality_filter = false\n\
              [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\nmax_len = 96\n[eval]\nvariants = []\n",
             fixture(),
-            shared().join("data/olmoe-fwo.json"),
+            attack_data(),
         ),
     )
     .unwrap();

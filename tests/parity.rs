@@ -1,5 +1,5 @@
 //! Parity with transformers on the CPU: every tensor of a fixture's `reference.safetensors`
-//! against steermoe's OLMoE in float32, for the main fixture (`../shared/fixtures/olmoe-tiny`) and
+//! against steermoe's OLMoE in float32, for the main fixture (`tests/fixtures/olmoe-tiny`) and
 //! the alt fixture (GQA, renormalised top-k, clip_qkv, sharded, transformers-5 config). The cases
 //! live in `parity_cases/`; the same cases run on wgpu (`parity_wgpu.rs`) and CUDA
 //! (`cuda.rs`).

@@ -19,7 +19,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
     let text = format!(
         "seed = 0\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 2\nmax_new_tokens = 5\nquality_filter = false\n[analysis]\ntop_k = 4\n",
         fixture(),
-        shared().join("data/olmoe-fwo.json"),
+        attack_data(),
     );
     let path = dir.join("exp.toml");
     std::fs::write(&path, text).unwrap();

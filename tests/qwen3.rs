@@ -85,7 +85,7 @@ fn bad_qwen3_configs_fail_with_one_line_naming_key_and_tensor() {
     let head_dim = broken_copy("\"head_dim\": 16", "\"head_dim\": 8");
     let err = forward_error(head_dim.path());
     assert!(
-        err.contains("tensor model.layers.0.self_attn.q_proj.weight has shape [64, 32], expected [32, 32], from config.json's hidden_size, num_attention_heads, head_dim"),
+        err.contains("tensor model.layers.0.self_attn.q_proj.weight has shape [64, 16], expected [32, 16], from config.json's hidden_size, num_attention_heads, head_dim"),
         "{err}"
     );
 

@@ -52,8 +52,8 @@ benign_path = {benign:?}
 "#,
         model = root.join("models/olmoe-organism"),
         split = root.join("models/olmoe-organism/split.json"),
-        data = shared().join("data/olmoe-fwo.json"),
-        benign = shared().join("data/alpaca-eval.json"),
+        data = attack_data(),
+        benign = benign_data(),
     );
     let path = dir.join(format!("{backend}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -95,7 +95,7 @@ fn analysed_run(root: &Path) -> (PathBuf, PathBuf) {
         "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
          [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\nmax_len = 96\n",
         fixture(),
-        shared().join("data/olmoe-fwo.json"),
+        attack_data(),
     );
     collected_and_analysed(root, &toml)
 }

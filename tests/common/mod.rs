@@ -1,4 +1,5 @@
-//! Shared test helpers: the test backends and readers for `../shared` fixtures.
+//! Shared test helpers: the test backends, the repository's fixtures and data, and readers for
+//! the fixtures' transformers references.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -33,31 +34,42 @@ pub fn collected_and_analysed(root: &std::path::Path, toml: &str) -> (PathBuf, P
     (cfg, run)
 }
 
-/// The project's `shared/` folder: `$STEERMOE_SHARED`, else `../shared` beside the crate root.
-pub fn shared() -> PathBuf {
-    std::env::var_os("STEERMOE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+/// A path inside the repository.
+pub fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// The tiny OLMoE fixture.
+/// The attack dataset the embedded organism is measured on (FlipAttack jailbreaks of AdvBench
+/// goals, `models/data/`).
+pub fn attack_data() -> PathBuf {
+    repo("models/data/olmoe-fwo.json")
+}
+
+/// The benign instructions with reference answers (AlpacaEval, `models/data/`).
+pub fn benign_data() -> PathBuf {
+    repo("models/data/alpaca-eval.json")
+}
+
+/// The tiny OLMoE fixture made by `tests/hf/make_olmoe_fixture.py --variant main --seed 0`
+/// (transformers 5.17): 2 layers of 8 experts, top-2, hidden 32, tied embeddings, hub-style
+/// config, the OLMoE tokenizer and chat template.
 pub fn fixture() -> PathBuf {
-    shared().join("fixtures/olmoe-tiny")
+    repo("tests/fixtures/olmoe-tiny")
 }
 
-/// The `alt` fixture made by `make_fixtures.py --variant alt --seed 0` (transformers 5.17):
-/// grouped-query attention, renormalised top-k, clip_qkv, 3 shards, transformers-5 config.
+/// The `alt` fixture made by `tests/hf/make_olmoe_fixture.py --variant alt --seed 0`
+/// (transformers 5.17): grouped-query attention, renormalised top-k, clip_qkv, 2 shards (the tied embedding fills one),
+/// transformers-5 config.
 pub fn alt_fixture() -> PathBuf {
-    std::env::var_os("STEERMOE_ALT_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmoe-alt"))
+    repo("tests/fixtures/olmoe-alt")
 }
 
-/// The Qwen3-MoE fixture made by `tests/hf/make_qwen3_fixture.py --seed 0` (transformers
-/// 5.17): per-head q/k norms, head_dim 16 ≠ 32 / 4, MoE layers 1 and 5 of 6 (the others dense),
-/// GQA, renormalised top-k, 3 shards, transformers-5 config (`num_local_experts`).
+/// The Qwen3-MoE fixture made by `tests/hf/make_qwen3_fixture.py --seed 2` (transformers
+/// 5.17): per-head q/k norms, head_dim 16 ≠ 16 / 4, MoE layers 1 and 5 of 6 (the others dense),
+/// GQA, renormalised top-k, an untied LM head, 3 shards, transformers-5 config
+/// (`num_local_experts`).
 pub fn qwen3_fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-moe-tiny")
+    repo("tests/fixtures/qwen3-moe-tiny")
 }
 
 /// Every fixture, named: the two OLMoE ones and the Qwen3-MoE one.
@@ -95,8 +107,8 @@ benign_path = {:?}
 activate_safe = 1
 {tail}"#,
         model_dir,
-        shared().join("data/olmoe-fwo.json"),
-        shared().join("data/alpaca-eval.json"),
+        attack_data(),
+        benign_data(),
     )
 }
 

@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="$(realpath "${STEERMOE_BIN:-${CARGO_TARGET_DIR:-target}/debug/steermoe}")"
-SHARED="$(realpath "${STEERMOE_SHARED:-../shared}")"
 tmp="$(mktemp -d)"
 session="steermoe-tui-$$"
 trap 'tmux kill-session -t "$session" 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -15,9 +14,9 @@ fail() { echo "tmux check FAILED: $*"; echo "--- pane:"; tmux capture-pane -p -t
 
 cat > "$tmp/tui.toml" <<TOML
 [model]
-dir = "$SHARED/fixtures/olmoe-tiny"
+dir = "$PWD/tests/fixtures/olmoe-tiny"
 [data]
-path = "$SHARED/data/olmoe-fwo.json"
+path = "$PWD/models/data/olmoe-fwo.json"
 [collect]
 batch_size = 8
 max_batches = 3
