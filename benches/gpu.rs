@@ -38,11 +38,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use steermoe::backend::{self, BackendKind, Task};
-use steermoe::config::Trainable;
 use steermoe::generate::{GenerateOptions, Sampling, generate};
 use steermoe::model::{self, ExpertExecution, MoeLm, ModelConfig, LmInput, Precision, Routing};
 use steermoe::train::freeze::freeze;
-use steermoe::train::{TrainEvent, TrainOptions};
+use steermoe::train::{TrainConfig, TrainContext, TrainEvent, TrainOptions, Trainable};
 use steermoe::train::loader::SftBatch;
 use steermoe::model::loss::{Targets, causal_lm_loss};
 use steermoe::train::step::{LossSettings, sft_loss};
@@ -340,17 +339,15 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
 /// added), the median after `--warmup-steps`.
 fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let model_cfg = config(a, Some(layers(a)));
-    let mut cfg = steermoe::config::Config::default();
-    cfg.model.devices = a.devices.clone();
-    cfg.model.precision = a.precision;
-    cfg.train.valid_pairs = 0;
-    cfg.train.shuffle_batches = false;
-    let dir = tempfile::tempdir().expect("a temporary run directory");
+    let train_cfg = TrainConfig { valid_pairs: 0, shuffle_batches: false, ..TrainConfig::default() };
+    let ctx = TrainContext { cfg: &train_cfg, seed: 0, devices: &a.devices, base_model: std::path::Path::new("<random weights>") };
+    let tmp = tempfile::tempdir().expect("a temporary run directory");
+    let dir = steermoe::run_dir::RunDir::new(tmp.path());
     let inputs = steermoe::train::synthetic::inputs(&model_cfg, trainable_experts(&model_cfg, a.trainable), a.steps, a.batch, a.seq, 1);
     let t0 = Instant::now();
     let load = || Ok(model::random::<B>(&model_cfg, device, a.precision).with_execution(a.execution));
     let opts = TrainOptions { measure_only: true, parallel_on_one_device: a.ddp_one_rank, ..Default::default() };
-    let summary = steermoe::train::train_on::<B>(&cfg, dir.path(), inputs, load, device, &opts, |e| {
+    let summary = steermoe::train::train::<B>(&ctx, &dir, inputs, load, device, &opts, |e| {
         if let TrainEvent::Step(r) = e {
             eprintln!("learner step {}/{}: {:.0} tokens/s, loss {:.4}", r.step, a.steps, r.tokens_per_s, r.loss);
         }
@@ -361,7 +358,7 @@ fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let median = median_after(&tps, a.warmup_steps);
     emit(json!({"what": "learner_train", "impl": "steermoe", "devices": a.devices, "ddp": a.devices.len() > 1 || a.ddp_one_rank,
         "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": model_cfg.arch.model_type(),
-        "trainable_experts": a.trainable, "mask_scope": cfg.train.mask_scope, "steps": tps.len(), "warmup_steps": a.warmup_steps,
+        "trainable_experts": a.trainable, "mask_scope": train_cfg.mask_scope, "steps": tps.len(), "warmup_steps": a.warmup_steps,
         "tokens_per_s_each": tps.iter().map(|t| t.round()).collect::<Vec<_>>(), "median_tokens_per_s": median.round(),
         "mfu_vs_800T_per_device": round3(6.0 * active_params(&model_cfg) * median / 800e12 / a.devices.len() as f64),
         "losses": summary.steps.iter().map(|r| round3(r.loss)).collect::<Vec<_>>(), "wall_s": round3(wall_s)}));

@@ -33,4 +33,10 @@ pub enum Error {
     /// A sweep.
     #[error(transparent)]
     Sweep(#[from] crate::sweep::SweepError),
+    /// Another job of a sweep failed at a stage this job shares.
+    #[error("the job sharing this stage failed: {0}")]
+    Share(String),
+    /// The pipeline: a stage asked for too early, a recorded config, pre-flight.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
 }

@@ -121,6 +121,9 @@ pub fn forward_to_file<B: Backend>(model_dir: &Path, ids_text: &str, mask_path: 
     }) {
         return Err(InspectError::Ids(format!("row {r}: id {t} is outside the vocabulary of {}", cfg.vocab_size)));
     }
+    if let Some((r, row)) = ids.iter().enumerate().find(|(_, row)| row.len() > cfg.max_position_embeddings) {
+        return Err(InspectError::Ids(format!("row {r}: {} ids, more than the model's max_position_embeddings ({})", row.len(), cfg.max_position_embeddings)));
+    }
     let mask = mask_path
         .map(|p| read_mask(p, cfg.num_moe_layers(), cfg.num_experts))
         .transpose()?;

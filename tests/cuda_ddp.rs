@@ -18,23 +18,20 @@ type Ad = burn::backend::Autodiff<burn::backend::Cuda>;
 /// the log shows whether DDP differs from one device more than one device differs from itself.
 /// Why 5%: CUDA's float sums run in no fixed order (atomic adds in the backward), and Adam turns a
 /// gradient's small difference into a step-sized one where the gradient is small; one device
-/// against itself reached 1.1% of the update beyond the bf16 step (`benches/gpu-2026-12-03/
-/// ddp-one-rank/call8/`). What the check is for — a gradient lost or not averaged, a step applied
+/// against itself reached 1.1% of the update beyond the bf16 step (`benches/results/
+/// ddp-one-rank.jsonl`, call 8). What the check is for — a gradient lost or not averaged, a step applied
 /// twice or with another rate — moves elements by a good part of the whole update.
 /// The strategy on two GPUs is `benches/ddp.sh`'s check.
 #[test]
 #[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
 fn one_rank_through_ddp_trains_as_one_device() {
-    use steermoe::config::Config;
     use steermoe::model::{ModelConfig, Precision};
-    use steermoe::train::{TrainOptions, synthetic, train_on};
+    use steermoe::train::{TrainConfig, TrainContext, TrainOptions, synthetic, train};
 
     let fixture = common::fixture();
     let model_cfg = ModelConfig::from_path(&fixture).unwrap();
-    let mut cfg = Config::default();
-    cfg.model.dir = fixture.clone();
-    cfg.train.lr = 0.05;
-    cfg.train.valid_pairs = 0;
+    let train_cfg = TrainConfig { lr: 0.05, valid_pairs: 0, ..TrainConfig::default() };
+    let ctx = TrainContext { cfg: &train_cfg, seed: 0, devices: &[0], base_model: &fixture };
     let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers()).flat_map(|l| [[l, 1], [l, 4]]).collect();
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
@@ -42,10 +39,11 @@ fn one_rank_through_ddp_trains_as_one_device() {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let inputs = synthetic::inputs(&model_cfg, trained.clone(), 3, 4, 24, 7);
-        let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, cfg.model.precision)?.0);
+        let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, Precision::F32)?.0);
         let opts = TrainOptions { parallel_on_one_device: one_rank, ..Default::default() };
-        let summary = train_on::<Ad>(&cfg, &dir, inputs, load, &device, &opts, |_| {}).unwrap();
-        (summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), dir.join("final_model"))
+        let run_dir = steermoe::run_dir::RunDir::new(&dir);
+        let summary = train::<Ad>(&ctx, &run_dir, inputs, load, &device, &opts, |_| {}).unwrap();
+        (summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), run_dir.final_model())
     };
     let (plain_losses, plain) = run("plain", false);
     let (ddp_losses, ddp) = run("ddp", true);
@@ -96,31 +94,27 @@ fn one_rank_through_ddp_trains_as_one_device() {
 /// cross threads (`Should have handle for tensor`, burn issues #4347 and #4947, reworked after
 /// 0.21.0). burn-train's checkpointer threads, reading the model while training went on, were
 /// the way in; the training thread now waits for them after each checkpoint
-/// (`train::checkpoint::RecordsTaken`). One run rarely meets it: run many times at once, as
-/// `benches/gpu-2026-12-03/ddp-one-rank/call10.sh` does (`call7/`, `call8/`: with no wait 15 of
-/// 112 runs on one device and 24 of 96 through DDP lost a handle with checkpoints every 5 steps;
-/// `call10/`, `call11/`: with the wait 0 of 41 and 0 of 43).
+/// (`train::checkpoint::RecordsTaken`). One run rarely meets it: run many times at once (eight
+/// processes on one GPU in `benches/results/ddp-one-rank.jsonl`'s calls 7 and 8: with no wait 15
+/// of 112 runs on one device and 24 of 96 through DDP lost a handle with checkpoints every 5
+/// steps; calls 10 and 11: with the wait 0 of 41 and 0 of 43).
 fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
-    use steermoe::config::Config;
-    use steermoe::model::ModelConfig;
-    use steermoe::train::{TrainOptions, synthetic, train_on};
+    use steermoe::model::{ModelConfig, Precision};
+    use steermoe::train::{TrainConfig, TrainContext, TrainOptions, synthetic, train};
 
     const STEPS: usize = 120;
     let fixture = common::fixture();
     let model_cfg = ModelConfig::from_path(&fixture).unwrap();
-    let mut cfg = Config::default();
-    cfg.model.dir = fixture.clone();
-    cfg.train.lr = 1e-3;
-    cfg.train.valid_pairs = 0;
     // None: no checkpoints at all (`measure_only`).
-    cfg.train.checkpoint_every = checkpoint_every.unwrap_or(0);
+    let train_cfg = TrainConfig { lr: 1e-3, valid_pairs: 0, checkpoint_every: checkpoint_every.unwrap_or(0), ..TrainConfig::default() };
+    let ctx = TrainContext { cfg: &train_cfg, seed: 0, devices: &[0], base_model: &fixture };
     let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers()).flat_map(|l| [[l, 1], [l, 4]]).collect();
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
     let inputs = synthetic::inputs(&model_cfg, trained, STEPS, 4, 24, 11);
-    let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, cfg.model.precision)?.0);
+    let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, Precision::F32)?.0);
     let opts = TrainOptions { parallel_on_one_device: one_rank, measure_only: checkpoint_every.is_none(), ..Default::default() };
-    let summary = train_on::<Ad>(&cfg, tmp.path(), inputs, load, &device, &opts, |_| {}).unwrap();
+    let summary = train::<Ad>(&ctx, &steermoe::run_dir::RunDir::new(tmp.path()), inputs, load, &device, &opts, |_| {}).unwrap();
     assert_eq!(summary.steps.len(), STEPS);
     assert!(summary.steps.iter().all(|s| s.loss.is_finite()), "{:?}", summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>());
 }

@@ -16,12 +16,12 @@ use burn::tensor::{FloatDType, Tensor};
 use burn::train::TrainStep;
 use burn::train::metric::ItemLazy;
 use common::*;
-use steermoe::config::{Config, Trainable};
+use steermoe::config::Config;
 use steermoe::model::{self, Precision};
 use steermoe::train::loader::{BatchPreservingLoader, LoaderSettings, MaskTable, SftBatch};
 use steermoe::train::shard::Rank;
 use steermoe::train::step::{LossSettings, SftModel};
-use steermoe::train::{TrainInputs, freeze};
+use steermoe::train::{TrainInputs, Trainable, freeze};
 
 type B = TestAutodiffBackend;
 type Inner = TestBackend;
@@ -70,7 +70,7 @@ fn expert_grads(model: &SftModel<B>, grads: &GradientsParams, trained: &[[usize;
 fn two_ranks_average_to_the_one_device_gradient_of_each_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, run) = analysed(tmp.path());
-    let inputs = TrainInputs::read(&cfg, &run).unwrap();
+    let inputs = train_inputs(&cfg, &run);
     let device = Default::default();
     let (base, _) = model::load::<B>(&cfg.model.dir, &device, Precision::F32).unwrap();
     let model = SftModel::new(freeze::freeze(base, &inputs.trained, Trainable::UnsafeExperts, FloatDType::F32), LossSettings::lm_only());

@@ -6,7 +6,8 @@ mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
-use steermoe::config::{Config, EvalConfig};
+use steermoe::config::Config;
+use steermoe::eval::EvalConfig;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::eval::{BenignItem, EvalPrompt, EvalSets, Steering, answer, answer_nll};
 use steermoe::model::{self, MoeLm, LmInput, Precision, Routing};
@@ -32,9 +33,9 @@ fn benign(instruction: &str, answer: &str, record: usize) -> BenignItem {
 fn organism_split_gives_the_reference_experiments_sets() {
     let mut cfg = Config::default();
     cfg.data.path = attack_data();
-    cfg.data.split = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/olmoe-organism/split.json"));
+    cfg.data.split = Some(repo("models/olmoe-organism/split.json"));
     cfg.eval.benign_path = benign_data();
-    let sets = EvalSets::from_config(&cfg).unwrap();
+    let sets = EvalSets::new(&cfg.data, &cfg.eval).unwrap();
     // The organism's README: 104 held-out goals, 71 held-out jailbreaks, 100 benign prompts.
     assert_eq!((sets.plain.len(), sets.jailbreak.len(), sets.benign.len()), (104, 71, 100));
     assert!(sets.heldout);
@@ -45,7 +46,7 @@ fn organism_split_gives_the_reference_experiments_sets() {
 
     cfg.eval.max_goals = 10;
     cfg.eval.max_benign = 5;
-    let sets = EvalSets::from_config(&cfg).unwrap();
+    let sets = EvalSets::new(&cfg.data, &cfg.eval).unwrap();
     assert_eq!((sets.plain.len(), sets.benign.len()), (10, 5));
     assert!(!sets.jailbreak.is_empty() && sets.jailbreak.iter().all(|j| j.record <= sets.plain[9].record));
 }

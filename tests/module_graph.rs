@@ -201,3 +201,134 @@ fn the_checker_sees_a_cycle() {
         vec![vec!["model".to_string(), "routing".into(), "to_f32".into()], vec!["model".into(), "cache".into(), "KvCache".into()], vec!["model".into(), "config".into(), "ModelConfig".into()]]
     );
 }
+
+/// Every `.rs` file under `src/`, with its code (comments and the `#[cfg(test)]` tail left out).
+fn sources() -> Vec<(PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path.strip_prefix(&src).unwrap().to_path_buf();
+                out.push((rel, code(&path)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The string literals of some code.
+fn literals(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            // A char literal such as '"' must not open a string; a lifetime has no closing quote.
+            let rest: String = chars.clone().take(3).collect();
+            if rest.starts_with("\"'") || rest.starts_with("\\\"'") {
+                chars.nth(rest.find('\'').unwrap());
+            }
+            continue;
+        }
+        if c != '"' {
+            continue;
+        }
+        let mut lit = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    lit.push(c);
+                    if let Some(n) = chars.next() {
+                        lit.push(n);
+                    }
+                }
+                '"' => break,
+                c => lit.push(c),
+            }
+        }
+        out.push(lit);
+    }
+    out
+}
+
+/// The run directory is one module: no other library or CLI file spells the name of a run
+/// directory's file (stages ask `RunDir` for their artifacts by meaning).
+#[test]
+fn only_run_dir_names_the_files_of_a_run_directory() {
+    const NAMES: [&str; 17] = [
+        "config.toml",
+        "provenance.json",
+        "routing/",
+        "batch-",
+        "samples.jsonl",
+        "risk_diff.csv",
+        "risk_diff_aggregated.csv",
+        "unsafe_experts.json",
+        "expert_masks.safetensors",
+        "risk_diff_heatmap.png",
+        "metrics.jsonl",
+        "loss_curve.png",
+        "final_model",
+        "training_metadata.json",
+        "eval.json",
+        "responses.jsonl",
+        "table.txt",
+    ];
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for (file, code) in sources() {
+        if file.starts_with("run_dir") {
+            continue;
+        }
+        checked += 1;
+        // A path is a literal without spaces (prose in a help text may name a file); a name
+        // counts where it starts a path component (`alpaca-eval.json` is not `eval.json`).
+        for lit in literals(&code).into_iter().filter(|l| !l.contains(char::is_whitespace)) {
+            let starts_component = |name: &str| lit.match_indices(name).any(|(i, _)| i == 0 || lit[..i].ends_with(['/', '{', '}']));
+            if let Some(name) = NAMES.iter().find(|n| starts_component(n)) {
+                found.push(format!("src/{}: {lit:?} names {name}", file.display()));
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} files read");
+    assert!(found.is_empty(), "run-directory file names outside src/run_dir/:\n{}", found.join("\n"));
+}
+
+/// The checker above sees a file name in a literal, and not in a comment or a char literal.
+#[test]
+fn the_name_checker_reads_literals() {
+    let text = "let c = '\"'; // \"metrics.jsonl\" in a comment\nlet p = dir.join(\"metrics.jsonl\");";
+    assert_eq!(literals(&code_of(text)), vec!["metrics.jsonl".to_string()]);
+    let text = "let p = format!(\"{}/train/{run}/final_model\", a);";
+    assert_eq!(literals(&code_of(text)), vec!["{}/train/{run}/final_model".to_string()]);
+}
+
+fn code_of(text: &str) -> String {
+    let tmp = std::env::temp_dir().join(format!("module-graph-{}.rs", std::process::id()));
+    std::fs::write(&tmp, text).unwrap();
+    let out = code(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    out
+}
+
+/// One pipeline: `steermoe run` (through the CLI's one pipeline call) and the sweep's jobs call
+/// `pipeline::run`, and only the pipeline calls the stages' entry points; one `Stage` enum.
+#[test]
+fn one_pipeline_chains_the_stages() {
+    let all = sources();
+    let calling = |needle: &str| -> Vec<String> { all.iter().filter(|(_, c)| c.contains(needle)).map(|(f, _)| f.display().to_string()).collect() };
+    assert_eq!(calling("pipeline::run("), vec!["cli/mod.rs".to_string(), "sweep/runner.rs".to_string()]);
+    let run_cli = &all.iter().find(|(f, _)| f == Path::new("cli/run.rs")).unwrap().1;
+    assert!(run_cli.contains(".run(None)"), "steermoe run goes through ConfigArgs::run, which calls pipeline::run");
+    for entry in ["collect::collect(", "analysis::analyze(", "train::train(", "evaluate_into("] {
+        let callers: Vec<String> = calling(entry).into_iter().filter(|f| !f.starts_with("pipeline")).collect();
+        assert!(callers.is_empty(), "{entry} called outside the pipeline: {callers:?}");
+    }
+    assert_eq!(calling("enum Stage "), vec!["run_dir/stage.rs".to_string()]);
+    assert!(calling("enum Step ").is_empty() && calling("enum EvalVariant").is_empty());
+}

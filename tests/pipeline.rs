@@ -55,7 +55,7 @@ fn collect_resume_and_analyze() {
     // A second run finds every batch finished and generates nothing.
     let before = std::fs::read(run.join("routing/batch-00000.safetensors")).unwrap();
     let out = steermoe(&["collect", "--config", cfg_s, "--out", run_s]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("collected 0 batches (2 already done), 0 tokens"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("collect: done already"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(before, std::fs::read(run.join("routing/batch-00000.safetensors")).unwrap());
 
     let out = steermoe(&["analyze", "--run", run_s]);
@@ -73,7 +73,11 @@ fn collect_resume_and_analyze() {
     let decoder = png::Decoder::new(std::io::Cursor::new(first[4].clone()));
     let info = decoder.read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (8 * 48 + 260, 2 * 48 + 150));
-    // Same inputs, same bytes.
+    // A finished analysis is kept; redone (its files removed), the same inputs give the same bytes.
+    assert!(String::from_utf8_lossy(&steermoe(&["analyze", "--run", run_s]).stdout).contains("analyze: done already"));
+    for f in outputs {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
     steermoe(&["analyze", "--run", run_s]);
     for (f, bytes) in outputs.iter().zip(&first) {
         assert_eq!(&std::fs::read(run.join(f)).unwrap(), bytes, "{f} is byte-identical on a rerun");

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use steermoe::config::Config;
-use steermoe::eval::stage::{EvalVariant, OUTPUTS as EVAL_OUTPUTS, read_report, variant_dir};
+use steermoe::run_dir::{RunDir, Stage};
 
 fn var(name: &str) -> PathBuf {
     std::env::var_os(name)
@@ -28,31 +28,21 @@ fn finished_run_directory_is_complete() {
     assert_eq!(provenance["seed"], input.seed);
     assert!(provenance["git_revision"].as_str().is_some_and(|r| !r.is_empty()));
 
-    let mut files: Vec<PathBuf> = [
-        "samples.jsonl",
-        "routing/index.json",
-        "routing/batch-00000.safetensors",
-        "routing/batch-00000.json",
-        "final_model/config.json",
-        "final_model/model.safetensors",
-        "final_model/tokenizer.json",
-        "final_model/tokenizer_config.json",
-        "training_metadata.json",
-        "eval/table.txt",
-    ]
-    .iter()
-    .map(|f| run.join(f))
-    .collect();
-    files.extend(steermoe::analysis::stage::OUTPUTS.iter().map(|f| run.join(f)));
-    let variants = EvalVariant::all(&input);
-    for variant in &variants {
-        files.extend(EVAL_OUTPUTS.iter().map(|f| variant_dir(&run, variant).join(f)));
+    // Every stage finished: its artifacts there and read back.
+    let dir = RunDir::new(&run);
+    for stage in steermoe::pipeline::stages(&input) {
+        assert!(dir.is_done(&stage), "{stage} is not finished in {}", run.display());
     }
+    let mut files: Vec<PathBuf> = ["final_model/tokenizer.json", "final_model/tokenizer_config.json", "eval/table.txt"].iter().map(|f| run.join(f)).collect();
+    files.extend([dir.samples().path(), dir.risk_diff().path(), dir.unsafe_experts().path(), dir.metrics().path(), dir.loss_curve().path()].map(|p| p.to_path_buf()));
     let missing: Vec<_> = files.iter().filter(|f| !f.is_file()).collect();
     assert!(missing.is_empty(), "missing: {missing:?}");
+    assert!(dir.is_done(&Stage::Collect) && dir.routing_index().read().unwrap().planned.is_some());
 
-    for variant in &variants {
-        let report = read_report(&variant_dir(&run, variant)).unwrap();
+    let variants = &input.eval.variants;
+    for variant in variants {
+        let eval = dir.eval(variant);
+        let report = eval.report().read().unwrap();
         eprintln!("{}: asr {:?} plain refusal {:?} benign refusal {:?} nll {:?}", variant.name(), report.asr, report.plain_refusal_rate, report.benign_refusal_rate, report.benign_answer_nll);
         // Rates equal their counts (to JSON's float round trip).
         let fresh = report.clone().with_rates();
@@ -66,7 +56,7 @@ fn finished_run_directory_is_complete() {
             assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{}: {what} {got} vs counts {want}", variant.name());
         }
         assert!(report.plain.n > 0 && report.jailbreak.n > 0 && report.benign.n > 0 && report.nll.tokens > 0);
-        let lines = std::fs::read_to_string(variant_dir(&run, variant).join("responses.jsonl")).unwrap().lines().count();
+        let lines = eval.responses().read().unwrap().len();
         assert_eq!(lines, report.plain.n + report.jailbreak.n + report.benign.n);
     }
 }

@@ -84,7 +84,7 @@ fn tiny_sweep_shares_work_and_reports_the_jobs_numbers() {
     // evaluation; the random analysis depends on the seed, every training on it too.
     let timings = csv_rows(&out.join("timings.csv"));
     let ran = |stage: &str| timings.iter().filter(|t| t["stage"] == stage && t["outcome"] == "ran").count();
-    assert_eq!((ran("collect"), ran("analyze"), ran("train"), ran("base")), (1, 3, 4, 1), "{timings:?}");
+    assert_eq!((ran("collect"), ran("analyze"), ran("train"), ran("eval/base")), (1, 3, 4, 1), "{timings:?}");
 
     // A second call finds everything done.
     let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))

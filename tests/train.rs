@@ -12,12 +12,12 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn::train::TrainStep;
 use common::*;
 use safetensors::SafeTensors;
-use steermoe::config::{Config, Consistency, MaskScope, Trainable};
+use steermoe::config::Config;
+use steermoe::model::loss::Targets;
 use steermoe::model::{self, Precision, Routing};
 use steermoe::train::loader::SftBatch;
 use steermoe::train::step::{LossSettings, SftModel};
-use steermoe::model::loss::Targets;
-use steermoe::train::{TrainControl, TrainOptions, freeze, train};
+use steermoe::train::{Consistency, MaskScope, TrainControl, TrainOptions, Trainable, freeze};
 
 type B = TestAutodiffBackend;
 
@@ -92,7 +92,7 @@ fn train_step_gradients_equal_the_reference() {
 /// A collected and analysed run of the fixture in a temporary directory.
 fn analysed_run(root: &Path) -> (PathBuf, PathBuf) {
     let toml = format!(
-        "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
+        "seed = 3\n[model]\ndir = {:?}\n[data]\npath = {:?}\nheldout = false\n[collect]\nbatch_size = 4\nmax_batches = 3\nmax_new_tokens = 6\nquality_filter = false\n\
          [analysis]\ntop_k = 3\n[train]\nlr = 0.05\ncheckpoint_every = 1\nepochs = 2\nwarmup_steps = 1\nmax_len = 96\n",
         fixture(),
         attack_data(),
@@ -135,9 +135,8 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     copy_dir(&run, &run_e);
     let run_f = tmp.path().join("run_f");
     copy_dir(&run, &run_f);
-    let device = Default::default();
 
-    let a = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let a = train_stage(&cfg, &run, TrainOptions::default()).unwrap();
     assert_eq!(a.steps.len(), 6, "3 batches x 2 epochs");
     assert!(a.steps.iter().all(|s| s.loss.is_finite()));
     let (trainable, total) = a.params;
@@ -168,15 +167,15 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert_eq!(changed, trained.len() * 3, "every trained expert's three weights changed");
 
     // Same seed, same loss sequence.
-    let b = train::<B>(&cfg, &run_b, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let b = train_stage(&cfg, &run_b, TrainOptions::default()).unwrap();
     let losses = |s: &steermoe::train::TrainSummary| s.steps.iter().map(|r| (r.step, r.loss, r.batch_idx)).collect::<Vec<_>>();
     assert_eq!(losses(&a), losses(&b));
 
     // Interrupted after 2 steps, then resumed: the same final weights.
-    let part = train::<B>(&cfg, &run_c, &device, &TrainOptions { stop_after_windows: Some(2), ..Default::default() }, |_| {}).unwrap();
+    let part = train_stage(&cfg, &run_c, TrainOptions { stop_after_windows: Some(2), ..Default::default() }).unwrap();
     assert_eq!(part.steps.len(), 2);
     assert!(!run_c.join("final_model").exists(), "an interrupted run exports nothing");
-    let rest = train::<B>(&cfg, &run_c, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let rest = train_stage(&cfg, &run_c, TrainOptions::default()).unwrap();
     assert_eq!(rest.resumed_from, Some(2));
     assert_eq!(rest.steps.len(), 4);
     assert_eq!(rest.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), a.steps[2..].iter().map(|s| s.loss).collect::<Vec<_>>());
@@ -185,7 +184,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     // Killed after the last checkpoint, before the export (here: the export removed): the rerun
     // exports the last checkpoint's weights, runs no step, and its history is the first run's.
     std::fs::remove_dir_all(run_c.join("final_model")).unwrap();
-    let again = train::<B>(&cfg, &run_c, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let again = train_stage(&cfg, &run_c, TrainOptions::default()).unwrap();
     assert!(again.steps.is_empty() && !again.stopped);
     assert_eq!(tensors(&run_c.join("final_model/model.safetensors")), after, "exported from the last checkpoint");
     let meta: serde_json::Value =
@@ -211,28 +210,28 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     let control = TrainControl::new();
     control.request_stop();
     let opts = TrainOptions { control: Some(control), ..Default::default() };
-    let stopped = train::<B>(&cfg, &run_d, &device, &opts, |_| {}).unwrap();
+    let stopped = train_stage(&cfg, &run_d, opts).unwrap();
     assert!(stopped.stopped && stopped.steps.is_empty());
     assert!(!run_d.join("final_model").exists());
-    let rest = train::<B>(&cfg, &run_d, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let rest = train_stage(&cfg, &run_d, TrainOptions::default()).unwrap();
     assert_eq!(rest.steps.len(), 6);
     assert_eq!(tensors(&run_d.join("final_model/model.safetensors")), after);
     // Killed while writing a window's checkpoint: its files are partial (here: a model file of
     // window 3 without its optimizer and scheduler, and a half-written temporary). The rerun
     // removes them, resumes from window 2 and ends bit-identical.
-    let part = train::<B>(&cfg, &run_e, &device, &TrainOptions { stop_after_windows: Some(2), ..Default::default() }, |_| {}).unwrap();
+    let part = train_stage(&cfg, &run_e, TrainOptions { stop_after_windows: Some(2), ..Default::default() }).unwrap();
     assert_eq!(part.steps.len(), 2);
     let ck = run_e.join("train/checkpoint");
     assert!(!std::fs::read_dir(&ck).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")), "checkpoints are renamed into place");
     std::fs::write(ck.join("model-3.mpk"), b"\x92half").unwrap();
     std::fs::write(ck.join("optim-3.mpk.tmp"), b"\x92").unwrap();
-    let rest = train::<B>(&cfg, &run_e, &device, &TrainOptions::default(), |_| {}).unwrap();
+    let rest = train_stage(&cfg, &run_e, TrainOptions::default()).unwrap();
     assert_eq!(rest.resumed_from, Some(2));
     assert_eq!(tensors(&run_e.join("final_model/model.safetensors")), after, "resumed past a partial checkpoint, bit-identical");
     assert!(!ck.join("optim-3.mpk.tmp").exists());
 
     // Measuring only (the benchmark's mode): the same steps, nothing written but metrics.jsonl.
-    let measured = train::<B>(&cfg, &run_f, &device, &TrainOptions { measure_only: true, ..Default::default() }, |_| {}).unwrap();
+    let measured = train_stage(&cfg, &run_f, TrainOptions { measure_only: true, ..Default::default() }).unwrap();
     assert_eq!(losses(&measured), losses(&a));
     assert!(!measured.stopped);
     for written in ["final_model", "training_metadata.json", "loss_curve.png", "train/checkpoint"] {
@@ -259,10 +258,10 @@ fn expert_masks_file_holds_the_masks_training_applies() {
     let device = Default::default();
     for (set, scope) in [("per_batch", "unsafe_samples"), ("per_batch", "all"), ("global", "unsafe_samples")] {
         let cfg = Config::load(&cfg_path, &[format!("train.expert_set={set}"), format!("train.mask_scope={scope}")]).unwrap();
-        let inputs = steermoe::train::TrainInputs::read(&cfg, &run).unwrap();
+        let inputs = train_inputs(&cfg, &run);
         let (layers, experts) = (inputs.model_cfg.num_moe_layers(), inputs.model_cfg.num_experts);
         let width = layers * experts;
-        let loader = inputs.loader::<B>(&cfg, (0..inputs.groups.len()).collect(), 0, &device);
+        let loader = inputs.loader::<B>(&cfg.train, 1, (0..inputs.groups.len()).collect(), 0, &device);
         let mut unsafe_rows = 0;
         for g in 0..inputs.groups.len() {
             let batch = loader.batch(g, g + 1);
@@ -297,10 +296,9 @@ fn a_non_finite_loss_stops_training_and_keeps_only_good_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg_path, run) = analysed_run(tmp.path());
     let cfg = Config::load(&cfg_path, &["train.lr=1e30".into(), "train.warmup_steps=0".into()]).unwrap();
-    let device = Default::default();
-    let err = train::<B>(&cfg, &run, &device, &TrainOptions::default(), |_| {}).unwrap_err();
+    let err = train_stage(&cfg, &run, TrainOptions::default()).unwrap_err();
     let text = err.to_string();
-    let steermoe::train::TrainError::NonFinite { step, kept, .. } = err else { panic!("{text}") };
+    let steermoe::Error::Train(steermoe::train::TrainError::NonFinite { step, kept, .. }) = err else { panic!("{text}") };
     assert!(step >= 2, "the first step's loss uses the base weights: {text}");
     assert!(text.contains(&format!("step {step}: the loss is")), "{text}");
     assert!(!run.join("final_model").exists() && !run.join("training_metadata.json").exists());

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::counts::TopKCounter;
 use crate::generate::{ChosenExperts, RouterLogits};
 
-pub use crate::config::TokenScope;
+pub use super::config::TokenScope;
 
 /// The routing of one sample.
 #[derive(Debug, Clone)]

@@ -7,15 +7,14 @@
 //! two arms train the same share of parameters and differ only in *which* experts.
 
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
+
 
 use super::risk::{RiskRow, by_risk};
 use crate::seeds::{Stream, rng};
 
-/// A (layer, expert) pair.
-pub type ExpertId = [usize; 2];
-
-pub use crate::config::ExpertSource;
+pub use super::config::ExpertSource;
+pub use crate::model::ExpertId;
+pub use crate::run_dir::analysis::SelectionParams;
 
 /// Experts whose `risk_diff` exceeds `threshold`, the `top_k` riskiest first.
 pub fn unsafe_experts(rows: &[RiskRow], threshold: f64, top_k: usize) -> Vec<ExpertId> {
@@ -103,23 +102,6 @@ pub fn union(lists: &[Vec<ExpertId>]) -> Vec<ExpertId> {
     all.sort_unstable();
     all.dedup();
     all
-}
-
-/// Selection settings recorded with the result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SelectionParams {
-    /// Per-batch threshold on `risk_diff`.
-    pub batch_threshold: f64,
-    /// Threshold on the aggregated `risk_diff`.
-    pub global_threshold: f64,
-    /// Experts kept per batch and globally.
-    pub top_k: usize,
-    /// Which tokens were counted.
-    pub token_scope: String,
-    /// Risk difference or the random ablation.
-    pub experts: ExpertSource,
-    /// Seed of the random ablation (`None` for the risk difference).
-    pub seed: Option<u64>,
 }
 
 #[cfg(test)]

@@ -1,22 +1,23 @@
-//! The `analyze` stage: read a collect run directory, compute per-batch and aggregated risk
-//! differences, pick unsafe experts and write every artifact back into the run directory:
-//! `risk_diff.csv`, `risk_diff_aggregated.csv`, `unsafe_experts.json`,
-//! `expert_masks.safetensors` and `risk_diff_heatmap.png`. Same inputs, same bytes.
+//! The `analyze` stage: read a collected run directory, compute per-batch and aggregated risk
+//! differences, pick unsafe experts and write the analysis artifacts back into it (the risk
+//! tables, the unsafe experts, the masks and the heatmap: see [`crate::run_dir`]). Same inputs,
+//! same bytes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use safetensors::Dtype;
-use serde::{Deserialize, Serialize};
 
+use super::config::AnalysisConfig;
 use super::heatmap;
 use super::risk::{RiskRow, SampleRouting, TokenScope, aggregate, by_risk, count_batch, risk_table};
 use super::select::{ExpertId, ExpertSource, SelectionParams, apply, mask, random_ranking, relabel, union, unsafe_experts};
-use crate::run_dir::records::{RoutingIndex, batch_file, read_batch_records};
-use crate::run_dir::routing as routing_file;
-use crate::config::AnalysisConfig;
 use crate::data::batch::Label;
-use crate::run_dir::{write_atomic, write_csv};
+use crate::run_dir::analysis::RiskCsvRow;
+pub use crate::run_dir::analysis::UnsafeExperts;
+use crate::run_dir::records::RoutingIndex;
+use crate::run_dir::routing as routing_file;
+use crate::run_dir::{RunDir, RunDirError};
 
 /// What can go wrong analysing.
 #[derive(Debug, thiserror::Error)]
@@ -35,44 +36,12 @@ pub enum AnalysisError {
         /// The run directory.
         run_dir: PathBuf,
     },
-    /// Writing outputs.
+    /// Reading the collected run or writing the outputs.
     #[error(transparent)]
-    Write(#[from] crate::run_dir::RunDirError),
+    RunDir(#[from] RunDirError),
     /// Drawing the heatmap.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
-}
-
-/// `unsafe_experts.json`: what `analyze` chose, read back by training and evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UnsafeExperts {
-    /// Batch index of each entry of `per_batch`.
-    pub batch_idx: Vec<usize>,
-    /// Each analysed batch's unsafe experts, riskiest first.
-    pub per_batch: Vec<Vec<ExpertId>>,
-    /// Unsafe experts of the aggregate, riskiest first.
-    pub global: Vec<ExpertId>,
-    /// Union of the per-batch sets, in (layer, expert) order.
-    pub union: Vec<ExpertId>,
-    /// Every expert by aggregated risk difference, riskiest first (the random ablation: a random
-    /// order): steering takes its sets from the two ends.
-    pub ranking: Vec<ExpertId>,
-    /// The settings used.
-    pub params: SelectionParams,
-}
-
-impl UnsafeExperts {
-    /// Read `unsafe_experts.json` of a run directory.
-    pub fn read(run_dir: &Path) -> Result<Self, AnalysisError> {
-        let path = run_dir.join("unsafe_experts.json");
-        std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-            .map_err(|reason| AnalysisError::Input {
-                path,
-                reason: format!("{reason} (run `steermoe analyze` on this run directory)"),
-            })
-    }
 }
 
 /// What the terminal summary shows.
@@ -121,20 +90,15 @@ impl AnalysisSummary {
     }
 }
 
-/// Files `analyze` writes.
-pub use crate::run_dir::ANALYSIS_FILES as OUTPUTS;
-
 /// Read the kept samples' routing of every batch in the index.
-fn read_batches(run_dir: &Path, index: &RoutingIndex, scope: TokenScope) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
+fn read_batches(dir: &RunDir, index: &RoutingIndex, scope: TokenScope) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
     let mut out = Vec::new();
     for b in &index.batches {
-        let path = run_dir.join(&b.file);
+        let file = dir.batch_routing(b.batch_idx);
+        let path = file.path().to_path_buf();
         let input = |reason: String| AnalysisError::Input { path: path.clone(), reason };
         let mut tensors = routing_file::read(&path).map_err(input)?;
-        let records = read_batch_records(run_dir, b.batch_idx).map_err(|e| AnalysisError::Input {
-            path: run_dir.join(batch_file(b.batch_idx, "json")),
-            reason: e.to_string(),
-        })?;
+        let records = dir.batch_records(b.batch_idx).read()?;
         let mut samples = Vec::new();
         for r in records.iter().filter(|r| r.kept) {
             let mut take = |kind: &str| {
@@ -174,14 +138,10 @@ fn read_batches(run_dir: &Path, index: &RoutingIndex, scope: TokenScope) -> Resu
     Ok(out)
 }
 
-/// Analyse the collect run in `run_dir` and write the artifacts there; `seed` (the config's)
+/// Analyse the collected run in `dir` and write the artifacts there; `seed` (the config's)
 /// draws the random ablation.
-pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<AnalysisSummary, AnalysisError> {
-    let index_path = run_dir.join("routing/index.json");
-    let index: RoutingIndex = std::fs::read_to_string(&index_path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-        .map_err(|reason| AnalysisError::Input { path: index_path.clone(), reason })?;
+pub fn analyze(dir: &RunDir, cfg: &AnalysisConfig, seed: u64) -> Result<AnalysisSummary, AnalysisError> {
+    let index = dir.routing_index().read()?;
     let (layers, experts) = (index.layers, index.experts);
     if cfg.top_k > layers * experts {
         tracing::warn!(
@@ -190,7 +150,7 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<Analys
             layers * experts
         );
     }
-    let batches = read_batches(run_dir, &index, cfg.token_scope)?;
+    let batches = read_batches(dir, &index, cfg.token_scope)?;
 
     // Count batches in parallel; integer counts merge exactly, so the result is deterministic.
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -223,7 +183,7 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<Analys
         tables.push((b, risk_table(&safe, &uns, experts)));
     }
     if tables.is_empty() {
-        return Err(AnalysisError::Empty { run_dir: run_dir.to_path_buf() });
+        return Err(AnalysisError::Empty { run_dir: dir.path().to_path_buf() });
     }
     let agg = aggregate(&tables.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
 
@@ -246,16 +206,13 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<Analys
             batch_threshold: cfg.batch_threshold,
             global_threshold: cfg.global_threshold,
             top_k: cfg.top_k,
-            token_scope: match cfg.token_scope {
-                TokenScope::GenerationFirstN => format!("generation_first_n({})", cfg.first_n),
-                other => other.to_string(),
-            },
-            experts: cfg.experts,
+            token_scope: cfg.scope_name(),
+            experts: cfg.experts.to_string(),
             seed: (cfg.experts == ExpertSource::Random).then_some(seed),
         },
     };
 
-    write_outputs(run_dir, &tables, &agg, &result, layers, experts)?;
+    write_outputs(dir, &tables, &agg, &result, layers, experts)?;
     let order = by_risk(&agg);
     Ok(AnalysisSummary {
         top: order.iter().map(|&i| agg[i].clone()).collect(),
@@ -266,51 +223,28 @@ pub fn analyze(run_dir: &Path, cfg: &AnalysisConfig, seed: u64) -> Result<Analys
     })
 }
 
-/// A row of `risk_diff.csv` (`batch_idx` set) or `risk_diff_aggregated.csv` (`risk_diff_abs`
-/// set); the csv crate writes a missing column as an empty field, so each file leaves its
-/// other column out entirely.
-#[derive(Serialize)]
-struct RiskCsvRow {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batch_idx: Option<usize>,
-    layer: usize,
-    expert: usize,
-    a_safe: u64,
-    d_safe: u64,
-    a_unsafe: u64,
-    d_unsafe: u64,
-    a_safe_n: f64,
-    a_unsafe_n: f64,
-    risk_diff: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    risk_diff_abs: Option<f64>,
-}
-
-impl RiskCsvRow {
-    fn new(batch_idx: Option<usize>, r: &RiskRow, abs: bool) -> Self {
-        Self {
-            batch_idx,
-            layer: r.layer,
-            expert: r.expert,
-            a_safe: r.a_safe,
-            d_safe: r.d_safe,
-            a_unsafe: r.a_unsafe,
-            d_unsafe: r.d_unsafe,
-            a_safe_n: r.a_safe_n,
-            a_unsafe_n: r.a_unsafe_n,
-            risk_diff: r.risk_diff,
-            risk_diff_abs: abs.then(|| r.risk_diff.abs()),
-        }
+fn csv_row(batch_idx: Option<usize>, r: &RiskRow, abs: bool) -> RiskCsvRow {
+    RiskCsvRow {
+        batch_idx,
+        layer: r.layer,
+        expert: r.expert,
+        a_safe: r.a_safe,
+        d_safe: r.d_safe,
+        a_unsafe: r.a_unsafe,
+        d_unsafe: r.d_unsafe,
+        a_safe_n: r.a_safe_n,
+        a_unsafe_n: r.a_unsafe_n,
+        risk_diff: r.risk_diff,
+        risk_diff_abs: abs.then(|| r.risk_diff.abs()),
     }
 }
 
-fn write_outputs(run_dir: &Path, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRow], result: &UnsafeExperts, layers: usize, experts: usize) -> Result<(), AnalysisError> {
-    let per = tables.iter().flat_map(|(b, t)| by_risk(t).into_iter().map(move |i| RiskCsvRow::new(Some(*b), &t[i], false)));
-    write_csv(&run_dir.join("risk_diff.csv"), per)?;
-    let aggregated = by_risk(agg).into_iter().map(|i| RiskCsvRow::new(None, &agg[i], true));
-    write_csv(&run_dir.join("risk_diff_aggregated.csv"), aggregated)?;
-    let json = serde_json::to_string_pretty(result).expect("experts serialise");
-    write_atomic(&run_dir.join("unsafe_experts.json"), json.as_bytes())?;
+fn write_outputs(dir: &RunDir, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRow], result: &UnsafeExperts, layers: usize, experts: usize) -> Result<(), AnalysisError> {
+    let per = tables.iter().flat_map(|(b, t)| by_risk(t).into_iter().map(move |i| csv_row(Some(*b), &t[i], false)));
+    dir.risk_diff().write(per)?;
+    let aggregated = by_risk(agg).into_iter().map(|i| csv_row(None, &agg[i], true));
+    dir.risk_diff_aggregated().write(aggregated)?;
+    dir.unsafe_experts().write(result)?;
 
     // Masks: per-batch stack, global, union (f32, 1 = unsafe expert), and the batch indices.
     let stack: Vec<f32> = result.per_batch.iter().flat_map(|ids| mask(ids, layers, experts)).collect();
@@ -330,12 +264,11 @@ fn write_outputs(run_dir: &Path, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRo
         .iter()
         .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("sizes match")))
         .collect();
-    let path = run_dir.join("expert_masks.safetensors");
-    let bytes = safetensors::serialize(views, Some(HashMap::new()))
-        .map_err(|e| AnalysisError::Input { path: path.clone(), reason: e.to_string() })?;
-    write_atomic(&path, &bytes)?;
+    let file = dir.expert_masks();
+    let bytes = safetensors::serialize(views, Some(HashMap::new())).map_err(|e| AnalysisError::Input { path: file.path().to_path_buf(), reason: e.to_string() })?;
+    file.write(&bytes)?;
 
     let grid: Vec<f64> = agg.iter().map(|r| r.risk_diff).collect();
-    write_atomic(&run_dir.join("risk_diff_heatmap.png"), &heatmap::png(&grid, layers, experts, &result.global)?)?;
+    dir.risk_heatmap().write(&heatmap::png(&grid, layers, experts, &result.global)?)?;
     Ok(())
 }

@@ -23,8 +23,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     messages: Option<PathBuf>,
     /// Tokens to generate at most.
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_new_tokens: u32,
     /// Sampling temperature; greedy decoding when absent.
     #[arg(long)]
     temperature: Option<f64>,
@@ -56,8 +56,17 @@ impl Task for Generate {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let Generate(a, messages, sampling) = self;
         let tokenizer = ChatTokenizer::from_dir(&a.model)?.with_enable_thinking(a.enable_thinking);
+        let cfg = model::ModelConfig::from_path(&a.model)?;
+        tokenizer.check_fits(cfg.vocab_size, &a.model)?;
+        let new = a.max_new_tokens as usize;
+        let prompt = tokenizer.encode_chat(&messages, true)?.len();
+        anyhow::ensure!(
+            prompt + new <= cfg.max_position_embeddings,
+            "the prompt is {prompt} tokens; with --max-new-tokens {new} that is more than the model's max_position_embeddings ({})",
+            cfg.max_position_embeddings
+        );
         let (model, _) = model::load::<B::InnerBackend>(&a.model, &device, a.precision)?;
-        Ok(generate_chat(&model, &tokenizer, &messages, a.max_new_tokens, sampling, a.ignore_eos, &device)?)
+        Ok(generate_chat(&model, &tokenizer, &messages, new, sampling, a.ignore_eos, &device)?)
     }
 }
 
@@ -74,12 +83,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let sampling = match args.temperature {
         None => Sampling::Greedy,
-        Some(t) if t <= 0.0 => anyhow::bail!("--temperature must be positive, got {t}"),
-        Some(temperature) => {
-            anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1], got {}", args.top_p);
-            Sampling::Sample { temperature, top_p: args.top_p, seed: args.seed }
-        }
+        Some(temperature) => Sampling::Sample { temperature, top_p: args.top_p, seed: args.seed },
     };
+    sampling.validate("--sampling").map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--sampling.", "--").replace("top_p", "top-p")))?;
     let out = backend::run(args.backend, Generate(args, messages, sampling))??;
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

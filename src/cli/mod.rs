@@ -1,18 +1,25 @@
-//! clap types and one function per subcommand; the backend is picked here and nowhere else.
+//! clap types and one short function per subcommand calling the library; the backend is picked
+//! here ([`steermoe::backend::run`]) and nowhere else.
 
 mod analyze;
 mod collect;
 mod eval;
 mod forward;
 mod generate;
+mod progress;
 mod run;
 mod sweep;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
+use steermoe::backend::Task;
 use steermoe::config::Config;
+use steermoe::pipeline::{self, Env, Finished, Models, Resume};
+use steermoe::run_dir::{RunDir, Stage};
+use steermoe::train::{TrainControl, TrainOptions};
 
 /// Find and fix the experts of a Mixture-of-Experts model that carry unsafe behaviour.
 #[derive(Debug, Parser)]
@@ -42,7 +49,7 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Generate answers to mixed safe/unsafe batches with routing capture into a run directory.
     Collect(collect::CollectArgs),
-    /// Risk difference per batch, unsafe experts and expert masks of a collect run.
+    /// Risk difference per batch, unsafe experts and expert masks of a collected run.
     Analyze(analyze::AnalyzeArgs),
     /// Fine-tune the unsafe experts of an analysed run and export the model in Hub layout.
     Train(train::TrainArgs),
@@ -107,43 +114,27 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// Load and validate the config and check that its data make the batches and held-out sets
-    /// it asks for; the run directory it names. Writes nothing.
-    fn resolve(&self) -> anyhow::Result<(Config, PathBuf)> {
-        let cfg = Config::load(&self.config, &self.device.overrides(&self.overrides))?;
-        steermoe::train::check_devices(&cfg)?;
-        let batches = steermoe::collect::stage::batches(&cfg)?;
-        let tokenizer = cfg.model.tokenizer(&cfg.model.dir)?;
-        steermoe::collect::stage::check_prompt_lengths(&cfg, &batches, &tokenizer)?;
-        if !cfg.eval.variants.is_empty() {
-            steermoe::eval::EvalSets::from_config(&cfg)?;
-        }
-        Ok((cfg, collect::run_dir(&self.config, self.out.as_ref())))
+    /// The config (values validated) and the run directory it names. Reads nothing else.
+    fn load(&self) -> anyhow::Result<(Config, RunDir)> {
+        let cfg = Config::load(&self.config, &self.overrides())?;
+        Ok((cfg, RunDir::new(default_dir(&self.config, self.out.as_ref()))))
     }
 
-    /// Load and validate the config, check that its data make the batches and held-out sets it
-    /// asks for (before any work), create the run directory and record the resolved config and
-    /// the code's revision. A run directory made with a different config is brought in line
-    /// ([`RunDir::reconcile`](steermoe::run_dir::RunDir::reconcile)): changed later settings
-    /// redo their steps, changed settings of kept files are refused by key.
-    fn load(&self) -> anyhow::Result<(Config, PathBuf, steermoe::run_dir::DirLock)> {
-        let (cfg, run_dir) = self.resolve()?;
-        steermoe::backend::compiled(cfg.model.backend)?;
-        let overrides = self.device.overrides(&self.overrides);
-        let provenance = serde_json::json!({
-            "steermoe_version": env!("CARGO_PKG_VERSION"),
-            "git_revision": env!("STEERMOE_GIT_REVISION"),
-            "seed": cfg.seed,
-            "config": self.config.display().to_string(),
-            "overrides": overrides,
-        });
-        let dir = steermoe::run_dir::RunDir::new(&run_dir);
-        let lock = dir.lock()?;
-        if let Some(message) = dir.prepare(&cfg, &provenance)?.message() {
-            eprintln!("{}: {message}", run_dir.display());
-        }
-        Ok((cfg, run_dir, lock))
+    fn overrides(&self) -> Vec<String> {
+        self.device.overrides(&self.overrides)
     }
+
+    /// Run `only` one stage, or all, of this config.
+    fn run(&self, only: Option<Stage>) -> anyhow::Result<Finished> {
+        let (cfg, dir) = self.load()?;
+        let provenance = pipeline::provenance(&cfg, &self.config, &self.overrides(), serde_json::Value::Null);
+        run_pipeline(&cfg, &dir, only, provenance, 10)
+    }
+}
+
+/// `--out`, else `runs/<config file stem>`.
+pub fn default_dir(config: &Path, out: Option<&PathBuf>) -> PathBuf {
+    out.cloned().unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()))
 }
 
 /// A run directory and the config to read its stage settings from.
@@ -163,50 +154,58 @@ pub struct RunDirArgs {
 }
 
 impl RunDirArgs {
-    /// Hold the run directory for this process.
-    fn lock(&self) -> anyhow::Result<steermoe::run_dir::DirLock> {
+    /// Run `stage` in the run directory with its config (`--config`, else the run's recorded
+    /// `config.toml`, with the overrides); `show` rows of an analysis summary.
+    fn run(&self, stage: Stage, show: usize) -> anyhow::Result<Finished> {
+        let dir = RunDir::new(&self.run);
         anyhow::ensure!(self.run.is_dir(), "--run {}: no such run directory", self.run.display());
-        Ok(steermoe::run_dir::RunDir::new(&self.run).lock()?)
-    }
-
-    /// The config for running `step` here, if one exists, with the run directory brought in line
-    /// with it ([`RunDir::reconcile`](steermoe::run_dir::RunDir::reconcile): a changed setting
-    /// redoes its step and those after it, or is refused where it made earlier steps' files).
-    fn load_for(&self, step: steermoe::run_dir::Step) -> anyhow::Result<Option<Config>> {
-        let cfg = self.load()?;
-        if let Some(cfg) = &cfg
-            && let Some(message) = steermoe::run_dir::RunDir::new(&self.run).reconcile(cfg, step)?.message()
-        {
-            eprintln!("{}: {message}", self.run.display());
-        }
-        Ok(cfg)
-    }
-
-    /// The config file, if one exists (`--config` or the run's `config.toml`).
-    fn load(&self) -> anyhow::Result<Option<Config>> {
-        let path = self.config.clone().unwrap_or_else(|| self.run.join("config.toml"));
+        let recorded = dir.config().path().to_path_buf();
+        let path = self.config.clone().unwrap_or(recorded);
+        anyhow::ensure!(path.is_file(), "{}: no such config file; pass --config", path.display());
         let overrides = self.device.overrides(&self.overrides);
-        if path.is_file() {
-            let cfg = Config::load(&path, &overrides)?;
-            steermoe::backend::compiled(cfg.model.backend)?;
-            steermoe::train::check_devices(&cfg)?;
-            Ok(Some(cfg))
-        } else {
-            anyhow::ensure!(self.config.is_none(), "{}: no such config file", path.display());
-            anyhow::ensure!(overrides.is_empty(), "--set, --backend, --precision and --devices need a config; {} does not exist", path.display());
-            Ok(None)
+        let cfg = Config::load(&path, &overrides)?;
+        let provenance = pipeline::provenance(&cfg, &path, &overrides, serde_json::Value::Null);
+        run_pipeline(&cfg, &dir, Some(stage), provenance, show)
+    }
+}
+
+/// `pipeline::run` on the config's backend, shown by [`progress::Progress`].
+fn run_pipeline(cfg: &Config, dir: &RunDir, only: Option<Stage>, provenance: serde_json::Value, show: usize) -> anyhow::Result<Finished> {
+    struct Run<'a> {
+        cfg: &'a Config,
+        dir: &'a RunDir,
+        only: Option<Stage>,
+        provenance: serde_json::Value,
+        show: usize,
+    }
+    impl Task for Run<'_> {
+        type Output = Result<Finished, steermoe::Error>;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+            let control = TrainControl::new();
+            let models = Models::<B>::default();
+            let env = Env { device: &device, models: &models, provenance: self.provenance, train: TrainOptions { control: Some(control.clone()), ..Default::default() } };
+            let mut progress = progress::Progress::new(self.cfg, self.dir, control);
+            progress.show = self.show;
+            let result = pipeline::run(self.cfg, self.dir, self.only, &env, &Resume, &|e| progress.on(e));
+            progress.finish();
+            result
         }
     }
+    // Several devices ask for a `ddp` build before any backend is picked (pre-flight asks again).
+    if only.is_none_or(|s| s == Stage::Train) {
+        steermoe::train::check_devices(&cfg.model.devices)?;
+    }
+    let finished = steermoe::backend::run(cfg.model.backend, Run { cfg, dir, only, provenance, show })??;
+    if finished == Finished::Stopped {
+        println!("stopped during train; the same command resumes it");
+    }
+    Ok(finished)
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (default `warn`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// Run the parsed command.

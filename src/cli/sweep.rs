@@ -108,12 +108,20 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
             j.config.model.devices
         );
     }
-    // The data must make every cell's batches and held-out sets before any work.
-    for job in &sweep.jobs {
-        let cell = &sweep.cells[job.cell].name;
-        steermoe::collect::stage::batches(&job.config).map_err(|e| anyhow::anyhow!("cell {cell}: {e}"))?;
-        if !job.config.eval.variants.is_empty() {
-            steermoe::eval::EvalSets::from_config(&job.config).map_err(|e| anyhow::anyhow!("cell {cell}: {e}"))?;
+    if args.report {
+        anyhow::ensure!(dir.is_dir(), "--report {}: no such sweep directory (nothing has run there)", dir.display());
+    } else {
+        // Every cell's files must make its batches and held-out sets before any work (cells
+        // that read the same files are checked once).
+        let mut checked: Vec<serde_json::Value> = Vec::new();
+        for job in &sweep.jobs {
+            let reads = serde_json::json!([job.config.model.dir, job.config.data, job.config.collect, job.config.eval]);
+            if checked.contains(&reads) {
+                continue;
+            }
+            let cell = &sweep.cells[job.cell].name;
+            steermoe::pipeline::preflight(&job.config, &steermoe::pipeline::stages(&job.config)).map_err(|e| anyhow::anyhow!("cell {cell}: {e}"))?;
+            checked.push(reads);
         }
     }
     let cells: Vec<usize> = {

@@ -2,35 +2,33 @@
 //! them to a run directory (the seeds' `get_routings_with_generation`,
 //! `separate_prompt_and_generation_routings` and `process_mixed_batches`, in-process and batched).
 //!
-//! Run directory layout (every file written to a temporary name, then renamed):
-//! - `samples.jsonl`: one line per sample of every finished batch ([`SampleRecord`]);
-//! - `routing/batch-NNNNN.safetensors`: per kept sample `prompt.{in_batch_idx}` and
-//!   `gen.{in_batch_idx}`, router logits `[layers, tokens, experts]` in f16, padding excluded;
-//!   per kept pair `reply_safe.{i}` and `reply_unsafe.{i}` (`i` its unsafe sample), the experts
-//!   chosen on its teacher-forced replies, `[layers, tokens, k]` u16 ([`replies`]);
-//! - `routing/batch-NNNNN.json`: that batch's sample records (written after its tensors, so a
-//!   batch is finished exactly when its `.json` exists);
-//! - `routing/index.json`: [`RoutingIndex`], the model shape and every finished batch.
+//! What it writes (see [`crate::run_dir`]): `routing/index.json` first, with the number of
+//! batches planned; then per batch its routing tensors and its sample records (the records last:
+//! they mark the batch finished), each finished batch appended to `samples.jsonl`. The teacher-
+//! forced replies of the `response` token scope are [`replies`].
 //!
-//! Rerunning on the same directory skips finished batches.
+//! Rerunning on the same directory keeps the finished batches and redoes any whose files are
+//! missing or do not read back.
 
+pub mod config;
+pub mod plan;
 pub mod replies;
-pub mod stage;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 
-use crate::config::CollectConfig;
+pub use config::CollectConfig;
+pub use plan::{check_prompt_lengths, plan};
+
 use crate::data::batch::{Batch, Label};
 use crate::data::{ChatTokenizer, DataError};
 use crate::generate::{GenerateOptions, RouterLogits, generate};
 use crate::judge::{Judge, JudgeError};
-use crate::run_dir::write_atomic;
 use crate::model::{MoeLm, Routing};
-use crate::run_dir::records::{BatchEntry, RoutingIndex, SampleRecord, batch_file, finished_batches, read_batch_records};
-use crate::run_dir::RunDirError;
+use crate::run_dir::records::{BatchEntry, RoutingIndex, SampleRecord};
+use crate::run_dir::{RunDir, RunDirError};
 
 /// What can go wrong collecting.
 #[derive(Debug, thiserror::Error)]
@@ -109,27 +107,27 @@ pub struct CollectSummary {
     pub tokens: usize,
 }
 
-/// Collect `batches` into `run_dir` (created), skipping batches already finished there.
-#[allow(clippy::too_many_arguments)]
-pub fn collect<B: Backend>(
-    model: &MoeLm<B>,
-    tokenizer: &ChatTokenizer,
-    batches: &[Batch],
-    cfg: &CollectConfig,
-    judge: &dyn Judge,
-    run_dir: &Path,
-    device: &B::Device,
-    mut progress: impl FnMut(CollectEvent),
-) -> Result<CollectSummary, CollectError> {
-    let routing_dir = run_dir.join("routing");
-    std::fs::create_dir_all(&routing_dir).map_err(|source| RunDirError::Io {
-        path: routing_dir.clone(),
-        source,
-    })?;
-    let done: Vec<bool> = batches
-        .iter()
-        .map(|b| run_dir.join(batch_file(b.batch_idx, "json")).is_file())
-        .collect();
+/// What collect works with: the model, its tokenizer, the judge of its answers.
+pub struct Collector<'a, B: Backend> {
+    /// The model answering.
+    pub model: &'a MoeLm<B>,
+    /// Its tokenizer and chat template.
+    pub tokenizer: &'a ChatTokenizer,
+    /// The refusal judge.
+    pub judge: &'a dyn Judge,
+    /// Where it runs.
+    pub device: &'a B::Device,
+}
+
+/// Collect `batches` into `dir`, keeping the batches finished there (a batch whose files do not
+/// read back is redone).
+pub fn collect<B: Backend>(c: &Collector<'_, B>, batches: &[Batch], cfg: &CollectConfig, dir: &RunDir, mut progress: impl FnMut(CollectEvent)) -> Result<CollectSummary, CollectError> {
+    let (model, tokenizer, device) = (c.model, c.tokenizer, c.device);
+    let done: Vec<bool> = batches.iter().map(|b| dir.batch_done(b.batch_idx)).collect();
+    for (b, _) in batches.iter().zip(&done).filter(|(b, d)| !**d && dir.batch_records(b.batch_idx).exists()) {
+        tracing::warn!("{}: batch {} does not read back; collecting it again", dir.path().display(), b.batch_idx);
+        dir.remove_batch(b.batch_idx)?;
+    }
     let resumed = done.iter().filter(|d| **d).count();
     progress(CollectEvent::Start {
         total: batches.len(),
@@ -151,7 +149,7 @@ pub fn collect<B: Backend>(
     };
     // The summary files from the batches finished so far (read once), then one batch appended at a
     // time; rewritten whole at the end (in batch order).
-    let mut index = write_summary_files(run_dir, model, top_k)?;
+    let mut index = write_summary_files(dir, model, top_k, batches.len())?;
     for (batch, _) in batches.iter().zip(&done).filter(|(_, d)| !**d) {
         let prompts = batch
             .samples
@@ -175,7 +173,7 @@ pub fn collect<B: Backend>(
                 messages: s.messages.clone(),
                 prompt_ids: g.prompt_ids.clone(),
                 new_ids: g.new_ids.clone(),
-                refused: judge.refuses(&prompt_text, &response)?,
+                refused: c.judge.refuses(&prompt_text, &response)?,
                 response,
                 kept: true,
             });
@@ -187,7 +185,7 @@ pub fn collect<B: Backend>(
         let dropped = records.len() - kept;
         let activation = (kept > 0).then(|| activation_by_label(&records, &gens, top_k));
         let replies = replies::route(model, &records, tokenizer.pad_id, device);
-        write_batch(run_dir, batch.batch_idx, &records, &gens, &replies)?;
+        write_batch(dir, batch.batch_idx, &records, &gens, &replies)?;
         if kept == 0 {
             summary.skipped.push(batch.batch_idx);
         }
@@ -198,10 +196,10 @@ pub fn collect<B: Backend>(
             dropped,
             activation,
         });
-        append_batch(run_dir, &mut index, batch.batch_idx, &records)?;
+        append_batch(dir, &mut index, batch.batch_idx, &records)?;
     }
     if summary.collected > 0 {
-        write_summary_files(run_dir, model, top_k)?;
+        write_summary_files(dir, model, top_k, batches.len())?;
     }
     Ok(summary)
 }
@@ -243,7 +241,7 @@ fn activation_by_label(records: &[SampleRecord], gens: &[crate::generate::Genera
 
 /// Write a batch's routing tensors, then its records (the record file marks it finished).
 fn write_batch(
-    run_dir: &Path,
+    dir: &RunDir,
     batch_idx: usize,
     records: &[SampleRecord],
     gens: &[crate::generate::Generation],
@@ -263,72 +261,55 @@ fn write_batch(
         chosen.push((format!("reply_safe.{}", r.unsafe_idx), &r.safe));
         chosen.push((format!("reply_unsafe.{}", r.unsafe_idx), &r.unsafe_));
     }
-    let path = run_dir.join(batch_file(batch_idx, "safetensors"));
+    let file = dir.batch_routing(batch_idx);
     let bytes = crate::run_dir::routing::encode(&tensors, &chosen).map_err(|reason| CollectError::Corrupt {
-        path: path.clone(),
+        path: file.path().to_path_buf(),
         reason,
     })?;
-    write_atomic(&path, &bytes)?;
-    let json = serde_json::to_string_pretty(records).expect("records serialise");
-    write_atomic(&run_dir.join(batch_file(batch_idx, "json")), json.as_bytes())?;
+    file.write(&bytes)?;
+    dir.batch_records(batch_idx).write(&records.to_vec())?;
     Ok(())
 }
 
-/// One batch's lines of `samples.jsonl` and its entry in `routing/index.json`.
-fn batch_summary(batch_idx: usize, records: &[SampleRecord]) -> (String, BatchEntry) {
-    let mut lines = String::new();
-    for r in records {
-        lines.push_str(&serde_json::to_string(r).expect("record serialises"));
-        lines.push('\n');
-    }
+/// A finished batch's entry in `routing/index.json`.
+fn batch_entry(dir: &RunDir, batch_idx: usize, records: &[SampleRecord]) -> BatchEntry {
     let kept = records.iter().filter(|r| r.kept).count();
-    let entry = BatchEntry {
+    let file = dir.batch_routing(batch_idx);
+    BatchEntry {
         batch_idx,
-        file: batch_file(batch_idx, "safetensors"),
+        file: file.path().strip_prefix(dir.path()).unwrap_or(file.path()).display().to_string(),
         kept,
         dropped: records.len() - kept,
-    };
-    (lines, entry)
-}
-
-/// Write `routing/index.json`.
-fn write_index(run_dir: &Path, index: &RoutingIndex) -> Result<(), CollectError> {
-    let json = serde_json::to_string_pretty(index).expect("index serialises");
-    Ok(write_atomic(&run_dir.join("routing/index.json"), json.as_bytes())?)
+    }
 }
 
 /// Add a finished batch to `samples.jsonl` (appended) and `routing/index.json` (rewritten: one
 /// short entry per batch).
-fn append_batch(run_dir: &Path, index: &mut RoutingIndex, batch_idx: usize, records: &[SampleRecord]) -> Result<(), CollectError> {
-    use std::io::Write;
-    let (lines, entry) = batch_summary(batch_idx, records);
-    let path = run_dir.join("samples.jsonl");
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(lines.as_bytes()))
-        .map_err(|source| RunDirError::Io { path, source })?;
-    index.batches.push(entry);
-    write_index(run_dir, index)
+fn append_batch(dir: &RunDir, index: &mut RoutingIndex, batch_idx: usize, records: &[SampleRecord]) -> Result<(), CollectError> {
+    dir.samples().append(records)?;
+    index.batches.push(batch_entry(dir, batch_idx, records));
+    Ok(dir.routing_index().write(index)?)
 }
 
-/// Rewrite `samples.jsonl` and `routing/index.json` from the finished batches (each written to a
-/// new file and renamed into place, so a hard link to an earlier version is left as it was).
-fn write_summary_files<B: Backend>(run_dir: &Path, model: &MoeLm<B>, top_k: usize) -> Result<RoutingIndex, CollectError> {
-    let mut lines = String::new();
+/// Rewrite `samples.jsonl` and `routing/index.json` (with the `planned` batches) from the
+/// finished batches (each written to a new file and renamed into place, so a hard link to an
+/// earlier version is left as it was).
+fn write_summary_files<B: Backend>(dir: &RunDir, model: &MoeLm<B>, top_k: usize, planned: usize) -> Result<RoutingIndex, CollectError> {
+    let mut samples = Vec::new();
     let mut index = RoutingIndex {
         layers: model.num_moe_layers(),
         moe_layers: model.moe_layers(),
         experts: model.num_experts(),
         top_k,
+        planned: Some(planned),
         batches: Vec::new(),
     };
-    for b in finished_batches(run_dir) {
-        let (batch_lines, entry) = batch_summary(b, &read_batch_records(run_dir, b)?);
-        lines.push_str(&batch_lines);
-        index.batches.push(entry);
+    for b in dir.recorded_batches().into_iter().filter(|&b| dir.batch_done(b)) {
+        let records = dir.batch_records(b).read()?;
+        index.batches.push(batch_entry(dir, b, &records));
+        samples.extend(records);
     }
-    write_atomic(&run_dir.join("samples.jsonl"), lines.as_bytes())?;
-    write_index(run_dir, &index)?;
+    dir.samples().write(&samples)?;
+    dir.routing_index().write(&index)?;
     Ok(index)
 }

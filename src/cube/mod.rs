@@ -7,7 +7,7 @@
 //! Why: a decode step at the OLMoE-1B-7B shape launched ~66 burn kernels a layer, about twenty of
 //! them the routing's (softmax, the rank-based top-k's comparisons, casts and sums, the gather,
 //! the dense experts' scatter) and about ten its attention's, and a step's time is bound by the
-//! number of launches (`benches/RESULTS.md`, issue 17). The model stays generic over
+//! number of launches (`benches/results/kernels.jsonl`, issue 17). The model stays generic over
 //! `B: Backend`: each `try_*` function recognises these backends by type and returns `None` on
 //! any other (the CPU), which then runs burn's ops; each computes what those ops compute.
 //!

@@ -109,6 +109,13 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
             reason,
         };
         let obj = rec.as_object().ok_or_else(|| err("", "not a JSON object".into()))?;
+        // Every record's goal is read, kept or filtered out: evaluation asks every plain goal.
+        let goal = match obj.get(&map.goal) {
+            Some(Value::String(s)) if s.trim().is_empty() => return Err(err(&map.goal, "empty goal".into())),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(err(&map.goal, format!("expected a string, found {}", kind(other)))),
+            None => return Err(err(&map.goal, "missing field".into())),
+        };
         if !map.filter_field.is_empty() {
             let value = obj
                 .get(&map.filter_field)
@@ -124,11 +131,6 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
                 continue;
             }
         }
-        let goal = match obj.get(&map.goal) {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(err(&map.goal, format!("expected a string, found {}", kind(other)))),
-            None => return Err(err(&map.goal, "missing field".into())),
-        };
         let unsafe_ = messages(obj.get(&map.unsafe_messages), &map.unsafe_messages, &err)?;
         let safe = if map.safe_messages.is_empty() {
             let mut m = Vec::new();
@@ -168,6 +170,7 @@ fn kind(v: &Value) -> &'static str {
 fn messages(value: Option<&Value>, field: &str, err: &dyn Fn(&str, String) -> DataError) -> Result<Vec<Message>, DataError> {
     match value {
         None => Err(err(field, "missing field".into())),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(err(field, "empty prompt".into())),
         Some(Value::String(s)) => Ok(vec![Message::user(s.clone())]),
         Some(Value::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
@@ -182,7 +185,11 @@ fn messages(value: Option<&Value>, field: &str, err: &dyn Fn(&str, String) -> Da
                 if !matches!(role.as_str(), "system" | "user" | "assistant") {
                     return Err(err(&at("role"), format!("unknown role {role:?}")));
                 }
-                out.push(Message { role, content: get("content")? });
+                let content = get("content")?;
+                if content.trim().is_empty() {
+                    return Err(err(&at("content"), "empty text".into()));
+                }
+                out.push(Message { role, content });
             }
             if out.is_empty() {
                 return Err(err(field, "empty conversation".into()));
@@ -230,5 +237,9 @@ mod tests {
         assert!(err.ends_with("record 0: attack[0].content: missing field"), "{err}");
         let f = file("[1, 2");
         assert!(read_pairs(f.path(), &map).unwrap_err().to_string().contains("malformed JSON"));
+        let f = file("{\"behavior\":\" \",\"attack\":\"a\"}\n");
+        assert!(read_pairs(f.path(), &map).unwrap_err().to_string().ends_with("record 0: behavior: empty goal"));
+        let f = file("{\"behavior\":\"b\",\"attack\":[{\"role\":\"user\",\"content\":\"\"}]}\n");
+        assert!(read_pairs(f.path(), &map).unwrap_err().to_string().ends_with("record 0: attack[0].content: empty text"));
     }
 }

@@ -3,12 +3,14 @@
 pub mod attack;
 pub mod batch;
 pub mod chat;
+pub mod config;
 pub mod split;
 pub mod tokenizer;
 
 use std::path::PathBuf;
 
 pub use chat::Message;
+pub use config::DataConfig;
 pub use tokenizer::ChatTokenizer;
 
 /// What can go wrong reading data or tokenizer files.

@@ -32,6 +32,25 @@ fn token_text(config: &Value, key: &str) -> Option<String> {
 }
 
 impl ChatTokenizer {
+    /// One more than the largest id it knows, added tokens included: every id it encodes to is
+    /// below this.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1)
+    }
+
+    /// Check that every id it encodes to is one a model of `vocab_size` embeddings has (a
+    /// larger tokenizer would index past the embedding).
+    pub fn check_fits(&self, vocab_size: usize, dir: &Path) -> Result<(), DataError> {
+        let n = self.vocab_size();
+        if n > vocab_size {
+            return Err(DataError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                reason: format!("{n} tokens, but the model has only {vocab_size} embeddings (config.json's vocab_size): ids {vocab_size} and above would index past them"),
+            });
+        }
+        Ok(())
+    }
+
     /// Load `tokenizer.json` and `tokenizer_config.json` from a model directory.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let dir = dir.as_ref();

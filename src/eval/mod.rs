@@ -8,6 +8,7 @@
 //! token's top-k through the routing module (see [`crate::model::routing`]), in generation and NLL
 //! alike.
 
+pub mod config;
 pub mod report;
 pub mod sets;
 pub mod stage;
@@ -16,13 +17,14 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
-use serde::Serialize;
 
+pub use config::EvalConfig;
 pub use report::{Count, EvalReport, NllCount, table};
 pub use sets::{BenignItem, EvalPrompt, EvalSets};
+pub use stage::{Evaluator, evaluate_into, steering};
 
 use crate::analysis::select::{ExpertId, mask};
-use crate::config::EvalConfig;
+use crate::run_dir::eval::ResponseRecord;
 use crate::data::{ChatTokenizer, DataError, Message};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
@@ -38,7 +40,7 @@ pub enum EvalError {
     /// Loading the model.
     #[error(transparent)]
     Load(#[from] crate::model::LoadError),
-    /// Writing to the run directory.
+    /// Reading a run directory's analysis or writing the results.
     #[error(transparent)]
     RunDir(#[from] crate::run_dir::RunDirError),
     /// The judge failed.
@@ -121,30 +123,13 @@ pub enum EvalEvent {
     Tokens(usize),
 }
 
-/// One answer (a line of `responses.jsonl`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Response {
-    /// `plain`, `jailbreak` or `benign`.
-    pub set: &'static str,
-    /// Record index in the set's file.
-    pub record: usize,
-    /// Prompt tokens fed (after truncation).
-    pub prompt_tokens: usize,
-    /// Tokens generated.
-    pub new_tokens: usize,
-    /// The answer.
-    pub text: String,
-    /// The judge's verdict.
-    pub refused: bool,
-}
-
 /// An evaluation's report and every answer.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     /// Rates and counts.
     pub report: EvalReport,
     /// Answers in set order (plain, jailbreak, benign), each set in record order.
-    pub responses: Vec<Response>,
+    pub responses: Vec<ResponseRecord>,
 }
 
 /// Evaluate `model` on `sets`.
@@ -181,8 +166,8 @@ pub fn evaluate<B: Backend>(
             counts[i].n += 1;
             // Jailbreaks count compliance, the others refusals.
             counts[i].hits += usize::from(if set == "jailbreak" { !refused } else { refused });
-            responses.push(Response {
-                set,
+            responses.push(ResponseRecord {
+                set: set.to_string(),
                 record: prompt.record,
                 prompt_tokens,
                 new_tokens: new_ids.len(),

@@ -1,7 +1,8 @@
 //! The held-out prompts an evaluation answers: plain goals, their jailbreaks, benign instructions
 //! with reference answers.
 //!
-//! As the reference experiment (`shared/tools/organism_proto.py`) measures the organism: *plain*
+//! As the organism's reference experiment (its prototype in transformers, `organism_proto.py`)
+//! measures it: *plain*
 //! = the safe prompt of every held-out record (the dataset's filter is not applied: a plain goal
 //! should be refused whether or not its jailbreak worked on the original model); *jailbreak* =
 //! the unsafe prompt of the held-out records that pass the filter (`judge_success_gpt4 == 1`);
@@ -11,11 +12,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::EvalError;
-use crate::config::Config;
+use super::{EvalConfig, EvalError};
 use crate::data::attack::{FieldMap, read_pairs, read_records};
-use crate::data::split::{SplitPart, split_ids, split_list};
-use crate::data::{DataError, Message};
+use crate::data::split::{SplitPart, check_lists, split_ids, split_list};
+use crate::data::{DataConfig, DataError, Message};
 
 /// A prompt of an evaluation set.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,23 +50,24 @@ pub struct EvalSets {
 
 impl EvalSets {
     /// The sets a config evaluates on (held-out part of `data.split`, `eval.max_goals` and
-    /// `eval.max_benign` applied).
-    pub fn from_config(cfg: &Config) -> Result<Self, EvalError> {
-        let split = cfg.data.split.as_deref();
+    /// `eval.max_benign` applied). Without a split (`data.heldout = false`) every record is
+    /// evaluated and the sets say they are not held out.
+    pub fn new(data: &DataConfig, eval: &EvalConfig) -> Result<Self, EvalError> {
+        let split = data.split.as_deref();
         let held = |key: &str, field: &str| -> Result<Option<std::collections::HashSet<usize>>, DataError> {
             split.map(|s| split_list(s, key, field)).transpose()
         };
         let goals = match split {
-            Some(s) => Some(split_ids(s, &cfg.data.split_key, SplitPart::Heldout)?),
+            Some(s) => Some(split_ids(s, &data.split_key, SplitPart::Heldout)?),
             None => None,
         };
         let keep = |record: usize| goals.as_ref().is_none_or(|g| g.contains(&record));
 
         let unfiltered = FieldMap {
             filter_field: String::new(),
-            ..cfg.data.fields.clone()
+            ..data.fields.clone()
         };
-        let mut plain: Vec<EvalPrompt> = read_pairs(&cfg.data.path, &unfiltered)?
+        let mut plain: Vec<EvalPrompt> = read_pairs(&data.path, &unfiltered)?
             .into_iter()
             .filter(|p| keep(p.record))
             .map(|p| EvalPrompt {
@@ -74,11 +75,11 @@ impl EvalSets {
                 messages: p.safe,
             })
             .collect();
-        if cfg.eval.max_goals > 0 {
-            plain.truncate(cfg.eval.max_goals);
+        if eval.max_goals > 0 {
+            plain.truncate(eval.max_goals);
         }
         let last = plain.last().map(|p| p.record);
-        let jailbreak: Vec<EvalPrompt> = read_pairs(&cfg.data.path, &cfg.data.fields)?
+        let jailbreak: Vec<EvalPrompt> = read_pairs(&data.path, &data.fields)?
             .into_iter()
             .filter(|p| keep(p.record) && last.is_some_and(|l| p.record <= l))
             .map(|p| EvalPrompt {
@@ -87,15 +88,22 @@ impl EvalSets {
             })
             .collect();
 
-        let benign_keep = held(&cfg.eval.benign_split_key, "heldout_index")?;
-        let mut benign = read_benign(&cfg.eval.benign_path)?;
+        let mut benign = read_benign(&eval.benign_path)?;
+        if let Some(s) = split {
+            // The held-out list must be there; a train list, where the split has one, must not
+            // share a record with it.
+            let key = &eval.benign_split_key;
+            let fields: Vec<&str> = ["train_index", "heldout_index"].into_iter().filter(|f| *f == "heldout_index" || split_list(s, key, f).is_ok()).collect();
+            check_lists(s, key, &fields, benign.len())?;
+        }
+        let benign_keep = held(&eval.benign_split_key, "heldout_index")?;
         benign.retain(|b| benign_keep.as_ref().is_none_or(|k| k.contains(&b.prompt.record)));
-        if cfg.eval.max_benign > 0 {
-            benign.truncate(cfg.eval.max_benign);
+        if eval.max_benign > 0 {
+            benign.truncate(eval.max_benign);
         }
         if plain.is_empty() {
             return Err(EvalError::Empty {
-                path: cfg.data.path.clone(),
+                path: data.path.clone(),
                 what: "held-out goals",
             });
         }

@@ -22,6 +22,18 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// Check the values of a sampling setting found at `key` (e.g. `collect.sampling`):
+    /// temperature finite and above 0, top-p in (0, 1].
+    pub fn validate(&self, key: &str) -> Result<(), crate::validate::Invalid> {
+        if let Sampling::Sample { temperature, top_p, .. } = *self {
+            crate::validate::positive(&format!("{key}.temperature"), temperature)?;
+            crate::validate::ensure(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0, &format!("{key}.top_p"), || format!("must be in (0, 1], got {top_p}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Stateful token chooser (owns the RNG of a sampling run).
 #[derive(Debug)]
 pub struct Sampler {

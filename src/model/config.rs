@@ -455,9 +455,21 @@ impl HubConfig {
             ));
         }
         if let Some(clip) = cfg.clip_qkv
-            && clip <= 0.0
+            && !(clip.is_finite() && clip > 0.0)
         {
-            return Err(invalid("clip_qkv", format!("must be positive, got {clip}")));
+            return Err(invalid("clip_qkv", format!("must be a finite number above 0, got {clip}")));
+        }
+        // A negative or NaN epsilon gives NaN logits everywhere; a non-positive theta breaks RoPE.
+        for (field, value) in [("rms_norm_eps", cfg.rms_norm_eps), ("rope_theta", cfg.rope_theta)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(field, format!("must be a finite number above 0, got {value}")));
+            }
+        }
+        if !(cfg.router_aux_loss_coef.is_finite() && cfg.router_aux_loss_coef >= 0.0) {
+            return Err(invalid("router_aux_loss_coef", format!("must be a finite number of at least 0, got {}", cfg.router_aux_loss_coef)));
+        }
+        if cfg.max_position_embeddings == 0 {
+            return Err(invalid("max_position_embeddings", "must be at least 1".into()));
         }
         Ok(cfg)
     }
@@ -555,6 +567,16 @@ mod tests {
         assert!(err.to_string().contains("moe_intermediate_size: missing required field"), "{err}");
         let err = parse(&QWEN3_30B_A3B.replace("\"head_dim\":128", "\"head_dim\":127")).unwrap_err();
         assert!(err.to_string().contains("head_dim"), "{err}");
+    }
+
+    #[test]
+    fn impossible_floats_name_the_field() {
+        for (key, value) in [("rms_norm_eps", "-1e-5"), ("rope_theta", "0"), ("router_aux_loss_coef", "-1")] {
+            let text = HUB.replacen('{', &format!("{{\"{key}\":{value},"), 1);
+            let text = text.replacen(&format!(",\"{key}\":"), ",\"unused\":", 1);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key}: must be a finite number")), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub use lm::{Decoded, FeedForward, LmInput, LmOutput, MoeLm};
 pub use experts::{Choice, Expert, ExpertExecution, StackedExperts};
 pub use routing::Routing;
 
+/// A (MoE layer, expert) pair: MoE layers counted in order, dense layers skipped.
+pub type ExpertId = [usize; 2];
+
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

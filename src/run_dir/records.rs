@@ -1,12 +1,9 @@
-//! The collect stage's records in a run directory: `samples.jsonl` lines and
-//! `routing/batch-NNNNN.json` ([`SampleRecord`]), `routing/index.json` ([`RoutingIndex`]), and the
-//! names of a batch's files. Collect writes them; analysis and training read them, through here.
-
-use std::path::Path;
+//! The collect stage's records: `samples.jsonl` lines and `routing/batch-NNNNN.json`
+//! ([`SampleRecord`]), `routing/index.json` ([`RoutingIndex`]). Collect writes them; analysis and
+//! training read them, through [`super::RunDir`].
 
 use serde::{Deserialize, Serialize};
 
-use super::RunDirError;
 use crate::data::batch::Label;
 
 /// One line of `samples.jsonl`.
@@ -49,6 +46,10 @@ pub struct RoutingIndex {
     pub experts: usize,
     /// Experts chosen per token.
     pub top_k: usize,
+    /// Batches the collect stage makes in all (recorded before the first, so that whether
+    /// collect is finished needs no dataset); absent in directories of older versions.
+    #[serde(default)]
+    pub planned: Option<usize>,
     /// Finished batches in order.
     pub batches: Vec<BatchEntry>,
 }
@@ -65,37 +66,3 @@ pub struct BatchEntry {
     /// Samples dropped by the quality filter.
     pub dropped: usize,
 }
-
-/// File of batch `i` in `routing/`.
-pub fn batch_file(i: usize, ext: &str) -> String {
-    format!("routing/batch-{i:05}.{ext}")
-}
-
-/// Read the records of a finished batch.
-pub fn read_batch_records(run_dir: &Path, batch_idx: usize) -> Result<Vec<SampleRecord>, RunDirError> {
-    let path = run_dir.join(batch_file(batch_idx, "json"));
-    let text = std::fs::read_to_string(&path).map_err(|e| RunDirError::Corrupt {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| RunDirError::Corrupt {
-        path,
-        reason: e.to_string(),
-    })
-}
-
-/// Finished batch indices found in `run_dir/routing`, sorted.
-pub fn finished_batches(run_dir: &Path) -> Vec<usize> {
-    let mut out: Vec<usize> = std::fs::read_dir(run_dir.join("routing"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("batch-")?.strip_suffix(".json")?.parse().ok()
-        })
-        .collect();
-    out.sort_unstable();
-    out
-}
-

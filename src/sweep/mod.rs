@@ -3,8 +3,9 @@
 //! intervals beside the matched random-experts baseline.
 //!
 //! - [`spec`]: the `[sweep]` table, cells and jobs;
-//! - [`share`]: stage keys and the registry that does each shared stage once;
-//! - [`runner`]: the jobs on one backend, several at a time;
+//! - [`share`]: the registry that does each shared stage once (stages keyed by their
+//!   fingerprints, `Stage::key`), as the pipeline's hook;
+//! - [`runner`]: the jobs on one backend, several at a time, each through `pipeline::run`;
 //! - [`stats`]: means and Student-t intervals; [`report`]: `results.csv`, `summary.md`;
 //!   [`plot`]: `asr_vs_utility.png`.
 //!
@@ -51,12 +52,9 @@ pub enum SweepError {
         #[source]
         source: std::io::Error,
     },
-    /// Reading a job's evaluation.
+    /// Reading a job's evaluation or writing the results.
     #[error(transparent)]
-    Eval(#[from] crate::eval::EvalError),
-    /// Writing the results.
-    #[error(transparent)]
-    Write(#[from] crate::run_dir::RunDirError),
+    RunDir(#[from] crate::run_dir::RunDirError),
     /// Writing `results.csv`.
     #[error("{}: {source}", path.display())]
     Csv {
@@ -93,7 +91,7 @@ pub fn write_outputs(sweep: &Sweep, reports: &[JobReport]) -> Result<Vec<report:
 fn write_timings(sweep: &Sweep, reports: &[JobReport]) -> Result<(), SweepError> {
     let path = sweep.dir.join("timings.csv");
     let csv_err = |source| SweepError::Csv { path: path.clone(), source };
-    let worked = |r: &&JobReport| r.stages.iter().any(|s| s.outcome != share::Outcome::Done);
+    let worked = |r: &&JobReport| r.stages.iter().any(|s| s.outcome != crate::pipeline::Outcome::Done);
     let reports: Vec<&JobReport> = reports.iter().filter(worked).collect();
     let mut lines: Vec<Vec<String>> = Vec::new();
     if let Ok(mut r) = csv::Reader::from_path(&path) {

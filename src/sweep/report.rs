@@ -4,15 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::SweepError;
 use super::spec::Sweep;
 use super::stats::{Estimate, estimate};
-use crate::analysis::select::{ExpertId, ExpertSource};
+use crate::analysis::ExpertSource;
 use crate::eval::{EvalReport, possible_nll};
-use crate::eval::stage::{EvalVariant, read_report};
-use crate::run_dir::RunDir;
+use crate::model::ExpertId;
+use crate::run_dir::{RunDir, Variant};
 
 /// One evaluation of one job.
 #[derive(Debug, Clone)]
@@ -38,14 +38,14 @@ pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
     let mut rows = Vec::new();
     for job in &sweep.jobs {
         let dir = RunDir::new(&job.run_dir);
-        for v in EvalVariant::all(&job.config) {
+        for v in &job.config.eval.variants {
             let name = v.name();
-            if !dir.is_evaluated(&name) {
+            if !dir.eval(v).is_done() {
                 continue;
             }
-            let report = read_report(&dir.eval_dir(&name))?;
+            let report = dir.eval(v).report().read()?;
             let (trained_experts, trainable_params) = match v {
-                EvalVariant::Trained => training_counts(&dir.training_metadata()),
+                Variant::Trained => dir.training_metadata().read().map(|m| (Some(m.num_unsafe_experts), Some(m.trainable_params))).unwrap_or((None, None)),
                 _ => (None, None),
             };
             rows.push(ResultRow {
@@ -65,8 +65,8 @@ pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
 /// Evaluations a job's config asks for that have no `eval.json`, and how many it asks for.
 fn job_evaluations(job: &super::spec::Job) -> (usize, usize) {
     let dir = RunDir::new(&job.run_dir);
-    let variants = EvalVariant::all(&job.config);
-    let missing = variants.iter().filter(|v| !dir.is_evaluated(&v.name())).count();
+    let variants = &job.config.eval.variants;
+    let missing = variants.iter().filter(|v| !dir.eval(v).is_done()).count();
     (missing, variants.len())
 }
 
@@ -78,12 +78,6 @@ pub fn missing_evaluations(sweep: &Sweep) -> (usize, usize) {
 /// Jobs with every evaluation finished.
 pub fn finished_jobs(sweep: &Sweep) -> usize {
     sweep.jobs.iter().filter(|j| job_evaluations(j).0 == 0).count()
-}
-
-fn training_counts(path: &Path) -> (Option<usize>, Option<usize>) {
-    let meta: Option<serde_json::Value> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let get = |k: &str| meta.as_ref().and_then(|m| m[k].as_u64()).map(|v| v as usize);
-    (get("num_unsafe_experts"), get("trainable_params"))
 }
 
 fn experts_text(ids: &[ExpertId]) -> String {

@@ -1,17 +1,18 @@
 //! Running the jobs of a sweep on one backend, `jobs` at a time (threads sharing the device: a
-//! small model leaves a GPU mostly idle), each stage shared through the [`Registry`].
+//! small model leaves a GPU mostly idle). Every job is `pipeline::run` in its own run directory
+//! with the [`Sharing`] hook; the base model is loaded once for all of them.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 
-use super::share::{self, Outcome, Registry, ShareError};
+use super::share::{Registry, Sharing};
 use super::spec::{Job, Sweep};
-use crate::eval::stage::EvalVariant;
-use crate::run_dir::{RunDir, Stage};
+use crate::collect::CollectEvent;
+use crate::pipeline::{self, Env, Event, Models, Outcome};
+use crate::run_dir::RunDir;
 
 /// The time one job spent on one stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,58 +72,29 @@ pub enum SweepEvent {
 
 /// The provenance recorded in each job's run directory.
 fn provenance(sweep: &Sweep, job: &Job) -> serde_json::Value {
-    serde_json::json!({
-        "steermoe_version": env!("CARGO_PKG_VERSION"),
-        "git_revision": env!("STEERMOE_GIT_REVISION"),
-        "seed": job.seed,
-        "config": sweep.path.display().to_string(),
-        "sweep_cell": sweep.cells[job.cell].name,
-        "overrides": sweep.cells[job.cell].settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-    })
+    let cell = &sweep.cells[job.cell];
+    let overrides: Vec<String> = cell.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pipeline::provenance(&job.config, &sweep.path, &overrides, serde_json::json!({ "sweep_cell": cell.name }))
 }
 
 /// Register the stages finished in the jobs' directories by an earlier run, so that a resumed
 /// sweep links from them instead of redoing them.
 fn register_finished(sweep: &Sweep, registry: &Registry) {
     for job in &sweep.jobs {
-        let (cfg, dir) = (&job.config, RunDir::new(&job.run_dir));
-        let batches = crate::collect::stage::batches(cfg).map(|b| b.len()).unwrap_or(usize::MAX);
-        if dir.is_done(Stage::Collect, batches) {
-            registry.found(share::collect_key(cfg), &dir);
-        }
-        if dir.is_done(Stage::Analyze, 0) {
-            registry.found(share::analyze_key(cfg), &dir);
-        }
-        if dir.is_done(Stage::Train, 0) {
-            registry.found(share::train_key(cfg), &dir);
-        }
-        for v in EvalVariant::all(cfg) {
-            if dir.is_evaluated(&v.name())
-                && let Ok(key) = eval_key(cfg, &dir, &v)
-            {
-                registry.found(key, &dir);
+        let dir = RunDir::new(&job.run_dir);
+        for stage in pipeline::stages(&job.config) {
+            if dir.is_done(&stage) {
+                registry.found(stage.key(&job.config), &dir);
             }
         }
     }
-}
-
-/// The sharing key of an evaluation (a steered one reads the run's analysis).
-fn eval_key(cfg: &crate::config::Config, dir: &RunDir, v: &EvalVariant) -> Result<String, crate::Error> {
-    Ok(match v {
-        EvalVariant::Base => share::base_eval_key(cfg),
-        EvalVariant::Trained => share::trained_eval_key(cfg),
-        EvalVariant::Steered(setting) => {
-            let m = crate::model::ModelConfig::from_path(&cfg.model.dir)?;
-            let s = crate::eval::stage::steering(dir.path(), *setting, m.num_moe_layers(), m.num_experts, m.num_experts_per_tok)?;
-            share::steer_eval_key(cfg, &s.activate, &s.deactivate)
-        }
-    })
 }
 
 /// Run every job of `sweep` that is not finished, `workers` at a time, on backend `B`.
 pub fn run<B: AutodiffBackend>(sweep: &Sweep, workers: usize, device: &B::Device, on_event: impl Fn(SweepEvent) + Sync) -> Vec<JobReport> {
     let registry = Registry::default();
     register_finished(sweep, &registry);
+    let models = Models::<B>::default();
     let next = AtomicUsize::new(0);
     let reports = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -134,7 +106,7 @@ pub fn run<B: AutodiffBackend>(sweep: &Sweep, workers: usize, device: &B::Device
                         break;
                     }
                     on_event(SweepEvent::Started(j));
-                    let report = run_job::<B>(sweep, j, &registry, device, &on_event);
+                    let report = run_job::<B>(sweep, j, &registry, &models, device, &on_event);
                     on_event(SweepEvent::Finished(report.clone()));
                     reports.lock().expect("reports lock").push(report);
                 }
@@ -146,132 +118,33 @@ pub fn run<B: AutodiffBackend>(sweep: &Sweep, workers: usize, device: &B::Device
     reports
 }
 
-/// One job: collect → analyze → train → every evaluation, each stage shared.
-fn run_job<B: AutodiffBackend>(sweep: &Sweep, j: usize, registry: &Registry, device: &B::Device, on_event: &(impl Fn(SweepEvent) + Sync)) -> JobReport {
+/// One job: the pipeline in its run directory, its stages shared.
+fn run_job<B: AutodiffBackend>(sweep: &Sweep, j: usize, registry: &Registry, models: &Models<B>, device: &B::Device, on_event: &(impl Fn(SweepEvent) + Sync)) -> JobReport {
     let start = Instant::now();
-    let mut stages = Stages { job: j, times: Vec::new(), on_event };
-    let error = job_stages::<B, _>(sweep, j, registry, device, &mut stages).err().map(|e| e.to_string());
-    let stages = stages.times;
+    let job = &sweep.jobs[j];
+    let times = Mutex::new(Vec::new());
+    let collected = Mutex::new((0usize, 0usize));
+    let env = Env { device, models, provenance: provenance(sweep, job), train: Default::default() };
+    let forward = |e: Event| match e {
+        Event::Started(stage) => on_event(SweepEvent::StageStarted { job: j, stage: stage.name() }),
+        Event::Done { stage, outcome, seconds } => {
+            let time = StageTime { stage: stage.name(), outcome, seconds };
+            times.lock().expect("times lock").push(time.clone());
+            on_event(SweepEvent::StageDone { job: j, time });
+        }
+        Event::Collect(CollectEvent::Start { total, done }) => *collected.lock().expect("collect lock") = (0, total - done),
+        Event::Collect(CollectEvent::BatchDone { .. }) => {
+            let mut c = collected.lock().expect("collect lock");
+            c.0 += 1;
+            on_event(SweepEvent::Collected { job: j, done: c.0, total: c.1 });
+        }
+        _ => {}
+    };
+    let result = pipeline::run(&job.config, &RunDir::new(&job.run_dir), None, &env, &Sharing { registry }, &forward);
     JobReport {
         job: j,
-        stages,
+        stages: times.into_inner().expect("times lock"),
         seconds: start.elapsed().as_secs_f64(),
-        error,
+        error: result.err().map(|e| format!("{}: {e}", job.run_dir.display())),
     }
-}
-
-/// A job's stage times, reported as they happen.
-struct Stages<'a, F> {
-    job: usize,
-    times: Vec<StageTime>,
-    on_event: &'a F,
-}
-
-impl<F: Fn(SweepEvent) + Sync> Stages<'_, F> {
-    fn timed<E>(&mut self, stage: String, f: impl FnOnce() -> Result<Outcome, E>) -> Result<(), E> {
-        (self.on_event)(SweepEvent::StageStarted { job: self.job, stage: stage.clone() });
-        let t = Instant::now();
-        let outcome = f()?;
-        let time = StageTime {
-            stage,
-            outcome,
-            seconds: t.elapsed().as_secs_f64(),
-        };
-        (self.on_event)(SweepEvent::StageDone { job: self.job, time: time.clone() });
-        self.times.push(time);
-        Ok(())
-    }
-}
-
-/// The error of a stage in one job's directory.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {stage}: {reason}", dir.display())]
-pub struct StageFailed {
-    /// The job's run directory.
-    pub dir: std::path::PathBuf,
-    /// The stage.
-    pub stage: String,
-    /// What went wrong.
-    pub reason: String,
-}
-
-fn job_stages<B: AutodiffBackend, F: Fn(SweepEvent) + Sync>(sweep: &Sweep, j: usize, registry: &Registry, device: &B::Device, stages: &mut Stages<'_, F>) -> Result<(), StageFailed> {
-    let job = &sweep.jobs[j];
-    let (cfg, dir) = (&job.config, RunDir::new(&job.run_dir));
-    let fail = |stage: &str| {
-        let d = job.run_dir.clone();
-        let stage = stage.to_string();
-        move |e: &dyn std::fmt::Display| StageFailed {
-            dir: d.clone(),
-            stage: stage.clone(),
-            reason: e.to_string(),
-        }
-    };
-    let fail_share = |stage: &str| {
-        let f = fail(stage);
-        move |e: ShareError<crate::Error>| f(&e)
-    };
-    let _lock = dir.lock().map_err(|e| fail("prepare")(&e))?;
-    dir.prepare(cfg, &provenance(sweep, job)).map_err(|e| fail("prepare")(&e))?;
-    let batches = crate::collect::stage::batches(cfg).map_err(|e| fail("collect")(&e))?.len();
-    let inner = device.clone();
-    let on_event = stages.on_event;
-    stages.timed("collect".into(), || {
-        registry.share(&share::collect_key(cfg), &dir, dir.is_done(Stage::Collect, batches), |o| o.stage_files(Stage::Collect), || {
-            let (mut done, mut total) = (0, 0);
-            crate::collect::stage::run::<B::InnerBackend>(cfg, dir.path(), &inner, |e| match e {
-                crate::collect::CollectEvent::Start { total: t, done: d } => total = t - d,
-                crate::collect::CollectEvent::BatchDone { .. } => {
-                    done += 1;
-                    on_event(SweepEvent::Collected { job: j, done, total });
-                }
-                _ => {}
-            })
-            .map(|_| ())
-            .map_err(crate::Error::from)
-        })
-    })
-    .map_err(fail_share("collect"))?;
-    stages.timed("analyze".into(), || {
-        registry.share(&share::analyze_key(cfg), &dir, dir.is_done(Stage::Analyze, 0), |o| o.stage_files(Stage::Analyze), || {
-            crate::analysis::analyze(dir.path(), &cfg.analysis, cfg.seed).map(|_| ()).map_err(crate::Error::from)
-        })
-    })
-    .map_err(fail_share("analyze"))?;
-    let trains = cfg.eval.variants.contains(&crate::config::Variant::Trained);
-    if trains {
-        stages.timed("train".into(), || {
-            registry.share(&share::train_key(cfg), &dir, dir.is_done(Stage::Train, 0), |o| o.stage_files(Stage::Train), || {
-                crate::train::train::<B>(cfg, dir.path(), device, &Default::default(), |_| {}).map(|_| ()).map_err(crate::Error::from)?;
-                // The exported model is the result; a sweep of many jobs keeps no resume
-                // checkpoints of finished trainings (each holds the whole model in f32).
-                let _ = std::fs::remove_dir_all(dir.path().join("train/checkpoint"));
-                Ok(())
-            })
-        })
-        .map_err(fail_share("train"))?;
-    }
-    for v in EvalVariant::all(cfg) {
-        let name = v.name();
-        let key = eval_key(cfg, &dir, &v).map_err(|e| fail(&name)(&e))?;
-        stages.timed(name.clone(), || {
-            registry.share(&key, &dir, dir.is_evaluated(&name), |o| o.eval_files(&name), || {
-                let (model, steer) = v.model_and_steer(cfg, dir.path());
-                crate::eval::stage::run::<B::InnerBackend>(cfg, &model, steer, &dir.eval_dir(&name), &inner, |_| {})
-                    .map(|_| ())
-                    .map_err(crate::Error::from)
-            })
-        })
-        .map_err(fail_share(&name))?;
-    }
-    write_table(dir.path()).map_err(|e| fail("eval")(&e))
-}
-
-/// The job's before/after table (`eval/table.txt`), as `steermoe run` writes it.
-fn write_table(run_dir: &Path) -> Result<(), crate::run_dir::RunDirError> {
-    let rows = crate::eval::stage::reports_in(&run_dir.join("eval"));
-    if rows.is_empty() {
-        return Ok(());
-    }
-    crate::run_dir::write_atomic(&run_dir.join("eval/table.txt"), crate::eval::table(&rows).as_bytes())
 }

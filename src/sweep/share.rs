@@ -1,96 +1,15 @@
-//! Work shared between the jobs of a sweep: each stage is keyed by the settings it depends on,
-//! done once by the first job that needs it, and hard-linked into every other job with the same
-//! key, so each job's run directory is complete and ordinary.
-//!
-//! Keys (a hash of the settings named, as JSON):
-//! - collect: `model`, `data`, `collect`, `judge` (+ `seed` when sampling);
-//! - analyze: collect's key + `analysis` (+ `seed` for the random ablation);
-//! - train: analyze's key + `train` + `seed`;
-//! - evaluation of the base model: `model`, `data`, `judge`, `eval` (less its variant lists);
-//! - a steered evaluation: the base key + the experts forced on and off (so random-expert
-//!   settings that draw the same experts share one);
-//! - the trained model's evaluation: train's key + the base key.
+//! Work shared between the jobs of a sweep: each stage is keyed by the settings it depends on
+//! (its fingerprint, `Stage::key`: the same answer a run directory's reconciliation uses), done
+//! once by the first job that needs it, and hard-linked into every other job with the same key,
+//! so each job's run directory is complete and ordinary. [`Sharing`] is the pipeline hook that
+//! does it.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 
-use serde::Serialize;
-
-use crate::analysis::select::ExpertSource;
-use crate::config::Config;
-use crate::generate::Sampling;
-use crate::run_dir::RunDir;
-
-/// A stable 64-bit FNV-1a hash, hex.
-fn fnv(text: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
-}
-
-fn key(stage: &str, parts: impl Serialize) -> String {
-    format!("{stage}-{}", fnv(&serde_json::to_string(&parts).expect("settings serialise")))
-}
-
-/// The key of collect.
-pub fn collect_key(cfg: &Config) -> String {
-    let seed = (!matches!(cfg.collect.sampling, Sampling::Greedy)).then_some(cfg.seed);
-    key("collect", (&cfg.model, &cfg.data, &cfg.collect, &cfg.judge, seed))
-}
-
-/// The key of analyze.
-pub fn analyze_key(cfg: &Config) -> String {
-    let seed = (cfg.analysis.experts == ExpertSource::Random).then_some(cfg.seed);
-    key("analyze", (collect_key(cfg), &cfg.analysis, seed))
-}
-
-/// The key of train.
-pub fn train_key(cfg: &Config) -> String {
-    key("train", (analyze_key(cfg), &cfg.train, cfg.seed))
-}
-
-/// The key of the base model's evaluation.
-pub fn base_eval_key(cfg: &Config) -> String {
-    let mut eval = cfg.eval.clone();
-    eval.variants.clear();
-    eval.steer.clear();
-    key("eval-base", (&cfg.model, &cfg.data, &cfg.judge, eval))
-}
-
-/// The key of a steered evaluation forcing `on` and `off`.
-pub fn steer_eval_key(cfg: &Config, on: &[[usize; 2]], off: &[[usize; 2]]) -> String {
-    key("eval-steer", (base_eval_key(cfg), on, off))
-}
-
-/// The key of the trained model's evaluation.
-pub fn trained_eval_key(cfg: &Config) -> String {
-    key("eval-trained", (train_key(cfg), base_eval_key(cfg)))
-}
-
-/// How a job got a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It was finished in the job's own directory already.
-    Done,
-    /// The job did the work.
-    Ran,
-    /// Linked from the job that did it.
-    Linked,
-}
-
-impl Outcome {
-    /// Lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Done => "done",
-            Outcome::Ran => "ran",
-            Outcome::Linked => "linked",
-        }
-    }
-}
+use crate::Error;
+use crate::pipeline::{Hook, Outcome};
+use crate::run_dir::{RunDir, Stage};
 
 #[derive(Debug, Clone)]
 enum Slot {
@@ -171,31 +90,32 @@ pub enum ShareError<E> {
     Link(crate::run_dir::RunDirError),
 }
 
+/// The pipeline hook of a sweep's jobs: each stage through the [`Registry`], and a finished
+/// training's checkpoints dropped (the exported model is the result; a sweep of many jobs keeps
+/// no resume checkpoints, each holding the whole model in f32).
+#[derive(Debug)]
+pub struct Sharing<'a> {
+    /// The sweep's registry.
+    pub registry: &'a Registry,
+}
+
+impl Hook for Sharing<'_> {
+    fn around(&self, stage: &Stage, key: &str, dir: &RunDir, done: bool, work: &mut dyn FnMut() -> Result<(), Error>) -> Result<Outcome, Error> {
+        let outcome = self.registry.share(key, dir, done, |owner| owner.stage_files(stage), work).map_err(|e| match e {
+            ShareError::Work(e) => e,
+            ShareError::Failed(reason) => Error::Share(reason),
+            ShareError::Link(e) => e.into(),
+        })?;
+        if *stage == Stage::Train && outcome == Outcome::Ran {
+            dir.checkpoints().remove_all()?;
+        }
+        Ok(outcome)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_follow_exactly_the_settings_a_stage_reads() {
-        let a = Config::default();
-        let mut b = a.clone();
-        b.train.lr *= 2.0;
-        assert_eq!(analyze_key(&a), analyze_key(&b));
-        assert_ne!(train_key(&a), train_key(&b));
-        let mut c = a.clone();
-        c.seed = 7;
-        assert_eq!(analyze_key(&a), analyze_key(&c), "risk difference does not depend on the seed");
-        assert_ne!(train_key(&a), train_key(&c));
-        c.analysis.experts = ExpertSource::Random;
-        let mut d = c.clone();
-        d.seed = 8;
-        assert_ne!(analyze_key(&c), analyze_key(&d), "the random ablation does");
-        assert_eq!(collect_key(&c), collect_key(&d));
-        let mut e = a.clone();
-        e.eval.steer.clear();
-        assert_eq!(base_eval_key(&a), base_eval_key(&e));
-        assert_ne!(steer_eval_key(&a, &[[0, 1]], &[]), steer_eval_key(&a, &[], &[[0, 1]]));
-    }
 
     #[test]
     fn the_first_job_works_the_others_link() {

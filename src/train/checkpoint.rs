@@ -1,16 +1,14 @@
-//! Training checkpoints under `train/checkpoint/`: burn-train writes `model-{n}.mpk`,
-//! `optim-{n}.mpk` and `scheduler-{n}.mpk` after window `n`. Two rules keep them safe to resume
-//! from after a kill at any moment:
-//! - every file is written through [`AtomicMpkRecorder`]: to `*.mpk.tmp`, synced, then renamed, so
-//!   a `.mpk` file is always whole (burn's own recorder writes in place);
-//! - a window's checkpoint counts only when all three files exist ([`latest`]); a later, partial
-//!   one (a kill between its files) is ignored, and removed before training resumes.
+//! How training writes its checkpoints (burn-train writes window `n`'s model, optimizer and
+//! scheduler records after the window; the run directory's [`Checkpoints`] names them and picks
+//! the one to resume from). Every file is written through [`AtomicMpkRecorder`]: to `*.mpk.tmp`,
+//! synced, then renamed, so a `.mpk` file is never left half-written by a kill (burn's own
+//! recorder writes in place).
 //!
 //! burn-train hands each window's records to three checkpointer threads, which read the model's
 //! and the optimizer's tensors while the training thread goes on with the next window. burn-fusion
 //! 0.21 can lose a tensor's handle when tensors cross threads like that (`Should have handle for
-//! tensor`, burn issues #4347 and #4947, reworked after 0.21.0; `benches/gpu-2026-12-03/ddp-one-rank/`
-//! measured it on CUDA). So the recorder reports each record it has taken in to a [`Taken`], and
+//! tensor`, burn issues #4347 and #4947, reworked after 0.21.0;
+//! `benches/results/ddp-one-rank.jsonl` measured it on CUDA). So the recorder reports each record it has taken in to a [`Taken`], and
 //! the training thread waits on it right after each checkpoint ([`RecordsTaken`], the one hook
 //! burn-train calls there): no tensor is read on another thread while training runs, nor while
 //! the training thread drops the learner after the last window. The files themselves are written
@@ -28,8 +26,9 @@ use burn::train::metric::store::EventStoreClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The files of one window's checkpoint.
-pub const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
+use crate::run_dir::checkpoints::PARTS;
+#[cfg(doc)]
+use crate::run_dir::Checkpoints;
 
 /// How many records a run's recorder has taken in (their tensors read into host memory), for the
 /// training thread to wait on.
@@ -153,84 +152,9 @@ impl<S: PrecisionSettings, B: Backend> FileRecorder<B> for AtomicMpkRecorder<S> 
     }
 }
 
-/// Windows with at least one checkpoint file under `dir/checkpoint`, and whether each is whole.
-fn windows(dir: &Path) -> std::collections::BTreeMap<usize, Vec<&'static str>> {
-    let mut out: std::collections::BTreeMap<usize, Vec<&'static str>> = Default::default();
-    for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(stem) = name.strip_suffix(".mpk") else { continue };
-        let Some((part, n)) = stem.rsplit_once('-') else { continue };
-        if let (Some(part), Ok(n)) = (PARTS.iter().find(|p| **p == part), n.parse()) {
-            out.entry(n).or_default().push(part);
-        }
-    }
-    out
-}
-
-/// The latest window whose checkpoint is whole (all of [`PARTS`]).
-pub fn latest(dir: &Path) -> Option<usize> {
-    windows(dir).into_iter().filter(|(_, parts)| parts.len() == PARTS.len()).map(|(n, _)| n).max()
-}
-
-/// Remove every file of window `n`'s checkpoint.
-fn remove_window(dir: &Path, n: usize) {
-    for part in PARTS {
-        let _ = std::fs::remove_file(dir.join("checkpoint").join(format!("{part}-{n}.mpk")));
-    }
-}
-
-/// Remove what cannot be resumed from: partial checkpoints after the latest whole one, and
-/// leftover `*.tmp` files. Returns the windows removed.
-pub fn remove_partial(dir: &Path) -> Vec<usize> {
-    let whole = latest(dir).unwrap_or(0);
-    let partial: Vec<usize> = windows(dir).into_iter().filter(|(n, parts)| *n > whole && parts.len() < PARTS.len()).map(|(n, _)| n).collect();
-    for &n in &partial {
-        remove_window(dir, n);
-    }
-    for e in std::fs::read_dir(dir.join("checkpoint")).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    partial
-}
-
-/// Remove the checkpoints of windows `from` and later; how many windows had files.
-pub fn remove_from(dir: &Path, from: usize) -> usize {
-    let doomed: Vec<usize> = windows(dir).into_keys().filter(|&n| n >= from).collect();
-    for &n in &doomed {
-        remove_window(dir, n);
-    }
-    doomed.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn touch(dir: &Path, name: &str) {
-        std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
-        std::fs::write(dir.join("checkpoint").join(name), b"x").unwrap();
-    }
-
-    #[test]
-    fn only_whole_checkpoints_count_and_partial_ones_are_removed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
-        assert_eq!(latest(d), None);
-        for p in PARTS {
-            touch(d, &format!("{p}-1.mpk"));
-            touch(d, &format!("{p}-2.mpk"));
-        }
-        touch(d, "model-3.mpk");
-        touch(d, "optim-3.mpk.tmp");
-        assert_eq!(latest(d), Some(2), "window 3 lacks its optimizer and scheduler");
-        assert_eq!(remove_partial(d), vec![3]);
-        assert!(!d.join("checkpoint/model-3.mpk").exists() && !d.join("checkpoint/optim-3.mpk.tmp").exists());
-        assert_eq!(latest(d), Some(2));
-        assert_eq!(remove_from(d, 2), 1);
-        assert_eq!(latest(d), Some(1));
-    }
 
     #[test]
     fn the_recorder_round_trips_and_leaves_no_temporary_file() {

@@ -18,7 +18,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::analysis::select::ExpertId;
-use crate::config::Trainable;
+use super::config::Trainable;
 use crate::model::MoeLm;
 use crate::model::experts::in_dtype;
 

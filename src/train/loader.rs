@@ -33,7 +33,7 @@ use super::shard::{Rank, counted_tokens, loss_scale, shard};
 use crate::model::loss::Targets;
 use super::sft::SftGroup;
 use crate::analysis::select::ExpertId;
-use crate::config::MaskScope;
+use super::config::MaskScope;
 use crate::data::batch::Label;
 use crate::model::Routing;
 

@@ -7,10 +7,8 @@
 //! part is the template rendered with `add_generation_prompt`), on nothing when `"all"`.
 //! Examples longer than `max_len` keep their tail, so the answer survives.
 
-use std::path::Path;
-
-use crate::run_dir::records::read_batch_records;
-use crate::config::{LossOn, TrainConfig};
+use super::config::{LossOn, TrainConfig};
+use crate::run_dir::RunDir;
 use crate::data::batch::Label;
 use crate::data::{ChatTokenizer, DataError, Message};
 use crate::model::loss::IGNORE_INDEX;
@@ -77,12 +75,12 @@ pub fn encode_example(tokenizer: &ChatTokenizer, messages: &[Message], answer: &
     Ok((ids, labels))
 }
 
-/// Build the SFT groups of the analysed batches `batch_ids` of a collect run.
-pub fn build(run_dir: &Path, batch_ids: &[usize], tokenizer: &ChatTokenizer, cfg: &TrainConfig) -> Result<Vec<SftGroup>, super::TrainError> {
+/// Build the SFT groups of the analysed batches `batch_ids` of a collected run.
+pub fn build(dir: &RunDir, batch_ids: &[usize], tokenizer: &ChatTokenizer, cfg: &TrainConfig) -> Result<Vec<SftGroup>, super::TrainError> {
     let mut groups = Vec::with_capacity(batch_ids.len());
     for &b in batch_ids {
         let mut examples = Vec::new();
-        for r in read_batch_records(run_dir, b)?.into_iter().filter(|r| r.kept) {
+        for r in dir.batch_records(b).read()?.into_iter().filter(|r| r.kept) {
             let answer = match r.label {
                 Label::Safe => r.response.chars().take(cfg.answer_chars).collect::<String>(),
                 Label::Unsafe => cfg.refusals[(b + r.in_batch_idx) % cfg.refusals.len()].clone(),

@@ -21,7 +21,7 @@ use super::parallel;
 use super::shard::Rank;
 use burn::optim::GradientsParams;
 use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
-use crate::config::{Config, Consistency};
+use super::config::{Consistency, TrainConfig};
 use crate::model::experts::to_f32;
 use crate::model::{MoeLm, ModelConfig, LmInput};
 
@@ -37,9 +37,8 @@ pub struct LossSettings {
 }
 
 impl LossSettings {
-    /// The settings `cfg.train` asks for on a model of `model_cfg`.
-    pub fn new(cfg: &Config, model_cfg: &ModelConfig) -> Self {
-        let t = &cfg.train;
+    /// The settings `t` asks for on a model of `model_cfg`.
+    pub fn new(t: &TrainConfig, model_cfg: &ModelConfig) -> Self {
         Self {
             consistency: t.router_consistency,
             consistency_weight: t.consistency_weight,

@@ -8,29 +8,20 @@
 //! computed by burn-train's validation pass after every window, that is at every checkpoint.
 //! Groups mix plain and jailbreak prompts, `collect.batch_size` examples each.
 
-use crate::config::Config;
-use crate::data::attack::read_pairs;
-use crate::data::batch::Label;
-use crate::data::split::{SplitPart, split_ids};
-use crate::data::ChatTokenizer;
-
-use super::sft::{SftExample, SftGroup, encode_example};
+use super::TrainConfig;
 use super::TrainError;
+use super::sft::{SftExample, SftGroup, encode_example};
+use crate::data::batch::Label;
+use crate::data::split::SplitPart;
+use crate::data::{ChatTokenizer, DataConfig};
 
-/// The validation groups of `cfg` (empty when `train.valid_pairs` is 0 or there is no split).
-pub fn heldout_groups(cfg: &Config, tokenizer: &ChatTokenizer) -> Result<Vec<SftGroup>, TrainError> {
-    let t = &cfg.train;
-    let Some(split) = cfg.data.split.as_deref() else {
-        return Ok(Vec::new());
-    };
-    if t.valid_pairs == 0 {
+/// The validation groups of `t` on the held-out part of `data`, in groups of `group_size`
+/// examples (empty when `train.valid_pairs` is 0 or there is no split).
+pub fn heldout_groups(data: &DataConfig, t: &TrainConfig, tokenizer: &ChatTokenizer, group_size: usize) -> Result<Vec<SftGroup>, TrainError> {
+    if data.split.is_none() || t.valid_pairs == 0 {
         return Ok(Vec::new());
     }
-    let held = split_ids(split, &cfg.data.split_key, SplitPart::Heldout)?;
-    let pairs: Vec<_> = read_pairs(&cfg.data.path, &cfg.data.fields)?
-        .into_iter()
-        .filter(|p| held.contains(&p.record))
-        .collect();
+    let pairs = data.pairs(SplitPart::Heldout)?;
     let take = &pairs[pairs.len().saturating_sub(t.valid_pairs)..];
     let mut examples = Vec::with_capacity(2 * take.len());
     for p in take {
@@ -46,7 +37,7 @@ pub fn heldout_groups(cfg: &Config, tokenizer: &ChatTokenizer) -> Result<Vec<Sft
             });
         }
     }
-    let size = cfg.collect.batch_size.max(2);
+    let size = group_size.max(2);
     Ok(examples
         .chunks(size)
         .enumerate()

@@ -18,6 +18,30 @@ pub type TestBackend = burn::backend::Cuda;
 /// Autodiff on the test backend.
 pub type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
 
+/// The train stage of `cfg` in the analysed run `run` alone, through the pipeline (what
+/// `steermoe train` runs) on the test backend, with training's own knobs `opts`.
+pub fn train_stage(cfg: &steermoe::config::Config, run: &std::path::Path, opts: steermoe::train::TrainOptions) -> Result<steermoe::train::TrainSummary, steermoe::Error> {
+    use steermoe::pipeline::{self, Env, Event, Models, Resume};
+    let device = Default::default();
+    let models = Models::<TestAutodiffBackend>::default();
+    let env = Env { device: &device, models: &models, provenance: serde_json::json!({}), train: opts };
+    let summary = std::sync::Mutex::new(None);
+    let on_event = |e: Event| {
+        if let Event::Trained(s) = e {
+            *summary.lock().unwrap() = Some(*s);
+        }
+    };
+    pipeline::run(cfg, &steermoe::run_dir::RunDir::new(run), Some(steermoe::run_dir::Stage::Train), &env, &Resume, &on_event)?;
+    Ok(summary.into_inner().unwrap().expect("the train stage ran"))
+}
+
+/// What training reads from the analysed run `run` under `cfg` (no validation pairs).
+pub fn train_inputs(cfg: &steermoe::config::Config, run: &std::path::Path) -> steermoe::train::TrainInputs {
+    let tokenizer = cfg.model.tokenizer(&cfg.model.dir).unwrap();
+    let model_cfg = steermoe::model::ModelConfig::from_path(&cfg.model.dir).unwrap();
+    steermoe::train::TrainInputs::read(&steermoe::run_dir::RunDir::new(run), &cfg.train, &tokenizer, model_cfg, Vec::new()).unwrap()
+}
+
 /// Write `toml` to `root/exp.toml`, then `steermoe collect` and `steermoe analyze` it into
 /// `root/run`; returns (config path, run directory).
 pub fn collected_and_analysed(root: &std::path::Path, toml: &str) -> (PathBuf, PathBuf) {
@@ -88,6 +112,7 @@ dir = {:?}
 {model_lines}
 [data]
 path = {:?}
+heldout = false
 [collect]
 batch_size = 4
 max_batches = 2
@@ -99,12 +124,11 @@ top_k = 3
 epochs = 1
 lr = 1e-3
 [eval]
+variants = ["base", "steer-a1", "trained"]
 max_goals = 4
 max_benign = 2
 max_new_tokens = 4
 benign_path = {:?}
-[[eval.steer]]
-activate_safe = 1
 {tail}"#,
         model_dir,
         attack_data(),

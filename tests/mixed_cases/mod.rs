@@ -7,7 +7,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 use crate::common::{fixture, reference};
-use steermoe::config::Trainable;
+use steermoe::train::Trainable;
 use steermoe::model::loss::Targets;
 use steermoe::model::{self, MoeLm, Precision, Routing};
 use steermoe::train::freeze::freeze;

@@ -1,0 +1,142 @@
+//! Which settings shape which stage: each stage's fingerprint, the one answer that both
+//! `config.toml`'s reconciliation ([`crate::run_dir::RunDir::reconcile`]) and a sweep's sharing
+//! compare. A stage's inputs include everything its inputs depend on, so a change upstream
+//! changes every stage after it.
+
+use serde_json::{Value, json};
+
+use crate::analysis::{ExpertSource, TokenScope};
+use crate::config::Config;
+use crate::generate::Sampling;
+use crate::run_dir::{Stage, Variant};
+
+/// The stages a config runs, in order: collect, analyze, train, then each evaluation.
+pub fn stages(cfg: &Config) -> Vec<Stage> {
+    let mut out = vec![Stage::Collect, Stage::Analyze, Stage::Train];
+    out.extend(cfg.eval.variants.iter().map(|v| Stage::Eval(*v)));
+    out
+}
+
+/// Each stage of `cfg` with its fingerprint.
+pub fn fingerprints(cfg: &Config) -> Vec<(Stage, Value)> {
+    stages(cfg).into_iter().map(|s| (s, s.inputs(cfg))).collect()
+}
+
+fn sampling_seed(s: &Sampling, seed: u64) -> Option<u64> {
+    (!matches!(s, Sampling::Greedy)).then_some(seed)
+}
+
+/// `a` with `b`'s keys added (an object each).
+fn merged(mut a: Value, b: Value) -> Value {
+    if let (Value::Object(a), Value::Object(b)) = (&mut a, b) {
+        for (k, v) in b {
+            if !v.is_null() {
+                a.insert(k, v);
+            }
+        }
+    }
+    a
+}
+
+impl Stage {
+    /// The settings this stage's artifacts depend on, as the config spells them (so that a
+    /// changed setting is named by its dotted key). Where a run computes — `model.backend`,
+    /// `model.devices` — is not among them.
+    ///
+    /// - collect: the model (`dir`, `precision`, `enable_thinking`), `data`, `collect`, `judge`,
+    ///   and `seed` when sampling;
+    /// - analyze: collect's + `analysis` (+ `seed` for the random ablation);
+    /// - train: analyze's + `train` (+ `seed` when batches are shuffled);
+    /// - the base model's evaluation: the model, `data`, `judge`, `eval` (less its list of
+    ///   variants), and `seed` when sampling;
+    /// - a steered one: the base evaluation's + the steering setting + what the ranking it steers
+    ///   by depends on (collect's, the token scope and the expert source: not the thresholds or
+    ///   `top_k`, which do not change the ranking);
+    /// - the trained model's: train's + the base evaluation's.
+    pub fn inputs(&self, cfg: &Config) -> Value {
+        let model = json!({"dir": cfg.model.dir, "precision": cfg.model.precision, "enable_thinking": cfg.model.enable_thinking});
+        let collect = json!({
+            "model": model,
+            "data": cfg.data,
+            "collect": cfg.collect,
+            "judge": cfg.judge,
+            "seed": sampling_seed(&cfg.collect.sampling, cfg.seed),
+        });
+        let random = cfg.analysis.experts == ExpertSource::Random;
+        let analyze = || merged(collect.clone(), json!({"analysis": cfg.analysis, "seed": random.then_some(cfg.seed)}));
+        let train = || merged(analyze(), json!({"train": cfg.train, "seed": cfg.train.shuffle_batches.then_some(cfg.seed)}));
+        let base_eval = || {
+            let mut eval = serde_json::to_value(&cfg.eval).expect("eval settings serialise");
+            if let Value::Object(m) = &mut eval {
+                m.remove("variants");
+            }
+            json!({"model": model, "data": cfg.data, "judge": cfg.judge, "eval": eval, "seed": sampling_seed(&cfg.eval.sampling, cfg.seed)})
+        };
+        match self {
+            Stage::Collect => collect.clone(),
+            Stage::Analyze => analyze(),
+            Stage::Train => train(),
+            Stage::Eval(Variant::Base) => base_eval(),
+            Stage::Eval(Variant::Steered(s)) => {
+                let a = &cfg.analysis;
+                let ranking = json!({
+                    "token_scope": a.token_scope,
+                    "first_n": (a.token_scope == TokenScope::GenerationFirstN).then_some(a.first_n),
+                    "experts": a.experts,
+                });
+                let steer = json!({"activate_safe": s.activate_safe, "deactivate_unsafe": s.deactivate_unsafe});
+                merged(merged(base_eval(), collect.clone()), json!({"analysis": ranking, "steer": steer, "seed": random.then_some(cfg.seed)}))
+            }
+            Stage::Eval(Variant::Trained) => merged(base_eval(), train()),
+        }
+    }
+
+    /// A short stable key of [`Stage::inputs`]: the stage's name and a hash (FNV-1a, 64 bits)
+    /// of its fingerprint; what a sweep shares a stage by.
+    pub fn key(&self, cfg: &Config) -> String {
+        let text = serde_json::to_string(&self.inputs(cfg)).expect("fingerprints serialise");
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{}-{h:016x}", self.name().replace('/', "-"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_dir::SteerSetting;
+
+    #[test]
+    fn keys_follow_exactly_the_settings_a_stage_reads() {
+        let a = Config::default();
+        let steer = Stage::Eval(Variant::Steered(SteerSetting { activate_safe: 5, deactivate_unsafe: 0 }));
+        let mut b = a.clone();
+        b.train.lr *= 2.0;
+        assert_eq!(Stage::Analyze.key(&a), Stage::Analyze.key(&b));
+        assert_ne!(Stage::Train.key(&a), Stage::Train.key(&b));
+        assert_ne!(Stage::Eval(Variant::Trained).key(&a), Stage::Eval(Variant::Trained).key(&b));
+        assert_eq!(Stage::Eval(Variant::Base).key(&a), Stage::Eval(Variant::Base).key(&b));
+        let mut c = a.clone();
+        c.seed = 7;
+        assert_eq!(Stage::Collect.key(&a), Stage::Collect.key(&c), "greedy collection does not depend on the seed");
+        assert_eq!(Stage::Analyze.key(&a), Stage::Analyze.key(&c), "risk difference does not depend on the seed");
+        assert_ne!(Stage::Train.key(&a), Stage::Train.key(&c), "shuffled batches do");
+        c.analysis.experts = ExpertSource::Random;
+        let mut d = c.clone();
+        d.seed = 8;
+        assert_ne!(Stage::Analyze.key(&c), Stage::Analyze.key(&d), "the random ablation does");
+        assert_eq!(Stage::Collect.key(&c), Stage::Collect.key(&d));
+        let mut e = a.clone();
+        e.analysis.top_k += 3;
+        assert_ne!(Stage::Analyze.key(&a), Stage::Analyze.key(&e));
+        assert_eq!(steer.key(&a), steer.key(&e), "top_k does not change the ranking steering takes");
+        e.model.backend = crate::backend::BackendKind::Wgpu;
+        e.model.devices = vec![1];
+        assert_eq!(Stage::Collect.key(&a), Stage::Collect.key(&e), "where a run computes is not what it computes");
+        let changed = crate::run_dir::changed_keys(&Stage::Train.inputs(&a), &Stage::Train.inputs(&b));
+        assert_eq!(changed, vec!["train.lr".to_string()]);
+    }
+}

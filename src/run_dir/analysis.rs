@@ -1,0 +1,116 @@
+//! The analyze stage's artifacts: `unsafe_experts.json` ([`UnsafeExperts`]) and the rows of
+//! `risk_diff.csv` / `risk_diff_aggregated.csv` ([`RiskCsvRow`]). Analysis writes them; training,
+//! steering and the sweep's report read them, through [`super::RunDir`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ExpertId;
+
+/// `unsafe_experts.json`: what `analyze` chose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnsafeExperts {
+    /// Batch index of each entry of `per_batch`.
+    pub batch_idx: Vec<usize>,
+    /// Each analysed batch's unsafe experts, riskiest first.
+    pub per_batch: Vec<Vec<ExpertId>>,
+    /// Unsafe experts of the aggregate, riskiest first.
+    pub global: Vec<ExpertId>,
+    /// Union of the per-batch sets, in (layer, expert) order.
+    pub union: Vec<ExpertId>,
+    /// Every expert by aggregated risk difference, riskiest first (the random ablation: a random
+    /// order): steering takes its sets from the two ends.
+    pub ranking: Vec<ExpertId>,
+    /// The settings used.
+    pub params: SelectionParams,
+}
+
+impl UnsafeExperts {
+    /// Check that every expert named is one of a model of `layers × experts`, and that the
+    /// ranking ranks each of them once: a file from another model, or edited by hand, must not
+    /// reach training or steering.
+    pub fn check_shape(&self, layers: usize, experts: usize) -> Result<(), String> {
+        let lists = self.per_batch.iter().chain([&self.global, &self.union, &self.ranking]);
+        if let Some(&[l, e]) = lists.flatten().find(|&&[l, e]| l >= layers || e >= experts) {
+            return Err(format!("names expert [{l}, {e}], but the model has {layers} MoE layers × {experts} experts"));
+        }
+        let mut ranked = self.ranking.clone();
+        ranked.sort_unstable();
+        ranked.dedup();
+        if self.ranking.len() != layers * experts || ranked.len() != self.ranking.len() {
+            return Err(format!("its ranking does not rank each of the model's {layers} × {experts} experts once"));
+        }
+        if self.batch_idx.len() != self.per_batch.len() {
+            return Err(format!("{} batch indices for {} per-batch sets", self.batch_idx.len(), self.per_batch.len()));
+        }
+        Ok(())
+    }
+}
+
+/// Selection settings recorded with the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionParams {
+    /// Per-batch threshold on `risk_diff`.
+    pub batch_threshold: f64,
+    /// Threshold on the aggregated `risk_diff`.
+    pub global_threshold: f64,
+    /// Experts kept per batch and globally.
+    pub top_k: usize,
+    /// Which tokens were counted.
+    pub token_scope: String,
+    /// `risk_diff` or `random` (the matched ablation).
+    pub experts: String,
+    /// Seed of the random ablation (`None` for the risk difference).
+    pub seed: Option<u64>,
+}
+
+/// A row of `risk_diff.csv` (`batch_idx` set) or `risk_diff_aggregated.csv` (`risk_diff_abs`
+/// set); the csv crate writes a missing column as an empty field, so each file leaves its other
+/// column out entirely.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RiskCsvRow {
+    /// The batch (per-batch table only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_idx: Option<usize>,
+    /// MoE layer.
+    pub layer: usize,
+    /// Expert.
+    pub expert: usize,
+    /// Safe tokens that chose the expert.
+    pub a_safe: u64,
+    /// Safe tokens that did not.
+    pub d_safe: u64,
+    /// Unsafe tokens that chose the expert.
+    pub a_unsafe: u64,
+    /// Unsafe tokens that did not.
+    pub d_unsafe: u64,
+    /// Activation rate on safe tokens.
+    pub a_safe_n: f64,
+    /// Activation rate on unsafe tokens.
+    pub a_unsafe_n: f64,
+    /// `a_unsafe_n - a_safe_n`.
+    pub risk_diff: f64,
+    /// `|risk_diff|` (aggregated table only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_diff_abs: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn experts_beyond_the_model_are_named() {
+        let u = UnsafeExperts {
+            batch_idx: vec![0],
+            per_batch: vec![vec![[0, 1]]],
+            global: vec![[1, 3]],
+            union: vec![[0, 1]],
+            ranking: vec![[0, 0], [0, 1], [1, 0], [1, 1]],
+            params: SelectionParams { batch_threshold: 0.0, global_threshold: 0.0, top_k: 1, token_scope: "prompt".into(), experts: "risk_diff".into(), seed: None },
+        };
+        assert!(u.check_shape(2, 2).unwrap_err().contains("[1, 3]"));
+        let ok = UnsafeExperts { global: vec![[1, 1]], ..u };
+        ok.check_shape(2, 2).unwrap();
+        assert!(ok.check_shape(2, 3).unwrap_err().contains("ranking"));
+    }
+}

@@ -1,0 +1,168 @@
+//! The eval stage's artifacts, in `eval/<variant>/` of a run directory or any folder
+//! `steermoe eval --out` names: `eval.json` ([`EvalReport`], written last: it marks the
+//! evaluation finished) and `responses.jsonl` ([`ResponseRecord`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::files::{JsonFile, JsonLines};
+use super::{DirLock, RunDirError};
+use crate::model::ExpertId;
+
+/// How many answers of a set the judge counted (refused, or complied for jailbreaks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// Prompts answered.
+    pub n: usize,
+    /// Answers counted.
+    pub hits: usize,
+}
+
+impl Count {
+    /// `hits / n`, `None` for an empty set.
+    pub fn rate(self) -> Option<f64> {
+        (self.n > 0).then(|| self.hits as f64 / self.n as f64)
+    }
+}
+
+/// The reference answers' negative log-likelihood.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NllCount {
+    /// Answers scored.
+    pub answers: usize,
+    /// Answer tokens scored.
+    pub tokens: usize,
+    /// Sum of their NLLs (nats).
+    pub total: f64,
+}
+
+/// What one evaluation measured (`eval.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The model directory evaluated.
+    pub model: String,
+    /// Experts forced into every token's top-k by steering, `(layer, expert)` (empty: none).
+    #[serde(default)]
+    pub activated_experts: Vec<ExpertId>,
+    /// Experts forced out of every token's top-k by steering.
+    #[serde(default)]
+    pub deactivated_experts: Vec<ExpertId>,
+    /// Whether the prompts are a split's held-out part.
+    pub heldout: bool,
+    /// Attack success rate: share of jailbreaks answered without a refusal.
+    pub asr: Option<f64>,
+    /// Share of plain harmful goals refused.
+    pub plain_refusal_rate: Option<f64>,
+    /// Share of benign instructions refused.
+    pub benign_refusal_rate: Option<f64>,
+    /// Mean per-token NLL of the benign reference answers (nats).
+    pub benign_answer_nll: Option<f64>,
+    /// Jailbreaks: `hits` = complied.
+    pub jailbreak: Count,
+    /// Plain goals: `hits` = refused.
+    pub plain: Count,
+    /// Benign instructions: `hits` = refused.
+    pub benign: Count,
+    /// Behind `benign_answer_nll`.
+    pub nll: NllCount,
+    /// New tokens per answer.
+    pub max_new_tokens: usize,
+    /// Tokens generated in all.
+    pub generated_tokens: usize,
+}
+
+impl EvalReport {
+    /// Fill the rates from the counts.
+    pub fn with_rates(mut self) -> Self {
+        self.asr = self.jailbreak.rate();
+        self.plain_refusal_rate = self.plain.rate();
+        self.benign_refusal_rate = self.benign.rate();
+        self.benign_answer_nll = (self.nll.tokens > 0).then(|| self.nll.total / self.nll.tokens as f64);
+        self
+    }
+}
+
+/// One answer (a line of `responses.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    /// `plain`, `jailbreak` or `benign`.
+    pub set: String,
+    /// Record index in the set's file.
+    pub record: usize,
+    /// Prompt tokens fed (after truncation).
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// The answer.
+    pub text: String,
+    /// The judge's verdict.
+    pub refused: bool,
+}
+
+/// The folder of one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalDir {
+    root: PathBuf,
+}
+
+impl EvalDir {
+    /// The evaluation folder at `root` (nothing is created): a run directory's `eval/<variant>`
+    /// or the folder `steermoe eval --out` names.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// `eval.json`.
+    pub fn report(&self) -> JsonFile<EvalReport> {
+        JsonFile::at(self.root.join("eval.json"))
+    }
+
+    /// `responses.jsonl`.
+    pub fn responses(&self) -> JsonLines<ResponseRecord> {
+        JsonLines::at(self.root.join("responses.jsonl"))
+    }
+
+    /// Whether the evaluation is finished: both files there and read back.
+    pub fn is_done(&self) -> bool {
+        self.report().reads_back() && self.responses().reads_back()
+    }
+
+    /// Write the answers, then the report (last: its presence means the evaluation is whole).
+    pub fn write(&self, report: &EvalReport, responses: &[ResponseRecord]) -> Result<(), RunDirError> {
+        self.responses().write(responses)?;
+        self.report().write(report)
+    }
+
+    /// Hold the folder for this process (created if missing): a second evaluation into it fails
+    /// at once, naming the holder.
+    pub fn lock(&self) -> Result<DirLock, RunDirError> {
+        super::lock(&self.root)
+    }
+
+    /// The finished evaluations in the subfolders of `dir` (e.g. a run's `eval/`), named by
+    /// subfolder: base first, then steering settings, then the trained model, then the rest by
+    /// name.
+    pub fn reports_in(dir: &Path) -> Vec<(String, EvalReport)> {
+        let mut found: Vec<(String, EvalReport)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| Some((e.file_name().to_str()?.to_string(), EvalDir::at(e.path()).report().read().ok()?)))
+            .collect();
+        let rank = |name: &str| match name {
+            "base" => 0,
+            n if n.starts_with("steer") => 1,
+            "trained" => 2,
+            _ => 3,
+        };
+        found.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+        found
+    }
+}
