@@ -1,11 +1,19 @@
 //! Records the git commit the binary is built from (`STEERMOE_GIT_REVISION`), so that a run
-//! directory says which code made it; "unknown" outside a git checkout.
+//! directory says which code made it: the variable itself when the build environment sets it (a
+//! copy of the tree without `.git`, as CI builds), else `git rev-parse HEAD`, else "unknown".
 
 use std::process::Command;
 
 fn main() {
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         println!("cargo:rerun-if-changed={path}");
+    }
+    println!("cargo:rerun-if-env-changed=STEERMOE_GIT_REVISION");
+    if let Ok(revision) = std::env::var("STEERMOE_GIT_REVISION").map(|r| r.trim().to_string())
+        && !revision.is_empty()
+    {
+        println!("cargo:rustc-env=STEERMOE_GIT_REVISION={revision}");
+        return;
     }
     let revision = Command::new("git")
         .args(["rev-parse", "HEAD"])
