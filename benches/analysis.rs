@@ -25,12 +25,17 @@ fn routing(rng: &mut ChaCha8Rng, tokens: usize) -> RouterLogits {
         layers: LAYERS,
         tokens,
         experts: EXPERTS,
-        values: (0..LAYERS * tokens * EXPERTS).map(|_| f16::from_f32(rng.random::<f32>() * 8.0 - 4.0)).collect(),
+        values: (0..LAYERS * tokens * EXPERTS)
+            .map(|_| f16::from_f32(rng.random::<f32>() * 8.0 - 4.0))
+            .collect(),
     }
 }
 
 fn analysis(c: &mut Criterion) {
-    let generated: usize = std::env::var("TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    let generated: usize = std::env::var("TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let batch: Vec<SampleRouting> = (0..16)
         .map(|i| SampleRouting {
@@ -48,12 +53,16 @@ fn analysis(c: &mut Criterion) {
         (TokenScope::All, PROMPT_TOKENS + generated),
     ] {
         group.throughput(Throughput::Elements((16 * tokens) as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(format!("{scope:?}").to_lowercase()), &scope, |b, &scope| {
-            b.iter(|| {
-                let (safe, uns) = count_batch(&batch, scope, 0, LAYERS, EXPERTS, TOP_K);
-                risk_table(&safe, &uns, EXPERTS)
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{scope:?}").to_lowercase()),
+            &scope,
+            |b, &scope| {
+                b.iter(|| {
+                    let (safe, uns) = count_batch(&batch, scope, 0, LAYERS, EXPERTS, TOP_K);
+                    risk_table(&safe, &uns, EXPERTS)
+                })
+            },
+        );
     }
     group.finish();
 }

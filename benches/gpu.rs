@@ -32,19 +32,21 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, DType, Distribution, ElementConversion, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{
+    Bool, DType, Distribution, ElementConversion, FloatDType, Int, Tensor, TensorData,
+};
 use clap::Parser;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use steermoe::backend::{self, BackendKind, Task};
 use steermoe::generate::{GenerateOptions, Sampling, generate};
-use steermoe::model::{self, ExpertExecution, MoeLm, ModelConfig, LmInput, Precision, Routing};
-use steermoe::train::freeze::freeze;
-use steermoe::train::{TrainConfig, TrainContext, TrainEvent, TrainOptions, Trainable};
-use steermoe::train::loader::SftBatch;
 use steermoe::model::loss::{Targets, causal_lm_loss};
+use steermoe::model::{self, ExpertExecution, LmInput, ModelConfig, MoeLm, Precision, Routing};
+use steermoe::train::freeze::freeze;
+use steermoe::train::loader::SftBatch;
 use steermoe::train::step::{LossSettings, sft_loss};
+use steermoe::train::{TrainConfig, TrainContext, TrainEvent, TrainOptions, Trainable};
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
@@ -136,7 +138,8 @@ fn layers(a: &Args) -> usize {
 fn config(a: &Args, layers: Option<usize>) -> ModelConfig {
     if let Some(path) = &a.model_config {
         let text = std::fs::read_to_string(path).expect("read --model-config");
-        let mut raw: serde_json::Value = serde_json::from_str(&text).expect("--model-config is JSON");
+        let mut raw: serde_json::Value =
+            serde_json::from_str(&text).expect("--model-config is JSON");
         if let Some(l) = layers {
             raw["num_hidden_layers"] = json!(l);
         }
@@ -152,13 +155,18 @@ fn config(a: &Args, layers: Option<usize>) -> ModelConfig {
         "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": false,
         "router_aux_loss_coef": 0.01, "eos_token_id": 50279, "pad_token_id": 1, "torch_dtype": "bfloat16",
     });
-    ModelConfig::from_json_str(&raw.to_string(), std::path::Path::new("<bench>")).expect("bench config")
+    ModelConfig::from_json_str(&raw.to_string(), std::path::Path::new("<bench>"))
+        .expect("bench config")
 }
 
 /// FLOPs of one token through the active parameters (as `hf_anchor.py` counts them: attention
 /// projections, the k chosen experts and the router of MoE layers, dense MLPs, embedding and head).
 fn active_params(cfg: &ModelConfig) -> f64 {
-    let (h, i, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
+    let (h, i, v) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.vocab_size as f64,
+    );
     let (q, kv) = (cfg.q_dim() as f64, cfg.kv_dim() as f64);
     let k = cfg.num_experts_per_tok as f64;
     let moe = cfg.num_moe_layers() as f64;
@@ -238,8 +246,10 @@ fn gemm<B: Backend>(a: &Args, device: &B::Device) {
         sync::<B>(device);
         let s = t.elapsed().as_secs_f64() / iters as f64;
         let tflops = 2.0 * (m * k * n) as f64 / s / 1e12;
-        emit(json!({"what": "gemm", "impl": "steermoe", "shape": name, "m": m, "k": k, "n": n,
-            "dtype": format!("{dtype:?}"), "us": (s * 1e6 * 10.0).round() / 10.0, "tflops": (tflops * 10.0).round() / 10.0}));
+        emit(
+            json!({"what": "gemm", "impl": "steermoe", "shape": name, "m": m, "k": k, "n": n,
+            "dtype": format!("{dtype:?}"), "us": (s * 1e6 * 10.0).round() / 10.0, "tflops": (tflops * 10.0).round() / 10.0}),
+        );
     }
 }
 
@@ -247,7 +257,9 @@ fn gemm<B: Backend>(a: &Args, device: &B::Device) {
 fn trainable_experts(cfg: &ModelConfig, n: usize) -> Vec<[usize; 2]> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let experts = cfg.num_experts;
-    let mut all: Vec<[usize; 2]> = (0..cfg.num_moe_layers()).flat_map(|l| (0..experts).map(move |e| [l, e])).collect();
+    let mut all: Vec<[usize; 2]> = (0..cfg.num_moe_layers())
+        .flat_map(|l| (0..experts).map(move |e| [l, e]))
+        .collect();
     for i in 0..all.len() {
         let j = rng.random_range(i..all.len());
         all.swap(i, j);
@@ -256,13 +268,22 @@ fn trainable_experts(cfg: &ModelConfig, n: usize) -> Vec<[usize; 2]> {
     all
 }
 
-fn lm_batch<B: Backend>(ids: Vec<i64>, batch: usize, seq: usize, routing: Routing<B>, device: &B::Device) -> SftBatch<B> {
+fn lm_batch<B: Backend>(
+    ids: Vec<i64>,
+    batch: usize,
+    seq: usize,
+    routing: Routing<B>,
+    device: &B::Device,
+) -> SftBatch<B> {
     let targets = Targets::from_labels(&ids, batch, seq, device);
     SftBatch {
         input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device),
         tokens: targets.len(),
         targets,
-        attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; batch * seq], [batch, seq]), device),
+        attention_mask: Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(vec![true; batch * seq], [batch, seq]),
+            device,
+        ),
         batch_idx: 0,
         is_unsafe: vec![false; batch],
         routing,
@@ -279,12 +300,23 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let cfg = config(a, Some(layers(a)));
     let t0 = Instant::now();
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
-    let mut model = freeze(model, &trainable_experts(&cfg, a.trainable), Trainable::UnsafeExperts, FloatDType::F32);
+    let mut model = freeze(
+        model,
+        &trainable_experts(&cfg, a.trainable),
+        Trainable::UnsafeExperts,
+        FloatDType::F32,
+    );
     sync::<B>(device);
     let init_s = t0.elapsed().as_secs_f64();
     let mut optim = AdamWConfig::new().init::<B, MoeLm<B>>();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let batch = lm_batch::<B>(random_ids(&mut rng, a.batch * a.seq), a.batch, a.seq, routing(a), device);
+    let batch = lm_batch::<B>(
+        random_ids(&mut rng, a.batch * a.seq),
+        a.batch,
+        a.seq,
+        routing(a),
+        device,
+    );
     let mut times = Vec::new();
     let mut losses = Vec::new();
     // With --phases: the device is synchronised after the forward pass and after the backward
@@ -317,19 +349,29 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         }
         times.push(t.elapsed().as_secs_f64());
         cublas.push(cublas_stats());
-        eprintln!("train step {}/{}: {:.3} s, loss {:.4}", times.len(), a.steps, times[times.len() - 1], losses[losses.len() - 1]);
+        eprintln!(
+            "train step {}/{}: {:.3} s, loss {:.4}",
+            times.len(),
+            a.steps,
+            times[times.len() - 1],
+            losses[losses.len() - 1]
+        );
     }
     Profile::finish(profile, a, "train");
     if a.phases {
-        emit(json!({"what": "train_phases", "execution": a.execution, "forward_backward_optimizer_s": phases}));
+        emit(
+            json!({"what": "train_phases", "execution": a.execution, "forward_backward_optimizer_s": phases}),
+        );
     }
     let median = median_after(&times, a.warmup_steps);
     let tok = (a.batch * a.seq) as f64 / median;
-    emit(json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": cfg.arch.model_type(),
+    emit(
+        json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": cfg.arch.model_type(),
         "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]), "warmup_steps": a.warmup_steps, "step_s": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
         "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
         "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>(), "cublas_last_step": cublas.last(),
-        "cublas": std::env::var("STEERMOE_CUBLAS").map_or("on".to_string(), |v| if v == "0" { "off".into() } else { v })}));
+        "cublas": std::env::var("STEERMOE_CUBLAS").map_or("on".to_string(), |v| if v == "0" { "off".into() } else { v })}),
+    );
 }
 
 /// Training as `steermoe train` runs it: burn-train's Learner, the batch-preserving loader with
@@ -339,29 +381,55 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
 /// added), the median after `--warmup-steps`.
 fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     let model_cfg = config(a, Some(layers(a)));
-    let train_cfg = TrainConfig { valid_pairs: 0, shuffle_batches: false, ..TrainConfig::default() };
-    let ctx = TrainContext { cfg: &train_cfg, seed: 0, devices: &a.devices, base_model: std::path::Path::new("<random weights>") };
+    let train_cfg = TrainConfig {
+        valid_pairs: 0,
+        shuffle_batches: false,
+        ..TrainConfig::default()
+    };
+    let ctx = TrainContext {
+        cfg: &train_cfg,
+        seed: 0,
+        devices: &a.devices,
+        base_model: std::path::Path::new("<random weights>"),
+    };
     let tmp = tempfile::tempdir().expect("a temporary run directory");
     let dir = steermoe::run_dir::RunDir::new(tmp.path());
-    let inputs = steermoe::train::synthetic::inputs(&model_cfg, trainable_experts(&model_cfg, a.trainable), a.steps, a.batch, a.seq, 1);
+    let inputs = steermoe::train::synthetic::inputs(
+        &model_cfg,
+        trainable_experts(&model_cfg, a.trainable),
+        a.steps,
+        a.batch,
+        a.seq,
+        1,
+    );
     let t0 = Instant::now();
-    let load = || Ok(model::random::<B>(&model_cfg, device, a.precision).with_execution(a.execution));
-    let opts = TrainOptions { measure_only: true, parallel_on_one_device: a.ddp_one_rank, ..Default::default() };
+    let load =
+        || Ok(model::random::<B>(&model_cfg, device, a.precision).with_execution(a.execution));
+    let opts = TrainOptions {
+        measure_only: true,
+        parallel_on_one_device: a.ddp_one_rank,
+        ..Default::default()
+    };
     let summary = steermoe::train::train::<B>(&ctx, &dir, inputs, load, device, &opts, |e| {
         if let TrainEvent::Step(r) = e {
-            eprintln!("learner step {}/{}: {:.0} tokens/s, loss {:.4}", r.step, a.steps, r.tokens_per_s, r.loss);
+            eprintln!(
+                "learner step {}/{}: {:.0} tokens/s, loss {:.4}",
+                r.step, a.steps, r.tokens_per_s, r.loss
+            );
         }
     })
     .expect("training");
     let wall_s = t0.elapsed().as_secs_f64();
     let tps: Vec<f64> = summary.steps.iter().map(|r| r.tokens_per_s).collect();
     let median = median_after(&tps, a.warmup_steps);
-    emit(json!({"what": "learner_train", "impl": "steermoe", "devices": a.devices, "ddp": a.devices.len() > 1 || a.ddp_one_rank,
+    emit(
+        json!({"what": "learner_train", "impl": "steermoe", "devices": a.devices, "ddp": a.devices.len() > 1 || a.ddp_one_rank,
         "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": model_cfg.arch.model_type(),
         "trainable_experts": a.trainable, "mask_scope": train_cfg.mask_scope, "steps": tps.len(), "warmup_steps": a.warmup_steps,
         "tokens_per_s_each": tps.iter().map(|t| t.round()).collect::<Vec<_>>(), "median_tokens_per_s": median.round(),
         "mfu_vs_800T_per_device": round3(6.0 * active_params(&model_cfg) * median / 800e12 / a.devices.len() as f64),
-        "losses": summary.steps.iter().map(|r| round3(r.loss)).collect::<Vec<_>>(), "wall_s": round3(wall_s)}));
+        "losses": summary.steps.iter().map(|r| round3(r.loss)).collect::<Vec<_>>(), "wall_s": round3(wall_s)}),
+    );
 }
 
 /// Greedy generation with router capture, run twice (the first compiles kernels).
@@ -370,7 +438,12 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let prompts: Vec<Vec<u32>> = (0..16)
-        .map(|_| random_ids(&mut rng, a.prompt).into_iter().map(|t| t as u32).collect())
+        .map(|_| {
+            random_ids(&mut rng, a.prompt)
+                .into_iter()
+                .map(|t| t as u32)
+                .collect()
+        })
         .collect();
     let opts = GenerateOptions {
         max_new_tokens: a.new_tokens,
@@ -387,10 +460,16 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
         let s = t.elapsed().as_secs_f64();
         Profile::finish(profile, a, "generate");
         let new: usize = out.iter().map(|g| g.new_ids.len()).sum();
-        let captured = out.iter().all(|g| g.gen_routing.as_ref().is_some_and(|r| r.tokens == g.new_ids.len()));
-        emit(json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": 16,
+        let captured = out.iter().all(|g| {
+            g.gen_routing
+                .as_ref()
+                .is_some_and(|r| r.tokens == g.new_ids.len())
+        });
+        emit(
+            json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": 16,
             "prompt": a.prompt, "new": a.new_tokens, "execution": a.execution, "layers": layers(a), "seconds": round3(s),
-            "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}));
+            "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}),
+        );
     }
 }
 
@@ -408,22 +487,54 @@ fn check<B: AutodiffBackend>(a: &Args, dir: &std::path::Path, device: &B::Device
     let loss = causal_lm_loss(out.logits.clone(), input);
     let grads = loss.backward();
     let mut tensors = vec![
-        ("input_ids".to_string(), TensorData::new(ids.iter().map(|&i| i as f32).collect::<Vec<_>>(), [batch, seq])),
-        ("logits".to_string(), out.logits.cast(DType::F32).into_data()),
-        ("router_logits".to_string(), out.router_logits.expect("captured").cast(DType::F32).into_data()),
-        ("loss".to_string(), loss.clone().cast(DType::F32).into_data()),
+        (
+            "input_ids".to_string(),
+            TensorData::new(
+                ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
+                [batch, seq],
+            ),
+        ),
+        (
+            "logits".to_string(),
+            out.logits.cast(DType::F32).into_data(),
+        ),
+        (
+            "router_logits".to_string(),
+            out.router_logits
+                .expect("captured")
+                .cast(DType::F32)
+                .into_data(),
+        ),
+        (
+            "loss".to_string(),
+            loss.clone().cast(DType::F32).into_data(),
+        ),
     ];
     for &[l, e] in &experts {
         let ex = &model.moe_block(l).experts[e];
-        for (proj, lin) in [("gate_proj", &ex.gate_proj), ("up_proj", &ex.up_proj), ("down_proj", &ex.down_proj)] {
-            let g = lin.weight.val().grad(&grads).expect("trainable expert has a gradient");
+        for (proj, lin) in [
+            ("gate_proj", &ex.gate_proj),
+            ("up_proj", &ex.up_proj),
+            ("down_proj", &ex.down_proj),
+        ] {
+            let g = lin
+                .weight
+                .val()
+                .grad(&grads)
+                .expect("trainable expert has a gradient");
             // Hub orientation [out, in].
-            tensors.push((format!("grad.{l}.{e}.{proj}"), g.transpose().cast(DType::F32).into_data()));
+            tensors.push((
+                format!("grad.{l}.{e}.{proj}"),
+                g.transpose().cast(DType::F32).into_data(),
+            ));
         }
     }
-    steermoe::inspect::write_f32(&dir.join("steermoe.safetensors"), tensors).expect("write the check file");
-    emit(json!({"what": "check_written", "dir": dir, "layers": a.check_layers, "loss": loss.into_scalar().elem::<f64>(),
-        "experts": experts}));
+    steermoe::inspect::write_f32(&dir.join("steermoe.safetensors"), tensors)
+        .expect("write the check file");
+    emit(
+        json!({"what": "check_written", "dir": dir, "layers": a.check_layers, "loss": loss.into_scalar().elem::<f64>(),
+        "experts": experts}),
+    );
 }
 
 /// A CPU profile of the whole process (every thread), with `--cpu-profile` and `--features profile`.
@@ -459,14 +570,26 @@ impl Profile {
             let mut folded = String::new();
             let mut samples = 0;
             for (frames, count) in &report.data {
-                let stack: Vec<String> = frames.frames.iter().rev().flat_map(|f| f.iter().rev().map(|s| s.name().replace(';', ":"))).collect();
-                let _ = writeln!(folded, "{};{} {count}", frames.thread_name_or_id(), stack.join(";"));
+                let stack: Vec<String> = frames
+                    .frames
+                    .iter()
+                    .rev()
+                    .flat_map(|f| f.iter().rev().map(|s| s.name().replace(';', ":")))
+                    .collect();
+                let _ = writeln!(
+                    folded,
+                    "{};{} {count}",
+                    frames.thread_name_or_id(),
+                    stack.join(";")
+                );
                 samples += count;
             }
             std::fs::create_dir_all(dir).expect("create the profile folder");
             let path = dir.join(format!("{name}.folded"));
             std::fs::write(&path, folded).expect("write the CPU profile");
-            emit(json!({"what": "cpu_profile", "of": name, "samples": samples, "seconds": round3(report.timing.duration.as_secs_f64()), "file": path}));
+            emit(
+                json!({"what": "cpu_profile", "of": name, "samples": samples, "seconds": round3(report.timing.duration.as_secs_f64()), "file": path}),
+            );
         }
     }
 }
@@ -488,7 +611,9 @@ fn round3(x: f64) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    emit(json!({"what": "setup", "impl": "steermoe", "backend": args.backend.to_string(),
-        "precision": format!("{:?}", args.precision), "version": env!("CARGO_PKG_VERSION")}));
+    emit(
+        json!({"what": "setup", "impl": "steermoe", "backend": args.backend.to_string(),
+        "precision": format!("{:?}", args.precision), "version": env!("CARGO_PKG_VERSION")}),
+    );
     backend::run(args.backend, Bench(args.clone())).expect("backend compiled in");
 }

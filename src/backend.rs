@@ -10,7 +10,9 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 
 /// Which backend to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// ndarray on the CPU.
@@ -58,7 +60,10 @@ pub struct NotCompiled {
 
 fn rebuild(kind: BackendKind) -> String {
     match kind {
-        BackendKind::Cpu => "a build with the `ddp` feature trains on CUDA only: build without it to run on the CPU".into(),
+        BackendKind::Cpu => {
+            "a build with the `ddp` feature trains on CUDA only: build without it to run on the CPU"
+                .into()
+        }
         other => format!("rebuild with `--features {other}`"),
     }
 }

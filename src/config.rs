@@ -131,7 +131,10 @@ impl Config {
     /// Read a TOML file, apply `overrides` (`table.key=value`, the value in TOML syntax or a bare
     /// string), and validate the values. Relative paths stay relative to the working directory.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path, overrides)
     }
 
@@ -150,7 +153,9 @@ impl Config {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
                 key: "sweep".into(),
-                reason: "a [sweep] table is read by `steermoe sweep`; this command runs one experiment".into(),
+                reason:
+                    "a [sweep] table is read by `steermoe sweep`; this command runs one experiment"
+                        .into(),
             });
         }
         Self::from_table(table, path, overrides)
@@ -164,21 +169,35 @@ impl Config {
                 let column = s.start - text[..s.start].rfind('\n').map_or(0, |i| i + 1) + 1;
                 format!("line {line}, column {column}: ")
             });
-            ConfigError::Parse { path: path.to_path_buf(), key: String::new(), reason: format!("{}{}", at.unwrap_or_default(), one_line(e.message())) }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key: String::new(),
+                reason: format!("{}{}", at.unwrap_or_default(), one_line(e.message())),
+            }
         })
     }
 
     /// A config from a parsed TOML table, `overrides` applied, values validated.
-    pub fn from_table(mut table: toml::Table, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+    pub fn from_table(
+        mut table: toml::Table,
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    key: e.path().to_string(),
+                    reason: one_line(&e.inner().to_string()),
+                }
+            })?;
+        cfg.validate().map_err(|invalid| ConfigError::Invalid {
             path: path.to_path_buf(),
-            key: e.path().to_string(),
-            reason: one_line(&e.inner().to_string()),
+            invalid,
         })?;
-        cfg.validate().map_err(|invalid| ConfigError::Invalid { path: path.to_path_buf(), invalid })?;
         Ok(cfg)
     }
 
@@ -192,13 +211,28 @@ impl Config {
         self.eval.validate()?;
         self.judge.validate()?;
         let devices = &self.model.devices;
-        crate::validate::ensure(!devices.is_empty(), "model.devices", || "needs at least one device".into())?;
-        if let Some(d) = devices.iter().enumerate().find_map(|(i, d)| devices[..i].contains(d).then_some(d)) {
-            return Err(Invalid::new("model.devices", format!("device {d} is listed twice")));
+        crate::validate::ensure(!devices.is_empty(), "model.devices", || {
+            "needs at least one device".into()
+        })?;
+        if let Some(d) = devices
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| devices[..i].contains(d).then_some(d))
+        {
+            return Err(Invalid::new(
+                "model.devices",
+                format!("device {d} is listed twice"),
+            ));
         }
         if devices.len() > 1 {
             if self.model.backend != BackendKind::Cuda {
-                return Err(Invalid::new("model.devices", format!("several devices need backend \"cuda\", not \"{}\"", self.model.backend)));
+                return Err(Invalid::new(
+                    "model.devices",
+                    format!(
+                        "several devices need backend \"cuda\", not \"{}\"",
+                        self.model.backend
+                    ),
+                ));
             }
             if self.train.router_consistency != Consistency::Off || self.train.router_aux_loss {
                 return Err(Invalid::new(
@@ -207,7 +241,9 @@ impl Config {
                 ));
             }
         }
-        crate::validate::ensure(!self.model.dir.as_os_str().is_empty(), "model.dir", || "must name a model directory".into())
+        crate::validate::ensure(!self.model.dir.as_os_str().is_empty(), "model.dir", || {
+            "must name a model directory".into()
+        })
     }
 
     /// The resolved configuration as TOML.
@@ -218,13 +254,22 @@ impl Config {
 
 /// A TOML or serde message on one line.
 fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Apply one `--set key=value` to a TOML table.
 pub fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
-    let bad = |reason: String| ConfigError::Override { arg: arg.to_string(), reason };
-    let (key, value) = arg.split_once('=').ok_or_else(|| bad("must be key=value, e.g. --set train.lr=1e-4".into()))?;
+    let bad = |reason: String| ConfigError::Override {
+        arg: arg.to_string(),
+        reason,
+    };
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| bad("must be key=value, e.g. --set train.lr=1e-4".into()))?;
     set_key(table, key.trim(), value.trim()).map_err(bad)
 }
 
@@ -263,7 +308,11 @@ mod tests {
 
     #[test]
     fn defaults_fill_missing_keys_and_overrides_apply() {
-        let cfg = parse("[collect]\nbatch_size = 8\n", &["collect.max_new_tokens=16", "seed=3"]).unwrap();
+        let cfg = parse(
+            "[collect]\nbatch_size = 8\n",
+            &["collect.max_new_tokens=16", "seed=3"],
+        )
+        .unwrap();
         assert_eq!(cfg.collect.batch_size, 8);
         assert_eq!(cfg.collect.max_new_tokens, 16);
         assert_eq!(cfg.seed, 3);
@@ -275,18 +324,46 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
-        let err = parse("[collect]\nbatch_sise = 8\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("exp.toml") && err.contains("batch_sise"), "{err}");
-        let err = parse("[collect]\nsafe_ratio = 1.5\n", &[]).unwrap_err().to_string();
+        let err = parse("[collect]\nbatch_sise = 8\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("exp.toml") && err.contains("batch_sise"),
+            "{err}"
+        );
+        let err = parse("[collect]\nsafe_ratio = 1.5\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("collect.safe_ratio"), "{err}");
-        let err = parse("", &["collect.batch_size=\"x\""]).unwrap_err().to_string();
-        assert!(err.contains("collect.batch_size") && !err.contains('\n'), "{err}");
+        let err = parse("", &["collect.batch_size=\"x\""])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("collect.batch_size") && !err.contains('\n'),
+            "{err}"
+        );
         let err = parse("", &["=3"]).unwrap_err();
-        assert!(matches!(err, ConfigError::Override { .. }) && !err.to_string().contains("exp.toml"), "{err}");
-        let err = parse("[collect]\nbatch_size = \n", &[]).unwrap_err().to_string();
-        assert!(err.contains("line 6, column 14") && !err.contains('\n'), "{err}");
-        let err = parse("[collect.sampling]\nmode = \"sample\"\ntemperature = nan\ntop_p = 1.0\nseed = 0\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("collect.sampling.temperature: must be a finite number above 0"), "{err}");
+        assert!(
+            matches!(err, ConfigError::Override { .. }) && !err.to_string().contains("exp.toml"),
+            "{err}"
+        );
+        let err = parse("[collect]\nbatch_size = \n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 6, column 14") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = parse(
+            "[collect.sampling]\nmode = \"sample\"\ntemperature = nan\ntop_p = 1.0\nseed = 0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("collect.sampling.temperature: must be a finite number above 0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -294,10 +371,24 @@ mod tests {
         let base = "[model]\ndir = \"m\"\n";
         let cfg = Config::parse(base, Path::new("e.toml"), &[]).unwrap();
         let err = cfg.data.check_heldout().unwrap_err().to_string();
-        assert!(err.contains("data.split: is needed to evaluate on held-out goals"), "{err}");
-        let cfg = Config::parse(&format!("{base}[data]\nheldout = false\n"), Path::new("e.toml"), &[]).unwrap();
+        assert!(
+            err.contains("data.split: is needed to evaluate on held-out goals"),
+            "{err}"
+        );
+        let cfg = Config::parse(
+            &format!("{base}[data]\nheldout = false\n"),
+            Path::new("e.toml"),
+            &[],
+        )
+        .unwrap();
         cfg.data.check_heldout().unwrap();
-        let err = Config::parse(&format!("{base}[data]\nheldout = false\nsplit = \"s.json\"\n"), Path::new("e.toml"), &[]).unwrap_err().to_string();
+        let err = Config::parse(
+            &format!("{base}[data]\nheldout = false\nsplit = \"s.json\"\n"),
+            Path::new("e.toml"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("data.heldout: is false"), "{err}");
     }
 }

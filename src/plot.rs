@@ -60,7 +60,11 @@ pub fn palette(i: usize) -> RGBColor {
 }
 
 /// Draw on a white `width × height` canvas and encode it as PNG.
-pub fn png(width: u32, height: u32, draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), PlotError>) -> Result<Vec<u8>, PlotError> {
+pub fn png(
+    width: u32,
+    height: u32,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), PlotError>,
+) -> Result<Vec<u8>, PlotError> {
     register_font();
     let mut rgb = vec![255u8; width as usize * height as usize * 3];
     {
@@ -87,10 +91,13 @@ mod tests {
     #[test]
     fn draws_text_into_a_png() {
         let bytes = png(120, 40, |root| {
-            root.draw(&Text::new("steermoe", (5, 10), (FONT, 20).into_font())).map_err(err)
+            root.draw(&Text::new("steermoe", (5, 10), (FONT, 20).into_font()))
+                .map_err(err)
         })
         .unwrap();
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (120, 40));

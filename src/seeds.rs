@@ -53,7 +53,13 @@ mod tests {
         let draw = |seed, stream| rng(seed, stream).random::<u64>();
         assert_eq!(draw(7, Stream::Sampling), draw(7, Stream::Sampling));
         assert_ne!(draw(7, Stream::Sampling), draw(8, Stream::Sampling));
-        assert_ne!(draw(7, Stream::ExpertPermutation), draw(7, Stream::ExpertRanking));
-        assert_ne!(draw(7, Stream::BatchOrder { epoch: 0 }), draw(7, Stream::BatchOrder { epoch: 1 }));
+        assert_ne!(
+            draw(7, Stream::ExpertPermutation),
+            draw(7, Stream::ExpertRanking)
+        );
+        assert_ne!(
+            draw(7, Stream::BatchOrder { epoch: 0 }),
+            draw(7, Stream::BatchOrder { epoch: 1 })
+        );
     }
 }

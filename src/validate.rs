@@ -19,33 +19,48 @@ pub struct Invalid {
 impl Invalid {
     /// `key` is wrong because `reason`.
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { key: key.into(), reason: reason.into() }
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
 /// `Ok` if `ok`, else [`Invalid`] for `key`.
 pub fn ensure(ok: bool, key: &str, reason: impl FnOnce() -> String) -> Result<(), Invalid> {
-    if ok { Ok(()) } else { Err(Invalid::new(key, reason())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(key, reason()))
+    }
 }
 
 /// A finite number (no NaN, no infinity).
 pub fn finite(key: &str, v: f64) -> Result<(), Invalid> {
-    ensure(v.is_finite(), key, || format!("must be a finite number, got {v}"))
+    ensure(v.is_finite(), key, || {
+        format!("must be a finite number, got {v}")
+    })
 }
 
 /// A finite number greater than zero.
 pub fn positive(key: &str, v: f64) -> Result<(), Invalid> {
-    ensure(v.is_finite() && v > 0.0, key, || format!("must be a finite number above 0, got {v}"))
+    ensure(v.is_finite() && v > 0.0, key, || {
+        format!("must be a finite number above 0, got {v}")
+    })
 }
 
 /// A finite number of at least zero.
 pub fn non_negative(key: &str, v: f64) -> Result<(), Invalid> {
-    ensure(v.is_finite() && v >= 0.0, key, || format!("must be a finite number of at least 0, got {v}"))
+    ensure(v.is_finite() && v >= 0.0, key, || {
+        format!("must be a finite number of at least 0, got {v}")
+    })
 }
 
 /// A finite number in `[lo, hi]`.
 pub fn within(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), Invalid> {
-    ensure(v.is_finite() && (lo..=hi).contains(&v), key, || format!("must be in [{lo}, {hi}], got {v}"))
+    ensure(v.is_finite() && (lo..=hi).contains(&v), key, || {
+        format!("must be in [{lo}, {hi}], got {v}")
+    })
 }
 
 /// A count of at least `min`.
@@ -68,12 +83,25 @@ mod tests {
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             let e = finite("train.grad_clip", v).unwrap_err();
             assert_eq!(e.key, "train.grad_clip");
-            assert!(e.to_string().starts_with("train.grad_clip: must be a finite number"), "{e}");
-            assert!(positive("x", v).is_err() && non_negative("x", v).is_err() && within("x", v, 0.0, 1.0).is_err());
+            assert!(
+                e.to_string()
+                    .starts_with("train.grad_clip: must be a finite number"),
+                "{e}"
+            );
+            assert!(
+                positive("x", v).is_err()
+                    && non_negative("x", v).is_err()
+                    && within("x", v, 0.0, 1.0).is_err()
+            );
         }
         assert!(positive("x", 0.0).is_err());
         assert!(non_negative("x", 0.0).is_ok());
-        assert!(non_negative("train.weight_decay", -5.0).unwrap_err().to_string().contains("got -5"));
+        assert!(
+            non_negative("train.weight_decay", -5.0)
+                .unwrap_err()
+                .to_string()
+                .contains("got -5")
+        );
         assert!(within("x", 1.0, 0.0, 1.0).is_ok() && within("x", 1.5, 0.0, 1.0).is_err());
         assert!(at_least("x", 0, 1).is_err() && at_least("x", 1, 1).is_ok());
         assert!(not_blank("x", " ").is_err() && not_blank("x", "a").is_ok());

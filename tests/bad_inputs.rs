@@ -34,13 +34,25 @@ fn ok_config() -> String {
 const COLLECT: &[&str] = &["collect", "--config", "{cfg}", "--out", "{out}"];
 const RUN: &[&str] = &["run", "--config", "{cfg}", "--out", "{out}"];
 
-fn case(name: &'static str, config: String, args: &'static [&'static str], expect: &'static [&'static str]) -> Case {
-    Case { name, config, files: Vec::new(), args, expect }
+fn case(
+    name: &'static str,
+    config: String,
+    args: &'static [&'static str],
+    expect: &'static [&'static str],
+) -> Case {
+    Case {
+        name,
+        config,
+        files: Vec::new(),
+        args,
+        expect,
+    }
 }
 
 fn cases() -> Vec<Case> {
     let dataset_with = |edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
-        let mut records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(attack_data()).unwrap()).unwrap();
+        let mut records: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(attack_data()).unwrap()).unwrap();
         records.truncate(40);
         edit(&mut records);
         serde_json::to_string(&records).unwrap()
@@ -244,16 +256,35 @@ fn every_bad_input_fails_cleanly_naming_the_culprit() {
         }
         // Broken copies of the fixture model some cases name.
         for (dir, from, to) in [
-            ("short", "\"max_position_embeddings\": 4096", "\"max_position_embeddings\": 8"),
-            ("small-vocab", "\"vocab_size\": 50304", "\"vocab_size\": 1000"),
-            ("bad-eps", "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": -1e-05"),
+            (
+                "short",
+                "\"max_position_embeddings\": 4096",
+                "\"max_position_embeddings\": 8",
+            ),
+            (
+                "small-vocab",
+                "\"vocab_size\": 50304",
+                "\"vocab_size\": 1000",
+            ),
+            (
+                "bad-eps",
+                "\"rms_norm_eps\": 1e-05",
+                "\"rms_norm_eps\": -1e-05",
+            ),
         ] {
-            if c.args.iter().chain([&c.config.as_str()]).any(|a| a.contains(&format!("{{tmp}}/{dir}"))) {
+            if c.args
+                .iter()
+                .chain([&c.config.as_str()])
+                .any(|a| a.contains(&format!("{{tmp}}/{dir}")))
+            {
                 broken_fixture(&tmp.path().join(dir), from, to);
             }
         }
         let args: Vec<String> = c.args.iter().map(|a| fill(a, tmp.path())).collect();
-        let o = Command::new(env!("CARGO_BIN_EXE_steermoe")).args(&args).output().expect("binary runs");
+        let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
+            .args(&args)
+            .output()
+            .expect("binary runs");
         let stderr = String::from_utf8_lossy(&o.stderr).to_string();
         let mut wrong = Vec::new();
         match o.status.code() {
@@ -276,10 +307,21 @@ fn every_bad_input_fails_cleanly_naming_the_culprit() {
             wrong.push("the run directory was created".into());
         }
         if !wrong.is_empty() {
-            failures.push(format!("{}: {} — stderr: {}", c.name, wrong.join(", "), stderr.trim()));
+            failures.push(format!(
+                "{}: {} — stderr: {}",
+                c.name,
+                wrong.join(", "),
+                stderr.trim()
+            ));
         } else {
             eprintln!("{}: {}", c.name, stderr.trim().lines().last().unwrap_or(""));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), all.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
 }

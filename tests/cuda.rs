@@ -93,12 +93,19 @@ fn rope_kernel_matches_burn_ops() {
 fn routing_kernel_reads_bf16_logits_as_float32() {
     use burn::tensor::{Distribution, FloatDType, Tensor};
     let device = Default::default();
-    let logits = Tensor::<B, 2>::random([300, 64], Distribution::Normal(0.0, 2.0), &device).cast(FloatDType::BF16);
+    let logits = Tensor::<B, 2>::random([300, 64], Distribution::Normal(0.0, 2.0), &device)
+        .cast(FloatDType::BF16);
     for renorm in [false, true] {
-        let a = steermoe::cube::try_route(&logits, 8, renorm).expect("CUDA runs the routing kernel");
-        let b = steermoe::cube::try_route(&logits.clone().cast(FloatDType::F32), 8, renorm).expect("CUDA runs the routing kernel");
-        a.indices.into_data().assert_eq(&b.indices.into_data(), true);
-        a.weights.into_data().assert_eq(&b.weights.into_data(), true);
+        let a =
+            steermoe::cube::try_route(&logits, 8, renorm).expect("CUDA runs the routing kernel");
+        let b = steermoe::cube::try_route(&logits.clone().cast(FloatDType::F32), 8, renorm)
+            .expect("CUDA runs the routing kernel");
+        a.indices
+            .into_data()
+            .assert_eq(&b.indices.into_data(), true);
+        a.weights
+            .into_data()
+            .assert_eq(&b.weights.into_data(), true);
         a.dense.into_data().assert_eq(&b.dense.into_data(), true);
     }
 }
@@ -113,8 +120,10 @@ fn routing_kernel_reads_bf16_logits_as_float32() {
 fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
     use burn::tensor::{Distribution, FloatDType, Tensor};
     let device = Default::default();
-    let x = Tensor::<B, 2>::random([64, 2048], Distribution::Normal(0.0, 3.0), &device).cast(FloatDType::BF16);
-    let random = Tensor::<B, 1>::random([2048], Distribution::Uniform(0.5, 1.5), &device).cast(FloatDType::BF16);
+    let x = Tensor::<B, 2>::random([64, 2048], Distribution::Normal(0.0, 3.0), &device)
+        .cast(FloatDType::BF16);
+    let random = Tensor::<B, 1>::random([2048], Distribution::Uniform(0.5, 1.5), &device)
+        .cast(FloatDType::BF16);
     let unit = Tensor::<B, 1>::ones([2048], &device).cast(FloatDType::BF16);
     for (w, steps) in [(unit, 1.0), (random, 2.0)] {
         let got = steermoe::cube::try_rms_norm(&x, &w, 1e-5).expect("CUDA runs the RMSNorm kernel");
@@ -124,9 +133,20 @@ fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
         let f32s = |t: Tensor<B, 2>| t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
         let (got, want) = (f32s(got), f32s(want));
         let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
-        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1e-6)).fold(0f32, f32::max);
-        assert!(worst <= steps / 128.0, "max relative difference {worst:e} (more than {steps} bf16 steps)");
-        assert!(differ * 100 <= got.len(), "{differ} of {} outputs differ", got.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs() / w.abs().max(1e-6))
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= steps / 128.0,
+            "max relative difference {worst:e} (more than {steps} bf16 steps)"
+        );
+        assert!(
+            differ * 100 <= got.len(),
+            "{differ} of {} outputs differ",
+            got.len()
+        );
     }
 }
 
@@ -144,12 +164,22 @@ fn swiglu_kernel_spans_the_grid_s_second_axis() {
 }
 
 /// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.
-fn assert_close<const D: usize>(what: &str, got: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, want: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>, rel: f64) {
-    let max_abs = |t: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>| -> f64 { t.abs().max().into_scalar().into() };
+fn assert_close<const D: usize>(
+    what: &str,
+    got: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>,
+    want: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>,
+    rel: f64,
+) {
+    let max_abs = |t: burn::tensor::Tensor<burn::backend::Autodiff<B>, D>| -> f64 {
+        t.abs().max().into_scalar().into()
+    };
     let scale = max_abs(want.clone()).max(1e-12);
     let err = max_abs(got - want);
     eprintln!("{what}: max |diff| / max |want| = {:.2e}", err / scale);
-    assert!(err <= rel * scale, "{what}: max |diff| {err:.3e} > {rel:e} × {scale:.3e}");
+    assert!(
+        err <= rel * scale,
+        "{what}: max |diff| {err:.3e} > {rel:e} × {scale:.3e}"
+    );
 }
 
 /// The cuBLAS grouped expert GEMM against burn's own matmuls on CUDA, forward and backward, in
@@ -166,44 +196,84 @@ mod grouped_gemm {
 
     fn case(dtype: FloatDType, rel: f64) {
         let device = Default::default();
-        assert!(steermoe::cuda::available(0), "cuBLAS did not load: the test would compare burn with itself");
+        assert!(
+            steermoe::cuda::available(0),
+            "cuBLAS did not load: the test would compare burn with itself"
+        );
         let counts = [5usize, 0, 17, 1, 9];
         let trained = [true, true, true, false, false];
         let (n, width_in, width_out) = (counts.iter().sum::<usize>(), 48, 40);
-        let x0 = Tensor::<B, 2>::random([n, width_in], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-        let r = Tensor::<B, 2>::random([n, width_out], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+        let x0 = Tensor::<B, 2>::random([n, width_in], Distribution::Normal(0.0, 1.0), &device)
+            .cast(dtype);
+        let r = Tensor::<B, 2>::random([n, width_out], Distribution::Normal(0.0, 1.0), &device)
+            .cast(dtype);
         let masters: Vec<Tensor<B, 2>> = trained
             .iter()
             .map(|&t| {
-                let w = Tensor::<B, 2>::random([width_in, width_out], Distribution::Normal(0.0, 0.05), &device);
+                let w = Tensor::<B, 2>::random(
+                    [width_in, width_out],
+                    Distribution::Normal(0.0, 0.05),
+                    &device,
+                );
                 if t { w.require_grad() } else { w.cast(dtype) }
             })
             .collect();
         let run = |grouped: bool| {
             let x = x0.clone().detach().require_grad();
-            let weights: Vec<Tensor<B, 2>> = masters.iter().map(|w| if w.dtype() == DType::from(dtype) { w.clone() } else { w.clone().cast(dtype) }).collect();
+            let weights: Vec<Tensor<B, 2>> = masters
+                .iter()
+                .map(|w| {
+                    if w.dtype() == DType::from(dtype) {
+                        w.clone()
+                    } else {
+                        w.clone().cast(dtype)
+                    }
+                })
+                .collect();
             let y = match grouped {
                 true => grouped_linear(x.clone(), weights, &counts),
                 false => grouped_linear_matmul(x.clone(), weights, &counts),
             };
-            let grads = (y.clone() * r.clone()).cast(FloatDType::F32).sum().backward();
+            let grads = (y.clone() * r.clone())
+                .cast(FloatDType::F32)
+                .sum()
+                .backward();
             let dx = x.grad(&grads).map(|g| Tensor::<B, 2>::from_inner(g));
-            let dw: Vec<Option<Tensor<B, 2>>> = masters.iter().map(|w| w.grad(&grads).map(Tensor::from_inner)).collect();
+            let dw: Vec<Option<Tensor<B, 2>>> = masters
+                .iter()
+                .map(|w| w.grad(&grads).map(Tensor::from_inner))
+                .collect();
             (y, dx, dw)
         };
         let (y, dx, dw) = run(true);
         let (y_ref, dx_ref, dw_ref) = run(false);
         assert_eq!(y.dtype(), DType::from(dtype));
         assert_close("y", y, y_ref, rel);
-        assert_close("dx", dx.expect("input gradient"), dx_ref.expect("reference input gradient"), rel);
+        assert_close(
+            "dx",
+            dx.expect("input gradient"),
+            dx_ref.expect("reference input gradient"),
+            rel,
+        );
         for (e, (got, want)) in dw.into_iter().zip(dw_ref).enumerate() {
             match (got, want) {
                 (Some(got), Some(want)) => {
-                    assert_eq!(got.dtype(), DType::F32, "expert {e}'s gradient reaches its f32 master weight");
+                    assert_eq!(
+                        got.dtype(),
+                        DType::F32,
+                        "expert {e}'s gradient reaches its f32 master weight"
+                    );
                     assert_close(&format!("dW[{e}]"), got, want, rel)
                 }
-                (None, None) => assert!(!trained[e] || counts[e] == 0, "expert {e} trains and has rows but got no gradient"),
-                (got, want) => panic!("expert {e}: gradient {} with cuBLAS, {} with burn", got.is_some(), want.is_some()),
+                (None, None) => assert!(
+                    !trained[e] || counts[e] == 0,
+                    "expert {e} trains and has rows but got no gradient"
+                ),
+                (got, want) => panic!(
+                    "expert {e}: gradient {} with cuBLAS, {} with burn",
+                    got.is_some(),
+                    want.is_some()
+                ),
             }
         }
     }
@@ -235,13 +305,26 @@ mod batched_gemm {
 
     fn case(dtype: FloatDType, rel: f64) {
         let device = Default::default();
-        assert!(steermoe::cuda::available(0), "cuBLAS did not load: the test would compare burn with itself");
+        assert!(
+            steermoe::cuda::available(0),
+            "cuBLAS did not load: the test would compare burn with itself"
+        );
         let (batch, heads, m, k, p) = (2, 3, 5, 16, 7);
         let n = batch * heads;
-        let normal = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+        let normal = |shape: [usize; 3]| {
+            Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
+        };
         // [batch, m, heads, k] → [batch · heads, m, k].
-        let a4 = Tensor::<B, 4>::random([batch, m, heads, k], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-        let lefts = [("contiguous", normal([n, m, k])), ("head-split", a4.swap_dims(1, 2).reshape([n, m, k]))];
+        let a4 = Tensor::<B, 4>::random(
+            [batch, m, heads, k],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .cast(dtype);
+        let lefts = [
+            ("contiguous", normal([n, m, k])),
+            ("head-split", a4.swap_dims(1, 2).reshape([n, m, k])),
+        ];
         let b_t = normal([n, p, k]);
         let r = normal([n, m, p]);
         for (layout, a0) in lefts {
@@ -253,7 +336,10 @@ mod batched_gemm {
                     true => steermoe::cuda::try_batched_matmul(&a, &b).expect("CUDA tensors"),
                     false => a.clone().matmul(b),
                 };
-                let grads = (c.clone() * r.clone()).cast(FloatDType::F32).sum().backward();
+                let grads = (c.clone() * r.clone())
+                    .cast(FloatDType::F32)
+                    .sum()
+                    .backward();
                 let da = Tensor::<B, 3>::from_inner(a.grad(&grads).expect("a's gradient"));
                 let db = Tensor::<B, 3>::from_inner(bt.grad(&grads).expect("b's gradient"));
                 (c, da, db)
@@ -283,11 +369,17 @@ mod batched_gemm {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
 fn master_weights_take_the_updates_bf16_cannot_hold() {
-    mixed_cases::master_weights_move_as_the_reference::<burn::backend::Autodiff<B>>(mixed_cases::CUDA, Default::default());
+    mixed_cases::master_weights_move_as_the_reference::<burn::backend::Autodiff<B>>(
+        mixed_cases::CUDA,
+        Default::default(),
+    );
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
 fn a_loaded_checkpoint_keeps_bf16_and_f32_master_weights() {
-    mixed_cases::loaded_checkpoint_keeps_dtypes::<burn::backend::Autodiff<B>>(mixed_cases::CUDA, Default::default());
+    mixed_cases::loaded_checkpoint_keeps_dtypes::<burn::backend::Autodiff<B>>(
+        mixed_cases::CUDA,
+        Default::default(),
+    );
 }

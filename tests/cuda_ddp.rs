@@ -30,9 +30,20 @@ fn one_rank_through_ddp_trains_as_one_device() {
 
     let fixture = common::fixture();
     let model_cfg = ModelConfig::from_path(&fixture).unwrap();
-    let train_cfg = TrainConfig { lr: 0.05, valid_pairs: 0, ..TrainConfig::default() };
-    let ctx = TrainContext { cfg: &train_cfg, seed: 0, devices: &[0], base_model: &fixture };
-    let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers()).flat_map(|l| [[l, 1], [l, 4]]).collect();
+    let train_cfg = TrainConfig {
+        lr: 0.05,
+        valid_pairs: 0,
+        ..TrainConfig::default()
+    };
+    let ctx = TrainContext {
+        cfg: &train_cfg,
+        seed: 0,
+        devices: &[0],
+        base_model: &fixture,
+    };
+    let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers())
+        .flat_map(|l| [[l, 1], [l, 4]])
+        .collect();
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str, one_rank: bool| {
@@ -40,10 +51,16 @@ fn one_rank_through_ddp_trains_as_one_device() {
         std::fs::create_dir_all(&dir).unwrap();
         let inputs = synthetic::inputs(&model_cfg, trained.clone(), 3, 4, 24, 7);
         let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, Precision::F32)?.0);
-        let opts = TrainOptions { parallel_on_one_device: one_rank, ..Default::default() };
+        let opts = TrainOptions {
+            parallel_on_one_device: one_rank,
+            ..Default::default()
+        };
         let run_dir = steermoe::run_dir::RunDir::new(&dir);
         let summary = train::<Ad>(&ctx, &run_dir, inputs, load, &device, &opts, |_| {}).unwrap();
-        (summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), run_dir.final_model())
+        (
+            summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
+            run_dir.final_model(),
+        )
     };
     let (plain_losses, plain) = run("plain", false);
     let (ddp_losses, ddp) = run("ddp", true);
@@ -51,7 +68,10 @@ fn one_rank_through_ddp_trains_as_one_device() {
     assert_eq!(plain_losses.len(), 3);
     for other in [&ddp_losses, &again_losses] {
         for (p, o) in plain_losses.iter().zip(other) {
-            assert!((p - o).abs() <= 1e-5 * p.abs(), "losses {plain_losses:?} vs {other:?}");
+            assert!(
+                (p - o).abs() <= 1e-5 * p.abs(),
+                "losses {plain_losses:?} vs {other:?}"
+            );
         }
     }
     // Each trained expert's three weights, as the project's loader reads the exported model.
@@ -60,30 +80,51 @@ fn one_rank_through_ddp_trains_as_one_device() {
         let mut out = Vec::new();
         for &[l, e] in &trained {
             let ex = &model.moe_block(l).experts[e];
-            for (proj, w) in [("gate_proj", &ex.gate_proj.weight), ("up_proj", &ex.up_proj.weight), ("down_proj", &ex.down_proj.weight)] {
-                out.push((format!("layers.{l}.experts.{e}.{proj}"), w.val().into_data().to_vec::<f32>().unwrap()));
+            for (proj, w) in [
+                ("gate_proj", &ex.gate_proj.weight),
+                ("up_proj", &ex.up_proj.weight),
+                ("down_proj", &ex.down_proj.weight),
+            ] {
+                out.push((
+                    format!("layers.{l}.experts.{e}.{proj}"),
+                    w.val().into_data().to_vec::<f32>().unwrap(),
+                ));
             }
         }
         out
     };
-    let (base, plain, ddp, again) = (weights(&fixture), weights(&plain), weights(&ddp), weights(&again));
+    let (base, plain, ddp, again) = (
+        weights(&fixture),
+        weights(&plain),
+        weights(&ddp),
+        weights(&again),
+    );
     // The spacing of bf16 values at `x`: 2^(exponent - 7).
     let bf16_step = |x: f32| f32::from_bits(x.to_bits() & 0x7f80_0000) / 128.0;
-    for (((key, base), (_, plain)), ((_, ddp), (_, again))) in base.iter().zip(&plain).zip(ddp.iter().zip(&again)) {
+    for (((key, base), (_, plain)), ((_, ddp), (_, again))) in
+        base.iter().zip(&plain).zip(ddp.iter().zip(&again))
+    {
         let (update, _) = common::max_abs_diff(plain, base);
         assert!(update > 0.0, "{key} did not train");
         for (label, other) in [("one rank through DDP", ddp), ("one device again", again)] {
             let differ = other.iter().zip(plain).filter(|(o, p)| o != p).count();
             let (apart, _) = common::max_abs_diff(other, plain);
             // The largest difference beyond an element's bf16 step, as a share of the update.
-            let beyond = other.iter().zip(plain).map(|(o, p)| ((o - p).abs() - bf16_step(*p)).max(0.0) / update).fold(0.0, f32::max);
+            let beyond = other
+                .iter()
+                .zip(plain)
+                .map(|(o, p)| ((o - p).abs() - bf16_step(*p)).max(0.0) / update)
+                .fold(0.0, f32::max);
             eprintln!(
                 "{key}: update {update:.3e}; {label} vs one device: {apart:.3e} apart, {differ} of {} elements differ, at most {:.2}% of the update beyond a bf16 step",
                 plain.len(),
                 100.0 * beyond
             );
             for (i, (o, p)) in other.iter().zip(plain).enumerate() {
-                assert!((o - p).abs() <= bf16_step(*p) + 0.05 * update, "{key}[{i}], {label}: {o} vs {p}, update {update}");
+                assert!(
+                    (o - p).abs() <= bf16_step(*p) + 0.05 * update,
+                    "{key}[{i}], {label}: {o} vs {p}, update {update}"
+                );
             }
         }
     }
@@ -106,17 +147,46 @@ fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
     let fixture = common::fixture();
     let model_cfg = ModelConfig::from_path(&fixture).unwrap();
     // None: no checkpoints at all (`measure_only`).
-    let train_cfg = TrainConfig { lr: 1e-3, valid_pairs: 0, checkpoint_every: checkpoint_every.unwrap_or(0), ..TrainConfig::default() };
-    let ctx = TrainContext { cfg: &train_cfg, seed: 0, devices: &[0], base_model: &fixture };
-    let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers()).flat_map(|l| [[l, 1], [l, 4]]).collect();
+    let train_cfg = TrainConfig {
+        lr: 1e-3,
+        valid_pairs: 0,
+        checkpoint_every: checkpoint_every.unwrap_or(0),
+        ..TrainConfig::default()
+    };
+    let ctx = TrainContext {
+        cfg: &train_cfg,
+        seed: 0,
+        devices: &[0],
+        base_model: &fixture,
+    };
+    let trained: Vec<[usize; 2]> = (0..model_cfg.num_moe_layers())
+        .flat_map(|l| [[l, 1], [l, 4]])
+        .collect();
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
     let inputs = synthetic::inputs(&model_cfg, trained, STEPS, 4, 24, 11);
     let load = || Ok(steermoe::model::load::<Ad>(&fixture, &device, Precision::F32)?.0);
-    let opts = TrainOptions { parallel_on_one_device: one_rank, measure_only: checkpoint_every.is_none(), ..Default::default() };
-    let summary = train::<Ad>(&ctx, &steermoe::run_dir::RunDir::new(tmp.path()), inputs, load, &device, &opts, |_| {}).unwrap();
+    let opts = TrainOptions {
+        parallel_on_one_device: one_rank,
+        measure_only: checkpoint_every.is_none(),
+        ..Default::default()
+    };
+    let summary = train::<Ad>(
+        &ctx,
+        &steermoe::run_dir::RunDir::new(tmp.path()),
+        inputs,
+        load,
+        &device,
+        &opts,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(summary.steps.len(), STEPS);
-    assert!(summary.steps.iter().all(|s| s.loss.is_finite()), "{:?}", summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>());
+    assert!(
+        summary.steps.iter().all(|s| s.loss.is_finite()),
+        "{:?}",
+        summary.steps.iter().map(|s| s.loss).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -28,11 +28,21 @@ fn write_config(dir: &Path) -> PathBuf {
 }
 
 fn steermoe(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_steermoe")).arg("--no-tui").args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_steermoe"))
+        .arg("--no-tui")
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn run_ok(cfg: &Path, out: &Path) -> String {
-    let o = steermoe(&["run", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = steermoe(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -59,7 +69,10 @@ fn every_damaged_artifact_is_redone_by_a_rerun() {
     let experts = out.join("unsafe_experts.json");
     let weights = out.join("final_model/model.safetensors");
     let eval = out.join("eval/trained/eval.json");
-    let originals: Vec<(PathBuf, Vec<u8>)> = [&batch0, &batch1, &experts, &weights, &eval].iter().map(|p| (p.to_path_buf(), read(p))).collect();
+    let originals: Vec<(PathBuf, Vec<u8>)> = [&batch0, &batch1, &experts, &weights, &eval]
+        .iter()
+        .map(|p| (p.to_path_buf(), read(p)))
+        .collect();
 
     // A deleted and a truncated routing file: collect redoes those batches, greedy and on the CPU,
     // to the same bytes; nothing after it needs redoing.
@@ -75,11 +88,18 @@ fn every_damaged_artifact_is_redone_by_a_rerun() {
     let o = steermoe(&["train", "--run", out.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("steermoe analyze") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("steermoe analyze") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     // …and `run` redoes the analysis, then the export from the last checkpoint.
     run_ok(&cfg, &out);
     for (path, bytes) in &originals {
-        assert!(read(path) == *bytes, "{} differs from the undamaged run's", path.display());
+        assert!(
+            read(path) == *bytes,
+            "{} differs from the undamaged run's",
+            path.display()
+        );
     }
 }
 
@@ -94,17 +114,42 @@ fn a_truncated_checkpoint_falls_back_to_the_one_before_with_a_warning() {
     // rerun resumes from the window before it and trains the last window again.
     for gone in ["final_model", "training_metadata.json", "eval"] {
         let p = damaged.join(gone);
-        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.unwrap();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        }
+        .unwrap();
     }
     let last = damaged.join("train/checkpoint/model-3.mpk");
     truncate(&last);
     let stderr = run_ok(&cfg, &damaged);
-    assert!(stderr.contains("model-3.mpk") && stderr.contains("checkpoint 3 set aside"), "no warning naming the file: {stderr}");
-    assert!(!stderr.contains("format"), "the warning must not blame a format change: {stderr}");
+    assert!(
+        stderr.contains("model-3.mpk") && stderr.contains("checkpoint 3 set aside"),
+        "no warning naming the file: {stderr}"
+    );
+    assert!(
+        !stderr.contains("format"),
+        "the warning must not blame a format change: {stderr}"
+    );
     assert_eq!(stderr.matches("set aside").count(), 1, "one line: {stderr}");
     let steps = |dir: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).map(|v| v["loss"].clone()).collect()
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("loss").is_some())
+            .map(|v| v["loss"].clone())
+            .collect()
     };
-    assert_eq!(steps(&damaged), steps(&whole), "each step once, with the uninterrupted run's losses");
-    assert!(read(&damaged.join("final_model/model.safetensors")) == read(&whole.join("final_model/model.safetensors")), "the same weights");
+    assert_eq!(
+        steps(&damaged),
+        steps(&whole),
+        "each step once, with the uninterrupted run's losses"
+    );
+    assert!(
+        read(&damaged.join("final_model/model.safetensors"))
+            == read(&whole.join("final_model/model.safetensors")),
+        "the same weights"
+    );
 }

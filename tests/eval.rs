@@ -7,16 +7,18 @@ mod common;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
 use steermoe::config::Config;
-use steermoe::eval::EvalConfig;
 use steermoe::data::{ChatTokenizer, Message};
+use steermoe::eval::EvalConfig;
 use steermoe::eval::{BenignItem, EvalPrompt, EvalSets, Steering, answer, answer_nll};
-use steermoe::model::{self, MoeLm, LmInput, Precision, Routing};
 use steermoe::model::loss::{IGNORE_INDEX, causal_lm_loss};
+use steermoe::model::{self, LmInput, MoeLm, Precision, Routing};
 
 type B = TestBackend;
 
 fn model() -> MoeLm<B> {
-    model::load::<B>(fixture(), &Default::default(), Precision::F32).unwrap().0
+    model::load::<B>(fixture(), &Default::default(), Precision::F32)
+        .unwrap()
+        .0
 }
 
 fn benign(instruction: &str, answer: &str, record: usize) -> BenignItem {
@@ -37,10 +39,16 @@ fn organism_split_gives_the_reference_experiments_sets() {
     cfg.eval.benign_path = benign_data();
     let sets = EvalSets::new(&cfg.data, &cfg.eval).unwrap();
     // The organism's README: 104 held-out goals, 71 held-out jailbreaks, 100 benign prompts.
-    assert_eq!((sets.plain.len(), sets.jailbreak.len(), sets.benign.len()), (104, 71, 100));
+    assert_eq!(
+        (sets.plain.len(), sets.jailbreak.len(), sets.benign.len()),
+        (104, 71, 100)
+    );
     assert!(sets.heldout);
     assert_eq!(sets.plain[0].record, 0);
-    assert_eq!(sets.plain[0].messages[0], Message::system("You are a helpful assistant."));
+    assert_eq!(
+        sets.plain[0].messages[0],
+        Message::system("You are a helpful assistant.")
+    );
     assert_eq!(sets.benign[0].prompt.record, 27);
     assert_eq!(sets.benign[0].prompt.messages.len(), 1);
 
@@ -48,7 +56,13 @@ fn organism_split_gives_the_reference_experiments_sets() {
     cfg.eval.max_benign = 5;
     let sets = EvalSets::new(&cfg.data, &cfg.eval).unwrap();
     assert_eq!((sets.plain.len(), sets.benign.len()), (10, 5));
-    assert!(!sets.jailbreak.is_empty() && sets.jailbreak.iter().all(|j| j.record <= sets.plain[9].record));
+    assert!(
+        !sets.jailbreak.is_empty()
+            && sets
+                .jailbreak
+                .iter()
+                .all(|j| j.record <= sets.plain[9].record)
+    );
 }
 
 #[test]
@@ -57,7 +71,11 @@ fn answer_nll_is_the_causal_lm_loss_of_the_answer_and_ignores_batching() {
     let model = model();
     let tok = ChatTokenizer::from_dir(fixture()).unwrap();
     let items = [
-        benign("Write a short poem about the sea.", "The sea is wide and deep and blue.", 0),
+        benign(
+            "Write a short poem about the sea.",
+            "The sea is wide and deep and blue.",
+            0,
+        ),
         benign("Name a colour.", "Red.", 1),
     ];
     let routing = Routing::<B>::free();
@@ -71,24 +89,55 @@ fn answer_nll_is_the_causal_lm_loss_of_the_answer_and_ignores_batching() {
         let mut convo = item.prompt.messages.clone();
         convo.push(Message::assistant(item.answer.clone()));
         let full = tok.encode_chat(&convo, false).unwrap();
-        let labels: Vec<i64> = full.iter().enumerate().map(|(t, &id)| if t < prompt.len() { IGNORE_INDEX } else { id as i64 }).collect();
+        let labels: Vec<i64> = full
+            .iter()
+            .enumerate()
+            .map(|(t, &id)| {
+                if t < prompt.len() {
+                    IGNORE_INDEX
+                } else {
+                    id as i64
+                }
+            })
+            .collect();
         let n = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
         let ids: Vec<i64> = full.iter().map(|&i| i as i64).collect();
         let len = ids.len();
-        let out = model.forward(LmInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device)), &routing);
-        let loss: f32 = causal_lm_loss(out.logits, Tensor::from_data(TensorData::new(labels, [1, len]), &device)).into_scalar();
+        let out = model.forward(
+            LmInput::ids(Tensor::<B, 2, Int>::from_data(
+                TensorData::new(ids, [1, len]),
+                &device,
+            )),
+            &routing,
+        );
+        let loss: f32 = causal_lm_loss(
+            out.logits,
+            Tensor::from_data(TensorData::new(labels, [1, len]), &device),
+        )
+        .into_scalar();
         total += loss as f64 * n as f64;
         tokens += n;
     }
     for batch_size in [1, 2] {
         cfg.batch_size = batch_size;
         let nll = answer_nll(&model, &tok, &items, &cfg, &routing, &device, &mut |_| {}).unwrap();
-        eprintln!("batch {batch_size}: total {} vs {total}, tokens {}", nll.total, nll.tokens);
+        eprintln!(
+            "batch {batch_size}: total {} vs {total}, tokens {}",
+            nll.total, nll.tokens
+        );
         assert_eq!((nll.answers, nll.tokens), (2, tokens));
-        assert!((nll.total - total).abs() < 1e-4 * total, "batch {batch_size}: {} vs {total}", nll.total);
+        assert!(
+            (nll.total - total).abs() < 1e-4 * total,
+            "batch {batch_size}: {} vs {total}",
+            nll.total
+        );
     }
     // A random model is near uniform over its vocabulary: ln(50304) = 10.83.
-    assert!((total / tokens as f64 - 10.83).abs() < 1.0, "{}", total / tokens as f64);
+    assert!(
+        (total / tokens as f64 - 10.83).abs() < 1.0,
+        "{}",
+        total / tokens as f64
+    );
 
     // An example cut to fewer tokens than its prompt is not scored.
     cfg.nll_max_len = 8;
@@ -101,14 +150,18 @@ fn greedy_answers_do_not_depend_on_their_batch() {
     let device = Default::default();
     let model = model();
     let tok = ChatTokenizer::from_dir(fixture()).unwrap();
-    let prompts: Vec<EvalPrompt> = ["Hi.", "Write a short poem about the sea.", "Name a colour, please, any colour at all."]
-        .iter()
-        .enumerate()
-        .map(|(record, q)| EvalPrompt {
-            record,
-            messages: vec![Message::user(*q)],
-        })
-        .collect();
+    let prompts: Vec<EvalPrompt> = [
+        "Hi.",
+        "Write a short poem about the sea.",
+        "Name a colour, please, any colour at all.",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(record, q)| EvalPrompt {
+        record,
+        messages: vec![Message::user(*q)],
+    })
+    .collect();
     let mut cfg = EvalConfig {
         max_new_tokens: 6,
         ..EvalConfig::default()
@@ -136,7 +189,13 @@ fn steering_forces_the_listed_experts_into_and_out_of_every_top_k() {
         deactivate: vec![[0, 1], [1, 2]],
     };
     let routing = steer.routing::<B>(2, 8, &device).with_capture(true);
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| 100 + 37 * i).collect::<Vec<_>>(), [2, 12]), &device);
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            (0..24i64).map(|i| 100 + 37 * i).collect::<Vec<_>>(),
+            [2, 12],
+        ),
+        &device,
+    );
     let out = model.forward(LmInput::ids(ids.clone()), &routing);
     let chosen = out.chosen.expect("captured");
     let [layers, batch, seq, k] = chosen.dims();
@@ -144,13 +203,27 @@ fn steering_forces_the_listed_experts_into_and_out_of_every_top_k() {
     let v: Vec<i64> = chosen.into_data().iter::<i64>().collect();
     for (layer, (on, off)) in [(3, 1), (5, 2)].into_iter().enumerate() {
         for token in v[layer * batch * seq * k..(layer + 1) * batch * seq * k].chunks(k) {
-            assert!(token.contains(&on), "layer {layer}: forced-on {on} missing from {token:?}");
-            assert!(!token.contains(&off), "layer {layer}: forced-off {off} chosen in {token:?}");
+            assert!(
+                token.contains(&on),
+                "layer {layer}: forced-on {on} missing from {token:?}"
+            );
+            assert!(
+                !token.contains(&off),
+                "layer {layer}: forced-off {off} chosen in {token:?}"
+            );
         }
     }
     // Unsteered, the forced-on expert is not every token's choice: the steering did it.
-    let free = model.forward(LmInput::ids(ids), &Routing::capturing()).chosen.unwrap();
+    let free = model
+        .forward(LmInput::ids(ids), &Routing::capturing())
+        .chosen
+        .unwrap();
     let free: Vec<i64> = free.into_data().iter::<i64>().collect();
     assert!(free[..batch * seq * k].chunks(k).any(|t| !t.contains(&3)));
-    assert!(Steering::default().routing::<B>(2, 8, &device).force_on.is_none());
+    assert!(
+        Steering::default()
+            .routing::<B>(2, 8, &device)
+            .force_on
+            .is_none()
+    );
 }

@@ -8,13 +8,15 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::generate::{GenerateOptions, Sampling, generate};
-use steermoe::model::{self, ExpertExecution, KvCache, MoeLm, LmInput, Precision, Routing};
+use steermoe::model::{self, ExpertExecution, KvCache, LmInput, MoeLm, Precision, Routing};
 use steermoe::train::step::count_experts;
 
 type B = TestBackend;
 
 fn model() -> MoeLm<B> {
-    model::load::<B>(fixture(), &Default::default(), Precision::F32).unwrap().0
+    model::load::<B>(fixture(), &Default::default(), Precision::F32)
+        .unwrap()
+        .0
 }
 
 fn messages(v: &serde_json::Value) -> Vec<Message> {
@@ -22,17 +24,30 @@ fn messages(v: &serde_json::Value) -> Vec<Message> {
 }
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Chat-templated prompts (one user message each) as ids.
 fn chat_prompts(texts: &[&str]) -> Vec<Vec<u32>> {
     let tok = ChatTokenizer::from_dir(fixture()).unwrap();
-    texts.iter().map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap()).collect()
+    texts
+        .iter()
+        .map(|p| tok.encode_chat(&[Message::user(*p)], true).unwrap())
+        .collect()
 }
 
 fn opts(max_new_tokens: usize, sampling: Sampling, capture: bool) -> GenerateOptions {
-    GenerateOptions { max_new_tokens, sampling, stop_ids: vec![], pad_id: 1, capture }
+    GenerateOptions {
+        max_new_tokens,
+        sampling,
+        stop_ids: vec![],
+        pad_id: 1,
+        capture,
+    }
 }
 
 #[test]
@@ -44,7 +59,11 @@ fn chat_template_text_and_ids_equal_transformers() {
         let msgs = messages(&entry["messages"]);
         let text = tok.render(&msgs, gen_prompt).unwrap();
         assert_eq!(text, entry["text"].as_str().unwrap(), "{key} text");
-        assert_eq!(tok.encode(&text).unwrap(), ids_of(&entry["ids"]), "{key} ids");
+        assert_eq!(
+            tok.encode(&text).unwrap(),
+            ids_of(&entry["ids"]),
+            "{key} ids"
+        );
     }
     assert_eq!((tok.eos_id, tok.pad_id), (0, 1));
 }
@@ -53,7 +72,14 @@ fn chat_template_text_and_ids_equal_transformers() {
 fn greedy_tokens_equal_transformers_generate() {
     let greedy = &reference_json(&fixture())["greedy"];
     let prompt = ids_of(&greedy["prompt_ids"]);
-    let out = generate(&model(), &[prompt], &opts(16, Sampling::Greedy, false), &Routing::free(), &Default::default(), |_| {});
+    let out = generate(
+        &model(),
+        &[prompt],
+        &opts(16, Sampling::Greedy, false),
+        &Routing::free(),
+        &Default::default(),
+        |_| {},
+    );
     assert_eq!(out[0].new_ids, ids_of(&greedy["new_ids"]));
 }
 
@@ -61,26 +87,40 @@ fn greedy_tokens_equal_transformers_generate() {
 fn kv_cache_decoding_equals_recomputation() {
     let model = model();
     let device = Default::default();
-    let seq: Vec<i64> = ids_of(&reference_json(&fixture())["chat_train"]["ids"]).iter().map(|&t| t as i64).collect();
+    let seq: Vec<i64> = ids_of(&reference_json(&fixture())["chat_train"]["ids"])
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
     let n = seq.len();
     let full = model.forward(
-        LmInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(seq.clone(), [1, n]), &device)),
+        LmInput::ids(Tensor::<B, 2, Int>::from_data(
+            TensorData::new(seq.clone(), [1, n]),
+            &device,
+        )),
         &Routing::free(),
     );
     let mut cache = KvCache::new(model.num_layers());
     let split = n - 6;
-    let mut got = vec![model
-        .forward_cached(
-            LmInput::ids(Tensor::from_data(TensorData::new(seq[..split].to_vec(), [1, split]), &device)),
-            &mut cache,
-            &Routing::free(),
-        )
-        .logits];
+    let mut got = vec![
+        model
+            .forward_cached(
+                LmInput::ids(Tensor::from_data(
+                    TensorData::new(seq[..split].to_vec(), [1, split]),
+                    &device,
+                )),
+                &mut cache,
+                &Routing::free(),
+            )
+            .logits,
+    ];
     for t in split..n {
         got.push(
             model
                 .forward_cached(
-                    LmInput::ids(Tensor::from_data(TensorData::new(vec![seq[t]], [1, 1]), &device)),
+                    LmInput::ids(Tensor::from_data(
+                        TensorData::new(vec![seq[t]], [1, 1]),
+                        &device,
+                    )),
                     &mut cache,
                     &Routing::free(),
                 )
@@ -95,11 +135,29 @@ fn kv_cache_decoding_equals_recomputation() {
 #[test]
 fn left_padded_batch_gives_each_row_its_own_tokens() {
     let model = model();
-    let prompts = chat_prompts(&["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]);
+    let prompts = chat_prompts(&[
+        "Write a short poem about the sea.",
+        "Hi",
+        "List three colours, please, in order.",
+    ]);
     let o = opts(10, Sampling::Greedy, false);
-    let batch = generate(&model, &prompts, &o, &Routing::free(), &Default::default(), |_| {});
+    let batch = generate(
+        &model,
+        &prompts,
+        &o,
+        &Routing::free(),
+        &Default::default(),
+        |_| {},
+    );
     for (i, p) in prompts.iter().enumerate() {
-        let alone = generate(&model, std::slice::from_ref(p), &o, &Routing::free(), &Default::default(), |_| {});
+        let alone = generate(
+            &model,
+            std::slice::from_ref(p),
+            &o,
+            &Routing::free(),
+            &Default::default(),
+            |_| {},
+        );
         assert_eq!(batch[i].new_ids, alone[0].new_ids, "row {i}");
         assert_eq!(batch[i].prompt_ids, *p);
     }
@@ -110,13 +168,32 @@ fn same_seed_same_sampled_tokens() {
     let model = model();
     let prompt = ids_of(&reference_json(&fixture())["chat"]["ids"]);
     let run = |seed| {
-        let o = opts(12, Sampling::Sample { temperature: 1.0, top_p: 0.95, seed }, false);
-        generate(&model, &[prompt.clone(), prompt.clone()], &o, &Routing::free(), &Default::default(), |_| {})
+        let o = opts(
+            12,
+            Sampling::Sample {
+                temperature: 1.0,
+                top_p: 0.95,
+                seed,
+            },
+            false,
+        );
+        generate(
+            &model,
+            &[prompt.clone(), prompt.clone()],
+            &o,
+            &Routing::free(),
+            &Default::default(),
+            |_| {},
+        )
     };
     let (a, b, c) = (run(5), run(5), run(6));
     assert_eq!(a[0].new_ids, b[0].new_ids);
     assert_eq!(a[1].new_ids, b[1].new_ids);
-    assert_ne!((&a[0].new_ids, &a[1].new_ids), (&c[0].new_ids, &c[1].new_ids), "another seed, other tokens");
+    assert_ne!(
+        (&a[0].new_ids, &a[1].new_ids),
+        (&c[0].new_ids, &c[1].new_ids),
+        "another seed, other tokens"
+    );
 }
 
 #[test]
@@ -124,12 +201,27 @@ fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
     let model = model();
     let device = Default::default();
     let prompts = chat_prompts(&["Tell me a joke.", "Hello there, how are you today?"]);
-    let gens = generate(&model, &prompts, &opts(7, Sampling::Greedy, true), &Routing::free(), &device, |_| {});
+    let gens = generate(
+        &model,
+        &prompts,
+        &opts(7, Sampling::Greedy, true),
+        &Routing::free(),
+        &device,
+        |_| {},
+    );
     for g in &gens {
-        let all: Vec<i64> = g.prompt_ids.iter().chain(&g.new_ids).map(|&t| t as i64).collect();
+        let all: Vec<i64> = g
+            .prompt_ids
+            .iter()
+            .chain(&g.new_ids)
+            .map(|&t| t as i64)
+            .collect();
         let n = all.len();
         let out = model.forward(
-            LmInput::ids(Tensor::<B, 2, Int>::from_data(TensorData::new(all, [1, n]), &device)),
+            LmInput::ids(Tensor::<B, 2, Int>::from_data(
+                TensorData::new(all, [1, n]),
+                &device,
+            )),
             &Routing::capturing(),
         );
         let rl = out.router_logits.unwrap(); // [layers, 1, n, experts]
@@ -149,8 +241,18 @@ fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
         }
         // Stored as f16: 2^-11 relative, plus the f32 difference of two computations.
         let tol = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs())) * 1e-3 + 1e-4;
-        assert_close("prompt routing", &pr.to_f32(), &expected_prompt, tol(&expected_prompt));
-        assert_close("generation routing", &gr.to_f32(), &expected_gen, tol(&expected_gen));
+        assert_close(
+            "prompt routing",
+            &pr.to_f32(),
+            &expected_prompt,
+            tol(&expected_prompt),
+        );
+        assert_close(
+            "generation routing",
+            &gr.to_f32(),
+            &expected_gen,
+            tol(&expected_gen),
+        );
     }
 }
 
@@ -158,7 +260,10 @@ fn captured_routing_equals_a_plain_forward_over_prompt_and_generation() {
 fn expert_counts_leave_padding_out() {
     let device = Default::default();
     let model = model();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![5i64, 6, 7, 8, 9, 10, 1, 1], [2, 4]), &device);
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![5i64, 6, 7, 8, 9, 10, 1, 1], [2, 4]),
+        &device,
+    );
     let real = vec![true, true, true, true, true, true, false, false];
     let mask = Tensor::from_data(TensorData::new(real.clone(), [2, 4]), &device);
     let k = model.top_k();
@@ -168,7 +273,10 @@ fn expert_counts_leave_padding_out() {
     let mut choices = Vec::new();
     for exec in [ExpertExecution::Grouped, ExpertExecution::Dense] {
         let model = model.clone().with_execution(exec);
-        let out = model.forward(LmInput::padded(ids.clone(), mask.clone()), &Routing::capturing());
+        let out = model.forward(
+            LmInput::padded(ids.clone(), mask.clone()),
+            &Routing::capturing(),
+        );
         let chosen = out.chosen.expect("captured");
         assert_eq!(chosen.dims(), [layers, 2, 4, k]);
         let flat: Vec<i64> = chosen.into_data().iter::<i64>().collect();
@@ -182,7 +290,10 @@ fn expert_counts_leave_padding_out() {
         }
         choices.push(flat);
     }
-    assert_eq!(choices[0], choices[1], "grouped and dense execution route alike");
+    assert_eq!(
+        choices[0], choices[1],
+        "grouped and dense execution route alike"
+    );
 }
 
 #[test]
@@ -191,18 +302,53 @@ fn greedy_rows_stop_at_their_own_stop_id_and_the_rest_go_on() {
     // with a stop id, each row's tokens must be its free-running ones cut after the first stop
     // id, over more steps than one read covers, and the progress count must add up.
     let model = model();
-    let prompts = chat_prompts(&["Write a short poem about the sea.", "Hi", "List three colours, please, in order."]);
+    let prompts = chat_prompts(&[
+        "Write a short poem about the sea.",
+        "Hi",
+        "List three colours, please, in order.",
+    ]);
     let steps = 40;
-    let free = generate(&model, &prompts, &opts(steps, Sampling::Greedy, false), &Routing::free(), &Default::default(), |_| {});
+    let free = generate(
+        &model,
+        &prompts,
+        &opts(steps, Sampling::Greedy, false),
+        &Routing::free(),
+        &Default::default(),
+        |_| {},
+    );
     let stop = free[0].new_ids[2];
-    let o = GenerateOptions { stop_ids: vec![stop], ..opts(steps, Sampling::Greedy, true) };
+    let o = GenerateOptions {
+        stop_ids: vec![stop],
+        ..opts(steps, Sampling::Greedy, true)
+    };
     let mut produced = 0;
-    let stopped = generate(&model, &prompts, &o, &Routing::free(), &Default::default(), |n| produced += n);
+    let stopped = generate(
+        &model,
+        &prompts,
+        &o,
+        &Routing::free(),
+        &Default::default(),
+        |n| produced += n,
+    );
     for (r, (f, s)) in free.iter().zip(&stopped).enumerate() {
-        let cut = f.new_ids.iter().position(|&t| t == stop).map_or(steps, |i| i + 1);
+        let cut = f
+            .new_ids
+            .iter()
+            .position(|&t| t == stop)
+            .map_or(steps, |i| i + 1);
         assert_eq!(s.new_ids, f.new_ids[..cut], "row {r}");
-        assert_eq!(s.gen_routing.as_ref().unwrap().tokens, cut, "row {r}: routing of each generated token");
+        assert_eq!(
+            s.gen_routing.as_ref().unwrap().tokens,
+            cut,
+            "row {r}: routing of each generated token"
+        );
     }
-    assert!(stopped[0].new_ids.len() <= 3, "row 0 stops by its third token");
-    assert_eq!(produced, stopped.iter().map(|g| g.new_ids.len()).sum::<usize>());
+    assert!(
+        stopped[0].new_ids.len() <= 3,
+        "row 0 stops by its third token"
+    );
+    assert_eq!(
+        produced,
+        stopped.iter().map(|g| g.new_ids.len()).sum::<usize>()
+    );
 }

@@ -28,7 +28,14 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
 
 fn run(cfg: &Path, out: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_steermoe"))
-        .args(["--no-tui", "run", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "--no-tui",
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -42,16 +49,30 @@ fn finish(cfg: &Path, out: &Path) {
 
 /// What must come out the same: the exported weights, the samples, and each step's
 /// (step, loss, lr, batch) in `metrics.jsonl` (its timing fields differ between any two runs).
-fn outcome(out: &Path) -> (Vec<u8>, Vec<u8>, Vec<(u64, String, String, u64)>, serde_json::Value) {
+fn outcome(
+    out: &Path,
+) -> (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<(u64, String, String, u64)>,
+    serde_json::Value,
+) {
     let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].to_string(), v["lr"].to_string(), v["batch_idx"].as_u64().unwrap())
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].to_string(),
+                v["lr"].to_string(),
+                v["batch_idx"].as_u64().unwrap(),
+            )
         })
         .collect();
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("training_metadata.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("training_metadata.json")).unwrap())
+            .unwrap();
     (
         std::fs::read(out.join("final_model/model.safetensors")).unwrap(),
         std::fs::read(out.join("samples.jsonl")).unwrap(),
@@ -88,10 +109,23 @@ fn killed_anywhere_a_rerun_ends_as_an_uninterrupted_run() {
     assert!(kills >= 3, "only {kills} runs were still going when killed");
     let got = outcome(&out);
     assert_eq!(got.1, want.1, "samples.jsonl");
-    assert_eq!(got.2, want.2, "metrics.jsonl: steps, losses, learning rates, batches");
+    assert_eq!(
+        got.2, want.2,
+        "metrics.jsonl: steps, losses, learning rates, batches"
+    );
     assert_eq!(got.3, want.3, "training_metadata.json: first_loss");
-    assert!(got.0 == want.0, "final_model/model.safetensors differs from the uninterrupted run's");
-    let leftovers: Vec<String> = walk(&out).into_iter().filter(|p| Path::new(p).file_name().is_some_and(|f| f.to_string_lossy().contains(".tmp"))).collect();
+    assert!(
+        got.0 == want.0,
+        "final_model/model.safetensors differs from the uninterrupted run's"
+    );
+    let leftovers: Vec<String> = walk(&out)
+        .into_iter()
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().contains(".tmp"))
+        })
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -125,7 +159,8 @@ fn a_second_run_into_the_same_directory_is_refused() {
     if first.try_wait().unwrap().is_none() {
         assert_eq!(second.status.code(), Some(1), "{stderr}");
         assert!(
-            stderr.contains("is in use by another steermoe process") && stderr.contains(&format!("pid {}", first.id())),
+            stderr.contains("is in use by another steermoe process")
+                && stderr.contains(&format!("pid {}", first.id())),
             "{stderr}"
         );
     }

@@ -25,7 +25,10 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
                 continue;
             }
             let rel = path.strip_prefix(src).unwrap();
-            let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+            let mut parts: Vec<String> = rel
+                .iter()
+                .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
+                .collect();
             // The binary (main.rs, cli/) is another crate.
             if parts[0] == "main" || parts[0] == "cli" {
                 continue;
@@ -61,7 +64,9 @@ fn code(path: &Path) -> String {
 }
 
 fn ident(s: &str) -> String {
-    s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+    s.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
 }
 
 /// Paths (from the crate root) this module's code names, each as far as it is spelled.
@@ -73,13 +78,25 @@ fn references(module: &[String], text: &str) -> Vec<Vec<String>> {
         for (i, _) in text.match_indices(anchor) {
             // `self::super::` and `foo::crate::` do not occur; a preceding identifier char means
             // another word (e.g. `my_crate::`).
-            if text[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
                 continue;
             }
             let after = &text[i + anchor.len()..];
             let heads: Vec<Vec<String>> = if let Some(list) = after.strip_prefix('{') {
                 let list = &list[..list.find('}').unwrap_or(list.len())];
-                list.split(',').map(|item| item.trim().split("::").map(ident).filter(|s| !s.is_empty()).collect()).collect()
+                list.split(',')
+                    .map(|item| {
+                        item.trim()
+                            .split("::")
+                            .map(ident)
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .collect()
             } else {
                 let mut parts = Vec::new();
                 let mut rest = after;
@@ -109,11 +126,19 @@ fn references(module: &[String], text: &str) -> Vec<Vec<String>> {
 
 /// The longest prefix of `path` that is a module file.
 fn resolve(path: &[String], modules: &BTreeMap<Vec<String>, PathBuf>) -> Option<Vec<String>> {
-    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains_key(p))
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|p| modules.contains_key(p))
 }
 
 fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn visit(n: &str, graph: &BTreeMap<String, BTreeSet<String>>, state: &mut BTreeMap<String, u8>, stack: &mut Vec<String>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
         state.insert(n.to_string(), 1);
         stack.push(n.to_string());
         for m in graph.get(n).into_iter().flatten() {
@@ -158,26 +183,55 @@ fn no_import_cycle_between_modules() {
             continue;
         }
         for reference in references(module, &code(path)) {
-            let Some(target) = resolve(&reference, &modules) else { continue };
+            let Some(target) = resolve(&reference, &modules) else {
+                continue;
+            };
             // Top level.
             if target[0] != module[0] {
-                graphs.entry(String::new()).or_default().entry(module[0].clone()).or_default().insert(target[0].clone());
+                graphs
+                    .entry(String::new())
+                    .or_default()
+                    .entry(module[0].clone())
+                    .or_default()
+                    .insert(target[0].clone());
             }
             // Siblings: the first components where the two paths part, under a common parent.
-            let common = module.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            let common = module
+                .iter()
+                .zip(&target)
+                .take_while(|(a, b)| a == b)
+                .count();
             if common >= 1 && common < module.len() && common < target.len() {
                 let dir = module[..common].join("/");
-                graphs.entry(dir).or_default().entry(module[common].clone()).or_default().insert(target[common].clone());
+                graphs
+                    .entry(dir)
+                    .or_default()
+                    .entry(module[common].clone())
+                    .or_default()
+                    .insert(target[common].clone());
             }
         }
     }
-    assert!(graphs.get("").is_some_and(|g| g.len() > 5), "the top-level graph was not read: {graphs:?}");
-    assert!(graphs.get("model").is_some_and(|g| g.contains_key("lm")), "model/'s graph was not read: {graphs:?}");
+    assert!(
+        graphs.get("").is_some_and(|g| g.len() > 5),
+        "the top-level graph was not read: {graphs:?}"
+    );
+    assert!(
+        graphs.get("model").is_some_and(|g| g.contains_key("lm")),
+        "model/'s graph was not read: {graphs:?}"
+    );
     for (dir, graph) in &graphs {
-        let name = if dir.is_empty() { "src/ (top-level modules)".to_string() } else { format!("src/{dir}/") };
+        let name = if dir.is_empty() {
+            "src/ (top-level modules)".to_string()
+        } else {
+            format!("src/{dir}/")
+        };
         println!("{name}");
         for (from, to) in graph {
-            println!("  {from} -> {}", to.iter().cloned().collect::<Vec<_>>().join(", "));
+            println!(
+                "  {from} -> {}",
+                to.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
         if let Some(c) = cycle(graph) {
             panic!("import cycle in {name}: {}", c.join(" -> "));
@@ -193,12 +247,19 @@ fn the_checker_sees_a_cycle() {
     g.entry("b".into()).or_default().insert("c".into());
     assert_eq!(cycle(&g), None);
     g.entry("c".into()).or_default().insert("a".into());
-    assert_eq!(cycle(&g), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
+    assert_eq!(
+        cycle(&g),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
     let text = "use super::{cache::KvCache, config::ModelConfig};\nlet x = crate::model::routing::to_f32(y);";
     let refs = references(&["model".into(), "olmoe".into()], text);
     assert_eq!(
         refs,
-        vec![vec!["model".to_string(), "routing".into(), "to_f32".into()], vec!["model".into(), "cache".into(), "KvCache".into()], vec!["model".into(), "config".into(), "ModelConfig".into()]]
+        vec![
+            vec!["model".to_string(), "routing".into(), "to_f32".into()],
+            vec!["model".into(), "cache".into(), "KvCache".into()],
+            vec!["model".into(), "config".into(), "ModelConfig".into()]
+        ]
     );
 }
 
@@ -288,24 +349,38 @@ fn only_run_dir_names_the_files_of_a_run_directory() {
         checked += 1;
         // A path is a literal without spaces (prose in a help text may name a file); a name
         // counts where it starts a path component (`alpaca-eval.json` is not `eval.json`).
-        for lit in literals(&code).into_iter().filter(|l| !l.contains(char::is_whitespace)) {
-            let starts_component = |name: &str| lit.match_indices(name).any(|(i, _)| i == 0 || lit[..i].ends_with(['/', '{', '}']));
+        for lit in literals(&code)
+            .into_iter()
+            .filter(|l| !l.contains(char::is_whitespace))
+        {
+            let starts_component = |name: &str| {
+                lit.match_indices(name)
+                    .any(|(i, _)| i == 0 || lit[..i].ends_with(['/', '{', '}']))
+            };
             if let Some(name) = NAMES.iter().find(|n| starts_component(n)) {
                 found.push(format!("src/{}: {lit:?} names {name}", file.display()));
             }
         }
     }
     assert!(checked > 50, "only {checked} files read");
-    assert!(found.is_empty(), "run-directory file names outside src/run_dir/:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "run-directory file names outside src/run_dir/:\n{}",
+        found.join("\n")
+    );
 }
 
 /// The checker above sees a file name in a literal, and not in a comment or a char literal.
 #[test]
 fn the_name_checker_reads_literals() {
-    let text = "let c = '\"'; // \"metrics.jsonl\" in a comment\nlet p = dir.join(\"metrics.jsonl\");";
+    let text =
+        "let c = '\"'; // \"metrics.jsonl\" in a comment\nlet p = dir.join(\"metrics.jsonl\");";
     assert_eq!(literals(&code_of(text)), vec!["metrics.jsonl".to_string()]);
     let text = "let p = format!(\"{}/train/{run}/final_model\", a);";
-    assert_eq!(literals(&code_of(text)), vec!["{}/train/{run}/final_model".to_string()]);
+    assert_eq!(
+        literals(&code_of(text)),
+        vec!["{}/train/{run}/final_model".to_string()]
+    );
 }
 
 fn code_of(text: &str) -> String {
@@ -321,13 +396,39 @@ fn code_of(text: &str) -> String {
 #[test]
 fn one_pipeline_chains_the_stages() {
     let all = sources();
-    let calling = |needle: &str| -> Vec<String> { all.iter().filter(|(_, c)| c.contains(needle)).map(|(f, _)| f.display().to_string()).collect() };
-    assert_eq!(calling("pipeline::run("), vec!["cli/mod.rs".to_string(), "sweep/runner.rs".to_string()]);
-    let run_cli = &all.iter().find(|(f, _)| f == Path::new("cli/run.rs")).unwrap().1;
-    assert!(run_cli.contains(".run(None)"), "steermoe run goes through ConfigArgs::run, which calls pipeline::run");
-    for entry in ["collect::collect(", "analysis::analyze(", "train::train(", "evaluate_into("] {
-        let callers: Vec<String> = calling(entry).into_iter().filter(|f| !f.starts_with("pipeline")).collect();
-        assert!(callers.is_empty(), "{entry} called outside the pipeline: {callers:?}");
+    let calling = |needle: &str| -> Vec<String> {
+        all.iter()
+            .filter(|(_, c)| c.contains(needle))
+            .map(|(f, _)| f.display().to_string())
+            .collect()
+    };
+    assert_eq!(
+        calling("pipeline::run("),
+        vec!["cli/mod.rs".to_string(), "sweep/runner.rs".to_string()]
+    );
+    let run_cli = &all
+        .iter()
+        .find(|(f, _)| f == Path::new("cli/run.rs"))
+        .unwrap()
+        .1;
+    assert!(
+        run_cli.contains(".run(None)"),
+        "steermoe run goes through ConfigArgs::run, which calls pipeline::run"
+    );
+    for entry in [
+        "collect::collect(",
+        "analysis::analyze(",
+        "train::train(",
+        "evaluate_into(",
+    ] {
+        let callers: Vec<String> = calling(entry)
+            .into_iter()
+            .filter(|f| !f.starts_with("pipeline"))
+            .collect();
+        assert!(
+            callers.is_empty(),
+            "{entry} called outside the pipeline: {callers:?}"
+        );
     }
     assert_eq!(calling("enum Stage "), vec!["run_dir/stage.rs".to_string()]);
     assert!(calling("enum Step ").is_empty() && calling("enum EvalVariant").is_empty());

@@ -4,7 +4,6 @@
 //! live in `parity_cases/`; the same cases run on wgpu (`parity_wgpu.rs`) and CUDA
 //! (`cuda.rs`).
 
-
 mod common;
 mod parity_cases;
 

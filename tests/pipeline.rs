@@ -9,8 +9,15 @@ use std::process::Command;
 use common::*;
 
 fn steermoe(args: &[&str]) -> std::process::Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_steermoe")).args(args).output().expect("binary runs");
-    assert!(o.status.success(), "steermoe {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    assert!(
+        o.status.success(),
+        "steermoe {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
@@ -33,7 +40,13 @@ fn collect_resume_and_analyze() {
     let run = tmp.path().join("run");
     let (cfg_s, run_s) = (cfg.to_str().unwrap(), run.to_str().unwrap());
     steermoe(&["collect", "--config", cfg_s, "--out", run_s]);
-    for f in ["config.toml", "samples.jsonl", "routing/index.json", "routing/batch-00000.safetensors", "routing/batch-00001.json"] {
+    for f in [
+        "config.toml",
+        "samples.jsonl",
+        "routing/index.json",
+        "routing/batch-00000.safetensors",
+        "routing/batch-00001.json",
+    ] {
         assert!(run.join(f).is_file(), "{f} written");
     }
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("samples.jsonl"))
@@ -49,21 +62,48 @@ fn collect_resume_and_analyze() {
         assert_eq!(l["new_ids"].as_array().unwrap().len(), 5);
     }
     assert_eq!(lines[0]["goal"], lines[2]["goal"], "a pair shares its goal");
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("routing/index.json")).unwrap()).unwrap();
-    assert_eq!((index["layers"].as_u64(), index["experts"].as_u64(), index["top_k"].as_u64()), (Some(2), Some(8), Some(2)));
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("routing/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            index["layers"].as_u64(),
+            index["experts"].as_u64(),
+            index["top_k"].as_u64()
+        ),
+        (Some(2), Some(8), Some(2))
+    );
 
     // A second run finds every batch finished and generates nothing.
     let before = std::fs::read(run.join("routing/batch-00000.safetensors")).unwrap();
     let out = steermoe(&["collect", "--config", cfg_s, "--out", run_s]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("collect: done already"), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(before, std::fs::read(run.join("routing/batch-00000.safetensors")).unwrap());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("collect: done already"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        before,
+        std::fs::read(run.join("routing/batch-00000.safetensors")).unwrap()
+    );
 
     let out = steermoe(&["analyze", "--run", run_s]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("analysed 2 batches"));
-    let outputs = ["risk_diff.csv", "risk_diff_aggregated.csv", "unsafe_experts.json", "expert_masks.safetensors", "risk_diff_heatmap.png"];
-    let first: Vec<Vec<u8>> = outputs.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let outputs = [
+        "risk_diff.csv",
+        "risk_diff_aggregated.csv",
+        "unsafe_experts.json",
+        "expert_masks.safetensors",
+        "risk_diff_heatmap.png",
+    ];
+    let first: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
     let header = String::from_utf8(first[1].clone()).unwrap();
-    assert!(header.starts_with("layer,expert,a_safe,d_safe,a_unsafe,d_unsafe,a_safe_n,a_unsafe_n,risk_diff,risk_diff_abs\n"));
+    assert!(header.starts_with(
+        "layer,expert,a_safe,d_safe,a_unsafe,d_unsafe,a_safe_n,a_unsafe_n,risk_diff,risk_diff_abs\n"
+    ));
     assert_eq!(header.lines().count(), 1 + 2 * 8);
     let experts: serde_json::Value = serde_json::from_slice(&first[2]).unwrap();
     assert_eq!(experts["per_batch"].as_array().unwrap().len(), 2);
@@ -74,12 +114,19 @@ fn collect_resume_and_analyze() {
     let info = decoder.read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (8 * 48 + 260, 2 * 48 + 150));
     // A finished analysis is kept; redone (its files removed), the same inputs give the same bytes.
-    assert!(String::from_utf8_lossy(&steermoe(&["analyze", "--run", run_s]).stdout).contains("analyze: done already"));
+    assert!(
+        String::from_utf8_lossy(&steermoe(&["analyze", "--run", run_s]).stdout)
+            .contains("analyze: done already")
+    );
     for f in outputs {
         std::fs::remove_file(run.join(f)).unwrap();
     }
     steermoe(&["analyze", "--run", run_s]);
     for (f, bytes) in outputs.iter().zip(&first) {
-        assert_eq!(&std::fs::read(run.join(f)).unwrap(), bytes, "{f} is byte-identical on a rerun");
+        assert_eq!(
+            &std::fs::read(run.join(f)).unwrap(),
+            bytes,
+            "{f} is byte-identical on a rerun"
+        );
     }
 }

@@ -17,7 +17,11 @@ fn steermoe(args: &[&str]) -> String {
         .output()
         .expect("binary runs");
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "steermoe {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "steermoe {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     stdout
 }
 
@@ -70,7 +74,10 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+                out.insert(
+                    path.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&path).unwrap(),
+                );
             }
         }
     }
@@ -80,8 +87,17 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 fn run(tmp: &Path, backend: &str, name: &str) -> PathBuf {
     let cfg = config(tmp, backend);
     let out = tmp.join(name);
-    let stdout = steermoe(&["run", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(stdout.contains("jailbreak ASR"), "the before/after table is printed:\n{stdout}");
+    let stdout = steermoe(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("jailbreak ASR"),
+        "the before/after table is printed:\n{stdout}"
+    );
     out
 }
 
@@ -103,7 +119,9 @@ fn comparable(files: BTreeMap<PathBuf, Vec<u8>>) -> BTreeMap<PathBuf, Vec<u8>> {
                     let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
                     let record = v.as_object_mut().unwrap();
                     if !record.contains_key("valid_loss") {
-                        record.remove("tokens_per_s").expect("a step records tokens_per_s");
+                        record
+                            .remove("tokens_per_s")
+                            .expect("a step records tokens_per_s");
                     }
                     v.to_string()
                 })
@@ -121,13 +139,31 @@ fn same_config_twice_gives_identical_artifacts() {
     std::fs::rename(&out, tmp.path().join("first")).unwrap();
     let a = comparable(files(&tmp.path().join("first")));
     let b = comparable(files(&run(tmp.path(), "cpu", "run")));
-    for f in ["config.toml", "samples.jsonl", "unsafe_experts.json", "metrics.jsonl", "final_model/model.safetensors", "eval/trained/eval.json"] {
+    for f in [
+        "config.toml",
+        "samples.jsonl",
+        "unsafe_experts.json",
+        "metrics.jsonl",
+        "final_model/model.safetensors",
+        "eval/trained/eval.json",
+    ] {
         assert!(a.contains_key(Path::new(f)), "{f} written");
     }
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the same files");
-    let differ: Vec<_> = a.iter().filter(|(f, bytes)| b[*f] != **bytes).map(|(f, _)| f.display().to_string()).collect();
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    let differ: Vec<_> = a
+        .iter()
+        .filter(|(f, bytes)| b[*f] != **bytes)
+        .map(|(f, _)| f.display().to_string())
+        .collect();
     println!("{} files compared byte for byte", a.len());
-    assert!(differ.is_empty(), "files differ between two runs of one config: {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "files differ between two runs of one config: {differ:?}"
+    );
 }
 
 #[test]
@@ -135,7 +171,9 @@ fn same_config_twice_gives_identical_artifacts() {
 fn run_on_wgpu_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = run(tmp.path(), "wgpu", "wgpu");
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval/trained/eval.json")).unwrap()).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval/trained/eval.json")).unwrap())
+            .unwrap();
     let asr = eval["asr"].as_f64().expect("asr is a number");
     assert!((0.0..=1.0).contains(&asr), "asr {asr}");
     println!("wgpu run finished: trained asr {asr}");

@@ -11,7 +11,11 @@ use std::process::Command;
 use common::*;
 
 fn config(dir: &Path) -> std::path::PathBuf {
-    let text = tiny_method_toml(&fixture(), "", "[sweep]\nseeds = [0, 1]\n[sweep.axes]\n\"analysis.experts\" = [\"risk_diff\", \"random\"]\n");
+    let text = tiny_method_toml(
+        &fixture(),
+        "",
+        "[sweep]\nseeds = [0, 1]\n[sweep.axes]\n\"analysis.experts\" = [\"risk_diff\", \"random\"]\n",
+    );
     let path = dir.join("sweep.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -20,7 +24,15 @@ fn config(dir: &Path) -> std::path::PathBuf {
 fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
     let headers = r.headers().unwrap().clone();
-    r.records().map(|rec| headers.iter().zip(rec.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()).collect()
+    r.records()
+        .map(|rec| {
+            headers
+                .iter()
+                .zip(rec.unwrap().iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -29,12 +41,29 @@ fn tiny_sweep_shares_work_and_reports_the_jobs_numbers() {
     let cfg = config(tmp.path());
     let out = tmp.path().join("sweep");
     let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
-        .args(["sweep", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"])
+        .args([
+            "sweep",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "sweep failed: {}\n{stdout}", String::from_utf8_lossy(&o.stderr));
-    for f in ["results.csv", "summary.md", "asr_vs_utility.png", "timings.csv"] {
+    assert!(
+        o.status.success(),
+        "sweep failed: {}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for f in [
+        "results.csv",
+        "summary.md",
+        "asr_vs_utility.png",
+        "timings.csv",
+    ] {
         assert!(out.join(f).is_file(), "{f} written");
     }
 
@@ -43,26 +72,60 @@ fn tiny_sweep_shares_work_and_reports_the_jobs_numbers() {
     assert_eq!(rows.len(), 12);
     let mut asr: HashMap<(String, String), Vec<f64>> = HashMap::new();
     for row in &rows {
-        let eval: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join(&row["run_dir"]).join("eval").join(&row["variant"]).join("eval.json")).unwrap()).unwrap();
-        assert_eq!(row["jailbreak_complied"], eval["jailbreak"]["hits"].to_string());
+        let eval: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                out.join(&row["run_dir"])
+                    .join("eval")
+                    .join(&row["variant"])
+                    .join("eval.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            row["jailbreak_complied"],
+            eval["jailbreak"]["hits"].to_string()
+        );
         assert_eq!(row["jailbreak_n"], eval["jailbreak"]["n"].to_string());
         assert_eq!(row["benign_refused"], eval["benign"]["hits"].to_string());
-        assert_eq!(row["asr"].parse::<f64>().unwrap(), eval["asr"].as_f64().unwrap());
-        assert_eq!(row["benign_answer_nll"].parse::<f64>().unwrap(), eval["benign_answer_nll"].as_f64().unwrap());
+        assert_eq!(
+            row["asr"].parse::<f64>().unwrap(),
+            eval["asr"].as_f64().unwrap()
+        );
+        assert_eq!(
+            row["benign_answer_nll"].parse::<f64>().unwrap(),
+            eval["benign_answer_nll"].as_f64().unwrap()
+        );
         assert!(row["cell"].ends_with(&format!("experts={}", row["analysis.experts"])));
-        asr.entry((row["cell"].clone(), row["variant"].clone())).or_default().push(eval["asr"].as_f64().unwrap());
+        asr.entry((row["cell"].clone(), row["variant"].clone()))
+            .or_default()
+            .push(eval["asr"].as_f64().unwrap());
         // Every job directory is an ordinary, complete run directory.
         let dir = out.join(&row["run_dir"]);
-        for f in ["config.toml", "provenance.json", "samples.jsonl", "routing/index.json", "unsafe_experts.json", "training_metadata.json", "eval/table.txt"] {
+        for f in [
+            "config.toml",
+            "provenance.json",
+            "samples.jsonl",
+            "routing/index.json",
+            "unsafe_experts.json",
+            "training_metadata.json",
+            "eval/table.txt",
+        ] {
             assert!(dir.join(f).is_file(), "{}: {f}", dir.display());
         }
     }
     // Steering activates one expert; the random arm draws it from a random ranking.
-    assert!(rows.iter().filter(|r| r["variant"] == "steer-a1").all(|r| r["activated_experts"].split(' ').count() == 1));
+    assert!(
+        rows.iter()
+            .filter(|r| r["variant"] == "steer-a1")
+            .all(|r| r["activated_experts"].split(' ').count() == 1)
+    );
     // Trained rows: the random arm trains as many experts as the risk-difference arm.
     let trained = |experts: &str| -> Vec<String> {
-        rows.iter().filter(|r| r["variant"] == "trained" && r["analysis.experts"] == experts).map(|r| r["trained_experts"].clone()).collect()
+        rows.iter()
+            .filter(|r| r["variant"] == "trained" && r["analysis.experts"] == experts)
+            .map(|r| r["trained_experts"].clone())
+            .collect()
     };
     assert_eq!(trained("risk_diff"), trained("random"));
 
@@ -73,27 +136,62 @@ fn tiny_sweep_shares_work_and_reports_the_jobs_numbers() {
             continue;
         }
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt();
+        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+            / (values.len() - 1) as f64)
+            .sqrt();
         let half = 12.706204736 * sd / (values.len() as f64).sqrt(); // t(0.975, 1)
-        let expected = format!("| {cell} | {variant} | 2 | {:.1}% ± {:.1} |", 100.0 * mean, 100.0 * half);
-        assert!(summary.contains(&expected), "summary.md lacks {expected}\n{summary}");
+        let expected = format!(
+            "| {cell} | {variant} | 2 | {:.1}% ± {:.1} |",
+            100.0 * mean,
+            100.0 * half
+        );
+        assert!(
+            summary.contains(&expected),
+            "summary.md lacks {expected}\n{summary}"
+        );
     }
     assert!(summary.contains("## Risk-difference experts against matched random experts"));
 
     // Shared work: one collect for all, one risk-difference analysis for both seeds, one base
     // evaluation; the random analysis depends on the seed, every training on it too.
     let timings = csv_rows(&out.join("timings.csv"));
-    let ran = |stage: &str| timings.iter().filter(|t| t["stage"] == stage && t["outcome"] == "ran").count();
-    assert_eq!((ran("collect"), ran("analyze"), ran("train"), ran("eval/base")), (1, 3, 4, 1), "{timings:?}");
+    let ran = |stage: &str| {
+        timings
+            .iter()
+            .filter(|t| t["stage"] == stage && t["outcome"] == "ran")
+            .count()
+    };
+    assert_eq!(
+        (
+            ran("collect"),
+            ran("analyze"),
+            ran("train"),
+            ran("eval/base")
+        ),
+        (1, 3, 4, 1),
+        "{timings:?}"
+    );
 
     // A second call finds everything done.
     let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
-        .args(["sweep", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "sweep",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success());
     let again = csv_rows(&out.join("timings.csv"));
-    assert_eq!(again, timings, "a call that does nothing keeps the recorded timings");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("analyze done"), "every stage found done");
+    assert_eq!(
+        again, timings,
+        "a call that does nothing keeps the recorded timings"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("analyze done"),
+        "every stage found done"
+    );
     assert_eq!(csv_rows(&out.join("results.csv")), rows);
 }

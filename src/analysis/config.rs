@@ -44,7 +44,12 @@ impl AnalysisConfig {
             at_least("analysis.first_n", self.first_n, 1)?;
         }
         within("analysis.batch_threshold", self.batch_threshold, -1.0, 1.0)?;
-        within("analysis.global_threshold", self.global_threshold, -1.0, 1.0)
+        within(
+            "analysis.global_threshold",
+            self.global_threshold,
+            -1.0,
+            1.0,
+        )
     }
 
     /// The token scope as recorded in `unsafe_experts.json` (`generation_first_n(16)`).
@@ -111,9 +116,15 @@ mod tests {
 
     #[test]
     fn a_nan_threshold_is_refused_by_key() {
-        let cfg = AnalysisConfig { batch_threshold: f64::NAN, ..AnalysisConfig::default() };
+        let cfg = AnalysisConfig {
+            batch_threshold: f64::NAN,
+            ..AnalysisConfig::default()
+        };
         assert_eq!(cfg.validate().unwrap_err().key, "analysis.batch_threshold");
-        let cfg = AnalysisConfig { global_threshold: 2.0, ..AnalysisConfig::default() };
+        let cfg = AnalysisConfig {
+            global_threshold: 2.0,
+            ..AnalysisConfig::default()
+        };
         assert_eq!(cfg.validate().unwrap_err().key, "analysis.global_threshold");
         assert!(AnalysisConfig::default().validate().is_ok());
     }

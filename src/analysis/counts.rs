@@ -20,7 +20,11 @@ pub struct TopKCounter {
 #[inline]
 fn order_key(v: f16) -> u16 {
     let bits = v.to_bits();
-    if bits & 0x8000 != 0 { !bits } else { bits | 0x8000 }
+    if bits & 0x8000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000
+    }
 }
 
 impl TopKCounter {
@@ -76,9 +80,17 @@ mod tests {
 
     #[test]
     fn picks_largest_and_breaks_ties_to_the_lower_index() {
-        let idx = |c: &mut TopKCounter, v: &[f32]| c.select(&h(v)).iter().map(|s| s.1).collect::<Vec<_>>();
-        assert_eq!(idx(&mut TopKCounter::new(2), &[0.5, 2.0, -1.0, 2.0, 1.0]), vec![1, 3]);
-        assert_eq!(idx(&mut TopKCounter::new(3), &[1.0, 1.0, 1.0, 1.0]), vec![0, 1, 2]);
+        let idx = |c: &mut TopKCounter, v: &[f32]| {
+            c.select(&h(v)).iter().map(|s| s.1).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            idx(&mut TopKCounter::new(2), &[0.5, 2.0, -1.0, 2.0, 1.0]),
+            vec![1, 3]
+        );
+        assert_eq!(
+            idx(&mut TopKCounter::new(3), &[1.0, 1.0, 1.0, 1.0]),
+            vec![0, 1, 2]
+        );
         let mut c = TopKCounter::new(1);
         assert_eq!(idx(&mut c, &[-5.0, -3.0, -4.0]), vec![1]);
         assert_eq!(idx(&mut c, &[1.0, 2.0, 2.0, 0.0]), vec![1]);
@@ -91,7 +103,10 @@ mod tests {
             layers: 2,
             tokens: 3,
             experts: 3,
-            values: h(&[1., 0., 0., 0., 1., 0., 0., 0., 9., /* layer 1 */ 0., 0., 1., 0., 0., 1., 5., 0., 0.]),
+            values: h(&[
+                1., 0., 0., 0., 1., 0., 0., 0., 9., /* layer 1 */ 0., 0., 1., 0., 0., 1., 5.,
+                0., 0.,
+            ]),
         };
         let mut acc = vec![0u64; 6];
         TopKCounter::new(1).count(&rl, 2, &mut acc);

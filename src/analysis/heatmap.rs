@@ -12,12 +12,21 @@ use crate::plot::{FONT, PlotError, err};
 fn diverging(t: f64) -> RGBColor {
     let t = t.clamp(-1.0, 1.0);
     let fade = (255.0 * (1.0 - t.abs())).round() as u8;
-    if t >= 0.0 { RGBColor(255, fade, fade) } else { RGBColor(fade, fade, 255) }
+    if t >= 0.0 {
+        RGBColor(255, fade, fade)
+    } else {
+        RGBColor(fade, fade, 255)
+    }
 }
 
 /// The heatmap of `values` (`[layers, experts]`, row-major) as PNG bytes, `outlined` experts
 /// framed in black.
-pub fn png(values: &[f64], layers: usize, experts: usize, outlined: &[ExpertId]) -> Result<Vec<u8>, PlotError> {
+pub fn png(
+    values: &[f64],
+    layers: usize,
+    experts: usize,
+    outlined: &[ExpertId],
+) -> Result<Vec<u8>, PlotError> {
     let scale = values.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
     let cell = (960 / experts.max(1)).clamp(12, 48) as u32;
     let grid_w = cell * experts as u32;
@@ -26,12 +35,18 @@ pub fn png(values: &[f64], layers: usize, experts: usize, outlined: &[ExpertId])
     crate::plot::png(width, height, |root| {
         let (main, bar) = root.split_horizontally(width - 150);
         let mut chart = ChartBuilder::on(&main)
-            .caption("Risk difference (top-k rate, jailbreak − plain)", (FONT, 18))
+            .caption(
+                "Risk difference (top-k rate, jailbreak − plain)",
+                (FONT, 18),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
             // plotters' integer ranges are inclusive: 0..=n-1 makes n segments.
-            .build_cartesian_2d((0..experts.max(1) - 1).into_segmented(), (0..layers.max(1) - 1).into_segmented())
+            .build_cartesian_2d(
+                (0..experts.max(1) - 1).into_segmented(),
+                (0..layers.max(1) - 1).into_segmented(),
+            )
             .map_err(err)?;
         let label = |v: &SegmentValue<usize>| match v {
             SegmentValue::CenterOf(i) => i.to_string(),
@@ -57,15 +72,30 @@ pub fn png(values: &[f64], layers: usize, experts: usize, outlined: &[ExpertId])
             .map_err(err)?;
         let at = |l: usize, e: usize| {
             let r = layers - 1 - l;
-            [(SegmentValue::Exact(e), SegmentValue::Exact(r)), (SegmentValue::Exact(e + 1), SegmentValue::Exact(r + 1))]
+            [
+                (SegmentValue::Exact(e), SegmentValue::Exact(r)),
+                (SegmentValue::Exact(e + 1), SegmentValue::Exact(r + 1)),
+            ]
         };
         chart
-            .draw_series((0..layers).flat_map(|l| (0..experts).map(move |e| (l, e))).map(|(l, e)| {
-                Rectangle::new(at(l, e), diverging(values[l * experts + e] / scale).filled())
-            }))
+            .draw_series(
+                (0..layers)
+                    .flat_map(|l| (0..experts).map(move |e| (l, e)))
+                    .map(|(l, e)| {
+                        Rectangle::new(
+                            at(l, e),
+                            diverging(values[l * experts + e] / scale).filled(),
+                        )
+                    }),
+            )
             .map_err(err)?;
         chart
-            .draw_series(outlined.iter().filter(|[l, e]| *l < layers && *e < experts).map(|&[l, e]| Rectangle::new(at(l, e), BLACK.stroke_width(2))))
+            .draw_series(
+                outlined
+                    .iter()
+                    .filter(|[l, e]| *l < layers && *e < experts)
+                    .map(|&[l, e]| Rectangle::new(at(l, e), BLACK.stroke_width(2))),
+            )
             .map_err(err)?;
         // The colour bar: -scale (blue) to +scale (red).
         let mut bar_chart = ChartBuilder::on(&bar)
@@ -80,18 +110,35 @@ pub fn png(values: &[f64], layers: usize, experts: usize, outlined: &[ExpertId])
             .disable_mesh()
             .disable_x_axis()
             .y_labels(5)
-            .y_label_formatter(&|v| if v.abs() < 5e-4 { "0".into() } else { format!("{v:+.3}") })
+            .y_label_formatter(&|v| {
+                if v.abs() < 5e-4 {
+                    "0".into()
+                } else {
+                    format!("{v:+.3}")
+                }
+            })
             .label_style((FONT, 13))
             .draw()
             .map_err(err)?;
         let steps = 100;
         bar_chart
             .draw_series((0..steps).map(|i| {
-                let (a, b) = (-scale + 2.0 * scale * i as f64 / steps as f64, -scale + 2.0 * scale * (i + 1) as f64 / steps as f64);
-                Rectangle::new([(0.0, a), (1.0, b)], diverging((a + b) / 2.0 / scale).filled())
+                let (a, b) = (
+                    -scale + 2.0 * scale * i as f64 / steps as f64,
+                    -scale + 2.0 * scale * (i + 1) as f64 / steps as f64,
+                );
+                Rectangle::new(
+                    [(0.0, a), (1.0, b)],
+                    diverging((a + b) / 2.0 / scale).filled(),
+                )
             }))
             .map_err(err)?;
-        main.draw(&Text::new("outlined: global unsafe experts", (60, (height - 22) as i32), (FONT, 13).into_font())).map_err(err)?;
+        main.draw(&Text::new(
+            "outlined: global unsafe experts",
+            (60, (height - 22) as i32),
+            (FONT, 13).into_font(),
+        ))
+        .map_err(err)?;
         Ok(())
     })
 }
@@ -110,7 +157,9 @@ mod tests {
     #[test]
     fn the_hottest_cell_is_drawn_red() {
         let bytes = png(&[1.0, 0.0, -0.5, 0.0], 2, 2, &[[0, 0]]).unwrap();
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut buf).unwrap();
         let red = buf.chunks(3).filter(|p| p == &[255, 0, 0]).count();

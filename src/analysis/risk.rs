@@ -58,7 +58,14 @@ impl Counts {
 
 /// Count top-k activations of the scoped tokens of `samples`, safe and unsafe apart
 /// (`first_n` is used by [`TokenScope::GenerationFirstN`]).
-pub fn count_batch(samples: &[SampleRouting], scope: TokenScope, first_n: usize, layers: usize, experts: usize, top_k: usize) -> (Counts, Counts) {
+pub fn count_batch(
+    samples: &[SampleRouting],
+    scope: TokenScope,
+    first_n: usize,
+    layers: usize,
+    experts: usize,
+    top_k: usize,
+) -> (Counts, Counts) {
     let mut groups = [Counts::default(), Counts::default()];
     for g in &mut groups {
         g.activated = vec![0; layers * experts];
@@ -202,7 +209,12 @@ mod tests {
     }
 
     fn sample(is_unsafe: bool, prompt: &[[f32; 3]], generation: &[[f32; 3]]) -> SampleRouting {
-        SampleRouting { is_unsafe, prompt: rl(prompt), generation: rl(generation), replies: None }
+        SampleRouting {
+            is_unsafe,
+            prompt: rl(prompt),
+            generation: rl(generation),
+            replies: None,
+        }
     }
 
     /// Worked by hand, k = 1:
@@ -216,7 +228,11 @@ mod tests {
         let samples = [
             sample(false, &[[9., 0., 0.]], &[[3., 1., 0.], [0., 2., 2.]]),
             sample(false, &[[0., 9., 0.]], &[[1., 0., 0.]]),
-            sample(true, &[[0., 0., 9.], [0., 0., 9.]], &[[0., 0., 5.], [0., 4., 1.]]),
+            sample(
+                true,
+                &[[0., 0., 9.], [0., 0., 9.]],
+                &[[0., 0., 5.], [0., 4., 1.]],
+            ),
         ];
         let (safe, uns) = count_batch(&samples, TokenScope::Generation, 0, 1, 3, 1);
         assert_eq!((safe.tokens, safe.activated.clone()), (3, vec![2, 1, 0]));
@@ -230,10 +246,16 @@ mod tests {
         assert_eq!(by_risk(&t), vec![2, 1, 0]);
         // Prompt scope: safe prompts pick e0, e1; unsafe prompts pick e2 twice.
         let (safe, uns) = count_batch(&samples, TokenScope::Prompt, 0, 1, 3, 1);
-        assert_eq!((safe.activated.clone(), uns.activated.clone()), (vec![1, 1, 0], vec![0, 0, 2]));
+        assert_eq!(
+            (safe.activated.clone(), uns.activated.clone()),
+            (vec![1, 1, 0], vec![0, 0, 2])
+        );
         // First generated token only.
         let (safe, uns) = count_batch(&samples, TokenScope::GenerationFirstN, 1, 1, 3, 1);
-        assert_eq!((safe.tokens, safe.activated.clone(), uns.activated.clone()), (2, vec![2, 0, 0], vec![0, 0, 1]));
+        assert_eq!(
+            (safe.tokens, safe.activated.clone(), uns.activated.clone()),
+            (2, vec![2, 0, 0], vec![0, 0, 1])
+        );
         let (safe, _) = count_batch(&samples, TokenScope::All, 0, 1, 3, 1);
         assert_eq!((safe.tokens, safe.activated), (5, vec![3, 2, 0]));
     }
@@ -243,11 +265,19 @@ mod tests {
     /// samples without replies count nothing.
     #[test]
     fn response_scope_counts_the_chosen_experts_of_both_replies() {
-        let chosen = |tokens: usize, values: Vec<u16>| ChosenExperts { layers: 2, tokens, k: 2, values };
+        let chosen = |tokens: usize, values: Vec<u16>| ChosenExperts {
+            layers: 2,
+            tokens,
+            k: 2,
+            values,
+        };
         let mut pair = sample(true, &[[9., 0., 0.]], &[[9., 0., 0.]]);
         // safe reply: 2 tokens; layer 0 picks {0,1},{0,2}; layer 1 picks {2,1},{2,0}
         // unsafe reply: 1 token; layer 0 {1,2}; layer 1 {0,1}
-        pair.replies = Some([chosen(2, vec![0, 1, 0, 2, 2, 1, 2, 0]), chosen(1, vec![1, 2, 0, 1])]);
+        pair.replies = Some([
+            chosen(2, vec![0, 1, 0, 2, 2, 1, 2, 0]),
+            chosen(1, vec![1, 2, 0, 1]),
+        ]);
         let samples = [sample(false, &[[9., 0., 0.]], &[[9., 0., 0.]]), pair];
         let (safe, uns) = count_batch(&samples, TokenScope::Response, 0, 2, 3, 2);
         assert_eq!((safe.tokens, safe.activated), (2, vec![2, 1, 1, 1, 1, 2]));
@@ -256,8 +286,14 @@ mod tests {
 
     #[test]
     fn aggregate_sums_counts_and_averages_rates() {
-        let samples_a = [sample(false, &[], &[[1., 0., 0.]]), sample(true, &[], &[[0., 1., 0.]])];
-        let samples_b = [sample(false, &[], &[[1., 0., 0.]]), sample(true, &[], &[[1., 0., 0.]])];
+        let samples_a = [
+            sample(false, &[], &[[1., 0., 0.]]),
+            sample(true, &[], &[[0., 1., 0.]]),
+        ];
+        let samples_b = [
+            sample(false, &[], &[[1., 0., 0.]]),
+            sample(true, &[], &[[1., 0., 0.]]),
+        ];
         let table = |s: &[SampleRouting]| {
             let (a, b) = count_batch(s, TokenScope::Generation, 0, 1, 3, 1);
             risk_table(&a, &b, 3)

@@ -8,7 +8,6 @@
 
 use rand::seq::SliceRandom;
 
-
 use super::risk::{RiskRow, by_risk};
 use crate::seeds::{Stream, rng};
 
@@ -28,7 +27,9 @@ pub fn unsafe_experts(rows: &[RiskRow], threshold: f64, top_k: usize) -> Vec<Exp
 
 /// Every (layer, expert) pair in a seeded random order (stream `stream`).
 fn shuffled(layers: usize, experts: usize, seed: u64, stream: Stream) -> Vec<ExpertId> {
-    let mut all: Vec<ExpertId> = (0..layers).flat_map(|l| (0..experts).map(move |e| [l, e])).collect();
+    let mut all: Vec<ExpertId> = (0..layers)
+        .flat_map(|l| (0..experts).map(move |e| [l, e]))
+        .collect();
     all.shuffle(&mut rng(seed, stream));
     all
 }
@@ -53,24 +54,36 @@ pub fn apply(map: &[ExpertId], ids: &[ExpertId], experts: usize) -> Vec<ExpertId
 /// with at most `top_k` per layer (more could not all join a top-k); `deactivate` experts forced
 /// off, taken from the unsafe end with at most `experts - top_k` per layer (a token keeps `top_k`
 /// experts to choose from), never one already forced on.
-pub fn steering_sets(ranking: &[ExpertId], experts: usize, top_k: usize, activate: usize, deactivate: usize) -> (Vec<ExpertId>, Vec<ExpertId>) {
-    let pick = |order: &mut dyn Iterator<Item = &ExpertId>, n: usize, cap: usize, skip: &[ExpertId]| {
-        let mut per_layer = std::collections::HashMap::<usize, usize>::new();
-        let mut out = Vec::new();
-        for &id in order {
-            if out.len() == n {
-                break;
+pub fn steering_sets(
+    ranking: &[ExpertId],
+    experts: usize,
+    top_k: usize,
+    activate: usize,
+    deactivate: usize,
+) -> (Vec<ExpertId>, Vec<ExpertId>) {
+    let pick =
+        |order: &mut dyn Iterator<Item = &ExpertId>, n: usize, cap: usize, skip: &[ExpertId]| {
+            let mut per_layer = std::collections::HashMap::<usize, usize>::new();
+            let mut out = Vec::new();
+            for &id in order {
+                if out.len() == n {
+                    break;
+                }
+                let used = per_layer.entry(id[0]).or_default();
+                if *used < cap && !skip.contains(&id) {
+                    *used += 1;
+                    out.push(id);
+                }
             }
-            let used = per_layer.entry(id[0]).or_default();
-            if *used < cap && !skip.contains(&id) {
-                *used += 1;
-                out.push(id);
-            }
-        }
-        out
-    };
+            out
+        };
     let on = pick(&mut ranking.iter().rev(), activate, top_k, &[]);
-    let off = pick(&mut ranking.iter(), deactivate, experts.saturating_sub(top_k), &on);
+    let off = pick(
+        &mut ranking.iter(),
+        deactivate,
+        experts.saturating_sub(top_k),
+        &on,
+    );
     (on, off)
 }
 
@@ -93,7 +106,10 @@ pub fn routing_mask(ids: &[ExpertId], layers: usize, experts: usize) -> Vec<bool
 
 /// [`routing_mask`] as f32 (1 = may be chosen), the layout of `expert_masks.safetensors`.
 pub fn mask(ids: &[ExpertId], layers: usize, experts: usize) -> Vec<f32> {
-    routing_mask(ids, layers, experts).into_iter().map(|a| if a { 1.0 } else { 0.0 }).collect()
+    routing_mask(ids, layers, experts)
+        .into_iter()
+        .map(|a| if a { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// The union of several expert lists, in (layer, expert) order.
@@ -124,11 +140,24 @@ mod tests {
 
     #[test]
     fn threshold_then_top_k_in_risk_order_ties_by_position() {
-        let rows = vec![row(0, 0, 0.1), row(0, 1, 0.3), row(1, 0, 0.1), row(1, 1, -0.2)];
+        let rows = vec![
+            row(0, 0, 0.1),
+            row(0, 1, 0.3),
+            row(1, 0, 0.1),
+            row(1, 1, -0.2),
+        ];
         assert_eq!(unsafe_experts(&rows, 0.0, 2), vec![[0, 1], [0, 0]]);
         assert_eq!(unsafe_experts(&rows, 0.0, 10), vec![[0, 1], [0, 0], [1, 0]]);
-        assert_eq!(unsafe_experts(&rows, 0.5, 10), Vec::<ExpertId>::new(), "all below: empty set");
-        assert_eq!(mask(&[], 2, 2), vec![1.0; 4], "an empty set leaves every expert allowed");
+        assert_eq!(
+            unsafe_experts(&rows, 0.5, 10),
+            Vec::<ExpertId>::new(),
+            "all below: empty set"
+        );
+        assert_eq!(
+            mask(&[], 2, 2),
+            vec![1.0; 4],
+            "an empty set leaves every expert allowed"
+        );
         assert_eq!(
             mask(&[[0, 1]], 2, 3),
             vec![0.0, 1.0, 0.0, 1.0, 1.0, 1.0],
@@ -153,7 +182,16 @@ mod tests {
     #[test]
     fn steering_sets_come_from_the_two_ends_of_the_ranking_with_per_layer_caps() {
         // 2 layers x 4 experts, k = 2, ranked riskiest first.
-        let ranking = vec![[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [0, 3], [1, 3]];
+        let ranking = vec![
+            [0, 0],
+            [0, 1],
+            [0, 2],
+            [1, 0],
+            [1, 1],
+            [1, 2],
+            [0, 3],
+            [1, 3],
+        ];
         // Safe end: [1,3], [0,3], [1,2], [1,1] (layer 1 full after 2), [1,0] skipped, [0,2].
         let (on, off) = steering_sets(&ranking, 4, 2, 4, 0);
         assert_eq!(on, vec![[1, 3], [0, 3], [1, 2], [0, 2]]);

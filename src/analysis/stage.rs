@@ -10,8 +10,13 @@ use safetensors::Dtype;
 
 use super::config::AnalysisConfig;
 use super::heatmap;
-use super::risk::{RiskRow, SampleRouting, TokenScope, aggregate, by_risk, count_batch, risk_table};
-use super::select::{ExpertId, ExpertSource, SelectionParams, apply, mask, random_ranking, relabel, union, unsafe_experts};
+use super::risk::{
+    RiskRow, SampleRouting, TokenScope, aggregate, by_risk, count_batch, risk_table,
+};
+use super::select::{
+    ExpertId, ExpertSource, SelectionParams, apply, mask, random_ranking, relabel, union,
+    unsafe_experts,
+};
 use crate::data::batch::Label;
 use crate::run_dir::analysis::RiskCsvRow;
 pub use crate::run_dir::analysis::UnsafeExperts;
@@ -64,14 +69,22 @@ impl AnalysisSummary {
     pub fn per_batch_counts(&self) -> (usize, usize, f64) {
         let n: Vec<usize> = self.experts.per_batch.iter().map(Vec::len).collect();
         let mean = n.iter().sum::<usize>() as f64 / n.len().max(1) as f64;
-        (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0), mean)
+        (
+            n.iter().copied().min().unwrap_or(0),
+            n.iter().copied().max().unwrap_or(0),
+            mean,
+        )
     }
 
     /// Mean Jaccard overlap of the per-batch sets over all pairs of batches, and the number of
     /// experts in every batch's set.
     pub fn overlap(&self) -> (f64, usize) {
-        let sets: Vec<std::collections::BTreeSet<ExpertId>> =
-            self.experts.per_batch.iter().map(|s| s.iter().copied().collect()).collect();
+        let sets: Vec<std::collections::BTreeSet<ExpertId>> = self
+            .experts
+            .per_batch
+            .iter()
+            .map(|s| s.iter().copied().collect())
+            .collect();
         let mut total = 0.0;
         let mut pairs = 0;
         for i in 0..sets.len() {
@@ -84,19 +97,31 @@ impl AnalysisSummary {
         }
         let common = sets
             .split_first()
-            .map(|(first, rest)| first.iter().filter(|x| rest.iter().all(|s| s.contains(*x))).count())
+            .map(|(first, rest)| {
+                first
+                    .iter()
+                    .filter(|x| rest.iter().all(|s| s.contains(*x)))
+                    .count()
+            })
             .unwrap_or(0);
         (if pairs > 0 { total / pairs as f64 } else { 1.0 }, common)
     }
 }
 
 /// Read the kept samples' routing of every batch in the index.
-fn read_batches(dir: &RunDir, index: &RoutingIndex, scope: TokenScope) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
+fn read_batches(
+    dir: &RunDir,
+    index: &RoutingIndex,
+    scope: TokenScope,
+) -> Result<Vec<(usize, Vec<SampleRouting>)>, AnalysisError> {
     let mut out = Vec::new();
     for b in &index.batches {
         let file = dir.batch_routing(b.batch_idx);
         let path = file.path().to_path_buf();
-        let input = |reason: String| AnalysisError::Input { path: path.clone(), reason };
+        let input = |reason: String| AnalysisError::Input {
+            path: path.clone(),
+            reason,
+        };
         let mut tensors = routing_file::read(&path).map_err(input)?;
         let records = dir.batch_records(b.batch_idx).read()?;
         let mut samples = Vec::new();
@@ -108,7 +133,11 @@ fn read_batches(dir: &RunDir, index: &RoutingIndex, scope: TokenScope) -> Result
                     .ok_or_else(|| input(format!("no tensor {kind}.{}", r.in_batch_idx)))
             };
             let (prompt, generation) = (take("prompt")?, take("gen")?);
-            let mut reply = |side: &str| tensors.chosen.remove(&format!("reply_{side}.{}", r.in_batch_idx));
+            let mut reply = |side: &str| {
+                tensors
+                    .chosen
+                    .remove(&format!("reply_{side}.{}", r.in_batch_idx))
+            };
             let replies = match (reply("safe"), reply("unsafe")) {
                 (Some(safe), Some(unsafe_)) => Some([safe, unsafe_]),
                 _ => None,
@@ -128,7 +157,10 @@ fn read_batches(dir: &RunDir, index: &RoutingIndex, scope: TokenScope) -> Result
                 replies,
             });
         }
-        if scope == TokenScope::Response && samples.iter().any(|s| s.is_unsafe) && samples.iter().all(|s| s.replies.is_none()) {
+        if scope == TokenScope::Response
+            && samples.iter().any(|s| s.is_unsafe)
+            && samples.iter().all(|s| s.replies.is_none())
+        {
             return Err(input(
                 "no teacher-forced replies (reply_safe.*, reply_unsafe.*) for token_scope = \"response\": collect it again with this version".into(),
             ));
@@ -140,7 +172,11 @@ fn read_batches(dir: &RunDir, index: &RoutingIndex, scope: TokenScope) -> Result
 
 /// Analyse the collected run in `dir` and write the artifacts there; `seed` (the config's)
 /// draws the random ablation.
-pub fn analyze(dir: &RunDir, cfg: &AnalysisConfig, seed: u64) -> Result<AnalysisSummary, AnalysisError> {
+pub fn analyze(
+    dir: &RunDir,
+    cfg: &AnalysisConfig,
+    seed: u64,
+) -> Result<AnalysisSummary, AnalysisError> {
     let index = dir.routing_index().read()?;
     let (layers, experts) = (index.layers, index.experts);
     if cfg.top_k > layers * experts {
@@ -153,7 +189,9 @@ pub fn analyze(dir: &RunDir, cfg: &AnalysisConfig, seed: u64) -> Result<Analysis
     let batches = read_batches(dir, &index, cfg.token_scope)?;
 
     // Count batches in parallel; integer counts merge exactly, so the result is deterministic.
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let chunk = batches.len().div_ceil(threads).max(1);
     let counted: Vec<(usize, super::risk::Counts, super::risk::Counts)> = std::thread::scope(|s| {
         let handles: Vec<_> = batches
@@ -162,14 +200,24 @@ pub fn analyze(dir: &RunDir, cfg: &AnalysisConfig, seed: u64) -> Result<Analysis
                 s.spawn(move || {
                     part.iter()
                         .map(|(b, samples)| {
-                            let (safe, uns) = count_batch(samples, cfg.token_scope, cfg.first_n, layers, experts, index.top_k);
+                            let (safe, uns) = count_batch(
+                                samples,
+                                cfg.token_scope,
+                                cfg.first_n,
+                                layers,
+                                experts,
+                                index.top_k,
+                            );
                             (*b, safe, uns)
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("counting thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("counting thread"))
+            .collect()
     });
     let mut skipped = Vec::new();
     let mut tables: Vec<(usize, Vec<RiskRow>)> = Vec::new();
@@ -183,16 +231,27 @@ pub fn analyze(dir: &RunDir, cfg: &AnalysisConfig, seed: u64) -> Result<Analysis
         tables.push((b, risk_table(&safe, &uns, experts)));
     }
     if tables.is_empty() {
-        return Err(AnalysisError::Empty { run_dir: dir.path().to_path_buf() });
+        return Err(AnalysisError::Empty {
+            run_dir: dir.path().to_path_buf(),
+        });
     }
     let agg = aggregate(&tables.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
 
-    let mut per_batch: Vec<Vec<ExpertId>> = tables.iter().map(|(_, t)| unsafe_experts(t, cfg.batch_threshold, cfg.top_k)).collect();
+    let mut per_batch: Vec<Vec<ExpertId>> = tables
+        .iter()
+        .map(|(_, t)| unsafe_experts(t, cfg.batch_threshold, cfg.top_k))
+        .collect();
     let mut global = unsafe_experts(&agg, cfg.global_threshold, cfg.top_k);
-    let mut ranking: Vec<ExpertId> = by_risk(&agg).into_iter().map(|i| [agg[i].layer, agg[i].expert]).collect();
+    let mut ranking: Vec<ExpertId> = by_risk(&agg)
+        .into_iter()
+        .map(|i| [agg[i].layer, agg[i].expert])
+        .collect();
     if cfg.experts == ExpertSource::Random {
         let map = relabel(layers, experts, seed);
-        per_batch = per_batch.iter().map(|ids| apply(&map, ids, experts)).collect();
+        per_batch = per_batch
+            .iter()
+            .map(|ids| apply(&map, ids, experts))
+            .collect();
         global = apply(&map, &global, experts);
         ranking = random_ranking(layers, experts, seed);
     }
@@ -239,36 +298,82 @@ fn csv_row(batch_idx: Option<usize>, r: &RiskRow, abs: bool) -> RiskCsvRow {
     }
 }
 
-fn write_outputs(dir: &RunDir, tables: &[(usize, Vec<RiskRow>)], agg: &[RiskRow], result: &UnsafeExperts, layers: usize, experts: usize) -> Result<(), AnalysisError> {
-    let per = tables.iter().flat_map(|(b, t)| by_risk(t).into_iter().map(move |i| csv_row(Some(*b), &t[i], false)));
+fn write_outputs(
+    dir: &RunDir,
+    tables: &[(usize, Vec<RiskRow>)],
+    agg: &[RiskRow],
+    result: &UnsafeExperts,
+    layers: usize,
+    experts: usize,
+) -> Result<(), AnalysisError> {
+    let per = tables.iter().flat_map(|(b, t)| {
+        by_risk(t)
+            .into_iter()
+            .map(move |i| csv_row(Some(*b), &t[i], false))
+    });
     dir.risk_diff().write(per)?;
-    let aggregated = by_risk(agg).into_iter().map(|i| csv_row(None, &agg[i], true));
+    let aggregated = by_risk(agg)
+        .into_iter()
+        .map(|i| csv_row(None, &agg[i], true));
     dir.risk_diff_aggregated().write(aggregated)?;
     dir.unsafe_experts().write(result)?;
 
     // Masks: per-batch stack, global, union (f32, 1 = unsafe expert), and the batch indices.
-    let stack: Vec<f32> = result.per_batch.iter().flat_map(|ids| mask(ids, layers, experts)).collect();
+    let stack: Vec<f32> = result
+        .per_batch
+        .iter()
+        .flat_map(|ids| mask(ids, layers, experts))
+        .collect();
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let entries: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
-        ("per_batch", Dtype::F32, vec![result.per_batch.len(), layers, experts], f32_bytes(&stack)),
-        ("global", Dtype::F32, vec![layers, experts], f32_bytes(&mask(&result.global, layers, experts))),
-        ("union", Dtype::F32, vec![layers, experts], f32_bytes(&mask(&result.union, layers, experts))),
+        (
+            "per_batch",
+            Dtype::F32,
+            vec![result.per_batch.len(), layers, experts],
+            f32_bytes(&stack),
+        ),
+        (
+            "global",
+            Dtype::F32,
+            vec![layers, experts],
+            f32_bytes(&mask(&result.global, layers, experts)),
+        ),
+        (
+            "union",
+            Dtype::F32,
+            vec![layers, experts],
+            f32_bytes(&mask(&result.union, layers, experts)),
+        ),
         (
             "batch_idx",
             Dtype::I64,
             vec![result.batch_idx.len()],
-            result.batch_idx.iter().flat_map(|&b| (b as i64).to_le_bytes()).collect(),
+            result
+                .batch_idx
+                .iter()
+                .flat_map(|&b| (b as i64).to_le_bytes())
+                .collect(),
         ),
     ];
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
         .iter()
-        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("sizes match")))
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("sizes match"),
+            )
+        })
         .collect();
     let file = dir.expert_masks();
-    let bytes = safetensors::serialize(views, Some(HashMap::new())).map_err(|e| AnalysisError::Input { path: file.path().to_path_buf(), reason: e.to_string() })?;
+    let bytes =
+        safetensors::serialize(views, Some(HashMap::new())).map_err(|e| AnalysisError::Input {
+            path: file.path().to_path_buf(),
+            reason: e.to_string(),
+        })?;
     file.write(&bytes)?;
 
     let grid: Vec<f64> = agg.iter().map(|r| r.risk_diff).collect();
-    dir.risk_heatmap().write(&heatmap::png(&grid, layers, experts, &result.global)?)?;
+    dir.risk_heatmap()
+        .write(&heatmap::png(&grid, layers, experts, &result.global)?)?;
     Ok(())
 }

@@ -47,22 +47,47 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let steer = match &args.steer {
         Some(run) => {
-            let first = cfg.eval.steer_settings().first().copied().unwrap_or(SteerSetting { activate_safe: 5, deactivate_unsafe: 0 });
+            let first = cfg
+                .eval
+                .steer_settings()
+                .first()
+                .copied()
+                .unwrap_or(SteerSetting {
+                    activate_safe: 5,
+                    deactivate_unsafe: 0,
+                });
             let setting = SteerSetting {
                 activate_safe: args.activate_safe.unwrap_or(first.activate_safe),
                 deactivate_unsafe: args.deactivate_unsafe.unwrap_or(first.deactivate_unsafe),
             };
-            anyhow::ensure!(setting != SteerSetting::default(), "--steer {}: the setting steers nothing; pass --activate-safe or --deactivate-unsafe", run.display());
-            anyhow::ensure!(run.is_dir(), "--steer {}: no such run directory", run.display());
+            anyhow::ensure!(
+                setting != SteerSetting::default(),
+                "--steer {}: the setting steers nothing; pass --activate-safe or --deactivate-unsafe",
+                run.display()
+            );
+            anyhow::ensure!(
+                run.is_dir(),
+                "--steer {}: no such run directory",
+                run.display()
+            );
             Some((RunDir::new(run), setting))
         }
         None => None,
     };
     let out = EvalDir::at(args.out.clone().unwrap_or_else(|| {
-        let name = cfg.model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let name = cfg
+            .model
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
         PathBuf::from("runs/eval").join(name)
     }));
-    anyhow::ensure!(!out.path().exists() || out.path().is_dir(), "--out {}: not a folder", out.path().display());
+    anyhow::ensure!(
+        !out.path().exists() || out.path().is_dir(),
+        "--out {}: not a folder",
+        out.path().display()
+    );
 
     struct Eval<'a> {
         cfg: &'a Config,
@@ -74,13 +99,28 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         type Output = Result<EvalReport, steermoe::Error>;
         fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
             let models = Models::<B>::default();
-            let env = Env { device: &device, models: &models, provenance: self.provenance, train: Default::default() };
+            let env = Env {
+                device: &device,
+                models: &models,
+                provenance: self.provenance,
+                train: Default::default(),
+            };
             let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(indicatif::ProgressStyle::with_template("eval {bar:30} {pos}/{len}  [{elapsed_precise}<{eta_precise}]").expect("valid template"));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "eval {bar:30} {pos}/{len}  [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("valid template"),
+            );
             let on_event = |e: pipeline::Event| match e {
                 pipeline::Event::Notice(n) => bar.println(n),
-                pipeline::Event::Eval(_, steermoe::eval::EvalEvent::Start { prompts, answers }) => bar.set_length((prompts + answers) as u64),
-                pipeline::Event::Eval(_, steermoe::eval::EvalEvent::Answered(n) | steermoe::eval::EvalEvent::Scored(n)) => bar.inc(n as u64),
+                pipeline::Event::Eval(_, steermoe::eval::EvalEvent::Start { prompts, answers }) => {
+                    bar.set_length((prompts + answers) as u64)
+                }
+                pipeline::Event::Eval(
+                    _,
+                    steermoe::eval::EvalEvent::Answered(n) | steermoe::eval::EvalEvent::Scored(n),
+                ) => bar.inc(n as u64),
                 _ => {}
             };
             let report = pipeline::evaluate(self.cfg, self.steer, self.out, &env, &on_event);
@@ -90,9 +130,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let provenance = pipeline::provenance(&cfg, &args.config, &overrides, serde_json::Value::Null);
     let steer_ref = steer.as_ref().map(|(r, s)| (r, *s));
-    steermoe::backend::run(cfg.model.backend, Eval { cfg: &cfg, steer: steer_ref, out: &out, provenance })??;
+    steermoe::backend::run(
+        cfg.model.backend,
+        Eval {
+            cfg: &cfg,
+            steer: steer_ref,
+            out: &out,
+            provenance,
+        },
+    )??;
     println!("wrote {}", out.report().path().display());
-    let parent = out.path().parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let parent = out
+        .path()
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     print!("{}", table(&EvalDir::reports_in(parent)));
     Ok(())
 }

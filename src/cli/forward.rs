@@ -36,7 +36,14 @@ impl Task for Forward {
     type Output = Result<ForwardSummary, InspectError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
-        forward_to_file::<B::InnerBackend>(&a.model, &a.input_ids, a.mask.as_deref(), a.precision, &a.out, &device)
+        forward_to_file::<B::InnerBackend>(
+            &a.model,
+            &a.input_ids,
+            a.mask.as_deref(),
+            a.precision,
+            &a.out,
+            &device,
+        )
     }
 }
 
@@ -45,7 +52,12 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     let out = args.out.clone();
     let summary = backend::run(args.backend, Forward(args))??;
     let [layers, batch, seq, experts] = summary.router_shape;
-    let which = summary.moe_layers.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+    let which = summary
+        .moe_layers
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
         "wrote {}: logits [{batch}, {seq}, vocab], router_logits [{layers}, {batch}, {seq}, {experts}] \
          (MoE layers {which} of {})",

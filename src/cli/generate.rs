@@ -66,7 +66,15 @@ impl Task for Generate {
             cfg.max_position_embeddings
         );
         let (model, _) = model::load::<B::InnerBackend>(&a.model, &device, a.precision)?;
-        Ok(generate_chat(&model, &tokenizer, &messages, new, sampling, a.ignore_eos, &device)?)
+        Ok(generate_chat(
+            &model,
+            &tokenizer,
+            &messages,
+            new,
+            sampling,
+            a.ignore_eos,
+            &device,
+        )?)
     }
 }
 
@@ -75,17 +83,33 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let messages = match (&args.prompt, &args.messages) {
         (Some(p), _) => vec![Message::user(p.clone())],
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: expected a JSON list of {{role, content}} messages", path.display()))?
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: expected a JSON list of {{role, content}} messages",
+                    path.display()
+                )
+            })?
         }
         (None, None) => unreachable!("clap requires one input"),
     };
     let sampling = match args.temperature {
         None => Sampling::Greedy,
-        Some(temperature) => Sampling::Sample { temperature, top_p: args.top_p, seed: args.seed },
+        Some(temperature) => Sampling::Sample {
+            temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
     };
-    sampling.validate("--sampling").map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--sampling.", "--").replace("top_p", "top-p")))?;
+    sampling.validate("--sampling").map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string()
+                .replace("--sampling.", "--")
+                .replace("top_p", "top-p")
+        )
+    })?;
     let out = backend::run(args.backend, Generate(args, messages, sampling))??;
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

@@ -117,7 +117,10 @@ impl ConfigArgs {
     /// The config (values validated) and the run directory it names. Reads nothing else.
     fn load(&self) -> anyhow::Result<(Config, RunDir)> {
         let cfg = Config::load(&self.config, &self.overrides())?;
-        Ok((cfg, RunDir::new(default_dir(&self.config, self.out.as_ref()))))
+        Ok((
+            cfg,
+            RunDir::new(default_dir(&self.config, self.out.as_ref())),
+        ))
     }
 
     fn overrides(&self) -> Vec<String> {
@@ -127,14 +130,20 @@ impl ConfigArgs {
     /// Run `only` one stage, or all, of this config.
     fn run(&self, only: Option<Stage>) -> anyhow::Result<Finished> {
         let (cfg, dir) = self.load()?;
-        let provenance = pipeline::provenance(&cfg, &self.config, &self.overrides(), serde_json::Value::Null);
+        let provenance = pipeline::provenance(
+            &cfg,
+            &self.config,
+            &self.overrides(),
+            serde_json::Value::Null,
+        );
         run_pipeline(&cfg, &dir, only, provenance, 10)
     }
 }
 
 /// `--out`, else `runs/<config file stem>`.
 pub fn default_dir(config: &Path, out: Option<&PathBuf>) -> PathBuf {
-    out.cloned().unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()))
+    out.cloned()
+        .unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()))
 }
 
 /// A run directory and the config to read its stage settings from.
@@ -158,10 +167,18 @@ impl RunDirArgs {
     /// `config.toml`, with the overrides); `show` rows of an analysis summary.
     fn run(&self, stage: Stage, show: usize) -> anyhow::Result<Finished> {
         let dir = RunDir::new(&self.run);
-        anyhow::ensure!(self.run.is_dir(), "--run {}: no such run directory", self.run.display());
+        anyhow::ensure!(
+            self.run.is_dir(),
+            "--run {}: no such run directory",
+            self.run.display()
+        );
         let recorded = dir.config().path().to_path_buf();
         let path = self.config.clone().unwrap_or(recorded);
-        anyhow::ensure!(path.is_file(), "{}: no such config file; pass --config", path.display());
+        anyhow::ensure!(
+            path.is_file(),
+            "{}: no such config file; pass --config",
+            path.display()
+        );
         let overrides = self.device.overrides(&self.overrides);
         let cfg = Config::load(&path, &overrides)?;
         let provenance = pipeline::provenance(&cfg, &path, &overrides, serde_json::Value::Null);
@@ -170,7 +187,13 @@ impl RunDirArgs {
 }
 
 /// `pipeline::run` on the config's backend, shown by [`progress::Progress`].
-fn run_pipeline(cfg: &Config, dir: &RunDir, only: Option<Stage>, provenance: serde_json::Value, show: usize) -> anyhow::Result<Finished> {
+fn run_pipeline(
+    cfg: &Config,
+    dir: &RunDir,
+    only: Option<Stage>,
+    provenance: serde_json::Value,
+    show: usize,
+) -> anyhow::Result<Finished> {
     struct Run<'a> {
         cfg: &'a Config,
         dir: &'a RunDir,
@@ -183,10 +206,20 @@ fn run_pipeline(cfg: &Config, dir: &RunDir, only: Option<Stage>, provenance: ser
         fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
             let control = TrainControl::new();
             let models = Models::<B>::default();
-            let env = Env { device: &device, models: &models, provenance: self.provenance, train: TrainOptions { control: Some(control.clone()), ..Default::default() } };
+            let env = Env {
+                device: &device,
+                models: &models,
+                provenance: self.provenance,
+                train: TrainOptions {
+                    control: Some(control.clone()),
+                    ..Default::default()
+                },
+            };
             let mut progress = progress::Progress::new(self.cfg, self.dir, control);
             progress.show = self.show;
-            let result = pipeline::run(self.cfg, self.dir, self.only, &env, &Resume, &|e| progress.on(e));
+            let result = pipeline::run(self.cfg, self.dir, self.only, &env, &Resume, &|e| {
+                progress.on(e)
+            });
             progress.finish();
             result
         }
@@ -195,7 +228,16 @@ fn run_pipeline(cfg: &Config, dir: &RunDir, only: Option<Stage>, provenance: ser
     if only.is_none_or(|s| s == Stage::Train) {
         steermoe::train::check_devices(&cfg.model.devices)?;
     }
-    let finished = steermoe::backend::run(cfg.model.backend, Run { cfg, dir, only, provenance, show })??;
+    let finished = steermoe::backend::run(
+        cfg.model.backend,
+        Run {
+            cfg,
+            dir,
+            only,
+            provenance,
+            show,
+        },
+    )??;
     if finished == Finished::Stopped {
         println!("stopped during train; the same command resumes it");
     }
@@ -204,8 +246,12 @@ fn run_pipeline(cfg: &Config, dir: &RunDir, only: Option<Stage>, provenance: ser
 
 /// Log to stderr, filtered by `RUST_LOG` (default `warn`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Run the parsed command.

@@ -72,12 +72,18 @@ impl Progress {
             // at most the batch in flight; a rerun resumes after the last finished one.
             View::Collect => tui::spawn(info, view, None, || {
                 ratatui::restore();
-                println!("collect stopped; finished batches are kept, rerun the same command to resume");
+                println!(
+                    "collect stopped; finished batches are kept, rerun the same command to resume"
+                );
                 std::process::exit(0);
             }),
             View::Train => tui::spawn(info, view, Some(self.control.clone()), || {}),
         };
-        spawned.map_err(|e| tracing::warn!("the dashboard did not start ({e}); printing progress lines instead")).ok()
+        spawned
+            .map_err(|e| {
+                tracing::warn!("the dashboard did not start ({e}); printing progress lines instead")
+            })
+            .ok()
     }
 
     /// Show one event.
@@ -100,10 +106,17 @@ impl Progress {
                 }
                 if s.dashboard.is_none() {
                     s.bar = Some(match stage {
-                        Stage::Collect => bar("collect {bar:30} {pos}/{len} batches  {msg}  [{elapsed_precise}<{eta_precise}]"),
-                        Stage::Train => bar("train {bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]"),
+                        Stage::Collect => bar(
+                            "collect {bar:30} {pos}/{len} batches  {msg}  [{elapsed_precise}<{eta_precise}]",
+                        ),
+                        Stage::Train => bar(
+                            "train {bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+                        ),
                         Stage::Analyze => ProgressBar::hidden(),
-                        Stage::Eval(v) => bar(&format!("eval {:<8} {{bar:30}} {{pos}}/{{len}}  {{msg}}  [{{elapsed_precise}}<{{eta_precise}}]", v.name())),
+                        Stage::Eval(v) => bar(&format!(
+                            "eval {:<8} {{bar:30}} {{pos}}/{{len}}  {{msg}}  [{{elapsed_precise}}<{{eta_precise}}]",
+                            v.name()
+                        )),
                     });
                 }
             }
@@ -112,11 +125,15 @@ impl Progress {
             Event::Eval(_, e) => {
                 let Some(b) = s.bar.clone() else { return };
                 match e {
-                    EvalEvent::Start { prompts, answers } => b.set_length((prompts + answers) as u64),
+                    EvalEvent::Start { prompts, answers } => {
+                        b.set_length((prompts + answers) as u64)
+                    }
                     EvalEvent::Answered(n) | EvalEvent::Scored(n) => b.inc(n as u64),
                     EvalEvent::Tokens(n) => {
                         s.tokens += n;
-                        let rate = s.tokens as f64 / s.started.map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
+                        let rate = s.tokens as f64
+                            / s.started
+                                .map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
                         b.set_message(format!("{} tokens, {rate:.0} tok/s", s.tokens));
                     }
                 }
@@ -127,13 +144,20 @@ impl Progress {
                 print_training(&summary, &self.dir);
             }
             Event::Evaluated(..) => {}
-            Event::Done { stage, outcome, seconds } => {
+            Event::Done {
+                stage,
+                outcome,
+                seconds,
+            } => {
                 self.close(&mut s);
                 match outcome {
                     Outcome::Done => println!("   {stage}: done already"),
                     Outcome::Linked => println!("   {stage}: linked"),
                     Outcome::Ran if matches!(stage, Stage::Collect) => {
-                        println!("   collected in {seconds:.1} s ({} tokens generated; model load and first-use kernel compilation included)", s.tokens)
+                        println!(
+                            "   collected in {seconds:.1} s ({} tokens generated; model load and first-use kernel compilation included)",
+                            s.tokens
+                        )
                     }
                     Outcome::Ran => {}
                 }
@@ -155,16 +179,31 @@ impl Progress {
             }
             CollectEvent::Tokens(n) => {
                 s.tokens += n;
-                let rate = s.tokens as f64 / s.started.map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
+                let rate = s.tokens as f64
+                    / s.started
+                        .map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
                 b.set_message(format!("{} tokens, {rate:.0} tok/s", s.tokens));
             }
-            CollectEvent::BatchDone { batch_idx, kept, dropped, .. } => {
+            CollectEvent::BatchDone {
+                batch_idx,
+                kept,
+                dropped,
+                ..
+            } => {
                 if dropped > 0 {
-                    self.say(s, format!("batch {batch_idx}: kept {kept}, quality filter dropped {dropped}"));
+                    self.say(
+                        s,
+                        format!("batch {batch_idx}: kept {kept}, quality filter dropped {dropped}"),
+                    );
                 }
                 b.inc(1);
                 if plain() {
-                    eprintln!("collect: {}/{} batches, {} tokens", b.position(), b.length().unwrap_or(0), s.tokens);
+                    eprintln!(
+                        "collect: {}/{} batches, {} tokens",
+                        b.position(),
+                        b.length().unwrap_or(0),
+                        s.tokens
+                    );
                 }
             }
         }
@@ -179,7 +218,13 @@ impl Progress {
         let step = match e {
             TrainEvent::Step(step) => step,
             TrainEvent::Valid(v) => {
-                self.say(s, format!("validation at step {}: loss {:.4} over {} held-out tokens", v.step, v.valid_loss, v.valid_tokens));
+                self.say(
+                    s,
+                    format!(
+                        "validation at step {}: loss {:.4} over {} held-out tokens",
+                        v.step, v.valid_loss, v.valid_tokens
+                    ),
+                );
                 return;
             }
         };
@@ -190,7 +235,10 @@ impl Progress {
             b.set_length(plan.total_steps as u64);
         }
         b.set_position(step.step as u64);
-        let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s  batch {}", step.loss, step.lr, step.tokens_per_s, step.batch_idx);
+        let msg = format!(
+            "loss {:.4}  lr {:.2e}  {:.0} tok/s  batch {}",
+            step.loss, step.lr, step.tokens_per_s, step.batch_idx
+        );
         if plain() {
             eprintln!("train step {}  {msg}", step.step);
         }
@@ -225,15 +273,28 @@ pub fn print_analysis(s: &AnalysisSummary, show: usize) {
         s.experts.params.token_scope
     );
     if !s.skipped.is_empty() {
-        println!("skipped batches without both safe and unsafe samples: {:?}", s.skipped);
+        println!(
+            "skipped batches without both safe and unsafe samples: {:?}",
+            s.skipped
+        );
     }
-    println!("{:>5} {:>6} {:>10} {:>10} {:>10}", "layer", "expert", "risk_diff", "a_unsafe_n", "a_safe_n");
+    println!(
+        "{:>5} {:>6} {:>10} {:>10} {:>10}",
+        "layer", "expert", "risk_diff", "a_unsafe_n", "a_safe_n"
+    );
     for r in s.top.iter().take(show) {
-        println!("{:>5} {:>6} {:>+10.4} {:>10.4} {:>10.4}", r.layer, r.expert, r.risk_diff, r.a_unsafe_n, r.a_safe_n);
+        println!(
+            "{:>5} {:>6} {:>+10.4} {:>10.4} {:>10.4}",
+            r.layer, r.expert, r.risk_diff, r.a_unsafe_n, r.a_safe_n
+        );
     }
     let (min, max, mean) = s.per_batch_counts();
     let (jaccard, common) = s.overlap();
-    println!("unsafe experts per batch: min {min}, max {max}, mean {mean:.1}; union {}, global {}", s.experts.union.len(), s.experts.global.len());
+    println!(
+        "unsafe experts per batch: min {min}, max {max}, mean {mean:.1}; union {}, global {}",
+        s.experts.union.len(),
+        s.experts.global.len()
+    );
     println!("overlap between batches: mean Jaccard {jaccard:.3}, {common} experts in every batch");
 }
 
@@ -243,11 +304,19 @@ fn print_training(s: &TrainSummary, dir: &RunDir) {
         println!("resumed from checkpoint {w}");
     }
     if s.stopped {
-        println!("stopped after step {} of {}; run the same command again to resume from the last checkpoint", s.steps.last().map_or(0, |r| r.step), s.total_steps);
+        println!(
+            "stopped after step {} of {}; run the same command again to resume from the last checkpoint",
+            s.steps.last().map_or(0, |r| r.step),
+            s.total_steps
+        );
         return;
     }
     let (trainable, total) = s.params;
-    println!("trained {} steps: {trainable} of {total} parameters trainable ({:.3}%)", s.steps.len(), 100.0 * trainable as f64 / total.max(1) as f64);
+    println!(
+        "trained {} steps: {trainable} of {total} parameters trainable ({:.3}%)",
+        s.steps.len(),
+        100.0 * trainable as f64 / total.max(1) as f64
+    );
     if let (Some(first), Some(last)) = (s.steps.first(), s.steps.last()) {
         println!("loss {:.4} -> {:.4}", first.loss, last.loss);
     }

@@ -19,7 +19,13 @@ pub struct RunArgs {
 
 /// A config value's name as the config spells it.
 fn spelled(v: impl serde::Serialize) -> String {
-    serde_json::to_value(v).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_default()
+    serde_json::to_value(v)
+        .map(|v| {
+            v.as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// `steermoe run --dry-run`: pre-flight, the resolved config and what each stage would do.
@@ -29,9 +35,19 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
     let pre = pipeline::preflight(&cfg, &stages)?;
     let samples: usize = pre.batches.iter().map(|b| b.samples.len()).sum();
     print!("# resolved config\n{}", cfg.to_toml());
-    let state = |s: &Stage| if dir.is_done(s) { " (done already)" } else { "" };
+    let state = |s: &Stage| {
+        if dir.is_done(s) {
+            " (done already)"
+        } else {
+            ""
+        }
+    };
     println!("\n# plan (nothing written)");
-    println!("run directory: {}{}", dir.path().display(), if dir.path().exists() { "" } else { " (new)" });
+    println!(
+        "run directory: {}{}",
+        dir.path().display(),
+        if dir.path().exists() { "" } else { " (new)" }
+    );
     println!(
         "collect: {} batches, {samples} prompts, up to {} new tokens each, on {} ({}){}",
         pre.batches.len(),
@@ -41,7 +57,13 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
         state(&Stage::Collect)
     );
     let a = &cfg.analysis;
-    println!("analyze: risk difference over {} tokens, experts from {}, at most {} per batch{}", a.token_scope, a.experts, a.top_k, state(&Stage::Analyze));
+    println!(
+        "analyze: risk difference over {} tokens, experts from {}, at most {} per batch{}",
+        a.token_scope,
+        a.experts,
+        a.top_k,
+        state(&Stage::Analyze)
+    );
     let t = &cfg.train;
     println!(
         "train: up to {} steps ({} epochs × batches with a kept pair), lr {}, routing mask: {}, expert set: {}, validation on up to {} held-out pairs at each checkpoint{}",
@@ -50,14 +72,24 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
         t.lr,
         spelled(t.mask_scope),
         spelled(t.expert_set),
-        if cfg.data.split.is_some() { t.valid_pairs } else { 0 },
+        if cfg.data.split.is_some() {
+            t.valid_pairs
+        } else {
+            0
+        },
         state(&Stage::Train)
     );
     match &pre.eval_sets {
         None => println!("eval: none"),
         Some(sets) => {
             let names: Vec<String> = cfg.eval.variants.iter().map(|v| v.name()).collect();
-            println!("eval: {} on {} jailbreaks, {} plain goals, {} benign prompts", names.join(", "), sets.jailbreak.len(), sets.plain.len(), sets.benign.len());
+            println!(
+                "eval: {} on {} jailbreaks, {} plain goals, {} benign prompts",
+                names.join(", "),
+                sets.jailbreak.len(),
+                sets.plain.len(),
+                sets.benign.len()
+            );
         }
     }
     for n in &pre.notices {

@@ -46,9 +46,18 @@ impl CollectConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         at_least("collect.batch_size", self.batch_size, 2)?;
         let r = self.safe_ratio;
-        ensure(r.is_finite() && r > 0.0 && r < 1.0, "collect.safe_ratio", || format!("must be in (0, 1), got {r}"))?;
+        ensure(
+            r.is_finite() && r > 0.0 && r < 1.0,
+            "collect.safe_ratio",
+            || format!("must be in (0, 1), got {r}"),
+        )?;
         let (s, u) = split_counts(self.batch_size, r);
-        ensure(s > 0 && u > 0, "collect.safe_ratio", || format!("{r} of {} leaves no safe or no unsafe sample", self.batch_size))?;
+        ensure(s > 0 && u > 0, "collect.safe_ratio", || {
+            format!(
+                "{r} of {} leaves no safe or no unsafe sample",
+                self.batch_size
+            )
+        })?;
         at_least("collect.max_new_tokens", self.max_new_tokens, 1)?;
         self.sampling.validate("collect.sampling")
     }

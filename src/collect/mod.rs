@@ -121,11 +121,28 @@ pub struct Collector<'a, B: Backend> {
 
 /// Collect `batches` into `dir`, keeping the batches finished there (a batch whose files do not
 /// read back is redone).
-pub fn collect<B: Backend>(c: &Collector<'_, B>, batches: &[Batch], cfg: &CollectConfig, dir: &RunDir, mut progress: impl FnMut(CollectEvent)) -> Result<CollectSummary, CollectError> {
+pub fn collect<B: Backend>(
+    c: &Collector<'_, B>,
+    batches: &[Batch],
+    cfg: &CollectConfig,
+    dir: &RunDir,
+    mut progress: impl FnMut(CollectEvent),
+) -> Result<CollectSummary, CollectError> {
     let (model, tokenizer, device) = (c.model, c.tokenizer, c.device);
-    let done: Vec<bool> = batches.iter().map(|b| dir.batch_done(b.batch_idx)).collect();
-    for (b, _) in batches.iter().zip(&done).filter(|(b, d)| !**d && dir.batch_records(b.batch_idx).exists()) {
-        tracing::warn!("{}: batch {} does not read back; collecting it again", dir.path().display(), b.batch_idx);
+    let done: Vec<bool> = batches
+        .iter()
+        .map(|b| dir.batch_done(b.batch_idx))
+        .collect();
+    for (b, _) in batches
+        .iter()
+        .zip(&done)
+        .filter(|(b, d)| !**d && dir.batch_records(b.batch_idx).exists())
+    {
+        tracing::warn!(
+            "{}: batch {} does not read back; collecting it again",
+            dir.path().display(),
+            b.batch_idx
+        );
         dir.remove_batch(b.batch_idx)?;
     }
     let resumed = done.iter().filter(|d| **d).count();
@@ -222,11 +239,17 @@ fn apply_quality_filter(records: &mut [SampleRecord]) {
 }
 
 /// Top-k activation share per (layer, expert) of generated tokens, for safe and unsafe samples.
-fn activation_by_label(records: &[SampleRecord], gens: &[crate::generate::Generation], top_k: usize) -> (Vec<f32>, Vec<f32>) {
+fn activation_by_label(
+    records: &[SampleRecord],
+    gens: &[crate::generate::Generation],
+    top_k: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let mut acc = [(Vec::new(), 0usize), (Vec::new(), 0usize)];
     let mut counter = crate::analysis::TopKCounter::new(top_k);
     for (r, g) in records.iter().zip(gens) {
-        let Some(rl) = g.gen_routing.as_ref().filter(|_| r.kept) else { continue };
+        let Some(rl) = g.gen_routing.as_ref().filter(|_| r.kept) else {
+            continue;
+        };
         let slot = &mut acc[(r.label == Label::Unsafe) as usize];
         if slot.0.is_empty() {
             slot.0 = vec![0u64; rl.layers * rl.experts];
@@ -234,7 +257,8 @@ fn activation_by_label(records: &[SampleRecord], gens: &[crate::generate::Genera
         counter.count(rl, rl.tokens, &mut slot.0);
         slot.1 += rl.tokens;
     }
-    let norm = |(v, n): (Vec<u64>, usize)| v.into_iter().map(|c| c as f32 / n.max(1) as f32).collect();
+    let norm =
+        |(v, n): (Vec<u64>, usize)| v.into_iter().map(|c| c as f32 / n.max(1) as f32).collect();
     let [safe, unsafe_] = acc;
     (norm(safe), norm(unsafe_))
 }
@@ -262,9 +286,11 @@ fn write_batch(
         chosen.push((format!("reply_unsafe.{}", r.unsafe_idx), &r.unsafe_));
     }
     let file = dir.batch_routing(batch_idx);
-    let bytes = crate::run_dir::routing::encode(&tensors, &chosen).map_err(|reason| CollectError::Corrupt {
-        path: file.path().to_path_buf(),
-        reason,
+    let bytes = crate::run_dir::routing::encode(&tensors, &chosen).map_err(|reason| {
+        CollectError::Corrupt {
+            path: file.path().to_path_buf(),
+            reason,
+        }
     })?;
     file.write(&bytes)?;
     dir.batch_records(batch_idx).write(&records.to_vec())?;
@@ -277,7 +303,12 @@ fn batch_entry(dir: &RunDir, batch_idx: usize, records: &[SampleRecord]) -> Batc
     let file = dir.batch_routing(batch_idx);
     BatchEntry {
         batch_idx,
-        file: file.path().strip_prefix(dir.path()).unwrap_or(file.path()).display().to_string(),
+        file: file
+            .path()
+            .strip_prefix(dir.path())
+            .unwrap_or(file.path())
+            .display()
+            .to_string(),
         kept,
         dropped: records.len() - kept,
     }
@@ -285,7 +316,12 @@ fn batch_entry(dir: &RunDir, batch_idx: usize, records: &[SampleRecord]) -> Batc
 
 /// Add a finished batch to `samples.jsonl` (appended) and `routing/index.json` (rewritten: one
 /// short entry per batch).
-fn append_batch(dir: &RunDir, index: &mut RoutingIndex, batch_idx: usize, records: &[SampleRecord]) -> Result<(), CollectError> {
+fn append_batch(
+    dir: &RunDir,
+    index: &mut RoutingIndex,
+    batch_idx: usize,
+    records: &[SampleRecord],
+) -> Result<(), CollectError> {
     dir.samples().append(records)?;
     index.batches.push(batch_entry(dir, batch_idx, records));
     Ok(dir.routing_index().write(index)?)
@@ -294,7 +330,12 @@ fn append_batch(dir: &RunDir, index: &mut RoutingIndex, batch_idx: usize, record
 /// Rewrite `samples.jsonl` and `routing/index.json` (with the `planned` batches) from the
 /// finished batches (each written to a new file and renamed into place, so a hard link to an
 /// earlier version is left as it was).
-fn write_summary_files<B: Backend>(dir: &RunDir, model: &MoeLm<B>, top_k: usize, planned: usize) -> Result<RoutingIndex, CollectError> {
+fn write_summary_files<B: Backend>(
+    dir: &RunDir,
+    model: &MoeLm<B>,
+    top_k: usize,
+    planned: usize,
+) -> Result<RoutingIndex, CollectError> {
     let mut samples = Vec::new();
     let mut index = RoutingIndex {
         layers: model.num_moe_layers(),
@@ -304,7 +345,11 @@ fn write_summary_files<B: Backend>(dir: &RunDir, model: &MoeLm<B>, top_k: usize,
         planned: Some(planned),
         batches: Vec::new(),
     };
-    for b in dir.recorded_batches().into_iter().filter(|&b| dir.batch_done(b)) {
+    for b in dir
+        .recorded_batches()
+        .into_iter()
+        .filter(|&b| dir.batch_done(b))
+    {
         let records = dir.batch_records(b).read()?;
         index.batches.push(batch_entry(dir, b, &records));
         samples.extend(records);

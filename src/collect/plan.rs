@@ -1,7 +1,6 @@
 //! What collect will do, decided before any work: the mixed batches a config's train goals make,
 //! and whether every prompt and its answer fit the model's positions.
 
-
 use super::{CollectConfig, CollectError};
 use crate::data::batch::{Batch, goals_per_batch, mixed_batches};
 use crate::data::split::SplitPart;
@@ -20,9 +19,16 @@ pub fn plan(data: &DataConfig, cfg: &CollectConfig) -> Result<Vec<Batch>, DataEr
         let filter = if data.fields.filter_field.is_empty() {
             String::new()
         } else {
-            format!(" (records whose {} is {}, the data.fields filter)", data.fields.filter_field, data.fields.filter_value)
+            format!(
+                " (records whose {} is {}, the data.fields filter)",
+                data.fields.filter_field, data.fields.filter_value
+            )
         };
-        let part = if data.split.is_some() { "train goals" } else { "goals" };
+        let part = if data.split.is_some() {
+            "train goals"
+        } else {
+            "goals"
+        };
         return Err(DataError::Field {
             path: data.path.clone(),
             record: None,
@@ -41,9 +47,17 @@ pub fn plan(data: &DataConfig, cfg: &CollectConfig) -> Result<Vec<Batch>, DataEr
 
 /// Before any work: every prompt of `batches` (cut to `collect.max_prompt_tokens`) and its answer
 /// fit the model's `max_position_embeddings` (`limit`).
-pub fn check_prompt_lengths(data: &DataConfig, cfg: &CollectConfig, batches: &[Batch], tokenizer: &ChatTokenizer, limit: usize) -> Result<(), CollectError> {
+pub fn check_prompt_lengths(
+    data: &DataConfig,
+    cfg: &CollectConfig,
+    batches: &[Batch],
+    tokenizer: &ChatTokenizer,
+    limit: usize,
+) -> Result<(), CollectError> {
     for s in batches.iter().flat_map(|b| &b.samples) {
-        let tokens = tokenizer.encode_prompt(&s.messages, cfg.max_prompt_tokens)?.len();
+        let tokens = tokenizer
+            .encode_prompt(&s.messages, cfg.max_prompt_tokens)?
+            .len();
         if tokens + cfg.max_new_tokens > limit {
             return Err(CollectError::TooLong {
                 path: data.path.clone(),

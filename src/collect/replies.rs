@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use crate::run_dir::records::SampleRecord;
 use crate::data::batch::Label;
 use crate::generate::ChosenExperts;
-use crate::model::{MoeLm, LmInput, Routing};
+use crate::model::{LmInput, MoeLm, Routing};
+use crate::run_dir::records::SampleRecord;
 
 /// The two teacher-forced replies of one pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,12 @@ pub struct ReplyRouting {
 }
 
 /// Route the replies of every kept pair in `records` (one batch) in one forward pass.
-pub fn route<B: Backend>(model: &MoeLm<B>, records: &[SampleRecord], pad_id: u32, device: &B::Device) -> Vec<ReplyRouting> {
+pub fn route<B: Backend>(
+    model: &MoeLm<B>,
+    records: &[SampleRecord],
+    pad_id: u32,
+    device: &B::Device,
+) -> Vec<ReplyRouting> {
     let mut pairs: BTreeMap<usize, [Option<&SampleRecord>; 2]> = BTreeMap::new();
     for r in records.iter().filter(|r| r.kept) {
         pairs.entry(r.record).or_default()[(r.label == Label::Unsafe) as usize] = Some(r);
@@ -40,7 +45,8 @@ pub fn route<B: Backend>(model: &MoeLm<B>, records: &[SampleRecord], pad_id: u32
         .values()
         .filter_map(|[safe, unsafe_]| {
             let (safe, unsafe_) = ((*safe)?, (*unsafe_)?);
-            (!safe.new_ids.is_empty() && !unsafe_.new_ids.is_empty()).then_some((unsafe_, [&safe.new_ids[..], &unsafe_.new_ids[..]]))
+            (!safe.new_ids.is_empty() && !unsafe_.new_ids.is_empty())
+                .then_some((unsafe_, [&safe.new_ids[..], &unsafe_.new_ids[..]]))
         })
         .collect();
     if pairs.is_empty() {
@@ -55,14 +61,23 @@ pub fn route<B: Backend>(model: &MoeLm<B>, records: &[SampleRecord], pad_id: u32
     let mut ids = Vec::with_capacity(batch * width);
     let mut valid = Vec::with_capacity(batch * width);
     for s in &seqs {
-        ids.extend(s.iter().map(|&t| t as i64).chain(std::iter::repeat_n(pad_id as i64, width - s.len())));
-        valid.extend(std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, width - s.len())));
+        ids.extend(
+            s.iter()
+                .map(|&t| t as i64)
+                .chain(std::iter::repeat_n(pad_id as i64, width - s.len())),
+        );
+        valid.extend(
+            std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, width - s.len())),
+        );
     }
     let input = LmInput::padded(
         Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, width]), device),
         Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, width]), device),
     );
-    let chosen = model.forward_hidden(input, &Routing::capturing()).chosen.expect("capture on");
+    let chosen = model
+        .forward_hidden(input, &Routing::capturing())
+        .chosen
+        .expect("capture on");
     let [layers, _, _, k] = chosen.dims();
     let host: Vec<i64> = chosen.into_data().iter::<i64>().collect();
     let slice = |row: usize, start: usize, len: usize| {
@@ -71,7 +86,12 @@ pub fn route<B: Backend>(model: &MoeLm<B>, records: &[SampleRecord], pad_id: u32
             let base = ((l * batch + row) * width + start) * k;
             values.extend(host[base..base + len * k].iter().map(|&e| e as u16));
         }
-        ChosenExperts { layers, tokens: len, k, values }
+        ChosenExperts {
+            layers,
+            tokens: len,
+            k,
+            values,
+        }
     };
     pairs
         .iter()

@@ -30,11 +30,27 @@ pub const MAX_SLOTS: usize = 4096;
 /// # Shapes
 /// - `q`: `[batch, heads, 1, dim]`; `k`, `v`: `[batch, kv_heads, slots, dim]`; `masked`:
 ///   `[batch, 1, 1, slots]` (`true` = may not attend) → `[batch, heads, 1, dim]`
-pub fn try_decode_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, masked: &Tensor<B, 4, Bool>, scale: f64) -> Option<Tensor<B, 4>> {
+pub fn try_decode_attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    masked: &Tensor<B, 4, Bool>,
+    scale: f64,
+) -> Option<Tensor<B, 4>> {
     let [batch, heads, seq, dim] = q.dims();
     let [_, kv_heads, slots, _] = k.dims();
-    let supported = matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16) && k.dtype() == q.dtype() && v.dtype() == q.dtype();
-    if !super::enabled() || seq != 1 || slots > MAX_SLOTS || kv_heads == 0 || heads % kv_heads != 0 || !supported || masked.dims() != [batch, 1, 1, slots] || k.dims()[3] != dim {
+    let supported = matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype();
+    if !super::enabled()
+        || seq != 1
+        || slots > MAX_SLOTS
+        || kv_heads == 0
+        || heads % kv_heads != 0
+        || !supported
+        || masked.dims() != [batch, 1, 1, slots]
+        || k.dims()[3] != dim
+    {
         return None;
     }
     macro_rules! on {
@@ -59,14 +75,24 @@ struct DecodeAttentionOp<R, BT> {
 }
 
 impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for DecodeAttentionOp<R, BT> {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>) {
-        let [q, k, v] = [0, 1, 2].map(|i| handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[i]));
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+    ) {
+        let [q, k, v] =
+            [0, 1, 2].map(|i| handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[i]));
         let masked = handles.get_bool_tensor::<Cube<R, BT>>(&self.desc.inputs[3]);
         let out_ir = &self.desc.outputs[0];
         let client = q.client.clone();
         let shape = out_ir.shape.clone();
         let bytes = shape.num_elements() * q.dtype.size();
-        let out = CubeTensor::new_contiguous(client.clone(), q.device.clone(), shape.clone(), client.empty(bytes), q.dtype);
+        let out = CubeTensor::new_contiguous(
+            client.clone(),
+            q.device.clone(),
+            shape.clone(),
+            client.empty(bytes),
+            q.dtype,
+        );
         let [batch, heads, _, dim] = [shape[0], shape[1], shape[2], shape[3]];
         let slots = k.meta.shape()[2];
         // One cube per (sequence, head); a thread per feature (at most 256).
@@ -91,12 +117,28 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Decode
     }
 }
 
-fn fused<R: CubeRuntime, BT: BoolElement>(q: Tensor<Fused<R, BT>, 4>, k: Tensor<Fused<R, BT>, 4>, v: Tensor<Fused<R, BT>, 4>, masked: Tensor<Fused<R, BT>, 4, Bool>, scale: f64) -> Tensor<Fused<R, BT>, 4> {
+fn fused<R: CubeRuntime, BT: BoolElement>(
+    q: Tensor<Fused<R, BT>, 4>,
+    k: Tensor<Fused<R, BT>, 4>,
+    v: Tensor<Fused<R, BT>, 4>,
+    masked: Tensor<Fused<R, BT>, 4, Bool>,
+    scale: f64,
+) -> Tensor<Fused<R, BT>, 4> {
     let shape = Shape::new(q.dims());
     let dtype = q.dtype();
-    let [q, k, v]: [FusionTensor<FusionCubeRuntime<R>>; 3] = [q, k, v].map(|t| t.into_primitive().tensor());
+    let [q, k, v]: [FusionTensor<FusionCubeRuntime<R>>; 3] =
+        [q, k, v].map(|t| t.into_primitive().tensor());
     let masked: FusionTensor<FusionCubeRuntime<R>> = masked.into_primitive();
-    let op = |desc| DecodeAttentionOp::<R, BT> { desc, scale: scale as f32, backend: PhantomData };
-    let mut outs = register("steermoe_decode_attention", vec![q, k, v, masked], &[(shape, dtype)], op);
+    let op = |desc| DecodeAttentionOp::<R, BT> {
+        desc,
+        scale: scale as f32,
+        backend: PhantomData,
+    };
+    let mut outs = register(
+        "steermoe_decode_attention",
+        vec![q, k, v, masked],
+        &[(shape, dtype)],
+        op,
+    );
     Tensor::from_primitive(TensorPrimitive::Float(outs.remove(0)))
 }

@@ -49,7 +49,8 @@ pub fn decode_attention_kernel<F: Float, M: Int>(
     while s < slots {
         let mut acc = 0.0f32;
         for d in 0..dim {
-            acc += f32::cast_from(q[q_base + d * q.stride(3)]) * f32::cast_from(k[k_base + s * k.stride(2) + d * k.stride(3)]);
+            acc += f32::cast_from(q[q_base + d * q.stride(3)])
+                * f32::cast_from(k[k_base + s * k.stride(2) + d * k.stride(3)]);
         }
         let mut score = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(acc)) * scale));
         if masked[m_base + s * masked.stride(3)] != M::from_int(0) {

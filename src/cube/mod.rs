@@ -70,7 +70,10 @@ fn register<R: CubeRuntime, O: Operation<FusionCubeRuntime<R>> + 'static>(
 ) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
     let client = inputs[0].client.clone();
     let streams = OperationStreams::with_inputs(inputs.iter());
-    let outs: Vec<TensorIr> = outputs.iter().map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.clone(), *dtype)).collect();
+    let outs: Vec<TensorIr> = outputs
+        .iter()
+        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.clone(), *dtype))
+        .collect();
     let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let desc = CustomOpIr::new(name, &irs, &outs);
     client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
@@ -89,7 +92,10 @@ fn grid(cubes: usize) -> CubeCount {
 /// enough cubes for `outputs`; thread `cube_index() · 256 + UNIT_POS_X`.
 fn per_output(outputs: usize) -> (CubeCount, CubeDim) {
     const THREADS: usize = 256;
-    (grid(outputs.div_ceil(THREADS)), CubeDim::new_1d(THREADS as u32))
+    (
+        grid(outputs.div_ceil(THREADS)),
+        CubeDim::new_1d(THREADS as u32),
+    )
 }
 
 /// This cube's index in a [`grid`].
@@ -111,5 +117,8 @@ pub(crate) fn as_backend<T: Any + Clone>(v: &dyn Any) -> Option<T> {
 
 /// A concrete tensor back as the generic `Tensor<B, D>` (or `Tensor<B, D, Int>`) it was.
 pub(crate) fn back<T: Any, U: Any>(t: T) -> Option<U> {
-    (Box::new(t) as Box<dyn Any>).downcast::<U>().ok().map(|b| *b)
+    (Box::new(t) as Box<dyn Any>)
+        .downcast::<U>()
+        .ok()
+        .map(|b| *b)
 }

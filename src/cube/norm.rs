@@ -35,10 +35,20 @@ use super::{Cube, Fused, as_backend, back, grid, register};
 ///
 /// # Shapes
 /// - `x`: `[..., width]` (any strides); `weight`: `[width]` → `[..., width]` contiguous
-pub fn try_rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
+pub fn try_rms_norm<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<Tensor<B, D>> {
     let width = x.dims()[D - 1];
-    let supported = matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) && weight.dtype() == x.dtype();
-    if !super::enabled() || !supported || weight.dims() != [width] || width == 0 || x.shape().num_elements() == 0 {
+    let supported =
+        matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) && weight.dtype() == x.dtype();
+    if !super::enabled()
+        || !supported
+        || weight.dims() != [width]
+        || width == 0
+        || x.shape().num_elements() == 0
+    {
         return None;
     }
     macro_rules! on {
@@ -67,7 +77,10 @@ struct RmsNormOp<R, BT> {
 }
 
 impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNormOp<R, BT> {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>) {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+    ) {
         let x = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[0]));
         let weight = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[1]));
         let out_ir = &self.desc.outputs[0];
@@ -76,7 +89,13 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
         let width = weight.meta.shape()[0];
         let rows = shape.num_elements() / width;
         let bytes = shape.num_elements() * x.dtype.size();
-        let out = CubeTensor::new_contiguous(client.clone(), x.device.clone(), shape, client.empty(bytes), x.dtype);
+        let out = CubeTensor::new_contiguous(
+            client.clone(),
+            x.device.clone(),
+            shape,
+            client.empty(bytes),
+            x.dtype,
+        );
         // A thread per feature up to 256 (at least a warp), the rest in strides.
         let threads = width.next_power_of_two().clamp(32, 256);
         let dtype = x.dtype;
@@ -97,7 +116,8 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
                 dtype.into(),
             ),
             true => {
-                let grad = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[2]));
+                let grad =
+                    into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[2]));
                 rms_norm_backward_kernel::launch::<R>(
                     &client,
                     count,
@@ -122,7 +142,12 @@ type Primitive<R> = FusionTensor<FusionCubeRuntime<R>>;
 
 /// Register the forward kernel (`grad` `None`) or the gradient's on the fusion stream: an output
 /// of `x`'s shape and dtype.
-fn launch<R: CubeRuntime, BT: BoolElement>(x: Primitive<R>, weight: Primitive<R>, grad: Option<Primitive<R>>, eps: f32) -> Primitive<R> {
+fn launch<R: CubeRuntime, BT: BoolElement>(
+    x: Primitive<R>,
+    weight: Primitive<R>,
+    grad: Option<Primitive<R>>,
+    eps: f32,
+) -> Primitive<R> {
     let (shape, dtype) = (x.shape.clone(), x.dtype);
     let backward = grad.is_some();
     let inputs = [x, weight].into_iter().chain(grad).collect();
@@ -130,12 +155,26 @@ fn launch<R: CubeRuntime, BT: BoolElement>(x: Primitive<R>, weight: Primitive<R>
         false => "steermoe_rms_norm",
         true => "steermoe_rms_norm_backward",
     };
-    let op = |desc| RmsNormOp::<R, BT> { desc, eps, backward, backend: PhantomData };
+    let op = |desc| RmsNormOp::<R, BT> {
+        desc,
+        eps,
+        backward,
+        backend: PhantomData,
+    };
     register(name, inputs, &[(shape, dtype)], op).remove(0)
 }
 
-fn fused<R: CubeRuntime, BT: BoolElement, const D: usize>(x: Tensor<Fused<R, BT>, D>, weight: Tensor<Fused<R, BT>, 1>, eps: f64) -> Tensor<Fused<R, BT>, D> {
-    let out = launch::<R, BT>(x.into_primitive().tensor(), weight.into_primitive().tensor(), None, eps as f32);
+fn fused<R: CubeRuntime, BT: BoolElement, const D: usize>(
+    x: Tensor<Fused<R, BT>, D>,
+    weight: Tensor<Fused<R, BT>, 1>,
+    eps: f64,
+) -> Tensor<Fused<R, BT>, D> {
+    let out = launch::<R, BT>(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        None,
+        eps as f32,
+    );
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
@@ -155,11 +194,15 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackw
         if let Some(node) = node_w {
             let width = weight.shape[0];
             let rows = x.shape.num_elements() / width;
-            let as2 = |t: Primitive<R>| Tensor::<Fused<R, BT>, 2>::from_primitive(TensorPrimitive::Float(t)).reshape([rows, width]);
+            let as2 = |t: Primitive<R>| {
+                Tensor::<Fused<R, BT>, 2>::from_primitive(TensorPrimitive::Float(t))
+                    .reshape([rows, width])
+            };
             let xs = as2(x.clone());
             let dtype = xs.dtype();
             let xf = xs.cast(FloatDType::F32);
-            let normed = (xf.clone() * xf.square().mean_dim(1).add_scalar(eps).sqrt().recip()).cast(dtype);
+            let normed =
+                (xf.clone() * xf.square().mean_dim(1).add_scalar(eps).sqrt().recip()).cast(dtype);
             let dw = (as2(grad.clone()) * normed).sum_dim(0).reshape([width]);
             grads.register::<Fused<R, BT>>(node.id, dw.into_primitive().tensor());
         }
@@ -169,11 +212,24 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackw
     }
 }
 
-fn fused_autodiff<R: CubeRuntime, BT: BoolElement, const D: usize>(x: Tensor<Autodiff<Fused<R, BT>>, D>, weight: Tensor<Autodiff<Fused<R, BT>>, 1>, eps: f64) -> Tensor<Autodiff<Fused<R, BT>>, D> {
+fn fused_autodiff<R: CubeRuntime, BT: BoolElement, const D: usize>(
+    x: Tensor<Autodiff<Fused<R, BT>>, D>,
+    weight: Tensor<Autodiff<Fused<R, BT>>, 1>,
+    eps: f64,
+) -> Tensor<Autodiff<Fused<R, BT>>, D> {
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
-    let output = launch::<R, BT>(x.primitive.clone(), weight.primitive.clone(), None, eps as f32);
-    let out = match RmsNormBackward::<R, BT>(PhantomData).prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+    let output = launch::<R, BT>(
+        x.primitive.clone(),
+        weight.primitive.clone(),
+        None,
+        eps as f32,
+    );
+    let out = match RmsNormBackward::<R, BT>(PhantomData)
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, eps as f32), output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     };

@@ -24,11 +24,23 @@ use super::{Cube, Fused, as_backend, back, per_output, register};
 /// # Shapes
 /// - `x`: `[batch, seq, heads, dim]` (`dim` even); `cos`, `sin`: `[batch, seq, 1, dim]` float32
 ///   (the sin's first half negated) → `[batch, seq, heads, dim]` contiguous
-pub fn try_rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+pub fn try_rope<B: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
     let [batch, seq, _, dim] = x.dims();
-    let supported = matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) && cos.dtype() == DType::F32 && sin.dtype() == DType::F32;
+    let supported = matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && cos.dtype() == DType::F32
+        && sin.dtype() == DType::F32;
     let angles = [batch, seq, 1, dim];
-    if !super::enabled() || !supported || dim % 2 != 0 || cos.dims() != angles || sin.dims() != angles || x.shape().num_elements() == 0 {
+    if !super::enabled()
+        || !supported
+        || dim % 2 != 0
+        || cos.dims() != angles
+        || sin.dims() != angles
+        || x.shape().num_elements() == 0
+    {
         return None;
     }
     macro_rules! on {
@@ -51,14 +63,24 @@ struct RopeOp<R, BT> {
 }
 
 impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RopeOp<R, BT> {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>) {
-        let [x, cos, sin] = [0, 1, 2].map(|i| handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[i]));
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+    ) {
+        let [x, cos, sin] =
+            [0, 1, 2].map(|i| handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[i]));
         let out_ir = &self.desc.outputs[0];
         let client = x.client.clone();
         let shape = out_ir.shape.clone();
         let n = shape.num_elements();
         let dtype = x.dtype;
-        let out = CubeTensor::new_contiguous(client.clone(), x.device.clone(), shape, client.empty(n * dtype.size()), dtype);
+        let out = CubeTensor::new_contiguous(
+            client.clone(),
+            x.device.clone(),
+            shape,
+            client.empty(n * dtype.size()),
+            dtype,
+        );
         let (count, dim) = per_output(n);
         rope_kernel::launch::<R>(
             &client,
@@ -74,11 +96,21 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RopeOp
     }
 }
 
-fn fused<R: CubeRuntime, BT: BoolElement>(x: Tensor<Fused<R, BT>, 4>, cos: Tensor<Fused<R, BT>, 4>, sin: Tensor<Fused<R, BT>, 4>) -> Tensor<Fused<R, BT>, 4> {
+fn fused<R: CubeRuntime, BT: BoolElement>(
+    x: Tensor<Fused<R, BT>, 4>,
+    cos: Tensor<Fused<R, BT>, 4>,
+    sin: Tensor<Fused<R, BT>, 4>,
+) -> Tensor<Fused<R, BT>, 4> {
     let shape = Shape::new(x.dims());
     let dtype = x.dtype();
-    let inputs: Vec<FusionTensor<FusionCubeRuntime<R>>> = [x, cos, sin].into_iter().map(|t| t.into_primitive().tensor()).collect();
-    let op = |desc| RopeOp::<R, BT> { desc, backend: PhantomData };
+    let inputs: Vec<FusionTensor<FusionCubeRuntime<R>>> = [x, cos, sin]
+        .into_iter()
+        .map(|t| t.into_primitive().tensor())
+        .collect();
+    let op = |desc| RopeOp::<R, BT> {
+        desc,
+        backend: PhantomData,
+    };
     let mut outs = register("steermoe_rope", inputs, &[(shape, dtype)], op);
     Tensor::from_primitive(TensorPrimitive::Float(outs.remove(0)))
 }

@@ -16,7 +16,13 @@ use super::cube_index;
 /// Shapes: `x` `[batch, seq, heads, dim]`, `cos`, `sin` `[batch, seq, 1, dim]` float32 (any
 /// strides), `out` like `x`, contiguous; thread `(y · count_x + x) · dim + unit` of the grid.
 #[cube(launch)]
-pub fn rope_kernel<F: Float>(x: &Tensor<F>, cos: &Tensor<f32>, sin: &Tensor<f32>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+pub fn rope_kernel<F: Float>(
+    x: &Tensor<F>,
+    cos: &Tensor<f32>,
+    sin: &Tensor<f32>,
+    out: &mut Tensor<F>,
+    #[define(F)] _dtype: StorageType,
+) {
     let idx = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if idx < out.len() {
         let dim = out.shape(3);

@@ -36,7 +36,10 @@ pub fn try_top_k<B: Backend>(x: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2, 
                 return back(top_k_fused(x, k));
             }
             if let Some(x) = as_backend::<Tensor<Autodiff<$fused>, 2>>(x) {
-                return back(Tensor::<Autodiff<$fused>, 2, Int>::from_inner(top_k_fused(x.inner(), k)));
+                return back(Tensor::<Autodiff<$fused>, 2, Int>::from_inner(top_k_fused(
+                    x.inner(),
+                    k,
+                )));
             }
         };
     }
@@ -61,7 +64,10 @@ pub struct Route<B: Backend> {
 /// is burn's CUDA or wgpu backend *without* autodiff (nothing here is differentiable); `None`
 /// otherwise.
 pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> Option<Route<B>> {
-    if !super::enabled() || !matches!(scores.dtype(), DType::F32 | DType::BF16 | DType::F16) || k > scores.dims()[1] {
+    if !super::enabled()
+        || !matches!(scores.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        || k > scores.dims()[1]
+    {
         return None;
     }
     macro_rules! on {
@@ -70,8 +76,12 @@ pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> O
                 let [indices, weights, dense] = route_fused(scores, k, renorm);
                 return Some(Route {
                     indices: back(Tensor::<$fused, 2, Int>::from_primitive(indices))?,
-                    weights: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(weights)))?,
-                    dense: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(dense)))?,
+                    weights: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(
+                        weights,
+                    )))?,
+                    dense: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(
+                        dense,
+                    )))?,
                 });
             }
         };
@@ -98,14 +108,23 @@ struct RoutingOp<R, BT> {
 }
 
 impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RoutingOp<R, BT> {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>) {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+    ) {
         let x = handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[0]);
         let [rows, n] = [x.meta.shape()[0], x.meta.shape()[1]];
         let client = x.client.clone();
         let empty = |shape: [usize; 2], dtype: DType| {
             let shape = Shape::new(shape);
             let bytes = shape.num_elements() * dtype.size();
-            CubeTensor::new_contiguous(client.clone(), x.device.clone(), shape, client.empty(bytes), dtype)
+            CubeTensor::new_contiguous(
+                client.clone(),
+                x.device.clone(),
+                shape,
+                client.empty(bytes),
+                dtype,
+            )
         };
         let cube_dim = CubeDim::new_1d(ROWS_PER_CUBE);
         let cube_count = CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE).max(1), 1, 1);
@@ -113,7 +132,15 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
         match self.kind {
             Kind::TopK { k } => {
                 let indices = empty([rows, k], DType::I32);
-                kernels::top_k_kernel::launch::<R>(&client, cube_count, cube_dim, x.into_tensor_arg(), indices.clone().into_tensor_arg(), f32::NEG_INFINITY, k);
+                kernels::top_k_kernel::launch::<R>(
+                    &client,
+                    cube_count,
+                    cube_dim,
+                    x.into_tensor_arg(),
+                    indices.clone().into_tensor_arg(),
+                    f32::NEG_INFINITY,
+                    k,
+                );
                 handles.register_int_tensor::<Cube<R, BT>>(&outs[0].id, indices);
             }
             Kind::Route { k, renorm } => {
@@ -143,22 +170,48 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
 }
 
 /// Register one routing kernel on the fusion stream of `x`: outputs of these shapes and dtypes.
-fn register_routing<R: CubeRuntime, BT: BoolElement>(x: FusionTensor<FusionCubeRuntime<R>>, kind: Kind, outputs: &[([usize; 2], DType)]) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
-    let outputs: Vec<(Shape, DType)> = outputs.iter().map(|&(shape, dtype)| (Shape::new(shape), dtype)).collect();
-    register("steermoe_routing", vec![x], &outputs, |desc| RoutingOp::<R, BT> { desc, kind, backend: PhantomData })
+fn register_routing<R: CubeRuntime, BT: BoolElement>(
+    x: FusionTensor<FusionCubeRuntime<R>>,
+    kind: Kind,
+    outputs: &[([usize; 2], DType)],
+) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
+    let outputs: Vec<(Shape, DType)> = outputs
+        .iter()
+        .map(|&(shape, dtype)| (Shape::new(shape), dtype))
+        .collect();
+    register("steermoe_routing", vec![x], &outputs, |desc| RoutingOp::<
+        R,
+        BT,
+    > {
+        desc,
+        kind,
+        backend: PhantomData,
+    })
 }
 
-fn top_k_fused<R: CubeRuntime, BT: BoolElement>(x: Tensor<Fused<R, BT>, 2>, k: usize) -> Tensor<Fused<R, BT>, 2, Int> {
+fn top_k_fused<R: CubeRuntime, BT: BoolElement>(
+    x: Tensor<Fused<R, BT>, 2>,
+    k: usize,
+) -> Tensor<Fused<R, BT>, 2, Int> {
     let [rows, _] = x.dims();
     let x = x.into_primitive().tensor();
     let mut out = register_routing::<R, BT>(x, Kind::TopK { k }, &[([rows, k], DType::I32)]);
     Tensor::from_primitive(out.remove(0))
 }
 
-fn route_fused<R: CubeRuntime, BT: BoolElement>(scores: Tensor<Fused<R, BT>, 2>, k: usize, renorm: bool) -> [FusionTensor<FusionCubeRuntime<R>>; 3] {
+fn route_fused<R: CubeRuntime, BT: BoolElement>(
+    scores: Tensor<Fused<R, BT>, 2>,
+    k: usize,
+    renorm: bool,
+) -> [FusionTensor<FusionCubeRuntime<R>>; 3] {
     let [rows, n] = scores.dims();
     let scores = scores.into_primitive().tensor();
-    let outputs = [([rows, k], DType::I32), ([rows, k], DType::F32), ([rows, n], DType::F32)];
+    let outputs = [
+        ([rows, k], DType::I32),
+        ([rows, k], DType::F32),
+        ([rows, n], DType::F32),
+    ];
     let out = register_routing::<R, BT>(scores, Kind::Route { k, renorm }, &outputs);
-    out.try_into().unwrap_or_else(|_| unreachable!("three outputs registered"))
+    out.try_into()
+        .unwrap_or_else(|_| unreachable!("three outputs registered"))
 }

@@ -21,7 +21,15 @@ fn key(raw: f32, neg_inf: f32) -> f32 {
 /// the best so far, i.e. be larger (the scan runs up the indices, so an equal one comes after).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn takes(v: f32, j: usize, first: bool, prev_v: f32, prev_j: usize, best_v: f32, none: bool) -> bool {
+fn takes(
+    v: f32,
+    j: usize,
+    first: bool,
+    prev_v: f32,
+    prev_j: usize,
+    best_v: f32,
+    none: bool,
+) -> bool {
     let after = first || v < prev_v || (v == prev_v && j > prev_j);
     after && (none || v > best_v)
 }
@@ -29,7 +37,12 @@ fn takes(v: f32, j: usize, first: bool, prev_v: f32, prev_j: usize, best_v: f32,
 /// `indices[r, s]` = the index of row `r`'s entry of rank `s` in `x` `[rows, n]` (any strides),
 /// for `s` in `0..k`.
 #[cube(launch)]
-pub fn top_k_kernel(x: &Tensor<f32>, indices: &mut Tensor<i32>, neg_inf: f32, #[comptime] k: usize) {
+pub fn top_k_kernel(
+    x: &Tensor<f32>,
+    indices: &mut Tensor<i32>,
+    neg_inf: f32,
+    #[comptime] k: usize,
+) {
     let row = ABSOLUTE_POS;
     if row >= indices.shape(0) {
         terminate!();
@@ -103,7 +116,10 @@ pub fn route_kernel<F: Float>(
         let mut best_v = neg_inf;
         let mut best_j = n;
         for j in 0..n {
-            let v = key((f32::cast_from(scores[base + j * step]) - max).exp() / sum, neg_inf);
+            let v = key(
+                (f32::cast_from(scores[base + j * step]) - max).exp() / sum,
+                neg_inf,
+            );
             if takes(v, j, slot == 0, prev_v, prev_j, best_v, best_j == n) {
                 best_v = v;
                 best_j = j;

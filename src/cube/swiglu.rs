@@ -25,11 +25,22 @@ use super::{Cube, Fused, as_backend, back, per_output, register};
 /// # Shapes
 /// - `gate_up`: `[tokens, 2 · experts · inter]` (every expert's gate columns, then every
 ///   expert's up columns); `weights`: `[tokens, experts]` float32 → `[tokens, experts · inter]`
-pub fn try_swiglu<B: Backend>(gate_up: &Tensor<B, 2>, weights: &Tensor<B, 2>, inter: usize) -> Option<Tensor<B, 2>> {
+pub fn try_swiglu<B: Backend>(
+    gate_up: &Tensor<B, 2>,
+    weights: &Tensor<B, 2>,
+    inter: usize,
+) -> Option<Tensor<B, 2>> {
     let [tokens, both] = gate_up.dims();
     let [rows, experts] = weights.dims();
-    let supported = matches!(gate_up.dtype(), DType::F32 | DType::BF16 | DType::F16) && weights.dtype() == DType::F32;
-    if !super::enabled() || !supported || rows != tokens || inter == 0 || both != 2 * experts * inter || tokens == 0 {
+    let supported = matches!(gate_up.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && weights.dtype() == DType::F32;
+    if !super::enabled()
+        || !supported
+        || rows != tokens
+        || inter == 0
+        || both != 2 * experts * inter
+        || tokens == 0
+    {
         return None;
     }
     macro_rules! on {
@@ -52,7 +63,10 @@ struct SwigluOp<R, BT> {
 }
 
 impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for SwigluOp<R, BT> {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>) {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+    ) {
         let gate_up = handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[0]);
         let weights = handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[1]);
         let out_ir = &self.desc.outputs[0];
@@ -60,7 +74,13 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Swiglu
         let shape = out_ir.shape.clone();
         let n = shape.num_elements();
         let dtype = gate_up.dtype;
-        let out = CubeTensor::new_contiguous(client.clone(), gate_up.device.clone(), shape, client.empty(n * dtype.size()), dtype);
+        let out = CubeTensor::new_contiguous(
+            client.clone(),
+            gate_up.device.clone(),
+            shape,
+            client.empty(n * dtype.size()),
+            dtype,
+        );
         let (count, dim) = per_output(n);
         swiglu_kernel::launch::<R>(
             &client,
@@ -76,12 +96,23 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Swiglu
     }
 }
 
-fn fused<R: CubeRuntime, BT: BoolElement>(gate_up: Tensor<Fused<R, BT>, 2>, weights: Tensor<Fused<R, BT>, 2>, inter: usize) -> Tensor<Fused<R, BT>, 2> {
+fn fused<R: CubeRuntime, BT: BoolElement>(
+    gate_up: Tensor<Fused<R, BT>, 2>,
+    weights: Tensor<Fused<R, BT>, 2>,
+    inter: usize,
+) -> Tensor<Fused<R, BT>, 2> {
     let [tokens, both] = gate_up.dims();
     let shape = Shape::new([tokens, both / 2]);
     let dtype = gate_up.dtype();
-    let inputs: Vec<FusionTensor<FusionCubeRuntime<R>>> = vec![gate_up.into_primitive().tensor(), weights.into_primitive().tensor()];
-    let op = |desc| SwigluOp::<R, BT> { desc, inter, backend: PhantomData };
+    let inputs: Vec<FusionTensor<FusionCubeRuntime<R>>> = vec![
+        gate_up.into_primitive().tensor(),
+        weights.into_primitive().tensor(),
+    ];
+    let op = |desc| SwigluOp::<R, BT> {
+        desc,
+        inter,
+        backend: PhantomData,
+    };
     let mut outs = register("steermoe_swiglu", inputs, &[(shape, dtype)], op);
     Tensor::from_primitive(TensorPrimitive::Float(outs.remove(0)))
 }

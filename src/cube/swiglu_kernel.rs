@@ -16,7 +16,13 @@ use super::cube_index;
 /// `out` `[tokens, width]` contiguous; a thread an output, thread `(y · count_x + x) · dim + unit`
 /// of the grid (WebGPU's 65,535 cubes an axis).
 #[cube(launch)]
-pub fn swiglu_kernel<F: Float>(gate_up: &Tensor<F>, weights: &Tensor<f32>, out: &mut Tensor<F>, inter: usize, #[define(F)] _dtype: StorageType) {
+pub fn swiglu_kernel<F: Float>(
+    gate_up: &Tensor<F>,
+    weights: &Tensor<f32>,
+    out: &mut Tensor<F>,
+    inter: usize,
+    #[define(F)] _dtype: StorageType,
+) {
     let idx = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if idx < out.len() {
         let width = out.shape(1);

@@ -39,7 +39,12 @@ struct BatchedGemm {
 }
 
 impl Operation<FusionCubeRuntime<CudaRuntime>> for BatchedGemm {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>) {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle,
+        >,
+    ) {
         let [a, b] = [0, 1].map(|i| handles.get_float_tensor::<Cube>(&self.desc.inputs[i]));
         let out = &self.desc.outputs[0];
         let result = run(a, b, out.shape.clone()).unwrap_or_else(|e| panic!("batched matmul: {e}"));
@@ -52,7 +57,16 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for BatchedGemm {
 fn operand(t: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Mat, usize) {
     let view = |t: &CubeTensor<CudaRuntime>| {
         let (shape, strides) = (t.meta.shape(), t.meta.strides());
-        (Mat { ptr: 0, rows: shape[1], cols: shape[2], row_stride: strides[1], col_stride: strides[2] }, strides[0])
+        (
+            Mat {
+                ptr: 0,
+                rows: shape[1],
+                cols: shape[2],
+                row_stride: strides[1],
+                col_stride: strides[2],
+            },
+            strides[0],
+        )
     };
     let t = match view(&t).0.readable() {
         true => t,
@@ -62,7 +76,11 @@ fn operand(t: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Mat, usize) 
     (t, m, stride)
 }
 
-fn run(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, out_shape: Shape) -> Result<CubeTensor<CudaRuntime>, CublasError> {
+fn run(
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    out_shape: Shape,
+) -> Result<CubeTensor<CudaRuntime>, CublasError> {
     let dtype = a.dtype;
     if b.dtype != dtype {
         return Err(CublasError::Dtype(b.dtype));
@@ -71,18 +89,40 @@ fn run(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, out_shape: Shape)
     let [batch, rows, cols] = [out_shape[0], out_shape[1], out_shape[2]];
     let client = a.client.clone();
     let device = a.device.clone();
-    let out = CubeTensor::new_contiguous(client.clone(), device.clone(), out_shape.clone(), client.empty(out_shape.num_elements() * dtype.size()), dtype);
-    let operands = vec![a.handle.binding(), b.handle.binding(), out.handle.clone().binding()];
+    let out = CubeTensor::new_contiguous(
+        client.clone(),
+        device.clone(),
+        out_shape.clone(),
+        client.empty(out_shape.num_elements() * dtype.size()),
+        dtype,
+    );
+    let operands = vec![
+        a.handle.binding(),
+        b.handle.binding(),
+        out.handle.clone().binding(),
+    ];
     let index = device.index;
-    device_thread::submit(&device, "batched matmul (cuBLAS)", operands, move |ptrs, order| {
-        let [pa, pb, pc] = [ptrs[0], ptrs[1], ptrs[2]];
-        Cublas::run(index, order, |blas| {
-            // SAFETY: the views lie in memory the task's bindings hold; the output is fresh.
-            unsafe {
-                blas.gemm_strided_batched(dtype, Mat { ptr: pa, ..ma }, Mat { ptr: pb, ..mb }, Mat::contiguous(pc, rows, cols), batch, [sa, sb, rows * cols])
-            }
-        })
-    });
+    device_thread::submit(
+        &device,
+        "batched matmul (cuBLAS)",
+        operands,
+        move |ptrs, order| {
+            let [pa, pb, pc] = [ptrs[0], ptrs[1], ptrs[2]];
+            Cublas::run(index, order, |blas| {
+                // SAFETY: the views lie in memory the task's bindings hold; the output is fresh.
+                unsafe {
+                    blas.gemm_strided_batched(
+                        dtype,
+                        Mat { ptr: pa, ..ma },
+                        Mat { ptr: pb, ..mb },
+                        Mat::contiguous(pc, rows, cols),
+                        batch,
+                        [sa, sb, rows * cols],
+                    )
+                }
+            })
+        },
+    );
     Ok(out)
 }
 
@@ -95,7 +135,13 @@ fn fused(a: Fused, b: Fused) -> Fused {
     let out = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
     let irs = [a.into_ir(), b.into_ir()];
     let desc = CustomOpIr::new("steermoe_batched_gemm", &irs, &[out]);
-    client.register(streams, OperationIr::Custom(desc.clone()), BatchedGemm { desc }).output()
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            BatchedGemm { desc },
+        )
+        .output()
 }
 
 /// `t` with its last two axes swapped (a view).
@@ -127,10 +173,17 @@ fn forward_autodiff(a: Tensor<Ad, 3>, b: Tensor<Ad, 3>) -> Tensor<Ad, 3> {
     let a: AdTensor = a.into_primitive().tensor();
     let b: AdTensor = b.into_primitive().tensor();
     let output = fused(a.primitive.clone(), b.primitive.clone());
-    let out = match BatchedBackward.prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
+    let out = match BatchedBackward
+        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => {
             // a's gradient needs b, b's needs a.
-            let state = (b.is_tracked().then(|| a.primitive.clone()), a.is_tracked().then(|| b.primitive.clone()));
+            let state = (
+                b.is_tracked().then(|| a.primitive.clone()),
+                a.is_tracked().then(|| b.primitive.clone()),
+            );
             prep.finish(state, output)
         }
         OpsKind::UnTracked(prep) => prep.finish(output),
@@ -142,7 +195,11 @@ fn forward_autodiff(a: Tensor<Ad, 3>, b: Tensor<Ad, 3>) -> Tensor<Ad, 3> {
 /// is burn's CUDA backend (with or without autodiff), the dtype is f32, bf16 or f16, and cuBLAS
 /// loads; `None` otherwise.
 pub fn try_batched_matmul<B: Backend>(a: &Tensor<B, 3>, b: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-    if !matches!(a.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::BF16 | burn::tensor::DType::F16) || a.dtype() != b.dtype() {
+    if !matches!(
+        a.dtype(),
+        burn::tensor::DType::F32 | burn::tensor::DType::BF16 | burn::tensor::DType::F16
+    ) || a.dtype() != b.dtype()
+    {
         return None;
     }
     if let Some(x) = as_backend::<Tensor<Ad, 3>>(a) {
@@ -158,7 +215,9 @@ pub fn try_batched_matmul<B: Backend>(a: &Tensor<B, 3>, b: &Tensor<B, 3>) -> Opt
         }
         let y = as_backend::<Tensor<Cuda, 3>>(b)?;
         let out = fused(x.into_primitive().tensor(), y.into_primitive().tensor());
-        return back(Tensor::<Cuda, 3>::from_primitive(TensorPrimitive::Float(out)));
+        return back(Tensor::<Cuda, 3>::from_primitive(TensorPrimitive::Float(
+            out,
+        )));
     }
     None
 }

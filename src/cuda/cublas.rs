@@ -38,17 +38,33 @@ pub struct Mat {
 impl Mat {
     /// A contiguous row-major matrix.
     pub fn contiguous(ptr: u64, rows: usize, cols: usize) -> Self {
-        Self { ptr, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            ptr,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// Rows `start..start + rows`, `elem` bytes per element.
     pub fn rows(self, start: usize, rows: usize, elem: usize) -> Self {
-        Self { ptr: self.ptr + (start * self.row_stride * elem) as u64, rows, ..self }
+        Self {
+            ptr: self.ptr + (start * self.row_stride * elem) as u64,
+            rows,
+            ..self
+        }
     }
 
     /// The transpose (a view: no copy).
     pub fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
     }
 
     /// Whether cuBLAS can read this view in place (see [`Mat::as_transposed_operand`]): one axis
@@ -145,15 +161,30 @@ pub struct Stats {
     pub launches: u64,
 }
 
-static STATS: Mutex<Stats> = Mutex::new(Stats { calls: 0, stream_calls: 0, gemms: 0, wait_s: 0.0, gemm_s: 0.0, launches: 0 });
+static STATS: Mutex<Stats> = Mutex::new(Stats {
+    calls: 0,
+    stream_calls: 0,
+    gemms: 0,
+    wait_s: 0.0,
+    gemm_s: 0.0,
+    launches: 0,
+});
 
 /// The time spent in cuBLAS so far, and reset.
 pub fn take_stats() -> Stats {
     std::mem::take(&mut *STATS.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn call<T, E: std::fmt::Debug>(device: usize, what: &'static str, r: Result<T, E>) -> Result<T, CublasError> {
-    r.map_err(|e| CublasError::Call { device, what, reason: format!("{e:?}") })
+fn call<T, E: std::fmt::Debug>(
+    device: usize,
+    what: &'static str,
+    r: Result<T, E>,
+) -> Result<T, CublasError> {
+    r.map_err(|e| CublasError::Call {
+        device,
+        what,
+        reason: format!("{e:?}"),
+    })
 }
 
 impl Handle {
@@ -161,20 +192,43 @@ impl Handle {
         call(device, "driver init", driver::init())?;
         let dev = call(device, "device", driver::device::get(device as i32))?;
         // SAFETY: `dev` is a valid device; the primary context is the one cubecl uses.
-        let ctx = call(device, "primary context", unsafe { driver::primary_ctx::retain(dev) })?;
-        call(device, "set context", unsafe { driver::ctx::set_current(ctx) })?;
-        let stream = call(device, "stream", driver::stream::create(driver::stream::StreamKind::NonBlocking))?;
-        let blas = call(device, "create handle (is libcublas.so.13 on the library path?)", cublas::create_handle())?;
+        let ctx = call(device, "primary context", unsafe {
+            driver::primary_ctx::retain(dev)
+        })?;
+        call(device, "set context", unsafe {
+            driver::ctx::set_current(ctx)
+        })?;
+        let stream = call(
+            device,
+            "stream",
+            driver::stream::create(driver::stream::StreamKind::NonBlocking),
+        )?;
+        let blas = call(
+            device,
+            "create handle (is libcublas.so.13 on the library path?)",
+            cublas::create_handle(),
+        )?;
         // SAFETY: both handles were just created and are valid.
-        call(device, "set stream", unsafe { cublas::set_stream(blas, stream as blas::cudaStream_t) })?;
-        Ok(Self { device, staging: std::cell::RefCell::new(Vec::new()), ctx, stream, current: stream, blas })
+        call(device, "set stream", unsafe {
+            cublas::set_stream(blas, stream as blas::cudaStream_t)
+        })?;
+        Ok(Self {
+            device,
+            staging: std::cell::RefCell::new(Vec::new()),
+            ctx,
+            stream,
+            current: stream,
+            blas,
+        })
     }
 
     /// Point the handle at `stream` (resetting cuBLAS's workspace, so only when it changes).
     fn use_stream(&mut self, stream: cu::CUstream) -> Result<(), CublasError> {
         if self.current != stream {
             // SAFETY: the handle is valid and `stream` is a live stream of this context.
-            call(self.device, "set stream", unsafe { cublas::set_stream(self.blas, stream as blas::cudaStream_t) })?;
+            call(self.device, "set stream", unsafe {
+                cublas::set_stream(self.blas, stream as blas::cudaStream_t)
+            })?;
             self.current = stream;
         }
         Ok(())
@@ -190,29 +244,48 @@ pub struct Cublas<'a> {
 
 impl Cublas<'_> {
     /// Run `work`'s GEMMs on `device` in the given [`Order`].
-    pub fn run<T>(device: usize, order: Order, work: impl FnOnce(&Cublas) -> Result<T, CublasError>) -> Result<T, CublasError> {
+    pub fn run<T>(
+        device: usize,
+        order: Order,
+        work: impl FnOnce(&Cublas) -> Result<T, CublasError>,
+    ) -> Result<T, CublasError> {
         let mut handles = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
         if !handles.iter().any(|h| h.device == device) {
             handles.push(Handle::new(device)?);
         }
-        let handle = handles.iter_mut().find(|h| h.device == device).expect("just added");
+        let handle = handles
+            .iter_mut()
+            .find(|h| h.device == device)
+            .expect("just added");
         // SAFETY: the context is valid for the process's lifetime (retained, never released).
-        call(device, "set context", unsafe { driver::ctx::set_current(handle.ctx) })?;
+        call(device, "set context", unsafe {
+            driver::ctx::set_current(handle.ctx)
+        })?;
         let start = std::time::Instant::now();
         match order {
             Order::Stream(stream) => handle.use_stream(stream)?,
             Order::Synchronised => {
                 handle.use_stream(handle.stream)?;
-                call(device, "wait for burn's kernels", driver::ctx::synchronize())?;
+                call(
+                    device,
+                    "wait for burn's kernels",
+                    driver::ctx::synchronize(),
+                )?;
             }
         }
         let waited = start.elapsed();
-        let blas = Cublas { handle, gemms: std::cell::Cell::new(0), launches: std::cell::Cell::new(0) };
+        let blas = Cublas {
+            handle,
+            gemms: std::cell::Cell::new(0),
+            launches: std::cell::Cell::new(0),
+        };
         let out = work(&blas)?;
         let (gemms, launches) = (blas.gemms.get(), blas.launches.get());
         if order == Order::Synchronised {
             // SAFETY: the stream is valid.
-            call(device, "wait for cuBLAS", unsafe { driver::stream::synchronize(handle.stream) })?;
+            call(device, "wait for cuBLAS", unsafe {
+                driver::stream::synchronize(handle.stream)
+            })?;
         }
         let mut stats = STATS.lock().unwrap_or_else(|p| p.into_inner());
         stats.gemms += gemms;
@@ -231,7 +304,9 @@ impl Cublas<'_> {
     /// Zero `bytes` bytes at `ptr` (stream-ordered with the GEMMs).
     pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), CublasError> {
         // SAFETY: the caller owns `bytes` bytes at `ptr`.
-        call(self.handle.device, "memset", unsafe { driver::memset_d8_async(ptr, 0, bytes, self.handle.current) })
+        call(self.handle.device, "memset", unsafe {
+            driver::memset_d8_async(ptr, 0, bytes, self.handle.current)
+        })
     }
 
     /// `c = a · b` (`c` contiguous, overwritten), all in `dtype`, accumulated in f32 (TF32 tensor
@@ -243,7 +318,13 @@ impl Cublas<'_> {
     /// [`Order::Stream`], memory the stream's own pool owns, which it reuses only in stream
     /// order), and `c` must not overlap `a` or `b`.
     pub unsafe fn gemm(&self, dtype: DType, a: Mat, b: Mat, c: Mat) -> Result<(), CublasError> {
-        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c, 1)? else {
+        let Some(ColMajor {
+            ops: [op_b, op_a],
+            mnk: [n, m, k],
+            ld: [ld_b, ld_a, ld_c],
+            ptrs: [b_ptr, a_ptr, c_ptr],
+        }) = self.column_major(dtype, a, b, c, 1)?
+        else {
             return Ok(());
         };
         let (data, compute) = gemm_types(dtype)?;
@@ -283,9 +364,23 @@ impl Cublas<'_> {
     ///
     /// # Safety
     /// As [`Cublas::gemm`], for every item; the items of `c` must not overlap.
-    pub unsafe fn gemm_strided_batched(&self, dtype: DType, a: Mat, b: Mat, c: Mat, batch: usize, strides: [usize; 3]) -> Result<(), CublasError> {
+    pub unsafe fn gemm_strided_batched(
+        &self,
+        dtype: DType,
+        a: Mat,
+        b: Mat,
+        c: Mat,
+        batch: usize,
+        strides: [usize; 3],
+    ) -> Result<(), CublasError> {
         debug_assert_eq!(strides[2], c.rows * c.cols, "the items of c are contiguous");
-        let Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k], ld: [ld_b, ld_a, ld_c], ptrs: [b_ptr, a_ptr, c_ptr] }) = self.column_major(dtype, a, b, c, batch)? else {
+        let Some(ColMajor {
+            ops: [op_b, op_a],
+            mnk: [n, m, k],
+            ld: [ld_b, ld_a, ld_c],
+            ptrs: [b_ptr, a_ptr, c_ptr],
+        }) = self.column_major(dtype, a, b, c, batch)?
+        else {
             return Ok(());
         };
         let (data, compute) = gemm_types_exact(dtype)?;
@@ -330,7 +425,11 @@ impl Cublas<'_> {
     ///
     /// # Safety
     /// As [`Cublas::gemm`], for every problem; no `c` may overlap another problem's operands.
-    pub unsafe fn gemm_grouped(&self, dtype: DType, problems: &[(Mat, Mat, Mat)]) -> Result<(), CublasError> {
+    pub unsafe fn gemm_grouped(
+        &self,
+        dtype: DType,
+        problems: &[(Mat, Mat, Mat)],
+    ) -> Result<(), CublasError> {
         let device = self.handle.device;
         let (data, compute) = gemm_types(dtype)?;
         let mut g = Grouped::default();
@@ -379,7 +478,9 @@ impl Cublas<'_> {
         call(device, "cublasGemmGroupedBatchedEx", r)?;
         // SAFETY: the event and the stream are valid; the slot is free again once it completes.
         let staging = self.handle.staging.borrow();
-        call(device, "record event", unsafe { driver::event::record(staging[slot].event, self.handle.current) })?;
+        call(device, "record event", unsafe {
+            driver::event::record(staging[slot].event, self.handle.current)
+        })?;
         self.gemms.set(self.gemms.get() + groups as u64);
         self.launches.set(self.launches.get() + 1);
         Ok(())
@@ -389,7 +490,14 @@ impl Cublas<'_> {
     /// multiply (`c` empty, or zeroed here when the inner dimension is 0: `items` contiguous
     /// outputs of `c`'s shape from `c.ptr` on, for a batched call). Row-major C = A·B is
     /// column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is Bᵀ, its second Aᵀ.
-    fn column_major(&self, dtype: DType, a: Mat, b: Mat, c: Mat, items: usize) -> Result<Option<ColMajor>, CublasError> {
+    fn column_major(
+        &self,
+        dtype: DType,
+        a: Mat,
+        b: Mat,
+        c: Mat,
+        items: usize,
+    ) -> Result<Option<ColMajor>, CublasError> {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         debug_assert_eq!(b.rows, k);
         debug_assert_eq!((c.rows, c.cols, c.row_stride, c.col_stride), (m, n, n, 1));
@@ -403,7 +511,12 @@ impl Cublas<'_> {
         }
         let (op_b, ld_b) = b.as_transposed_operand().ok_or(CublasError::Layout(b))?;
         let (op_a, ld_a) = a.as_transposed_operand().ok_or(CublasError::Layout(a))?;
-        Ok(Some(ColMajor { ops: [op_b, op_a], mnk: [n, m, k].map(|v| v as i32), ld: [ld_b, ld_a, n as i32], ptrs: [b.ptr, a.ptr, c.ptr] }))
+        Ok(Some(ColMajor {
+            ops: [op_b, op_a],
+            mnk: [n, m, k].map(|v| v as i32),
+            ld: [ld_b, ld_a, n as i32],
+            ptrs: [b.ptr, a.ptr, c.ptr],
+        }))
     }
 
     /// Copy `words` to device memory in stream order, through a free staging buffer; returns the
@@ -412,16 +525,32 @@ impl Cublas<'_> {
         let device = self.handle.device;
         let mut staging = self.handle.staging.borrow_mut();
         // SAFETY: the events are valid; a query does not block.
-        let free = staging.iter().position(|s| s.words >= words.len() && unsafe { driver::event::query(s.event) }.is_ok());
+        let free = staging.iter().position(|s| {
+            s.words >= words.len() && unsafe { driver::event::query(s.event) }.is_ok()
+        });
         let slot = match free {
             Some(slot) => slot,
             None => {
                 let words = words.len().max(2048);
                 // SAFETY: plain allocations of `words` u64s on the current context.
-                let host = call(device, "pinned staging buffer", unsafe { driver::malloc_host(words * 8, 0) })?.cast::<u64>();
-                let dev = call(device, "device staging buffer", unsafe { driver::malloc_sync(words * 8) })?;
-                let event = call(device, "event", driver::event::create(cu::CUevent_flags::CU_EVENT_DISABLE_TIMING))?;
-                staging.push(Staging { host, device: dev, words, event });
+                let host = call(device, "pinned staging buffer", unsafe {
+                    driver::malloc_host(words * 8, 0)
+                })?
+                .cast::<u64>();
+                let dev = call(device, "device staging buffer", unsafe {
+                    driver::malloc_sync(words * 8)
+                })?;
+                let event = call(
+                    device,
+                    "event",
+                    driver::event::create(cu::CUevent_flags::CU_EVENT_DISABLE_TIMING),
+                )?;
+                staging.push(Staging {
+                    host,
+                    device: dev,
+                    words,
+                    event,
+                });
                 staging.len() - 1
             }
         };
@@ -431,7 +560,11 @@ impl Cublas<'_> {
         unsafe {
             std::ptr::copy_nonoverlapping(words.as_ptr(), s.host, words.len());
             let host = std::slice::from_raw_parts(s.host, words.len());
-            call(device, "copy operand addresses", driver::memcpy_htod_async(s.device, host, self.handle.current))?;
+            call(
+                device,
+                "copy operand addresses",
+                driver::memcpy_htod_async(s.device, host, self.handle.current),
+            )?;
         }
         Ok((slot, s.device))
     }
@@ -458,7 +591,15 @@ struct ColMajor {
 }
 
 impl Grouped {
-    fn push(&mut self, ColMajor { ops, mnk: [m, n, k], ld, ptrs }: ColMajor) {
+    fn push(
+        &mut self,
+        ColMajor {
+            ops,
+            mnk: [m, n, k],
+            ld,
+            ptrs,
+        }: ColMajor,
+    ) {
         (0..2).for_each(|i| self.ops[i].push(ops[i]));
         self.m.push(m);
         self.n.push(n);
@@ -472,15 +613,31 @@ impl Grouped {
 /// may load an older `libcublas.so`, where calling it would panic on the missing symbol).
 pub fn has_grouped_gemm() -> bool {
     // SAFETY: loading the library runs no code of ours; looking a symbol up calls nothing.
-    unsafe { blas::is_culib_present() && blas::culib().get::<unsafe extern "C" fn()>(b"cublasGemmGroupedBatchedEx\0").is_ok() }
+    unsafe {
+        blas::is_culib_present()
+            && blas::culib()
+                .get::<unsafe extern "C" fn()>(b"cublasGemmGroupedBatchedEx\0")
+                .is_ok()
+    }
 }
 
 /// cuBLAS's data and compute types for `dtype`: f32 accumulation, TF32 tensor cores for f32.
-fn gemm_types(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
+fn gemm_types(
+    dtype: DType,
+) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
     Ok(match dtype {
-        DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
-        DType::F16 => (blas::cudaDataType::CUDA_R_16F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
-        DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+        DType::BF16 => (
+            blas::cudaDataType::CUDA_R_16BF,
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+        DType::F16 => (
+            blas::cudaDataType::CUDA_R_16F,
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+        DType::F32 => (
+            blas::cudaDataType::CUDA_R_32F,
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        ),
         other => return Err(CublasError::Dtype(other)),
     })
 }
@@ -488,9 +645,14 @@ fn gemm_types(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeTy
 /// [`gemm_types`] with float32 computed in full float32 (no TF32): attention's scores, which the
 /// softmax's exponential turns small rounding into large weight changes for (TF32 scores flipped
 /// a near-tied argmax of the CUDA parity suite that burn's kernel for these shapes kept).
-fn gemm_types_exact(dtype: DType) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
+fn gemm_types_exact(
+    dtype: DType,
+) -> Result<(blas::cudaDataType, blas::cublasComputeType_t), CublasError> {
     Ok(match dtype {
-        DType::F32 => (blas::cudaDataType::CUDA_R_32F, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        DType::F32 => (
+            blas::cudaDataType::CUDA_R_32F,
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
         other => gemm_types(other)?,
     })
 }

@@ -18,12 +18,24 @@ type Ad = Autodiff<Cuda>;
 /// checkpoints, metrics) when `B` is burn's CUDA autodiff backend; why not otherwise, or when a
 /// device does not exist.
 pub fn strategy<B: AutodiffBackend>(indices: &[usize]) -> Result<ExecutionStrategy<B>, String> {
-    let count = driver::init().and_then(|()| driver::device::get_count()).map_err(|e| format!("cannot count the CUDA devices: {e:?}"))?;
+    let count = driver::init()
+        .and_then(|()| driver::device::get_count())
+        .map_err(|e| format!("cannot count the CUDA devices: {e:?}"))?;
     if let Some(i) = indices.iter().find(|&&i| i >= count as usize) {
-        return Err(format!("there is no CUDA device {i}: this machine has {count}"));
+        return Err(format!(
+            "there is no CUDA device {i}: this machine has {count}"
+        ));
     }
-    let devices: Vec<burn::backend::cuda::CudaDevice> = indices.iter().map(|&index| burn::backend::cuda::CudaDevice { index }).collect();
-    let strategy = ExecutionStrategy::<Ad>::ddp(devices, DistributedConfig { all_reduce_op: ReduceOperation::Mean });
+    let devices: Vec<burn::backend::cuda::CudaDevice> = indices
+        .iter()
+        .map(|&index| burn::backend::cuda::CudaDevice { index })
+        .collect();
+    let strategy = ExecutionStrategy::<Ad>::ddp(
+        devices,
+        DistributedConfig {
+            all_reduce_op: ReduceOperation::Mean,
+        },
+    );
     (Box::new(strategy) as Box<dyn Any>)
         .downcast::<ExecutionStrategy<B>>()
         .map(|s| *s)

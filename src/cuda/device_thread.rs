@@ -31,7 +31,12 @@ type Server = <CudaRuntime as Runtime>::Server;
 ///
 /// Nothing waits for the task, so an error cannot be returned to the caller: its output would
 /// hold no result and every later result would be wrong. The process stops, saying what failed.
-pub fn submit(device: &CudaDevice, what: &'static str, operands: Vec<Binding>, work: impl FnOnce(&[u64], Order) -> Result<(), CublasError> + Send + 'static) {
+pub fn submit(
+    device: &CudaDevice,
+    what: &'static str,
+    operands: Vec<Binding>,
+    work: impl FnOnce(&[u64], Order) -> Result<(), CublasError> + Send + 'static,
+) {
     let stream_id = StreamId::current();
     let index = device.index;
     queue(device).submit(move |server: &mut Server| {
@@ -42,7 +47,11 @@ pub fn submit(device: &CudaDevice, what: &'static str, operands: Vec<Binding>, w
                 .map(|b| {
                     server
                         .get_resource(b, stream_id)
-                        .map_err(|e| CublasError::Call { device: index, what: "device address", reason: format!("{e:?}") })
+                        .map_err(|e| CublasError::Call {
+                            device: index,
+                            what: "device address",
+                            reason: format!("{e:?}"),
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let ptrs: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();

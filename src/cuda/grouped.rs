@@ -52,18 +52,40 @@ struct GroupedGemm {
 }
 
 impl Operation<FusionCubeRuntime<CudaRuntime>> for GroupedGemm {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>) {
-        let inputs: Vec<CubeTensor<CudaRuntime>> = self.desc.inputs.iter().map(|ir| handles.get_float_tensor::<Cube>(ir)).collect();
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle,
+        >,
+    ) {
+        let inputs: Vec<CubeTensor<CudaRuntime>> = self
+            .desc
+            .inputs
+            .iter()
+            .map(|ir| handles.get_float_tensor::<Cube>(ir))
+            .collect();
         let out = &self.desc.outputs[0];
-        let result = run(self.kind, inputs, &self.counts, &self.slots, out.shape.clone())
-            .unwrap_or_else(|e| panic!("grouped expert GEMM ({:?}): {e}", self.kind));
+        let result = run(
+            self.kind,
+            inputs,
+            &self.counts,
+            &self.slots,
+            out.shape.clone(),
+        )
+        .unwrap_or_else(|e| panic!("grouped expert GEMM ({:?}): {e}", self.kind));
         handles.register_float_tensor::<Cube>(&out.id, result);
     }
 }
 
 /// A 2-d tensor of this shape and strides as a GEMM operand at `ptr`.
 fn mat(shape: &Shape, strides: &[usize], ptr: u64) -> Mat {
-    Mat { ptr, rows: shape[0], cols: shape[1], row_stride: strides[0], col_stride: strides[1] }
+    Mat {
+        ptr,
+        rows: shape[0],
+        cols: shape[1],
+        row_stride: strides[0],
+        col_stride: strides[1],
+    }
 }
 
 /// Whether cuBLAS can read `t` (2-d) in place ([`Mat::readable`]).
@@ -71,7 +93,13 @@ fn readable(t: &CubeTensor<CudaRuntime>) -> bool {
     mat(t.meta.shape(), t.meta.strides(), 0).readable()
 }
 
-fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots: &[usize], out_shape: Shape) -> Result<CubeTensor<CudaRuntime>, CublasError> {
+fn run(
+    kind: Kind,
+    inputs: Vec<CubeTensor<CudaRuntime>>,
+    counts: &[usize],
+    slots: &[usize],
+    out_shape: Shape,
+) -> Result<CubeTensor<CudaRuntime>, CublasError> {
     let dtype = inputs[0].dtype;
     if let Some(other) = inputs.iter().find(|t| t.dtype != dtype) {
         return Err(CublasError::Dtype(other.dtype));
@@ -81,20 +109,46 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
     let device = inputs[0].device.clone();
     let inputs: Vec<_> = inputs
         .into_iter()
-        .map(|t| if readable(&t) { t } else { burn_cubecl::kernel::into_contiguous(t) })
+        .map(|t| {
+            if readable(&t) {
+                t
+            } else {
+                burn_cubecl::kernel::into_contiguous(t)
+            }
+        })
         .collect();
-    let out = CubeTensor::new_contiguous(client.clone(), device.clone(), out_shape.clone(), client.empty(out_shape.num_elements() * elem), dtype);
+    let out = CubeTensor::new_contiguous(
+        client.clone(),
+        device.clone(),
+        out_shape.clone(),
+        client.empty(out_shape.num_elements() * elem),
+        dtype,
+    );
     // Looked up and issued on cubecl's device thread, in order with burn's kernels, not waited for.
-    let views: Vec<(Shape, Vec<usize>)> = inputs.iter().map(|t| (t.meta.shape().clone(), t.meta.strides().to_vec())).collect();
+    let views: Vec<(Shape, Vec<usize>)> = inputs
+        .iter()
+        .map(|t| (t.meta.shape().clone(), t.meta.strides().to_vec()))
+        .collect();
     let mut operands: Vec<Binding> = inputs.into_iter().map(|t| t.handle.binding()).collect();
     operands.push(out.handle.clone().binding());
     let (counts, slots) = (counts.to_vec(), slots.to_vec());
     let index = device.index;
-    device_thread::submit(&device, "grouped expert GEMM (cuBLAS)", operands, move |ptrs, order| {
-        let (out_ptr, inputs) = ptrs.split_last().expect("the output's address");
-        let mats: Vec<Mat> = views.iter().zip(inputs).map(|((shape, strides), &ptr)| mat(shape, strides, ptr)).collect();
-        gemms(kind, dtype, &mats, *out_ptr, &out_shape, &counts, &slots, index, order)
-    });
+    device_thread::submit(
+        &device,
+        "grouped expert GEMM (cuBLAS)",
+        operands,
+        move |ptrs, order| {
+            let (out_ptr, inputs) = ptrs.split_last().expect("the output's address");
+            let mats: Vec<Mat> = views
+                .iter()
+                .zip(inputs)
+                .map(|((shape, strides), &ptr)| mat(shape, strides, ptr))
+                .collect();
+            gemms(
+                kind, dtype, &mats, *out_ptr, &out_shape, &counts, &slots, index, order,
+            )
+        },
+    );
     Ok(out)
 }
 
@@ -102,9 +156,22 @@ fn run(kind: Kind, inputs: Vec<CubeTensor<CudaRuntime>>, counts: &[usize], slots
 /// contiguous at `out_ptr`. One grouped cuBLAS call for all the experts, or one GEMM per expert
 /// with `STEERMOE_GROUPED_GEMM=loop`.
 #[allow(clippy::too_many_arguments)]
-fn gemms(kind: Kind, dtype: burn::tensor::DType, mats: &[Mat], out_ptr: u64, out_shape: &Shape, counts: &[usize], slots: &[usize], device: usize, order: Order) -> Result<(), CublasError> {
+fn gemms(
+    kind: Kind,
+    dtype: burn::tensor::DType,
+    mats: &[Mat],
+    out_ptr: u64,
+    out_shape: &Shape,
+    counts: &[usize],
+    slots: &[usize],
+    device: usize,
+    order: Order,
+) -> Result<(), CublasError> {
     let elem = dtype.size();
-    let starts: Vec<usize> = counts.iter().scan(0, |s, &c| Some(std::mem::replace(s, *s + c))).collect();
+    let starts: Vec<usize> = counts
+        .iter()
+        .scan(0, |s, &c| Some(std::mem::replace(s, *s + c)))
+        .collect();
     // (a, b, c) with c = a · b, for every expert with rows; `zeros`: weight gradients of trained
     // experts without rows.
     let mut problems = Vec::with_capacity(counts.len());
@@ -113,7 +180,12 @@ fn gemms(kind: Kind, dtype: burn::tensor::DType, mats: &[Mat], out_ptr: u64, out
         Kind::Forward | Kind::InputGrad => {
             let [n, width] = [out_shape[0], out_shape[1]];
             let y = Mat::contiguous(out_ptr, n, width);
-            for (e, (&s, &c)) in starts.iter().zip(counts).enumerate().filter(|(_, (_, c))| **c > 0) {
+            for (e, (&s, &c)) in starts
+                .iter()
+                .zip(counts)
+                .enumerate()
+                .filter(|(_, (_, c))| **c > 0)
+            {
                 let w = match kind {
                     Kind::Forward => mats[1 + e],
                     _ => mats[1 + e].t(),
@@ -128,7 +200,11 @@ fn gemms(kind: Kind, dtype: burn::tensor::DType, mats: &[Mat], out_ptr: u64, out
                 let dw = Mat::contiguous(out_ptr + (t * rows * cols * elem) as u64, rows, cols);
                 match counts[e] {
                     0 => zeros.push(dw),
-                    c => problems.push((x.rows(starts[e], c, elem).t(), dy.rows(starts[e], c, elem), dw)),
+                    c => problems.push((
+                        x.rows(starts[e], c, elem).t(),
+                        dy.rows(starts[e], c, elem),
+                        dw,
+                    )),
                 }
             }
         }
@@ -170,7 +246,13 @@ fn grouped_calls() -> bool {
 }
 
 /// Register one grouped GEMM on the fusion stream of its inputs.
-fn fused(kind: Kind, inputs: Vec<Fused>, counts: Vec<usize>, slots: Vec<usize>, out_shape: Shape) -> Fused {
+fn fused(
+    kind: Kind,
+    inputs: Vec<Fused>,
+    counts: Vec<usize>,
+    slots: Vec<usize>,
+    out_shape: Shape,
+) -> Fused {
     let client = inputs[0].client.clone();
     let dtype = inputs[0].dtype;
     let streams = OperationStreams::with_inputs(inputs.iter());
@@ -178,13 +260,28 @@ fn fused(kind: Kind, inputs: Vec<Fused>, counts: Vec<usize>, slots: Vec<usize>, 
     let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let desc = CustomOpIr::new("steermoe_grouped_gemm", &irs, &[out]);
     client
-        .register(streams, OperationIr::Custom(desc.clone()), GroupedGemm { desc, kind, counts, slots })
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            GroupedGemm {
+                desc,
+                kind,
+                counts,
+                slots,
+            },
+        )
         .output()
 }
 
 fn forward_inner(x: Fused, weights: Vec<Fused>, counts: &[usize]) -> Fused {
     let shape = Shape::new([x.shape[0], weights[0].shape[1]]);
-    fused(Kind::Forward, std::iter::once(x).chain(weights).collect(), counts.to_vec(), Vec::new(), shape)
+    fused(
+        Kind::Forward,
+        std::iter::once(x).chain(weights).collect(),
+        counts.to_vec(),
+        Vec::new(),
+        shape,
+    )
 }
 
 /// What the backward pass needs: every expert's weight (compute dtype), the input when weight
@@ -206,27 +303,50 @@ impl<const N: usize> Backward<Cuda, N> for GroupedBackward<N> {
 
     fn backward(self, ops: Ops<State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Cuda>(&ops.node);
-        let State { weights, x, counts, slots } = ops.state;
+        let State {
+            weights,
+            x,
+            counts,
+            slots,
+        } = ops.state;
         let [n, in_dim, out_dim] = [grad.shape[0], weights[0].shape[0], weights[0].shape[1]];
         if let Some(Some(node)) = ops.parents.get(1)
             && let Some(x) = x
         {
-            let dw = fused(Kind::WeightGrad, vec![x, grad.clone()], counts.clone(), slots.clone(), Shape::new([slots.len(), in_dim, out_dim]));
+            let dw = fused(
+                Kind::WeightGrad,
+                vec![x, grad.clone()],
+                counts.clone(),
+                slots.clone(),
+                Shape::new([slots.len(), in_dim, out_dim]),
+            );
             grads.register::<Cuda>(node.id, dw);
         }
         if let Some(node) = &ops.parents[0] {
-            let dx = fused(Kind::InputGrad, std::iter::once(grad).chain(weights).collect(), counts, Vec::new(), Shape::new([n, in_dim]));
+            let dx = fused(
+                Kind::InputGrad,
+                std::iter::once(grad).chain(weights).collect(),
+                counts,
+                Vec::new(),
+                Shape::new([n, in_dim]),
+            );
             grads.register::<Cuda>(node.id, dx);
         }
     }
 }
 
-fn forward_autodiff(x: Tensor<Ad, 2>, weights: Vec<Tensor<Ad, 2>>, counts: &[usize]) -> Tensor<Ad, 2> {
+fn forward_autodiff(
+    x: Tensor<Ad, 2>,
+    weights: Vec<Tensor<Ad, 2>>,
+    counts: &[usize],
+) -> Tensor<Ad, 2> {
     let primitive = |t: Tensor<Ad, 2>| -> AdTensor { t.into_primitive().tensor() };
     let weights: Vec<AdTensor> = weights.into_iter().map(primitive).collect();
     // Experts that train and have tokens: an expert without tokens gets no gradient at all, as
     // with burn's matmuls (a zero gradient would still move it through AdamW's weight decay).
-    let slots: Vec<usize> = (0..weights.len()).filter(|&e| weights[e].is_tracked() && counts[e] > 0).collect();
+    let slots: Vec<usize> = (0..weights.len())
+        .filter(|&e| weights[e].is_tracked() && counts[e] > 0)
+        .collect();
     let stacked: Option<AdTensor> = (!slots.is_empty()).then(|| {
         let trained = slots
             .iter()
@@ -244,11 +364,19 @@ fn forward_autodiff(x: Tensor<Ad, 2>, weights: Vec<Tensor<Ad, 2>>, counts: &[usi
         slots: slots.clone(),
     };
     let out: AdTensor = match stacked {
-        Some(stacked) => match GroupedBackward::<2>.prepare::<NoCheckpointing>([x.node.clone(), stacked.node.clone()]).compute_bound().stateful() {
+        Some(stacked) => match GroupedBackward::<2>
+            .prepare::<NoCheckpointing>([x.node.clone(), stacked.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish(state(true), output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         },
-        None => match GroupedBackward::<1>.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+        None => match GroupedBackward::<1>
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish(state(false), output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         },
@@ -270,20 +398,35 @@ impl Backward<Cuda, 1> for PermuteBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Cuda>(&ops.node);
         if let Some(node) = &ops.parents[0] {
-            grads.register::<Cuda>(node.id, <Cuda as burn::tensor::ops::FloatTensorOps<Cuda>>::float_select(grad, 0, ops.state));
+            grads.register::<Cuda>(
+                node.id,
+                <Cuda as burn::tensor::ops::FloatTensorOps<Cuda>>::float_select(grad, 0, ops.state),
+            );
         }
     }
 }
 
 /// `x.select(0, perm)` on burn's CUDA autodiff backend with the gradient gathered by `inverse`
 /// instead of scattered (see [`crate::model::experts::permute_rows`]); `None` on other backends.
-pub fn try_permute_rows<B: Backend>(x: &Tensor<B, 2>, perm: &Tensor<B, 1, burn::tensor::Int>, inverse: &Tensor<B, 1, burn::tensor::Int>) -> Option<Tensor<B, 2>> {
+pub fn try_permute_rows<B: Backend>(
+    x: &Tensor<B, 2>,
+    perm: &Tensor<B, 1, burn::tensor::Int>,
+    inverse: &Tensor<B, 1, burn::tensor::Int>,
+) -> Option<Tensor<B, 2>> {
     type Index = Tensor<Ad, 1, burn::tensor::Int>;
     let x: AdTensor = as_backend::<Tensor<Ad, 2>>(x)?.into_primitive().tensor();
     let perm = as_backend::<Index>(perm)?.into_primitive();
     let inverse = as_backend::<Index>(inverse)?.into_primitive();
-    let output = <Cuda as burn::tensor::ops::FloatTensorOps<Cuda>>::float_select(x.primitive.clone(), 0, perm);
-    let out: AdTensor = match PermuteBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+    let output = <Cuda as burn::tensor::ops::FloatTensorOps<Cuda>>::float_select(
+        x.primitive.clone(),
+        0,
+        perm,
+    );
+    let out: AdTensor = match PermuteBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => prep.finish(inverse, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
@@ -311,15 +454,25 @@ pub fn available(device: usize) -> bool {
 /// `y_e = x_e · W_e` for every expert `e`, `x`'s rows grouped by expert (`counts[e]` rows each,
 /// in expert order; `W_e` `[in, out]` in `x`'s dtype) through cuBLAS, when `B` is burn's CUDA
 /// backend (with or without autodiff) and cuBLAS loads; `None` otherwise.
-pub fn try_grouped_linear<B: Backend>(x: &Tensor<B, 2>, weights: &[Tensor<B, 2>], counts: &[usize]) -> Option<Tensor<B, 2>> {
-    if !matches!(x.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::BF16 | burn::tensor::DType::F16) {
+pub fn try_grouped_linear<B: Backend>(
+    x: &Tensor<B, 2>,
+    weights: &[Tensor<B, 2>],
+    counts: &[usize],
+) -> Option<Tensor<B, 2>> {
+    if !matches!(
+        x.dtype(),
+        burn::tensor::DType::F32 | burn::tensor::DType::BF16 | burn::tensor::DType::F16
+    ) {
         return None;
     }
     if let Some(x) = as_backend::<Tensor<Ad, 2>>(x) {
         if !available(x.device().index) {
             return None;
         }
-        let weights = weights.iter().map(|w| as_backend::<Tensor<Ad, 2>>(w)).collect::<Option<Vec<_>>>()?;
+        let weights = weights
+            .iter()
+            .map(|w| as_backend::<Tensor<Ad, 2>>(w))
+            .collect::<Option<Vec<_>>>()?;
         return back(forward_autodiff(x, weights, counts));
     }
     if let Some(x) = as_backend::<Tensor<Cuda, 2>>(x) {

@@ -79,7 +79,10 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>, DataError> {
         let keys: Vec<&str> = obj.keys().take(5).map(String::as_str).collect();
         return Err(malformed(
             None,
-            format!("found one JSON object (keys: {}), expected a JSON array of records or one record per line (JSONL)", keys.join(", ")),
+            format!(
+                "found one JSON object (keys: {}), expected a JSON array of records or one record per line (JSONL)",
+                keys.join(", ")
+            ),
         ));
     }
     if trimmed.starts_with('[') {
@@ -92,7 +95,10 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>, DataError> {
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
-            .map(|(i, line)| serde_json::from_str(line).map_err(|e| malformed(Some(i), format!("malformed JSON line: {e}"))))
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .map_err(|e| malformed(Some(i), format!("malformed JSON line: {e}")))
+            })
             .collect()
     }
 }
@@ -108,12 +114,21 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
             field: field.to_string(),
             reason,
         };
-        let obj = rec.as_object().ok_or_else(|| err("", "not a JSON object".into()))?;
+        let obj = rec
+            .as_object()
+            .ok_or_else(|| err("", "not a JSON object".into()))?;
         // Every record's goal is read, kept or filtered out: evaluation asks every plain goal.
         let goal = match obj.get(&map.goal) {
-            Some(Value::String(s)) if s.trim().is_empty() => return Err(err(&map.goal, "empty goal".into())),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                return Err(err(&map.goal, "empty goal".into()));
+            }
             Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(err(&map.goal, format!("expected a string, found {}", kind(other)))),
+            Some(other) => {
+                return Err(err(
+                    &map.goal,
+                    format!("expected a string, found {}", kind(other)),
+                ));
+            }
             None => return Err(err(&map.goal, "missing field".into())),
         };
         if !map.filter_field.is_empty() {
@@ -121,10 +136,17 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
                 .get(&map.filter_field)
                 .ok_or_else(|| err(&map.filter_field, "missing field".into()))?;
             let number = |v: &Value| v.is_number();
-            if kind(value) != kind(&map.filter_value) && !(number(value) && number(&map.filter_value)) {
+            if kind(value) != kind(&map.filter_value)
+                && !(number(value) && number(&map.filter_value))
+            {
                 return Err(err(
                     &map.filter_field,
-                    format!("{} {value}, but the filter keeps {} {} (data.fields.filter_value)", kind(value), kind(&map.filter_value), map.filter_value),
+                    format!(
+                        "{} {value}, but the filter keeps {} {} (data.fields.filter_value)",
+                        kind(value),
+                        kind(&map.filter_value),
+                        map.filter_value
+                    ),
                 ));
             }
             if !json_eq(value, &map.filter_value) {
@@ -142,7 +164,12 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
         } else {
             messages(obj.get(&map.safe_messages), &map.safe_messages, &err)?
         };
-        pairs.push(Pair { record: i, goal, safe, unsafe_ });
+        pairs.push(Pair {
+            record: i,
+            goal,
+            safe,
+            unsafe_,
+        });
     }
     Ok(pairs)
 }
@@ -167,7 +194,11 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// A field holding messages: a list of `{role, content}` or a string (one user turn).
-fn messages(value: Option<&Value>, field: &str, err: &dyn Fn(&str, String) -> DataError) -> Result<Vec<Message>, DataError> {
+fn messages(
+    value: Option<&Value>,
+    field: &str,
+    err: &dyn Fn(&str, String) -> DataError,
+) -> Result<Vec<Message>, DataError> {
     match value {
         None => Err(err(field, "missing field".into())),
         Some(Value::String(s)) if s.trim().is_empty() => Err(err(field, "empty prompt".into())),
@@ -178,7 +209,10 @@ fn messages(value: Option<&Value>, field: &str, err: &dyn Fn(&str, String) -> Da
                 let at = |key: &str| format!("{field}[{j}].{key}");
                 let get = |key: &str| match item.get(key) {
                     Some(Value::String(s)) => Ok(s.clone()),
-                    Some(other) => Err(err(&at(key), format!("expected a string, found {}", kind(other)))),
+                    Some(other) => Err(err(
+                        &at(key),
+                        format!("expected a string, found {}", kind(other)),
+                    )),
                     None => Err(err(&at(key), "missing field".into())),
                 };
                 let role = get("role")?;
@@ -196,7 +230,13 @@ fn messages(value: Option<&Value>, field: &str, err: &dyn Fn(&str, String) -> Da
             }
             Ok(out)
         }
-        Some(other) => Err(err(field, format!("expected a list of messages or a string, found {}", kind(other)))),
+        Some(other) => Err(err(
+            field,
+            format!(
+                "expected a list of messages or a string, found {}",
+                kind(other)
+            ),
+        )),
     }
 }
 
@@ -213,11 +253,19 @@ mod tests {
 
     #[test]
     fn seeds_format_keeps_successful_jailbreaks() {
-        let f = file(r#"[{"goal":"g0","all_prompt":[{"role":"system","content":"s"},{"role":"user","content":"u"}],"judge_success_gpt4":1},
-                        {"goal":"g1","all_prompt":"x","judge_success_gpt4":0}]"#);
+        let f = file(
+            r#"[{"goal":"g0","all_prompt":[{"role":"system","content":"s"},{"role":"user","content":"u"}],"judge_success_gpt4":1},
+                        {"goal":"g1","all_prompt":"x","judge_success_gpt4":0}]"#,
+        );
         let pairs = read_pairs(f.path(), &FieldMap::default()).unwrap();
         assert_eq!(pairs.len(), 1);
-        assert_eq!(pairs[0].safe, vec![Message::system("You are a helpful assistant."), Message::user("g0")]);
+        assert_eq!(
+            pairs[0].safe,
+            vec![
+                Message::system("You are a helpful assistant."),
+                Message::user("g0")
+            ]
+        );
         assert_eq!(pairs[0].unsafe_.len(), 2);
     }
 
@@ -231,15 +279,36 @@ mod tests {
         };
         let f = file("{\"behavior\":\"b\",\"attack\":\"a\"}\n{\"behavior\":3,\"attack\":\"a\"}\n");
         let err = read_pairs(f.path(), &map).unwrap_err().to_string();
-        assert!(err.ends_with("record 1: behavior: expected a string, found a number"), "{err}");
+        assert!(
+            err.ends_with("record 1: behavior: expected a string, found a number"),
+            "{err}"
+        );
         let f = file("{\"behavior\":\"b\",\"attack\":[{\"role\":\"user\"}]}\n");
         let err = read_pairs(f.path(), &map).unwrap_err().to_string();
-        assert!(err.ends_with("record 0: attack[0].content: missing field"), "{err}");
+        assert!(
+            err.ends_with("record 0: attack[0].content: missing field"),
+            "{err}"
+        );
         let f = file("[1, 2");
-        assert!(read_pairs(f.path(), &map).unwrap_err().to_string().contains("malformed JSON"));
+        assert!(
+            read_pairs(f.path(), &map)
+                .unwrap_err()
+                .to_string()
+                .contains("malformed JSON")
+        );
         let f = file("{\"behavior\":\" \",\"attack\":\"a\"}\n");
-        assert!(read_pairs(f.path(), &map).unwrap_err().to_string().ends_with("record 0: behavior: empty goal"));
+        assert!(
+            read_pairs(f.path(), &map)
+                .unwrap_err()
+                .to_string()
+                .ends_with("record 0: behavior: empty goal")
+        );
         let f = file("{\"behavior\":\"b\",\"attack\":[{\"role\":\"user\",\"content\":\"\"}]}\n");
-        assert!(read_pairs(f.path(), &map).unwrap_err().to_string().ends_with("record 0: attack[0].content: empty text"));
+        assert!(
+            read_pairs(f.path(), &map)
+                .unwrap_err()
+                .to_string()
+                .ends_with("record 0: attack[0].content: empty text")
+        );
     }
 }

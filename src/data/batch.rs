@@ -62,7 +62,12 @@ pub fn goals_per_batch(batch_size: usize, safe_ratio: f64) -> usize {
 }
 
 /// Cut `pairs` into mixed batches, at most `max_batches` of them if given.
-pub fn mixed_batches(pairs: &[Pair], batch_size: usize, safe_ratio: f64, max_batches: Option<usize>) -> Vec<Batch> {
+pub fn mixed_batches(
+    pairs: &[Pair],
+    batch_size: usize,
+    safe_ratio: f64,
+    max_batches: Option<usize>,
+) -> Vec<Batch> {
     let (n_safe, n_unsafe) = split_counts(batch_size, safe_ratio);
     let per = n_safe.max(n_unsafe).max(1);
     pairs
@@ -71,7 +76,9 @@ pub fn mixed_batches(pairs: &[Pair], batch_size: usize, safe_ratio: f64, max_bat
         .enumerate()
         .map(|(batch_idx, goals)| {
             let safe = goals[..n_safe].iter().map(|p| (Label::Safe, p, &p.safe));
-            let unsafe_ = goals[..n_unsafe].iter().map(|p| (Label::Unsafe, p, &p.unsafe_));
+            let unsafe_ = goals[..n_unsafe]
+                .iter()
+                .map(|p| (Label::Unsafe, p, &p.unsafe_));
             let samples = safe
                 .chain(unsafe_)
                 .enumerate()
@@ -107,7 +114,11 @@ mod tests {
     #[test]
     fn half_and_half_batches_pair_the_same_goals() {
         let batches = mixed_batches(&pairs(20), 16, 0.5, None);
-        assert_eq!(batches.len(), 2, "20 goals make two batches of 8 goals; 4 left over");
+        assert_eq!(
+            batches.len(),
+            2,
+            "20 goals make two batches of 8 goals; 4 left over"
+        );
         for b in &batches {
             assert_eq!(b.samples.len(), 16);
             for j in 0..8 {

@@ -56,9 +56,15 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_template_owned("chat", source.to_string())?;
@@ -77,7 +83,11 @@ impl ChatTemplate {
     }
 
     /// Render a conversation; `add_generation_prompt` opens the assistant's turn.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, minijinja::Error> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, minijinja::Error> {
         self.env.get_template("chat")?.render(minijinja::context! {
             messages => messages,
             bos_token => &self.bos_token,

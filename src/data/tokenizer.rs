@@ -35,7 +35,11 @@ impl ChatTokenizer {
     /// One more than the largest id it knows, added tokens included: every id it encodes to is
     /// below this.
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1)
+        self.tokenizer
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1)
     }
 
     /// Check that every id it encodes to is one a model of `vocab_size` embeddings has (a
@@ -45,7 +49,9 @@ impl ChatTokenizer {
         if n > vocab_size {
             return Err(DataError::Tokenizer {
                 path: dir.join("tokenizer.json"),
-                reason: format!("{n} tokens, but the model has only {vocab_size} embeddings (config.json's vocab_size): ids {vocab_size} and above would index past them"),
+                reason: format!(
+                    "{n} tokens, but the model has only {vocab_size} embeddings (config.json's vocab_size): ids {vocab_size} and above would index past them"
+                ),
             });
         }
         Ok(())
@@ -55,10 +61,11 @@ impl ChatTokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let dir = dir.as_ref();
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| DataError::Tokenizer {
-            path: tok_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| DataError::Tokenizer {
+                path: tok_path.clone(),
+                reason: e.to_string(),
+            })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|source| DataError::Io {
             path: cfg_path.clone(),
@@ -87,7 +94,8 @@ impl ChatTokenizer {
                 .ok_or_else(|| field_err("chat_template", "no template named \"default\""))?,
             _ => return Err(field_err("chat_template", "missing or not a string")),
         };
-        let eos = token_text(&config, "eos_token").ok_or_else(|| field_err("eos_token", "missing"))?;
+        let eos =
+            token_text(&config, "eos_token").ok_or_else(|| field_err("eos_token", "missing"))?;
         let bos = token_text(&config, "bos_token").unwrap_or_default();
         let id_of = |token: &str, field: &str| {
             tokenizer
@@ -119,7 +127,11 @@ impl ChatTokenizer {
     }
 
     /// Render messages with the chat template.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, DataError> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, DataError> {
         self.template
             .render(messages, add_generation_prompt)
             .map_err(|e| DataError::Template {
@@ -140,13 +152,21 @@ impl ChatTokenizer {
     }
 
     /// Render and encode a conversation.
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, DataError> {
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, DataError> {
         self.encode(&self.render(messages, add_generation_prompt)?)
     }
 
     /// The ids of a prompt (the conversation with the assistant turn opened), keeping only its
     /// last `max_tokens` tokens when it is longer (0 = no limit).
-    pub fn encode_prompt(&self, messages: &[Message], max_tokens: usize) -> Result<Vec<u32>, DataError> {
+    pub fn encode_prompt(
+        &self,
+        messages: &[Message],
+        max_tokens: usize,
+    ) -> Result<Vec<u32>, DataError> {
         let mut ids = self.encode_chat(messages, true)?;
         if max_tokens > 0 && ids.len() > max_tokens {
             ids.drain(..ids.len() - max_tokens);

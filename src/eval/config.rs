@@ -40,7 +40,14 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
-            variants: vec![Variant::Base, Variant::Steered(SteerSetting { activate_safe: 5, deactivate_unsafe: 0 }), Variant::Trained],
+            variants: vec![
+                Variant::Base,
+                Variant::Steered(SteerSetting {
+                    activate_safe: 5,
+                    deactivate_unsafe: 0,
+                }),
+                Variant::Trained,
+            ],
             max_goals: 0,
             benign_path: PathBuf::from("models/data/alpaca-eval.json"),
             benign_split_key: "alpaca_eval".into(),
@@ -59,7 +66,9 @@ impl EvalConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut seen = std::collections::HashSet::new();
         for (i, v) in self.variants.iter().enumerate() {
-            ensure(seen.insert(*v), &format!("eval.variants[{i}]"), || format!("{} is listed twice", v.name()))?;
+            ensure(seen.insert(*v), &format!("eval.variants[{i}]"), || {
+                format!("{} is listed twice", v.name())
+            })?;
         }
         at_least("eval.batch_size", self.batch_size, 1)?;
         at_least("eval.max_new_tokens", self.max_new_tokens, 1)?;
@@ -86,13 +95,32 @@ mod tests {
 
     #[test]
     fn variants_are_named_and_listed_once() {
-        let cfg: EvalConfig = toml::from_str("variants = [\"base\", \"steer-a5-d8\", \"trained\"]").unwrap();
-        assert_eq!(cfg.steer_settings(), vec![SteerSetting { activate_safe: 5, deactivate_unsafe: 8 }]);
-        let twice = EvalConfig { variants: vec![Variant::Base, Variant::Base], ..EvalConfig::default() };
+        let cfg: EvalConfig =
+            toml::from_str("variants = [\"base\", \"steer-a5-d8\", \"trained\"]").unwrap();
+        assert_eq!(
+            cfg.steer_settings(),
+            vec![SteerSetting {
+                activate_safe: 5,
+                deactivate_unsafe: 8
+            }]
+        );
+        let twice = EvalConfig {
+            variants: vec![Variant::Base, Variant::Base],
+            ..EvalConfig::default()
+        };
         assert_eq!(twice.validate().unwrap_err().key, "eval.variants[1]");
-        let err = toml::from_str::<EvalConfig>("variants = [\"steered\"]").unwrap_err().to_string();
+        let err = toml::from_str::<EvalConfig>("variants = [\"steered\"]")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("steer-a5"), "{err}");
-        let bad = EvalConfig { sampling: Sampling::Sample { temperature: f64::NAN, top_p: 1.0, seed: 0 }, ..EvalConfig::default() };
+        let bad = EvalConfig {
+            sampling: Sampling::Sample {
+                temperature: f64::NAN,
+                top_p: 1.0,
+                seed: 0,
+            },
+            ..EvalConfig::default()
+        };
         assert_eq!(bad.validate().unwrap_err().key, "eval.sampling.temperature");
     }
 }

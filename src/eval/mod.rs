@@ -24,12 +24,12 @@ pub use sets::{BenignItem, EvalPrompt, EvalSets};
 pub use stage::{Evaluator, evaluate_into, steering};
 
 use crate::analysis::select::{ExpertId, mask};
-use crate::run_dir::eval::ResponseRecord;
 use crate::data::{ChatTokenizer, DataError, Message};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
-use crate::model::{MoeLm, LmInput, Routing};
 use crate::model::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
+use crate::model::{LmInput, MoeLm, Routing};
+use crate::run_dir::eval::ResponseRecord;
 
 /// What can go wrong evaluating.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,9 @@ pub enum EvalError {
     #[error(transparent)]
     Judge(#[from] JudgeError),
     /// A measurement came out impossible: a numerical fault of the backend, not a result.
-    #[error("{model}: {what} came out {value}, which is impossible; nothing was written (a numerical fault of the backend: rerun the evaluation)")]
+    #[error(
+        "{model}: {what} came out {value}, which is impossible; nothing was written (a numerical fault of the backend: rerun the evaluation)"
+    )]
     Impossible {
         /// The model evaluated.
         model: String,
@@ -94,10 +96,18 @@ pub struct Steering {
 
 impl Steering {
     /// The routing that applies it to a model of `layers × experts`.
-    pub fn routing<B: Backend>(&self, layers: usize, experts: usize, device: &B::Device) -> Routing<B> {
+    pub fn routing<B: Backend>(
+        &self,
+        layers: usize,
+        experts: usize,
+        device: &B::Device,
+    ) -> Routing<B> {
         let forced = |ids: &[ExpertId]| {
             (!ids.is_empty()).then(|| {
-                let m: Vec<bool> = mask(ids, layers, experts).iter().map(|&v| v > 0.0).collect();
+                let m: Vec<bool> = mask(ids, layers, experts)
+                    .iter()
+                    .map(|&v| v > 0.0)
+                    .collect();
                 Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [layers, experts]), device)
             })
         };
@@ -154,18 +164,39 @@ pub fn evaluate<B: Backend>(
     let mut responses = Vec::new();
     let mut generated = 0;
     let mut counts = [Count { n: 0, hits: 0 }; 3];
-    for (i, (set, prompts)) in [("plain", &sets.plain), ("jailbreak", &sets.jailbreak), ("benign", &benign_prompts)]
-        .into_iter()
-        .enumerate()
+    for (i, (set, prompts)) in [
+        ("plain", &sets.plain),
+        ("jailbreak", &sets.jailbreak),
+        ("benign", &benign_prompts),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        for (prompt, (prompt_tokens, new_ids)) in prompts.iter().zip(answer(model, tokenizer, prompts, cfg, &routing, device, &mut progress)?) {
+        for (prompt, (prompt_tokens, new_ids)) in prompts.iter().zip(answer(
+            model,
+            tokenizer,
+            prompts,
+            cfg,
+            &routing,
+            device,
+            &mut progress,
+        )?) {
             let text = tokenizer.decode(&new_ids);
-            let last_user = prompt.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.as_str());
+            let last_user = prompt
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map(|m| m.content.as_str());
             let refused = judge.refuses(last_user.unwrap_or_default(), &text)?;
             generated += new_ids.len();
             counts[i].n += 1;
             // Jailbreaks count compliance, the others refusals.
-            counts[i].hits += usize::from(if set == "jailbreak" { !refused } else { refused });
+            counts[i].hits += usize::from(if set == "jailbreak" {
+                !refused
+            } else {
+                refused
+            });
             responses.push(ResponseRecord {
                 set: set.to_string(),
                 record: prompt.record,
@@ -176,7 +207,15 @@ pub fn evaluate<B: Backend>(
             });
         }
     }
-    let nll = answer_nll(model, tokenizer, &sets.benign, cfg, &routing, device, &mut progress)?;
+    let nll = answer_nll(
+        model,
+        tokenizer,
+        &sets.benign,
+        cfg,
+        &routing,
+        device,
+        &mut progress,
+    )?;
     // A per-token NLL is finite and non-negative. On CUDA, under GPU memory exhaustion, the
     // answer-NLL forward pass was seen to return negative values: refuse them.
     if !possible_nll(nll.total) {
@@ -233,7 +272,9 @@ pub fn answer<B: Backend>(
     let mut out = vec![(0, Vec::new()); ids.len()];
     for chunk in order.chunks(cfg.batch_size) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-        let gens = generate(model, &batch, &opts, routing, device, |n| progress(EvalEvent::Tokens(n)));
+        let gens = generate(model, &batch, &opts, routing, device, |n| {
+            progress(EvalEvent::Tokens(n))
+        });
         for (&i, g) in chunk.iter().zip(gens) {
             let mut new_ids = g.new_ids;
             if new_ids.last() == Some(&tokenizer.eos_id) {
@@ -283,7 +324,11 @@ pub fn answer_nll<B: Backend>(
     };
     for chunk in order.chunks(cfg.batch_size) {
         let batch = chunk.len();
-        let seq = chunk.iter().map(|&i| examples[i].0.len()).max().expect("non-empty chunk");
+        let seq = chunk
+            .iter()
+            .map(|&i| examples[i].0.len())
+            .max()
+            .expect("non-empty chunk");
         let mut ids = vec![tokenizer.pad_id as i64; batch * seq];
         let mut valid = vec![false; batch * seq];
         let mut labels = vec![IGNORE_INDEX; batch * seq];
@@ -300,11 +345,16 @@ pub fn answer_nll<B: Backend>(
         let targets = Targets::<B>::from_labels(&labels, batch, seq, device);
         let input = LmInput {
             input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device),
-            attention_mask: Some(Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, seq]), device)),
+            attention_mask: Some(Tensor::<B, 2, Bool>::from_data(
+                TensorData::new(valid, [batch, seq]),
+                device,
+            )),
             positions: None,
         };
         let hidden = model.forward_hidden(input, routing).hidden;
-        let mean: f64 = targeted_lm_loss(hidden, &model.lm_head, &targets).into_scalar().elem();
+        let mean: f64 = targeted_lm_loss(hidden, &model.lm_head, &targets)
+            .into_scalar()
+            .elem();
         count.total += mean * targets.len() as f64;
         count.tokens += targets.len();
         count.answers += batch;

@@ -20,7 +20,10 @@ pub fn table(rows: &[(String, EvalReport)]) -> String {
         "model", "jailbreak ASR", "plain refused", "benign refused", "benign NLL"
     );
     for (name, r) in rows {
-        let nll = r.benign_answer_nll.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        let nll = r
+            .benign_answer_nll
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{name:name_w$}  {:>18}  {:>18}  {:>18}  {nll:>10}\n",
             pct(r.jailbreak),
@@ -45,7 +48,10 @@ mod tests {
             plain_refusal_rate: None,
             benign_refusal_rate: None,
             benign_answer_nll: None,
-            jailbreak: Count { n: 71, hits: complied },
+            jailbreak: Count {
+                n: 71,
+                hits: complied,
+            },
             plain: Count { n: 104, hits: 104 },
             benign: Count { n: 0, hits: 0 },
             nll: NllCount {
@@ -76,7 +82,13 @@ mod tests {
         let t = table(&[("base".into(), report(71)), ("trained".into(), report(35))]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
-        assert!(lines[1].starts_with("base") && lines[1].contains("100.0% (71/71)"), "{t}");
-        assert!(lines[2].contains(" 49.3% (35/71)") && lines[2].contains("2.5000"), "{t}");
+        assert!(
+            lines[1].starts_with("base") && lines[1].contains("100.0% (71/71)"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains(" 49.3% (35/71)") && lines[2].contains("2.5000"),
+            "{t}"
+        );
     }
 }

@@ -54,7 +54,9 @@ impl EvalSets {
     /// evaluated and the sets say they are not held out.
     pub fn new(data: &DataConfig, eval: &EvalConfig) -> Result<Self, EvalError> {
         let split = data.split.as_deref();
-        let held = |key: &str, field: &str| -> Result<Option<std::collections::HashSet<usize>>, DataError> {
+        let held = |key: &str,
+                    field: &str|
+         -> Result<Option<std::collections::HashSet<usize>>, DataError> {
             split.map(|s| split_list(s, key, field)).transpose()
         };
         let goals = match split {
@@ -93,11 +95,18 @@ impl EvalSets {
             // The held-out list must be there; a train list, where the split has one, must not
             // share a record with it.
             let key = &eval.benign_split_key;
-            let fields: Vec<&str> = ["train_index", "heldout_index"].into_iter().filter(|f| *f == "heldout_index" || split_list(s, key, f).is_ok()).collect();
+            let fields: Vec<&str> = ["train_index", "heldout_index"]
+                .into_iter()
+                .filter(|f| *f == "heldout_index" || split_list(s, key, f).is_ok())
+                .collect();
             check_lists(s, key, &fields, benign.len())?;
         }
         let benign_keep = held(&eval.benign_split_key, "heldout_index")?;
-        benign.retain(|b| benign_keep.as_ref().is_none_or(|k| k.contains(&b.prompt.record)));
+        benign.retain(|b| {
+            benign_keep
+                .as_ref()
+                .is_none_or(|k| k.contains(&b.prompt.record))
+        });
         if eval.max_benign > 0 {
             benign.truncate(eval.max_benign);
         }
@@ -124,12 +133,15 @@ pub fn read_benign(path: &Path) -> Result<Vec<BenignItem>, DataError> {
         .enumerate()
         .map(|(i, rec)| {
             let text = |field: &str| {
-                rec.get(field).and_then(Value::as_str).map(str::to_string).ok_or_else(|| DataError::Field {
-                    path: path.to_path_buf(),
-                    record: Some(i),
-                    field: field.into(),
-                    reason: "missing or not a string".into(),
-                })
+                rec.get(field)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| DataError::Field {
+                        path: path.to_path_buf(),
+                        record: Some(i),
+                        field: field.into(),
+                        reason: "missing or not a string".into(),
+                    })
             };
             Ok(BenignItem {
                 prompt: EvalPrompt {
@@ -150,7 +162,11 @@ mod tests {
     fn a_benign_record_without_output_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.json");
-        std::fs::write(&path, r#"[{"instruction": "a", "output": "b"}, {"instruction": "c"}]"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"[{"instruction": "a", "output": "b"}, {"instruction": "c"}]"#,
+        )
+        .unwrap();
         let err = read_benign(&path).unwrap_err().to_string();
         assert!(err.contains("record 1: output: missing"), "{err}");
     }

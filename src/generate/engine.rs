@@ -19,7 +19,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use half::f16;
 
 use super::sampler::{Sampler, Sampling};
-use crate::model::{ExpertExecution, KvCache, MoeLm, LmInput, Routing};
+use crate::model::{ExpertExecution, KvCache, LmInput, MoeLm, Routing};
 
 /// Settings of one generation call.
 #[derive(Debug, Clone)]
@@ -96,7 +96,10 @@ pub fn generate<B: Backend>(
     mut on_token: impl FnMut(usize),
 ) -> Vec<Generation> {
     let batch = prompts.len();
-    assert!(batch > 0 && prompts.iter().all(|p| !p.is_empty()), "prompts must be non-empty");
+    assert!(
+        batch > 0 && prompts.iter().all(|p| !p.is_empty()),
+        "prompts must be non-empty"
+    );
     let width = prompts.iter().map(Vec::len).max().expect("non-empty batch");
     let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
     let routing = routing.clone().with_capture(opts.capture);
@@ -110,14 +113,19 @@ pub fn generate<B: Backend>(
     let mut positions = Vec::with_capacity(batch * width);
     for (p, &pad) in prompts.iter().zip(&pads) {
         ids.extend(std::iter::repeat_n(opts.pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, capacity - pad)));
+        valid.extend(
+            std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, capacity - pad)),
+        );
         positions.extend(std::iter::repeat_n(1i64, pad).chain(0..p.len() as i64));
     }
     let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, capacity]), device);
     let input = LmInput {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, width]), device),
         attention_mask: Some(mask.clone()),
-        positions: Some(Tensor::from_data(TensorData::new(positions, [batch, width]), device)),
+        positions: Some(Tensor::from_data(
+            TensorData::new(positions, [batch, width]),
+            device,
+        )),
     };
     // Keys and values written in place, into buffers that double when full (up to `capacity`).
     let mut cache = KvCache::new(model.num_layers()).with_capacity(capacity);
@@ -135,18 +143,22 @@ pub fn generate<B: Backend>(
     let mut rows = Rows::new(batch, opts);
     // Positions go on from each prompt's length, on the device (nothing is uploaded a step).
     let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-    let mut positions = Tensor::<B, 2, Int>::from_data(TensorData::new(lengths, [batch, 1]), device);
+    let mut positions =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(lengths, [batch, 1]), device);
     // Greedy decoding feeds each step's argmax back on the device: which rows have stopped is
     // tracked there too, and the host reads the tokens only every `READ_EVERY` steps, so that the
     // steps in between queue without waiting for the device (a read drains every queue).
-    let mut stopped = Tensor::<B, 1, Bool>::from_data(TensorData::new(vec![false; batch], [batch]), device);
+    let mut stopped =
+        Tensor::<B, 1, Bool>::from_data(TensorData::new(vec![false; batch], [batch]), device);
     let mut unread: Vec<Tensor<B, 1, Int>> = Vec::new();
     let mut gen_caps: Vec<Tensor<B, 4>> = Vec::new();
     let mut step = 0;
     while step < opts.max_new_tokens && !rows.all_done() {
         let fed = if sampler.is_greedy() {
             let picked = last.argmax(1).reshape([batch]);
-            let fed = picked.clone().mask_fill(stopped.clone(), opts.pad_id as i64);
+            let fed = picked
+                .clone()
+                .mask_fill(stopped.clone(), opts.pad_id as i64);
             for &id in &opts.stop_ids {
                 stopped = stopped.bool_or(picked.clone().equal_elem(id as i64));
             }
@@ -160,7 +172,11 @@ pub fn generate<B: Backend>(
         step += 1;
         if unread.len() == READ_EVERY || (step == opts.max_new_tokens && !unread.is_empty()) {
             let steps = unread.len();
-            let read: Vec<u32> = Tensor::stack::<2>(std::mem::take(&mut unread), 0).into_data().iter::<i64>().map(|t| t as u32).collect();
+            let read: Vec<u32> = Tensor::stack::<2>(std::mem::take(&mut unread), 0)
+                .into_data()
+                .iter::<i64>()
+                .map(|t| t as u32)
+                .collect();
             for picked in read.chunks(batch).take(steps) {
                 on_token(rows.take(picked).1);
             }
@@ -188,7 +204,9 @@ pub fn generate<B: Backend>(
     (0..batch)
         .map(|r| Generation {
             prompt_ids: prompts[r].clone(),
-            prompt_routing: prompt_host.as_ref().map(|h| h.row(r, pads[r], prompts[r].len())),
+            prompt_routing: prompt_host
+                .as_ref()
+                .map(|h| h.row(r, pads[r], prompts[r].len())),
             gen_routing: gen_host.as_ref().map(|h| h.row(r, 0, new_ids[r].len())),
             new_ids: std::mem::take(&mut new_ids[r]),
         })
@@ -198,7 +216,9 @@ pub fn generate<B: Backend>(
 /// Logits of the last position, `[batch, vocab]`.
 fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, seq, vocab] = logits.dims();
-    logits.slice([0..batch, seq - 1..seq, 0..vocab]).reshape([batch, vocab])
+    logits
+        .slice([0..batch, seq - 1..seq, 0..vocab])
+        .reshape([batch, vocab])
 }
 
 /// One sampled token per row, on the host.
@@ -246,7 +266,9 @@ impl<'a> Rows<'a> {
             fed.push(tok as i64);
             produced += 1;
             self.new_ids[r].push(tok);
-            if self.opts.stop_ids.contains(&tok) || self.new_ids[r].len() == self.opts.max_new_tokens {
+            if self.opts.stop_ids.contains(&tok)
+                || self.new_ids[r].len() == self.opts.max_new_tokens
+            {
                 self.done[r] = true;
             }
         }

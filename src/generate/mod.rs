@@ -38,13 +38,24 @@ pub fn generate_chat<B: Backend>(
     let opts = GenerateOptions {
         max_new_tokens,
         sampling,
-        stop_ids: if ignore_eos { Vec::new() } else { vec![tokenizer.eos_id] },
+        stop_ids: if ignore_eos {
+            Vec::new()
+        } else {
+            vec![tokenizer.eos_id]
+        },
         pad_id: tokenizer.pad_id,
         capture: false,
     };
-    let g = generate(model, std::slice::from_ref(&prompt_ids), &opts, &Routing::free(), device, |_| {})
-        .pop()
-        .expect("one prompt, one generation");
+    let g = generate(
+        model,
+        std::slice::from_ref(&prompt_ids),
+        &opts,
+        &Routing::free(),
+        device,
+        |_| {},
+    )
+    .pop()
+    .expect("one prompt, one generation");
     Ok(ChatGeneration {
         text: tokenizer.decode(&g.new_ids),
         prompt_ids,

@@ -26,9 +26,16 @@ impl Sampling {
     /// Check the values of a sampling setting found at `key` (e.g. `collect.sampling`):
     /// temperature finite and above 0, top-p in (0, 1].
     pub fn validate(&self, key: &str) -> Result<(), crate::validate::Invalid> {
-        if let Sampling::Sample { temperature, top_p, .. } = *self {
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = *self
+        {
             crate::validate::positive(&format!("{key}.temperature"), temperature)?;
-            crate::validate::ensure(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0, &format!("{key}.top_p"), || format!("must be in (0, 1], got {top_p}"))?;
+            crate::validate::ensure(
+                top_p.is_finite() && top_p > 0.0 && top_p <= 1.0,
+                &format!("{key}.top_p"),
+                || format!("must be in (0, 1], got {top_p}"),
+            )?;
         }
         Ok(())
     }
@@ -63,7 +70,9 @@ impl Sampler {
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
         let (temperature, top_p) = match self.sampling {
             Sampling::Greedy => return argmax(logits),
-            Sampling::Sample { temperature, top_p, .. } => (temperature, top_p),
+            Sampling::Sample {
+                temperature, top_p, ..
+            } => (temperature, top_p),
         };
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let mut probs: Vec<(u32, f64)> = logits
@@ -120,15 +129,27 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_nucleus_respected() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let sampling = Sampling::Sample { temperature: 0.8, top_p: 0.9, seed: 7 };
+        let sampling = Sampling::Sample {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: 7,
+        };
         let draw = |s: &mut Sampler| (0..200).map(|_| s.pick(&logits)).collect::<Vec<_>>();
         let a = draw(&mut Sampler::new(sampling));
         let b = draw(&mut Sampler::new(sampling));
         assert_eq!(a, b);
-        let c = draw(&mut Sampler::new(Sampling::Sample { temperature: 0.8, top_p: 0.9, seed: 8 }));
+        let c = draw(&mut Sampler::new(Sampling::Sample {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: 8,
+        }));
         assert_ne!(a, c, "another seed draws other tokens");
         // top_p tiny: only the argmax survives.
-        let mut s = Sampler::new(Sampling::Sample { temperature: 1.0, top_p: 1e-9, seed: 1 });
+        let mut s = Sampler::new(Sampling::Sample {
+            temperature: 1.0,
+            top_p: 1e-9,
+            seed: 1,
+        });
         assert!((0..50).all(|_| s.pick(&logits) == argmax(&logits)));
     }
 }

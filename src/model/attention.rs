@@ -100,7 +100,11 @@ impl<B: Backend> Attention<B> {
                     k = k.clamp(-clip, clip);
                     v = v.clamp(-clip, clip);
                 }
-                (heads(q, self.num_heads), heads(k, self.num_kv_heads), heads(v, self.num_kv_heads))
+                (
+                    heads(q, self.num_heads),
+                    heads(k, self.num_kv_heads),
+                    heads(v, self.num_kv_heads),
+                )
             }
             QkNorm::PerHead => (
                 self.q_norm.forward(heads(q, self.num_heads)),
@@ -121,16 +125,22 @@ impl<B: Backend> Attention<B> {
         if let Some(out) = crate::cube::try_decode_attention(&q, &k, &v, masked, scale) {
             // [batch, heads, 1, dim] contiguous is [batch, 1, heads · dim] already (one position):
             // no swap, which would make burn copy.
-            return linear_3d(&self.o_proj, out.reshape([batch, seq, self.num_heads * head_dim]));
+            return linear_3d(
+                &self.o_proj,
+                out.reshape([batch, seq, self.num_heads * head_dim]),
+            );
         }
         let total = k.dims()[2];
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads);
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads);
         // One product per (sequence, head): [batch · heads, seq, head_dim] · [.., head_dim, total].
         let items = batch * self.num_heads;
-        let scores = bmm(q.reshape([items, seq, head_dim]), k.reshape([items, total, head_dim]).swap_dims(1, 2))
-            .reshape([batch, self.num_heads, seq, total])
-            .mul_scalar(scale);
+        let scores = bmm(
+            q.reshape([items, seq, head_dim]),
+            k.reshape([items, total, head_dim]).swap_dims(1, 2),
+        )
+        .reshape([batch, self.num_heads, seq, total])
+        .mul_scalar(scale);
         let dtype = scores.dtype();
         let scores = to_f32(scores).mask_fill(
             masked.clone().expand([batch, self.num_heads, seq, total]),

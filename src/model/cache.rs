@@ -68,7 +68,11 @@ impl<B: Backend> KvCache<B> {
     /// The constants of a forward pass whose index must reach `len`: those kept, or `make`'s
     /// (called with `len`, or the capacity where that is larger, so that one upload serves every
     /// later pass), then kept.
-    pub fn constants(&mut self, len: usize, make: impl FnOnce(usize) -> Constants<B>) -> Constants<B> {
+    pub fn constants(
+        &mut self,
+        len: usize,
+        make: impl FnOnce(usize) -> Constants<B>,
+    ) -> Constants<B> {
         match &self.constants {
             Some(c) if c.len() >= len => c.clone(),
             _ => {
@@ -98,12 +102,22 @@ impl<B: Backend> KvCache<B> {
         let total = self.filled + seq;
         match self.capacity {
             Some(capacity) => {
-                assert!(total <= capacity, "KV cache overflow: {total} positions, room for {capacity}");
+                assert!(
+                    total <= capacity,
+                    "KV cache overflow: {total} positions, room for {capacity}"
+                );
                 // The buffers' size so far: the first layer's (all grow to the same size).
-                let slots = self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2]);
+                let slots = self
+                    .layers
+                    .first()
+                    .and_then(|l| l.as_ref())
+                    .map_or(0, |(k, _)| k.dims()[2]);
                 match total <= slots {
                     true => slots,
-                    false => total.next_power_of_two().max(2 * slots).clamp(total, capacity),
+                    false => total
+                        .next_power_of_two()
+                        .max(2 * slots)
+                        .clamp(total, capacity),
                 }
             }
             None => total,
@@ -115,14 +129,21 @@ impl<B: Backend> KvCache<B> {
     ///
     /// # Shapes
     /// - `k`, `v`: `[batch, kv_heads, seq, head_dim]` → `[batch, kv_heads, key_slots(seq), head_dim]`
-    pub fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let past = self.filled;
         let [batch, heads, seq, dim] = k.dims();
         // Before this layer's buffers are taken out: the size is read from the first layer's.
         let slots = self.key_slots(seq);
         let (k, v) = match (self.layers[layer].take(), self.capacity) {
             (held, Some(_)) => {
-                let zeros = |t: &Tensor<B, 4>, n: usize| Tensor::zeros([batch, heads, n, dim], (&t.device(), t.dtype()));
+                let zeros = |t: &Tensor<B, 4>, n: usize| {
+                    Tensor::zeros([batch, heads, n, dim], (&t.device(), t.dtype()))
+                };
                 let grow = |t: Tensor<B, 4>| match t.dims()[2] {
                     have if have < slots => {
                         let more = zeros(&t, slots - have);

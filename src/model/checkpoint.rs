@@ -35,7 +35,9 @@ use super::norm::RmsNorm;
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
 
 /// Floating-point precision to compute in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float32 (the reference; CPU default).
@@ -73,13 +75,14 @@ impl Shards {
                 field: String::new(),
                 reason: e.to_string(),
             })?;
-            let map = parsed.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-                LoadError::Config {
+            let map = parsed
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| LoadError::Config {
                     path: index.clone(),
                     field: "weight_map".into(),
                     reason: "missing or not an object".into(),
-                }
-            })?;
+                })?;
             let mut shards: Vec<String> = Vec::new();
             for (key, file) in map {
                 let file = file.as_str().ok_or_else(|| LoadError::Config {
@@ -96,7 +99,10 @@ impl Shards {
             for shard in shards {
                 let path = dir.join(&shard);
                 if !path.is_file() {
-                    return Err(LoadError::MissingShard { index: index.clone(), shard: path });
+                    return Err(LoadError::MissingShard {
+                        index: index.clone(),
+                        shard: path,
+                    });
                 }
                 paths.push(path);
             }
@@ -104,7 +110,9 @@ impl Shards {
         } else if single.is_file() {
             vec![single]
         } else {
-            return Err(LoadError::NoWeights { dir: dir.to_path_buf() });
+            return Err(LoadError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
         };
         let mut files = Vec::new();
         for path in names {
@@ -136,17 +144,37 @@ struct TensorTable<'a> {
 fn implied_by(key: &str, arch: Arch) -> String {
     let qwen = arch == Arch::Qwen3Moe;
     let keys = if key.contains("self_attn.q_proj") || key.contains("self_attn.o_proj") {
-        if qwen { "hidden_size, num_attention_heads, head_dim" } else { "hidden_size" }
+        if qwen {
+            "hidden_size, num_attention_heads, head_dim"
+        } else {
+            "hidden_size"
+        }
     } else if key.contains("self_attn.k_proj") || key.contains("self_attn.v_proj") {
-        if qwen { "hidden_size, num_key_value_heads, head_dim" } else { "hidden_size, num_attention_heads, num_key_value_heads" }
+        if qwen {
+            "hidden_size, num_key_value_heads, head_dim"
+        } else {
+            "hidden_size, num_attention_heads, num_key_value_heads"
+        }
     } else if key.contains("self_attn.q_norm") {
         if qwen { "head_dim" } else { "hidden_size" }
     } else if key.contains("self_attn.k_norm") {
-        if qwen { "head_dim" } else { "hidden_size, num_attention_heads, num_key_value_heads" }
+        if qwen {
+            "head_dim"
+        } else {
+            "hidden_size, num_attention_heads, num_key_value_heads"
+        }
     } else if key.contains(".mlp.experts.") {
-        if qwen { "hidden_size, moe_intermediate_size, num_experts; MoE layers by decoder_sparse_step, mlp_only_layers" } else { "hidden_size, intermediate_size, num_experts" }
+        if qwen {
+            "hidden_size, moe_intermediate_size, num_experts; MoE layers by decoder_sparse_step, mlp_only_layers"
+        } else {
+            "hidden_size, intermediate_size, num_experts"
+        }
     } else if key.contains(".mlp.gate.") {
-        if qwen { "hidden_size, num_experts; MoE layers by decoder_sparse_step, mlp_only_layers" } else { "hidden_size, num_experts" }
+        if qwen {
+            "hidden_size, num_experts; MoE layers by decoder_sparse_step, mlp_only_layers"
+        } else {
+            "hidden_size, num_experts"
+        }
     } else if key.contains(".mlp.") {
         "hidden_size, intermediate_size; dense layers by decoder_sparse_step, mlp_only_layers"
     } else if key.contains("embed_tokens") || key.starts_with("lm_head") {
@@ -184,13 +212,23 @@ impl<'a> TensorTable<'a> {
 
     /// The tensor `key`, stored with exactly `shape`, as host data of `dtype`; with `transpose`, a 2-d tensor comes
     /// out transposed and contiguous (`[cols, rows]`).
-    fn take(&mut self, key: &str, shape: &[usize], dtype: DType, dir: &Path, transpose: bool) -> Result<TensorData, LoadError> {
-        let (path, view) = self.views.get(key).ok_or_else(|| LoadError::MissingTensor {
-            dir: dir.to_path_buf(),
-            key: key.to_string(),
-            expected: shape.to_vec(),
-            implied_by: implied_by(key, self.arch),
-        })?;
+    fn take(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        dtype: DType,
+        dir: &Path,
+        transpose: bool,
+    ) -> Result<TensorData, LoadError> {
+        let (path, view) = self
+            .views
+            .get(key)
+            .ok_or_else(|| LoadError::MissingTensor {
+                dir: dir.to_path_buf(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                implied_by: implied_by(key, self.arch),
+            })?;
         if view.shape() != shape {
             return Err(LoadError::ShapeMismatch {
                 path: path.to_path_buf(),
@@ -281,12 +319,21 @@ struct Builder<'a, 'b, B: Backend> {
 const INIT_STD: f64 = 0.02;
 
 impl<B: Backend> Builder<'_, '_, B> {
-    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
         self.read(key, shape, false)
     }
 
     /// `key` stored as `shape` (reversed when `transpose`, for 2-d tensors).
-    fn read<const D: usize>(&mut self, key: &str, shape: [usize; D], transpose: bool) -> Result<Tensor<B, D>, LoadError> {
+    fn read<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        transpose: bool,
+    ) -> Result<Tensor<B, D>, LoadError> {
         let mut out_shape = shape;
         if transpose {
             out_shape.reverse();
@@ -296,8 +343,14 @@ impl<B: Backend> Builder<'_, '_, B> {
                 let data = table.take(key, &shape, self.dtype, self.dir, transpose)?;
                 Ok(Tensor::from_data(data, (self.device, self.dtype)))
             }
-            None if key.ends_with("norm.weight") => Ok(Tensor::ones(out_shape, (self.device, self.dtype))),
-            None => Ok(Tensor::random(out_shape, Distribution::Normal(0.0, INIT_STD), (self.device, self.dtype))),
+            None if key.ends_with("norm.weight") => {
+                Ok(Tensor::ones(out_shape, (self.device, self.dtype)))
+            }
+            None => Ok(Tensor::random(
+                out_shape,
+                Distribution::Normal(0.0, INIT_STD),
+                (self.device, self.dtype),
+            )),
         }
     }
 
@@ -318,10 +371,16 @@ impl<B: Backend> Builder<'_, '_, B> {
 }
 
 /// Load a Hub checkpoint directory onto `device`, computing in `precision`.
-pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Precision) -> Result<(MoeLm<B>, ModelConfig), LoadError> {
+pub fn load<B: Backend>(
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<(MoeLm<B>, ModelConfig), LoadError> {
     let dir = dir.as_ref();
     if !dir.is_dir() {
-        return Err(LoadError::NoModelDir { dir: dir.to_path_buf() });
+        return Err(LoadError::NoModelDir {
+            dir: dir.to_path_buf(),
+        });
     }
     let cfg = ModelConfig::from_path(dir)?;
     let shards = Shards::open(dir)?;
@@ -337,11 +396,23 @@ pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, precision: Pr
 /// the backend's generator (seed it with `B::seed`): for benchmarks at a real model's shape
 /// without its checkpoint.
 pub fn random<B: Backend>(cfg: &ModelConfig, device: &B::Device, precision: Precision) -> MoeLm<B> {
-    build(cfg, None, Path::new("<random>"), device, precision.dtype()).expect("random weights cannot fail")
+    build(cfg, None, Path::new("<random>"), device, precision.dtype())
+        .expect("random weights cannot fail")
 }
 
-fn build<B: Backend>(cfg: &ModelConfig, table: Option<&mut TensorTable<'_>>, dir: &Path, device: &B::Device, dtype: DType) -> Result<MoeLm<B>, LoadError> {
-    let mut b = Builder::<B> { table, dir, device, dtype };
+fn build<B: Backend>(
+    cfg: &ModelConfig,
+    table: Option<&mut TensorTable<'_>>,
+    dir: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<MoeLm<B>, LoadError> {
+    let mut b = Builder::<B> {
+        table,
+        dir,
+        device,
+        dtype,
+    };
     let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
     let (q_norm_width, k_norm_width) = match cfg.qk_norm {
         QkNorm::Full => (cfg.q_dim(), cfg.kv_dim()),
@@ -375,7 +446,11 @@ fn build<B: Backend>(cfg: &ModelConfig, table: Option<&mut TensorTable<'_>>, dir
             }
             FeedForward::Moe(MoeBlock::new(gate, experts, cfg))
         } else {
-            FeedForward::Dense(mlp(&mut b, &format!("{p}.mlp"), cfg.dense_intermediate_size)?)
+            FeedForward::Dense(mlp(
+                &mut b,
+                &format!("{p}.mlp"),
+                cfg.dense_intermediate_size,
+            )?)
         };
         layers.push(DecoderLayer {
             self_attn,
@@ -385,7 +460,10 @@ fn build<B: Backend>(cfg: &ModelConfig, table: Option<&mut TensorTable<'_>>, dir
         });
     }
     let norm = b.norm("model.norm", h, eps)?;
-    let has_head = b.table.as_ref().is_some_and(|t| t.contains("lm_head.weight"));
+    let has_head = b
+        .table
+        .as_ref()
+        .is_some_and(|t| t.contains("lm_head.weight"));
     let lm_head = if cfg.tie_word_embeddings && !has_head {
         let weight = match b.table {
             // The embedding again, transposed on the host so that the head is contiguous.
@@ -421,11 +499,18 @@ fn hub_tensors<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut put2 = |key: String, t: Tensor<B, 2>| {
         let shape = t.dims().to_vec();
-        out.push(Entry { key, shape, data: t.into_data() });
+        out.push(Entry {
+            key,
+            shape,
+            data: t.into_data(),
+        });
     };
     let lin = |l: &Linear<B>| l.weight.val().transpose();
     let vec2 = |n: &RmsNorm<B>| n.weight.val().unsqueeze_dim::<2>(0);
-    put2("model.embed_tokens.weight".into(), model.model.embed_tokens.weight.val());
+    put2(
+        "model.embed_tokens.weight".into(),
+        model.model.embed_tokens.weight.val(),
+    );
     for (l, layer) in model.model.layers.iter().enumerate() {
         let p = format!("model.layers.{l}");
         let a = &layer.self_attn;
@@ -438,7 +523,11 @@ fn hub_tensors<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig) -> Vec<Entry> {
         let mlps: Vec<(String, &Expert<B>)> = match &layer.mlp {
             FeedForward::Moe(moe) => {
                 put2(format!("{p}.mlp.gate.weight"), lin(&moe.gate));
-                moe.experts.iter().enumerate().map(|(e, ex)| (format!("{p}.mlp.experts.{e}"), ex)).collect()
+                moe.experts
+                    .iter()
+                    .enumerate()
+                    .map(|(e, ex)| (format!("{p}.mlp.experts.{e}"), ex))
+                    .collect()
             }
             FeedForward::Dense(ex) => vec![(format!("{p}.mlp"), ex)],
         };
@@ -447,8 +536,14 @@ fn hub_tensors<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig) -> Vec<Entry> {
             put2(format!("{q}.up_proj.weight"), lin(&ex.up_proj));
             put2(format!("{q}.down_proj.weight"), lin(&ex.down_proj));
         }
-        put2(format!("{p}.input_layernorm.weight"), vec2(&layer.input_layernorm));
-        put2(format!("{p}.post_attention_layernorm.weight"), vec2(&layer.post_attention_layernorm));
+        put2(
+            format!("{p}.input_layernorm.weight"),
+            vec2(&layer.input_layernorm),
+        );
+        put2(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec2(&layer.post_attention_layernorm),
+        );
     }
     put2("model.norm.weight".into(), vec2(&model.model.norm));
     if !cfg.tie_word_embeddings {
@@ -465,12 +560,21 @@ fn hub_tensors<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig) -> Vec<Entry> {
 
 /// Save `model` as a Hub checkpoint in `dir` (created if needed): `config.json` and bf16
 /// safetensors, sharded with an index past [`MAX_SHARD_BYTES`], loadable by transformers.
-pub fn save<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig, dir: impl AsRef<Path>) -> Result<(), LoadError> {
+pub fn save<B: Backend>(
+    model: &MoeLm<B>,
+    cfg: &ModelConfig,
+    dir: impl AsRef<Path>,
+) -> Result<(), LoadError> {
     save_with_shard_size(model, cfg, dir, MAX_SHARD_BYTES)
 }
 
 /// [`save`] with an explicit shard size in bytes.
-pub fn save_with_shard_size<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig, dir: impl AsRef<Path>, max_shard_bytes: usize) -> Result<(), LoadError> {
+pub fn save_with_shard_size<B: Backend>(
+    model: &MoeLm<B>,
+    cfg: &ModelConfig,
+    dir: impl AsRef<Path>,
+    max_shard_bytes: usize,
+) -> Result<(), LoadError> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
         path: dir.to_path_buf(),
@@ -491,7 +595,10 @@ pub fn save_with_shard_size<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig, dir
             size = 0;
         }
         size += bytes.len();
-        shards.last_mut().expect("at least one shard").push((entry.key, entry.shape, bytes));
+        shards
+            .last_mut()
+            .expect("at least one shard")
+            .push((entry.key, entry.shape, bytes));
     }
     let n = shards.len();
     let mut weight_map = BTreeMap::new();
@@ -511,24 +618,33 @@ pub fn save_with_shard_size<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig, dir
                 .expect("bf16 byte count matches the shape");
             views.push((key.clone(), view));
         }
-        let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| LoadError::Safetensors {
-            path: dir.join(&name),
-            reason: e.to_string(),
+        let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| {
+            LoadError::Safetensors {
+                path: dir.join(&name),
+                reason: e.to_string(),
+            }
         })?;
         write_file(&dir.join(&name), &bytes)?;
     }
     if n > 1 {
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         write_file(
             &dir.join("model.safetensors.index.json"),
-            serde_json::to_string_pretty(&index).expect("json").as_bytes(),
+            serde_json::to_string_pretty(&index)
+                .expect("json")
+                .as_bytes(),
         )?;
     } else if dir.join("model.safetensors.index.json").exists() {
         let _ = std::fs::remove_file(dir.join("model.safetensors.index.json"));
     }
     let mut raw = cfg.raw.clone();
     if let Some(obj) = raw.as_object_mut() {
-        let key = if obj.contains_key("dtype") { "dtype" } else { "torch_dtype" };
+        let key = if obj.contains_key("dtype") {
+            "dtype"
+        } else {
+            "torch_dtype"
+        };
         obj.insert(key.into(), Value::String("bfloat16".into()));
     }
     write_file(

@@ -242,13 +242,12 @@ impl ModelConfig {
             field: String::new(),
             reason: e.to_string(),
         })?;
-        let hub: HubConfig = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
-            LoadError::Config {
+        let hub: HubConfig =
+            serde_path_to_error::deserialize(raw.clone()).map_err(|e| LoadError::Config {
                 path: path.to_path_buf(),
                 field: e.path().to_string(),
                 reason: e.inner().to_string(),
-            }
-        })?;
+            })?;
         hub.resolve(raw, path)
     }
 }
@@ -270,7 +269,9 @@ impl HubConfig {
             Some(other) => {
                 return Err(invalid(
                     "model_type",
-                    format!("unsupported model_type {other:?}, expected \"olmoe\" or \"qwen3_moe\""),
+                    format!(
+                        "unsupported model_type {other:?}, expected \"olmoe\" or \"qwen3_moe\""
+                    ),
                 ));
             }
             None => return Err(invalid("model_type", "missing required field".into())),
@@ -281,24 +282,31 @@ impl HubConfig {
         let num_hidden_layers = required(self.num_hidden_layers, "num_hidden_layers")?;
         let num_experts = match arch {
             Arch::Olmoe => required(self.num_experts, "num_experts")?,
-            Arch::Qwen3Moe => self
-                .num_local_experts
-                .or(self.num_experts)
-                .ok_or_else(|| invalid("num_experts", "missing required field (or num_local_experts)".into()))?,
+            Arch::Qwen3Moe => self.num_local_experts.or(self.num_experts).ok_or_else(|| {
+                invalid(
+                    "num_experts",
+                    "missing required field (or num_local_experts)".into(),
+                )
+            })?,
         };
         if num_attention_heads == 0 {
             return Err(invalid("num_attention_heads", "must be at least 1".into()));
         }
         let head_dim = match (arch, self.head_dim) {
             (Arch::Olmoe, Some(_)) => {
-                return Err(invalid("head_dim", "OLMoE takes its head width from hidden_size / num_attention_heads".into()));
+                return Err(invalid(
+                    "head_dim",
+                    "OLMoE takes its head width from hidden_size / num_attention_heads".into(),
+                ));
             }
             (_, Some(d)) => d,
             (_, None) => {
                 if hidden_size % num_attention_heads != 0 {
                     return Err(invalid(
                         "num_attention_heads",
-                        format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}"),
+                        format!(
+                            "hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}"
+                        ),
                     ));
                 }
                 hidden_size / num_attention_heads
@@ -306,7 +314,11 @@ impl HubConfig {
         };
         let intermediate = required(self.intermediate_size, "intermediate_size")?;
         let (intermediate_size, dense_intermediate_size, moe_layers) = match arch {
-            Arch::Olmoe => (intermediate, intermediate, (0..num_hidden_layers).collect::<Vec<_>>()),
+            Arch::Olmoe => (
+                intermediate,
+                intermediate,
+                (0..num_hidden_layers).collect::<Vec<_>>(),
+            ),
             Arch::Qwen3Moe => {
                 let step = self.decoder_sparse_step.unwrap_or(1);
                 if step == 0 {
@@ -327,14 +339,23 @@ impl HubConfig {
                 if moe.is_empty() && num_hidden_layers > 0 {
                     return Err(invalid(
                         "mlp_only_layers",
-                        format!("no MoE layer is left (decoder_sparse_step {step}, mlp_only_layers {dense:?}): nothing to route"),
+                        format!(
+                            "no MoE layer is left (decoder_sparse_step {step}, mlp_only_layers {dense:?}): nothing to route"
+                        ),
                     ));
                 }
-                (required(self.moe_intermediate_size, "moe_intermediate_size")?, intermediate, moe)
+                (
+                    required(self.moe_intermediate_size, "moe_intermediate_size")?,
+                    intermediate,
+                    moe,
+                )
             }
         };
         if self.use_sliding_window == Some(true) {
-            return Err(invalid("use_sliding_window", "sliding-window attention is not supported".into()));
+            return Err(invalid(
+                "use_sliding_window",
+                "sliding-window attention is not supported".into(),
+            ));
         }
         if arch == Arch::Qwen3Moe && self.clip_qkv.is_some() {
             return Err(invalid("clip_qkv", "Qwen3-MoE has no qkv clamp".into()));
@@ -370,7 +391,10 @@ impl HubConfig {
             }
         }
         if self.attention_bias == Some(true) {
-            return Err(invalid("attention_bias", "attention biases are not supported".into()));
+            return Err(invalid(
+                "attention_bias",
+                "attention biases are not supported".into(),
+            ));
         }
         if let Some(act) = self.hidden_act.as_deref()
             && act != "silu"
@@ -433,8 +457,15 @@ impl HubConfig {
             }
         }
         if cfg.head_dim % 2 != 0 {
-            let field = if self.head_dim.is_some() { "head_dim" } else { "num_attention_heads" };
-            return Err(invalid(field, format!("head dimension {} must be even for RoPE", cfg.head_dim)));
+            let field = if self.head_dim.is_some() {
+                "head_dim"
+            } else {
+                "num_attention_heads"
+            };
+            return Err(invalid(
+                field,
+                format!("head dimension {} must be even for RoPE", cfg.head_dim),
+            ));
         }
         if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
             return Err(invalid(
@@ -457,19 +488,37 @@ impl HubConfig {
         if let Some(clip) = cfg.clip_qkv
             && !(clip.is_finite() && clip > 0.0)
         {
-            return Err(invalid("clip_qkv", format!("must be a finite number above 0, got {clip}")));
+            return Err(invalid(
+                "clip_qkv",
+                format!("must be a finite number above 0, got {clip}"),
+            ));
         }
         // A negative or NaN epsilon gives NaN logits everywhere; a non-positive theta breaks RoPE.
-        for (field, value) in [("rms_norm_eps", cfg.rms_norm_eps), ("rope_theta", cfg.rope_theta)] {
+        for (field, value) in [
+            ("rms_norm_eps", cfg.rms_norm_eps),
+            ("rope_theta", cfg.rope_theta),
+        ] {
             if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(field, format!("must be a finite number above 0, got {value}")));
+                return Err(invalid(
+                    field,
+                    format!("must be a finite number above 0, got {value}"),
+                ));
             }
         }
         if !(cfg.router_aux_loss_coef.is_finite() && cfg.router_aux_loss_coef >= 0.0) {
-            return Err(invalid("router_aux_loss_coef", format!("must be a finite number of at least 0, got {}", cfg.router_aux_loss_coef)));
+            return Err(invalid(
+                "router_aux_loss_coef",
+                format!(
+                    "must be a finite number of at least 0, got {}",
+                    cfg.router_aux_loss_coef
+                ),
+            ));
         }
         if cfg.max_position_embeddings == 0 {
-            return Err(invalid("max_position_embeddings", "must be at least 1".into()));
+            return Err(invalid(
+                "max_position_embeddings",
+                "must be at least 1".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -532,7 +581,10 @@ mod tests {
         let cfg = parse(QWEN3_30B_A3B).unwrap();
         assert_eq!(cfg.arch, Arch::Qwen3Moe);
         assert_eq!((cfg.head_dim, cfg.q_dim(), cfg.kv_dim()), (128, 4096, 512));
-        assert_eq!((cfg.intermediate_size, cfg.dense_intermediate_size), (768, 6144));
+        assert_eq!(
+            (cfg.intermediate_size, cfg.dense_intermediate_size),
+            (768, 6144)
+        );
         assert_eq!(cfg.moe_layers, (0..48).collect::<Vec<_>>());
         assert_eq!((cfg.num_experts, cfg.num_experts_per_tok), (128, 8));
         assert_eq!(cfg.qk_norm, QkNorm::PerHead);
@@ -554,37 +606,62 @@ mod tests {
 
     #[test]
     fn qwen3_bad_configs_name_the_key() {
-        let err = parse(&QWEN3_30B_A3B.replace("\"mlp_only_layers\":[]", "\"mlp_only_layers\":[2, 48]")).unwrap_err();
+        let err =
+            parse(&QWEN3_30B_A3B.replace("\"mlp_only_layers\":[]", "\"mlp_only_layers\":[2, 48]"))
+                .unwrap_err();
         assert_eq!(
             err.to_string(),
             "config.json: mlp_only_layers: layer 48 is beyond the model's 48 layers (num_hidden_layers): there is no model.layers.48"
         );
-        let err = parse(&QWEN3_30B_A3B.replace("\"decoder_sparse_step\":1", "\"decoder_sparse_step\":0")).unwrap_err();
+        let err =
+            parse(&QWEN3_30B_A3B.replace("\"decoder_sparse_step\":1", "\"decoder_sparse_step\":0"))
+                .unwrap_err();
         assert!(err.to_string().contains("decoder_sparse_step"), "{err}");
-        let err = parse(&QWEN3_30B_A3B.replace("\"use_sliding_window\":false", "\"use_sliding_window\":true")).unwrap_err();
+        let err = parse(&QWEN3_30B_A3B.replace(
+            "\"use_sliding_window\":false",
+            "\"use_sliding_window\":true",
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("use_sliding_window"), "{err}");
         let err = parse(&QWEN3_30B_A3B.replace("\"moe_intermediate_size\":768,", "")).unwrap_err();
-        assert!(err.to_string().contains("moe_intermediate_size: missing required field"), "{err}");
-        let err = parse(&QWEN3_30B_A3B.replace("\"head_dim\":128", "\"head_dim\":127")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("moe_intermediate_size: missing required field"),
+            "{err}"
+        );
+        let err =
+            parse(&QWEN3_30B_A3B.replace("\"head_dim\":128", "\"head_dim\":127")).unwrap_err();
         assert!(err.to_string().contains("head_dim"), "{err}");
     }
 
     #[test]
     fn impossible_floats_name_the_field() {
-        for (key, value) in [("rms_norm_eps", "-1e-5"), ("rope_theta", "0"), ("router_aux_loss_coef", "-1")] {
+        for (key, value) in [
+            ("rms_norm_eps", "-1e-5"),
+            ("rope_theta", "0"),
+            ("router_aux_loss_coef", "-1"),
+        ] {
             let text = HUB.replacen('{', &format!("{{\"{key}\":{value},"), 1);
             let text = text.replacen(&format!(",\"{key}\":"), ",\"unused\":", 1);
             let err = parse(&text).unwrap_err().to_string();
-            assert!(err.contains(&format!("{key}: must be a finite number")), "{key}: {err}");
+            assert!(
+                err.contains(&format!("{key}: must be a finite number")),
+                "{key}: {err}"
+            );
         }
     }
 
     #[test]
     fn errors_name_the_field() {
-        let err = parse(&HUB.replace("\"hidden_size\":16", "\"hidden_size\":\"wide\"")).unwrap_err();
+        let err =
+            parse(&HUB.replace("\"hidden_size\":16", "\"hidden_size\":\"wide\"")).unwrap_err();
         assert!(err.to_string().contains("hidden_size"), "{err}");
         let err = parse(&HUB.replace("\"num_experts\":4,", "")).unwrap_err();
-        assert!(err.to_string().contains("num_experts: missing required field"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("num_experts: missing required field"),
+            "{err}"
+        );
         let err = parse(&HUB.replace("olmoe", "llama")).unwrap_err();
         assert!(err.to_string().contains("model_type"), "{err}");
         let err = parse(&HUB.replace("\"num_experts_per_tok\":2", "\"num_experts_per_tok\":9"))

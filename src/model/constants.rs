@@ -27,7 +27,10 @@ impl<B: Backend> Constants<B> {
         let inv_freq = rope.inv_freq();
         Self {
             index: Tensor::arange(0..len as i64, device),
-            inv_freq: Tensor::from_data(TensorData::new(inv_freq.to_vec(), [inv_freq.len()]), (device, DType::F32)),
+            inv_freq: Tensor::from_data(
+                TensorData::new(inv_freq.to_vec(), [inv_freq.len()]),
+                (device, DType::F32),
+            ),
         }
     }
 
@@ -46,7 +49,11 @@ impl<B: Backend> Constants<B> {
     /// # Panics
     /// When `end` passes [`Constants::len`].
     pub fn range(&self, range: std::ops::Range<usize>) -> Tensor<B, 1, Int> {
-        assert!(range.end <= self.len(), "index {range:?} beyond the constants' {}", self.len());
+        assert!(
+            range.end <= self.len(),
+            "index {range:?} beyond the constants' {}",
+            self.len()
+        );
         self.index.clone().slice(range)
     }
 
@@ -68,8 +75,14 @@ mod tests {
         let rope = Rope::new(4, 100.0);
         let c = Constants::<NdArray<f32>>::new(6, &rope, &device);
         assert_eq!(c.len(), 6);
-        assert_eq!(c.range(2..5).into_data().iter::<i64>().collect::<Vec<_>>(), [2, 3, 4]);
-        assert_eq!(c.inv_freq().into_data().to_vec::<f32>().unwrap(), rope.inv_freq());
+        assert_eq!(
+            c.range(2..5).into_data().iter::<i64>().collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        assert_eq!(
+            c.inv_freq().into_data().to_vec::<f32>().unwrap(),
+            rope.inv_freq()
+        );
     }
 
     #[test]

@@ -87,7 +87,11 @@ pub enum ExpertExecution {
 ///
 /// # Shapes
 /// - `x`: `[Σ counts, in]`, each of `weights`: `[in, out]` → `[Σ counts, out]`
-pub fn grouped_linear<B: Backend>(x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>, counts: &[usize]) -> Tensor<B, 2> {
+pub fn grouped_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weights: Vec<Tensor<B, 2>>,
+    counts: &[usize],
+) -> Tensor<B, 2> {
     debug_assert_eq!(weights.len(), counts.len());
     #[cfg(feature = "cuda")]
     if let Some(y) = crate::cuda::try_grouped_linear(&x, &weights, counts) {
@@ -98,7 +102,11 @@ pub fn grouped_linear<B: Backend>(x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>, c
 
 /// [`grouped_linear`] with burn's matmul on each group's rows, on every backend (what the CUDA
 /// path is tested against).
-pub fn grouped_linear_matmul<B: Backend>(x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>, counts: &[usize]) -> Tensor<B, 2> {
+pub fn grouped_linear_matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    weights: Vec<Tensor<B, 2>>,
+    counts: &[usize],
+) -> Tensor<B, 2> {
     if let [w] = &weights[..] {
         return x.matmul(w.clone());
     }
@@ -106,7 +114,11 @@ pub fn grouped_linear_matmul<B: Backend>(x: Tensor<B, 2>, weights: Vec<Tensor<B,
 }
 
 /// `f(e, rows of group e)` for every group with rows, concatenated in group order.
-fn per_group<B: Backend>(x: Tensor<B, 2>, counts: &[usize], mut f: impl FnMut(usize, Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, 2> {
+fn per_group<B: Backend>(
+    x: Tensor<B, 2>,
+    counts: &[usize],
+    mut f: impl FnMut(usize, Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, 2> {
     let mut start = 0;
     let mut parts = Vec::new();
     for (e, &c) in counts.iter().enumerate() {
@@ -128,7 +140,11 @@ fn per_group<B: Backend>(x: Tensor<B, 2>, counts: &[usize], mut f: impl FnMut(us
 ///
 /// # Shapes
 /// - `x`: `[rows, width]`, `perm`, `inverse`: `[rows]` → `[rows, width]`
-pub fn permute_rows<B: Backend>(x: Tensor<B, 2>, perm: Tensor<B, 1, Int>, inverse: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+pub fn permute_rows<B: Backend>(
+    x: Tensor<B, 2>,
+    perm: Tensor<B, 1, Int>,
+    inverse: Tensor<B, 1, Int>,
+) -> Tensor<B, 2> {
     #[cfg(feature = "cuda")]
     if let Some(y) = crate::cuda::grouped::try_permute_rows(&x, &perm, &inverse) {
         return y;
@@ -154,12 +170,17 @@ impl<B: Backend> Expert<B> {
     /// # Shapes
     /// - `x`: `[tokens, hidden]` → `[tokens, hidden]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        linear(&self.down_proj, silu(linear(&self.gate_proj, x.clone())) * linear(&self.up_proj, x))
+        linear(
+            &self.down_proj,
+            silu(linear(&self.gate_proj, x.clone())) * linear(&self.up_proj, x),
+        )
     }
 
     /// Whether any projection has a bias (OLMoE's experts have none).
     pub fn has_bias(&self) -> bool {
-        self.gate_proj.bias.is_some() || self.up_proj.bias.is_some() || self.down_proj.bias.is_some()
+        self.gate_proj.bias.is_some()
+            || self.up_proj.bias.is_some()
+            || self.down_proj.bias.is_some()
     }
 }
 
@@ -168,12 +189,21 @@ impl<B: Backend> Expert<B> {
 ///
 /// # Shapes
 /// - `x`: `[Σ counts, hidden]` → `[Σ counts, hidden]`
-pub fn grouped_experts<B: Backend>(experts: &[Expert<B>], x: Tensor<B, 2>, counts: &[usize]) -> Tensor<B, 2> {
+pub fn grouped_experts<B: Backend>(
+    experts: &[Expert<B>],
+    x: Tensor<B, 2>,
+    counts: &[usize],
+) -> Tensor<B, 2> {
     if experts.iter().any(Expert::has_bias) {
         return per_group(x, counts, |e, rows| experts[e].forward(rows));
     }
     let dtype = x.dtype();
-    let weights = |pick: fn(&Expert<B>) -> &Linear<B>| experts.iter().map(|e| in_dtype(pick(e).weight.val(), dtype)).collect::<Vec<_>>();
+    let weights = |pick: fn(&Expert<B>) -> &Linear<B>| {
+        experts
+            .iter()
+            .map(|e| in_dtype(pick(e).weight.val(), dtype))
+            .collect::<Vec<_>>()
+    };
     let gate = grouped_linear(x.clone(), weights(|e| &e.gate_proj), counts);
     let up = grouped_linear(x, weights(|e| &e.up_proj), counts);
     grouped_linear(silu(gate) * up, weights(|e| &e.down_proj), counts)
@@ -211,9 +241,15 @@ impl<B: Backend> StackedExperts<B> {
         if experts.is_empty() || experts.iter().any(Expert::has_bias) {
             return None;
         }
-        let weights = |pick: fn(&Expert<B>) -> &Linear<B>| experts.iter().map(move |e| in_dtype(pick(e).weight.val(), dtype));
+        let weights = |pick: fn(&Expert<B>) -> &Linear<B>| {
+            experts
+                .iter()
+                .map(move |e| in_dtype(pick(e).weight.val(), dtype))
+        };
         // One concatenation of the gate weights then the up weights: no intermediate copies.
-        let gate_up = weights(|e| &e.gate_proj).chain(weights(|e| &e.up_proj)).collect();
+        let gate_up = weights(|e| &e.gate_proj)
+            .chain(weights(|e| &e.up_proj))
+            .collect();
         Some(Self {
             gate_up: Tensor::cat(gate_up, 1),
             down: Tensor::cat(weights(|e| &e.down_proj).collect(), 0),
@@ -235,15 +271,26 @@ impl<B: Backend> StackedExperts<B> {
         let gate_up = grouped_linear(x, vec![self.gate_up.clone()], &all);
         // For inference on a GPU backend, the SwiGLU and the weights in one kernel (see `crate::cube`).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
-        if let Some(h) = choice.dense.as_ref().and_then(|dense| crate::cube::try_swiglu(&gate_up, dense, inter)) {
+        if let Some(h) = choice
+            .dense
+            .as_ref()
+            .and_then(|dense| crate::cube::try_swiglu(&gate_up, dense, inter))
+        {
             return grouped_linear(h, vec![self.down.clone()], &all);
         }
         let weights = match choice.dense {
             Some(dense) => dense.cast(dtype),
-            None => Tensor::<B, 2>::zeros([tokens, self.experts], (&device, dtype)).scatter(1, choice.experts, choice.weights.cast(dtype), IndexingUpdateOp::Add),
+            None => Tensor::<B, 2>::zeros([tokens, self.experts], (&device, dtype)).scatter(
+                1,
+                choice.experts,
+                choice.weights.cast(dtype),
+                IndexingUpdateOp::Add,
+            ),
         };
-        let h = silu(gate_up.clone().slice([0..tokens, 0..width])) * gate_up.slice([0..tokens, width..2 * width]);
-        let h = h.reshape([tokens, self.experts, inter]) * weights.reshape([tokens, self.experts, 1]);
+        let h = silu(gate_up.clone().slice([0..tokens, 0..width]))
+            * gate_up.slice([0..tokens, width..2 * width]);
+        let h =
+            h.reshape([tokens, self.experts, inter]) * weights.reshape([tokens, self.experts, 1]);
         grouped_linear(h.reshape([tokens, width]), vec![self.down.clone()], &all)
     }
 }
@@ -258,7 +305,11 @@ mod tests {
 
     type B = NdArray<f32>;
 
-    fn expert(hidden: usize, inter: usize, device: &burn::backend::ndarray::NdArrayDevice) -> Expert<B> {
+    fn expert(
+        hidden: usize,
+        inter: usize,
+        device: &burn::backend::ndarray::NdArrayDevice,
+    ) -> Expert<B> {
         let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
         Expert {
             gate_proj: lin(hidden, inter),
@@ -279,17 +330,25 @@ mod tests {
             experts: Tensor::<B, 2, Int>::from_data(TensorData::from(chosen), &device),
             dense: None,
         };
-        let got = StackedExperts::stack(&experts, DType::F32).unwrap().forward(x.clone(), choice);
+        let got = StackedExperts::stack(&experts, DType::F32)
+            .unwrap()
+            .forward(x.clone(), choice);
         for t in 0..3 {
             let row = x.clone().slice(t..t + 1);
             let mut want = row.zeros_like();
             for j in 0..2 {
-                want = want + experts[chosen[t][j] as usize].forward(row.clone()).mul_scalar(w[t][j]);
+                want = want
+                    + experts[chosen[t][j] as usize]
+                        .forward(row.clone())
+                        .mul_scalar(w[t][j]);
             }
             got.clone()
                 .slice(t..t + 1)
                 .into_data()
-                .assert_approx_eq::<f32>(&want.into_data(), burn::tensor::Tolerance::absolute(1e-6));
+                .assert_approx_eq::<f32>(
+                    &want.into_data(),
+                    burn::tensor::Tolerance::absolute(1e-6),
+                );
         }
     }
 }

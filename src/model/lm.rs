@@ -187,17 +187,30 @@ impl<B: Backend> MoeLm<B> {
 
     /// The decoder index of every MoE layer, in order.
     pub fn moe_layers(&self) -> Vec<usize> {
-        self.model.layers.iter().enumerate().filter(|(_, l)| l.mlp.moe().is_some()).map(|(i, _)| i).collect()
+        self.model
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.mlp.moe().is_some())
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// MoE layer `l` (the `l`-th MoE block of the stack).
     pub fn moe_block(&self, l: usize) -> &MoeBlock<B> {
-        self.moe_blocks().nth(l).unwrap_or_else(|| panic!("no MoE layer {l}"))
+        self.moe_blocks()
+            .nth(l)
+            .unwrap_or_else(|| panic!("no MoE layer {l}"))
     }
 
     /// MoE layer `l`, mutably.
     pub fn moe_block_mut(&mut self, l: usize) -> &mut MoeBlock<B> {
-        self.model.layers.iter_mut().filter_map(|x| x.mlp.moe_mut()).nth(l).unwrap_or_else(|| panic!("no MoE layer {l}"))
+        self.model
+            .layers
+            .iter_mut()
+            .filter_map(|x| x.mlp.moe_mut())
+            .nth(l)
+            .unwrap_or_else(|| panic!("no MoE layer {l}"))
     }
 
     /// Every MoE block, in order.
@@ -220,7 +233,9 @@ impl<B: Backend> MoeLm<B> {
     /// model, such as decode steps). `None` when the experts have biases.
     pub fn stack_experts(&self) -> Option<Vec<StackedExperts<B>>> {
         let dtype = self.model.embed_tokens.weight.val().dtype();
-        self.moe_blocks().map(|m| StackedExperts::stack(&m.experts, dtype)).collect()
+        self.moe_blocks()
+            .map(|m| StackedExperts::stack(&m.experts, dtype))
+            .collect()
     }
 
     /// A full forward pass with no cache.
@@ -230,7 +245,12 @@ impl<B: Backend> MoeLm<B> {
     }
 
     /// A forward pass that reads and extends `cache` (prefill, then one token at a time).
-    pub fn forward_cached(&self, input: LmInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> LmOutput<B> {
+    pub fn forward_cached(
+        &self,
+        input: LmInput<B>,
+        cache: &mut KvCache<B>,
+        routing: &Routing<B>,
+    ) -> LmOutput<B> {
         let decoded = self.run(input, Some(cache), routing, true);
         self.with_head(decoded, false)
     }
@@ -238,7 +258,12 @@ impl<B: Backend> MoeLm<B> {
     /// [`MoeLm::forward_cached`] computing logits for the last position only (`[batch, 1,
     /// vocab]`): what decoding needs, without the LM head over a whole prompt, nor the chosen
     /// experts (`chosen` is `None`; captured router logits are kept).
-    pub fn forward_cached_last(&self, input: LmInput<B>, cache: &mut KvCache<B>, routing: &Routing<B>) -> LmOutput<B> {
+    pub fn forward_cached_last(
+        &self,
+        input: LmInput<B>,
+        cache: &mut KvCache<B>,
+        routing: &Routing<B>,
+    ) -> LmOutput<B> {
         let decoded = self.run(input, Some(cache), routing, false);
         self.with_head(decoded, true)
     }
@@ -256,7 +281,10 @@ impl<B: Backend> MoeLm<B> {
         } = decoded;
         let logits = if last_only {
             let [batch, seq, width] = hidden.dims();
-            linear_3d(&self.lm_head, hidden.clone().slice([0..batch, seq - 1..seq, 0..width]))
+            linear_3d(
+                &self.lm_head,
+                hidden.clone().slice([0..batch, seq - 1..seq, 0..width]),
+            )
         } else {
             linear_3d(&self.lm_head, hidden.clone())
         };
@@ -269,7 +297,13 @@ impl<B: Backend> MoeLm<B> {
     }
 
     /// The decoder; the chosen experts are stacked (when captured) only if `keep_chosen`.
-    fn run(&self, input: LmInput<B>, mut cache: Option<&mut KvCache<B>>, routing: &Routing<B>, keep_chosen: bool) -> Decoded<B> {
+    fn run(
+        &self,
+        input: LmInput<B>,
+        mut cache: Option<&mut KvCache<B>>,
+        routing: &Routing<B>,
+        keep_chosen: bool,
+    ) -> Decoded<B> {
         let [batch, seq] = input.input_ids.dims();
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -277,15 +311,23 @@ impl<B: Backend> MoeLm<B> {
         // Key slots attention reads: the positions so far, or a preallocated cache's every slot.
         let keys = cache.as_ref().map(|c| c.key_slots(seq)).unwrap_or(total);
         // The index reaches every key slot (so every query position) and every expert.
-        let need = keys.max(self.moe_blocks().map(|m| m.experts.len()).max().unwrap_or(0));
+        let need = keys.max(
+            self.moe_blocks()
+                .map(|m| m.experts.len())
+                .max()
+                .unwrap_or(0),
+        );
         let make = |len| Constants::new(len, &self.rope, &device);
         let constants = match cache.as_deref_mut() {
             Some(c) => c.constants(need, make),
             None => make(need),
         };
-        let positions = input
-            .positions
-            .unwrap_or_else(|| constants.range(past..total).unsqueeze_dim::<2>(0).expand([batch, seq]));
+        let positions = input.positions.unwrap_or_else(|| {
+            constants
+                .range(past..total)
+                .unsqueeze_dim::<2>(0)
+                .expand([batch, seq])
+        });
         let (cos, sin) = self.rope.cos_sin(positions, constants.inv_freq());
         let masked = attention_mask(input.attention_mask, batch, seq, past, keys, &constants);
 
@@ -303,13 +345,19 @@ impl<B: Backend> MoeLm<B> {
                 FeedForward::Dense(mlp) => {
                     let [_, _, hidden] = h.dims();
                     let tokens = batch * seq;
-                    let y = grouped_experts(std::slice::from_ref(mlp), h.reshape([tokens, hidden]), &[tokens]);
+                    let y = grouped_experts(
+                        std::slice::from_ref(mlp),
+                        h.reshape([tokens, hidden]),
+                        &[tokens],
+                    );
                     x = x + y.reshape([batch, seq, hidden]);
                     continue;
                 }
             };
             let stacked = cache.as_deref().and_then(|c| c.stacked_experts(moe_layer));
-            let layer_routing = routing.layer(moe_layer).with_index(constants.range(0..block.experts.len()));
+            let layer_routing = routing
+                .layer(moe_layer)
+                .with_index(constants.range(0..block.experts.len()));
             let moe = block.forward(h, &layer_routing, self.execution, stacked);
             moe_layer += 1;
             x = x + moe.hidden;
@@ -349,8 +397,14 @@ fn attention_mask<B: Backend>(
     constants: &Constants<B>,
 ) -> Tensor<B, 4, Bool> {
     let total = past + seq;
-    let key_index = constants.range(0..keys).reshape([1, 1, keys]).expand([batch, seq, keys]);
-    let queries = constants.range(past..total).reshape([1, seq, 1]).expand([batch, seq, keys]);
+    let key_index = constants
+        .range(0..keys)
+        .reshape([1, 1, keys])
+        .expand([batch, seq, keys]);
+    let queries = constants
+        .range(past..total)
+        .reshape([1, seq, 1])
+        .expand([batch, seq, keys]);
     let causal = key_index.clone().lower_equal(queries.clone());
     let allowed = match padding {
         Some(valid) => {
@@ -358,7 +412,13 @@ fn attention_mask<B: Backend>(
             let valid = match width.cmp(&keys) {
                 std::cmp::Ordering::Less => {
                     let device = valid.device();
-                    Tensor::cat(vec![valid, Tensor::<B, 2, Bool>::zeros([batch, keys - width], &device)], 1)
+                    Tensor::cat(
+                        vec![
+                            valid,
+                            Tensor::<B, 2, Bool>::zeros([batch, keys - width], &device),
+                        ],
+                        1,
+                    )
                 }
                 std::cmp::Ordering::Equal => valid,
                 std::cmp::Ordering::Greater => valid.slice([0..batch, 0..keys]),

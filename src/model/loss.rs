@@ -17,7 +17,9 @@ pub const IGNORE_INDEX: i64 = -100;
 pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     let [batch, seq, vocab] = logits.dims();
     let logits = to_f32(logits.slice([0..batch, 0..seq - 1, 0..vocab]));
-    let targets = labels.slice([0..batch, 1..seq]).reshape([batch * (seq - 1), 1]);
+    let targets = labels
+        .slice([0..batch, 1..seq])
+        .reshape([batch * (seq - 1), 1]);
     let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
     let safe = targets.clone().mask_fill(counted.clone().bool_not(), 0);
     let logp = log_softmax(logits.reshape([batch * (seq - 1), vocab]), 1);
@@ -75,9 +77,15 @@ impl<B: Backend> Targets<B> {
 ///
 /// # Shapes
 /// - `hidden`: `[batch, seq, hidden]` → scalar `[1]`
-pub fn targeted_lm_loss<B: Backend>(hidden: Tensor<B, 3>, head: &burn::nn::Linear<B>, targets: &Targets<B>) -> Tensor<B, 1> {
+pub fn targeted_lm_loss<B: Backend>(
+    hidden: Tensor<B, 3>,
+    head: &burn::nn::Linear<B>,
+    targets: &Targets<B>,
+) -> Tensor<B, 1> {
     let [batch, seq, width] = hidden.dims();
-    let rows = hidden.reshape([batch * seq, width]).select(0, targets.positions.clone());
+    let rows = hidden
+        .reshape([batch * seq, width])
+        .select(0, targets.positions.clone());
     let logp = log_softmax(to_f32(dense_linear(head, rows)), 1);
     let n = targets.len();
     let picked = logp.gather(1, targets.labels.clone().reshape([n, 1]));
@@ -95,7 +103,8 @@ pub fn targeted_lm_loss<B: Backend>(hidden: Tensor<B, 3>, head: &burn::nn::Linea
 pub fn load_balancing_loss<B: Backend>(router_logits: Tensor<B, 4>, top_k: usize) -> Tensor<B, 1> {
     let [layers, batch, seq, experts] = router_logits.dims();
     let rows = layers * batch * seq;
-    let probs = burn::tensor::activation::softmax(to_f32(router_logits.reshape([rows, experts])), 1);
+    let probs =
+        burn::tensor::activation::softmax(to_f32(router_logits.reshape([rows, experts])), 1);
     // On the device, without burn's sort (a host round trip); see `routing::top_k`.
     let (_, selected) = super::routing::top_k(probs.clone().detach(), top_k);
     let picks = Tensor::<B, 2>::zeros([rows, experts], (&probs.device(), probs.dtype())).scatter(
@@ -122,7 +131,11 @@ mod tests {
     fn load_balancing_loss_is_experts_times_choice_shares_times_mean_probabilities() {
         let device = Default::default();
         let [layers, batch, seq, experts, k] = [2, 3, 5, 6, 2];
-        let logits = Tensor::<B, 4>::random([layers, batch, seq, experts], Distribution::Normal(0.0, 1.0), &device);
+        let logits = Tensor::<B, 4>::random(
+            [layers, batch, seq, experts],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let values: Vec<f32> = logits.to_data().to_vec().unwrap();
         let rows = (layers * batch * seq) as f64;
         let (mut share, mut mean) = (vec![0f64; experts], vec![0f64; experts]);
@@ -131,7 +144,9 @@ mod tests {
             let e: Vec<f64> = row.iter().map(|&v| (v as f64 - top).exp()).collect();
             let z: f64 = e.iter().sum();
             let p: Vec<f64> = e.iter().map(|v| v / z).collect();
-            p.iter().enumerate().for_each(|(i, pi)| mean[i] += pi / rows);
+            p.iter()
+                .enumerate()
+                .for_each(|(i, pi)| mean[i] += pi / rows);
             let mut order: Vec<usize> = (0..experts).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
             order[..k].iter().for_each(|&i| share[i] += 1.0 / rows);

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 pub use cache::KvCache;
 pub use checkpoint::{Precision, load, random, save};
 pub use config::{Arch, ModelConfig};
-pub use lm::{Decoded, FeedForward, LmInput, LmOutput, MoeLm};
 pub use experts::{Choice, Expert, ExpertExecution, StackedExperts};
+pub use lm::{Decoded, FeedForward, LmInput, LmOutput, MoeLm};
 pub use routing::Routing;
 
 /// A (MoE layer, expert) pair: MoE layers counted in order, dense layers skipped.

@@ -8,7 +8,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use super::config::ModelConfig;
-use super::experts::{Choice, Expert, ExpertExecution, StackedExperts, dense_linear, grouped_experts, linear, permute_rows};
+use super::experts::{
+    Choice, Expert, ExpertExecution, StackedExperts, dense_linear, grouped_experts, linear,
+    permute_rows,
+};
 use super::routing::LayerRouting;
 
 /// What a MoE block returns.
@@ -63,7 +66,13 @@ impl<B: Backend> MoeBlock<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → hidden `[batch, seq, hidden]`, logits `[batch * seq, experts]`
-    pub fn forward(&self, x: Tensor<B, 3>, routing: &LayerRouting<B>, execution: ExpertExecution, stacked: Option<&StackedExperts<B>>) -> MoeOutput<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        routing: &LayerRouting<B>,
+        execution: ExpertExecution,
+        stacked: Option<&StackedExperts<B>>,
+    ) -> MoeOutput<B> {
         let [batch, seq, hidden] = x.dims();
         let tokens = batch * seq;
         let x = x.reshape([tokens, hidden]);
@@ -83,7 +92,9 @@ impl<B: Backend> MoeBlock<B> {
             ExpertExecution::Auto => tokens <= DENSE_TOKENS_PER_EXPERT * self.experts.len(),
         };
         let stacked = match use_dense {
-            true => stacked.cloned().or_else(|| StackedExperts::stack(&self.experts, dtype)),
+            true => stacked
+                .cloned()
+                .or_else(|| StackedExperts::stack(&self.experts, dtype)),
             false => None,
         };
         let out = match stacked {
@@ -129,12 +140,22 @@ impl<B: Backend> MoeBlock<B> {
         let position = Tensor::<B, 1, Int>::from_data(TensorData::new(position, [n]), &device);
         // Each token's row k times (flat order), then grouped by expert: gathers only, no
         // scatter forward or backward (see `permute_rows`).
-        let repeated = x.unsqueeze_dim::<3>(1).expand([tokens, k, hidden]).reshape([n, hidden]);
+        let repeated = x
+            .unsqueeze_dim::<3>(1)
+            .expand([tokens, k, hidden])
+            .reshape([n, hidden]);
         let xs = permute_rows(repeated, sorted.clone(), position.clone());
         let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-        let ys = permute_rows(grouped_experts(&self.experts, xs, &counts), position, sorted);
+        let ys = permute_rows(
+            grouped_experts(&self.experts, xs, &counts),
+            position,
+            sorted,
+        );
         // Σ over each token's k choices of routing weight × expert output.
-        (ys * choice.weights.cast(x_dtype).reshape([n, 1])).reshape([tokens, k, hidden]).sum_dim(1).reshape([tokens, hidden])
+        (ys * choice.weights.cast(x_dtype).reshape([n, 1]))
+            .reshape([tokens, k, hidden])
+            .sum_dim(1)
+            .reshape([tokens, hidden])
     }
 }
 

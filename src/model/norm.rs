@@ -1,8 +1,8 @@
 //! RMSNorm computed in float32, as transformers' `OlmoeRMSNorm` and `Qwen3MoeRMSNorm` do.
 
 use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::experts::to_f32;
 

@@ -38,10 +38,18 @@ impl Rope {
     /// # Shapes
     /// - `positions`: `[batch, seq]`, `inv_freq`: `[head_dim / 2]` float32 → cos, sin:
     ///   `[batch, seq, 1, head_dim]` (float32)
-    pub fn cos_sin<B: Backend>(&self, positions: Tensor<B, 2, Int>, inv_freq: Tensor<B, 1>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn cos_sin<B: Backend>(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        inv_freq: Tensor<B, 1>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, seq] = positions.dims();
         let half = self.inv_freq.len();
-        assert_eq!(inv_freq.dims(), [half], "inverse frequencies of another head width");
+        assert_eq!(
+            inv_freq.dims(),
+            [half],
+            "inverse frequencies of another head width"
+        );
         let pos = positions
             .float()
             .cast(burn::tensor::FloatDType::F32)
@@ -49,7 +57,8 @@ impl Rope {
         let freqs = pos * inv_freq.reshape([1, 1, half]);
         let cos = freqs.clone().cos();
         let sin = freqs.sin();
-        let both = |a: Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![a, b], 2).unsqueeze_dim::<4>(2);
+        let both =
+            |a: Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![a, b], 2).unsqueeze_dim::<4>(2);
         (both(cos.clone(), cos), both(sin.clone().neg(), sin))
     }
 }
@@ -64,7 +73,11 @@ impl Rope {
 /// - `x`: `[batch, seq, heads, head_dim]` (heads before the swap to `[batch, heads, seq, _]`, so
 ///   that a contiguous projection splits its halves without a copy); `cos`, `sin` (sign folded
 ///   in): `[batch, seq, 1, head_dim]`
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     // For inference on a GPU backend: one kernel (see `crate::cube`).
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     if let Some(y) = crate::cube::try_rope(&x, cos, sin) {
@@ -72,7 +85,11 @@ pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<
     }
     let dtype = x.dtype();
     let [batch, seq, heads, dim] = x.dims();
-    let swapped = x.clone().reshape([batch, seq, heads, 2, dim / 2]).flip([3]).reshape([batch, seq, heads, dim]);
+    let swapped = x
+        .clone()
+        .reshape([batch, seq, heads, 2, dim / 2])
+        .flip([3])
+        .reshape([batch, seq, heads, dim]);
     x * cos.clone().cast(dtype) + swapped * sin.clone().cast(dtype)
 }
 
@@ -92,7 +109,10 @@ mod tests {
         let inv_freq = Tensor::from_floats(rope.inv_freq(), &device);
         let (cos, sin) = rope.cos_sin(positions, inv_freq);
         let x = Tensor::<B, 4>::from_floats([[[[1.0, 0.0, 0.0, 0.0]]]], &device);
-        let y = apply_rope(x, &cos, &sin).into_data().to_vec::<f32>().unwrap();
+        let y = apply_rope(x, &cos, &sin)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         // x1 = [1, 0], x2 = [0, 0]: y = [cos(2), cos(0.2)*0, sin(2)*1, 0]
         let expected = [2f32.cos(), 0.0, 2f32.sin(), 0.0];
         for (a, b) in y.iter().zip(expected) {

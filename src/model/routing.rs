@@ -92,7 +92,11 @@ impl<B: Backend> Routing<B> {
     ///
     /// # Shapes
     /// - `on`, `off`: `[layers, experts]`, `true` = forced
-    pub fn with_forced(mut self, on: Option<Tensor<B, 2, Bool>>, off: Option<Tensor<B, 2, Bool>>) -> Self {
+    pub fn with_forced(
+        mut self,
+        on: Option<Tensor<B, 2, Bool>>,
+        off: Option<Tensor<B, 2, Bool>>,
+    ) -> Self {
         self.force_on = on;
         self.force_off = off;
         self
@@ -152,7 +156,13 @@ impl<B: Backend> LayerRouting<B> {
     /// # Shapes
     /// - `logits`: `[batch * seq, experts]` (rows batch-major), `batch` rows of `allow` expanded
     ///   over `seq`
-    pub fn choose(&self, logits: Tensor<B, 2>, batch: usize, top_k: usize, renorm: bool) -> Choice<B> {
+    pub fn choose(
+        &self,
+        logits: Tensor<B, 2>,
+        batch: usize,
+        top_k: usize,
+        renorm: bool,
+    ) -> Choice<B> {
         let [tokens, num_experts] = logits.dims();
         let dtype = logits.dtype();
         let mut routed = logits;
@@ -182,9 +192,21 @@ impl<B: Backend> LayerRouting<B> {
                 // router_logits = log_softmax(router_logits); max_per_tok, min_per_tok taken first;
                 // router_logits[:, pos_mask] = max_per_tok + 0.01; router_logits[:, neg_mask] = min_per_tok - 0.01
                 let logp = log_softmax(to_f32(routed), 1);
-                let top = logp.clone().max_dim(1).add_scalar(0.01).expand([tokens, num_experts]);
-                let bottom = logp.clone().min_dim(1).sub_scalar(0.01).expand([tokens, num_experts]);
-                let rows = |m: &Tensor<B, 1, Bool>| m.clone().unsqueeze_dim::<2>(0).expand([tokens, num_experts]);
+                let top = logp
+                    .clone()
+                    .max_dim(1)
+                    .add_scalar(0.01)
+                    .expand([tokens, num_experts]);
+                let bottom = logp
+                    .clone()
+                    .min_dim(1)
+                    .sub_scalar(0.01)
+                    .expand([tokens, num_experts]);
+                let rows = |m: &Tensor<B, 1, Bool>| {
+                    m.clone()
+                        .unsqueeze_dim::<2>(0)
+                        .expand([tokens, num_experts])
+                };
                 let mut scores = logp;
                 if let Some(on) = &self.force_on {
                     scores = scores.mask_where(rows(on), top);
@@ -215,7 +237,11 @@ impl<B: Backend> LayerRouting<B> {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
             weights = weights.clone() / weights.sum_dim(1);
         }
-        Choice { weights, experts, dense: None }
+        Choice {
+            weights,
+            experts,
+            dense: None,
+        }
     }
 }
 
@@ -237,7 +263,11 @@ pub fn top_k<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 
 ///
 /// On burn's GPU backends the indices come from one kernel instead (`crate::cube::try_top_k`,
 /// the same order), the values gathered as here.
-pub fn top_k_indexed<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+pub fn top_k_indexed<B: Backend>(
+    x: Tensor<B, 2>,
+    k: usize,
+    index: Tensor<B, 1, Int>,
+) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     if let Some(indices) = crate::cube::try_top_k(&x, k) {
         return (x.gather(1, indices.clone()), indices);
@@ -246,7 +276,11 @@ pub fn top_k_indexed<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, 
 }
 
 /// [`top_k_indexed`] with burn's tensor ops on every backend (what the kernel is tested against).
-pub fn top_k_by_rank<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+pub fn top_k_by_rank<B: Backend>(
+    x: Tensor<B, 2>,
+    k: usize,
+    index: Tensor<B, 1, Int>,
+) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     top_k_in_chunks(x, k, index, TOP_K_CHUNK_ELEMENTS)
 }
 
@@ -254,7 +288,12 @@ pub fn top_k_by_rank<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, 
 /// intermediates (2²⁶ elements: 256 MiB as i32; one chunk for 8,192 rows of 64 experts).
 const TOP_K_CHUNK_ELEMENTS: usize = 1 << 26;
 
-fn top_k_in_chunks<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, Int>, max_elements: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+fn top_k_in_chunks<B: Backend>(
+    x: Tensor<B, 2>,
+    k: usize,
+    index: Tensor<B, 1, Int>,
+    max_elements: usize,
+) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let [rows, n] = x.dims();
     assert_eq!(index.dims(), [n], "top-k index of another width");
     let chunk = (max_elements / (n * n).max(1)).max(1);
@@ -263,12 +302,22 @@ fn top_k_in_chunks<B: Backend>(x: Tensor<B, 2>, k: usize, index: Tensor<B, 1, In
     }
     let (values, indices): (Vec<_>, Vec<_>) = (0..rows)
         .step_by(chunk)
-        .map(|start| top_k_rows(x.clone().slice([start..(start + chunk).min(rows), 0..n]), k, index.clone()))
+        .map(|start| {
+            top_k_rows(
+                x.clone().slice([start..(start + chunk).min(rows), 0..n]),
+                k,
+                index.clone(),
+            )
+        })
         .unzip();
     (Tensor::cat(values, 0), Tensor::cat(indices, 0))
 }
 
-fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize, arange: Tensor<B, 1, Int>) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+fn top_k_rows<B: Backend>(
+    x: Tensor<B, 2>,
+    k: usize,
+    arange: Tensor<B, 1, Int>,
+) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let [rows, n] = x.dims();
     assert!(k <= n, "top-{k} of rows of {n} entries");
     let cube = [rows, n, n];
@@ -285,12 +334,19 @@ fn top_k_rows<B: Backend>(x: Tensor<B, 2>, k: usize, arange: Tensor<B, 1, Int>) 
         .lower(arange.clone().reshape([n, 1]).expand([n, n]))
         .unsqueeze_dim::<3>(0)
         .expand(cube);
-    let before = other.clone().greater(this.clone()).int() + other.equal(this).bool_and(lower).int();
+    let before =
+        other.clone().greater(this.clone()).int() + other.equal(this).bool_and(lower).int();
     // [r, j, slot]: entry j has rank `slot`.
     let rank = before.sum_dim(2).expand([rows, n, k]);
-    let slots = arange.clone().slice(0..k).reshape([1, 1, k]).expand([rows, n, k]);
+    let slots = arange
+        .clone()
+        .slice(0..k)
+        .reshape([1, 1, k])
+        .expand([rows, n, k]);
     let index = arange.reshape([1, n, 1]).expand([rows, n, k]);
-    let indices = (rank.equal(slots).int() * index).sum_dim(1).reshape([rows, k]);
+    let indices = (rank.equal(slots).int() * index)
+        .sum_dim(1)
+        .reshape([rows, k]);
     (x.gather(1, indices.clone()), indices)
 }
 
@@ -302,7 +358,10 @@ mod tests {
 
     type B = NdArray<f32>;
 
-    fn layer<B: Backend>(allow: Option<Tensor<B, 2, Bool>>, force: [Option<Tensor<B, 1, Bool>>; 2]) -> LayerRouting<B> {
+    fn layer<B: Backend>(
+        allow: Option<Tensor<B, 2, Bool>>,
+        force: [Option<Tensor<B, 1, Bool>>; 2],
+    ) -> LayerRouting<B> {
         let [force_on, force_off] = force;
         LayerRouting {
             allow,
@@ -313,13 +372,15 @@ mod tests {
     }
 
     fn logits() -> Tensor<B, 2> {
-        Tensor::from_floats([[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 4.0, 3.5]], &Default::default())
+        Tensor::from_floats(
+            [[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 4.0, 3.5]],
+            &Default::default(),
+        )
     }
 
     #[test]
     fn free_routing_picks_the_largest_probabilities() {
-        let choice = layer::<B>(None, [None, None])
-            .choose(logits(), 1, 2, false);
+        let choice = layer::<B>(None, [None, None]).choose(logits(), 1, 2, false);
         choice
             .experts
             .into_data()
@@ -334,13 +395,34 @@ mod tests {
     #[test]
     fn top_k_orders_like_a_stable_descending_sort() {
         let device = Default::default();
-        let x = Tensor::<B, 2>::from_floats([[0.1, 0.7, 0.7, 0.0, 0.2], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0], [f32::NAN, 1.0, f32::NAN, 2.0, 0.5]], &device);
+        let x = Tensor::<B, 2>::from_floats(
+            [
+                [0.1, 0.7, 0.7, 0.0, 0.2],
+                [0.0, 0.0, 0.0, 0.0, 0.0],
+                [5.0, 4.0, 3.0, 2.0, 1.0],
+                [f32::NAN, 1.0, f32::NAN, 2.0, 0.5],
+            ],
+            &device,
+        );
         let (values, indices) = top_k(x, 3);
-        indices.into_data().assert_eq(&TensorData::from([[1i64, 2, 4], [0, 1, 2], [0, 1, 2], [3, 1, 4]]), false);
-        values.into_data().assert_eq(&TensorData::from([[0.7f32, 0.7, 0.2], [0.0, 0.0, 0.0], [5.0, 4.0, 3.0], [2.0, 1.0, 0.5]]), false);
+        indices.into_data().assert_eq(
+            &TensorData::from([[1i64, 2, 4], [0, 1, 2], [0, 1, 2], [3, 1, 4]]),
+            false,
+        );
+        values.into_data().assert_eq(
+            &TensorData::from([
+                [0.7f32, 0.7, 0.2],
+                [0.0, 0.0, 0.0],
+                [5.0, 4.0, 3.0],
+                [2.0, 1.0, 0.5],
+            ]),
+            false,
+        );
         // An all-NaN row still gives valid, distinct indices.
         let (_, indices) = top_k(Tensor::<B, 2>::full([1, 4], f32::NAN, &device), 2);
-        indices.into_data().assert_eq(&TensorData::from([[0i64, 1]]), false);
+        indices
+            .into_data()
+            .assert_eq(&TensorData::from([[0i64, 1]]), false);
         // Against a sort on the host, on random rows.
         let x = Tensor::<B, 2>::random([64, 16], burn::tensor::Distribution::Default, &device);
         let rows: Vec<f32> = x.to_data().to_vec().unwrap();
@@ -349,7 +431,11 @@ mod tests {
         for (r, row) in rows.chunks(16).enumerate() {
             let mut order: Vec<usize> = (0..16).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            assert_eq!(&got[r * 4..r * 4 + 4], &order[..4].iter().map(|&i| i as i64).collect::<Vec<_>>()[..], "row {r}");
+            assert_eq!(
+                &got[r * 4..r * 4 + 4],
+                &order[..4].iter().map(|&i| i as i64).collect::<Vec<_>>()[..],
+                "row {r}"
+            );
         }
         // In chunks of 5 rows (the last one short), the same.
         let x = Tensor::<B, 2>::random([23, 16], burn::tensor::Distribution::Default, &device);
@@ -367,8 +453,7 @@ mod tests {
             TensorData::from([[true, false, false, false]]),
             &device,
         );
-        let choice = layer(Some(allow), [None, None])
-            .choose(logits(), 1, 2, true);
+        let choice = layer(Some(allow), [None, None]).choose(logits(), 1, 2, true);
         let experts = choice.experts.into_data().to_vec::<i64>().unwrap();
         let w = choice.weights.into_data().to_vec::<f32>().unwrap();
         assert_eq!(experts[0], 0);
@@ -384,8 +469,7 @@ mod tests {
             TensorData::from([[false, false, false, true], [false, true, false, false]]),
             &device,
         );
-        let choice = layer(Some(allow), [None, None])
-            .choose(logits(), 2, 1, false);
+        let choice = layer(Some(allow), [None, None]).choose(logits(), 2, 1, false);
         choice
             .experts
             .into_data()
@@ -395,9 +479,21 @@ mod tests {
     #[test]
     fn forced_experts_join_or_leave_every_top_k_as_the_paper_sets_them() {
         let device = Default::default();
-        let mask = |v: [bool; 4]| Some(Tensor::<B, 1, Bool>::from_bool(TensorData::from(v), &device));
+        let mask = |v: [bool; 4]| {
+            Some(Tensor::<B, 1, Bool>::from_bool(
+                TensorData::from(v),
+                &device,
+            ))
+        };
         // Expert 0 forced on, expert 2 forced off; k = 2.
-        let choice = layer(None, [mask([true, false, false, false]), mask([false, false, true, false])]).choose(logits(), 1, 2, false);
+        let choice = layer(
+            None,
+            [
+                mask([true, false, false, false]),
+                mask([false, false, true, false]),
+            ],
+        )
+        .choose(logits(), 1, 2, false);
         choice
             .experts
             .into_data()
@@ -411,6 +507,9 @@ mod tests {
         s[2] = logp[1] - 0.01;
         let z: f32 = s.iter().map(|v| v.exp()).sum();
         let w = choice.weights.into_data().to_vec::<f32>().unwrap();
-        assert!((w[2] - s[0].exp() / z).abs() < 1e-6 && (w[3] - s[3].exp() / z).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[2] - s[0].exp() / z).abs() < 1e-6 && (w[3] - s[3].exp() / z).abs() < 1e-6,
+            "{w:?}"
+        );
     }
 }

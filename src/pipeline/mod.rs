@@ -51,7 +51,9 @@ pub enum PipelineError {
         reason: String,
     },
     /// An evaluation prompt or answer does not fit the model's positions.
-    #[error("{what} of record {record}: {tokens} tokens, more than the model's max_position_embeddings ({limit}); lower {key}")]
+    #[error(
+        "{what} of record {record}: {tokens} tokens, more than the model's max_position_embeddings ({limit}); lower {key}"
+    )]
     TooLong {
         /// Which set.
         what: String,
@@ -140,7 +142,14 @@ pub enum Event {
 pub trait Hook: Sync {
     /// Give `dir` the stage `stage` (fingerprint key `key`): `done` says whether it is finished
     /// there already; `work` runs it.
-    fn around(&self, stage: &Stage, key: &str, dir: &RunDir, done: bool, work: &mut dyn FnMut() -> Result<(), Error>) -> Result<Outcome, Error>;
+    fn around(
+        &self,
+        stage: &Stage,
+        key: &str,
+        dir: &RunDir,
+        done: bool,
+        work: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<Outcome, Error>;
 }
 
 /// The plain hook: a finished stage is kept, the others run (and resume where they can).
@@ -148,7 +157,14 @@ pub trait Hook: Sync {
 pub struct Resume;
 
 impl Hook for Resume {
-    fn around(&self, _: &Stage, _: &str, _: &RunDir, done: bool, work: &mut dyn FnMut() -> Result<(), Error>) -> Result<Outcome, Error> {
+    fn around(
+        &self,
+        _: &Stage,
+        _: &str,
+        _: &RunDir,
+        done: bool,
+        work: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<Outcome, Error> {
         if done {
             return Ok(Outcome::Done);
         }
@@ -180,7 +196,12 @@ pub enum Finished {
 
 /// The provenance of a run: steermoe's version and git revision, the seed, the config file and
 /// the overrides; `extra` adds keys (a sweep's cell).
-pub fn provenance(cfg: &Config, config_path: &std::path::Path, overrides: &[String], extra: serde_json::Value) -> serde_json::Value {
+pub fn provenance(
+    cfg: &Config,
+    config_path: &std::path::Path,
+    overrides: &[String],
+    extra: serde_json::Value,
+) -> serde_json::Value {
     let mut p = serde_json::json!({
         "steermoe_version": env!("CARGO_PKG_VERSION"),
         "git_revision": env!("STEERMOE_GIT_REVISION"),
@@ -200,7 +221,10 @@ fn recorded(dir: &RunDir) -> Result<Option<Vec<(Stage, serde_json::Value)>>, Err
     if !file.exists() {
         return Ok(None);
     }
-    let bad = |reason: String| PipelineError::Recorded { path: file.path().to_path_buf(), reason };
+    let bad = |reason: String| PipelineError::Recorded {
+        path: file.path().to_path_buf(),
+        reason,
+    };
     let text = String::from_utf8(file.read()?).map_err(|e| bad(e.to_string()))?;
     let old = Config::parse(&text, file.path(), &[]).map_err(|e| bad(e.to_string()))?;
     Ok(Some(fingerprints(&old)))
@@ -210,14 +234,26 @@ fn recorded(dir: &RunDir) -> Result<Option<Vec<(Stage, serde_json::Value)>>, Err
 /// to `on_event`. Pre-flight first (nothing is created if it fails), then the directory's lock
 /// and its reconciliation with the config (a changed setting redoes its stage and those after
 /// it, or is refused where it made files that are kept), provenance, and the stages in order.
-pub fn run<B: AutodiffBackend>(cfg: &Config, dir: &RunDir, only: Option<Stage>, env: &Env<'_, B>, hook: &dyn Hook, on_event: &(dyn Fn(Event) + Sync)) -> Result<Finished, Error> {
+pub fn run<B: AutodiffBackend>(
+    cfg: &Config,
+    dir: &RunDir,
+    only: Option<Stage>,
+    env: &Env<'_, B>,
+    hook: &dyn Hook,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<Finished, Error> {
     let selected = match only {
         Some(s) => vec![s],
         None => stages(cfg),
     };
     let pre = preflight(cfg, &selected)?;
     let _lock = dir.lock()?;
-    let reconciled = dir.reconcile(recorded(dir)?.as_deref(), &fingerprints(cfg), selected[0], &cfg.to_toml())?;
+    let reconciled = dir.reconcile(
+        recorded(dir)?.as_deref(),
+        &fingerprints(cfg),
+        selected[0],
+        &cfg.to_toml(),
+    )?;
     if let Some(m) = reconciled.message() {
         on_event(Event::Notice(format!("{}: {m}", dir.path().display())));
     }
@@ -231,7 +267,11 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, dir: &RunDir, only: Option<Stage>, 
         let start = Instant::now();
         let mut work = || run_stage(cfg, dir, stage, &pre, env, on_event, &stopped);
         let outcome = hook.around(stage, &stage.key(cfg), dir, dir.is_done(stage), &mut work)?;
-        on_event(Event::Done { stage: *stage, outcome, seconds: start.elapsed().as_secs_f64() });
+        on_event(Event::Done {
+            stage: *stage,
+            outcome,
+            seconds: start.elapsed().as_secs_f64(),
+        });
         if stopped.get() {
             return Ok(Finished::Stopped);
         }
@@ -252,16 +292,36 @@ fn require(dir: &RunDir, stage: &Stage, needs: Stage) -> Result<(), Error> {
     if dir.is_done(&needs) {
         return Ok(());
     }
-    Err(PipelineError::NotDone { dir: dir.path().to_path_buf(), stage: stage.name(), needs: needs.name() }.into())
+    Err(PipelineError::NotDone {
+        dir: dir.path().to_path_buf(),
+        stage: stage.name(),
+        needs: needs.name(),
+    }
+    .into())
 }
 
-fn run_stage<B: AutodiffBackend>(cfg: &Config, dir: &RunDir, stage: &Stage, pre: &Preflight, env: &Env<'_, B>, on_event: &(dyn Fn(Event) + Sync), stopped: &Cell<bool>) -> Result<(), Error> {
+fn run_stage<B: AutodiffBackend>(
+    cfg: &Config,
+    dir: &RunDir,
+    stage: &Stage,
+    pre: &Preflight,
+    env: &Env<'_, B>,
+    on_event: &(dyn Fn(Event) + Sync),
+    stopped: &Cell<bool>,
+) -> Result<(), Error> {
     let base = || env.models.get(&cfg.model, env.device);
     match stage {
         Stage::Collect => {
             let model = base()?.valid();
-            let c = Collector { model: &model, tokenizer: &pre.tokenizer, judge: &cfg.judge, device: env.device };
-            crate::collect::collect(&c, &pre.batches, &cfg.collect, dir, |e| on_event(Event::Collect(e)))?;
+            let c = Collector {
+                model: &model,
+                tokenizer: &pre.tokenizer,
+                judge: &cfg.judge,
+                device: env.device,
+            };
+            crate::collect::collect(&c, &pre.batches, &cfg.collect, dir, |e| {
+                on_event(Event::Collect(e))
+            })?;
         }
         Stage::Analyze => {
             require(dir, stage, Stage::Collect)?;
@@ -270,16 +330,38 @@ fn run_stage<B: AutodiffBackend>(cfg: &Config, dir: &RunDir, stage: &Stage, pre:
         }
         Stage::Train => {
             require(dir, stage, Stage::Analyze)?;
-            let valid = crate::train::valid::heldout_groups(&cfg.data, &cfg.train, &pre.tokenizer, cfg.collect.batch_size)?;
-            let inputs = TrainInputs::read(dir, &cfg.train, &pre.tokenizer, pre.model_cfg.clone(), valid)?;
-            let ctx = TrainContext { cfg: &cfg.train, seed: cfg.seed, devices: &cfg.model.devices, base_model: &cfg.model.dir };
+            let valid = crate::train::valid::heldout_groups(
+                &cfg.data,
+                &cfg.train,
+                &pre.tokenizer,
+                cfg.collect.batch_size,
+            )?;
+            let inputs = TrainInputs::read(
+                dir,
+                &cfg.train,
+                &pre.tokenizer,
+                pre.model_cfg.clone(),
+                valid,
+            )?;
+            let ctx = TrainContext {
+                cfg: &cfg.train,
+                seed: cfg.seed,
+                devices: &cfg.model.devices,
+                base_model: &cfg.model.dir,
+            };
             let load = || Ok(base()?);
-            let summary = crate::train::train(&ctx, dir, inputs, load, env.device, &env.train, |e| on_event(Event::Train(e)))?;
+            let summary =
+                crate::train::train(&ctx, dir, inputs, load, env.device, &env.train, |e| {
+                    on_event(Event::Train(e))
+                })?;
             stopped.set(summary.stopped);
             on_event(Event::Trained(Box::new(summary)));
         }
         Stage::Eval(v) => {
-            let sets = pre.eval_sets.as_ref().expect("pre-flight builds the sets when an evaluation runs");
+            let sets = pre
+                .eval_sets
+                .as_ref()
+                .expect("pre-flight builds the sets when an evaluation runs");
             let report = match v {
                 Variant::Base | Variant::Steered(_) => {
                     let s = match v {
@@ -290,16 +372,41 @@ fn run_stage<B: AutodiffBackend>(cfg: &Config, dir: &RunDir, stage: &Stage, pre:
                         _ => Steering::default(),
                     };
                     let model = base()?.valid();
-                    let e = Evaluator { model: &model, name: cfg.model.dir.display().to_string(), tokenizer: &pre.tokenizer, judge: &cfg.judge, device: env.device };
-                    evaluate_into(&e, sets, &cfg.eval, &s, &dir.eval(v), |p| on_event(Event::Eval(*v, p)))?
+                    let e = Evaluator {
+                        model: &model,
+                        name: cfg.model.dir.display().to_string(),
+                        tokenizer: &pre.tokenizer,
+                        judge: &cfg.judge,
+                        device: env.device,
+                    };
+                    evaluate_into(&e, sets, &cfg.eval, &s, &dir.eval(v), |p| {
+                        on_event(Event::Eval(*v, p))
+                    })?
                 }
                 Variant::Trained => {
                     require(dir, stage, Stage::Train)?;
                     let path = dir.final_model();
-                    let (model, _) = crate::model::load::<B::InnerBackend>(&path, env.device, cfg.model.precision)?;
+                    let (model, _) = crate::model::load::<B::InnerBackend>(
+                        &path,
+                        env.device,
+                        cfg.model.precision,
+                    )?;
                     let tokenizer = cfg.model.tokenizer(&path)?;
-                    let e = Evaluator { model: &model, name: path.display().to_string(), tokenizer: &tokenizer, judge: &cfg.judge, device: env.device };
-                    evaluate_into(&e, sets, &cfg.eval, &Steering::default(), &dir.eval(v), |p| on_event(Event::Eval(*v, p)))?
+                    let e = Evaluator {
+                        model: &model,
+                        name: path.display().to_string(),
+                        tokenizer: &tokenizer,
+                        judge: &cfg.judge,
+                        device: env.device,
+                    };
+                    evaluate_into(
+                        &e,
+                        sets,
+                        &cfg.eval,
+                        &Steering::default(),
+                        &dir.eval(v),
+                        |p| on_event(Event::Eval(*v, p)),
+                    )?
                 }
             };
             on_event(Event::Evaluated(*v, Box::new(report)));
@@ -309,14 +416,30 @@ fn run_stage<B: AutodiffBackend>(cfg: &Config, dir: &RunDir, stage: &Stage, pre:
 }
 
 /// The steering `setting` takes from the analysed run `dir`, for the model of `m`.
-fn steer(dir: &RunDir, setting: SteerSetting, m: &crate::model::ModelConfig) -> Result<Steering, Error> {
-    Ok(steering(dir, setting, m.num_moe_layers(), m.num_experts, m.num_experts_per_tok)?)
+fn steer(
+    dir: &RunDir,
+    setting: SteerSetting,
+    m: &crate::model::ModelConfig,
+) -> Result<Steering, Error> {
+    Ok(steering(
+        dir,
+        setting,
+        m.num_moe_layers(),
+        m.num_experts,
+        m.num_experts_per_tok,
+    )?)
 }
 
 /// Evaluate the model `cfg.model` names, steered with `steer` (an analysed run and a setting)
 /// if given, into the folder `out` (held for the evaluation): what `steermoe eval` does outside
 /// a run.
-pub fn evaluate<B: AutodiffBackend>(cfg: &Config, steer_by: Option<(&RunDir, SteerSetting)>, out: &EvalDir, env: &Env<'_, B>, on_event: &(dyn Fn(Event) + Sync)) -> Result<EvalReport, Error> {
+pub fn evaluate<B: AutodiffBackend>(
+    cfg: &Config,
+    steer_by: Option<(&RunDir, SteerSetting)>,
+    out: &EvalDir,
+    env: &Env<'_, B>,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<EvalReport, Error> {
     let variant = steer_by.map_or(Variant::Base, |(_, s)| Variant::Steered(s));
     let pre = preflight(cfg, &[Stage::Eval(variant)])?;
     for n in &pre.notices {
@@ -328,7 +451,18 @@ pub fn evaluate<B: AutodiffBackend>(cfg: &Config, steer_by: Option<(&RunDir, Ste
     };
     let _lock = out.lock()?;
     let model = env.models.get(&cfg.model, env.device)?.valid();
-    let e = Evaluator { model: &model, name: cfg.model.dir.display().to_string(), tokenizer: &pre.tokenizer, judge: &cfg.judge, device: env.device };
-    let sets = pre.eval_sets.as_ref().expect("pre-flight builds the sets when an evaluation runs");
-    Ok(evaluate_into(&e, sets, &cfg.eval, &s, out, |p| on_event(Event::Eval(variant, p)))?)
+    let e = Evaluator {
+        model: &model,
+        name: cfg.model.dir.display().to_string(),
+        tokenizer: &pre.tokenizer,
+        judge: &cfg.judge,
+        device: env.device,
+    };
+    let sets = pre
+        .eval_sets
+        .as_ref()
+        .expect("pre-flight builds the sets when an evaluation runs");
+    Ok(evaluate_into(&e, sets, &cfg.eval, &s, out, |p| {
+        on_event(Event::Eval(variant, p))
+    })?)
 }

@@ -18,7 +18,9 @@ pub struct Models<B: Backend> {
 
 impl<B: Backend> Default for Models<B> {
     fn default() -> Self {
-        Self { loaded: Mutex::new(Vec::new()) }
+        Self {
+            loaded: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -27,7 +29,10 @@ impl<B: Backend> Models<B> {
     /// of the loaded one after that: its tensors are shared, not copied).
     pub fn get(&self, settings: &ModelSettings, device: &B::Device) -> Result<MoeLm<B>, LoadError> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, m)) = loaded.iter().find(|(d, p, _)| *d == settings.dir && *p == settings.precision) {
+        if let Some((_, _, m)) = loaded
+            .iter()
+            .find(|(d, p, _)| *d == settings.dir && *p == settings.precision)
+        {
             return Ok(m.clone());
         }
         let (m, _) = model::load::<B>(&settings.dir, device, settings.precision)?;

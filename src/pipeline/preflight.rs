@@ -41,7 +41,11 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         crate::train::check_devices(&cfg.model.devices)?;
     }
     crate::backend::compiled(cfg.model.backend).map_err(PipelineError::from)?;
-    let missing = |key, path: &std::path::Path, what| PipelineError::Missing { key, path: path.to_path_buf(), what };
+    let missing = |key, path: &std::path::Path, what| PipelineError::Missing {
+        key,
+        path: path.to_path_buf(),
+        what,
+    };
     let dir = &cfg.model.dir;
     if !dir.is_dir() {
         return Err(missing("model.dir", dir, "directory").into());
@@ -83,12 +87,23 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         }
         eval_sets = Some(sets);
     }
-    Ok(Preflight { model_cfg, tokenizer, batches, eval_sets, notices })
+    Ok(Preflight {
+        model_cfg,
+        tokenizer,
+        batches,
+        eval_sets,
+        notices,
+    })
 }
 
 /// Every evaluation prompt (cut to `eval.max_prompt_tokens`) with its answer, and every scored
 /// reference answer (cut to `eval.nll_max_len`), fits the model's positions.
-fn check_eval_lengths(cfg: &Config, sets: &EvalSets, tokenizer: &ChatTokenizer, limit: usize) -> Result<(), Error> {
+fn check_eval_lengths(
+    cfg: &Config,
+    sets: &EvalSets,
+    tokenizer: &ChatTokenizer,
+    limit: usize,
+) -> Result<(), Error> {
     let e = &cfg.eval;
     let too_long = |what: &str, record: usize, tokens: usize, key: &str| PipelineError::TooLong {
         what: what.to_string(),
@@ -97,19 +112,37 @@ fn check_eval_lengths(cfg: &Config, sets: &EvalSets, tokenizer: &ChatTokenizer, 
         limit,
         key: key.to_string(),
     };
-    let prompts = sets.plain.iter().map(|p| ("plain goal", p)).chain(sets.jailbreak.iter().map(|p| ("jailbreak", p)));
+    let prompts = sets
+        .plain
+        .iter()
+        .map(|p| ("plain goal", p))
+        .chain(sets.jailbreak.iter().map(|p| ("jailbreak", p)));
     for (what, p) in prompts.chain(sets.benign.iter().map(|b| ("benign prompt", &b.prompt))) {
-        let tokens = tokenizer.encode_prompt(&p.messages, e.max_prompt_tokens)?.len() + e.max_new_tokens;
+        let tokens = tokenizer
+            .encode_prompt(&p.messages, e.max_prompt_tokens)?
+            .len()
+            + e.max_new_tokens;
         if tokens > limit {
-            return Err(too_long(what, p.record, tokens, "eval.max_prompt_tokens or eval.max_new_tokens").into());
+            return Err(too_long(
+                what,
+                p.record,
+                tokens,
+                "eval.max_prompt_tokens or eval.max_new_tokens",
+            )
+            .into());
         }
     }
     for b in &sets.benign {
         let mut convo = b.prompt.messages.clone();
         convo.push(Message::assistant(b.answer.clone()));
-        let tokens = tokenizer.encode_chat(&convo, false)?.len().min(e.nll_max_len);
+        let tokens = tokenizer
+            .encode_chat(&convo, false)?
+            .len()
+            .min(e.nll_max_len);
         if tokens > limit {
-            return Err(too_long("benign answer", b.prompt.record, tokens, "eval.nll_max_len").into());
+            return Err(
+                too_long("benign answer", b.prompt.record, tokens, "eval.nll_max_len").into(),
+            );
         }
     }
     Ok(())

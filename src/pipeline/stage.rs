@@ -19,7 +19,10 @@ pub fn stages(cfg: &Config) -> Vec<Stage> {
 
 /// Each stage of `cfg` with its fingerprint.
 pub fn fingerprints(cfg: &Config) -> Vec<(Stage, Value)> {
-    stages(cfg).into_iter().map(|s| (s, s.inputs(cfg))).collect()
+    stages(cfg)
+        .into_iter()
+        .map(|s| (s, s.inputs(cfg)))
+        .collect()
 }
 
 fn sampling_seed(s: &Sampling, seed: u64) -> Option<u64> {
@@ -63,8 +66,18 @@ impl Stage {
             "seed": sampling_seed(&cfg.collect.sampling, cfg.seed),
         });
         let random = cfg.analysis.experts == ExpertSource::Random;
-        let analyze = || merged(collect.clone(), json!({"analysis": cfg.analysis, "seed": random.then_some(cfg.seed)}));
-        let train = || merged(analyze(), json!({"train": cfg.train, "seed": cfg.train.shuffle_batches.then_some(cfg.seed)}));
+        let analyze = || {
+            merged(
+                collect.clone(),
+                json!({"analysis": cfg.analysis, "seed": random.then_some(cfg.seed)}),
+            )
+        };
+        let train = || {
+            merged(
+                analyze(),
+                json!({"train": cfg.train, "seed": cfg.train.shuffle_batches.then_some(cfg.seed)}),
+            )
+        };
         let base_eval = || {
             let mut eval = serde_json::to_value(&cfg.eval).expect("eval settings serialise");
             if let Value::Object(m) = &mut eval {
@@ -85,7 +98,10 @@ impl Stage {
                     "experts": a.experts,
                 });
                 let steer = json!({"activate_safe": s.activate_safe, "deactivate_unsafe": s.deactivate_unsafe});
-                merged(merged(base_eval(), collect.clone()), json!({"analysis": ranking, "steer": steer, "seed": random.then_some(cfg.seed)}))
+                merged(
+                    merged(base_eval(), collect.clone()),
+                    json!({"analysis": ranking, "steer": steer, "seed": random.then_some(cfg.seed)}),
+                )
             }
             Stage::Eval(Variant::Trained) => merged(base_eval(), train()),
         }
@@ -112,31 +128,65 @@ mod tests {
     #[test]
     fn keys_follow_exactly_the_settings_a_stage_reads() {
         let a = Config::default();
-        let steer = Stage::Eval(Variant::Steered(SteerSetting { activate_safe: 5, deactivate_unsafe: 0 }));
+        let steer = Stage::Eval(Variant::Steered(SteerSetting {
+            activate_safe: 5,
+            deactivate_unsafe: 0,
+        }));
         let mut b = a.clone();
         b.train.lr *= 2.0;
         assert_eq!(Stage::Analyze.key(&a), Stage::Analyze.key(&b));
         assert_ne!(Stage::Train.key(&a), Stage::Train.key(&b));
-        assert_ne!(Stage::Eval(Variant::Trained).key(&a), Stage::Eval(Variant::Trained).key(&b));
-        assert_eq!(Stage::Eval(Variant::Base).key(&a), Stage::Eval(Variant::Base).key(&b));
+        assert_ne!(
+            Stage::Eval(Variant::Trained).key(&a),
+            Stage::Eval(Variant::Trained).key(&b)
+        );
+        assert_eq!(
+            Stage::Eval(Variant::Base).key(&a),
+            Stage::Eval(Variant::Base).key(&b)
+        );
         let mut c = a.clone();
         c.seed = 7;
-        assert_eq!(Stage::Collect.key(&a), Stage::Collect.key(&c), "greedy collection does not depend on the seed");
-        assert_eq!(Stage::Analyze.key(&a), Stage::Analyze.key(&c), "risk difference does not depend on the seed");
-        assert_ne!(Stage::Train.key(&a), Stage::Train.key(&c), "shuffled batches do");
+        assert_eq!(
+            Stage::Collect.key(&a),
+            Stage::Collect.key(&c),
+            "greedy collection does not depend on the seed"
+        );
+        assert_eq!(
+            Stage::Analyze.key(&a),
+            Stage::Analyze.key(&c),
+            "risk difference does not depend on the seed"
+        );
+        assert_ne!(
+            Stage::Train.key(&a),
+            Stage::Train.key(&c),
+            "shuffled batches do"
+        );
         c.analysis.experts = ExpertSource::Random;
         let mut d = c.clone();
         d.seed = 8;
-        assert_ne!(Stage::Analyze.key(&c), Stage::Analyze.key(&d), "the random ablation does");
+        assert_ne!(
+            Stage::Analyze.key(&c),
+            Stage::Analyze.key(&d),
+            "the random ablation does"
+        );
         assert_eq!(Stage::Collect.key(&c), Stage::Collect.key(&d));
         let mut e = a.clone();
         e.analysis.top_k += 3;
         assert_ne!(Stage::Analyze.key(&a), Stage::Analyze.key(&e));
-        assert_eq!(steer.key(&a), steer.key(&e), "top_k does not change the ranking steering takes");
+        assert_eq!(
+            steer.key(&a),
+            steer.key(&e),
+            "top_k does not change the ranking steering takes"
+        );
         e.model.backend = crate::backend::BackendKind::Wgpu;
         e.model.devices = vec![1];
-        assert_eq!(Stage::Collect.key(&a), Stage::Collect.key(&e), "where a run computes is not what it computes");
-        let changed = crate::run_dir::changed_keys(&Stage::Train.inputs(&a), &Stage::Train.inputs(&b));
+        assert_eq!(
+            Stage::Collect.key(&a),
+            Stage::Collect.key(&e),
+            "where a run computes is not what it computes"
+        );
+        let changed =
+            crate::run_dir::changed_keys(&Stage::Train.inputs(&a), &Stage::Train.inputs(&b));
         assert_eq!(changed, vec!["train.lr".to_string()]);
     }
 }

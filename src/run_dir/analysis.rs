@@ -29,18 +29,29 @@ impl UnsafeExperts {
     /// ranking ranks each of them once: a file from another model, or edited by hand, must not
     /// reach training or steering.
     pub fn check_shape(&self, layers: usize, experts: usize) -> Result<(), String> {
-        let lists = self.per_batch.iter().chain([&self.global, &self.union, &self.ranking]);
+        let lists = self
+            .per_batch
+            .iter()
+            .chain([&self.global, &self.union, &self.ranking]);
         if let Some(&[l, e]) = lists.flatten().find(|&&[l, e]| l >= layers || e >= experts) {
-            return Err(format!("names expert [{l}, {e}], but the model has {layers} MoE layers × {experts} experts"));
+            return Err(format!(
+                "names expert [{l}, {e}], but the model has {layers} MoE layers × {experts} experts"
+            ));
         }
         let mut ranked = self.ranking.clone();
         ranked.sort_unstable();
         ranked.dedup();
         if self.ranking.len() != layers * experts || ranked.len() != self.ranking.len() {
-            return Err(format!("its ranking does not rank each of the model's {layers} × {experts} experts once"));
+            return Err(format!(
+                "its ranking does not rank each of the model's {layers} × {experts} experts once"
+            ));
         }
         if self.batch_idx.len() != self.per_batch.len() {
-            return Err(format!("{} batch indices for {} per-batch sets", self.batch_idx.len(), self.per_batch.len()));
+            return Err(format!(
+                "{} batch indices for {} per-batch sets",
+                self.batch_idx.len(),
+                self.per_batch.len()
+            ));
         }
         Ok(())
     }
@@ -106,10 +117,20 @@ mod tests {
             global: vec![[1, 3]],
             union: vec![[0, 1]],
             ranking: vec![[0, 0], [0, 1], [1, 0], [1, 1]],
-            params: SelectionParams { batch_threshold: 0.0, global_threshold: 0.0, top_k: 1, token_scope: "prompt".into(), experts: "risk_diff".into(), seed: None },
+            params: SelectionParams {
+                batch_threshold: 0.0,
+                global_threshold: 0.0,
+                top_k: 1,
+                token_scope: "prompt".into(),
+                experts: "risk_diff".into(),
+                seed: None,
+            },
         };
         assert!(u.check_shape(2, 2).unwrap_err().contains("[1, 3]"));
-        let ok = UnsafeExperts { global: vec![[1, 1]], ..u };
+        let ok = UnsafeExperts {
+            global: vec![[1, 1]],
+            ..u
+        };
         ok.check_shape(2, 2).unwrap();
         assert!(ok.check_shape(2, 3).unwrap_err().contains("ranking"));
     }

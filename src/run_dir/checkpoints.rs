@@ -32,7 +32,13 @@ pub struct Unusable {
 
 impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}; checkpoint {} set aside", self.file.display(), self.reason, self.window)
+        write!(
+            f,
+            "{}: {}; checkpoint {} set aside",
+            self.file.display(),
+            self.reason,
+            self.window
+        )
     }
 }
 
@@ -59,10 +65,18 @@ impl Checkpoints {
     /// Windows with at least one checkpoint file, and which parts each has.
     fn windows(&self) -> BTreeMap<usize, Vec<&'static str>> {
         let mut out: BTreeMap<usize, Vec<&'static str>> = BTreeMap::new();
-        for e in std::fs::read_dir(self.files()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.files())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(stem) = name.strip_suffix(".mpk") else { continue };
-            let Some((part, n)) = stem.rsplit_once('-') else { continue };
+            let Some(stem) = name.strip_suffix(".mpk") else {
+                continue;
+            };
+            let Some((part, n)) = stem.rsplit_once('-') else {
+                continue;
+            };
             if let (Some(part), Ok(n)) = (PARTS.iter().find(|p| **p == part), n.parse()) {
                 out.entry(n).or_default().push(part);
             }
@@ -73,7 +87,11 @@ impl Checkpoints {
     /// The latest window with all three files (not checked to decode: see
     /// [`Checkpoints::resumable`]).
     pub fn latest(&self) -> Option<usize> {
-        self.windows().into_iter().filter(|(_, parts)| parts.len() == PARTS.len()).map(|(n, _)| n).max()
+        self.windows()
+            .into_iter()
+            .filter(|(_, parts)| parts.len() == PARTS.len())
+            .map(|(n, _)| n)
+            .max()
     }
 
     /// Remove every file of window `n`.
@@ -88,12 +106,18 @@ impl Checkpoints {
     fn check(&self, n: usize) -> Result<(), Unusable> {
         for part in PARTS {
             let file = self.record(part, n).with_extension("mpk");
-            let unusable = |reason: String| Unusable { window: n, file: file.clone(), reason };
+            let unusable = |reason: String| Unusable {
+                window: n,
+                file: file.clone(),
+                reason,
+            };
             let f = std::fs::File::open(&file).map_err(|e| unusable(e.to_string()))?;
             let mut reader = std::io::BufReader::new(f);
-            rmp_serde::from_read::<_, serde::de::IgnoredAny>(&mut reader).map_err(|e| unusable(format!("does not decode whole ({e}), e.g. cut short")))?;
+            rmp_serde::from_read::<_, serde::de::IgnoredAny>(&mut reader)
+                .map_err(|e| unusable(format!("does not decode whole ({e}), e.g. cut short")))?;
             let mut rest = [0u8; 1];
-            if std::io::Read::read(&mut reader, &mut rest).map_err(|e| unusable(e.to_string()))? > 0 {
+            if std::io::Read::read(&mut reader, &mut rest).map_err(|e| unusable(e.to_string()))? > 0
+            {
                 return Err(unusable("has bytes after its record".into()));
             }
         }
@@ -105,7 +129,11 @@ impl Checkpoints {
     /// `*.tmp` files, and whole-looking windows with a damaged file after the one chosen — and
     /// each damaged window is returned, for a warning naming its file.
     pub fn resumable(&self) -> (Option<usize>, Vec<Unusable>) {
-        for e in std::fs::read_dir(self.files()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.files())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if e.file_name().to_string_lossy().ends_with(".tmp") {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -154,7 +182,11 @@ mod tests {
     }
 
     fn whole() -> Vec<u8> {
-        rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("w", vec![1.5f32, 2.0, 3.0])])).unwrap()
+        rmp_serde::to_vec_named(&std::collections::BTreeMap::from([(
+            "w",
+            vec![1.5f32, 2.0, 3.0],
+        )]))
+        .unwrap()
     }
 
     #[test]
@@ -179,9 +211,18 @@ mod tests {
         assert_eq!(damaged.len(), 1);
         assert_eq!(damaged[0].file, c.files().join("model-3.mpk"));
         let text = damaged[0].to_string();
-        assert!(text.contains("model-3.mpk") && text.contains("set aside") && !text.contains("format"), "{text}");
-        assert_eq!(c.latest(), Some(2), "window 3 removed, window 4's partial files too");
-        assert!(!c.files().join("model-4.mpk").exists() && !c.files().join("optim-4.mpk.tmp").exists());
+        assert!(
+            text.contains("model-3.mpk") && text.contains("set aside") && !text.contains("format"),
+            "{text}"
+        );
+        assert_eq!(
+            c.latest(),
+            Some(2),
+            "window 3 removed, window 4's partial files too"
+        );
+        assert!(
+            !c.files().join("model-4.mpk").exists() && !c.files().join("optim-4.mpk.tmp").exists()
+        );
         assert_eq!(c.remove_from(2), 1);
         assert_eq!(c.resumable(), (Some(1), vec![]));
     }

@@ -78,7 +78,8 @@ impl EvalReport {
         self.asr = self.jailbreak.rate();
         self.plain_refusal_rate = self.plain.rate();
         self.benign_refusal_rate = self.benign.rate();
-        self.benign_answer_nll = (self.nll.tokens > 0).then(|| self.nll.total / self.nll.tokens as f64);
+        self.benign_answer_nll =
+            (self.nll.tokens > 0).then(|| self.nll.total / self.nll.tokens as f64);
         self
     }
 }
@@ -134,7 +135,11 @@ impl EvalDir {
     }
 
     /// Write the answers, then the report (last: its presence means the evaluation is whole).
-    pub fn write(&self, report: &EvalReport, responses: &[ResponseRecord]) -> Result<(), RunDirError> {
+    pub fn write(
+        &self,
+        report: &EvalReport,
+        responses: &[ResponseRecord],
+    ) -> Result<(), RunDirError> {
         self.responses().write(responses)?;
         self.report().write(report)
     }
@@ -154,7 +159,12 @@ impl EvalDir {
             .flatten()
             .flatten()
             .filter(|e| e.path().is_dir())
-            .filter_map(|e| Some((e.file_name().to_str()?.to_string(), EvalDir::at(e.path()).report().read().ok()?)))
+            .filter_map(|e| {
+                Some((
+                    e.file_name().to_str()?.to_string(),
+                    EvalDir::at(e.path()).report().read().ok()?,
+                ))
+            })
             .collect();
         let rank = |name: &str| match name {
             "base" => 0,

@@ -15,11 +15,18 @@ use super::RunDirError;
 /// place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
     use std::io::Write;
-    let io = |source| RunDirError::Io { path: path.to_path_buf(), source };
+    let io = |source| RunDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension(format!("{}.tmp{}", path.extension().and_then(|e| e.to_str()).unwrap_or(""), std::process::id()));
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
     let written = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path));
@@ -33,7 +40,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
 /// beside its destination appears at once.
 pub fn replace_dir(staged: &Path, dest: &Path) -> Result<(), RunDirError> {
     remove_path(dest)?;
-    std::fs::rename(staged, dest).map_err(|source| RunDirError::Io { path: dest.to_path_buf(), source })
+    std::fs::rename(staged, dest).map_err(|source| RunDirError::Io {
+        path: dest.to_path_buf(),
+        source,
+    })
 }
 
 /// Remove a file or a directory tree, if it is there.
@@ -43,11 +53,17 @@ pub fn remove_path(path: &Path) -> Result<(), RunDirError> {
         Ok(_) => std::fs::remove_file(path),
         Err(_) => Ok(()),
     };
-    removed.map_err(|source| RunDirError::Io { path: path.to_path_buf(), source })
+    removed.map_err(|source| RunDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn corrupt(path: &Path, reason: impl std::fmt::Display) -> RunDirError {
-    RunDirError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() }
+    RunDirError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 /// A JSON file holding one `T`.
@@ -60,7 +76,10 @@ pub struct JsonFile<T> {
 impl<T: Serialize + DeserializeOwned> JsonFile<T> {
     /// The file at `path`.
     pub fn at(path: PathBuf) -> Self {
-        Self { path, _t: PhantomData }
+        Self {
+            path,
+            _t: PhantomData,
+        }
     }
 
     /// Its path.
@@ -75,7 +94,10 @@ impl<T: Serialize + DeserializeOwned> JsonFile<T> {
 
     /// Read and parse it.
     pub fn read(&self) -> Result<T, RunDirError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| RunDirError::Io { path: self.path.clone(), source })?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| RunDirError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         serde_json::from_str(&text).map_err(|e| corrupt(&self.path, e))
     }
 
@@ -102,7 +124,10 @@ pub struct JsonLines<T> {
 impl<T: Serialize + DeserializeOwned> JsonLines<T> {
     /// The file at `path`.
     pub fn at(path: PathBuf) -> Self {
-        Self { path, _t: PhantomData }
+        Self {
+            path,
+            _t: PhantomData,
+        }
     }
 
     /// Its path.
@@ -112,11 +137,17 @@ impl<T: Serialize + DeserializeOwned> JsonLines<T> {
 
     /// Every line, parsed (a missing file is an error).
     pub fn read(&self) -> Result<Vec<T>, RunDirError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| RunDirError::Io { path: self.path.clone(), source })?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| RunDirError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| serde_json::from_str(l).map_err(|e| corrupt(&self.path, format!("line {}: {e}", i + 1))))
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map_err(|e| corrupt(&self.path, format!("line {}: {e}", i + 1)))
+            })
             .collect()
     }
 
@@ -139,7 +170,10 @@ impl<T: Serialize + DeserializeOwned> JsonLines<T> {
             .append(true)
             .open(&self.path)
             .and_then(|mut f| f.write_all(lines(items).as_bytes()))
-            .map_err(|source| RunDirError::Io { path: self.path.clone(), source })
+            .map_err(|source| RunDirError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
@@ -162,7 +196,10 @@ pub struct CsvFile<T> {
 impl<T: Serialize> CsvFile<T> {
     /// The file at `path`.
     pub fn at(path: PathBuf) -> Self {
-        Self { path, _t: PhantomData }
+        Self {
+            path,
+            _t: PhantomData,
+        }
     }
 
     /// Its path.
@@ -177,17 +214,25 @@ impl<T: Serialize> CsvFile<T> {
 
     /// Whether it exists and parses as CSV with a header.
     pub fn reads_back(&self) -> bool {
-        csv::Reader::from_path(&self.path).is_ok_and(|mut r| r.headers().is_ok_and(|h| !h.is_empty()) && r.records().all(|rec| rec.is_ok()))
+        csv::Reader::from_path(&self.path).is_ok_and(|mut r| {
+            r.headers().is_ok_and(|h| !h.is_empty()) && r.records().all(|rec| rec.is_ok())
+        })
     }
 }
 
 /// Write `rows` as a CSV file with a header of their field names (through [`write_atomic`]).
-pub fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<(), RunDirError> {
+pub fn write_csv<T: Serialize>(
+    path: &Path,
+    rows: impl IntoIterator<Item = T>,
+) -> Result<(), RunDirError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for row in rows {
-        w.serialize(row).map_err(|e| corrupt(path, format!("CSV: {e}")))?;
+        w.serialize(row)
+            .map_err(|e| corrupt(path, format!("CSV: {e}")))?;
     }
-    let bytes = w.into_inner().map_err(|e| corrupt(path, format!("CSV: {}", e.error())))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| corrupt(path, format!("CSV: {}", e.error())))?;
     write_atomic(path, &bytes)
 }
 
@@ -232,7 +277,10 @@ impl BlobFile {
 
     /// Its bytes.
     pub fn read(&self) -> Result<Vec<u8>, RunDirError> {
-        std::fs::read(&self.path).map_err(|source| RunDirError::Io { path: self.path.clone(), source })
+        std::fs::read(&self.path).map_err(|source| RunDirError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Read it whole and check that it is what it says: a PNG decodes its header and image
@@ -240,13 +288,23 @@ impl BlobFile {
     pub fn check(&self) -> Result<(), RunDirError> {
         match self.kind {
             BlobKind::Png => {
-                let file = std::fs::File::open(&self.path).map_err(|source| RunDirError::Io { path: self.path.clone(), source })?;
-                let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| corrupt(&self.path, e))?;
+                let file = std::fs::File::open(&self.path).map_err(|source| RunDirError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+                    .read_info()
+                    .map_err(|e| corrupt(&self.path, e))?;
                 let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-                reader.next_frame(&mut buf).map(drop).map_err(|e| corrupt(&self.path, e))
+                reader
+                    .next_frame(&mut buf)
+                    .map(drop)
+                    .map_err(|e| corrupt(&self.path, e))
             }
             BlobKind::Safetensors => check_safetensors(&self.path),
-            BlobKind::Text => String::from_utf8(self.read()?).map(drop).map_err(|e| corrupt(&self.path, e)),
+            BlobKind::Text => String::from_utf8(self.read()?)
+                .map(drop)
+                .map_err(|e| corrupt(&self.path, e)),
         }
     }
 
@@ -259,11 +317,19 @@ impl BlobFile {
 /// A safetensors file whose header parses and whose tensors fit its size (a truncated file
 /// fails), read through a memory map.
 pub fn check_safetensors(path: &Path) -> Result<(), RunDirError> {
-    let file = std::fs::File::open(path).map_err(|source| RunDirError::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| RunDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // Safety: the map is read here and dropped before return; a concurrent truncation of a run
     // directory's file by another process is excluded by the directory's lock.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| RunDirError::Io { path: path.to_path_buf(), source })?;
-    safetensors::SafeTensors::deserialize(&map).map(drop).map_err(|e| corrupt(path, format!("not a whole safetensors file: {e}")))
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| RunDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    safetensors::SafeTensors::deserialize(&map)
+        .map(drop)
+        .map_err(|e| corrupt(path, format!("not a whole safetensors file: {e}")))
 }
 
 #[cfg(test)]
@@ -289,12 +355,19 @@ mod tests {
 
         let st = BlobFile::at(dir.path().join("t.safetensors"), BlobKind::Safetensors);
         let data = [0u8; 8];
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &data).unwrap();
-        st.write(&safetensors::serialize([("x", view)], None).unwrap()).unwrap();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &data).unwrap();
+        st.write(&safetensors::serialize([("x", view)], None).unwrap())
+            .unwrap();
         st.check().unwrap();
         let bytes = st.read().unwrap();
         std::fs::write(st.path(), &bytes[..bytes.len() - 1]).unwrap();
-        assert!(st.check().unwrap_err().to_string().contains("not a whole safetensors file"));
+        assert!(
+            st.check()
+                .unwrap_err()
+                .to_string()
+                .contains("not a whole safetensors file")
+        );
         let png = BlobFile::at(dir.path().join("p.png"), BlobKind::Png);
         png.write(b"\x89PNG\r\n\x1a\n").unwrap();
         assert!(!png.reads_back());

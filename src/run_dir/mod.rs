@@ -42,7 +42,10 @@ use std::path::{Path, PathBuf};
 
 pub use checkpoints::Checkpoints;
 pub use eval::EvalDir;
-pub use files::{BlobFile, BlobKind, CsvFile, JsonFile, JsonLines, remove_path, replace_dir, write_atomic, write_csv};
+pub use files::{
+    BlobFile, BlobKind, CsvFile, JsonFile, JsonLines, remove_path, replace_dir, write_atomic,
+    write_csv,
+};
 pub use stage::{Stage, SteerSetting, Variant};
 pub use training::MetricsFile;
 
@@ -108,17 +111,29 @@ fn lock(dir: &Path) -> Result<DirLock, RunDirError> {
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(".lock");
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
-            return Err(RunDirError::Locked { dir: dir.to_path_buf(), pid: text.trim().parse().ok() });
+            return Err(RunDirError::Locked {
+                dir: dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            });
         }
         Err(std::fs::TryLockError::Error(source)) => return Err(RunDirError::Io { path, source }),
     }
-    file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id())).map_err(io(&path))?;
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| write!(file, "{}", std::process::id()))
+        .map_err(io(&path))?;
     Ok(DirLock { _file: file })
 }
 
@@ -170,7 +185,10 @@ impl RunDir {
 
     /// The routing tensors of batch `i` (`routing/batch-NNNNN.safetensors`, see [`routing`]).
     pub fn batch_routing(&self, i: usize) -> BlobFile {
-        BlobFile::at(self.root.join(format!("routing/batch-{i:05}.safetensors")), BlobKind::Safetensors)
+        BlobFile::at(
+            self.root.join(format!("routing/batch-{i:05}.safetensors")),
+            BlobKind::Safetensors,
+        )
     }
 
     /// Whether batch `i` is finished: its records and its tensors read back.
@@ -185,7 +203,15 @@ impl RunDir {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().into_string().ok()?.strip_prefix("batch-")?.strip_suffix(".json")?.parse().ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .into_string()
+                    .ok()?
+                    .strip_prefix("batch-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
             .collect();
         out.sort_unstable();
         out
@@ -221,7 +247,10 @@ impl RunDir {
 
     /// `expert_masks.safetensors`.
     pub fn expert_masks(&self) -> BlobFile {
-        BlobFile::at(self.root.join("expert_masks.safetensors"), BlobKind::Safetensors)
+        BlobFile::at(
+            self.root.join("expert_masks.safetensors"),
+            BlobKind::Safetensors,
+        )
     }
 
     /// `risk_diff_heatmap.png`.
@@ -283,7 +312,10 @@ impl RunDir {
     /// The paths `stage` writes (files and folders), for removing or checking them.
     fn stage_paths(&self, stage: &Stage) -> Vec<PathBuf> {
         match stage {
-            Stage::Collect => vec![self.root.join("routing"), self.samples().path().to_path_buf()],
+            Stage::Collect => vec![
+                self.root.join("routing"),
+                self.samples().path().to_path_buf(),
+            ],
             Stage::Analyze => vec![
                 self.risk_diff().path().to_path_buf(),
                 self.risk_diff_aggregated().path().to_path_buf(),
@@ -299,19 +331,27 @@ impl RunDir {
                 self.final_model_staging(),
                 self.training_metadata().path().to_path_buf(),
             ],
-            Stage::Eval(v) => vec![self.eval(v).path().to_path_buf(), self.eval_table().path().to_path_buf()],
+            Stage::Eval(v) => vec![
+                self.eval(v).path().to_path_buf(),
+                self.eval_table().path().to_path_buf(),
+            ],
         }
     }
 
     /// Whether any file of `stage` exists here.
     pub fn has_files(&self, stage: &Stage) -> bool {
         let own = |p: &PathBuf| *p != self.eval_table().path();
-        self.stage_paths(stage).iter().filter(|p| own(p)).any(|p| p.exists())
+        self.stage_paths(stage)
+            .iter()
+            .filter(|p| own(p))
+            .any(|p| p.exists())
     }
 
     /// Remove every file of `stage` (the before/after table goes with any evaluation).
     pub fn remove_files(&self, stage: &Stage) -> Result<(), RunDirError> {
-        self.stage_paths(stage).iter().try_for_each(|p| remove_path(p))
+        self.stage_paths(stage)
+            .iter()
+            .try_for_each(|p| remove_path(p))
     }
 
     /// Whether `stage` is finished here: its artifacts exist and read back. Collect: the index
@@ -323,8 +363,13 @@ impl RunDir {
     pub fn is_done(&self, stage: &Stage) -> bool {
         match stage {
             Stage::Collect => {
-                let Ok(index) = self.routing_index().read() else { return false };
-                index.planned.is_some_and(|n| index.batches.len() == n && (0..n).all(|i| self.batch_done(i))) && self.samples().reads_back()
+                let Ok(index) = self.routing_index().read() else {
+                    return false;
+                };
+                index
+                    .planned
+                    .is_some_and(|n| index.batches.len() == n && (0..n).all(|i| self.batch_done(i)))
+                    && self.samples().reads_back()
             }
             Stage::Analyze => {
                 // The experts must be the collected model's (an edited or foreign file is redone).
@@ -337,7 +382,9 @@ impl RunDir {
                     && self.expert_masks().reads_back()
                     && self.risk_heatmap().reads_back()
             }
-            Stage::Train => self.training_metadata().reads_back() && model_reads_back(&self.final_model()),
+            Stage::Train => {
+                self.training_metadata().reads_back() && model_reads_back(&self.final_model())
+            }
             Stage::Eval(v) => self.eval(v).is_done(),
         }
     }
@@ -345,7 +392,11 @@ impl RunDir {
     /// The files `stage` leaves here, relative to the directory, its completion marker last (for
     /// linking a finished stage into another directory).
     pub fn stage_files(&self, stage: &Stage) -> Vec<PathBuf> {
-        let rel = |p: &Path| p.strip_prefix(&self.root).expect("inside the run directory").to_path_buf();
+        let rel = |p: &Path| {
+            p.strip_prefix(&self.root)
+                .expect("inside the run directory")
+                .to_path_buf()
+        };
         match stage {
             Stage::Collect => {
                 let mut files = files_under(&self.root, Path::new("routing"));
@@ -400,8 +451,17 @@ impl RunDir {
     ///
     /// Evaluations no longer configured are removed too. Then `config_text` is recorded as
     /// `config.toml`, which thus always describes the files present.
-    pub fn reconcile(&self, recorded: Option<&[(Stage, serde_json::Value)]>, stages: &[(Stage, serde_json::Value)], from: Stage, config_text: &str) -> Result<Reconciled, RunDirError> {
-        std::fs::create_dir_all(&self.root).map_err(|source| RunDirError::Io { path: self.root.clone(), source })?;
+    pub fn reconcile(
+        &self,
+        recorded: Option<&[(Stage, serde_json::Value)]>,
+        stages: &[(Stage, serde_json::Value)],
+        from: Stage,
+        config_text: &str,
+    ) -> Result<Reconciled, RunDirError> {
+        std::fs::create_dir_all(&self.root).map_err(|source| RunDirError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
         let mut done = Reconciled::default();
         if let Some(recorded) = recorded {
             let old = |s: &Stage| recorded.iter().find(|(r, _)| r == s).map(|(_, v)| v);
@@ -415,7 +475,10 @@ impl RunDir {
                     (!keys.is_empty() && self.has_files(s)).then_some((s, keys))
                 })
                 .collect();
-            if let Some((stage, keys)) = changed.iter().find(|(s, _)| **s == Stage::Collect || s.order() < from.order()) {
+            if let Some((stage, keys)) = changed
+                .iter()
+                .find(|(s, _)| **s == Stage::Collect || s.order() < from.order())
+            {
                 return Err(RunDirError::OtherConfig {
                     dir: self.root.clone(),
                     recorded: self.config().path().to_path_buf(),
@@ -432,7 +495,10 @@ impl RunDir {
                     }
                 }
             }
-            for (stage, _) in recorded.iter().filter(|(s, _)| matches!(s, Stage::Eval(_)) && !stages.iter().any(|(n, _)| n == s)) {
+            for (stage, _) in recorded
+                .iter()
+                .filter(|(s, _)| matches!(s, Stage::Eval(_)) && !stages.iter().any(|(n, _)| n == s))
+            {
                 if self.has_files(stage) {
                     self.remove_files(stage)?;
                     done.dropped.push(*stage);
@@ -463,10 +529,17 @@ impl Reconciled {
         let names = |s: &[Stage]| s.iter().map(Stage::name).collect::<Vec<_>>().join(", ");
         let mut parts = Vec::new();
         if !self.redone.is_empty() {
-            parts.push(format!("config changed ({}): the files of {} were removed and will be redone", self.changed.join(", "), names(&self.redone)));
+            parts.push(format!(
+                "config changed ({}): the files of {} were removed and will be redone",
+                self.changed.join(", "),
+                names(&self.redone)
+            ));
         }
         if !self.dropped.is_empty() {
-            parts.push(format!("evaluations no longer configured were removed: {}", names(&self.dropped)));
+            parts.push(format!(
+                "evaluations no longer configured were removed: {}",
+                names(&self.dropped)
+            ));
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
@@ -474,12 +547,21 @@ impl Reconciled {
 
 /// Dotted keys whose values differ between two JSON objects (present in one only included).
 pub fn changed_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
-    fn walk(prefix: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<String>) {
+    fn walk(
+        prefix: &str,
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        out: &mut Vec<String>,
+    ) {
         match (a, b) {
             (Some(serde_json::Value::Object(x)), Some(serde_json::Value::Object(y))) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
-                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&path, x.get(k), y.get(k), out);
                 }
             }
@@ -495,15 +577,25 @@ pub fn changed_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String>
 /// Whether a Hub-layout model directory's config and weight files read back: `config.json`
 /// parses, and every safetensors file (the single one, or each shard of the index) is whole.
 fn model_reads_back(dir: &Path) -> bool {
-    let json = |name: &str| JsonFile::<serde_json::Value>::at(dir.join(name)).read().ok();
+    let json = |name: &str| {
+        JsonFile::<serde_json::Value>::at(dir.join(name))
+            .read()
+            .ok()
+    };
     if json("config.json").is_none() {
         return false;
     }
     match json("model.safetensors.index.json") {
         Some(index) => {
-            let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else { return false };
-            let shards: std::collections::BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-            !shards.is_empty() && shards.iter().all(|s| files::check_safetensors(&dir.join(s)).is_ok())
+            let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
+                return false;
+            };
+            let shards: std::collections::BTreeSet<&str> =
+                map.values().filter_map(|v| v.as_str()).collect();
+            !shards.is_empty()
+                && shards
+                    .iter()
+                    .all(|s| files::check_safetensors(&dir.join(s)).is_ok())
         }
         None => files::check_safetensors(&dir.join("model.safetensors")).is_ok(),
     }
@@ -514,7 +606,11 @@ fn files_under(root: &Path, sub: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![sub.to_path_buf()];
     while let Some(rel) = stack.pop() {
-        for entry in std::fs::read_dir(root.join(&rel)).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(root.join(&rel))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let rel = rel.join(entry.file_name());
             match entry.file_type() {
                 Ok(t) if t.is_dir() => stack.push(rel),
@@ -542,7 +638,12 @@ mod tests {
     fn links_stage_files_with_the_marker_last() {
         let tmp = tempfile::tempdir().unwrap();
         let a = RunDir::new(tmp.path().join("a"));
-        for f in ["routing/batch-00000.json", "routing/index.json", "routing/batch-00000.safetensors", "samples.jsonl"] {
+        for f in [
+            "routing/batch-00000.json",
+            "routing/index.json",
+            "routing/batch-00000.safetensors",
+            "samples.jsonl",
+        ] {
             touch(&a, f);
         }
         let files = a.stage_files(&Stage::Collect);
@@ -550,15 +651,31 @@ mod tests {
         assert_eq!(files.len(), 4);
         let b = RunDir::new(tmp.path().join("b"));
         b.link_from(&a, &files).unwrap();
-        assert_eq!(std::fs::read_to_string(b.path().join("samples.jsonl")).unwrap(), "samples.jsonl");
+        assert_eq!(
+            std::fs::read_to_string(b.path().join("samples.jsonl")).unwrap(),
+            "samples.jsonl"
+        );
         assert!(!b.is_done(&Stage::Collect), "index.json does not parse");
     }
 
-    fn fingerprints(collect: u64, analysis: u64, variants: &[Variant]) -> Vec<(Stage, serde_json::Value)> {
+    fn fingerprints(
+        collect: u64,
+        analysis: u64,
+        variants: &[Variant],
+    ) -> Vec<(Stage, serde_json::Value)> {
         let mut out = vec![
-            (Stage::Collect, json!({"collect": {"max_new_tokens": collect}})),
-            (Stage::Analyze, json!({"collect": {"max_new_tokens": collect}, "analysis": {"top_k": analysis}})),
-            (Stage::Train, json!({"collect": {"max_new_tokens": collect}, "analysis": {"top_k": analysis}, "train": {}})),
+            (
+                Stage::Collect,
+                json!({"collect": {"max_new_tokens": collect}}),
+            ),
+            (
+                Stage::Analyze,
+                json!({"collect": {"max_new_tokens": collect}, "analysis": {"top_k": analysis}}),
+            ),
+            (
+                Stage::Train,
+                json!({"collect": {"max_new_tokens": collect}, "analysis": {"top_k": analysis}, "train": {}}),
+            ),
         ];
         // The base model's evaluation depends on neither collect nor analysis; the trained one's on both.
         out.extend(variants.iter().map(|v| match v {
@@ -574,32 +691,68 @@ mod tests {
         let dir = RunDir::new(tmp.path().join("run"));
         let v = [Variant::Base, Variant::Trained];
         let first = fingerprints(4, 3, &v);
-        assert_eq!(dir.reconcile(None, &first, Stage::Collect, "a").unwrap(), Reconciled::default());
-        for f in ["samples.jsonl", "risk_diff.csv", "unsafe_experts.json", "metrics.jsonl", "eval/base/eval.json", "eval/trained/eval.json", "eval/table.txt"] {
+        assert_eq!(
+            dir.reconcile(None, &first, Stage::Collect, "a").unwrap(),
+            Reconciled::default()
+        );
+        for f in [
+            "samples.jsonl",
+            "risk_diff.csv",
+            "unsafe_experts.json",
+            "metrics.jsonl",
+            "eval/base/eval.json",
+            "eval/trained/eval.json",
+            "eval/table.txt",
+        ] {
             touch(&dir, f);
         }
         // The same fingerprints: nothing happens.
-        assert_eq!(dir.reconcile(Some(&first), &first, Stage::Collect, "a").unwrap(), Reconciled::default());
+        assert_eq!(
+            dir.reconcile(Some(&first), &first, Stage::Collect, "a")
+                .unwrap(),
+            Reconciled::default()
+        );
         // Analysis changed: refused when the command starts at train (its files are kept)…
         let second = fingerprints(4, 5, &v[..1]);
-        let err = dir.reconcile(Some(&first), &second, Stage::Train, "b").unwrap_err();
-        assert!(matches!(&err, RunDirError::OtherConfig { keys, stage, .. } if keys == &["analysis.top_k"] && stage == "analyze"), "{err}");
+        let err = dir
+            .reconcile(Some(&first), &second, Stage::Train, "b")
+            .unwrap_err();
+        assert!(
+            matches!(&err, RunDirError::OtherConfig { keys, stage, .. } if keys == &["analysis.top_k"] && stage == "analyze"),
+            "{err}"
+        );
         // …redone from analyze on otherwise, the base evaluation kept, the trained one dropped.
-        let done = dir.reconcile(Some(&first), &second, Stage::Analyze, "b").unwrap();
+        let done = dir
+            .reconcile(Some(&first), &second, Stage::Analyze, "b")
+            .unwrap();
         assert_eq!(done.redone, vec![Stage::Analyze, Stage::Train]);
         assert_eq!(done.changed, vec!["analysis.top_k".to_string()]);
         assert_eq!(done.dropped, vec![Stage::Eval(Variant::Trained)]);
         assert!(done.message().unwrap().contains("analysis.top_k"));
-        assert!(dir.path().join("samples.jsonl").exists() && !dir.path().join("risk_diff.csv").exists() && !dir.path().join("metrics.jsonl").exists());
-        assert!(dir.path().join("eval/base/eval.json").exists() && !dir.path().join("eval/trained").exists());
+        assert!(
+            dir.path().join("samples.jsonl").exists()
+                && !dir.path().join("risk_diff.csv").exists()
+                && !dir.path().join("metrics.jsonl").exists()
+        );
+        assert!(
+            dir.path().join("eval/base/eval.json").exists()
+                && !dir.path().join("eval/trained").exists()
+        );
         assert_eq!(std::fs::read_to_string(dir.config().path()).unwrap(), "b");
         // Collect's files are never thrown away silently.
         let third = fingerprints(9, 5, &v[..1]);
-        let err = dir.reconcile(Some(&second), &third, Stage::Collect, "c").unwrap_err();
-        assert!(err.to_string().contains("collect.max_new_tokens differs from the recorded config"), "{err}");
+        let err = dir
+            .reconcile(Some(&second), &third, Stage::Collect, "c")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("collect.max_new_tokens differs from the recorded config"),
+            "{err}"
+        );
         // A directory whose collect wrote nothing takes it.
         std::fs::remove_file(dir.path().join("samples.jsonl")).unwrap();
-        dir.reconcile(Some(&second), &third, Stage::Collect, "c").unwrap();
+        dir.reconcile(Some(&second), &third, Stage::Collect, "c")
+            .unwrap();
     }
 
     #[test]
@@ -608,8 +761,14 @@ mod tests {
         let dir = RunDir::new(tmp.path().join("run"));
         let held = dir.lock().unwrap();
         let err = dir.lock().unwrap_err();
-        assert!(matches!(err, RunDirError::Locked { pid: Some(p), .. } if p == std::process::id()), "{err}");
-        assert!(err.to_string().contains("in use by another steermoe process"));
+        assert!(
+            matches!(err, RunDirError::Locked { pid: Some(p), .. } if p == std::process::id()),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("in use by another steermoe process")
+        );
         drop(held);
         dir.lock().expect("released with its holder");
         let e = EvalDir::at(tmp.path().join("out"));

@@ -22,17 +22,30 @@ pub struct RoutingTensors {
 }
 
 /// Serialise named router logits and chosen experts to safetensors bytes.
-pub fn encode(logits: &[(String, &RouterLogits)], chosen: &[(String, &ChosenExperts)]) -> Result<Vec<u8>, String> {
+pub fn encode(
+    logits: &[(String, &RouterLogits)],
+    chosen: &[(String, &ChosenExperts)],
+) -> Result<Vec<u8>, String> {
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = logits
         .iter()
         .map(|(name, r)| {
             let bytes = r.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), Dtype::F16, vec![r.layers, r.tokens, r.experts], bytes)
+            (
+                name.clone(),
+                Dtype::F16,
+                vec![r.layers, r.tokens, r.experts],
+                bytes,
+            )
         })
         .collect();
     entries.extend(chosen.iter().map(|(name, c)| {
         let bytes = c.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        (name.clone(), Dtype::U16, vec![c.layers, c.tokens, c.k], bytes)
+        (
+            name.clone(),
+            Dtype::U16,
+            vec![c.layers, c.tokens, c.k],
+            bytes,
+        )
     }));
     let views = entries
         .iter()
@@ -52,18 +65,49 @@ pub fn read(path: &Path) -> Result<RoutingTensors, String> {
     let mut out = RoutingTensors::default();
     for (name, view) in st.tensors() {
         let &[layers, tokens, width] = view.shape() else {
-            return Err(format!("{name}: shape {:?}, expected [layers, tokens, experts or k]", view.shape()));
+            return Err(format!(
+                "{name}: shape {:?}, expected [layers, tokens, experts or k]",
+                view.shape()
+            ));
         };
         match view.dtype() {
             Dtype::F16 => {
-                let values = view.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
-                out.logits.insert(name, RouterLogits { layers, tokens, experts: width, values });
+                let values = view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                out.logits.insert(
+                    name,
+                    RouterLogits {
+                        layers,
+                        tokens,
+                        experts: width,
+                        values,
+                    },
+                );
             }
             Dtype::U16 => {
-                let values = view.data().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-                out.chosen.insert(name, ChosenExperts { layers, tokens, k: width, values });
+                let values = view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                out.chosen.insert(
+                    name,
+                    ChosenExperts {
+                        layers,
+                        tokens,
+                        k: width,
+                        values,
+                    },
+                );
             }
-            other => return Err(format!("{name}: dtype {other:?}, expected F16 (router logits) or U16 (chosen experts)")),
+            other => {
+                return Err(format!(
+                    "{name}: dtype {other:?}, expected F16 (router logits) or U16 (chosen experts)"
+                ));
+            }
         }
     }
     Ok(out)
@@ -75,8 +119,20 @@ mod tests {
 
     #[test]
     fn logits_and_choices_round_trip() {
-        let rl = RouterLogits { layers: 1, tokens: 2, experts: 3, values: [1.0f32, -2.0, 0.5, 0.0, 3.0, 1.0].map(f16::from_f32).to_vec() };
-        let ch = ChosenExperts { layers: 2, tokens: 1, k: 2, values: vec![2, 0, 1, 2] };
+        let rl = RouterLogits {
+            layers: 1,
+            tokens: 2,
+            experts: 3,
+            values: [1.0f32, -2.0, 0.5, 0.0, 3.0, 1.0]
+                .map(f16::from_f32)
+                .to_vec(),
+        };
+        let ch = ChosenExperts {
+            layers: 2,
+            tokens: 1,
+            k: 2,
+            values: vec![2, 0, 1, 2],
+        };
         let bytes = encode(&[("gen.0".into(), &rl)], &[("reply_safe.1".into(), &ch)]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.safetensors");

@@ -100,7 +100,9 @@ impl From<Variant> for String {
 
 /// One inference-time steering setting (the SteerMoE paper's): experts of the run's ranking
 /// forced into or out of every token's top-k.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 pub struct SteerSetting {
     /// Force this many of the most safety-linked experts (most negative aggregated risk
     /// difference, at most top-k per layer) into every token's top-k.
@@ -128,7 +130,11 @@ impl std::str::FromStr for SteerSetting {
 
     /// Parse `steer-a5`, `steer-d8` or `steer-a5-d8`.
     fn from_str(name: &str) -> Result<Self, String> {
-        let bad = || format!("{name:?} is not a variant: expected \"base\", \"trained\" or a steering setting such as \"steer-a5\", \"steer-d8\", \"steer-a5-d8\"");
+        let bad = || {
+            format!(
+                "{name:?} is not a variant: expected \"base\", \"trained\" or a steering setting such as \"steer-a5\", \"steer-d8\", \"steer-a5-d8\""
+            )
+        };
         let rest = name.strip_prefix("steer-").ok_or_else(bad)?;
         let mut s = SteerSetting::default();
         let mut parts = rest.split('-').peekable();
@@ -158,11 +164,30 @@ mod tests {
             assert_eq!(v.name(), name);
             assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(name));
         }
-        assert_eq!("steer-a5-d8".parse::<Variant>().unwrap(), Variant::Steered(SteerSetting { activate_safe: 5, deactivate_unsafe: 8 }));
-        for bad in ["steer", "steer-", "steer-a0", "steer-d8-a5", "steer-a5x", "steer-a05", "Base"] {
+        assert_eq!(
+            "steer-a5-d8".parse::<Variant>().unwrap(),
+            Variant::Steered(SteerSetting {
+                activate_safe: 5,
+                deactivate_unsafe: 8
+            })
+        );
+        for bad in [
+            "steer",
+            "steer-",
+            "steer-a0",
+            "steer-d8-a5",
+            "steer-a5x",
+            "steer-a05",
+            "Base",
+        ] {
             assert!(bad.parse::<Variant>().is_err(), "{bad}");
         }
-        assert!("steered".parse::<Variant>().unwrap_err().contains("steer-a5"));
+        assert!(
+            "steered"
+                .parse::<Variant>()
+                .unwrap_err()
+                .contains("steer-a5")
+        );
         assert!(Stage::Collect < Stage::Analyze && Stage::Train < Stage::Eval(Variant::Base));
         assert_eq!(Stage::Eval(Variant::Trained).name(), "eval/trained");
     }

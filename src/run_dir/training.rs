@@ -54,7 +54,9 @@ impl StepRecord {
     pub fn merge(parts: &[StepRecord]) -> StepRecord {
         let first = parts.first().expect("a step has at least one part").clone();
         let tokens: usize = parts.iter().map(|p| p.tokens).sum();
-        let mean = |f: fn(&StepRecord) -> f64| parts.iter().map(|p| f(p) * p.tokens as f64).sum::<f64>() / tokens.max(1) as f64;
+        let mean = |f: fn(&StepRecord) -> f64| {
+            parts.iter().map(|p| f(p) * p.tokens as f64).sum::<f64>() / tokens.max(1) as f64
+        };
         let mut expert_counts = first.expert_counts.clone();
         for p in &parts[1..] {
             for (acc, layer) in expert_counts.iter_mut().zip(&p.expert_counts) {
@@ -119,7 +121,10 @@ impl MetricsFile {
     pub fn read(&self) -> MetricsHistory {
         let mut steps = std::collections::BTreeMap::new();
         let mut valid = std::collections::BTreeMap::new();
-        for line in std::fs::read_to_string(&self.path).unwrap_or_default().lines() {
+        for line in std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+        {
             if let Ok(r) = serde_json::from_str::<StepRecord>(line) {
                 steps.insert(r.step, r);
             } else if let Ok(v) = serde_json::from_str::<ValidRecord>(line) {
@@ -137,7 +142,11 @@ impl MetricsFile {
     /// starts it over.
     pub fn open_from(&self, kept_steps: usize, fresh: bool) -> Result<MetricsWriter, RunDirError> {
         if fresh || self.path.exists() {
-            let history = if fresh { MetricsHistory::default() } else { self.read() };
+            let history = if fresh {
+                MetricsHistory::default()
+            } else {
+                self.read()
+            };
             let mut text = String::new();
             for r in history.steps.iter().filter(|r| r.step <= kept_steps) {
                 text.push_str(&serde_json::to_string(r).expect("metric records serialise"));
@@ -153,8 +162,14 @@ impl MetricsFile {
             .create(true)
             .append(true)
             .open(&self.path)
-            .map_err(|source| RunDirError::Io { path: self.path.clone(), source })?;
-        Ok(MetricsWriter { file, path: self.path.clone() })
+            .map_err(|source| RunDirError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(MetricsWriter {
+            file,
+            path: self.path.clone(),
+        })
     }
 }
 
@@ -235,7 +250,9 @@ pub mod nonfinite {
         }
         match Num::deserialize(d)? {
             Num::Number(v) => Ok(v),
-            Num::Text(t) => t.parse::<f64>().map_err(|_| serde::de::Error::custom(format!("not a number: {t:?}"))),
+            Num::Text(t) => t
+                .parse::<f64>()
+                .map_err(|_| serde::de::Error::custom(format!("not a number: {t:?}"))),
         }
     }
 }
@@ -247,9 +264,17 @@ mod tests {
     #[test]
     fn a_non_finite_loss_survives_the_round_trip() {
         for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1.5] {
-            let r = ValidRecord { step: 3, valid_loss: loss, valid_tokens: 7 };
-            let back: ValidRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
-            assert!(back.valid_loss == loss || (loss.is_nan() && back.valid_loss.is_nan()), "{loss}");
+            let r = ValidRecord {
+                step: 3,
+                valid_loss: loss,
+                valid_tokens: 7,
+            };
+            let back: ValidRecord =
+                serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert!(
+                back.valid_loss == loss || (loss.is_nan() && back.valid_loss.is_nan()),
+                "{loss}"
+            );
         }
     }
 
@@ -268,7 +293,10 @@ mod tests {
             parts: 2,
         };
         let m = StepRecord::merge(&[part(2.0, 30, vec![1, 0, 3]), part(1.0, 10, vec![0, 2, 1])]);
-        assert_eq!((m.step, m.batch_idx, m.tokens, m.input_tokens, m.parts), (4, 7, 40, 60, 1));
+        assert_eq!(
+            (m.step, m.batch_idx, m.tokens, m.input_tokens, m.parts),
+            (4, 7, 40, 60, 1)
+        );
         assert!((m.loss - 70.0 / 40.0).abs() < 1e-12 && (m.lm_loss - 1.75).abs() < 1e-12);
         assert_eq!(m.expert_counts, vec![vec![1, 2, 4]]);
         assert_eq!(m.tokens_per_s, 200.0);

@@ -70,18 +70,35 @@ pub enum SweepError {
 }
 
 /// Files a sweep writes at its top.
-pub const OUTPUTS: [&str; 4] = ["results.csv", "summary.md", "asr_vs_utility.png", "timings.csv"];
+pub const OUTPUTS: [&str; 4] = [
+    "results.csv",
+    "summary.md",
+    "asr_vs_utility.png",
+    "timings.csv",
+];
 
 /// Write `results.csv`, `summary.md` and `asr_vs_utility.png` from the jobs' evaluations, and
 /// `timings.csv` from `reports` (this call's jobs; earlier ones keep their lines).
-pub fn write_outputs(sweep: &Sweep, reports: &[JobReport]) -> Result<Vec<report::Group>, SweepError> {
+pub fn write_outputs(
+    sweep: &Sweep,
+    reports: &[JobReport],
+) -> Result<Vec<report::Group>, SweepError> {
     let rows = report::collect_rows(sweep)?;
     let path = sweep.dir.join("results.csv");
-    let csv = report::results_csv(sweep, &rows).map_err(|source| SweepError::Csv { path: path.clone(), source })?;
+    let csv = report::results_csv(sweep, &rows).map_err(|source| SweepError::Csv {
+        path: path.clone(),
+        source,
+    })?;
     write_atomic(&path, &csv)?;
-    write_atomic(&sweep.dir.join("summary.md"), report::summary_md(sweep, &rows).as_bytes())?;
+    write_atomic(
+        &sweep.dir.join("summary.md"),
+        report::summary_md(sweep, &rows).as_bytes(),
+    )?;
     let groups = report::groups(&rows);
-    write_atomic(&sweep.dir.join("asr_vs_utility.png"), &plot::asr_vs_utility(sweep, &groups)?)?;
+    write_atomic(
+        &sweep.dir.join("asr_vs_utility.png"),
+        &plot::asr_vs_utility(sweep, &groups)?,
+    )?;
     write_timings(sweep, reports)?;
     Ok(groups)
 }
@@ -90,14 +107,26 @@ pub fn write_outputs(sweep: &Sweep, reports: &[JobReport]) -> Result<Vec<report:
 /// call replaces its old lines; one that found everything done keeps them.
 fn write_timings(sweep: &Sweep, reports: &[JobReport]) -> Result<(), SweepError> {
     let path = sweep.dir.join("timings.csv");
-    let csv_err = |source| SweepError::Csv { path: path.clone(), source };
-    let worked = |r: &&JobReport| r.stages.iter().any(|s| s.outcome != crate::pipeline::Outcome::Done);
+    let csv_err = |source| SweepError::Csv {
+        path: path.clone(),
+        source,
+    };
+    let worked = |r: &&JobReport| {
+        r.stages
+            .iter()
+            .any(|s| s.outcome != crate::pipeline::Outcome::Done)
+    };
     let reports: Vec<&JobReport> = reports.iter().filter(worked).collect();
     let mut lines: Vec<Vec<String>> = Vec::new();
     if let Ok(mut r) = csv::Reader::from_path(&path) {
         let redone: Vec<(String, String)> = reports
             .iter()
-            .map(|r| (sweep.cells[sweep.jobs[r.job].cell].name.clone(), sweep.jobs[r.job].seed.to_string()))
+            .map(|r| {
+                (
+                    sweep.cells[sweep.jobs[r.job].cell].name.clone(),
+                    sweep.jobs[r.job].seed.to_string(),
+                )
+            })
             .collect();
         for rec in r.records().flatten() {
             let rec: Vec<String> = rec.iter().map(String::from).collect();
@@ -119,11 +148,14 @@ fn write_timings(sweep: &Sweep, reports: &[JobReport]) -> Result<(), SweepError>
         }
     }
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["cell", "seed", "stage", "outcome", "seconds"]).map_err(csv_err)?;
+    w.write_record(["cell", "seed", "stage", "outcome", "seconds"])
+        .map_err(csv_err)?;
     for l in &lines {
         w.write_record(l).map_err(csv_err)?;
     }
-    let bytes = w.into_inner().map_err(|e| csv_err(csv::Error::from(e.into_error())))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| csv_err(csv::Error::from(e.into_error())))?;
     write_atomic(&path, &bytes)?;
     Ok(())
 }

@@ -45,7 +45,11 @@ pub fn collect_rows(sweep: &Sweep) -> Result<Vec<ResultRow>, SweepError> {
             }
             let report = dir.eval(v).report().read()?;
             let (trained_experts, trainable_params) = match v {
-                Variant::Trained => dir.training_metadata().read().map(|m| (Some(m.num_unsafe_experts), Some(m.trainable_params))).unwrap_or((None, None)),
+                Variant::Trained => dir
+                    .training_metadata()
+                    .read()
+                    .map(|m| (Some(m.num_unsafe_experts), Some(m.trainable_params)))
+                    .unwrap_or((None, None)),
                 _ => (None, None),
             };
             rows.push(ResultRow {
@@ -72,16 +76,27 @@ fn job_evaluations(job: &super::spec::Job) -> (usize, usize) {
 
 /// Evaluations the jobs' configs ask for that have no `eval.json`, and how many they ask for.
 pub fn missing_evaluations(sweep: &Sweep) -> (usize, usize) {
-    sweep.jobs.iter().map(job_evaluations).fold((0, 0), |(m, e), (jm, je)| (m + jm, e + je))
+    sweep
+        .jobs
+        .iter()
+        .map(job_evaluations)
+        .fold((0, 0), |(m, e), (jm, je)| (m + jm, e + je))
 }
 
 /// Jobs with every evaluation finished.
 pub fn finished_jobs(sweep: &Sweep) -> usize {
-    sweep.jobs.iter().filter(|j| job_evaluations(j).0 == 0).count()
+    sweep
+        .jobs
+        .iter()
+        .filter(|j| job_evaluations(j).0 == 0)
+        .count()
 }
 
 fn experts_text(ids: &[ExpertId]) -> String {
-    ids.iter().map(|[l, e]| format!("{l}:{e}")).collect::<Vec<_>>().join(" ")
+    ids.iter()
+        .map(|[l, e]| format!("{l}:{e}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -139,7 +154,11 @@ pub fn results_csv(sweep: &Sweep, rows: &[ResultRow]) -> Result<Vec<u8>, csv::Er
             experts_text(&p.deactivated_experts),
             opt(r.trained_experts),
             opt(r.trainable_params),
-            r.run_dir.strip_prefix(&sweep.dir).unwrap_or(&r.run_dir).display().to_string(),
+            r.run_dir
+                .strip_prefix(&sweep.dir)
+                .unwrap_or(&r.run_dir)
+                .display()
+                .to_string(),
         ]);
         w.write_record(&rec)?;
     }
@@ -175,7 +194,9 @@ pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
             "trained" => 2,
             _ => 3,
         };
-        by.entry((r.cell, rank, r.variant.clone())).or_default().push(r);
+        by.entry((r.cell, rank, r.variant.clone()))
+            .or_default()
+            .push(r);
     }
     by.into_iter()
         .map(|((cell, _, variant), rs)| {
@@ -197,20 +218,35 @@ pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
         .collect()
 }
 
-
 /// `12.9% ± 4.1` (a rate in percent) or `10.763 ± 0.020` (a value).
 fn fmt(e: Option<Estimate>, percent: bool) -> String {
     let Some(e) = e else { return "–".into() };
-    let (scale, digits, unit) = if percent { (100.0, 1, "%") } else { (1.0, 3, "") };
+    let (scale, digits, unit) = if percent {
+        (100.0, 1, "%")
+    } else {
+        (1.0, 3, "")
+    };
     match e.half_width {
-        Some(h) => format!("{:.*}{unit} ± {:.*}", digits, e.mean * scale, digits, h * scale),
+        Some(h) => format!(
+            "{:.*}{unit} ± {:.*}",
+            digits,
+            e.mean * scale,
+            digits,
+            h * scale
+        ),
         None => format!("{:.*}{unit}", digits, e.mean * scale),
     }
 }
 
 /// The cell identical to `cell` but for `analysis.experts = "random"`, if the sweep has it.
 fn random_twin(sweep: &Sweep, cell: usize) -> Option<usize> {
-    let experts = |c: usize| sweep.jobs.iter().find(|j| j.cell == c).map(|j| j.config.analysis.experts);
+    let experts = |c: usize| {
+        sweep
+            .jobs
+            .iter()
+            .find(|j| j.cell == c)
+            .map(|j| j.config.analysis.experts)
+    };
     if experts(cell)? != ExpertSource::RiskDiff {
         return None;
     }
@@ -225,7 +261,8 @@ fn random_twin(sweep: &Sweep, cell: usize) -> Option<usize> {
         s
     };
     let mine = others(cell);
-    (0..sweep.cells.len()).find(|&c| c != cell && experts(c) == Some(ExpertSource::Random) && others(c) == mine)
+    (0..sweep.cells.len())
+        .find(|&c| c != cell && experts(c) == Some(ExpertSource::Random) && others(c) == mine)
 }
 
 /// `summary.md`.
@@ -246,9 +283,15 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
         sweep.spec.seeds,
         rows.len()
     );
-    let impossible = rows.iter().filter(|r| r.report.benign_answer_nll.is_some_and(|v| !possible_nll(v))).count();
+    let impossible = rows
+        .iter()
+        .filter(|r| r.report.benign_answer_nll.is_some_and(|v| !possible_nll(v)))
+        .count();
     if impossible > 0 {
-        let _ = writeln!(out, "**{impossible} evaluations recorded an impossible (negative) benign NLL**: a numerical fault of the backend; their NLL is left out of the NLL column (their other figures are kept).\n");
+        let _ = writeln!(
+            out,
+            "**{impossible} evaluations recorded an impossible (negative) benign NLL**: a numerical fault of the backend; their NLL is left out of the NLL column (their other figures are kept).\n"
+        );
     }
     let unfinished = sweep.jobs.len() - finished_jobs(sweep);
     if unfinished > 0 {
@@ -269,13 +312,19 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
             fmt(g.plain, true),
             fmt(g.benign, true),
             fmt(g.nll, false),
-            g.trained_experts.map_or("–".into(), |e| fmt(Some(e), false).replace(".000", ""))
+            g.trained_experts
+                .map_or("–".into(), |e| fmt(Some(e), false).replace(".000", ""))
         )
     };
     // The base model: one evaluation shared by every job unless a cell changes what it reads;
     // all jobs' copies together, so that any disagreement between them shows as an interval.
     let _ = writeln!(out, "## Base model\n\n{header}");
-    let base: Vec<ResultRow> = rows.iter().filter(|r| r.variant == "base").cloned().map(|r| ResultRow { cell: 0, ..r }).collect();
+    let base: Vec<ResultRow> = rows
+        .iter()
+        .filter(|r| r.variant == "base")
+        .cloned()
+        .map(|r| ResultRow { cell: 0, ..r })
+        .collect();
     for g in groups(&base) {
         let _ = writeln!(out, "{}", line(&g, "all jobs"));
     }
@@ -283,18 +332,34 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
     for g in by_cell.iter().filter(|g| g.variant != "base") {
         let _ = writeln!(out, "{}", line(g, &sweep.cells[g.cell].name));
     }
-    let twins: Vec<(usize, usize)> = (0..sweep.cells.len()).filter_map(|c| random_twin(sweep, c).map(|t| (c, t))).collect();
+    let twins: Vec<(usize, usize)> = (0..sweep.cells.len())
+        .filter_map(|c| random_twin(sweep, c).map(|t| (c, t)))
+        .collect();
     if !twins.is_empty() {
         let _ = writeln!(
             out,
             "\n## Risk-difference experts against matched random experts\n\nEach cell beside its twin with `analysis.experts = \"random\"` (the same sets under a random relabelling of the experts: as many per batch, as large a union, a random ranking for steering). \"separated\" = the two 95% intervals of jailbreak ASR do not overlap.\n\n| cell | evaluation | ASR, risk diff | ASR, random | separated | benign refused, risk diff | benign refused, random |\n|---|---|---|---|---|---|---|"
         );
         for (c, t) in twins {
-            for g in by_cell.iter().filter(|g| g.cell == c && g.variant != "base") {
-                let Some(r) = by_cell.iter().find(|h| h.cell == t && h.variant == g.variant) else { continue };
+            for g in by_cell
+                .iter()
+                .filter(|g| g.cell == c && g.variant != "base")
+            {
+                let Some(r) = by_cell
+                    .iter()
+                    .find(|h| h.cell == t && h.variant == g.variant)
+                else {
+                    continue;
+                };
                 let separated = match (g.asr, r.asr) {
                     (Some(a), Some(b)) if a.half_width.is_some() && b.half_width.is_some() => {
-                        if a.overlaps(&b) { "no" } else if a.mean < b.mean { "yes, lower" } else { "yes, higher" }
+                        if a.overlaps(&b) {
+                            "no"
+                        } else if a.mean < b.mean {
+                            "yes, lower"
+                        } else {
+                            "yes, higher"
+                        }
                     }
                     _ => "–",
                 };

@@ -73,8 +73,17 @@ pub enum SweepEvent {
 /// The provenance recorded in each job's run directory.
 fn provenance(sweep: &Sweep, job: &Job) -> serde_json::Value {
     let cell = &sweep.cells[job.cell];
-    let overrides: Vec<String> = cell.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    pipeline::provenance(&job.config, &sweep.path, &overrides, serde_json::json!({ "sweep_cell": cell.name }))
+    let overrides: Vec<String> = cell
+        .settings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pipeline::provenance(
+        &job.config,
+        &sweep.path,
+        &overrides,
+        serde_json::json!({ "sweep_cell": cell.name }),
+    )
 }
 
 /// Register the stages finished in the jobs' directories by an earlier run, so that a resumed
@@ -91,7 +100,12 @@ fn register_finished(sweep: &Sweep, registry: &Registry) {
 }
 
 /// Run every job of `sweep` that is not finished, `workers` at a time, on backend `B`.
-pub fn run<B: AutodiffBackend>(sweep: &Sweep, workers: usize, device: &B::Device, on_event: impl Fn(SweepEvent) + Sync) -> Vec<JobReport> {
+pub fn run<B: AutodiffBackend>(
+    sweep: &Sweep,
+    workers: usize,
+    device: &B::Device,
+    on_event: impl Fn(SweepEvent) + Sync,
+) -> Vec<JobReport> {
     let registry = Registry::default();
     register_finished(sweep, &registry);
     let models = Models::<B>::default();
@@ -119,32 +133,70 @@ pub fn run<B: AutodiffBackend>(sweep: &Sweep, workers: usize, device: &B::Device
 }
 
 /// One job: the pipeline in its run directory, its stages shared.
-fn run_job<B: AutodiffBackend>(sweep: &Sweep, j: usize, registry: &Registry, models: &Models<B>, device: &B::Device, on_event: &(impl Fn(SweepEvent) + Sync)) -> JobReport {
+fn run_job<B: AutodiffBackend>(
+    sweep: &Sweep,
+    j: usize,
+    registry: &Registry,
+    models: &Models<B>,
+    device: &B::Device,
+    on_event: &(impl Fn(SweepEvent) + Sync),
+) -> JobReport {
     let start = Instant::now();
     let job = &sweep.jobs[j];
     let times = Mutex::new(Vec::new());
     let collected = Mutex::new((0usize, 0usize));
-    let env = Env { device, models, provenance: provenance(sweep, job), train: Default::default() };
+    let env = Env {
+        device,
+        models,
+        provenance: provenance(sweep, job),
+        train: Default::default(),
+    };
     let forward = |e: Event| match e {
-        Event::Started(stage) => on_event(SweepEvent::StageStarted { job: j, stage: stage.name() }),
-        Event::Done { stage, outcome, seconds } => {
-            let time = StageTime { stage: stage.name(), outcome, seconds };
+        Event::Started(stage) => on_event(SweepEvent::StageStarted {
+            job: j,
+            stage: stage.name(),
+        }),
+        Event::Done {
+            stage,
+            outcome,
+            seconds,
+        } => {
+            let time = StageTime {
+                stage: stage.name(),
+                outcome,
+                seconds,
+            };
             times.lock().expect("times lock").push(time.clone());
             on_event(SweepEvent::StageDone { job: j, time });
         }
-        Event::Collect(CollectEvent::Start { total, done }) => *collected.lock().expect("collect lock") = (0, total - done),
+        Event::Collect(CollectEvent::Start { total, done }) => {
+            *collected.lock().expect("collect lock") = (0, total - done)
+        }
         Event::Collect(CollectEvent::BatchDone { .. }) => {
             let mut c = collected.lock().expect("collect lock");
             c.0 += 1;
-            on_event(SweepEvent::Collected { job: j, done: c.0, total: c.1 });
+            on_event(SweepEvent::Collected {
+                job: j,
+                done: c.0,
+                total: c.1,
+            });
         }
         _ => {}
     };
-    let result = pipeline::run(&job.config, &RunDir::new(&job.run_dir), None, &env, &Sharing { registry }, &forward);
+    let result = pipeline::run(
+        &job.config,
+        &RunDir::new(&job.run_dir),
+        None,
+        &env,
+        &Sharing { registry },
+        &forward,
+    );
     JobReport {
         job: j,
         stages: times.into_inner().expect("times lock"),
         seconds: start.elapsed().as_secs_f64(),
-        error: result.err().map(|e| format!("{}: {e}", job.run_dir.display())),
+        error: result
+            .err()
+            .map(|e| format!("{}: {e}", job.run_dir.display())),
     }
 }

@@ -28,7 +28,11 @@ pub struct Registry {
 impl Registry {
     /// Record that `dir` holds the finished stage `key` (from an earlier run).
     pub fn found(&self, key: String, dir: &RunDir) {
-        self.slots.lock().expect("registry lock").entry(key).or_insert_with(|| Slot::Done(dir.clone()));
+        self.slots
+            .lock()
+            .expect("registry lock")
+            .entry(key)
+            .or_insert_with(|| Slot::Done(dir.clone()));
     }
 
     /// Give `dir` the stage `key`: nothing if `done` already, else link it from the job that
@@ -66,7 +70,8 @@ impl Registry {
                 Some(Slot::Done(owner)) => {
                     drop(slots);
                     if owner != *dir {
-                        dir.link_from(&owner, &files(&owner)).map_err(ShareError::Link)?;
+                        dir.link_from(&owner, &files(&owner))
+                            .map_err(ShareError::Link)?;
                     }
                     return Ok(Outcome::Linked);
                 }
@@ -100,12 +105,22 @@ pub struct Sharing<'a> {
 }
 
 impl Hook for Sharing<'_> {
-    fn around(&self, stage: &Stage, key: &str, dir: &RunDir, done: bool, work: &mut dyn FnMut() -> Result<(), Error>) -> Result<Outcome, Error> {
-        let outcome = self.registry.share(key, dir, done, |owner| owner.stage_files(stage), work).map_err(|e| match e {
-            ShareError::Work(e) => e,
-            ShareError::Failed(reason) => Error::Share(reason),
-            ShareError::Link(e) => e.into(),
-        })?;
+    fn around(
+        &self,
+        stage: &Stage,
+        key: &str,
+        dir: &RunDir,
+        done: bool,
+        work: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<Outcome, Error> {
+        let outcome = self
+            .registry
+            .share(key, dir, done, |owner| owner.stage_files(stage), work)
+            .map_err(|e| match e {
+                ShareError::Work(e) => e,
+                ShareError::Failed(reason) => Error::Share(reason),
+                ShareError::Link(e) => e.into(),
+            })?;
         if *stage == Stage::Train && outcome == Outcome::Ran {
             dir.checkpoints().remove_all()?;
         }
@@ -121,7 +136,10 @@ mod tests {
     fn the_first_job_works_the_others_link() {
         let tmp = tempfile::tempdir().unwrap();
         let reg = Registry::default();
-        let (a, b) = (RunDir::new(tmp.path().join("a")), RunDir::new(tmp.path().join("b")));
+        let (a, b) = (
+            RunDir::new(tmp.path().join("a")),
+            RunDir::new(tmp.path().join("b")),
+        );
         let files = |_: &RunDir| vec![std::path::PathBuf::from("x.txt")];
         let out = reg
             .share("k", &a, false, files, || {
@@ -130,11 +148,20 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out, Outcome::Ran);
-        let out = reg.share("k", &b, false, files, || -> std::io::Result<()> { panic!("shared work runs once") }).unwrap();
+        let out = reg
+            .share("k", &b, false, files, || -> std::io::Result<()> {
+                panic!("shared work runs once")
+            })
+            .unwrap();
         assert_eq!(out, Outcome::Linked);
-        assert_eq!(std::fs::read_to_string(b.path().join("x.txt")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(b.path().join("x.txt")).unwrap(),
+            "1"
+        );
         let failed = reg.share("f", &a, false, files, || Err("boom"));
         assert!(matches!(failed, Err(ShareError::Work("boom"))));
-        assert!(matches!(reg.share("f", &b, false, files, || Ok::<(), &str>(())), Err(ShareError::Failed(m)) if m.contains("boom")));
+        assert!(
+            matches!(reg.share("f", &b, false, files, || Ok::<(), &str>(())), Err(ShareError::Failed(m)) if m.contains("boom"))
+        );
     }
 }

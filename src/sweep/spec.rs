@@ -50,7 +50,11 @@ pub struct Cell {
 impl Cell {
     /// The value it gives `key`, as text (`None` if it leaves the key to the base config).
     pub fn setting(&self, key: &str) -> Option<String> {
-        self.settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| value_text(v))
+        self.settings
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| value_text(v))
     }
 }
 
@@ -93,7 +97,13 @@ pub fn value_text(v: &toml::Value) -> String {
 /// A cell name made safe as a directory name.
 fn dir_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._=,+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._=,+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -112,21 +122,37 @@ impl Sweep {
             source,
         })?;
         let mut base = Config::table(&text, path)?;
-        let raw = base.remove("sweep").ok_or_else(|| bad("sweep", "no [sweep] table: `steermoe run` runs a single experiment".into()))?;
-        let (sweep_overrides, overrides): (Vec<&String>, Vec<&String>) = overrides.iter().partition(|o| o.trim_start().starts_with("sweep."));
+        let raw = base.remove("sweep").ok_or_else(|| {
+            bad(
+                "sweep",
+                "no [sweep] table: `steermoe run` runs a single experiment".into(),
+            )
+        })?;
+        let (sweep_overrides, overrides): (Vec<&String>, Vec<&String>) = overrides
+            .iter()
+            .partition(|o| o.trim_start().starts_with("sweep."));
         let overrides: Vec<String> = overrides.into_iter().cloned().collect();
         let mut holder = toml::Table::new();
         holder.insert("sweep".into(), raw);
         for o in sweep_overrides {
-            let (key, value) = o.split_once('=').ok_or_else(|| bad(o, "override must be key=value".into()))?;
-            crate::config::set_key(&mut holder, key.trim(), value.trim()).map_err(|reason| bad(key.trim(), reason))?;
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| bad(o, "override must be key=value".into()))?;
+            crate::config::set_key(&mut holder, key.trim(), value.trim())
+                .map_err(|reason| bad(key.trim(), reason))?;
         }
         let raw = holder.remove("sweep").expect("inserted above");
-        let spec: SweepSpec = serde_path_to_error::deserialize(raw).map_err(|e| bad(&format!("sweep.{}", e.path()), e.inner().to_string()))?;
+        let spec: SweepSpec = serde_path_to_error::deserialize(raw)
+            .map_err(|e| bad(&format!("sweep.{}", e.path()), e.inner().to_string()))?;
         if spec.seeds.is_empty() {
             return Err(bad("sweep.seeds", "needs at least one seed".into()));
         }
-        if let Some(s) = spec.seeds.iter().enumerate().find_map(|(i, s)| spec.seeds[..i].contains(s).then_some(s)) {
+        if let Some(s) = spec
+            .seeds
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| spec.seeds[..i].contains(s).then_some(s))
+        {
             return Err(bad("sweep.seeds", format!("seed {s} is listed twice")));
         }
         let cells = cells(&spec).map_err(|(key, reason)| bad(&key, reason))?;
@@ -136,9 +162,18 @@ impl Sweep {
                 let mut all: Vec<String> = overrides.clone();
                 all.extend(cell.settings.iter().map(|(k, v)| format!("{k}={v}")));
                 all.push(format!("seed={seed}"));
-                let config = Config::from_table(base.clone(), path, &all).map_err(|e| bad(&format!("cell {}", cell.name), e.to_string()))?;
-                let run_dir = dir.join("cells").join(dir_name(&cell.name)).join(format!("seed-{seed}"));
-                jobs.push(Job { cell: c, seed, config, run_dir });
+                let config = Config::from_table(base.clone(), path, &all)
+                    .map_err(|e| bad(&format!("cell {}", cell.name), e.to_string()))?;
+                let run_dir = dir
+                    .join("cells")
+                    .join(dir_name(&cell.name))
+                    .join(format!("seed-{seed}"));
+                jobs.push(Job {
+                    cell: c,
+                    seed,
+                    config,
+                    run_dir,
+                });
             }
         }
         Ok(Self {
@@ -156,7 +191,11 @@ impl Sweep {
             return Ok(());
         }
         let cells = &self.cells;
-        self.jobs.retain(|j| patterns.iter().any(|p| cells[j.cell].name.contains(p.as_str())));
+        self.jobs.retain(|j| {
+            patterns
+                .iter()
+                .any(|p| cells[j.cell].name.contains(p.as_str()))
+        });
         if self.jobs.is_empty() {
             return Err(SweepError::Spec {
                 path: self.path.clone(),
@@ -182,24 +221,41 @@ impl Sweep {
 fn cells(spec: &SweepSpec) -> Result<Vec<Cell>, (String, String)> {
     let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
     for (key, values) in &spec.axes {
-        let values = values
-            .as_array()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| (format!("sweep.axes.{key}"), "must be a non-empty list of values".to_string()))?;
+        let values = values.as_array().filter(|v| !v.is_empty()).ok_or_else(|| {
+            (
+                format!("sweep.axes.{key}"),
+                "must be a non-empty list of values".to_string(),
+            )
+        })?;
         if key == "seed" {
-            return Err((format!("sweep.axes.{key}"), "seeds are `sweep.seeds`".into()));
+            return Err((
+                format!("sweep.axes.{key}"),
+                "seeds are `sweep.seeds`".into(),
+            ));
         }
         axes.push((key.clone(), values.clone()));
     }
     let mut variants: Vec<(Option<String>, Vec<(String, toml::Value)>)> = Vec::new();
     for (name, table) in &spec.variants {
-        let table = table
-            .as_table()
-            .ok_or_else(|| (format!("sweep.variants.{name}"), "must be a table of overrides".to_string()))?;
-        if let Some(k) = table.keys().find(|k| *k == "seed" || axes.iter().any(|(a, _)| a == *k)) {
-            return Err((format!("sweep.variants.{name}.{k}"), "is swept elsewhere (an axis or `sweep.seeds`)".into()));
+        let table = table.as_table().ok_or_else(|| {
+            (
+                format!("sweep.variants.{name}"),
+                "must be a table of overrides".to_string(),
+            )
+        })?;
+        if let Some(k) = table
+            .keys()
+            .find(|k| *k == "seed" || axes.iter().any(|(a, _)| a == *k))
+        {
+            return Err((
+                format!("sweep.variants.{name}.{k}"),
+                "is swept elsewhere (an axis or `sweep.seeds`)".into(),
+            ));
         }
-        variants.push((Some(name.clone()), table.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
+        variants.push((
+            Some(name.clone()),
+            table.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ));
     }
     if variants.is_empty() {
         variants.push((None, Vec::new()));
@@ -207,20 +263,45 @@ fn cells(spec: &SweepSpec) -> Result<Vec<Cell>, (String, String)> {
     // Short axis names (the last key part) where they are unambiguous.
     let short = |key: &str| {
         let last = key.rsplit('.').next().unwrap_or(key);
-        if axes.iter().filter(|(k, _)| k.rsplit('.').next() == Some(last)).count() > 1 { key.to_string() } else { last.to_string() }
+        if axes
+            .iter()
+            .filter(|(k, _)| k.rsplit('.').next() == Some(last))
+            .count()
+            > 1
+        {
+            key.to_string()
+        } else {
+            last.to_string()
+        }
     };
     let mut combos: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
     for (key, values) in &axes {
         combos = combos
             .into_iter()
-            .flat_map(|c| values.iter().map(move |v| [c.clone(), vec![(key.clone(), v.clone())]].concat()))
+            .flat_map(|c| {
+                values
+                    .iter()
+                    .map(move |v| [c.clone(), vec![(key.clone(), v.clone())]].concat())
+            })
             .collect();
     }
     let mut out = Vec::new();
     for (variant, overrides) in &variants {
         for combo in &combos {
-            let parts: Vec<String> = variant.iter().cloned().chain(combo.iter().map(|(k, v)| format!("{}={}", short(k), value_text(v)))).collect();
-            let name = if parts.is_empty() { "base".to_string() } else { parts.join(",") };
+            let parts: Vec<String> = variant
+                .iter()
+                .cloned()
+                .chain(
+                    combo
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", short(k), value_text(v))),
+                )
+                .collect();
+            let name = if parts.is_empty() {
+                "base".to_string()
+            } else {
+                parts.join(",")
+            };
             out.push(Cell {
                 name,
                 variant: variant.clone(),
@@ -247,12 +328,15 @@ mod tests {
         );
         let c = cells(&s).unwrap();
         let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names[..4], [
-            "free,token_scope=prompt,experts=risk_diff",
-            "free,token_scope=prompt,experts=random",
-            "free,token_scope=response,experts=risk_diff",
-            "free,token_scope=response,experts=random",
-        ]);
+        assert_eq!(
+            names[..4],
+            [
+                "free,token_scope=prompt,experts=risk_diff",
+                "free,token_scope=prompt,experts=random",
+                "free,token_scope=response,experts=risk_diff",
+                "free,token_scope=response,experts=random",
+            ]
+        );
         assert_eq!(c.len(), 8);
         assert_eq!(c[5].setting("analysis.top_k").as_deref(), Some("4"));
         assert_eq!(c[5].setting("analysis.experts").as_deref(), Some("random"));
@@ -261,8 +345,14 @@ mod tests {
 
     #[test]
     fn a_sweep_without_axes_or_variants_is_one_cell_and_bad_tables_are_named() {
-        assert_eq!(cells(&spec("[sweep]\nseeds = [0, 1]\n")).unwrap()[0].name, "base");
-        let err = cells(&spec("[sweep]\nseeds = [0]\n[sweep.axes]\n\"train.lr\" = []\n")).unwrap_err();
+        assert_eq!(
+            cells(&spec("[sweep]\nseeds = [0, 1]\n")).unwrap()[0].name,
+            "base"
+        );
+        let err = cells(&spec(
+            "[sweep]\nseeds = [0]\n[sweep.axes]\n\"train.lr\" = []\n",
+        ))
+        .unwrap_err();
         assert_eq!(err.0, "sweep.axes.train.lr");
         let err = cells(&spec("[sweep]\nseeds = [0]\n[sweep.axes]\nseed = [1, 2]\n")).unwrap_err();
         assert!(err.1.contains("sweep.seeds"));

@@ -37,7 +37,9 @@ impl Estimate {
 
 /// The two-sided 95% quantile of Student's t with `df` degrees of freedom.
 pub fn t975(df: usize) -> f64 {
-    StudentsT::new(0.0, 1.0, df as f64).expect("df > 0").inverse_cdf(0.975)
+    StudentsT::new(0.0, 1.0, df as f64)
+        .expect("df > 0")
+        .inverse_cdf(0.975)
 }
 
 /// Mean and 95% interval of `values` (`None` when empty).
@@ -51,7 +53,11 @@ pub fn estimate(values: &[f64]) -> Option<Estimate> {
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         t975(n - 1) * var.sqrt() / (n as f64).sqrt()
     });
-    Some(Estimate { n, mean, half_width })
+    Some(Estimate {
+        n,
+        mean,
+        half_width,
+    })
 }
 
 #[cfg(test)]

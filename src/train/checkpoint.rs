@@ -26,9 +26,9 @@ use burn::train::metric::store::EventStoreClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::run_dir::checkpoints::PARTS;
 #[cfg(doc)]
 use crate::run_dir::Checkpoints;
+use crate::run_dir::checkpoints::PARTS;
 
 /// How many records a run's recorder has taken in (their tensors read into host memory), for the
 /// training thread to wait on.
@@ -49,9 +49,15 @@ impl Taken {
     /// (burn-train then reports the checkpointer's failure itself).
     pub fn wait_for(&self, records: usize, patience: Duration) {
         let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        let (count, timeout) = self.changed.wait_timeout_while(count, patience, |c| *c < records).unwrap_or_else(|p| p.into_inner());
+        let (count, timeout) = self
+            .changed
+            .wait_timeout_while(count, patience, |c| *c < records)
+            .unwrap_or_else(|p| p.into_inner());
         if timeout.timed_out() {
-            tracing::warn!("went on training after waiting {patience:?} for checkpoint records: {} of {records} taken in", *count);
+            tracing::warn!(
+                "went on training after waiting {patience:?} for checkpoint records: {} of {records} taken in",
+                *count
+            );
         }
     }
 }
@@ -69,13 +75,18 @@ pub struct RecordsTaken {
 impl RecordsTaken {
     /// Wait on `taken`, at most `patience` each window.
     pub fn new(taken: Arc<Taken>, patience: Duration) -> Self {
-        Self { taken, windows: 0, patience }
+        Self {
+            taken,
+            windows: 0,
+            patience,
+        }
     }
 
     /// One more window's checkpoint was handed to the checkpointer threads: wait for its records.
     fn after_checkpoint(&mut self) {
         self.windows += 1;
-        self.taken.wait_for(PARTS.len() * self.windows, self.patience);
+        self.taken
+            .wait_for(PARTS.len() * self.windows, self.patience);
     }
 }
 
@@ -97,12 +108,18 @@ pub struct AtomicMpkRecorder<S: PrecisionSettings> {
 impl<S: PrecisionSettings> AtomicMpkRecorder<S> {
     /// A recorder.
     pub fn new() -> Self {
-        Self { taken: None, _settings: PhantomData }
+        Self {
+            taken: None,
+            _settings: PhantomData,
+        }
     }
 
     /// A recorder that tells `taken` of each record it has taken in.
     pub fn reporting_to(taken: Arc<Taken>) -> Self {
-        Self { taken: Some(taken), _settings: PhantomData }
+        Self {
+            taken: Some(taken),
+            _settings: PhantomData,
+        }
     }
 }
 
@@ -116,7 +133,11 @@ impl<S: PrecisionSettings, B: Backend> Recorder<B> for AtomicMpkRecorder<S> {
     type RecordOutput = ();
     type LoadArgs = PathBuf;
 
-    fn save_item<I: Serialize>(&self, item: I, file: Self::RecordArgs) -> Result<(), RecorderError> {
+    fn save_item<I: Serialize>(
+        &self,
+        item: I,
+        file: Self::RecordArgs,
+    ) -> Result<(), RecorderError> {
         // `Recorder::record` has turned the record into `item`: its tensors are read.
         if let Some(taken) = &self.taken {
             taken.one_more();
@@ -139,10 +160,15 @@ impl<S: PrecisionSettings, B: Backend> Recorder<B> for AtomicMpkRecorder<S> {
         })
     }
 
-    fn load_item<I: DeserializeOwned>(&self, file: &mut Self::LoadArgs) -> Result<I, RecorderError> {
+    fn load_item<I: DeserializeOwned>(
+        &self,
+        file: &mut Self::LoadArgs,
+    ) -> Result<I, RecorderError> {
         let path = file.with_extension("mpk");
-        let f = std::fs::File::open(&path).map_err(|e| RecorderError::FileNotFound(format!("{}: {e}", path.display())))?;
-        rmp_serde::decode::from_read(std::io::BufReader::new(f)).map_err(|e| RecorderError::DeserializeError(format!("{}: {e}", path.display())))
+        let f = std::fs::File::open(&path)
+            .map_err(|e| RecorderError::FileNotFound(format!("{}: {e}", path.display())))?;
+        rmp_serde::decode::from_read(std::io::BufReader::new(f))
+            .map_err(|e| RecorderError::DeserializeError(format!("{}: {e}", path.display())))
     }
 }
 
@@ -186,7 +212,12 @@ mod tests {
             let dir = tmp.path().to_path_buf();
             std::thread::spawn(move || {
                 for part in PARTS {
-                    Recorder::<B>::save_item(&r, vec![1.0f32], dir.join(format!("checkpoint/{part}-1"))).unwrap();
+                    Recorder::<B>::save_item(
+                        &r,
+                        vec![1.0f32],
+                        dir.join(format!("checkpoint/{part}-1")),
+                    )
+                    .unwrap();
                 }
             })
         };
@@ -220,14 +251,25 @@ mod tests {
                 std::thread::spawn(move || {
                     std::thread::sleep(DELAY);
                     for part in PARTS {
-                        Recorder::<B>::save_item(&r, vec![0u8], dir.join(format!("checkpoint/{part}-{window}"))).unwrap();
+                        Recorder::<B>::save_item(
+                            &r,
+                            vec![0u8],
+                            dir.join(format!("checkpoint/{part}-{window}")),
+                        )
+                        .unwrap();
                     }
                 })
             };
             hook.after_checkpoint();
             let waited = start.elapsed();
-            assert!(waited >= DELAY, "window {window}: went on before its checkpoint's records were taken in");
-            assert!(waited < Duration::from_secs(30), "window {window}: waited for more than its own records");
+            assert!(
+                waited >= DELAY,
+                "window {window}: went on before its checkpoint's records were taken in"
+            );
+            assert!(
+                waited < Duration::from_secs(30),
+                "window {window}: waited for more than its own records"
+            );
             saver.join().unwrap();
         }
     }

@@ -114,7 +114,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             answer_chars: 100,
-            refusals: vec!["I cannot assist with that request as it may be harmful or unsafe.".into()],
+            refusals: vec![
+                "I cannot assist with that request as it may be harmful or unsafe.".into(),
+            ],
             loss_on: LossOn::Assistant,
             max_len: 512,
             shuffle_batches: true,
@@ -139,7 +141,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Check the values: every number finite and in range, at least one refusal.
     pub fn validate(&self) -> Result<(), Invalid> {
-        ensure(!self.refusals.is_empty(), "train.refusals", || "needs at least one refusal".into())?;
+        ensure(!self.refusals.is_empty(), "train.refusals", || {
+            "needs at least one refusal".into()
+        })?;
         for (i, r) in self.refusals.iter().enumerate() {
             not_blank(&format!("train.refusals[{i}]"), r)?;
         }
@@ -161,11 +165,41 @@ mod tests {
     #[test]
     fn non_finite_and_negative_settings_are_refused_by_key() {
         for (cfg, key) in [
-            (TrainConfig { weight_decay: -5.0, ..Default::default() }, "train.weight_decay"),
-            (TrainConfig { grad_clip: f64::NAN, ..Default::default() }, "train.grad_clip"),
-            (TrainConfig { lr: f64::INFINITY, ..Default::default() }, "train.lr"),
-            (TrainConfig { consistency_weight: -1.0, ..Default::default() }, "train.consistency_weight"),
-            (TrainConfig { refusals: vec![" ".into()], ..Default::default() }, "train.refusals[0]"),
+            (
+                TrainConfig {
+                    weight_decay: -5.0,
+                    ..Default::default()
+                },
+                "train.weight_decay",
+            ),
+            (
+                TrainConfig {
+                    grad_clip: f64::NAN,
+                    ..Default::default()
+                },
+                "train.grad_clip",
+            ),
+            (
+                TrainConfig {
+                    lr: f64::INFINITY,
+                    ..Default::default()
+                },
+                "train.lr",
+            ),
+            (
+                TrainConfig {
+                    consistency_weight: -1.0,
+                    ..Default::default()
+                },
+                "train.consistency_weight",
+            ),
+            (
+                TrainConfig {
+                    refusals: vec![" ".into()],
+                    ..Default::default()
+                },
+                "train.refusals[0]",
+            ),
         ] {
             assert_eq!(cfg.validate().unwrap_err().key, key);
         }

@@ -109,9 +109,15 @@ impl TrainControl {
     /// Called by the loader when window `w` starts: `false` (and the Learner interrupted) if a
     /// stop was pending when the first rank asked about `w`.
     pub(crate) fn window_may_start(&self, w: usize) -> bool {
-        let may = *self.windows.lock().expect("window lock").entry(w).or_insert_with(|| !self.stop_requested());
+        let may = *self
+            .windows
+            .lock()
+            .expect("window lock")
+            .entry(w)
+            .or_insert_with(|| !self.stop_requested());
         if !may {
-            self.interrupter.stop(Some("stopped by the user at a checkpoint"));
+            self.interrupter
+                .stop(Some("stopped by the user at a checkpoint"));
         }
         may
     }
@@ -151,8 +157,14 @@ mod tests {
         assert!(c.window_may_start(3), "rank 0 starts window 3");
         c.request_stop();
         c.request_stop();
-        assert!(!c.interrupter().should_stop(), "no interruption mid-window on several ranks");
+        assert!(
+            !c.interrupter().should_stop(),
+            "no interruption mid-window on several ranks"
+        );
         assert!(c.window_may_start(3), "rank 1 runs window 3 too");
-        assert!(!c.window_may_start(4) && !c.window_may_start(4), "and both stop before window 4");
+        assert!(
+            !c.window_may_start(4) && !c.window_may_start(4),
+            "and both stop before window 4"
+        );
     }
 }

@@ -62,19 +62,41 @@ pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotE
             .map_err(err)?;
         let blue = palette(0);
         chart
-            .draw_series(LineSeries::new(steps.iter().filter(|s| s.loss.is_finite()).map(|s| (s.step as f64, s.loss)), blue.mix(0.35).stroke_width(1)))
+            .draw_series(LineSeries::new(
+                steps
+                    .iter()
+                    .filter(|s| s.loss.is_finite())
+                    .map(|s| (s.step as f64, s.loss)),
+                blue.mix(0.35).stroke_width(1),
+            ))
             .map_err(err)?
             .label("loss per step")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.mix(0.35).stroke_width(1)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], blue.mix(0.35).stroke_width(1))
+            });
         chart
-            .draw_series(LineSeries::new(smooth.iter().copied(), blue.stroke_width(3)))
+            .draw_series(LineSeries::new(
+                smooth.iter().copied(),
+                blue.stroke_width(3),
+            ))
             .map_err(err)?
             .label("moving average")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3))
+            });
         if !valid.is_empty() {
             let orange = palette(6);
-            let points: Vec<(f64, f64)> = valid.iter().filter(|v| v.valid_loss.is_finite()).map(|v| (v.step as f64, v.valid_loss)).collect();
-            chart.draw_series(LineSeries::new(points.iter().copied(), orange.stroke_width(2))).map_err(err)?;
+            let points: Vec<(f64, f64)> = valid
+                .iter()
+                .filter(|v| v.valid_loss.is_finite())
+                .map(|v| (v.step as f64, v.valid_loss))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    orange.stroke_width(2),
+                ))
+                .map_err(err)?;
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 5, orange.filled())))
                 .map_err(err)?
@@ -83,10 +105,15 @@ pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotE
         }
         let grey = palette(15);
         chart
-            .draw_secondary_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.lr)), grey.stroke_width(1)))
+            .draw_secondary_series(LineSeries::new(
+                steps.iter().map(|s| (s.step as f64, s.lr)),
+                grey.stroke_width(1),
+            ))
             .map_err(err)?
             .label("learning rate (right axis)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(1)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(1))
+            });
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))

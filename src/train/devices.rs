@@ -22,12 +22,19 @@ pub fn check_devices(devices: &[usize]) -> Result<(), TrainError> {
 }
 
 /// burn's data-parallel strategy on `devices` (CUDA, feature `ddp`).
-pub fn parallel_strategy<B: AutodiffBackend>(devices: &[usize]) -> Result<burn::train::ExecutionStrategy<B>, TrainError> {
-    let fail = |reason: &str| TrainError::Parallel { devices: devices.to_vec(), reason: reason.into() };
+pub fn parallel_strategy<B: AutodiffBackend>(
+    devices: &[usize],
+) -> Result<burn::train::ExecutionStrategy<B>, TrainError> {
+    let fail = |reason: &str| TrainError::Parallel {
+        devices: devices.to_vec(),
+        reason: reason.into(),
+    };
     #[cfg(feature = "ddp")]
     {
         crate::cuda::ddp::strategy::<B>(devices).map_err(|reason| fail(&reason))
     }
     #[cfg(not(feature = "ddp"))]
-    Err(fail("this binary was built without data-parallel training (cargo build --release --no-default-features --features cuda,ddp)"))
+    Err(fail(
+        "this binary was built without data-parallel training (cargo build --release --no-default-features --features cuda,ddp)",
+    ))
 }

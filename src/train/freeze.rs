@@ -17,18 +17,26 @@ use burn::nn::Linear;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use crate::analysis::select::ExpertId;
 use super::config::Trainable;
+use crate::analysis::select::ExpertId;
 use crate::model::MoeLm;
 use crate::model::experts::in_dtype;
 
 fn unfreeze<B: AutodiffBackend>(l: &mut Linear<B>, master: DType) {
-    l.weight = l.weight.clone().map(|w| in_dtype(w, master).detach().require_grad());
+    l.weight = l
+        .weight
+        .clone()
+        .map(|w| in_dtype(w, master).detach().require_grad());
 }
 
 /// Freeze `model` except what `trainable` names among `experts`, which are kept in `master`
 /// (training passes f32; a float type wider than the model's).
-pub fn freeze<B: AutodiffBackend>(model: MoeLm<B>, experts: &[ExpertId], trainable: Trainable, master: FloatDType) -> MoeLm<B> {
+pub fn freeze<B: AutodiffBackend>(
+    model: MoeLm<B>,
+    experts: &[ExpertId],
+    trainable: Trainable,
+    master: FloatDType,
+) -> MoeLm<B> {
     let master = DType::from(master);
     let mut model = model.no_grad();
     if trainable != Trainable::Routers {

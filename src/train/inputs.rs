@@ -52,13 +52,21 @@ impl TrainInputs {
     /// Read the analysis and the collected samples of `dir` as `t` trains on them, for the model
     /// of `model_cfg` (an analysis naming experts it does not have is refused), with the
     /// validation groups `valid`.
-    pub fn read(dir: &RunDir, t: &TrainConfig, tokenizer: &ChatTokenizer, model_cfg: ModelConfig, valid: Vec<SftGroup>) -> Result<Self, TrainError> {
+    pub fn read(
+        dir: &RunDir,
+        t: &TrainConfig,
+        tokenizer: &ChatTokenizer,
+        model_cfg: ModelConfig,
+        valid: Vec<SftGroup>,
+    ) -> Result<Self, TrainError> {
         let file = dir.unsafe_experts();
         let analysis = file.read()?;
-        analysis.check_shape(model_cfg.num_moe_layers(), model_cfg.num_experts).map_err(|reason| TrainError::Input {
-            path: file.path().to_path_buf(),
-            reason: format!("{reason} (run `steermoe analyze` on this run directory again)"),
-        })?;
+        analysis
+            .check_shape(model_cfg.num_moe_layers(), model_cfg.num_experts)
+            .map_err(|reason| TrainError::Input {
+                path: file.path().to_path_buf(),
+                reason: format!("{reason} (run `steermoe analyze` on this run directory again)"),
+            })?;
         let sets = batch_sets(&analysis, t.expert_set);
         let trained = union(&sets.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
         let groups = sft::build(dir, &analysis.batch_idx, tokenizer, t)?;
@@ -81,7 +89,11 @@ impl TrainInputs {
 
     /// Steps per window: the steps between two checkpoints.
     pub fn window(&self, t: &TrainConfig) -> usize {
-        if t.checkpoint_every > 0 { t.checkpoint_every } else { self.groups.len() }
+        if t.checkpoint_every > 0 {
+            t.checkpoint_every
+        } else {
+            self.groups.len()
+        }
     }
 
     /// Optimizer steps of the whole schedule.
@@ -92,7 +104,14 @@ impl TrainInputs {
     /// The loader training iterates: the groups in `schedule` order from window `start_window`,
     /// each batch carrying the routing its step applies (its set's mask, the one analysis
     /// writes, on the samples `train.mask_scope` restricts), split across `ranks` devices.
-    pub fn loader<B: burn::tensor::backend::Backend>(&self, t: &TrainConfig, ranks: usize, schedule: Vec<usize>, start_window: usize, device: &B::Device) -> BatchPreservingLoader<B> {
+    pub fn loader<B: burn::tensor::backend::Backend>(
+        &self,
+        t: &TrainConfig,
+        ranks: usize,
+        schedule: Vec<usize>,
+        start_window: usize,
+        device: &B::Device,
+    ) -> BatchPreservingLoader<B> {
         let settings = loader::LoaderSettings {
             schedule,
             window: self.window(t),
@@ -101,12 +120,20 @@ impl TrainInputs {
             mask_scope: t.mask_scope,
             ranks: ranks.max(1),
         };
-        let masks = MaskTable::new(&self.sets, self.model_cfg.num_moe_layers(), self.model_cfg.num_experts, device);
+        let masks = MaskTable::new(
+            &self.sets,
+            self.model_cfg.num_moe_layers(),
+            self.model_cfg.num_experts,
+            device,
+        );
         BatchPreservingLoader::new(self.groups.clone(), masks, settings, device.clone())
     }
 
     /// The validation loader: every validation group, under free routing, at each `iter()`.
-    pub fn valid_loader<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> BatchPreservingLoader<B> {
+    pub fn valid_loader<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> BatchPreservingLoader<B> {
         let n = self.valid.len();
         let settings = loader::LoaderSettings {
             schedule: (0..n).collect(),
@@ -116,7 +143,12 @@ impl TrainInputs {
             mask_scope: MaskScope::None,
             ranks: 1,
         };
-        let masks = MaskTable::new(&[], self.model_cfg.num_moe_layers(), self.model_cfg.num_experts, device);
+        let masks = MaskTable::new(
+            &[],
+            self.model_cfg.num_moe_layers(),
+            self.model_cfg.num_experts,
+            device,
+        );
         BatchPreservingLoader::new(self.valid.clone(), masks, settings, device.clone())
     }
 }

@@ -28,14 +28,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
-use super::control::TrainControl;
-use super::shard::{Rank, counted_tokens, loss_scale, shard};
-use crate::model::loss::Targets;
-use super::sft::SftGroup;
-use crate::analysis::select::ExpertId;
 use super::config::MaskScope;
+use super::control::TrainControl;
+use super::sft::SftGroup;
+use super::shard::{Rank, counted_tokens, loss_scale, shard};
+use crate::analysis::select::ExpertId;
 use crate::data::batch::Label;
 use crate::model::Routing;
+use crate::model::loss::Targets;
 
 /// One training batch: one analysis batch, right-padded.
 #[derive(Debug, Clone)]
@@ -78,22 +78,36 @@ pub struct MaskTable<B: Backend> {
 impl<B: Backend> MaskTable<B> {
     /// A table from each batch's expert set. A layer where a set has no expert is left free
     /// (restricting it to nothing would route on the penalty alone).
-    pub fn new(sets: &[(usize, Vec<ExpertId>)], layers: usize, experts: usize, device: &B::Device) -> Self {
+    pub fn new(
+        sets: &[(usize, Vec<ExpertId>)],
+        layers: usize,
+        experts: usize,
+        device: &B::Device,
+    ) -> Self {
         let mut values = Vec::with_capacity(sets.len() * layers * experts);
         let mut rows = HashMap::new();
         for (row, (batch_idx, set)) in sets.iter().enumerate() {
             rows.insert(*batch_idx, row);
             values.extend(crate::analysis::select::routing_mask(set, layers, experts));
         }
-        let allow = Tensor::from_data(TensorData::new(values, [sets.len(), layers, experts]), device);
+        let allow = Tensor::from_data(
+            TensorData::new(values, [sets.len(), layers, experts]),
+            device,
+        );
         Self { rows, allow }
     }
 
     /// The `[layers, experts]` mask of `batch_idx`.
     pub fn lookup(&self, batch_idx: usize) -> Tensor<B, 2, Bool> {
-        let row = *self.rows.get(&batch_idx).unwrap_or_else(|| panic!("no mask for batch {batch_idx}"));
+        let row = *self
+            .rows
+            .get(&batch_idx)
+            .unwrap_or_else(|| panic!("no mask for batch {batch_idx}"));
         let [_, layers, experts] = self.allow.dims();
-        self.allow.clone().slice(row..row + 1).reshape([layers, experts])
+        self.allow
+            .clone()
+            .slice(row..row + 1)
+            .reshape([layers, experts])
     }
 
     /// Per-sample masks `[batch, layers, experts]` for `scope`: the batch's mask on the samples
@@ -109,9 +123,13 @@ impl<B: Backend> MaskTable<B> {
             .iter()
             .map(|&u| scope == MaskScope::UnsafeSamples && !u)
             .collect();
-        let free = Tensor::<B, 3, Bool>::from_data(TensorData::new(free, [n, 1, 1]), &mask.device())
-            .expand([n, layers, experts]);
-        let per_sample = mask.unsqueeze_dim::<3>(0).expand([n, layers, experts]).bool_or(free);
+        let free =
+            Tensor::<B, 3, Bool>::from_data(TensorData::new(free, [n, 1, 1]), &mask.device())
+                .expand([n, layers, experts]);
+        let per_sample = mask
+            .unsqueeze_dim::<3>(0)
+            .expand([n, layers, experts])
+            .bool_or(free);
         Routing::free().with_sample_masks(per_sample)
     }
 }
@@ -159,7 +177,10 @@ pub fn schedule(groups: usize, epochs: usize, shuffle: bool, seed: u64) -> Vec<u
         .flat_map(|epoch| {
             let mut order: Vec<usize> = (0..groups).collect();
             if shuffle {
-                order.shuffle(&mut crate::seeds::rng(seed, crate::seeds::Stream::BatchOrder { epoch }));
+                order.shuffle(&mut crate::seeds::rng(
+                    seed,
+                    crate::seeds::Stream::BatchOrder { epoch },
+                ));
             }
             order
         })
@@ -169,8 +190,20 @@ pub fn schedule(groups: usize, epochs: usize, shuffle: bool, seed: u64) -> Vec<u
 impl<B: Backend> BatchPreservingLoader<B> {
     /// A loader over `groups` following `schedule`, `window` steps per `iter()`, starting at
     /// window `start_window`.
-    pub fn new(groups: Arc<Vec<SftGroup>>, masks: MaskTable<B>, settings: LoaderSettings, device: B::Device) -> Self {
-        let LoaderSettings { schedule, window, start_window, pad_id, mask_scope, ranks } = settings;
+    pub fn new(
+        groups: Arc<Vec<SftGroup>>,
+        masks: MaskTable<B>,
+        settings: LoaderSettings,
+        device: B::Device,
+    ) -> Self {
+        let LoaderSettings {
+            schedule,
+            window,
+            start_window,
+            pad_id,
+            mask_scope,
+            ranks,
+        } = settings;
         Self {
             groups,
             masks,
@@ -179,7 +212,10 @@ impl<B: Backend> BatchPreservingLoader<B> {
             next_window: Arc::new(AtomicUsize::new(start_window)),
             pad_id,
             mask_scope,
-            rank: Rank { rank: 0, ranks: ranks.max(1) },
+            rank: Rank {
+                rank: 0,
+                ranks: ranks.max(1),
+            },
             device,
             control: TrainControl::default(),
         }
@@ -207,22 +243,41 @@ impl<B: Backend> BatchPreservingLoader<B> {
         let group = &self.groups[g];
         let examples = shard(group, self.rank);
         let n = examples.len();
-        let width = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(1);
+        let width = examples
+            .iter()
+            .map(|e| e.input_ids.len())
+            .max()
+            .unwrap_or(1);
         let mut ids = Vec::with_capacity(n * width);
         let mut labels = Vec::with_capacity(n * width);
         let mut valid = Vec::with_capacity(n * width);
         let mut tokens = 0;
         for ex in &examples {
             let pad = width - ex.input_ids.len();
-            ids.extend(ex.input_ids.iter().map(|&t| t as i64).chain(std::iter::repeat_n(self.pad_id as i64, pad)));
-            labels.extend(ex.labels.iter().copied().chain(std::iter::repeat_n(crate::model::loss::IGNORE_INDEX, pad)));
-            valid.extend(std::iter::repeat_n(true, ex.input_ids.len()).chain(std::iter::repeat_n(false, pad)));
+            ids.extend(
+                ex.input_ids
+                    .iter()
+                    .map(|&t| t as i64)
+                    .chain(std::iter::repeat_n(self.pad_id as i64, pad)),
+            );
+            labels.extend(
+                ex.labels
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(crate::model::loss::IGNORE_INDEX, pad)),
+            );
+            valid.extend(
+                std::iter::repeat_n(true, ex.input_ids.len())
+                    .chain(std::iter::repeat_n(false, pad)),
+            );
             tokens += counted_tokens(ex);
         }
         let batch_tokens: usize = group.examples.iter().map(counted_tokens).sum();
         let is_unsafe: Vec<bool> = examples.iter().map(|e| e.label == Label::Unsafe).collect();
         let input_tokens = valid.iter().filter(|&&v| v).count();
-        let routing = self.masks.routing(group.batch_idx, &is_unsafe, self.mask_scope);
+        let routing = self
+            .masks
+            .routing(group.batch_idx, &is_unsafe, self.mask_scope);
         let real: Arc<[bool]> = valid.clone().into();
         SftBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), &self.device),
@@ -286,8 +341,15 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
-        let masks = MaskTable { rows: self.masks.rows.clone(), allow: self.masks.allow.clone().to_device(device) };
-        Arc::new(Self { masks, device: device.clone(), ..self.clone() })
+        let masks = MaskTable {
+            rows: self.masks.rows.clone(),
+            allow: self.masks.allow.clone().to_device(device),
+        };
+        Arc::new(Self {
+            masks,
+            device: device.clone(),
+            ..self.clone()
+        })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, SftBatch<B>>> {
@@ -296,12 +358,20 @@ impl<B: Backend> DataLoader<B, SftBatch<B>> for BatchPreservingLoader<B> {
             let per_rank = self.window_steps().max(1);
             return Arc::new(Self {
                 next_window: Arc::new(AtomicUsize::new(self.next_window.load(Ordering::SeqCst))),
-                rank: Rank { rank: (start / per_rank).min(self.rank.ranks - 1), ranks: self.rank.ranks },
+                rank: Rank {
+                    rank: (start / per_rank).min(self.rank.ranks - 1),
+                    ranks: self.rank.ranks,
+                },
                 ..self.clone()
             });
         }
-        let schedule: Vec<usize> = self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
-        Arc::new(Self { schedule: Arc::new(schedule), next_window: Arc::new(AtomicUsize::new(0)), ..self.clone() })
+        let schedule: Vec<usize> =
+            self.schedule[start.min(self.schedule.len())..end.min(self.schedule.len())].to_vec();
+        Arc::new(Self {
+            schedule: Arc::new(schedule),
+            next_window: Arc::new(AtomicUsize::new(0)),
+            ..self.clone()
+        })
     }
 }
 
@@ -323,7 +393,9 @@ mod tests {
                         in_batch_idx: i,
                         label: if i < 2 { Label::Safe } else { Label::Unsafe },
                         input_ids: vec![5; 3 + i],
-                        labels: std::iter::once(-100).chain(std::iter::repeat_n(5, 2 + i)).collect(),
+                        labels: std::iter::once(-100)
+                            .chain(std::iter::repeat_n(5, 2 + i))
+                            .collect(),
                     })
                     .collect(),
             })
@@ -331,7 +403,8 @@ mod tests {
     }
 
     fn loader(window: usize, start: usize) -> BatchPreservingLoader<B> {
-        let sets: Vec<(usize, Vec<ExpertId>)> = (0..5).map(|b| (10 + b, vec![[0, b % 3]])).collect();
+        let sets: Vec<(usize, Vec<ExpertId>)> =
+            (0..5).map(|b| (10 + b, vec![[0, b % 3]])).collect();
         let masks = MaskTable::new(&sets, 2, 3, &Default::default());
         let settings = LoaderSettings {
             schedule: schedule(5, 2, true, 7),
@@ -351,7 +424,11 @@ mod tests {
         assert_ne!(a, schedule(5, 2, true, 8));
         let mut first: Vec<usize> = a[..5].to_vec();
         first.sort();
-        assert_eq!(first, vec![0, 1, 2, 3, 4], "each epoch visits every batch once");
+        assert_eq!(
+            first,
+            vec![0, 1, 2, 3, 4],
+            "each epoch visits every batch once"
+        );
         assert_eq!(schedule(3, 2, false, 0), vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -363,7 +440,11 @@ mod tests {
         for _ in 0..4 {
             for b in l.iter() {
                 let ids = b.input_ids.dims();
-                assert_eq!(ids, [4, 6], "one analysis batch of 4, padded to its longest");
+                assert_eq!(
+                    ids,
+                    [4, 6],
+                    "one analysis batch of 4, padded to its longest"
+                );
                 assert_eq!(b.is_unsafe, vec![false, false, true, true]);
                 seen.push(b.batch_idx);
             }
@@ -383,7 +464,15 @@ mod tests {
         let allow = batch.routing.allow.expect("masked"); // [layers, batch, experts]
         let v: Vec<bool> = allow.into_data().iter::<bool>().collect();
         // layer 0: safe rows all true; unsafe rows only expert 1.
-        assert_eq!(&v[..12], &[true, true, true, true, true, true, false, true, false, false, true, false]);
-        assert!(v[12..].iter().all(|&a| a), "a layer without unsafe experts stays free");
+        assert_eq!(
+            &v[..12],
+            &[
+                true, true, true, true, true, true, false, true, false, false, true, false
+            ]
+        );
+        assert!(
+            v[12..].iter().all(|&a| a),
+            "a layer without unsafe experts stays free"
+        );
     }
 }

@@ -9,16 +9,21 @@
 //! dashboard). [`NoLog`] replaces burn-train's per-epoch metric files: `metrics.jsonl` is the
 //! record.
 
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::sync::mpsc::Sender;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use burn::train::metric::{Adaptor, Metric, MetricMetadata, MetricName, NumericEntry, SerializedEntry};
 use burn::train::logger::MetricLogger;
-use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
-use burn::train::renderer::{EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation, MetricsRendererTraining, ProgressType, TrainingProgress};
 use burn::train::metric::MetricDefinition;
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
+use burn::train::metric::{
+    Adaptor, Metric, MetricMetadata, MetricName, NumericEntry, SerializedEntry,
+};
+use burn::train::renderer::{
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use serde::{Deserialize, Serialize};
 
 use super::step::SftOutputSync;
 pub use crate::run_dir::training::{StepRecord, ValidRecord};
@@ -93,7 +98,10 @@ impl Metric for StepMetric {
             expert_counts: item.expert_counts.clone(),
             parts: item.rank.ranks,
         };
-        SerializedEntry::new(format!("{:.4}", item.loss), serde_json::to_string(&record).expect("step records serialise"))
+        SerializedEntry::new(
+            format!("{:.4}", item.loss),
+            serde_json::to_string(&record).expect("step records serialise"),
+        )
     }
 
     fn clear(&mut self) {}
@@ -132,7 +140,10 @@ impl Metric for ValidMetric {
             lm_loss: item.lm_loss,
             tokens: item.tokens,
         };
-        SerializedEntry::new(format!("{:.4}", item.lm_loss), serde_json::to_string(&batch).expect("valid batches serialise"))
+        SerializedEntry::new(
+            format!("{:.4}", item.lm_loss),
+            serde_json::to_string(&batch).expect("valid batches serialise"),
+        )
     }
 
     fn clear(&mut self) {}
@@ -172,7 +183,10 @@ impl MetricsRendererTraining for ChannelRenderer {
     }
     fn render_train(&mut self, _item: TrainingProgress, _progress: Vec<ProgressType>) {}
     fn render_valid(&mut self, _item: TrainingProgress, _progress: Vec<ProgressType>) {}
-    fn on_train_end(&mut self, _summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
+    fn on_train_end(
+        &mut self,
+        _summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     }
 }
@@ -180,7 +194,10 @@ impl MetricsRendererTraining for ChannelRenderer {
 impl MetricsRendererEvaluation for ChannelRenderer {
     fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
     fn render_test(&mut self, _item: EvaluationProgress, _progress: Vec<ProgressType>) {}
-    fn on_test_end(&mut self, _summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
+    fn on_test_end(
+        &mut self,
+        _summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     }
 }
@@ -195,7 +212,12 @@ pub struct NoLog;
 
 impl MetricLogger for NoLog {
     fn log(&mut self, _update: MetricsUpdate, _epoch: usize, _split: &Split) {}
-    fn read_numeric(&mut self, _name: &str, _epoch: usize, _split: &Split) -> Result<Vec<NumericEntry>, String> {
+    fn read_numeric(
+        &mut self,
+        _name: &str,
+        _epoch: usize,
+        _split: &Split,
+    ) -> Result<Vec<NumericEntry>, String> {
         Ok(Vec::new())
     }
     fn log_metric_definition(&mut self, _definition: MetricDefinition) {}

@@ -22,14 +22,18 @@ impl<B: Backend> ModuleVisitor<B> for Trainable<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let p = param.val();
         if p.is_require_grad() {
-            self.terms.push(p.cast(burn::tensor::DType::F32).sum().mul_scalar(0.0));
+            self.terms
+                .push(p.cast(burn::tensor::DType::F32).sum().mul_scalar(0.0));
         }
     }
 }
 
 /// `loss + 0 · Σ p` over every trainable parameter `p` of `module`: the same value and the same
 /// gradients, with every trainable parameter in the graph.
-pub fn with_every_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, loss: Tensor<B, 1>) -> Tensor<B, 1> {
+pub fn with_every_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    loss: Tensor<B, 1>,
+) -> Tensor<B, 1> {
     let mut v = Trainable { terms: Vec::new() };
     module.visit(&mut v);
     let dtype = loss.dtype();
@@ -57,14 +61,23 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Largest<'_, B> {
 
 /// Remove every gradient of `module`'s parameters that is exactly zero (one read of one number
 /// per gradient, in one transaction).
-pub fn drop_zero_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams) {
-    let mut v = Largest::<B> { grads, found: Vec::new() };
+pub fn drop_zero_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+) {
+    let mut v = Largest::<B> {
+        grads,
+        found: Vec::new(),
+    };
     module.visit(&mut v);
     let (largest, removes): (Vec<_>, Vec<_>) = v.found.into_iter().unzip();
     if largest.is_empty() {
         return;
     }
-    let data = largest.into_iter().fold(Transaction::default(), |t, x| t.register(x)).execute();
+    let data = largest
+        .into_iter()
+        .fold(Transaction::default(), |t, x| t.register(x))
+        .execute();
     for (d, remove) in data.into_iter().zip(removes) {
         if d.iter::<f64>().next() == Some(0.0) {
             remove(grads);
@@ -91,7 +104,11 @@ mod tests {
     fn model() -> Two<B> {
         let device = Default::default();
         let linear = || LinearConfig::new(3, 2).with_bias(false).init::<B>(&device);
-        Two { used: linear(), unused: linear(), frozen: linear().no_grad() }
+        Two {
+            used: linear(),
+            unused: linear(),
+            frozen: linear().no_grad(),
+        }
     }
 
     #[test]
@@ -105,19 +122,43 @@ mod tests {
         let value = loss().into_scalar();
 
         let plain = GradientsParams::from_grads(loss().backward(), &m);
-        assert!(plain.get::<NdArray<f32>, 2>(m.unused.weight.id).is_none(), "untouched: no gradient");
+        assert!(
+            plain.get::<NdArray<f32>, 2>(m.unused.weight.id).is_none(),
+            "untouched: no gradient"
+        );
 
         let touched = with_every_trainable(&m, loss());
-        assert_eq!(touched.clone().into_scalar(), value, "the loss is unchanged");
+        assert_eq!(
+            touched.clone().into_scalar(),
+            value,
+            "the loss is unchanged"
+        );
         let mut grads = GradientsParams::from_grads(touched.backward(), &m);
-        let zero = grads.get::<NdArray<f32>, 2>(m.unused.weight.id).expect("touched: a gradient");
+        let zero = grads
+            .get::<NdArray<f32>, 2>(m.unused.weight.id)
+            .expect("touched: a gradient");
         assert_eq!(zero.abs().max().into_scalar(), 0.0);
-        assert!(grads.get::<NdArray<f32>, 2>(m.frozen.weight.id).is_none(), "frozen stays out");
-        let used = grads.get::<NdArray<f32>, 2>(m.used.weight.id).expect("used");
-        plain.get::<NdArray<f32>, 2>(m.used.weight.id).unwrap().into_data().assert_eq(&used.into_data(), true);
+        assert!(
+            grads.get::<NdArray<f32>, 2>(m.frozen.weight.id).is_none(),
+            "frozen stays out"
+        );
+        let used = grads
+            .get::<NdArray<f32>, 2>(m.used.weight.id)
+            .expect("used");
+        plain
+            .get::<NdArray<f32>, 2>(m.used.weight.id)
+            .unwrap()
+            .into_data()
+            .assert_eq(&used.into_data(), true);
 
         drop_zero_gradients(&m, &mut grads);
-        assert!(grads.get::<NdArray<f32>, 2>(m.unused.weight.id).is_none(), "zero: dropped");
-        assert!(grads.get::<NdArray<f32>, 2>(m.used.weight.id).is_some(), "non-zero: kept");
+        assert!(
+            grads.get::<NdArray<f32>, 2>(m.unused.weight.id).is_none(),
+            "zero: dropped"
+        );
+        assert!(
+            grads.get::<NdArray<f32>, 2>(m.used.weight.id).is_some(),
+            "non-zero: kept"
+        );
     }
 }

@@ -111,7 +111,13 @@ pub fn train<B: AutodiffBackend>(
     let total_steps = inputs.total_steps(t);
     let window = inputs.window(t);
     let loader = inputs
-        .loader::<B>(t, ranks, loader::schedule(num_batches, t.epochs, t.shuffle_batches, ctx.seed), resume.unwrap_or(0), device)
+        .loader::<B>(
+            t,
+            ranks,
+            loader::schedule(num_batches, t.epochs, t.shuffle_batches, ctx.seed),
+            resume.unwrap_or(0),
+            device,
+        )
         .with_control(control.clone());
     let windows = loader.windows();
     control.set_plan(control::TrainPlan {
@@ -121,23 +127,31 @@ pub fn train<B: AutodiffBackend>(
         batch_experts: inputs.sets.clone(),
     });
     let last_window = opts.stop_after_windows.map_or(windows, |s| s.min(windows));
-    let metrics_file = dir.metrics().open_from(resume.unwrap_or(0) * window, opts.measure_only)?;
+    let metrics_file = dir
+        .metrics()
+        .open_from(resume.unwrap_or(0) * window, opts.measure_only)?;
 
     let (tx, rx) = mpsc::channel();
-    let mut training = SupervisedTraining::new(checkpoints.dir(), Arc::new(loader), Arc::new(inputs.valid_loader::<B::InnerBackend>(device)))
-        .metric_train(metrics::StepMetric::new(ranks))
-        .metric_valid(metrics::ValidMetric::new(window, total_steps))
-        .renderer(metrics::ChannelRenderer::new(tx))
-        .with_metric_logger(metrics::NoLog)
-        .with_application_logger(None)
-        .with_interrupter(control.interrupter())
-        .num_epochs(last_window);
+    let mut training = SupervisedTraining::new(
+        checkpoints.dir(),
+        Arc::new(loader),
+        Arc::new(inputs.valid_loader::<B::InnerBackend>(device)),
+    )
+    .metric_train(metrics::StepMetric::new(ranks))
+    .metric_valid(metrics::ValidMetric::new(window, total_steps))
+    .renderer(metrics::ChannelRenderer::new(tx))
+    .with_metric_logger(metrics::NoLog)
+    .with_application_logger(None)
+    .with_interrupter(control.interrupter())
+    .num_epochs(last_window);
     if !opts.measure_only {
         // After each checkpoint the training thread waits for its records (`checkpoint` says why).
         const PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
         let taken = Arc::new(checkpoint::Taken::default());
         training = training
-            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(taken.clone()))
+            .with_file_checkpointer(AtomicMpkRecorder::<FullPrecisionSettings>::reporting_to(
+                taken.clone(),
+            ))
             .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
             .early_stopping(checkpoint::RecordsTaken::new(taken, PATIENCE));
     }
@@ -150,7 +164,11 @@ pub fn train<B: AutodiffBackend>(
     if let Some(strategy) = strategy {
         training = training.with_training_strategy(strategy.into());
     }
-    let learner = Learner::new(model.clone(), optimizer(t).init(), schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps).per_step(ranks));
+    let learner = Learner::new(
+        model.clone(),
+        optimizer(t).init(),
+        schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps).per_step(ranks),
+    );
     // The renderer's sender lives in `training`; once the Learner is done and dropped, the
     // channel closes and the consumer returns every step it saw.
     let (result, (steps, non_finite)) = std::thread::scope(|s| {
@@ -178,12 +196,15 @@ pub fn train<B: AutodiffBackend>(
     // Every window was checkpointed by an earlier run that ended before its export: the model
     // is the last checkpoint's.
     let result = match (result, resume) {
-        (None, Some(r)) if r >= windows && opts.stop_after_windows.is_none_or(|s| s >= windows) => Some(restore(model, dir, r, device)?.valid()),
+        (None, Some(r)) if r >= windows && opts.stop_after_windows.is_none_or(|s| s >= windows) => {
+            Some(restore(model, dir, r, device)?.valid())
+        }
         (result, _) => result,
     };
 
     // A stop request after the last window's checkpoint stopped nothing.
-    let stopped = opts.stop_after_windows.is_some_and(|s| s < windows) || (control.stop_requested() && checkpoints.latest().is_none_or(|c| c < windows));
+    let stopped = opts.stop_after_windows.is_some_and(|s| s < windows)
+        || (control.stop_requested() && checkpoints.latest().is_none_or(|c| c < windows));
     if !stopped
         && !opts.measure_only
         && let Some(model) = result
@@ -201,15 +222,26 @@ pub fn train<B: AutodiffBackend>(
 
 /// The model as `t` trains it: everything frozen but the trained experts (or what
 /// `train.trainable` says), with its loss settings; and its (trainable, total) parameters.
-fn trainable_model<B: AutodiffBackend>(t: &TrainConfig, inputs: &TrainInputs, model: model::MoeLm<B>) -> (SftModel<B>, (usize, usize)) {
+fn trainable_model<B: AutodiffBackend>(
+    t: &TrainConfig,
+    inputs: &TrainInputs,
+    model: model::MoeLm<B>,
+) -> (SftModel<B>, (usize, usize)) {
     let model = freeze::freeze(model, &inputs.trained, t.trainable, FloatDType::F32);
     let params = freeze::param_counts(&model);
-    (SftModel::new(model, LossSettings::new(t, &inputs.model_cfg)), params)
+    (
+        SftModel::new(model, LossSettings::new(t, &inputs.model_cfg)),
+        params,
+    )
 }
 
 /// AdamW as the seeds configure it.
 fn optimizer(t: &TrainConfig) -> AdamWConfig {
-    let optim = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(1e-8).with_weight_decay(t.weight_decay as f32);
+    let optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(t.weight_decay as f32);
     match t.grad_clip > 0.0 {
         true => optim.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32))),
         false => optim,
@@ -220,7 +252,12 @@ fn optimizer(t: &TrainConfig) -> AdamWConfig {
 /// validation loss (the mean over its batches' counted tokens) to `metrics.jsonl` and
 /// `on_event`. A non-finite loss requests a stop (at the end of its window); returns the steps
 /// seen and the first non-finite (step, loss).
-fn record_reports(rx: mpsc::Receiver<metrics::Report>, mut file: MetricsWriter, control: &TrainControl, mut on_event: impl FnMut(TrainEvent)) -> (Vec<StepRecord>, Option<(usize, f64)>) {
+fn record_reports(
+    rx: mpsc::Receiver<metrics::Report>,
+    mut file: MetricsWriter,
+    control: &TrainControl,
+    mut on_event: impl FnMut(TrainEvent),
+) -> (Vec<StepRecord>, Option<(usize, f64)>) {
     let mut steps = Vec::new();
     let mut non_finite = None;
     // On several devices: the parts of each step seen so far, by step.

@@ -96,6 +96,10 @@ mod tests {
         }
         assert_eq!(two.to_record::<B>(), 3);
         let resumed = WarmupLinear::new(1.0, 2, 6).load_record::<B>(two.to_record::<B>());
-        assert_eq!(resumed.clone().step(), one.step(), "a 2-device checkpoint resumes on one device");
+        assert_eq!(
+            resumed.clone().step(),
+            one.step(),
+            "a 2-device checkpoint resumes on one device"
+        );
     }
 }

@@ -8,10 +8,10 @@
 //! Examples longer than `max_len` keep their tail, so the answer survives.
 
 use super::config::{LossOn, TrainConfig};
-use crate::run_dir::RunDir;
 use crate::data::batch::Label;
 use crate::data::{ChatTokenizer, DataError, Message};
 use crate::model::loss::IGNORE_INDEX;
+use crate::run_dir::RunDir;
 
 /// One training example.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +38,13 @@ pub struct SftGroup {
 }
 
 /// Tokenise `messages` plus an assistant `answer` into ids and labels.
-pub fn encode_example(tokenizer: &ChatTokenizer, messages: &[Message], answer: &str, loss_on: LossOn, max_len: usize) -> Result<(Vec<u32>, Vec<i64>), DataError> {
+pub fn encode_example(
+    tokenizer: &ChatTokenizer,
+    messages: &[Message],
+    answer: &str,
+    loss_on: LossOn,
+    max_len: usize,
+) -> Result<(Vec<u32>, Vec<i64>), DataError> {
     let prompt_text = tokenizer.render(messages, true)?;
     let prompt = tokenizer.encode(&prompt_text)?;
     let mut full_msgs = messages.to_vec();
@@ -47,7 +53,14 @@ pub fn encode_example(tokenizer: &ChatTokenizer, messages: &[Message], answer: &
     // The loss leaves out the prompt's length in tokens, as the reference does; that needs the
     // prompt's text to begin the conversation's (token merges across the seam aside).
     if loss_on == LossOn::Assistant && !full_text.starts_with(&prompt_text) {
-        let tail: String = prompt_text.chars().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = prompt_text
+            .chars()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(DataError::Template {
             path: "tokenizer_config.json".into(),
             reason: format!(
@@ -76,16 +89,26 @@ pub fn encode_example(tokenizer: &ChatTokenizer, messages: &[Message], answer: &
 }
 
 /// Build the SFT groups of the analysed batches `batch_ids` of a collected run.
-pub fn build(dir: &RunDir, batch_ids: &[usize], tokenizer: &ChatTokenizer, cfg: &TrainConfig) -> Result<Vec<SftGroup>, super::TrainError> {
+pub fn build(
+    dir: &RunDir,
+    batch_ids: &[usize],
+    tokenizer: &ChatTokenizer,
+    cfg: &TrainConfig,
+) -> Result<Vec<SftGroup>, super::TrainError> {
     let mut groups = Vec::with_capacity(batch_ids.len());
     for &b in batch_ids {
         let mut examples = Vec::new();
         for r in dir.batch_records(b).read()?.into_iter().filter(|r| r.kept) {
             let answer = match r.label {
-                Label::Safe => r.response.chars().take(cfg.answer_chars).collect::<String>(),
+                Label::Safe => r
+                    .response
+                    .chars()
+                    .take(cfg.answer_chars)
+                    .collect::<String>(),
                 Label::Unsafe => cfg.refusals[(b + r.in_batch_idx) % cfg.refusals.len()].clone(),
             };
-            let (input_ids, labels) = encode_example(tokenizer, &r.messages, &answer, cfg.loss_on, cfg.max_len)?;
+            let (input_ids, labels) =
+                encode_example(tokenizer, &r.messages, &answer, cfg.loss_on, cfg.max_len)?;
             examples.push(SftExample {
                 batch_idx: b,
                 in_batch_idx: r.in_batch_idx,
@@ -95,7 +118,10 @@ pub fn build(dir: &RunDir, batch_ids: &[usize], tokenizer: &ChatTokenizer, cfg: 
             });
         }
         if !examples.is_empty() {
-            groups.push(SftGroup { batch_idx: b, examples });
+            groups.push(SftGroup {
+                batch_idx: b,
+                examples,
+            });
         }
     }
     Ok(groups)

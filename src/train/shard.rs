@@ -34,7 +34,14 @@ pub fn shard(group: &SftGroup, rank: Rank) -> Vec<&SftExample> {
     if rank.ranks <= 1 {
         return group.examples.iter().collect();
     }
-    let pick = |label: Label| group.examples.iter().filter(move |e| e.label == label).skip(rank.rank).step_by(rank.ranks);
+    let pick = |label: Label| {
+        group
+            .examples
+            .iter()
+            .filter(move |e| e.label == label)
+            .skip(rank.rank)
+            .step_by(rank.ranks)
+    };
     let mut out: Vec<&SftExample> = pick(Label::Safe).chain(pick(Label::Unsafe)).collect();
     out.sort_by_key(|e| e.in_batch_idx);
     out
@@ -42,7 +49,12 @@ pub fn shard(group: &SftGroup, rank: Rank) -> Vec<&SftExample> {
 
 /// Tokens an example adds to the loss (its targets, shifted by one).
 pub fn counted_tokens(example: &SftExample) -> usize {
-    example.labels.iter().skip(1).filter(|&&l| l != crate::model::loss::IGNORE_INDEX).count()
+    example
+        .labels
+        .iter()
+        .skip(1)
+        .filter(|&&l| l != crate::model::loss::IGNORE_INDEX)
+        .count()
 }
 
 /// The weight of rank `r`'s mean loss, `n · T_r / T` (1 on one device; 0 for a shard without
@@ -56,7 +68,9 @@ pub fn loss_scale(shard_tokens: usize, batch_tokens: usize, ranks: usize) -> f32
 
 /// Why a batch cannot be split across `ranks`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("analysis batch {batch_idx} has {safe} safe and {unsafe_} unsafe examples to train on: too few to give each of {ranks} devices at least one (lower model.devices, or raise collect.batch_size)")]
+#[error(
+    "analysis batch {batch_idx} has {safe} safe and {unsafe_} unsafe examples to train on: too few to give each of {ranks} devices at least one (lower model.devices, or raise collect.batch_size)"
+)]
 pub struct TooSmall {
     /// The batch.
     pub batch_idx: usize,
@@ -74,7 +88,12 @@ pub fn check(groups: &[SftGroup], ranks: usize) -> Result<(), TooSmall> {
     match groups.iter().find(|g| g.examples.len() < ranks) {
         Some(g) => {
             let safe = g.examples.iter().filter(|e| e.label == Label::Safe).count();
-            Err(TooSmall { batch_idx: g.batch_idx, safe, unsafe_: g.examples.len() - safe, ranks })
+            Err(TooSmall {
+                batch_idx: g.batch_idx,
+                safe,
+                unsafe_: g.examples.len() - safe,
+                ranks,
+            })
         }
         None => Ok(()),
     }
@@ -95,7 +114,9 @@ mod tests {
                     in_batch_idx: i,
                     label,
                     input_ids: vec![1; 4 + i],
-                    labels: std::iter::once(-100).chain(std::iter::repeat_n(1, 3 + i)).collect(),
+                    labels: std::iter::once(-100)
+                        .chain(std::iter::repeat_n(1, 3 + i))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -118,7 +139,12 @@ mod tests {
         assert_eq!(seen, (0..16).collect::<Vec<_>>());
         // Uneven: 3 safe, 2 unsafe over 2 ranks → 2+1 safe, 1+1 unsafe.
         let g = group(&[S, S, U, S, U]);
-        let ids = |r| shard(&g, Rank { rank: r, ranks: 2 }).iter().map(|e| e.in_batch_idx).collect::<Vec<_>>();
+        let ids = |r| {
+            shard(&g, Rank { rank: r, ranks: 2 })
+                .iter()
+                .map(|e| e.in_batch_idx)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(0), vec![0, 2, 3]);
         assert_eq!(ids(1), vec![1, 4]);
         assert_eq!(shard(&g, Rank::SOLE).len(), 5);
@@ -129,7 +155,10 @@ mod tests {
         // Shard means m_r over T_r tokens: Σ_r scale_r · m_r / n is the batch mean.
         let (t, sums) = ([30usize, 10], [12.0f32, 2.0]);
         let total: usize = t.iter().sum();
-        let mean: f32 = (0..2).map(|r| loss_scale(t[r], total, 2) * sums[r] / t[r] as f32).sum::<f32>() / 2.0;
+        let mean: f32 = (0..2)
+            .map(|r| loss_scale(t[r], total, 2) * sums[r] / t[r] as f32)
+            .sum::<f32>()
+            / 2.0;
         assert!((mean - 14.0 / 40.0).abs() < 1e-7, "{mean}");
         assert_eq!(loss_scale(7, 9, 1), 1.0);
     }
@@ -139,6 +168,9 @@ mod tests {
         let g = group(&[Label::Safe, Label::Unsafe]);
         assert!(check(std::slice::from_ref(&g), 2).is_ok());
         let e = check(std::slice::from_ref(&g), 3).unwrap_err();
-        assert!(e.to_string().contains("batch 3 has 1 safe and 1 unsafe"), "{e}");
+        assert!(
+            e.to_string().contains("batch 3 has 1 safe and 1 unsafe"),
+            "{e}"
+        );
     }
 }

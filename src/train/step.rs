@@ -16,14 +16,14 @@ use burn::tensor::{Int, Tensor, TensorData, Transaction};
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
+use super::config::{Consistency, TrainConfig};
 use super::loader::SftBatch;
 use super::parallel;
 use super::shard::Rank;
-use burn::optim::GradientsParams;
-use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
-use super::config::{Consistency, TrainConfig};
 use crate::model::experts::to_f32;
-use crate::model::{MoeLm, ModelConfig, LmInput};
+use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
+use crate::model::{LmInput, ModelConfig, MoeLm};
+use burn::optim::GradientsParams;
 
 /// What the training loss adds to the language-modelling loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,7 +42,11 @@ impl LossSettings {
         Self {
             consistency: t.router_consistency,
             consistency_weight: t.consistency_weight,
-            aux_coef: if t.router_aux_loss { model_cfg.router_aux_loss_coef } else { 0.0 },
+            aux_coef: if t.router_aux_loss {
+                model_cfg.router_aux_loss_coef
+            } else {
+                0.0
+            },
         }
     }
 
@@ -154,13 +158,22 @@ impl<B: Backend> Adaptor<LossInput<B>> for SftOutput<B> {
 
 impl Adaptor<LossInput<burn::backend::NdArray>> for SftOutputSync {
     fn adapt(&self) -> LossInput<burn::backend::NdArray> {
-        LossInput::new(Tensor::from_data(TensorData::new(vec![self.loss as f32], [1]), &Default::default()))
+        LossInput::new(Tensor::from_data(
+            TensorData::new(vec![self.loss as f32], [1]),
+            &Default::default(),
+        ))
     }
 }
 
 /// `[layers][experts]`: how many real tokens (`real[token]`) had each expert among their top-k,
 /// from the `[layers, tokens, k]` choices, row-major.
-pub fn count_experts(chosen: &[i64], layers: usize, k: usize, experts: usize, real: &[bool]) -> Vec<Vec<u32>> {
+pub fn count_experts(
+    chosen: &[i64],
+    layers: usize,
+    k: usize,
+    experts: usize,
+    real: &[bool],
+) -> Vec<Vec<u32>> {
     let per_layer = chosen.len() / layers.max(1);
     chosen
         .chunks(per_layer.max(1))
@@ -180,7 +193,11 @@ pub fn count_experts(chosen: &[i64], layers: usize, k: usize, experts: usize, re
 /// `aux_coef` times the load-balancing loss when on; plus `weight * KL` between the mean router
 /// distributions of its safe and unsafe samples (per layer, over real tokens, averaged over
 /// layers) when consistency is on.
-pub fn sft_loss<B: Backend>(model: &MoeLm<B>, settings: &LossSettings, batch: &SftBatch<B>) -> SftOutput<B> {
+pub fn sft_loss<B: Backend>(
+    model: &MoeLm<B>,
+    settings: &LossSettings,
+    batch: &SftBatch<B>,
+) -> SftOutput<B> {
     let routing = batch.routing.clone().with_capture(true);
     let decoded = model.forward_hidden(
         LmInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
@@ -194,7 +211,9 @@ pub fn sft_loss<B: Backend>(model: &MoeLm<B>, settings: &LossSettings, batch: &S
         loss = loss + load_balancing_loss(logits.clone(), top_k).mul_scalar(settings.aux_coef);
     }
     if settings.consistency != Consistency::Off {
-        loss = loss + consistency_kl(logits, batch, settings.consistency).mul_scalar(settings.consistency_weight);
+        loss = loss
+            + consistency_kl(logits, batch, settings.consistency)
+                .mul_scalar(settings.consistency_weight);
     }
     SftOutput {
         loss,
@@ -214,27 +233,44 @@ pub fn sft_loss<B: Backend>(model: &MoeLm<B>, settings: &LossSettings, batch: &S
 ///
 /// # Shapes
 /// - `router_logits`: `[layers, batch, seq, experts]` → `[1]`
-fn consistency_kl<B: Backend>(router_logits: Tensor<B, 4>, batch: &SftBatch<B>, kind: Consistency) -> Tensor<B, 1> {
+fn consistency_kl<B: Backend>(
+    router_logits: Tensor<B, 4>,
+    batch: &SftBatch<B>,
+    kind: Consistency,
+) -> Tensor<B, 1> {
     let [layers, n, seq, experts] = router_logits.dims();
     let device = router_logits.device();
     let probs = softmax(to_f32(router_logits), 3);
     let valid = batch.attention_mask.clone().float().reshape([1, n, seq, 1]);
     let group = |unsafe_: bool| {
-        let pick: Vec<f32> = batch.is_unsafe.iter().map(|&u| (u == unsafe_) as u8 as f32).collect();
-        let w = Tensor::<B, 1>::from_data(TensorData::new(pick, [n]), &device).reshape([1, n, 1, 1]) * valid.clone();
-        let mass = (probs.clone() * w.clone()).sum_dim(1).sum_dim(2).reshape([layers, experts]);
+        let pick: Vec<f32> = batch
+            .is_unsafe
+            .iter()
+            .map(|&u| (u == unsafe_) as u8 as f32)
+            .collect();
+        let w = Tensor::<B, 1>::from_data(TensorData::new(pick, [n]), &device)
+            .reshape([1, n, 1, 1])
+            * valid.clone();
+        let mass = (probs.clone() * w.clone())
+            .sum_dim(1)
+            .sum_dim(2)
+            .reshape([layers, experts]);
         let count = w.sum().reshape([1, 1]).clamp_min(1.0);
         mass / count
     };
     let (safe, unsafe_) = (group(false), group(true));
     let kl = |p: Tensor<B, 2>, q: Tensor<B, 2>| {
         let eps = 1e-8;
-        (p.clone() * (p.add_scalar(eps).log() - q.add_scalar(eps).log())).sum_dim(1).mean()
+        (p.clone() * (p.add_scalar(eps).log() - q.add_scalar(eps).log()))
+            .sum_dim(1)
+            .mean()
     };
     match kind {
         Consistency::Forward => kl(unsafe_, safe),
         Consistency::Reverse => kl(safe, unsafe_),
-        Consistency::Symmetric => (kl(unsafe_.clone(), safe.clone()) + kl(safe, unsafe_)).div_scalar(2.0),
+        Consistency::Symmetric => {
+            (kl(unsafe_.clone(), safe.clone()) + kl(safe, unsafe_)).div_scalar(2.0)
+        }
         Consistency::Off => Tensor::zeros([1], &device),
     }
 }
@@ -252,7 +288,8 @@ impl<B: AutodiffBackend> TrainStep for SftModel<B> {
         // One part of a batch split across devices (see `parallel`): weighted so that the ranks'
         // mean gradient is the batch's, every trainable parameter in the graph, and after the
         // exchange no gradient for what no rank's tokens reached.
-        let loss = parallel::with_every_trainable(self, out.loss.clone().mul_scalar(batch.loss_scale));
+        let loss =
+            parallel::with_every_trainable(self, out.loss.clone().mul_scalar(batch.loss_scale));
         let mut grads = GradientsParams::from_grads(loss.backward(), self);
         parallel::drop_zero_gradients(self, &mut grads);
         TrainOutput { grads, item: out }

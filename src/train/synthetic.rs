@@ -17,7 +17,14 @@ use super::sft::{SftExample, SftGroup};
 
 /// `batches` analysis batches of `batch` sequences of `seq` tokens drawn from `seed`, each
 /// training `trained` (its routing mask too); no validation pairs.
-pub fn inputs(model_cfg: &ModelConfig, trained: Vec<ExpertId>, batches: usize, batch: usize, seq: usize, seed: u64) -> TrainInputs {
+pub fn inputs(
+    model_cfg: &ModelConfig,
+    trained: Vec<ExpertId>,
+    batches: usize,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+) -> TrainInputs {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Token 0..2 are special in the OLMoE tokenizer; anything else in the vocabulary will do.
     let vocab = model_cfg.vocab_size.max(3) as u32;
@@ -26,11 +33,16 @@ pub fn inputs(model_cfg: &ModelConfig, trained: Vec<ExpertId>, batches: usize, b
             batch_idx,
             examples: (0..batch)
                 .map(|in_batch_idx| {
-                    let input_ids: Vec<u32> = (0..seq).map(|_| rng.random_range(2..vocab)).collect();
+                    let input_ids: Vec<u32> =
+                        (0..seq).map(|_| rng.random_range(2..vocab)).collect();
                     SftExample {
                         batch_idx,
                         in_batch_idx,
-                        label: if in_batch_idx % 2 == 0 { Label::Safe } else { Label::Unsafe },
+                        label: if in_batch_idx % 2 == 0 {
+                            Label::Safe
+                        } else {
+                            Label::Unsafe
+                        },
                         labels: input_ids.iter().map(|&t| t as i64).collect(),
                         input_ids,
                     }
@@ -63,14 +75,28 @@ mod tests {
         assert_eq!(a.num_examples, 12);
         for g in a.groups.iter() {
             let labels: Vec<Label> = g.examples.iter().map(|e| e.label).collect();
-            assert_eq!(labels, [Label::Safe, Label::Unsafe, Label::Safe, Label::Unsafe]);
+            assert_eq!(
+                labels,
+                [Label::Safe, Label::Unsafe, Label::Safe, Label::Unsafe]
+            );
             for e in &g.examples {
                 assert_eq!(e.input_ids.len(), 7);
-                assert!(e.input_ids.iter().all(|&t| (2..cfg.vocab_size as u32).contains(&t)));
+                assert!(
+                    e.input_ids
+                        .iter()
+                        .all(|&t| (2..cfg.vocab_size as u32).contains(&t))
+                );
             }
         }
-        assert_eq!(a.sets, vec![(0, vec![[0, 1]]), (1, vec![[0, 1]]), (2, vec![[0, 1]])]);
-        assert_eq!(inputs(&cfg, vec![[0, 1]], 3, 4, 7, 9).groups, a.groups, "seeded");
+        assert_eq!(
+            a.sets,
+            vec![(0, vec![[0, 1]]), (1, vec![[0, 1]]), (2, vec![[0, 1]])]
+        );
+        assert_eq!(
+            inputs(&cfg, vec![[0, 1]], 3, 4, 7, 9).groups,
+            a.groups,
+            "seeded"
+        );
         assert_ne!(inputs(&cfg, vec![[0, 1]], 3, 4, 7, 10).groups, a.groups);
     }
 }

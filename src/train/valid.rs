@@ -17,7 +17,12 @@ use crate::data::{ChatTokenizer, DataConfig};
 
 /// The validation groups of `t` on the held-out part of `data`, in groups of `group_size`
 /// examples (empty when `train.valid_pairs` is 0 or there is no split).
-pub fn heldout_groups(data: &DataConfig, t: &TrainConfig, tokenizer: &ChatTokenizer, group_size: usize) -> Result<Vec<SftGroup>, TrainError> {
+pub fn heldout_groups(
+    data: &DataConfig,
+    t: &TrainConfig,
+    tokenizer: &ChatTokenizer,
+    group_size: usize,
+) -> Result<Vec<SftGroup>, TrainError> {
     if data.split.is_none() || t.valid_pairs == 0 {
         return Ok(Vec::new());
     }
@@ -27,7 +32,8 @@ pub fn heldout_groups(data: &DataConfig, t: &TrainConfig, tokenizer: &ChatTokeni
     for p in take {
         let refusal = &t.refusals[p.record % t.refusals.len()];
         for (label, messages) in [(Label::Safe, &p.safe), (Label::Unsafe, &p.unsafe_)] {
-            let (input_ids, labels) = encode_example(tokenizer, messages, refusal, t.loss_on, t.max_len)?;
+            let (input_ids, labels) =
+                encode_example(tokenizer, messages, refusal, t.loss_on, t.max_len)?;
             examples.push(SftExample {
                 batch_idx: p.record,
                 in_batch_idx: examples.len(),

@@ -58,20 +58,29 @@ impl DashboardHandle {
     /// Close the dashboard (if the user has not) and restore the terminal.
     pub fn finish(self) -> io::Result<Exit> {
         let _ = self.tx.send(UiEvent::Finished);
-        self.thread.join().unwrap_or_else(|_| Err(io::Error::other("dashboard thread panicked")))
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("dashboard thread panicked")))
     }
 }
 
 /// Open the dashboard on the terminal. `control` (training) receives `p` and `q`; without one
 /// (collect), `q` leaves the dashboard and `on_quit` runs.
-pub fn spawn(info: RunInfo, view: View, control: Option<TrainControl>, on_quit: impl FnOnce() + Send + 'static) -> io::Result<DashboardHandle> {
+pub fn spawn(
+    info: RunInfo,
+    view: View,
+    control: Option<TrainControl>,
+    on_quit: impl FnOnce() + Send + 'static,
+) -> io::Result<DashboardHandle> {
     let (tx, rx) = channel();
     let mut terminal = ratatui::try_init()?;
-    let thread = std::thread::Builder::new().name("dashboard".into()).spawn(move || {
-        let result = ui_loop(&mut terminal, rx, info, view, control, on_quit);
-        ratatui::restore();
-        result
-    })?;
+    let thread = std::thread::Builder::new()
+        .name("dashboard".into())
+        .spawn(move || {
+            let result = ui_loop(&mut terminal, rx, info, view, control, on_quit);
+            ratatui::restore();
+            result
+        })?;
     Ok(DashboardHandle { tx, thread })
 }
 
@@ -112,7 +121,8 @@ fn ui_loop(
                 if key.kind != KeyEventKind::Press {
                     continue;
                 }
-                let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                let ctrl_c =
+                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
                 match key.code {
                     _ if key.code == KeyCode::Char('q') || ctrl_c => match &control {
                         Some(c) => {
@@ -135,7 +145,11 @@ fn ui_loop(
                     KeyCode::Char('p') => {
                         if let Some(c) = &control {
                             d.paused = c.toggle_pause();
-                            d.status = if d.paused { "paused before the next batch".into() } else { String::new() };
+                            d.status = if d.paused {
+                                "paused before the next batch".into()
+                            } else {
+                                String::new()
+                            };
                         }
                     }
                     KeyCode::Tab => {
@@ -184,7 +198,10 @@ fn apply(d: &mut Dashboard, ev: UiEvent, started: Instant) -> bool {
             }
             CollectEvent::Tokens(n) => d.collect.tokens += n,
             CollectEvent::BatchDone {
-                kept, dropped, activation, ..
+                kept,
+                dropped,
+                activation,
+                ..
             } => {
                 d.collect.done += 1;
                 d.collect.kept += kept;

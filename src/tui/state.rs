@@ -31,7 +31,10 @@ pub struct RunInfo {
 
 impl RunInfo {
     /// The facts of a config's run in `run_dir` (reads the model's `config.json`).
-    pub fn new(cfg: &crate::config::Config, run_dir: &std::path::Path) -> Result<Self, crate::model::LoadError> {
+    pub fn new(
+        cfg: &crate::config::Config,
+        run_dir: &std::path::Path,
+    ) -> Result<Self, crate::model::LoadError> {
         Ok(Self {
             model: cfg.model.dir.display().to_string(),
             backend: cfg.model.backend.to_string(),
@@ -98,7 +101,9 @@ impl TrainState {
     /// `[layers][experts]` share of the recent tokens that chose each expert (one of top-k),
     /// normalised by the hottest expert, so 1.0 = the most used.
     pub fn heat(&self) -> Vec<Vec<f64>> {
-        let Some(first) = self.recent.front() else { return Vec::new() };
+        let Some(first) = self.recent.front() else {
+            return Vec::new();
+        };
         let mut sum: Vec<Vec<f64>> = first.iter().map(|l| vec![0.0; l.len()]).collect();
         for counts in &self.recent {
             for (s, c) in sum.iter_mut().zip(counts) {
@@ -131,7 +136,10 @@ impl TrainState {
     /// The experts of the batch trained on last (its routing mask).
     pub fn current_mask(&self) -> Option<&[ExpertId]> {
         let b = self.last.as_ref()?.batch_idx;
-        self.batch_experts.iter().find(|(i, _)| *i == b).map(|(_, e)| e.as_slice())
+        self.batch_experts
+            .iter()
+            .find(|(i, _)| *i == b)
+            .map(|(_, e)| e.as_slice())
     }
 }
 
@@ -166,7 +174,11 @@ impl CollectState {
 
     /// Average one batch's activation shares (flat `layers * experts`) into the running means.
     pub fn push_activation(&mut self, safe: &[f32], unsafe_: &[f32], experts: usize) {
-        let rows = |v: &[f32]| -> Vec<Vec<f64>> { v.chunks(experts.max(1)).map(|r| r.iter().map(|&x| x as f64).collect()).collect() };
+        let rows = |v: &[f32]| -> Vec<Vec<f64>> {
+            v.chunks(experts.max(1))
+                .map(|r| r.iter().map(|&x| x as f64).collect())
+                .collect()
+        };
         let (s, u) = (rows(safe), rows(unsafe_));
         let n = self.batches_seen as f64;
         let mix = |old: &mut Vec<Vec<f64>>, new: Vec<Vec<f64>>| {

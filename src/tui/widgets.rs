@@ -63,7 +63,8 @@ impl Heatmap<'_> {
         let experts = self.values.first().map_or(0, Vec::len);
         let (rows, cols) = (rows.min(layers).max(1), cols.min(experts).max(1));
         let mask: HashSet<ExpertId> = self.mask.iter().copied().collect();
-        let span = |i: usize, n: usize, of: usize| (i * of / n)..((i + 1) * of / n).max(i * of / n + 1);
+        let span =
+            |i: usize, n: usize, of: usize| (i * of / n)..((i + 1) * of / n).max(i * of / n + 1);
         let mut grid = Vec::with_capacity(rows);
         let mut first = Vec::with_capacity(rows);
         for r in 0..rows {
@@ -76,7 +77,9 @@ impl Heatmap<'_> {
                     for l in ls.clone() {
                         for e in es.clone() {
                             let v = self.values[l][e];
-                            if (self.diverging && v.abs() > cell.0.abs()) || (!self.diverging && v > cell.0) {
+                            if (self.diverging && v.abs() > cell.0.abs())
+                                || (!self.diverging && v > cell.0)
+                            {
                                 cell.0 = v;
                             }
                             cell.1 |= self.marked.contains(&[l, e]);
@@ -105,13 +108,29 @@ impl Widget for Heatmap<'_> {
         let (grid, first) = self.grid(inner.height as usize, (inner.width - label_w) as usize);
         for (r, (row, layer)) in grid.iter().zip(&first).enumerate() {
             let y = inner.y + r as u16;
-            buf.set_string(inner.x, y, format!("L{layer:<2} "), Style::default().fg(Color::Gray));
+            buf.set_string(
+                inner.x,
+                y,
+                format!("L{layer:<2} "),
+                Style::default().fg(Color::Gray),
+            );
             for (c, &(v, marked, masked)) in row.iter().enumerate() {
                 let x = inner.x + label_w + c as u16;
-                let bg = if self.diverging { diverging_color(v) } else { heat_color(v) };
-                let symbol = if masked { "●" } else if marked { "·" } else { " " };
+                let bg = if self.diverging {
+                    diverging_color(v)
+                } else {
+                    heat_color(v)
+                };
+                let symbol = if masked {
+                    "●"
+                } else if marked {
+                    "·"
+                } else {
+                    " "
+                };
                 if let Some(cell) = buf.cell_mut((x, y)) {
-                    cell.set_symbol(symbol).set_style(Style::default().bg(bg).fg(Color::White));
+                    cell.set_symbol(symbol)
+                        .set_style(Style::default().bg(bg).fg(Color::White));
                 }
             }
         }
@@ -120,8 +139,13 @@ impl Widget for Heatmap<'_> {
 
 /// `[min, max]` of the y values, padded by 5% (a flat series gets ±0.5).
 pub fn y_bounds(series: &[&[(f64, f64)]]) -> [f64; 2] {
-    let ys = series.iter().flat_map(|s| s.iter().map(|p| p.1)).filter(|y| y.is_finite());
-    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let ys = series
+        .iter()
+        .flat_map(|s| s.iter().map(|p| p.1))
+        .filter(|y| y.is_finite());
+    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
     if !lo.is_finite() {
         return [0.0, 1.0];
     }
@@ -133,7 +157,10 @@ pub fn y_bounds(series: &[&[(f64, f64)]]) -> [f64; 2] {
 /// checkpoint (dots).
 pub fn loss_chart(state: &TrainState) -> Chart<'_> {
     let [lo, hi] = y_bounds(&[&state.loss, &state.smoothed, &state.valid]);
-    let x_max = state.total_steps.max(state.loss.last().map_or(1, |p| p.0 as usize)).max(1) as f64;
+    let x_max = state
+        .total_steps
+        .max(state.loss.last().map_or(1, |p| p.0 as usize))
+        .max(1) as f64;
     Chart::new(vec![
         Dataset::default()
             .name("loss")
@@ -193,28 +220,48 @@ fn stats(state: &TrainState) -> Paragraph<'_> {
         }
         None => lines.push(Line::from("waiting for the first step")),
     }
-    lines.push(Line::from(format!("trained experts {}", state.unsafe_experts.len())));
+    lines.push(Line::from(format!(
+        "trained experts {}",
+        state.unsafe_experts.len()
+    )));
     Paragraph::new(lines).block(Block::bordered().title("train"))
 }
 
 fn header(d: &Dashboard) -> Line<'_> {
     let mut spans = vec![
-        Span::styled(" steermoe ", Style::default().fg(Color::Black).bg(Color::Cyan).add_modifier(Modifier::BOLD)),
+        Span::styled(
+            " steermoe ",
+            Style::default()
+                .fg(Color::Black)
+                .bg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+        ),
         Span::raw(format!(
             " {} · {} {}",
-            std::path::Path::new(&d.info.model).file_name().map_or(d.info.model.as_str(), |n| n.to_str().unwrap_or_default()),
+            std::path::Path::new(&d.info.model)
+                .file_name()
+                .map_or(d.info.model.as_str(), |n| n.to_str().unwrap_or_default()),
             d.info.backend,
             d.info.precision
         )),
     ];
     if let Some((t, total)) = d.info.params {
-        spans.push(Span::raw(format!(" · trainable {:.2}% of {total}", 100.0 * t as f64 / total.max(1) as f64)));
+        spans.push(Span::raw(format!(
+            " · trainable {:.2}% of {total}",
+            100.0 * t as f64 / total.max(1) as f64
+        )));
     }
     if d.paused {
-        spans.push(Span::styled(" PAUSED ", Style::default().fg(Color::Black).bg(Color::Yellow)));
+        spans.push(Span::styled(
+            " PAUSED ",
+            Style::default().fg(Color::Black).bg(Color::Yellow),
+        ));
     }
     if d.stopping {
-        spans.push(Span::styled(" STOPPING ", Style::default().fg(Color::Black).bg(Color::Red)));
+        spans.push(Span::styled(
+            " STOPPING ",
+            Style::default().fg(Color::Black).bg(Color::Red),
+        ));
     }
     Line::from(spans)
 }
@@ -236,16 +283,29 @@ fn footer(d: &Dashboard) -> Line<'_> {
 fn train_view(frame: &mut Frame, area: Rect, d: &Dashboard) {
     let s = &d.train;
     let layers = s.recent.front().map_or(4, Vec::len) as u16;
-    let [top, gauge, heat] = Layout::vertical([Constraint::Min(7), Constraint::Length(1), Constraint::Max(layers + 2)]).areas(area);
-    let [chart, panel] = Layout::horizontal([Constraint::Min(30), Constraint::Length(24)]).areas(top);
+    let [top, gauge, heat] = Layout::vertical([
+        Constraint::Min(7),
+        Constraint::Length(1),
+        Constraint::Max(layers + 2),
+    ])
+    .areas(area);
+    let [chart, panel] =
+        Layout::horizontal([Constraint::Min(30), Constraint::Length(24)]).areas(top);
     frame.render_widget(loss_chart(s), chart);
     frame.render_widget(stats(s), panel);
-    let eta = s.eta().map(fmt_duration).unwrap_or_else(|| "--:--:--".into());
+    let eta = s
+        .eta()
+        .map(fmt_duration)
+        .unwrap_or_else(|| "--:--:--".into());
     frame.render_widget(
         Gauge::default()
             .gauge_style(Style::default().fg(Color::Cyan).bg(Color::Black))
             .ratio(s.progress())
-            .label(format!("{:.0}%  elapsed {}  eta {eta}", 100.0 * s.progress(), fmt_duration(s.elapsed))),
+            .label(format!(
+                "{:.0}%  elapsed {}  eta {eta}",
+                100.0 * s.progress(),
+                fmt_duration(s.elapsed)
+            )),
         gauge,
     );
     let values = s.heat();
@@ -264,8 +324,17 @@ fn train_view(frame: &mut Frame, area: Rect, d: &Dashboard) {
 fn collect_view(frame: &mut Frame, area: Rect, d: &Dashboard) {
     let c = &d.collect;
     let layers = c.safe.len().max(4) as u16;
-    let [gauge, stats_area, heat] = Layout::vertical([Constraint::Length(1), Constraint::Length(3), Constraint::Max(layers + 2)]).areas(area);
-    let ratio = if c.total > 0 { c.done as f64 / c.total as f64 } else { 0.0 };
+    let [gauge, stats_area, heat] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(3),
+        Constraint::Max(layers + 2),
+    ])
+    .areas(area);
+    let ratio = if c.total > 0 {
+        c.done as f64 / c.total as f64
+    } else {
+        0.0
+    };
     frame.render_widget(
         Gauge::default()
             .gauge_style(Style::default().fg(Color::Magenta).bg(Color::Black))
@@ -285,8 +354,15 @@ fn collect_view(frame: &mut Frame, area: Rect, d: &Dashboard) {
         stats_area,
     );
     let diff = c.difference();
-    let scale = diff.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-9);
-    let scaled: Vec<Vec<f64>> = diff.iter().map(|r| r.iter().map(|v| v / scale).collect()).collect();
+    let scale = diff
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(1e-9);
+    let scaled: Vec<Vec<f64>> = diff
+        .iter()
+        .map(|r| r.iter().map(|v| v / scale).collect())
+        .collect();
     frame.render_widget(
         Heatmap {
             values: &scaled,
@@ -302,7 +378,12 @@ fn collect_view(frame: &mut Frame, area: Rect, d: &Dashboard) {
 fn help(frame: &mut Frame, area: Rect) {
     let w = 52.min(area.width);
     let h = 9.min(area.height);
-    let popup = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
+    let popup = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
     frame.render_widget(Clear, popup);
     frame.render_widget(
         Paragraph::new(vec![
@@ -320,7 +401,12 @@ fn help(frame: &mut Frame, area: Rect) {
 
 /// Draw the whole dashboard.
 pub fn draw(frame: &mut Frame, d: &Dashboard) {
-    let [head, body, foot] = Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(frame.area());
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
     frame.render_widget(Paragraph::new(header(d)), head);
     match d.view {
         View::Train => train_view(frame, body, d),
@@ -379,7 +465,12 @@ mod tests {
     fn text(buf: &Buffer) -> String {
         let a = buf.area;
         (0..a.height)
-            .map(|y| (0..a.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n")
+            .map(|y| {
+                (0..a.width)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+                    + "\n"
+            })
             .collect()
     }
 
@@ -407,7 +498,11 @@ mod tests {
         let cold = &buf[(x + 4 + 4, y)];
         assert_eq!(cold.bg, heat_color(1.0 / 40.0));
         let (x2, y2) = label_at(&buf, 2);
-        assert_eq!(buf[(x2 + 4 + 7, y2)].symbol(), "●", "the current batch's mask");
+        assert_eq!(
+            buf[(x2 + 4 + 7, y2)].symbol(),
+            "●",
+            "the current batch's mask"
+        );
     }
 
     #[test]
@@ -416,7 +511,10 @@ mod tests {
         let [lo, hi] = y_bounds(&[&d.train.loss, &d.train.smoothed]);
         assert!(lo <= 0.75 && hi >= 2.5, "{lo} {hi}");
         let t = text(&render(&d, 80, 24));
-        assert!(t.contains(&format!("{lo:.3}")) && t.contains(&format!("{hi:.3}")), "{t}");
+        assert!(
+            t.contains(&format!("{lo:.3}")) && t.contains(&format!("{hi:.3}")),
+            "{t}"
+        );
         assert!(t.contains("step 4/10") && t.contains("1234 tok/s"), "{t}");
     }
 
@@ -435,7 +533,13 @@ mod tests {
         // Merged cells keep the hottest value: the last cell of a 4 x 8 grid is hot.
         let values = d.train.heat();
         let marked = HashSet::new();
-        let map = Heatmap { values: &values, marked: &marked, mask: &[], diverging: false, title: "" };
+        let map = Heatmap {
+            values: &values,
+            marked: &marked,
+            mask: &[],
+            diverging: false,
+            title: "",
+        };
         let (grid, first) = map.grid(4, 8);
         assert_eq!((grid.len(), grid[0].len()), (4, 8));
         assert_eq!(first, vec![0, 4, 8, 12]);

@@ -20,26 +20,52 @@ pub type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
 
 /// The train stage of `cfg` in the analysed run `run` alone, through the pipeline (what
 /// `steermoe train` runs) on the test backend, with training's own knobs `opts`.
-pub fn train_stage(cfg: &steermoe::config::Config, run: &std::path::Path, opts: steermoe::train::TrainOptions) -> Result<steermoe::train::TrainSummary, steermoe::Error> {
+pub fn train_stage(
+    cfg: &steermoe::config::Config,
+    run: &std::path::Path,
+    opts: steermoe::train::TrainOptions,
+) -> Result<steermoe::train::TrainSummary, steermoe::Error> {
     use steermoe::pipeline::{self, Env, Event, Models, Resume};
     let device = Default::default();
     let models = Models::<TestAutodiffBackend>::default();
-    let env = Env { device: &device, models: &models, provenance: serde_json::json!({}), train: opts };
+    let env = Env {
+        device: &device,
+        models: &models,
+        provenance: serde_json::json!({}),
+        train: opts,
+    };
     let summary = std::sync::Mutex::new(None);
     let on_event = |e: Event| {
         if let Event::Trained(s) = e {
             *summary.lock().unwrap() = Some(*s);
         }
     };
-    pipeline::run(cfg, &steermoe::run_dir::RunDir::new(run), Some(steermoe::run_dir::Stage::Train), &env, &Resume, &on_event)?;
+    pipeline::run(
+        cfg,
+        &steermoe::run_dir::RunDir::new(run),
+        Some(steermoe::run_dir::Stage::Train),
+        &env,
+        &Resume,
+        &on_event,
+    )?;
     Ok(summary.into_inner().unwrap().expect("the train stage ran"))
 }
 
 /// What training reads from the analysed run `run` under `cfg` (no validation pairs).
-pub fn train_inputs(cfg: &steermoe::config::Config, run: &std::path::Path) -> steermoe::train::TrainInputs {
+pub fn train_inputs(
+    cfg: &steermoe::config::Config,
+    run: &std::path::Path,
+) -> steermoe::train::TrainInputs {
     let tokenizer = cfg.model.tokenizer(&cfg.model.dir).unwrap();
     let model_cfg = steermoe::model::ModelConfig::from_path(&cfg.model.dir).unwrap();
-    steermoe::train::TrainInputs::read(&steermoe::run_dir::RunDir::new(run), &cfg.train, &tokenizer, model_cfg, Vec::new()).unwrap()
+    steermoe::train::TrainInputs::read(
+        &steermoe::run_dir::RunDir::new(run),
+        &cfg.train,
+        &tokenizer,
+        model_cfg,
+        Vec::new(),
+    )
+    .unwrap()
 }
 
 /// Write `toml` to `root/exp.toml`, then `steermoe collect` and `steermoe analyze` it into
@@ -49,10 +75,19 @@ pub fn collected_and_analysed(root: &std::path::Path, toml: &str) -> (PathBuf, P
     std::fs::write(&cfg, toml).unwrap();
     let run = root.join("run");
     for args in [
-        vec!["collect", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()],
+        vec![
+            "collect",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
         vec!["analyze", "--run", run.to_str().unwrap()],
     ] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_steermoe")).args(&args).output().unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_steermoe"))
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     (cfg, run)
@@ -98,7 +133,11 @@ pub fn qwen3_fixture() -> PathBuf {
 
 /// Every fixture, named: the two OLMoE ones and the Qwen3-MoE one.
 pub fn fixtures() -> [(&'static str, PathBuf); 3] {
-    [("main", fixture()), ("alt", alt_fixture()), ("qwen3", qwen3_fixture())]
+    [
+        ("main", fixture()),
+        ("alt", alt_fixture()),
+        ("qwen3", qwen3_fixture()),
+    ]
 }
 
 /// The method at toy size on a fixture model, as TOML: 2 collect batches of 4 with 4-token
@@ -161,7 +200,9 @@ impl RefTensor {
 pub fn reference(dir: &std::path::Path, name: &str) -> RefTensor {
     let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
     let st = SafeTensors::deserialize(&bytes).expect("reference parses");
-    let view = st.tensor(name).unwrap_or_else(|_| panic!("reference has no tensor {name}"));
+    let view = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("reference has no tensor {name}"));
     let values = match view.dtype() {
         Dtype::F32 => view
             .data()
@@ -175,7 +216,10 @@ pub fn reference(dir: &std::path::Path, name: &str) -> RefTensor {
             .collect(),
         other => panic!("{name}: unexpected dtype {other:?}"),
     };
-    RefTensor { shape: view.shape().to_vec(), values }
+    RefTensor {
+        shape: view.shape().to_vec(),
+        values,
+    }
 }
 
 /// Largest absolute difference, with the index where it occurs.
@@ -186,7 +230,9 @@ pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> (f32, usize) {
         .zip(expected)
         .map(|(a, e)| (a - e).abs())
         .enumerate()
-        .fold((0.0f32, 0usize), |(m, mi), (i, d)| if d > m || d.is_nan() { (d, i) } else { (m, mi) })
+        .fold((0.0f32, 0usize), |(m, mi), (i, d)| {
+            if d > m || d.is_nan() { (d, i) } else { (m, mi) }
+        })
 }
 
 /// Assert `actual` is within `tol` of `expected` everywhere, printing the measured error.

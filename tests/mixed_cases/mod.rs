@@ -2,14 +2,14 @@
 //! and on CUDA by `cuda.rs`.
 #![allow(dead_code)]
 
+use crate::common::{fixture, reference};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
-use crate::common::{fixture, reference};
-use steermoe::train::Trainable;
 use steermoe::model::loss::Targets;
 use steermoe::model::{self, MoeLm, Precision, Routing};
+use steermoe::train::Trainable;
 use steermoe::train::freeze::freeze;
 use steermoe::train::loader::SftBatch;
 use steermoe::train::step::{LossSettings, sft_loss};
@@ -25,10 +25,20 @@ pub struct Setting {
 }
 
 /// f32 compute, f64 master weights: what the CPU can show.
-pub const CPU: Setting = Setting { compute: Precision::F32, master: FloatDType::F64, lr: 1e-10, tolerance: 1e-3 };
+pub const CPU: Setting = Setting {
+    compute: Precision::F32,
+    master: FloatDType::F64,
+    lr: 1e-10,
+    tolerance: 1e-3,
+};
 /// bf16 compute, f32 master weights, the real-model config's learning rate.
 #[cfg(feature = "cuda")]
-pub const CUDA: Setting = Setting { compute: Precision::Bf16, master: FloatDType::F32, lr: 5e-5, tolerance: 0.25 };
+pub const CUDA: Setting = Setting {
+    compute: Precision::Bf16,
+    master: FloatDType::F32,
+    lr: 5e-5,
+    tolerance: 0.25,
+};
 
 const STEPS: usize = 4;
 
@@ -38,7 +48,11 @@ struct Snapshot(Vec<(DType, bool, Vec<f64>)>);
 impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Snapshot {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
         let t = param.val();
-        let values = t.to_data().convert::<f64>().to_vec::<f64>().expect("float values");
+        let values = t
+            .to_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .expect("float values");
         self.0.push((t.dtype(), t.is_require_grad(), values));
     }
 }
@@ -66,7 +80,10 @@ fn batch<B: AutodiffBackend>(device: &Device<B>) -> SftBatch<B> {
     SftBatch {
         input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), device),
         targets: Targets::from_labels(&ids, 1, n, device),
-        attention_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [1, n]), device),
+        attention_mask: Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(vec![true; n], [1, n]),
+            device,
+        ),
         batch_idx: 0,
         is_unsafe: vec![true],
         routing: Routing::free(),
@@ -80,7 +97,13 @@ fn batch<B: AutodiffBackend>(device: &Device<B>) -> SftBatch<B> {
 }
 
 /// `STEPS` AdamW steps with the even-numbered experts of every layer trained in `master`.
-fn train<B: AutodiffBackend>(model: MoeLm<B>, master: FloatDType, lr: f64, experts: &[[usize; 2]], batch: &SftBatch<B>) -> MoeLm<B> {
+fn train<B: AutodiffBackend>(
+    model: MoeLm<B>,
+    master: FloatDType,
+    lr: f64,
+    experts: &[[usize; 2]],
+    batch: &SftBatch<B>,
+) -> MoeLm<B> {
     let mut model = freeze(model, experts, Trainable::UnsafeExperts, master);
     let mut optim = AdamWConfig::new().init::<B, MoeLm<B>>();
     for _ in 0..STEPS {
@@ -115,7 +138,12 @@ fn updates(before: &[(DType, bool, Vec<f64>)], after: &[(DType, bool, Vec<f64>)]
 }
 
 pub fn master_weights_move_as_the_reference<B: AutodiffBackend>(s: Setting, device: Device<B>) {
-    let Setting { compute: precision, master: master_type, lr, tolerance } = s;
+    let Setting {
+        compute: precision,
+        master: master_type,
+        lr,
+        tolerance,
+    } = s;
     let dir = fixture();
     let batch = batch::<B>(&device);
     let (model, cfg) = model::load::<B>(&dir, &device, precision).unwrap();
@@ -128,19 +156,37 @@ pub fn master_weights_move_as_the_reference<B: AutodiffBackend>(s: Setting, devi
     // Reference: the whole model in the master type.
     let (wide, _) = model::load::<B>(&dir, &device, Precision::F32).unwrap();
     let wide = wide.map(&mut CastAll(master));
-    let wide_before = snapshot(&freeze(wide.clone(), &experts, Trainable::UnsafeExperts, master_type));
+    let wide_before = snapshot(&freeze(
+        wide.clone(),
+        &experts,
+        Trainable::UnsafeExperts,
+        master_type,
+    ));
     let wide_after = snapshot(&train(wide, master_type, lr, &experts, &batch));
     let reference = updates(&wide_before, &wide_after);
 
-    let before = snapshot(&freeze(model.clone(), &experts, Trainable::UnsafeExperts, master_type));
+    let before = snapshot(&freeze(
+        model.clone(),
+        &experts,
+        Trainable::UnsafeExperts,
+        master_type,
+    ));
     let after = snapshot(&train(model.clone(), master_type, lr, &experts, &batch));
     assert_eq!(before.len(), after.len());
     let mut frozen = 0;
     for (i, ((dtype, trains, b), (dtype_after, _, a))) in before.iter().zip(&after).enumerate() {
         match trains {
-            true => assert_eq!((*dtype, *dtype_after), (master, master), "trained parameter {i} not kept in {master:?}"),
+            true => assert_eq!(
+                (*dtype, *dtype_after),
+                (master, master),
+                "trained parameter {i} not kept in {master:?}"
+            ),
             false => {
-                assert_eq!((*dtype, *dtype_after), (compute, compute), "frozen parameter {i} changed dtype");
+                assert_eq!(
+                    (*dtype, *dtype_after),
+                    (compute, compute),
+                    "frozen parameter {i} changed dtype"
+                );
                 assert!(a == b, "frozen parameter {i} changed");
                 frozen += 1;
             }
@@ -152,13 +198,33 @@ pub fn master_weights_move_as_the_reference<B: AutodiffBackend>(s: Setting, devi
     let mixed_error = worst_relative_difference(&mixed, &reference);
 
     // Control: the trained experts kept in the compute type.
-    let control_before = snapshot(&freeze(model.clone(), &experts, Trainable::UnsafeExperts, FloatDType::from(compute)));
-    let control_after = snapshot(&train(model, FloatDType::from(compute), lr, &experts, &batch));
-    let control_error = worst_relative_difference(&updates(&control_before, &control_after), &reference);
-    eprintln!("{precision:?} compute, {master_type:?} master, lr {lr:e}, {STEPS} steps: worst relative update error {mixed_error:.3e} with master weights, {control_error:.3e} without");
-    assert!(mixed_error <= tolerance, "updates with master weights differ from the reference by {mixed_error:.3e} (> {tolerance:e})");
+    let control_before = snapshot(&freeze(
+        model.clone(),
+        &experts,
+        Trainable::UnsafeExperts,
+        FloatDType::from(compute),
+    ));
+    let control_after = snapshot(&train(
+        model,
+        FloatDType::from(compute),
+        lr,
+        &experts,
+        &batch,
+    ));
+    let control_error =
+        worst_relative_difference(&updates(&control_before, &control_after), &reference);
+    eprintln!(
+        "{precision:?} compute, {master_type:?} master, lr {lr:e}, {STEPS} steps: worst relative update error {mixed_error:.3e} with master weights, {control_error:.3e} without"
+    );
+    assert!(
+        mixed_error <= tolerance,
+        "updates with master weights differ from the reference by {mixed_error:.3e} (> {tolerance:e})"
+    );
     // The control must fail the check the master weights pass.
-    assert!(control_error > tolerance, "without master weights the updates should round away: error {control_error:.3e} (≤ {tolerance:e})");
+    assert!(
+        control_error > tolerance,
+        "without master weights the updates should round away: error {control_error:.3e} (≤ {tolerance:e})"
+    );
 }
 
 /// A checkpoint holds f32 (burn's records load as the backend's default float type): loading one
@@ -173,9 +239,17 @@ pub fn loaded_checkpoint_keeps_dtypes<B: AutodiffBackend>(s: Setting, device: De
     let bytes = recorder.record(model.clone().into_record(), ()).unwrap();
     let loaded = model.load_record(recorder.load(bytes, &device).unwrap());
     let after = snapshot(&loaded);
-    let dtypes = |s: &[(DType, bool, Vec<f64>)]| s.iter().map(|(d, t, _)| (*d, *t)).collect::<Vec<_>>();
+    let dtypes =
+        |s: &[(DType, bool, Vec<f64>)]| s.iter().map(|(d, t, _)| (*d, *t)).collect::<Vec<_>>();
     assert_eq!(dtypes(&after), dtypes(&before));
-    assert!(before.iter().any(|(d, t, _)| *t && *d == DType::from(s.master)));
-    assert!(before.iter().any(|(d, t, _)| !*t && *d == s.compute.dtype()));
+    assert!(
+        before
+            .iter()
+            .any(|(d, t, _)| *t && *d == DType::from(s.master))
+    );
+    assert!(
+        before
+            .iter()
+            .any(|(d, t, _)| !*t && *d == s.compute.dtype())
+    );
 }
-
