@@ -113,12 +113,12 @@ fn kv_cache_decoding_equals_recomputation() {
             )
             .logits,
     ];
-    for t in split..n {
+    for &token in &seq[split..n] {
         got.push(
             model
                 .forward_cached(
                     LmInput::ids(Tensor::from_data(
-                        TensorData::new(vec![seq[t]], [1, 1]),
+                        TensorData::new(vec![token], [1, 1]),
                         &device,
                     )),
                     &mut cache,

@@ -47,16 +47,12 @@ fn finish(cfg: &Path, out: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// Each step's (step, loss, lr, batch) of `metrics.jsonl`.
+type Steps = Vec<(u64, String, String, u64)>;
+
 /// What must come out the same: the exported weights, the samples, and each step's
 /// (step, loss, lr, batch) in `metrics.jsonl` (its timing fields differ between any two runs).
-fn outcome(
-    out: &Path,
-) -> (
-    Vec<u8>,
-    Vec<u8>,
-    Vec<(u64, String, String, u64)>,
-    serde_json::Value,
-) {
+fn outcome(out: &Path) -> (Vec<u8>, Vec<u8>, Steps, serde_json::Value) {
     let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -279,7 +279,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
         .map(|c| c.as_u64().unwrap())
         .sum();
     assert!(
-        layer0 > 0 && layer0 % 2 == 0,
+        layer0 > 0 && layer0.is_multiple_of(2),
         "{layer0}: top-2 choices of the real tokens"
     );
     assert_eq!(lines[0]["input_tokens"].as_u64().unwrap() * 2, layer0);

@@ -170,7 +170,11 @@ mod tests {
         let map = relabel(4, 8, 42);
         assert_eq!(map, relabel(4, 8, 42));
         assert_ne!(map, relabel(4, 8, 43));
-        assert_eq!(union(&[map.clone()]).len(), 32, "every expert appears once");
+        assert_eq!(
+            union(std::slice::from_ref(&map)).len(),
+            32,
+            "every expert appears once"
+        );
         let a = vec![[0, 1], [2, 3], [3, 7]];
         let b = vec![[2, 3], [1, 0]];
         let (ra, rb) = (apply(&map, &a, 8), apply(&map, &b, 8));

@@ -136,7 +136,7 @@ pub fn route_kernel<F: Float>(
         let at = w_out + slot * weights.stride(1);
         let mut w = weights[at];
         if renorm {
-            w = w / total;
+            w /= total;
             weights[at] = w;
         }
         let j = usize::cast_from(indices[out + slot * indices.stride(1)]);

@@ -49,14 +49,9 @@ impl DataConfig {
         not_blank("data.fields.goal", &self.fields.goal)?;
         not_blank("data.fields.unsafe_messages", &self.fields.unsafe_messages)?;
         not_blank("data.split_key", &self.split_key)?;
-        ensure(
-            !(self.split.is_some() && !self.heldout),
-            "data.heldout",
-            || {
-                "is false, which means no split, but data.split names one: remove one of the two"
-                    .into()
-            },
-        )?;
+        ensure(self.split.is_none() || self.heldout, "data.heldout", || {
+            "is false, which means no split, but data.split names one: remove one of the two".into()
+        })?;
         ensure(!self.path.as_os_str().is_empty(), "data.path", || {
             "must name the attack dataset".into()
         })

@@ -582,7 +582,9 @@ pub fn save_with_shard_size<B: Backend>(
     })?;
     let entries = hub_tensors(model, cfg);
     // bf16 bytes of every tensor, grouped into shards in key order.
-    let mut shards: Vec<Vec<(String, Vec<usize>, Vec<u8>)>> = vec![Vec::new()];
+    // (key, shape, bf16 bytes) of each tensor of a shard.
+    type Shard = Vec<(String, Vec<usize>, Vec<u8>)>;
+    let mut shards: Vec<Shard> = vec![Vec::new()];
     let mut size = 0usize;
     for entry in entries {
         let bytes: Vec<u8> = entry

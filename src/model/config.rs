@@ -456,7 +456,7 @@ impl HubConfig {
                 return Err(invalid(field, "must be at least 1".into()));
             }
         }
-        if cfg.head_dim % 2 != 0 {
+        if !cfg.head_dim.is_multiple_of(2) {
             let field = if self.head_dim.is_some() {
                 "head_dim"
             } else {
@@ -467,7 +467,10 @@ impl HubConfig {
                 format!("head dimension {} must be even for RoPE", cfg.head_dim),
             ));
         }
-        if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+        if !cfg
+            .num_attention_heads
+            .is_multiple_of(cfg.num_key_value_heads)
+        {
             return Err(invalid(
                 "num_key_value_heads",
                 format!(

@@ -32,6 +32,9 @@ use super::rope::Rope;
 use super::routing::Routing;
 
 /// A decoder layer's feed-forward block (Hub key `mlp`).
+// One per layer, built once: the size difference between the variants costs nothing, and burn's
+// `Module` derive wants the blocks inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum FeedForward<B: Backend> {
     /// Router and experts (Hub keys `mlp.gate`, `mlp.experts.{e}`).

@@ -235,7 +235,9 @@ fn cells(spec: &SweepSpec) -> Result<Vec<Cell>, (String, String)> {
         }
         axes.push((key.clone(), values.clone()));
     }
-    let mut variants: Vec<(Option<String>, Vec<(String, toml::Value)>)> = Vec::new();
+    // (variant name, its overrides) of each variant, in order.
+    type Overrides = Vec<(String, toml::Value)>;
+    let mut variants: Vec<(Option<String>, Overrides)> = Vec::new();
     for (name, table) in &spec.variants {
         let table = table.as_table().ok_or_else(|| {
             (

@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn each_rank_keeps_the_share_and_every_example_lands_once() {
-        use Label::{Safe as S, Unsafe as U};
+        const S: Label = Label::Safe;
+        const U: Label = Label::Unsafe;
         // 8 + 8 interleaved, as collect mixes them.
         let g = group(&[S, U, S, U, S, S, U, U, S, U, S, U, S, S, U, U]);
         let mut seen = Vec::new();

@@ -55,10 +55,13 @@ pub struct Heatmap<'a> {
     pub title: &'a str,
 }
 
+/// One merged heatmap cell: (value, marked, in the mask).
+type Cell = (f64, bool, bool);
+
 impl Heatmap<'_> {
     /// The merged grid for an inner area of `rows × cols` cells (label column excluded):
     /// `(value, marked, in mask)` per cell, and the first layer of each row.
-    fn grid(&self, rows: usize, cols: usize) -> (Vec<Vec<(f64, bool, bool)>>, Vec<usize>) {
+    fn grid(&self, rows: usize, cols: usize) -> (Vec<Vec<Cell>>, Vec<usize>) {
         let layers = self.values.len();
         let experts = self.values.first().map_or(0, Vec::len);
         let (rows, cols) = (rows.min(layers).max(1), cols.min(experts).max(1));
