@@ -34,6 +34,20 @@ struct State {
     total_steps: Option<u64>,
 }
 
+impl State {
+    /// Tokens generated in this stage so far and their rate.
+    fn token_rate(&self) -> String {
+        let secs = self
+            .started
+            .map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
+        format!(
+            "{} tokens, {:.0} tok/s",
+            self.tokens,
+            self.tokens as f64 / secs
+        )
+    }
+}
+
 fn bar(template: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
@@ -131,10 +145,7 @@ impl Progress {
                     EvalEvent::Answered(n) | EvalEvent::Scored(n) => b.inc(n as u64),
                     EvalEvent::Tokens(n) => {
                         s.tokens += n;
-                        let rate = s.tokens as f64
-                            / s.started
-                                .map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
-                        b.set_message(format!("{} tokens, {rate:.0} tok/s", s.tokens));
+                        b.set_message(s.token_rate());
                     }
                 }
             }
@@ -179,10 +190,7 @@ impl Progress {
             }
             CollectEvent::Tokens(n) => {
                 s.tokens += n;
-                let rate = s.tokens as f64
-                    / s.started
-                        .map_or(1.0, |t| t.elapsed().as_secs_f64().max(1e-9));
-                b.set_message(format!("{} tokens, {rate:.0} tok/s", s.tokens));
+                b.set_message(s.token_rate());
             }
             CollectEvent::BatchDone {
                 batch_idx,

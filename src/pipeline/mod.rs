@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 pub use models::Models;
 pub use preflight::{Preflight, preflight};
@@ -25,7 +25,9 @@ use crate::analysis::AnalysisSummary;
 use crate::backend::NotCompiled;
 use crate::collect::{CollectEvent, Collector};
 use crate::config::Config;
+use crate::data::ChatTokenizer;
 use crate::eval::{EvalEvent, EvalReport, Evaluator, Steering, evaluate_into, steering, table};
+use crate::model::MoeLm;
 use crate::run_dir::{EvalDir, RunDir, Stage, SteerSetting, Variant};
 use crate::train::{TrainContext, TrainEvent, TrainInputs, TrainOptions, TrainSummary};
 
@@ -372,13 +374,7 @@ fn run_stage<B: AutodiffBackend>(
                         _ => Steering::default(),
                     };
                     let model = base()?.valid();
-                    let e = Evaluator {
-                        model: &model,
-                        name: cfg.model.dir.display().to_string(),
-                        tokenizer: &pre.tokenizer,
-                        judge: &cfg.judge,
-                        device: env.device,
-                    };
+                    let e = evaluator(cfg, &model, &cfg.model.dir, &pre.tokenizer, env.device);
                     evaluate_into(&e, sets, &cfg.eval, &s, &dir.eval(v), |p| {
                         on_event(Event::Eval(*v, p))
                     })?
@@ -392,13 +388,7 @@ fn run_stage<B: AutodiffBackend>(
                         cfg.model.precision,
                     )?;
                     let tokenizer = cfg.model.tokenizer(&path)?;
-                    let e = Evaluator {
-                        model: &model,
-                        name: path.display().to_string(),
-                        tokenizer: &tokenizer,
-                        judge: &cfg.judge,
-                        device: env.device,
-                    };
+                    let e = evaluator(cfg, &model, &path, &tokenizer, env.device);
                     evaluate_into(
                         &e,
                         sets,
@@ -413,6 +403,23 @@ fn run_stage<B: AutodiffBackend>(
         }
     }
     Ok(())
+}
+
+/// What evaluates `model` (read from `dir`, its name in the report) with `cfg`'s judge.
+fn evaluator<'a, B: Backend>(
+    cfg: &'a Config,
+    model: &'a MoeLm<B>,
+    dir: &std::path::Path,
+    tokenizer: &'a ChatTokenizer,
+    device: &'a B::Device,
+) -> Evaluator<'a, B> {
+    Evaluator {
+        model,
+        name: dir.display().to_string(),
+        tokenizer,
+        judge: &cfg.judge,
+        device,
+    }
 }
 
 /// The steering `setting` takes from the analysed run `dir`, for the model of `m`.
@@ -451,13 +458,7 @@ pub fn evaluate<B: AutodiffBackend>(
     };
     let _lock = out.lock()?;
     let model = env.models.get(&cfg.model, env.device)?.valid();
-    let e = Evaluator {
-        model: &model,
-        name: cfg.model.dir.display().to_string(),
-        tokenizer: &pre.tokenizer,
-        judge: &cfg.judge,
-        device: env.device,
-    };
+    let e = evaluator(cfg, &model, &cfg.model.dir, &pre.tokenizer, env.device);
     let sets = pre
         .eval_sets
         .as_ref()
