@@ -382,3 +382,55 @@ fn non_finite_weights_name_the_tensor() {
         "{err}"
     );
 }
+
+/// A safetensors header whose shape disagrees with the bytes it gives the tensor (an edited or
+/// foreign file): the error names the tensor and both sizes.
+#[test]
+fn a_header_shape_that_disagrees_with_its_bytes_names_the_tensor() {
+    let tmp = copy_fixture(&fixture());
+    let path = tmp.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    let from = "\"model.norm.weight\":{\"dtype\":\"BF16\",\"shape\":[32]";
+    assert!(header.contains(from), "the fixture's header spells {from}");
+    // The same number of characters: the header's length and every offset stay as they were.
+    let edited = header.replacen(
+        from,
+        "\"model.norm.weight\":{\"dtype\":\"BF16\",\"shape\":[31]",
+        1,
+    );
+    bytes.splice(8..8 + n, edited.into_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let err = fails(tmp.path());
+    assert!(err.contains("model.safetensors: tensor model.norm.weight: shape [31] of BF16 needs 62 bytes, but its data_offsets"), "{err}");
+}
+
+/// Two evaluations into one folder: the second is refused at once, naming the holder (here the
+/// test itself holds the folder, as a first `steermoe eval` would).
+#[test]
+fn an_evaluation_folder_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    std::fs::write(&cfg, tiny_method_toml(&fixture(), "", "")).unwrap();
+    let out = tmp.path().join("eval");
+    let _held = steermoe::run_dir::EvalDir::at(&out).lock().unwrap();
+    let o = steermoe(&[
+        "eval",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} is in use by another steermoe process (pid {})",
+            out.display(),
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(!out.join("eval.json").exists());
+}

@@ -187,13 +187,63 @@ fn implied_by(key: &str, arch: Arch) -> String {
     format!(", from config.json's {keys}")
 }
 
+/// Which tensor of a safetensors file's header is wrong, where the safetensors crate's error
+/// does not say: a shape and dtype whose size disagrees with the bytes the header gives it, or
+/// bytes beyond the file.
+fn header_fault(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data = bytes.len().saturating_sub(8 + n);
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype = info.get("dtype")?.as_str()?;
+        let shape: Vec<usize> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<_>>()?;
+        let offsets: Vec<usize> = info
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<_>>()?;
+        let [start, end] = offsets[..] else {
+            return Some(format!(
+                "tensor {name}: data_offsets {offsets:?} is not [start, end]"
+            ));
+        };
+        let width = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => continue,
+        };
+        let want = shape.iter().product::<usize>() * width;
+        if end < start || end - start != want {
+            return Some(format!(
+                "tensor {name}: shape {shape:?} of {dtype} needs {want} bytes, but its data_offsets [{start}, {end}] give {}",
+                end.saturating_sub(start)
+            ));
+        }
+        if end > data {
+            return Some(format!(
+                "tensor {name}: data_offsets [{start}, {end}] reach beyond the file's {data} bytes of data (a truncated file?)"
+            ));
+        }
+    }
+    None
+}
+
 impl<'a> TensorTable<'a> {
     fn new(shards: &'a Shards, arch: Arch) -> Result<Self, LoadError> {
         let mut views = HashMap::new();
         for (path, map) in &shards.files {
             let st = SafeTensors::deserialize(map).map_err(|e| LoadError::Safetensors {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason: header_fault(map).unwrap_or_else(|| e.to_string()),
             })?;
             for (name, view) in st.tensors() {
                 views.insert(name, (path.as_path(), view));
