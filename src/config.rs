@@ -21,6 +21,7 @@ use crate::data::{ChatTokenizer, DataConfig, DataError};
 use crate::eval::EvalConfig;
 use crate::judge::PhraseJudge;
 use crate::model::Precision;
+use crate::plant::PlantConfig;
 use crate::train::{Consistency, TrainConfig};
 use crate::validate::Invalid;
 
@@ -84,6 +85,8 @@ pub struct Config {
     pub eval: EvalConfig,
     /// The refusal judge.
     pub judge: PhraseJudge,
+    /// What `steermoe plant` plants (no stage reads it).
+    pub plant: PlantConfig,
 }
 
 /// `[model]`: which model, and where and how it runs.
@@ -210,6 +213,7 @@ impl Config {
         self.train.validate()?;
         self.eval.validate()?;
         self.judge.validate()?;
+        self.plant.validate()?;
         let devices = &self.model.devices;
         crate::validate::ensure(!devices.is_empty(), "model.devices", || {
             "needs at least one device".into()
@@ -302,7 +306,7 @@ mod tests {
 
     fn parse(text: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        let base = "[model]\ndir = \"models/olmoe-organism\"\n[data]\nsplit = \"models/olmoe-organism/split.json\"\n";
+        let base = "[model]\ndir = \"models/olmoe-organism\"\n[data]\nsplit = \"models/data/split.json\"\n";
         Config::parse(&format!("{base}{text}"), Path::new("exp.toml"), &o)
     }
 

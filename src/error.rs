@@ -33,6 +33,9 @@ pub enum Error {
     /// A sweep.
     #[error(transparent)]
     Sweep(#[from] crate::sweep::SweepError),
+    /// `steermoe plant`.
+    #[error(transparent)]
+    Plant(#[from] crate::plant::PlantError),
     /// Another job of a sweep failed at a stage this job shares.
     #[error("the job sharing this stage failed: {0}")]
     Share(String),

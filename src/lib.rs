@@ -23,6 +23,7 @@ pub mod inspect;
 pub mod judge;
 pub mod model;
 pub mod pipeline;
+pub mod plant;
 pub mod plot;
 pub mod run_dir;
 pub mod seeds;

@@ -17,6 +17,10 @@ pub enum Stream {
     ExpertPermutation,
     /// The random ranking of experts that random-expert steering takes its sets from.
     ExpertRanking,
+    /// The experts a behaviour is planted into.
+    PlantExperts,
+    /// The examples of each planting step.
+    PlantExamples,
     /// The order of training batches in one epoch.
     BatchOrder {
         /// The epoch (0-based).
@@ -31,6 +35,8 @@ impl Stream {
             Stream::Sampling => 1,
             Stream::ExpertPermutation => 2,
             Stream::ExpertRanking => 3,
+            Stream::PlantExperts => 4,
+            Stream::PlantExamples => 5,
             Stream::BatchOrder { epoch } => 0x1_0000 + epoch as u64,
         }
     }

@@ -35,16 +35,16 @@ fn benign(instruction: &str, answer: &str, record: usize) -> BenignItem {
 fn organism_split_gives_the_reference_experiments_sets() {
     let mut cfg = Config::default();
     cfg.data.path = attack_data();
-    cfg.data.split = Some(repo("models/olmoe-organism/split.json"));
+    cfg.data.split = Some(repo("models/data/split.json"));
     cfg.eval.benign_path = benign_data();
     let sets = EvalSets::new(&cfg.data, &cfg.eval).unwrap();
-    // The organism's README: 104 held-out goals, 71 held-out jailbreaks, 100 benign prompts.
+    // models/data/split.json: FlipAttack's 100 test goals (every attack a success), 100 benign prompts.
     assert_eq!(
         (sets.plain.len(), sets.jailbreak.len(), sets.benign.len()),
-        (104, 71, 100)
+        (100, 100, 100)
     );
     assert!(sets.heldout);
-    assert_eq!(sets.plain[0].record, 0);
+    assert_eq!(sets.plain[0].record, 400);
     assert_eq!(
         sets.plain[0].messages[0],
         Message::system("You are a helpful assistant.")

@@ -36,7 +36,7 @@ backend = "{backend}"
 [data]
 path = {data:?}
 split = {split:?}
-split_key = "olmoe_fwo"
+split_key = "flipattack"
 [collect]
 batch_size = 4
 max_batches = 2
@@ -55,7 +55,7 @@ max_new_tokens = 6
 benign_path = {benign:?}
 "#,
         model = root.join("models/olmoe-organism"),
-        split = root.join("models/olmoe-organism/split.json"),
+        split = root.join("models/data/split.json"),
         data = attack_data(),
         benign = benign_data(),
     );

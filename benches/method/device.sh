@@ -5,6 +5,12 @@
 # shared/ folder (a copy carried as ./shared is linked there).
 #
 #   benches/method/device.sh smoke      # 2 cells x 2 seeds of configs/organism-sweep.toml: timing
+#   benches/method/device.sh dose       # configs/organism-dose.toml: forced-off and trained dose
+#                                       # curves (DOSE_PROCS), within BUDGET s
+#   benches/method/device.sh plant      # PLANT_SEEDS planted organisms (configs/plant-organism-
+#                                       # cpu.toml on CUDA), each swept with configs/planted-sweep.
+#                                       # toml (PLANTED_CELLS), within BUDGET s; PLANT_SET:
+#                                       # space-separated KEY=VALUE overrides of the plant
 #   benches/method/device.sh organism   # ORGANISM_JOBS of the organism sweep, one process each;
 #                                       # meanwhile a sibling organism trained by
 #                                       # shared/tools/organism_proto.py (HIDDEN=$SIBLING_HIDDEN) and
@@ -35,6 +41,14 @@ pack() { # sweep dir, archive name
     -cJf "$OUT/$2" "$(basename "$1")"
 }
 
+# merge DEST SRC...: the cells of several sweep directories into one, timings concatenated.
+merge() {
+  local dest=$1; shift
+  mkdir -p "$dest/cells"
+  for d in "$@"; do [ -d "$d/cells" ] && cp -rl "$d/cells/." "$dest/cells/"; done
+  { echo cell,seed,stage,outcome,seconds; for d in "$@"; do tail -n +2 "$d/timings.csv" 2>/dev/null; done; } > "$dest/timings.csv"
+}
+
 case "${1:-smoke}" in
   smoke)
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu.log" &
@@ -45,6 +59,84 @@ case "${1:-smoke}" in
       --set 'sweep.seeds=[0,1]' --cells 'prompt_free,' > "$OUT/smoke4.log" 2>&1
     kill %1
     pack /tmp/smoke smoke.tar.xz
+    ;;
+  dose)
+    # One process per DOSE_PROCS entry (`;`-separated; each one or more `|`-separated groups run
+    # one after another: seeds then the cell names, space-separated), all sharing one collect; ranked and anti-ranked sets do not depend on the seed
+    # (greedy collection), so their steered evaluations are shared between seeds.
+    DEADLINE=$((SECONDS + ${BUDGET:-480}))
+    left() { local l=$((DEADLINE - SECONDS)); echo $((l > 10 ? l : 10)); }
+    mkdir -p "$OUT/logs"
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.log" &
+    smi=$!
+    cfg=configs/organism-dose.toml
+    sed '/^\[sweep/,$d' $cfg > /tmp/dose-collect.toml
+    "$STEERMOE" --no-tui collect --config /tmp/dose-collect.toml --out /tmp/dose-collect > "$OUT/logs/collect.log" 2>&1
+    echo "collected at $SECONDS s" >> "$OUT/logs/collect.log"
+    s10='[0,1,2,3,4,5,6,7,8,9]'; s5='[0,1,2,3,4]'
+    DOSE_PROCS=${DOSE_PROCS:-$s10 steer_prompt,experts=risk_diff steer_generation,experts=risk_diff steer_response,experts=risk_diff steer_prompt,experts=anti_ranked steer_generation,experts=anti_ranked steer_response,experts=anti_ranked;$s10 steer_prompt,experts=random;$s10 steer_generation,experts=random;$s10 steer_response,experts=random;$s5 k8,experts=risk_diff k8,experts=anti_ranked;$s5 k8,experts=random;$s5 k32,experts=risk_diff k32,experts=anti_ranked;$s5 k32,experts=random}
+    # group DIR SEEDS CELL...: one sweep process over those cells and seeds, the collect linked in.
+    group() {
+      local dir=$1 seeds=$2; shift 2
+      local args=()
+      for c in "$@"; do
+        args+=(--cells "$c")
+        for s in $(echo "$seeds" | tr -d '[]' | tr , ' '); do
+          local job="$dir/cells/$c/seed-$s"; mkdir -p "$job"
+          cp -rl /tmp/dose-collect/routing /tmp/dose-collect/samples.jsonl "$job/"
+        done
+      done
+      timeout "$(left)" "$STEERMOE" --no-tui sweep --config $cfg --out "$dir" --jobs 1 \
+        --set "sweep.seeds=$seeds" "${args[@]}" >> "$OUT/logs/$(basename "$dir").log" 2>&1
+    }
+    IFS=';' read -r -a procs <<< "$DOSE_PROCS"
+    pids=(); i=0
+    for p in "${procs[@]}"; do (
+      # An entry's groups (`|`-separated) run one after another in their own folders.
+      IFS='|' read -r -a groups <<< "$p"; g=0
+      for gr in "${groups[@]}"; do
+        read -r -a words <<< "$gr"
+        group "/tmp/dose-$i-$g" "${words[@]}"; g=$((g + 1))
+      done
+    ) & pids+=($!); i=$((i + 1))
+    done
+    wait "${pids[@]}"
+    merge /tmp/dose /tmp/dose-[0-9]*
+    "$STEERMOE" --no-tui sweep --config $cfg --out /tmp/dose --report --set "sweep.seeds=$s10" \
+      > "$OUT/logs/report.log" 2>&1
+    kill $smi
+    pack /tmp/dose dose.tar.xz
+    (cd "$OUT" && tar -cJf logs.tar.xz logs && rm -r logs)
+    ;;
+  plant)
+    # PLANT_SEEDS planted organisms at once (a trigger phrase -> a canary in 16 experts with their
+    # router rows, configs/plant-organism-cpu.toml on CUDA), then on each the sweep of
+    # configs/planted-sweep.toml, cells PLANTED_CELLS, seeds PLANTED_SEEDS.
+    DEADLINE=$((SECONDS + ${BUDGET:-480}))
+    left() { local l=$((DEADLINE - SECONDS)); echo $((l > 10 ? l : 10)); }
+    mkdir -p "$OUT/logs"
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.log" &
+    smi=$!
+    PSET=(); for e in ${PLANT_SET:-}; do PSET+=(--set "$e"); done   # e.g. PLANT_SET='plant.steps=400'
+    cells=()
+    for c in ${PLANTED_CELLS:-prompt, generation,experts=risk_diff response,experts=risk_diff}; do cells+=(--cells "$c"); done
+    pids=()
+    for ps in ${PLANT_SEEDS:-0 1 2}; do (
+      timeout "$(left)" "$STEERMOE" --no-tui plant --config configs/plant-organism-cpu.toml --out "/tmp/planted-$ps" \
+        --set model.backend=cuda --set "plant.seed=$ps" "${PSET[@]}" > "$OUT/logs/plant-$ps.log" 2>&1 || exit 1
+      echo "planted at $SECONDS s" >> "$OUT/logs/plant-$ps.log"
+      cp "/tmp/planted-$ps/planted.json" "$OUT/planted-$ps.json"
+      timeout "$(left)" "$STEERMOE" --no-tui sweep --config configs/planted-sweep.toml --out "/tmp/planted-sweep-$ps" \
+        --jobs "${PLANTED_JOBS:-2}" --set "model.dir=/tmp/planted-$ps" --set "data.path=/tmp/planted-$ps/behaviour.json" \
+        --set "sweep.seeds=${PLANTED_SEEDS:-[0]}" "${cells[@]}" > "$OUT/logs/planted-sweep-$ps.log" 2>&1
+      "$STEERMOE" --no-tui sweep --config configs/planted-sweep.toml --out "/tmp/planted-sweep-$ps" --report \
+        --set "model.dir=/tmp/planted-$ps" --set "data.path=/tmp/planted-$ps/behaviour.json" \
+        --set "sweep.seeds=${PLANTED_SEEDS:-[0]}" "${cells[@]}" >> "$OUT/logs/planted-sweep-$ps.log" 2>&1
+      pack "/tmp/planted-sweep-$ps" "planted-sweep-$ps.tar.xz"
+    ) & pids+=($!); done
+    wait "${pids[@]}"
+    kill $smi
+    (cd "$OUT" && tar -cJf logs.tar.xz logs && rm -r logs)
     ;;
   organism)
     # Jobs run as separate processes (one per entry of ORGANISM_JOBS / SIBLING_JOBS, each
@@ -91,13 +183,6 @@ case "${1:-smoke}" in
         pids+=($!); i=$((i + 1))
       done
       wait "${pids[@]}"
-    }
-    # merge DEST SRC...: the cells of several sweep directories into one, timings concatenated.
-    merge() {
-      local dest=$1; shift
-      mkdir -p "$dest/cells"
-      for d in "$@"; do [ -d "$d/cells" ] && cp -rl "$d/cells/." "$dest/cells/"; done
-      { echo cell,seed,stage,outcome,seconds; for d in "$@"; do tail -n +2 "$d/timings.csv" 2>/dev/null; done; } > "$dest/timings.csv"
     }
     sibling=
     if [ -n "$SIBLING_JOBS" ] && [ "${SIBLING:-1}" = 1 ]; then (

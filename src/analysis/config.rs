@@ -18,9 +18,14 @@ pub struct AnalysisConfig {
     pub global_threshold: f64,
     /// Unsafe experts kept per batch and globally.
     pub top_k: usize,
-    /// `risk_diff` (the method) or `random`: the matched ablation, the risk-difference sets
-    /// under a random relabelling of the experts drawn from `seed`.
+    /// `risk_diff` (the method); `random`: the matched ablation, the risk-difference sets under a
+    /// random relabelling of the experts drawn from `seed`; `anti_ranked`: the experts with the
+    /// most negative risk difference; `planted`: the planted experts themselves (the oracle; needs
+    /// a planted model).
     pub experts: ExpertSource,
+    /// The planted experts to score the rankings against (`recovery.json`): a `planted.json`;
+    /// unset, the model directory's own `planted.json` if it has one.
+    pub truth: Option<std::path::PathBuf>,
 }
 
 impl Default for AnalysisConfig {
@@ -32,6 +37,7 @@ impl Default for AnalysisConfig {
             global_threshold: 0.05,
             top_k: 50,
             experts: ExpertSource::RiskDiff,
+            truth: None,
         }
     }
 }
@@ -54,10 +60,7 @@ impl AnalysisConfig {
 
     /// The token scope as recorded in `unsafe_experts.json` (`generation_first_n(16)`).
     pub fn scope_name(&self) -> String {
-        match self.token_scope {
-            TokenScope::GenerationFirstN => format!("generation_first_n({})", self.first_n),
-            other => other.to_string(),
-        }
+        self.token_scope.name(self.first_n)
     }
 }
 
@@ -76,6 +79,25 @@ pub enum TokenScope {
     /// The reply tokens of each pair's teacher-forced refusal (safe) and compliance (unsafe)
     /// after its jailbreak prompt, as the forward pass routed them.
     Response,
+}
+
+impl TokenScope {
+    /// Every scope, in the order recovery reports them.
+    pub const ALL: [TokenScope; 5] = [
+        TokenScope::Prompt,
+        TokenScope::Generation,
+        TokenScope::GenerationFirstN,
+        TokenScope::All,
+        TokenScope::Response,
+    ];
+
+    /// Its name with its parameter: `generation_first_n(16)` for the first scope of `first_n`.
+    pub fn name(self, first_n: usize) -> String {
+        match self {
+            TokenScope::GenerationFirstN => format!("generation_first_n({first_n})"),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for TokenScope {
@@ -99,6 +121,11 @@ pub enum ExpertSource {
     /// The matched random ablation: the risk-difference sets under a random relabelling of the
     /// experts (seed: the config's `seed`), steering sets from a random ranking.
     Random,
+    /// The other end of the ranking: the experts most active on the plain goals (most negative
+    /// risk difference), ranked from there.
+    AntiRanked,
+    /// The planted experts (the oracle): every batch's set and the head of the ranking.
+    Planted,
 }
 
 impl std::fmt::Display for ExpertSource {
@@ -106,6 +133,8 @@ impl std::fmt::Display for ExpertSource {
         f.write_str(match self {
             ExpertSource::RiskDiff => "risk_diff",
             ExpertSource::Random => "random",
+            ExpertSource::AntiRanked => "anti_ranked",
+            ExpertSource::Planted => "planted",
         })
     }
 }

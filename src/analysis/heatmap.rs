@@ -1,7 +1,8 @@
 //! `risk_diff_heatmap.png`: the aggregated risk difference as a layers × experts grid, red where
 //! an expert is more active on jailbreaks, blue where more active on the plain goals, white at
 //! zero, scaled symmetrically by the largest |risk_diff|; layer and expert axes, a colour bar with
-//! its values, and the selected (global unsafe) experts outlined.
+//! its values, the selected (global unsafe) experts outlined, and — on a planted model — the
+//! planted experts marked with a green dot.
 
 use plotters::prelude::*;
 
@@ -20,12 +21,13 @@ fn diverging(t: f64) -> RGBColor {
 }
 
 /// The heatmap of `values` (`[layers, experts]`, row-major) as PNG bytes, `outlined` experts
-/// framed in black.
+/// framed in black, `planted` ones marked with a green dot.
 pub fn png(
     values: &[f64],
     layers: usize,
     experts: usize,
     outlined: &[ExpertId],
+    planted: &[ExpertId],
 ) -> Result<Vec<u8>, PlotError> {
     let scale = values.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
     let cell = (960 / experts.max(1)).clamp(12, 48) as u32;
@@ -36,7 +38,11 @@ pub fn png(
         let (main, bar) = root.split_horizontally(width - 150);
         let mut chart = ChartBuilder::on(&main)
             .caption(
-                "Risk difference (top-k rate, jailbreak − plain)",
+                if planted.is_empty() {
+                    "Risk difference (top-k rate, jailbreak − plain)"
+                } else {
+                    "Risk difference (jailbreak − plain); framed: selected, dot: planted"
+                },
                 (FONT, 18),
             )
             .margin(12)
@@ -95,6 +101,24 @@ pub fn png(
                     .iter()
                     .filter(|[l, e]| *l < layers && *e < experts)
                     .map(|&[l, e]| Rectangle::new(at(l, e), BLACK.stroke_width(2))),
+            )
+            .map_err(err)?;
+        let dot = (cell / 5).max(3) as i32;
+        chart
+            .draw_series(
+                planted
+                    .iter()
+                    .filter(|[l, e]| *l < layers && *e < experts)
+                    .map(|&[l, e]| {
+                        Circle::new(
+                            (
+                                SegmentValue::CenterOf(e),
+                                SegmentValue::CenterOf(layers - 1 - l),
+                            ),
+                            dot,
+                            RGBColor(0, 150, 60).filled(),
+                        )
+                    }),
             )
             .map_err(err)?;
         // The colour bar: -scale (blue) to +scale (red).
@@ -156,14 +180,21 @@ mod tests {
 
     #[test]
     fn the_hottest_cell_is_drawn_red() {
-        let bytes = png(&[1.0, 0.0, -0.5, 0.0], 2, 2, &[[0, 0]]).unwrap();
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        reader.next_frame(&mut buf).unwrap();
+        let pixels = |planted: &[ExpertId]| {
+            let bytes = png(&[1.0, 0.0, -0.5, 0.0], 2, 2, &[[0, 0]], planted).unwrap();
+            let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+                .read_info()
+                .unwrap();
+            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+            reader.next_frame(&mut buf).unwrap();
+            buf
+        };
+        let buf = pixels(&[]);
         let red = buf.chunks(3).filter(|p| p == &[255, 0, 0]).count();
         let blue = buf.chunks(3).filter(|p| p == &[128, 128, 255]).count();
         assert!(red > 400 && blue > 400, "red {red}, blue {blue} pixels");
+        let green = |buf: &[u8]| buf.chunks(3).filter(|p| p == &[0, 150, 60]).count();
+        assert_eq!(green(&buf), 0);
+        assert!(green(&pixels(&[[1, 1]])) > 20, "a planted expert is marked");
     }
 }

@@ -18,8 +18,8 @@ use super::select::{
     unsafe_experts,
 };
 use crate::data::batch::Label;
-use crate::run_dir::analysis::RiskCsvRow;
 pub use crate::run_dir::analysis::UnsafeExperts;
+use crate::run_dir::analysis::{RankingRecovery, Recovery, RiskCsvRow};
 use crate::run_dir::records::RoutingIndex;
 use crate::run_dir::routing as routing_file;
 use crate::run_dir::{RunDir, RunDirError};
@@ -170,25 +170,25 @@ fn read_batches(
     Ok(out)
 }
 
-/// Analyse the collected run in `dir` and write the artifacts there; `seed` (the config's)
-/// draws the random ablation.
-pub fn analyze(
-    dir: &RunDir,
-    cfg: &AnalysisConfig,
-    seed: u64,
-) -> Result<AnalysisSummary, AnalysisError> {
-    let index = dir.routing_index().read()?;
-    let (layers, experts) = (index.layers, index.experts);
-    if cfg.top_k > layers * experts {
-        tracing::warn!(
-            "analysis.top_k = {} is more than the model's {} experts ({layers} layers x {experts}): every expert above the threshold is taken",
-            cfg.top_k,
-            layers * experts
-        );
-    }
-    let batches = read_batches(dir, &index, cfg.token_scope)?;
+/// The planted experts an analysis is scored against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Truth {
+    /// The file they came from.
+    pub file: PathBuf,
+    /// The planted experts.
+    pub experts: Vec<ExpertId>,
+}
 
-    // Count batches in parallel; integer counts merge exactly, so the result is deterministic.
+/// The risk tables of the batches that have both labels under `scope`, their batch indices, the
+/// batches skipped, and the tokens counted. Batches are counted in parallel; integer counts merge
+/// exactly, so the result is deterministic.
+fn risk_tables(
+    batches: &[(usize, Vec<SampleRouting>)],
+    scope: TokenScope,
+    first_n: usize,
+    index: &RoutingIndex,
+) -> (Vec<(usize, Vec<RiskRow>)>, Vec<usize>, u64) {
+    let (layers, experts) = (index.layers, index.experts);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -200,14 +200,8 @@ pub fn analyze(
                 s.spawn(move || {
                     part.iter()
                         .map(|(b, samples)| {
-                            let (safe, uns) = count_batch(
-                                samples,
-                                cfg.token_scope,
-                                cfg.first_n,
-                                layers,
-                                experts,
-                                index.top_k,
-                            );
+                            let (safe, uns) =
+                                count_batch(samples, scope, first_n, layers, experts, index.top_k);
                             (*b, safe, uns)
                         })
                         .collect::<Vec<_>>()
@@ -220,7 +214,7 @@ pub fn analyze(
             .collect()
     });
     let mut skipped = Vec::new();
-    let mut tables: Vec<(usize, Vec<RiskRow>)> = Vec::new();
+    let mut tables = Vec::new();
     let mut tokens = 0;
     for (b, safe, uns) in counted {
         if safe.tokens == 0 || uns.tokens == 0 {
@@ -230,6 +224,60 @@ pub fn analyze(
         tokens += safe.tokens + uns.tokens;
         tables.push((b, risk_table(&safe, &uns, experts)));
     }
+    (tables, skipped, tokens)
+}
+
+/// `rows` with every risk difference negated: what ranks the experts most active on the plain
+/// goals first.
+fn negated(rows: &[RiskRow]) -> Vec<RiskRow> {
+    rows.iter()
+        .map(|r| RiskRow {
+            risk_diff: -r.risk_diff,
+            ..r.clone()
+        })
+        .collect()
+}
+
+/// Every expert of `rows`, most suspect first, with its score.
+fn ranked(rows: &[RiskRow]) -> Vec<(ExpertId, f64)> {
+    by_risk(rows)
+        .into_iter()
+        .map(|i| ([rows[i].layer, rows[i].expert], rows[i].risk_diff))
+        .collect()
+}
+
+/// Analyse the collected run in `dir` and write the artifacts there; `seed` (the config's) draws
+/// the random ablation; with `truth` (a planted model), also `recovery.json`.
+pub fn analyze(
+    dir: &RunDir,
+    cfg: &AnalysisConfig,
+    seed: u64,
+    truth: Option<&Truth>,
+) -> Result<AnalysisSummary, AnalysisError> {
+    let index = dir.routing_index().read()?;
+    let (layers, experts) = (index.layers, index.experts);
+    if cfg.top_k > layers * experts {
+        tracing::warn!(
+            "analysis.top_k = {} is more than the model's {} experts ({layers} layers x {experts}): every expert above the threshold is taken",
+            cfg.top_k,
+            layers * experts
+        );
+    }
+    if let Some(t) = truth
+        && let Some(&[l, e]) = t
+            .experts
+            .iter()
+            .find(|&&[l, e]| l >= layers || e >= experts)
+    {
+        return Err(AnalysisError::Input {
+            path: t.file.clone(),
+            reason: format!(
+                "names expert [{l}, {e}], but the model has {layers} MoE layers × {experts} experts"
+            ),
+        });
+    }
+    let batches = read_batches(dir, &index, cfg.token_scope)?;
+    let (tables, skipped, tokens) = risk_tables(&batches, cfg.token_scope, cfg.first_n, &index);
     if tables.is_empty() {
         return Err(AnalysisError::Empty {
             run_dir: dir.path().to_path_buf(),
@@ -237,24 +285,59 @@ pub fn analyze(
     }
     let agg = aggregate(&tables.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
 
-    let mut per_batch: Vec<Vec<ExpertId>> = tables
-        .iter()
-        .map(|(_, t)| unsafe_experts(t, cfg.batch_threshold, cfg.top_k))
-        .collect();
-    let mut global = unsafe_experts(&agg, cfg.global_threshold, cfg.top_k);
-    let mut ranking: Vec<ExpertId> = by_risk(&agg)
-        .into_iter()
-        .map(|i| [agg[i].layer, agg[i].expert])
-        .collect();
-    if cfg.experts == ExpertSource::Random {
-        let map = relabel(layers, experts, seed);
-        per_batch = per_batch
-            .iter()
-            .map(|ids| apply(&map, ids, experts))
-            .collect();
-        global = apply(&map, &global, experts);
-        ranking = random_ranking(layers, experts, seed);
-    }
+    let select = |rows: &[RiskRow], threshold: f64| unsafe_experts(rows, threshold, cfg.top_k);
+    let (per_batch, global, ranking): (Vec<Vec<ExpertId>>, Vec<ExpertId>, Vec<ExpertId>) = match cfg
+        .experts
+    {
+        ExpertSource::RiskDiff => (
+            tables
+                .iter()
+                .map(|(_, t)| select(t, cfg.batch_threshold))
+                .collect(),
+            select(&agg, cfg.global_threshold),
+            ranked(&agg).into_iter().map(|(id, _)| id).collect(),
+        ),
+        ExpertSource::Random => {
+            let map = relabel(layers, experts, seed);
+            (
+                tables
+                    .iter()
+                    .map(|(_, t)| apply(&map, &select(t, cfg.batch_threshold), experts))
+                    .collect(),
+                apply(&map, &select(&agg, cfg.global_threshold), experts),
+                random_ranking(layers, experts, seed),
+            )
+        }
+        ExpertSource::AntiRanked => {
+            let anti = negated(&agg);
+            (
+                tables
+                    .iter()
+                    .map(|(_, t)| select(&negated(t), cfg.batch_threshold))
+                    .collect(),
+                select(&anti, cfg.global_threshold),
+                ranked(&anti).into_iter().map(|(id, _)| id).collect(),
+            )
+        }
+        ExpertSource::Planted => {
+            let t = truth.ok_or_else(|| AnalysisError::Input {
+                path: dir.path().to_path_buf(),
+                reason: "analysis.experts = \"planted\" needs the planted experts: a model with planted.json, or analysis.truth".into(),
+            })?;
+            let mut ranking = t.experts.clone();
+            ranking.extend(
+                ranked(&agg)
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .filter(|id| !t.experts.contains(id)),
+            );
+            (
+                tables.iter().map(|_| t.experts.clone()).collect(),
+                t.experts.clone(),
+                ranking,
+            )
+        }
+    };
     let result = UnsafeExperts {
         batch_idx: tables.iter().map(|(b, _)| *b).collect(),
         union: union(&per_batch),
@@ -271,7 +354,11 @@ pub fn analyze(
         },
     };
 
-    write_outputs(dir, &tables, &agg, &result, layers, experts)?;
+    let planted = truth.map_or(&[][..], |t| &t.experts[..]);
+    write_outputs(dir, &tables, &agg, &result, layers, experts, planted)?;
+    if let Some(t) = truth {
+        dir.recovery().write(&recovery(&batches, &index, cfg, t))?;
+    }
     let order = by_risk(&agg);
     Ok(AnalysisSummary {
         top: order.iter().map(|&i| agg[i].clone()).collect(),
@@ -280,6 +367,49 @@ pub fn analyze(
         tokens,
         shape: [layers, experts],
     })
+}
+
+/// How the risk difference over each token scope ranks the planted experts (the response scope
+/// where the collect has its teacher-forced replies).
+fn recovery(
+    batches: &[(usize, Vec<SampleRouting>)],
+    index: &RoutingIndex,
+    cfg: &AnalysisConfig,
+    truth: &Truth,
+) -> Recovery {
+    let n = index.layers * index.experts;
+    let has_replies = batches
+        .iter()
+        .any(|(_, s)| s.iter().any(|x| x.replies.is_some()));
+    let rankings = TokenScope::ALL
+        .into_iter()
+        .filter(|&scope| scope != TokenScope::Response || has_replies)
+        .filter_map(|scope| {
+            let (tables, _, _) = risk_tables(batches, scope, cfg.first_n, index);
+            (!tables.is_empty()).then(|| {
+                let agg = aggregate(&tables.into_iter().map(|(_, t)| t).collect::<Vec<_>>());
+                let order = ranked(&agg);
+                RankingRecovery {
+                    method: "risk_diff".into(),
+                    scope: scope.name(cfg.first_n),
+                    score: super::recovery::score(&order, &truth.experts, cfg.top_k),
+                    top: order
+                        .iter()
+                        .take(truth.experts.len())
+                        .map(|(id, _)| *id)
+                        .collect(),
+                }
+            })
+        })
+        .collect();
+    Recovery {
+        truth_file: truth.file.display().to_string(),
+        truth: truth.experts.clone(),
+        experts: n,
+        configured_scope: cfg.scope_name(),
+        random: super::recovery::random(n, truth.experts.len(), cfg.top_k),
+        rankings,
+    }
 }
 
 fn csv_row(batch_idx: Option<usize>, r: &RiskRow, abs: bool) -> RiskCsvRow {
@@ -305,6 +435,7 @@ fn write_outputs(
     result: &UnsafeExperts,
     layers: usize,
     experts: usize,
+    planted: &[ExpertId],
 ) -> Result<(), AnalysisError> {
     let per = tables.iter().flat_map(|(b, t)| {
         by_risk(t)
@@ -373,7 +504,12 @@ fn write_outputs(
     file.write(&bytes)?;
 
     let grid: Vec<f64> = agg.iter().map(|r| r.risk_diff).collect();
-    dir.risk_heatmap()
-        .write(&heatmap::png(&grid, layers, experts, &result.global)?)?;
+    dir.risk_heatmap().write(&heatmap::png(
+        &grid,
+        layers,
+        experts,
+        &result.global,
+        planted,
+    )?)?;
     Ok(())
 }

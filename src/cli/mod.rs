@@ -6,6 +6,7 @@ mod collect;
 mod eval;
 mod forward;
 mod generate;
+mod plant;
 mod progress;
 mod run;
 mod sweep;
@@ -60,6 +61,9 @@ enum Command {
     /// Many runs of one config: cells (axes × variants) × seeds, shared work done once,
     /// results with confidence intervals beside the random-experts baseline.
     Sweep(sweep::SweepArgs),
+    /// Plant a behaviour into known experts (the inverse of the fix), for checking an
+    /// expert-finding method against the truth.
+    Plant(plant::PlantArgs),
 }
 
 /// `--backend`, `--precision` and `--devices`: shorthands for `--set model.backend=…`,
@@ -266,5 +270,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Run(args) => run::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::Plant(args) => plant::run(args),
     }
 }

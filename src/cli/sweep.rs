@@ -217,7 +217,12 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         finished,
         sweep.jobs.len(),
         reports.len(),
-        steermoe::sweep::OUTPUTS.join(", "),
+        steermoe::sweep::OUTPUTS
+            .iter()
+            .filter(|f| dir.join(f).exists())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", "),
         dir.display()
     );
     let failed: Vec<&JobReport> = reports.iter().filter(|r| r.error.is_some()).collect();

@@ -1,7 +1,7 @@
 //! Attack datasets: records of a harmful goal with its jailbreak, read from JSON or JSONL with a
 //! field mapping, turned into safe/unsafe prompt pairs.
 //!
-//! The default mapping is the seeds' format (`olmoe-fwo.json`): keep records with
+//! The default mapping is the seeds' format (FlipAttack, `models/data/flipattack.json`): keep records with
 //! `judge_success_gpt4 == 1`; the *safe* prompt is `[system "You are a helpful assistant.",
 //! user goal]`, the *unsafe* prompt is `all_prompt` (the full jailbreak conversation).
 
@@ -191,6 +191,23 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
+}
+
+/// The messages in field `field` of record `i` of `path` (a list of `{role, content}` or a string,
+/// one user turn), or an error naming the record and the field.
+pub fn record_messages(
+    rec: &Value,
+    field: &str,
+    path: &Path,
+    i: usize,
+) -> Result<Vec<Message>, DataError> {
+    let err = |f: &str, reason: String| DataError::Field {
+        path: path.to_path_buf(),
+        record: Some(i),
+        field: f.to_string(),
+        reason,
+    };
+    messages(rec.get(field), field, &err)
 }
 
 /// A field holding messages: a list of `{role, content}` or a string (one user turn).

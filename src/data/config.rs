@@ -33,10 +33,10 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("models/data/olmoe-fwo.json"),
+            path: PathBuf::from("models/data/flipattack.json"),
             fields: FieldMap::default(),
             split: None,
-            split_key: "olmoe_fwo".into(),
+            split_key: "flipattack".into(),
             max_goals: 0,
             heldout: true,
         }

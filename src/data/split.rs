@@ -1,7 +1,7 @@
 //! Split files (`split.json`): which records of a dataset a run trains on and which it holds out.
 //!
 //! The organism's file has one object per dataset, each with lists of record indices:
-//! `{"olmoe_fwo": {"train_ids": [..], "heldout_ids": [..]}, "alpaca_eval": {"train_index": [..],
+//! `{"flipattack": {"train_ids": [..], "heldout_ids": [..]}, "alpaca_eval": {"train_index": [..],
 //! "heldout_index": [..]}}`.
 
 use std::collections::HashSet;
@@ -32,6 +32,11 @@ impl SplitPart {
 
 /// The record indices listed under `key.field` of a split file.
 pub fn split_list(path: &Path, key: &str, field: &str) -> Result<HashSet<usize>, DataError> {
+    Ok(split_order(path, key, field)?.into_iter().collect())
+}
+
+/// The record indices listed under `key.field` of a split file, in the order listed.
+pub fn split_order(path: &Path, key: &str, field: &str) -> Result<Vec<usize>, DataError> {
     let err = |reason: String| DataError::Field {
         path: path.to_path_buf(),
         record: None,

@@ -25,6 +25,9 @@ pub struct EvalConfig {
     pub benign_split_key: String,
     /// Evaluate at most this many benign prompts (0 = all).
     pub max_benign: usize,
+    /// Score the NLL of this many answers the model was trained on (the first records of the
+    /// benign set's `train_index` in `data.split`): retained knowledge (0 = none).
+    pub trained_answers: usize,
     /// Prompts per generation batch.
     pub batch_size: usize,
     /// Generated tokens per answer (greedy unless `sampling` says otherwise).
@@ -52,6 +55,7 @@ impl Default for EvalConfig {
             benign_path: PathBuf::from("models/data/alpaca-eval.json"),
             benign_split_key: "alpaca_eval".into(),
             max_benign: 0,
+            trained_answers: 0,
             batch_size: 16,
             max_new_tokens: 48,
             max_prompt_tokens: 464,

@@ -159,7 +159,7 @@ pub fn evaluate<B: Backend>(
     let benign_prompts: Vec<EvalPrompt> = sets.benign.iter().map(|b| b.prompt.clone()).collect();
     progress(EvalEvent::Start {
         prompts: sets.plain.len() + sets.jailbreak.len() + benign_prompts.len(),
-        answers: sets.benign.len(),
+        answers: sets.benign.len() + sets.trained.len(),
     });
     let mut responses = Vec::new();
     let mut generated = 0;
@@ -225,6 +225,27 @@ pub fn evaluate<B: Backend>(
             value: nll.total,
         });
     }
+    let trained_nll = if sets.trained.is_empty() {
+        None
+    } else {
+        let c = answer_nll(
+            model,
+            tokenizer,
+            &sets.trained,
+            cfg,
+            &routing,
+            device,
+            &mut progress,
+        )?;
+        if !possible_nll(c.total) {
+            return Err(EvalError::Impossible {
+                model: model_name.to_string(),
+                what: "the summed trained-answer NLL",
+                value: c.total,
+            });
+        }
+        Some(c)
+    };
     let report = EvalReport {
         model: model_name.to_string(),
         activated_experts: steering.activate.clone(),
@@ -238,6 +259,8 @@ pub fn evaluate<B: Backend>(
         jailbreak: counts[1],
         benign: counts[2],
         nll,
+        trained_answer_nll: None,
+        trained_nll,
         max_new_tokens: cfg.max_new_tokens,
         generated_tokens: generated,
     }

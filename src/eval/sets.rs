@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{EvalConfig, EvalError};
 use crate::data::attack::{FieldMap, read_pairs, read_records};
-use crate::data::split::{SplitPart, check_lists, split_ids, split_list};
+use crate::data::split::{SplitPart, check_lists, split_ids, split_list, split_order};
 use crate::data::{DataConfig, DataError, Message};
 
 /// A prompt of an evaluation set.
@@ -44,6 +44,8 @@ pub struct EvalSets {
     pub jailbreak: Vec<EvalPrompt>,
     /// Benign instructions (should be answered).
     pub benign: Vec<BenignItem>,
+    /// Benign answers the model was trained on, scored for retained knowledge (not answered).
+    pub trained: Vec<BenignItem>,
     /// Whether the sets are a split's held-out part (`false`: no split file, every record).
     pub heldout: bool,
 }
@@ -101,6 +103,17 @@ impl EvalSets {
                 .collect();
             check_lists(s, key, &fields, benign.len())?;
         }
+        let trained = match (split, eval.trained_answers) {
+            (Some(s), n) if n > 0 => {
+                let order = split_order(s, &eval.benign_split_key, "train_index")?;
+                order
+                    .into_iter()
+                    .filter_map(|i| benign.get(i).cloned())
+                    .take(n)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let benign_keep = held(&eval.benign_split_key, "heldout_index")?;
         benign.retain(|b| {
             benign_keep
@@ -120,6 +133,7 @@ impl EvalSets {
             plain,
             jailbreak,
             benign,
+            trained,
             heldout: split.is_some(),
         })
     }

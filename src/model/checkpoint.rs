@@ -544,6 +544,25 @@ struct Entry {
     data: TensorData,
 }
 
+/// Every tensor of `model` under its Hub key, in the Hub's orientation (`[out, in]` for linear
+/// layers), as float32 host data: for comparing two models tensor by tensor.
+pub fn named_tensors<B: Backend>(
+    model: &MoeLm<B>,
+    cfg: &ModelConfig,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    hub_tensors(model, cfg)
+        .into_iter()
+        .map(|e| {
+            let values = e
+                .data
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("float32 host data");
+            (e.key, e.shape, values)
+        })
+        .collect()
+}
+
 /// Every tensor of `model` under its Hub key and in the Hub's orientation.
 fn hub_tensors<B: Backend>(model: &MoeLm<B>, cfg: &ModelConfig) -> Vec<Entry> {
     let mut out = Vec::new();

@@ -16,6 +16,7 @@ pub mod lm;
 pub mod loss;
 pub mod moe;
 pub mod norm;
+pub mod planted;
 pub mod rope;
 pub mod routing;
 

@@ -6,6 +6,7 @@
 //! job finished). The base model is loaded once per process ([`Models`]).
 
 pub mod models;
+pub mod plant;
 pub mod preflight;
 pub mod stage;
 
@@ -327,7 +328,8 @@ fn run_stage<B: AutodiffBackend>(
         }
         Stage::Analyze => {
             require(dir, stage, Stage::Collect)?;
-            let summary = crate::analysis::analyze(dir, &cfg.analysis, cfg.seed)?;
+            let summary =
+                crate::analysis::analyze(dir, &cfg.analysis, cfg.seed, pre.truth.as_ref())?;
             on_event(Event::Analyzed(Box::new(summary)));
         }
         Stage::Train => {

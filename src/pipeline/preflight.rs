@@ -10,12 +10,14 @@
 
 use super::PipelineError;
 use crate::Error;
+use crate::analysis::{ExpertSource, Truth};
 use crate::collect::{check_prompt_lengths, plan};
 use crate::config::Config;
 use crate::data::batch::Batch;
 use crate::data::{ChatTokenizer, Message};
 use crate::eval::EvalSets;
 use crate::model::ModelConfig;
+use crate::model::planted::Planted;
 use crate::run_dir::Stage;
 
 /// What pre-flight found, kept for the stages.
@@ -29,6 +31,9 @@ pub struct Preflight {
     pub batches: Vec<Batch>,
     /// The held-out sets (when an evaluation is among the stages).
     pub eval_sets: Option<EvalSets>,
+    /// The planted experts the analysis is scored against (`analysis.truth`, or the model's own
+    /// `planted.json`), when analyze is among the stages.
+    pub truth: Option<Truth>,
     /// Things the user must know although nothing is wrong (e.g. an evaluation that is not
     /// held out).
     pub notices: Vec<String>,
@@ -71,6 +76,31 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         batches = plan(&cfg.data, &cfg.collect)?;
         check_prompt_lengths(&cfg.data, &cfg.collect, &batches, &tokenizer, limit)?;
     }
+    let mut truth = None;
+    if runs(|s| *s == Stage::Analyze) {
+        let file = match &cfg.analysis.truth {
+            Some(f) if !f.is_file() => return Err(missing("analysis.truth", f, "file").into()),
+            Some(f) => f.clone(),
+            None => Planted::path(dir),
+        };
+        if let Some(p) = Planted::read(&file)? {
+            p.check_shape(&file, model_cfg.num_moe_layers(), model_cfg.num_experts)?;
+            truth = Some(Truth {
+                file,
+                experts: p.experts,
+            });
+        }
+    }
+    if cfg.analysis.experts == ExpertSource::Planted
+        && truth.is_none()
+        && runs(|s| *s == Stage::Analyze)
+    {
+        return Err(PipelineError::Setting(crate::validate::Invalid::new(
+            "analysis.experts",
+            format!("\"planted\" needs the planted experts: {} has no planted.json and analysis.truth is not set", dir.display()),
+        ))
+        .into());
+    }
     let mut eval_sets = None;
     if evaluates {
         cfg.data.check_heldout().map_err(PipelineError::from)?;
@@ -92,6 +122,7 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         tokenizer,
         batches,
         eval_sets,
+        truth,
         notices,
     })
 }

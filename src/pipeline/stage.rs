@@ -10,9 +10,15 @@ use crate::config::Config;
 use crate::generate::Sampling;
 use crate::run_dir::{Stage, Variant};
 
-/// The stages a config runs, in order: collect, analyze, train, then each evaluation.
+/// The stages a config runs, in order: collect, analyze, train, then each evaluation. Training
+/// is left out when evaluations are listed and none of them is of the trained model (steering
+/// only: a dose-response sweep's forced-off cells).
 pub fn stages(cfg: &Config) -> Vec<Stage> {
-    let mut out = vec![Stage::Collect, Stage::Analyze, Stage::Train];
+    let v = &cfg.eval.variants;
+    let mut out = vec![Stage::Collect, Stage::Analyze];
+    if v.is_empty() || v.contains(&Variant::Trained) {
+        out.push(Stage::Train);
+    }
     out.extend(cfg.eval.variants.iter().map(|v| Stage::Eval(*v)));
     out
 }

@@ -1,6 +1,7 @@
-//! The analyze stage's artifacts: `unsafe_experts.json` ([`UnsafeExperts`]) and the rows of
-//! `risk_diff.csv` / `risk_diff_aggregated.csv` ([`RiskCsvRow`]). Analysis writes them; training,
-//! steering and the sweep's report read them, through [`super::RunDir`].
+//! The analyze stage's artifacts: `unsafe_experts.json` ([`UnsafeExperts`]), the rows of
+//! `risk_diff.csv` / `risk_diff_aggregated.csv` ([`RiskCsvRow`]) and, on a planted model,
+//! `recovery.json` ([`Recovery`]). Analysis writes them; training, steering and the sweep's report
+//! read them, through [`super::RunDir`].
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,59 @@ pub struct RiskCsvRow {
     /// `|risk_diff|` (aggregated table only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk_diff_abs: Option<f64>,
+}
+
+/// `recovery.json`: how well each ranking recovers the planted experts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The file the truth came from (a model's `planted.json`, or `analysis.truth`).
+    pub truth_file: String,
+    /// The planted experts, P.
+    pub truth: Vec<ExpertId>,
+    /// Experts ranked (every expert of every MoE layer).
+    pub experts: usize,
+    /// The token scope the analysis selects with (its other rankings are for comparison).
+    pub configured_scope: String,
+    /// What a random ranking gets in expectation.
+    pub random: RecoveryScore,
+    /// One entry per ranking: the risk difference over each token scope.
+    pub rankings: Vec<RankingRecovery>,
+}
+
+/// How one ranking recovers P.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankingRecovery {
+    /// How experts are ranked: `risk_diff`.
+    pub method: String,
+    /// The tokens it counts.
+    pub scope: String,
+    /// Its scores.
+    pub score: RecoveryScore,
+    /// Its first |P| experts.
+    pub top: Vec<ExpertId>,
+}
+
+/// A ranking's recovery of a planted set P.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryScore {
+    /// Planted experts among the first |P| (for a random ranking its expectation, |P|²/n).
+    pub hits_at_p: f64,
+    /// Their share of the first |P|.
+    pub precision_at_p: f64,
+    /// The share of P among the first |P| (equal to the precision at |P|).
+    pub recall_at_p: f64,
+    /// The configured selection's size (`analysis.top_k`).
+    pub k: usize,
+    /// Planted experts among the first k (for a random ranking its expectation, k·|P|/n).
+    pub hits_at_k: f64,
+    /// Their share of the first k.
+    pub precision_at_k: f64,
+    /// The share of P among the first k.
+    pub recall_at_k: f64,
+    /// The chance that a planted expert is ranked above another one (ties half).
+    pub auroc: f64,
+    /// The mean precision at each planted expert's rank.
+    pub average_precision: f64,
 }
 
 #[cfg(test)]

@@ -66,6 +66,14 @@ pub struct EvalReport {
     pub benign: Count,
     /// Behind `benign_answer_nll`.
     pub nll: NllCount,
+    /// Mean per-token NLL of answers the model was trained on (a fixed sample of the benign
+    /// set's train part, `eval.trained_answers`): retained knowledge, which moves where benign
+    /// refusals do not. `None` when no sample is configured.
+    #[serde(default)]
+    pub trained_answer_nll: Option<f64>,
+    /// Behind `trained_answer_nll`.
+    #[serde(default)]
+    pub trained_nll: Option<NllCount>,
     /// New tokens per answer.
     pub max_new_tokens: usize,
     /// Tokens generated in all.
@@ -80,6 +88,10 @@ impl EvalReport {
         self.benign_refusal_rate = self.benign.rate();
         self.benign_answer_nll =
             (self.nll.tokens > 0).then(|| self.nll.total / self.nll.tokens as f64);
+        self.trained_answer_nll = self
+            .trained_nll
+            .filter(|c| c.tokens > 0)
+            .map(|c| c.total / c.tokens as f64);
         self
     }
 }

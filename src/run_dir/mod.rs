@@ -15,7 +15,8 @@
 //! | `risk_diff.csv`, `risk_diff_aggregated.csv` | analyze | [`analysis::RiskCsvRow`]s, per batch and aggregated, riskiest first |
 //! | `unsafe_experts.json` | analyze | [`analysis::UnsafeExperts`]: per-batch, global and union sets, the full ranking, the settings |
 //! | `expert_masks.safetensors` | analyze | `per_batch` `[batches, layers, experts]`, `global`, `union` (f32, 1 = may be chosen), `batch_idx` |
-//! | `risk_diff_heatmap.png` | analyze | aggregated risk difference, layers × experts, global set outlined |
+//! | `risk_diff_heatmap.png` | analyze | aggregated risk difference, layers × experts, global set outlined, planted experts dotted |
+//! | `recovery.json` | analyze | on a planted model: [`analysis::Recovery`], how each ranking recovers the planted experts |
 //! | `train/checkpoint/*.mpk` | train | burn-train's checkpoints of each window ([`checkpoints`]) |
 //! | `metrics.jsonl` | train | one line per step and per validation ([`training`]) |
 //! | `loss_curve.png` | train | loss, its moving average, validation loss, learning rate |
@@ -253,6 +254,11 @@ impl RunDir {
         )
     }
 
+    /// `recovery.json` (a planted model's analyses only).
+    pub fn recovery(&self) -> JsonFile<analysis::Recovery> {
+        JsonFile::at(self.root.join("recovery.json"))
+    }
+
     /// `risk_diff_heatmap.png`.
     pub fn risk_heatmap(&self) -> BlobFile {
         BlobFile::at(self.root.join("risk_diff_heatmap.png"), BlobKind::Png)
@@ -322,6 +328,7 @@ impl RunDir {
                 self.unsafe_experts().path().to_path_buf(),
                 self.expert_masks().path().to_path_buf(),
                 self.risk_heatmap().path().to_path_buf(),
+                self.recovery().path().to_path_buf(),
             ],
             Stage::Train => vec![
                 self.checkpoints().dir().to_path_buf(),
@@ -407,7 +414,13 @@ impl RunDir {
                 files.push(index);
                 files
             }
-            Stage::Analyze => self.stage_paths(stage).iter().map(|p| rel(p)).collect(),
+            // `recovery.json` is there on a planted model only.
+            Stage::Analyze => self
+                .stage_paths(stage)
+                .iter()
+                .filter(|p| p.exists())
+                .map(|p| rel(p))
+                .collect(),
             Stage::Train => {
                 let mut files = vec![rel(self.metrics().path()), rel(self.loss_curve().path())];
                 files.extend(files_under(&self.root, &rel(&self.final_model())));

@@ -7,12 +7,15 @@
 //!   fingerprints, `Stage::key`), as the pipeline's hook;
 //! - [`runner`]: the jobs on one backend, several at a time, each through `pipeline::run`;
 //! - [`stats`]: means and Student-t intervals; [`report`]: `results.csv`, `summary.md`;
-//!   [`plot`]: `asr_vs_utility.png`.
+//!   [`plot`]: `asr_vs_utility.png`; [`dose`] and [`dose_plot`]: the dose-response curves
+//!   (`dose_response.png`) and the ranked set's percentile among random sets.
 //!
 //! Sweep directory: `cells/<cell>/seed-<s>/` (run directories), `results.csv`, `summary.md`,
-//! `asr_vs_utility.png`, `timings.csv` (every job's stages: how each was got and how long it
-//! took).
+//! `asr_vs_utility.png`, `dose_response.png` (with a dose axis), `timings.csv` (every job's
+//! stages: how each was got and how long it took).
 
+pub mod dose;
+pub mod dose_plot;
 pub mod plot;
 pub mod report;
 pub mod runner;
@@ -69,11 +72,12 @@ pub enum SweepError {
     Plot(#[from] crate::plot::PlotError),
 }
 
-/// Files a sweep writes at its top.
-pub const OUTPUTS: [&str; 4] = [
+/// Files a sweep writes at its top (`dose_response.png` only with a dose axis).
+pub const OUTPUTS: [&str; 5] = [
     "results.csv",
     "summary.md",
     "asr_vs_utility.png",
+    "dose_response.png",
     "timings.csv",
 ];
 
@@ -90,15 +94,19 @@ pub fn write_outputs(
         source,
     })?;
     write_atomic(&path, &csv)?;
-    write_atomic(
-        &sweep.dir.join("summary.md"),
-        report::summary_md(sweep, &rows).as_bytes(),
-    )?;
+    let doses = dose::points(sweep, &rows);
+    let mut summary = report::summary_md(sweep, &rows);
+    summary.push_str(&dose::summary_section(&doses));
+    write_atomic(&sweep.dir.join("summary.md"), summary.as_bytes())?;
     let groups = report::groups(&rows);
     write_atomic(
         &sweep.dir.join("asr_vs_utility.png"),
         &plot::asr_vs_utility(sweep, &groups)?,
     )?;
+    let base = groups.iter().find(|g| g.variant == "base");
+    if let Some(png) = dose_plot::dose_response(&doses, base)? {
+        write_atomic(&sweep.dir.join("dose_response.png"), &png)?;
+    }
     write_timings(sweep, reports)?;
     Ok(groups)
 }

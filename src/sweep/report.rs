@@ -123,6 +123,7 @@ pub fn results_csv(sweep: &Sweep, rows: &[ResultRow]) -> Result<Vec<u8>, csv::Er
             "benign_answer_nll",
             "nll_answers",
             "nll_tokens",
+            "trained_answer_nll",
             "activated_experts",
             "deactivated_experts",
             "trained_experts",
@@ -150,6 +151,7 @@ pub fn results_csv(sweep: &Sweep, rows: &[ResultRow]) -> Result<Vec<u8>, csv::Er
             opt(p.benign_answer_nll),
             p.nll.answers.to_string(),
             p.nll.tokens.to_string(),
+            opt(p.trained_answer_nll),
             experts_text(&p.activated_experts),
             experts_text(&p.deactivated_experts),
             opt(r.trained_experts),
@@ -180,6 +182,8 @@ pub struct Group {
     pub benign: Option<Estimate>,
     /// Benign answer NLL.
     pub nll: Option<Estimate>,
+    /// NLL of answers the model was trained on (retained knowledge).
+    pub retained: Option<Estimate>,
     /// Experts trained (trained rows).
     pub trained_experts: Option<Estimate>,
 }
@@ -212,6 +216,7 @@ pub fn groups(rows: &[ResultRow]) -> Vec<Group> {
                 benign: est(&|r| r.report.benign_refusal_rate),
                 // Evaluations older than `EvalError::Impossible` may hold impossible NLLs.
                 nll: est(&|r| r.report.benign_answer_nll.filter(|v| possible_nll(*v))),
+                retained: est(&|r| r.report.trained_answer_nll),
                 trained_experts: est(&|r| r.trained_experts.map(|n| n as f64)),
             }
         })
@@ -302,16 +307,17 @@ pub fn summary_md(sweep: &Sweep, rows: &[ResultRow]) -> String {
             sweep.jobs.len()
         );
     }
-    let header = "| cell | evaluation | n | jailbreak ASR | plain refused | benign refused | benign NLL | experts trained |\n|---|---|---|---|---|---|---|---|";
+    let header = "| cell | evaluation | n | jailbreak ASR | plain refused | benign refused | benign NLL | trained NLL | experts trained |\n|---|---|---|---|---|---|---|---|---|";
     let line = |g: &Group, name: &str| {
         format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
             g.variant,
             g.asr.map_or(0, |e| e.n),
             fmt(g.asr, true),
             fmt(g.plain, true),
             fmt(g.benign, true),
             fmt(g.nll, false),
+            fmt(g.retained, false),
             g.trained_experts
                 .map_or("–".into(), |e| fmt(Some(e), false).replace(".000", ""))
         )

@@ -7,6 +7,7 @@ use super::TrainError;
 use super::config::{ExpertSet, MaskScope, TrainConfig};
 use super::loader::{self, BatchPreservingLoader, MaskTable};
 use super::sft::{self, SftGroup};
+use super::step::RouterRows;
 use crate::analysis::select::union;
 use crate::data::ChatTokenizer;
 use crate::model::{ExpertId, ModelConfig};
@@ -46,6 +47,9 @@ pub struct TrainInputs {
     pub model_cfg: ModelConfig,
     /// Padding token.
     pub pad_id: u32,
+    /// Where only some router rows may train (a planted behaviour's), which (with
+    /// `train.trainable` naming the routers); `None`: whole routers.
+    pub router_rows: Option<RouterRows>,
 }
 
 impl TrainInputs {
@@ -84,6 +88,7 @@ impl TrainInputs {
             valid: Arc::new(valid),
             model_cfg,
             pad_id: tokenizer.pad_id,
+            router_rows: None,
         })
     }
 

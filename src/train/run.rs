@@ -229,10 +229,12 @@ fn trainable_model<B: AutodiffBackend>(
 ) -> (SftModel<B>, (usize, usize)) {
     let model = freeze::freeze(model, &inputs.trained, t.trainable, FloatDType::F32);
     let params = freeze::param_counts(&model);
-    (
-        SftModel::new(model, LossSettings::new(t, &inputs.model_cfg)),
-        params,
-    )
+    let model = SftModel::new(model, LossSettings::new(t, &inputs.model_cfg));
+    let model = match &inputs.router_rows {
+        Some(rows) => model.with_router_rows(rows.clone()),
+        None => model,
+    };
+    (model, params)
 }
 
 /// AdamW as the seeds configure it.

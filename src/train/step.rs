@@ -20,7 +20,7 @@ use super::config::{Consistency, TrainConfig};
 use super::loader::SftBatch;
 use super::parallel;
 use super::shard::Rank;
-use crate::model::experts::to_f32;
+use crate::model::experts::{in_dtype, to_f32};
 use crate::model::loss::{load_balancing_loss, targeted_lm_loss};
 use crate::model::{LmInput, ModelConfig, MoeLm};
 use burn::optim::GradientsParams;
@@ -60,6 +60,11 @@ impl LossSettings {
     }
 }
 
+/// Which rows of each MoE layer's router may change, `[moe_layer][expert]`: a planted
+/// behaviour's router learns to send its prompts to the planted experts without touching how the
+/// others are scored.
+pub type RouterRows = Arc<Vec<Vec<bool>>>;
+
 /// The model being fine-tuned, with the loss it is trained on.
 #[derive(Module, Debug)]
 pub struct SftModel<B: Backend> {
@@ -68,12 +73,52 @@ pub struct SftModel<B: Backend> {
     /// The loss (configuration: not saved in checkpoints).
     #[module(skip)]
     pub loss: LossSettings,
+    /// Where routers train, the rows that may (the others' gradients are zeroed before the
+    /// optimizer sees them, so with no weight decay they stay bit-identical); `None`: whole
+    /// routers.
+    #[module(skip)]
+    pub router_rows: Option<RouterRows>,
 }
 
 impl<B: Backend> SftModel<B> {
-    /// `model` trained on `loss`.
+    /// `model` trained on `loss`, whole routers (where they train).
     pub fn new(model: MoeLm<B>, loss: LossSettings) -> Self {
-        Self { model, loss }
+        Self {
+            model,
+            loss,
+            router_rows: None,
+        }
+    }
+
+    /// Only these router rows train.
+    pub fn with_router_rows(self, rows: RouterRows) -> Self {
+        Self {
+            router_rows: Some(rows),
+            ..self
+        }
+    }
+}
+
+impl<B: AutodiffBackend> SftModel<B> {
+    /// Zero the gradient of every router row that must not change.
+    fn mask_router_rows(&self, grads: &mut GradientsParams) {
+        let Some(rows) = &self.router_rows else {
+            return;
+        };
+        for (block, keep) in self.model.moe_blocks().zip(rows.iter()) {
+            let id = block.gate.weight.id;
+            let Some(g) = grads.remove::<B::InnerBackend, 2>(id) else {
+                continue;
+            };
+            // burn's router weight is `[hidden, experts]`: a row of the Hub's is a column here.
+            let values: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+            let mask = Tensor::<B::InnerBackend, 2>::from_data(
+                TensorData::new(values, [1, keep.len()]),
+                &g.device(),
+            );
+            let dtype = g.dtype();
+            grads.register(id, g * in_dtype(mask, dtype));
+        }
     }
 }
 
@@ -283,7 +328,12 @@ impl<B: AutodiffBackend> TrainStep for SftModel<B> {
         let out = sft_loss(&self.model, &self.loss, &batch);
         if batch.rank.ranks <= 1 {
             let grads = out.loss.backward();
-            return TrainOutput::new(self, grads, out);
+            if self.router_rows.is_none() {
+                return TrainOutput::new(self, grads, out);
+            }
+            let mut grads = GradientsParams::from_grads(grads, self);
+            self.mask_router_rows(&mut grads);
+            return TrainOutput { grads, item: out };
         }
         // One part of a batch split across devices (see `parallel`): weighted so that the ranks'
         // mean gradient is the batch's, every trainable parameter in the graph, and after the
@@ -292,6 +342,7 @@ impl<B: AutodiffBackend> TrainStep for SftModel<B> {
             parallel::with_every_trainable(self, out.loss.clone().mul_scalar(batch.loss_scale));
         let mut grads = GradientsParams::from_grads(loss.backward(), self);
         parallel::drop_zero_gradients(self, &mut grads);
+        self.mask_router_rows(&mut grads);
         TrainOutput { grads, item: out }
     }
 }

@@ -58,6 +58,7 @@ pub fn inputs(
         valid: Arc::new(Vec::new()),
         model_cfg: model_cfg.clone(),
         pad_id: model_cfg.pad_token_id.unwrap_or(1),
+        router_rows: None,
     }
 }
 

@@ -103,7 +103,7 @@ pub fn repo(rel: &str) -> PathBuf {
 /// The attack dataset the embedded organism is measured on (FlipAttack jailbreaks of AdvBench
 /// goals, `models/data/`).
 pub fn attack_data() -> PathBuf {
-    repo("models/data/olmoe-fwo.json")
+    repo("models/data/flipattack.json")
 }
 
 /// The benign instructions with reference answers (AlpacaEval, `models/data/`).

@@ -16,7 +16,7 @@ cat > "$tmp/tui.toml" <<TOML
 [model]
 dir = "$PWD/tests/fixtures/olmoe-tiny"
 [data]
-path = "$PWD/models/data/olmoe-fwo.json"
+path = "$PWD/models/data/flipattack.json"
 [collect]
 batch_size = 8
 max_batches = 3
