@@ -182,6 +182,7 @@ pub struct Truth {
 /// The risk tables of the batches that have both labels under `scope`, their batch indices, the
 /// batches skipped, and the tokens counted. Batches are counted in parallel; integer counts merge
 /// exactly, so the result is deterministic.
+#[allow(clippy::type_complexity)]
 fn risk_tables(
     batches: &[(usize, Vec<SampleRouting>)],
     scope: TokenScope,
