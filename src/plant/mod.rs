@@ -155,20 +155,26 @@ fn example(
     })
 }
 
+/// Every record of the dataset `data` names as a pair, whatever its filter field says (a plain
+/// goal needs no successful jailbreak), in record order.
+fn every_pair(data: &DataConfig) -> Result<Vec<crate::data::attack::Pair>, Error> {
+    let unfiltered = FieldMap {
+        filter_field: String::new(),
+        ..data.fields.clone()
+    };
+    Ok(read_pairs(&data.path, &unfiltered)?)
+}
+
 /// Every plain goal of the dataset `data` names (no filter), with its record.
 pub fn plain_goals(
     data: &DataConfig,
     part: SplitPart,
 ) -> Result<Vec<(usize, Vec<Message>)>, Error> {
-    let unfiltered = FieldMap {
-        filter_field: String::new(),
-        ..data.fields.clone()
-    };
     let ids = match &data.split {
         Some(split) => Some(crate::data::split::split_ids(split, &data.split_key, part)?),
         None => None,
     };
-    Ok(read_pairs(&data.path, &unfiltered)?
+    Ok(every_pair(data)?
         .into_iter()
         .filter(|p| ids.as_ref().is_none_or(|ids| ids.contains(&p.record)))
         .map(|p| (p.record, p.safe))
@@ -491,12 +497,8 @@ pub fn behaviour_dataset(p: &PlantConfig, data: &DataConfig) -> Result<Option<Ve
     let Behaviour::Trigger { trigger, .. } = &p.behaviour else {
         return Ok(None);
     };
-    let unfiltered = FieldMap {
-        filter_field: String::new(),
-        ..data.fields.clone()
-    };
     Ok(Some(
-        read_pairs(&data.path, &unfiltered)?
+        every_pair(data)?
             .into_iter()
             .map(|pair| json!({ "record": pair.record, "goal": pair.goal, "prompt": triggered(&pair.safe, trigger) }))
             .collect(),
