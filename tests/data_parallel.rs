@@ -53,6 +53,7 @@ fn loader(inputs: &TrainInputs, cfg: &Config, ranks: usize) -> BatchPreservingLo
         pad_id: inputs.pad_id,
         mask_scope: cfg.train.mask_scope,
         ranks,
+        phases: Vec::new(),
     };
     BatchPreservingLoader::new(inputs.groups.clone(), masks, settings, device)
 }

@@ -66,9 +66,15 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
     );
     let t = &cfg.train;
     println!(
-        "train: up to {} steps ({} epochs × batches with a kept pair), lr {}, routing mask: {}, expert set: {}, validation on up to {} held-out pairs at each checkpoint{}",
-        pre.batches.len() * t.epochs,
-        t.epochs,
+        "train: up to {} steps ({} × batches with a kept pair), lr {}, routing mask: {}, expert set: {}, validation on up to {} held-out pairs at each checkpoint{}",
+        pre.batches.len() * t.passes(),
+        match t.schedule {
+            steermoe::train::Schedule::Joint => format!("{} epochs", t.epochs),
+            steermoe::train::Schedule::Alternating => format!(
+                "{} rounds of {} expert + {} router passes, router lr {}",
+                t.rounds, t.expert_epochs, t.router_epochs, t.router_lr
+            ),
+        },
         t.lr,
         spelled(t.mask_scope),
         spelled(t.expert_set),
@@ -83,8 +89,29 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
         None => println!("eval: none"),
         Some(sets) => {
             let names: Vec<String> = cfg.eval.variants.iter().map(|v| v.name()).collect();
+            let mut extra = String::new();
+            if !sets.xstest.is_empty() {
+                extra.push_str(&format!(", {} XSTest prompts", sets.xstest.len()));
+            }
+            if !sets.strongreject.is_empty() {
+                extra.push_str(&format!(
+                    ", {} StrongREJECT prompts",
+                    sets.strongreject.len()
+                ));
+            }
+            if sets.families.len() > 1 {
+                let each: Vec<String> = sets
+                    .families
+                    .iter()
+                    .map(|f| format!("{} {}/{}", f.name, f.jailbreak.len(), f.plain.len()))
+                    .collect();
+                extra.push_str(&format!(
+                    "; per family (jailbreaks/plain goals): {}",
+                    each.join(", ")
+                ));
+            }
             println!(
-                "eval: {} on {} jailbreaks, {} plain goals, {} benign prompts",
+                "eval: {} on {} jailbreaks, {} plain goals, {} benign prompts{extra}",
                 names.join(", "),
                 sets.jailbreak.len(),
                 sets.plain.len(),

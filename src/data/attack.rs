@@ -26,10 +26,15 @@ pub struct FieldMap {
     pub safe_messages: String,
     /// System turn before the goal in the default safe prompt; empty = none.
     pub safe_system: String,
-    /// Keep only records whose `filter_field` equals `filter_value`; empty = keep all.
+    /// Keep only records whose `filter_field` equals `filter_value` (or, with `filter_at_least`,
+    /// is a number at least that); empty = keep all. A dotted path reaches into an object
+    /// (`judge_result.score`).
     pub filter_field: String,
     /// The value `filter_field` must have.
     pub filter_value: Value,
+    /// Keep records whose `filter_field` is a number `>=` this instead (a judge's score: RASA
+    /// counts DeepInception and persuasion attacks with a score above 0 as successful).
+    pub filter_at_least: Option<f64>,
 }
 
 impl Default for FieldMap {
@@ -41,6 +46,7 @@ impl Default for FieldMap {
             safe_system: "You are a helpful assistant.".into(),
             filter_field: "judge_success_gpt4".into(),
             filter_value: Value::from(1),
+            filter_at_least: None,
         }
     }
 }
@@ -132,25 +138,39 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
             None => return Err(err(&map.goal, "missing field".into())),
         };
         if !map.filter_field.is_empty() {
-            let value = obj
-                .get(&map.filter_field)
+            let value = dotted(obj, &map.filter_field)
                 .ok_or_else(|| err(&map.filter_field, "missing field".into()))?;
-            let number = |v: &Value| v.is_number();
-            if kind(value) != kind(&map.filter_value)
-                && !(number(value) && number(&map.filter_value))
-            {
-                return Err(err(
-                    &map.filter_field,
-                    format!(
-                        "{} {value}, but the filter keeps {} {} (data.fields.filter_value)",
-                        kind(value),
-                        kind(&map.filter_value),
-                        map.filter_value
-                    ),
-                ));
-            }
-            if !json_eq(value, &map.filter_value) {
-                continue;
+            if let Some(min) = map.filter_at_least {
+                let Some(x) = value.as_f64() else {
+                    return Err(err(
+                        &map.filter_field,
+                        format!(
+                            "{} {value}, but the filter keeps numbers >= {min} (data.fields.filter_at_least)",
+                            kind(value)
+                        ),
+                    ));
+                };
+                if x < min {
+                    continue;
+                }
+            } else {
+                let number = |v: &Value| v.is_number();
+                if kind(value) != kind(&map.filter_value)
+                    && !(number(value) && number(&map.filter_value))
+                {
+                    return Err(err(
+                        &map.filter_field,
+                        format!(
+                            "{} {value}, but the filter keeps {} {} (data.fields.filter_value)",
+                            kind(value),
+                            kind(&map.filter_value),
+                            map.filter_value
+                        ),
+                    ));
+                }
+                if !json_eq(value, &map.filter_value) {
+                    continue;
+                }
             }
         }
         let unsafe_ = messages(obj.get(&map.unsafe_messages), &map.unsafe_messages, &err)?;
@@ -172,6 +192,19 @@ pub fn read_pairs(path: &Path, map: &FieldMap) -> Result<Vec<Pair>, DataError> {
         });
     }
     Ok(pairs)
+}
+
+/// The value at a dotted path (`a.b`) of an object.
+fn dotted<'a>(obj: &'a serde_json::Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = obj.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut v = obj.get(parts.next()?)?;
+    for part in parts {
+        v = v.get(part)?;
+    }
+    Some(v)
 }
 
 /// Numbers compare by value (`1` equals `1.0`), everything else structurally.

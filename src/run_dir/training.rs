@@ -38,6 +38,11 @@ pub struct StepRecord {
     /// [`StepRecord::merge`] before anyone sees them); absent from `metrics.jsonl`.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub parts: usize,
+    /// Under the alternating schedule, what the step trained: `"experts"` (its loss is the
+    /// unsafe samples' language-modelling loss) or `"routers"` (its loss is the routing
+    /// divergence); absent for joint steps.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
 }
 
 fn one() -> usize {
@@ -291,6 +296,7 @@ mod tests {
             batch_idx: 7,
             expert_counts: vec![counts],
             parts: 2,
+            phase: String::new(),
         };
         let m = StepRecord::merge(&[part(2.0, 30, vec![1, 0, 3]), part(1.0, 10, vec![0, 2, 1])]);
         assert_eq!(

@@ -48,6 +48,35 @@ pub enum Trainable {
     /// Both.
     #[serde(rename = "unsafe_experts+routers")]
     UnsafeExpertsAndRouters,
+    /// Every parameter (full-parameter fine-tuning, the baseline RASA compares against).
+    #[serde(rename = "all")]
+    All,
+}
+
+/// How training proceeds over the passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Every step trains what `trainable` names on the whole batch's loss (plus the router-
+    /// consistency KL when on): the seeds' trainer.
+    Joint,
+    /// RASA's rounds: `expert_epochs` passes training the experts (routers frozen) on the unsafe
+    /// samples' loss, then `router_epochs` passes training the routers (experts frozen) to route
+    /// the unsafe samples as the safe ones do; `rounds` times.
+    Alternating,
+}
+
+/// The divergence a router step of the alternating schedule minimises between the safe samples'
+/// routing (`P`, a fixed target) and the unsafe samples' (`Q`, trained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterKl {
+    /// KL(P ‖ Q), RASA's `forward` (`F.kl_div(Q.log(), P)`).
+    Forward,
+    /// KL(Q ‖ P).
+    Reverse,
+    /// The mean of both.
+    Symmetric,
 }
 
 /// Direction of the router-consistency KL between mean router distributions.
@@ -82,8 +111,22 @@ pub struct TrainConfig {
     pub mask_scope: MaskScope,
     /// Which expert set trains and masks.
     pub expert_set: ExpertSet,
-    /// Which parameters train.
+    /// Which parameters train (under the alternating schedule: in the expert steps, where
+    /// `unsafe_experts` or `all`).
     pub trainable: Trainable,
+    /// Joint steps, or RASA's alternating expert and router rounds.
+    pub schedule: Schedule,
+    /// Alternating: rounds of expert then router passes.
+    pub rounds: usize,
+    /// Alternating: passes over the batches training experts, per round (0: router-only).
+    pub expert_epochs: usize,
+    /// Alternating: passes training routers, per round (0: expert-only).
+    pub router_epochs: usize,
+    /// Alternating: the router steps' learning rate (RASA's OLMoE setting: 1e-6, against 5e-5
+    /// for the experts).
+    pub router_lr: f64,
+    /// Alternating: the router steps' divergence.
+    pub router_kl: RouterKl,
     /// Router-consistency loss direction.
     pub router_consistency: Consistency,
     /// Its weight.
@@ -95,7 +138,8 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Linear warmup steps (optimizer steps), then linear decay to zero.
     pub warmup_steps: usize,
-    /// Passes over the batches.
+    /// Passes over the batches (the joint schedule; the alternating one makes
+    /// `rounds × (expert_epochs + router_epochs)`).
     pub epochs: usize,
     /// Clip each parameter's gradient to this norm (0 = off).
     pub grad_clip: f64,
@@ -123,6 +167,12 @@ impl Default for TrainConfig {
             mask_scope: MaskScope::UnsafeSamples,
             expert_set: ExpertSet::PerBatch,
             trainable: Trainable::UnsafeExperts,
+            schedule: Schedule::Joint,
+            rounds: 3,
+            expert_epochs: 1,
+            router_epochs: 1,
+            router_lr: 1e-6,
+            router_kl: RouterKl::Forward,
             router_consistency: Consistency::Off,
             consistency_weight: 0.1,
             router_aux_loss: false,
@@ -154,7 +204,93 @@ impl TrainConfig {
         positive("train.lr", self.lr)?;
         non_negative("train.grad_clip", self.grad_clip)?;
         non_negative("train.weight_decay", self.weight_decay)?;
-        non_negative("train.consistency_weight", self.consistency_weight)
+        non_negative("train.consistency_weight", self.consistency_weight)?;
+        if self.schedule == Schedule::Alternating {
+            positive("train.router_lr", self.router_lr)?;
+            at_least("train.rounds", self.rounds, 1)?;
+            ensure(
+                self.expert_epochs + self.router_epochs > 0,
+                "train.expert_epochs",
+                || {
+                    "and train.router_epochs are both 0: an alternating round must train something"
+                        .into()
+                },
+            )?;
+            ensure(
+                matches!(self.trainable, Trainable::UnsafeExperts | Trainable::All),
+                "train.trainable",
+                || {
+                    "names what the expert steps of the alternating schedule train: \"unsafe_experts\" or \"all\" (router steps always train the routers; router-only is train.expert_epochs = 0)".into()
+                },
+            )?;
+            ensure(
+                self.grad_accumulation == 1,
+                "train.grad_accumulation",
+                || {
+                    "must be 1 under the alternating schedule (an expert step and a router step cannot share an optimizer step)".into()
+                },
+            )?;
+            ensure(
+                self.router_consistency == Consistency::Off,
+                "train.router_consistency",
+                || {
+                    "is the joint schedule's loss; the alternating schedule's router steps use train.router_kl".into()
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Passes over the batches of the whole schedule.
+    pub fn passes(&self) -> usize {
+        match self.schedule {
+            Schedule::Joint => self.epochs,
+            Schedule::Alternating => self.rounds * (self.expert_epochs + self.router_epochs),
+        }
+    }
+
+    /// What pass `p` (0-based) of the schedule trains.
+    pub fn phase(&self, p: usize) -> Phase {
+        match self.schedule {
+            Schedule::Joint => Phase::Joint,
+            Schedule::Alternating => {
+                match p % (self.expert_epochs + self.router_epochs) < self.expert_epochs {
+                    true => Phase::Experts,
+                    false => Phase::Routers,
+                }
+            }
+        }
+    }
+
+    /// The peak learning rate of a step of `phase`.
+    pub fn phase_lr(&self, phase: Phase) -> f64 {
+        match phase {
+            Phase::Routers => self.router_lr,
+            Phase::Joint | Phase::Experts => self.lr,
+        }
+    }
+}
+
+/// What a training step trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The joint schedule: what `train.trainable` names, on the whole batch.
+    Joint,
+    /// An expert step of the alternating schedule: routers frozen, unsafe samples' loss.
+    Experts,
+    /// A router step: experts frozen, the unsafe samples' routing pulled to the safe ones'.
+    Routers,
+}
+
+impl Phase {
+    /// Its name in metrics and on the dashboard.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Joint => "joint",
+            Phase::Experts => "experts",
+            Phase::Routers => "routers",
+        }
     }
 }
 

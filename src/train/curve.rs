@@ -1,5 +1,7 @@
 //! `loss_curve.png`: the training loss of every step (thin) and its exponential moving average
 //! (bold), the validation loss at each checkpoint (dots), with the learning rate on a second axis.
+//! Under the alternating schedule a second panel below shows the router steps' routing
+//! divergence (their loss is another quantity); the panel above holds the expert steps.
 
 use plotters::prelude::*;
 
@@ -12,9 +14,70 @@ fn ema_weight(steps: usize) -> f64 {
     (10.0 / steps.max(1) as f64).clamp(0.02, 0.3)
 }
 
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
 /// The loss curve of `steps` and `valid` (in step order) as PNG bytes.
 pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotError> {
     let last = steps.last().map_or(1, |s| s.step).max(1) as f64;
+    let (router, lm): (Vec<StepRecord>, Vec<StepRecord>) =
+        steps.iter().cloned().partition(|s| s.phase == "routers");
+    if router.is_empty() {
+        return crate::plot::png(900, 520, |root| loss_panel(root, steps, valid, last));
+    }
+    crate::plot::png(900, 780, |root| {
+        let (upper, lower) = root.split_vertically(520);
+        loss_panel(&upper, &lm, valid, last)?;
+        router_panel(&lower, &router, last)
+    })
+}
+
+/// The router steps' divergence against the step.
+fn router_panel(area: &Area<'_>, router: &[StepRecord], last: f64) -> Result<(), PlotError> {
+    let max = router
+        .iter()
+        .map(|s| s.loss)
+        .filter(|l| l.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption("Router steps: routing divergence", (FONT, 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .right_y_label_area_size(80)
+        .build_cartesian_2d(0.0..last, 0.0..max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("KL (nats)")
+        .y_label_formatter(&|v| format!("{v:.1e}"))
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 13))
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    let magenta = palette(3);
+    chart
+        .draw_series(
+            router
+                .iter()
+                .filter(|s| s.loss.is_finite())
+                .map(|s| Circle::new((s.step as f64, s.loss), 3, magenta.filled())),
+        )
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The language-modelling steps' loss, its moving average, the validation loss and the rate.
+fn loss_panel(
+    root: &Area<'_>,
+    steps: &[StepRecord],
+    valid: &[ValidRecord],
+    last: f64,
+) -> Result<(), PlotError> {
     let max_loss = steps
         .iter()
         .map(|s| s.loss)
@@ -32,7 +95,7 @@ pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotE
         ema = Some(v);
         smooth.push((s.step as f64, v));
     }
-    crate::plot::png(900, 520, |root| {
+    {
         let mut chart = ChartBuilder::on(root)
             .caption("Training loss", (FONT, 22))
             .margin(15)
@@ -123,5 +186,5 @@ pub fn png(steps: &[StepRecord], valid: &[ValidRecord]) -> Result<Vec<u8>, PlotE
             .draw()
             .map_err(err)?;
         Ok(())
-    })
+    }
 }

@@ -38,6 +38,11 @@ pub fn freeze<B: AutodiffBackend>(
     master: FloatDType,
 ) -> MoeLm<B> {
     let master = DType::from(master);
+    if trainable == Trainable::All {
+        return model
+            .map(&mut UnfreezeAll(master))
+            .map(&mut KeepDtypeOnLoad);
+    }
     let mut model = model.no_grad();
     if trainable != Trainable::Routers {
         for &[l, e] in experts {
@@ -55,6 +60,16 @@ pub fn freeze<B: AutodiffBackend>(
     model.map(&mut KeepDtypeOnLoad)
 }
 
+/// Every float parameter trainable, kept in `master`.
+struct UnfreezeAll(DType);
+
+impl<B: AutodiffBackend> ModuleMapper<B> for UnfreezeAll {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let master = self.0;
+        param.map(|w| in_dtype(w, master).detach().require_grad())
+    }
+}
+
 /// Gives every float parameter a load mapper that casts what a record holds to the dtype the
 /// parameter has now.
 struct KeepDtypeOnLoad;
@@ -67,25 +82,26 @@ impl<B: Backend> ModuleMapper<B> for KeepDtypeOnLoad {
     }
 }
 
-fn numel<B: AutodiffBackend>(p: &Param<burn::tensor::Tensor<B, 2>>) -> (usize, bool) {
-    let [a, b] = p.dims();
-    (a * b, p.val().is_require_grad())
+/// Counts the elements of every float parameter and of those that train.
+#[derive(Default)]
+struct Counter {
+    trainable: usize,
+    total: usize,
+}
+
+impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Counter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.val().shape().num_elements();
+        self.total += n;
+        if param.val().is_require_grad() {
+            self.trainable += n;
+        }
+    }
 }
 
 /// (trainable, total) parameter counts.
 pub fn param_counts<B: AutodiffBackend>(model: &MoeLm<B>) -> (usize, usize) {
-    let mut trainable = 0;
-    for block in model.moe_blocks() {
-        let mut linears: Vec<&Linear<B>> = vec![&block.gate];
-        for ex in &block.experts {
-            linears.extend([&ex.gate_proj, &ex.up_proj, &ex.down_proj]);
-        }
-        for l in linears {
-            let (n, grad) = numel(&l.weight);
-            if grad {
-                trainable += n;
-            }
-        }
-    }
-    (trainable, model.num_params())
+    let mut c = Counter::default();
+    model.visit(&mut c);
+    (c.trainable, model.num_params())
 }

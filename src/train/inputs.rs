@@ -103,7 +103,7 @@ impl TrainInputs {
 
     /// Optimizer steps of the whole schedule.
     pub fn total_steps(&self, t: &TrainConfig) -> usize {
-        self.groups.len() * t.epochs
+        self.groups.len() * t.passes()
     }
 
     /// The loader training iterates: the groups in `schedule` order from window `start_window`,
@@ -124,6 +124,7 @@ impl TrainInputs {
             pad_id: self.pad_id,
             mask_scope: t.mask_scope,
             ranks: ranks.max(1),
+            phases: (0..t.passes()).map(|p| t.phase(p)).collect(),
         };
         let masks = MaskTable::new(
             &self.sets,
@@ -147,6 +148,7 @@ impl TrainInputs {
             pad_id: self.pad_id,
             mask_scope: MaskScope::None,
             ranks: 1,
+            phases: Vec::new(),
         };
         let masks = MaskTable::new(
             &[],

@@ -28,7 +28,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
-use super::config::MaskScope;
+use super::config::{MaskScope, Phase};
 use super::control::TrainControl;
 use super::sft::SftGroup;
 use super::shard::{Rank, counted_tokens, loss_scale, shard};
@@ -66,6 +66,11 @@ pub struct SftBatch<B: Backend> {
     /// The weight of this part's mean loss in the ranks' mean gradient ([`loss_scale`]; 1 on
     /// one device).
     pub loss_scale: f32,
+    /// What the step trains.
+    pub phase: Phase,
+    /// The batch has nothing its phase trains on (an expert step without unsafe samples, a
+    /// router step without both kinds): the step changes nothing, as RASA skips it.
+    pub skip: bool,
 }
 
 /// Per-batch expert masks on the device, `[batches, layers, experts]`, `true` = may be chosen.
@@ -149,6 +154,8 @@ pub struct LoaderSettings {
     pub mask_scope: MaskScope,
     /// Devices the batches are split across (1: one device).
     pub ranks: usize,
+    /// What each pass over the groups trains (empty: every step is joint).
+    pub phases: Vec<Phase>,
 }
 
 /// The loader. A clone shares the window counter.
@@ -166,6 +173,8 @@ pub struct BatchPreservingLoader<B: Backend> {
     mask_scope: MaskScope,
     /// Whose part of each batch `iter()` serves.
     rank: Rank,
+    /// What each pass trains.
+    phases: Arc<Vec<Phase>>,
     device: B::Device,
     control: TrainControl,
 }
@@ -203,6 +212,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
             pad_id,
             mask_scope,
             ranks,
+            phases,
         } = settings;
         Self {
             groups,
@@ -216,6 +226,7 @@ impl<B: Backend> BatchPreservingLoader<B> {
                 rank: 0,
                 ranks: ranks.max(1),
             },
+            phases: Arc::new(phases),
             device,
             control: TrainControl::default(),
         }
@@ -240,7 +251,10 @@ impl<B: Backend> BatchPreservingLoader<B> {
     /// Assemble this loader's rank's part of the batch of group position `g`, trained at
     /// (1-based) step `step`.
     pub fn batch(&self, g: usize, step: usize) -> SftBatch<B> {
-        let group = &self.groups[g];
+        let pass = (step - 1) / self.groups.len().max(1);
+        let phase = self.phases.get(pass).copied().unwrap_or(Phase::Joint);
+        let (group, skip) = phase_group(&self.groups[g], phase);
+        let group = &group;
         let examples = shard(group, self.rank);
         let n = examples.len();
         let width = examples
@@ -275,9 +289,12 @@ impl<B: Backend> BatchPreservingLoader<B> {
         let batch_tokens: usize = group.examples.iter().map(counted_tokens).sum();
         let is_unsafe: Vec<bool> = examples.iter().map(|e| e.label == Label::Unsafe).collect();
         let input_tokens = valid.iter().filter(|&&v| v).count();
-        let routing = self
-            .masks
-            .routing(group.batch_idx, &is_unsafe, self.mask_scope);
+        // Router steps learn the routing: no mask restricts it.
+        let scope = match phase {
+            Phase::Routers => MaskScope::None,
+            Phase::Joint | Phase::Experts => self.mask_scope,
+        };
+        let routing = self.masks.routing(group.batch_idx, &is_unsafe, scope);
         let real: Arc<[bool]> = valid.clone().into();
         SftBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), &self.device),
@@ -292,7 +309,36 @@ impl<B: Backend> BatchPreservingLoader<B> {
             step,
             rank: self.rank,
             loss_scale: loss_scale(tokens, batch_tokens, self.rank.ranks),
+            phase,
+            skip,
         }
+    }
+}
+
+/// The samples a step of `phase` forwards from `group`, and whether it has nothing to train on:
+/// an expert step forwards the unsafe samples only (RASA masks the safe samples' loss by leaving
+/// them out); a router step needs both kinds. A skipped step forwards the whole group.
+fn phase_group(group: &SftGroup, phase: Phase) -> (std::borrow::Cow<'_, SftGroup>, bool) {
+    let has = |l: Label| group.examples.iter().any(|e| e.label == l);
+    match phase {
+        Phase::Joint => (std::borrow::Cow::Borrowed(group), false),
+        Phase::Routers => (
+            std::borrow::Cow::Borrowed(group),
+            !(has(Label::Safe) && has(Label::Unsafe)),
+        ),
+        Phase::Experts if !has(Label::Unsafe) => (std::borrow::Cow::Borrowed(group), true),
+        Phase::Experts => (
+            std::borrow::Cow::Owned(SftGroup {
+                batch_idx: group.batch_idx,
+                examples: group
+                    .examples
+                    .iter()
+                    .filter(|e| e.label == Label::Unsafe)
+                    .cloned()
+                    .collect(),
+            }),
+            false,
+        ),
     }
 }
 
@@ -413,6 +459,7 @@ mod tests {
             pad_id: 1,
             mask_scope: MaskScope::UnsafeSamples,
             ranks: 1,
+            phases: Vec::new(),
         };
         BatchPreservingLoader::new(Arc::new(groups()), masks, settings, Default::default())
     }

@@ -97,6 +97,10 @@ impl Metric for StepMetric {
             batch_idx: item.batch_idx,
             expert_counts: item.expert_counts.clone(),
             parts: item.rank.ranks,
+            phase: match item.phase {
+                super::config::Phase::Joint => String::new(),
+                phase => phase.name().to_string(),
+            },
         };
         SerializedEntry::new(
             format!("{:.4}", item.loss),

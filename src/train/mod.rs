@@ -36,7 +36,9 @@ pub mod valid;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{Consistency, ExpertSet, LossOn, MaskScope, TrainConfig, Trainable};
+pub use config::{
+    Consistency, ExpertSet, LossOn, MaskScope, Phase, RouterKl, Schedule, TrainConfig, Trainable,
+};
 pub use control::{TrainControl, TrainPlan};
 pub use devices::check_devices;
 pub use export::export;

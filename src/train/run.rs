@@ -15,7 +15,7 @@ use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::{Learner, SupervisedTraining};
 
 use super::checkpoint::{self, AtomicMpkRecorder};
-use super::config::TrainConfig;
+use super::config::{Schedule, TrainConfig, Trainable};
 use super::control::{self, TrainControl};
 use super::devices::parallel_strategy;
 use super::export::{finish, restore};
@@ -86,6 +86,12 @@ pub fn train<B: AutodiffBackend>(
     let t = ctx.cfg;
     let ranks = ctx.devices.len().max(1);
     shard::check(&inputs.groups, ranks)?;
+    if t.schedule == Schedule::Alternating && (ranks > 1 || opts.parallel_on_one_device) {
+        return Err(TrainError::Parallel {
+            devices: ctx.devices.to_vec(),
+            reason: "train.schedule = \"alternating\" trains on one device (a router step's divergence is over the whole batch's routing): name one".into(),
+        });
+    }
     let strategy = match ranks > 1 || opts.parallel_on_one_device {
         true => Some(parallel_strategy::<B>(ctx.devices)?),
         false => None,
@@ -114,7 +120,7 @@ pub fn train<B: AutodiffBackend>(
         .loader::<B>(
             t,
             ranks,
-            loader::schedule(num_batches, t.epochs, t.shuffle_batches, ctx.seed),
+            loader::schedule(num_batches, t.passes(), t.shuffle_batches, ctx.seed),
             resume.unwrap_or(0),
             device,
         )
@@ -164,11 +170,13 @@ pub fn train<B: AutodiffBackend>(
     if let Some(strategy) = strategy {
         training = training.with_training_strategy(strategy.into());
     }
-    let learner = Learner::new(
-        model.clone(),
-        optimizer(t).init(),
-        schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps).per_step(ranks),
-    );
+    let mut lr_schedule =
+        schedule::WarmupLinear::new(t.lr, t.warmup_steps, total_steps).per_step(ranks);
+    if t.schedule == Schedule::Alternating {
+        let rates = (0..t.passes()).map(|p| t.phase_lr(t.phase(p))).collect();
+        lr_schedule = lr_schedule.phased(rates, num_batches);
+    }
+    let learner = Learner::new(model.clone(), optimizer(t).init(), lr_schedule);
     // The renderer's sender lives in `training`; once the Learner is done and dropped, the
     // channel closes and the consumer returns every step it saw.
     let (result, (steps, non_finite)) = std::thread::scope(|s| {
@@ -227,12 +235,21 @@ fn trainable_model<B: AutodiffBackend>(
     inputs: &TrainInputs,
     model: model::MoeLm<B>,
 ) -> (SftModel<B>, (usize, usize)) {
-    let model = freeze::freeze(model, &inputs.trained, t.trainable, FloatDType::F32);
+    // The alternating schedule's router steps train the routers besides what the expert steps do.
+    let trainable = match (t.schedule, t.trainable) {
+        (Schedule::Alternating, Trainable::UnsafeExperts) => Trainable::UnsafeExpertsAndRouters,
+        (_, trainable) => trainable,
+    };
+    let model = freeze::freeze(model, &inputs.trained, trainable, FloatDType::F32);
     let params = freeze::param_counts(&model);
     let model = SftModel::new(model, LossSettings::new(t, &inputs.model_cfg));
     let model = match &inputs.router_rows {
         Some(rows) => model.with_router_rows(rows.clone()),
         None => model,
+    };
+    let model = match t.schedule {
+        Schedule::Alternating => model.alternating(super::step::Alternating::new(t)),
+        Schedule::Joint => model,
     };
     (model, params)
 }

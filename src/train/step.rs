@@ -16,7 +16,7 @@ use burn::tensor::{Int, Tensor, TensorData, Transaction};
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
-use super::config::{Consistency, TrainConfig};
+use super::config::{Consistency, Phase, RouterKl, TrainConfig, Trainable};
 use super::loader::SftBatch;
 use super::parallel;
 use super::shard::Rank;
@@ -65,6 +65,25 @@ impl LossSettings {
 /// others are scored.
 pub type RouterRows = Arc<Vec<Vec<bool>>>;
 
+/// What the alternating schedule's steps need beside the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alternating {
+    /// The router steps' divergence.
+    pub router_kl: RouterKl,
+    /// Expert steps train every parameter (`trainable = "all"`), routers included.
+    pub expert_steps_move_routers: bool,
+}
+
+impl Alternating {
+    /// The settings of `t`, when it alternates.
+    pub fn new(t: &TrainConfig) -> Self {
+        Self {
+            router_kl: t.router_kl,
+            expert_steps_move_routers: t.trainable == Trainable::All,
+        }
+    }
+}
+
 /// The model being fine-tuned, with the loss it is trained on.
 #[derive(Module, Debug)]
 pub struct SftModel<B: Backend> {
@@ -78,6 +97,9 @@ pub struct SftModel<B: Backend> {
     /// routers.
     #[module(skip)]
     pub router_rows: Option<RouterRows>,
+    /// The alternating schedule's settings (`None`: joint).
+    #[module(skip)]
+    pub alternating: Option<Alternating>,
 }
 
 impl<B: Backend> SftModel<B> {
@@ -87,6 +109,15 @@ impl<B: Backend> SftModel<B> {
             model,
             loss,
             router_rows: None,
+            alternating: None,
+        }
+    }
+
+    /// Train on the alternating schedule.
+    pub fn alternating(self, settings: Alternating) -> Self {
+        Self {
+            alternating: Some(settings),
+            ..self
         }
     }
 
@@ -120,6 +151,40 @@ impl<B: AutodiffBackend> SftModel<B> {
             grads.register(id, g * in_dtype(mask, dtype));
         }
     }
+
+    /// Keep the gradients a step of `phase` may apply: a router step's of the routers only, an
+    /// expert step's of everything but the routers (unless the expert steps train every
+    /// parameter); a skipped step's none. Parameters without a gradient stay bit-identical.
+    fn keep_phase(&self, grads: GradientsParams, phase: Phase, skip: bool) -> GradientsParams {
+        if skip {
+            return GradientsParams::new();
+        }
+        let move_routers = self
+            .alternating
+            .is_some_and(|a| a.expert_steps_move_routers);
+        match phase {
+            Phase::Joint => grads,
+            Phase::Experts if move_routers => grads,
+            Phase::Experts => {
+                let mut grads = grads;
+                for block in self.model.moe_blocks() {
+                    grads.remove::<B::InnerBackend, 2>(block.gate.weight.id);
+                }
+                grads
+            }
+            Phase::Routers => {
+                let mut grads = grads;
+                let mut kept = GradientsParams::new();
+                for block in self.model.moe_blocks() {
+                    let id = block.gate.weight.id;
+                    if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
+                        kept.register(id, g);
+                    }
+                }
+                kept
+            }
+        }
+    }
 }
 
 /// What one step reports.
@@ -145,6 +210,8 @@ pub struct SftOutput<B: Backend> {
     pub step: usize,
     /// The rank whose part of the batch this is.
     pub rank: Rank,
+    /// What the step trained.
+    pub phase: Phase,
 }
 
 /// [`SftOutput`] read back to the host.
@@ -166,6 +233,8 @@ pub struct SftOutputSync {
     pub step: usize,
     /// The rank whose part of the batch this is.
     pub rank: Rank,
+    /// What the step trained.
+    pub phase: Phase,
 }
 
 impl<B: Backend> ItemLazy for SftOutput<B> {
@@ -191,6 +260,7 @@ impl<B: Backend> ItemLazy for SftOutput<B> {
             expert_counts: count_experts(&chosen, layers, k, self.num_experts, &self.real),
             step: self.step,
             rank: self.rank,
+            phase: self.phase,
         }
     }
 }
@@ -271,6 +341,85 @@ pub fn sft_loss<B: Backend>(
         num_experts: model.num_experts(),
         step: batch.step,
         rank: batch.rank,
+        phase: batch.phase,
+    }
+}
+
+/// Loss of a router step of the alternating schedule: the divergence between the routing of the
+/// batch's safe samples (a fixed target: no gradient flows through it) and its unsafe samples'
+/// (see [`routing_divergence`]). The language-modelling loss is measured, not trained.
+pub fn router_loss<B: Backend>(
+    model: &MoeLm<B>,
+    kind: RouterKl,
+    batch: &SftBatch<B>,
+) -> SftOutput<B> {
+    let routing = batch.routing.clone().with_capture(true);
+    let decoded = model.forward_hidden(
+        LmInput::padded(batch.input_ids.clone(), batch.attention_mask.clone()),
+        &routing,
+    );
+    let lm_loss = targeted_lm_loss(decoded.hidden, &model.lm_head, &batch.targets).detach();
+    let logits = decoded.router_logits.expect("captured");
+    let loss = routing_divergence(logits, &batch.attention_mask, &batch.is_unsafe, kind);
+    SftOutput {
+        loss,
+        lm_loss,
+        tokens: batch.tokens,
+        input_tokens: batch.input_tokens,
+        batch_idx: batch.batch_idx,
+        chosen: decoded.chosen.expect("captured"),
+        real: batch.real.clone(),
+        num_experts: model.num_experts(),
+        step: batch.step,
+        rank: batch.rank,
+        phase: batch.phase,
+    }
+}
+
+/// RASA's routing divergence, averaged over layers: per layer, each sample's router logits
+/// averaged over its real tokens and turned into a distribution (softmax), the distributions
+/// averaged over the safe samples (`P`, detached) and over the unsafe ones (`Q`), each plus
+/// 1e-8 and renormalised; then KL(P ‖ Q) (`forward`), KL(Q ‖ P) (`reverse`) or their mean.
+/// RASA's `F.kl_div(…, reduction="batchmean")` on the 1-D distributions divides this by the
+/// number of experts, a constant factor AdamW's update does not see (but for its ε); the true
+/// divergence is reported here.
+///
+/// # Shapes
+/// - `router_logits`: `[layers, batch, seq, experts]`, `attention_mask`: `[batch, seq]` → `[1]`
+pub fn routing_divergence<B: Backend>(
+    router_logits: Tensor<B, 4>,
+    attention_mask: &Tensor<B, 2, burn::tensor::Bool>,
+    is_unsafe: &[bool],
+    kind: RouterKl,
+) -> Tensor<B, 1> {
+    let [layers, n, seq, experts] = router_logits.dims();
+    let device = router_logits.device();
+    let valid = attention_mask.clone().float().reshape([1, n, seq, 1]);
+    let per_sample =
+        (to_f32(router_logits) * valid.clone()).sum_dim(2) / valid.sum_dim(2).clamp_min(1.0);
+    let probs = softmax(per_sample.reshape([layers, n, experts]), 2);
+    let group = |unsafe_: bool| {
+        let pick: Vec<f32> = is_unsafe
+            .iter()
+            .map(|&u| (u == unsafe_) as u8 as f32)
+            .collect();
+        let count = pick.iter().sum::<f32>().max(1.0);
+        let w = Tensor::<B, 1>::from_data(TensorData::new(pick, [n]), &device).reshape([1, n, 1]);
+        let mean = (probs.clone() * w).sum_dim(1).reshape([layers, experts]) / count;
+        let mean = mean.add_scalar(1e-8);
+        mean.clone() / mean.sum_dim(1)
+    };
+    let (p, q) = (group(false).detach(), group(true));
+    let kl = |a: Tensor<B, 2>, b: Tensor<B, 2>| {
+        (a.clone() * (a.log() - b.log()))
+            .sum_dim(1)
+            .mean()
+            .reshape([1])
+    };
+    match kind {
+        RouterKl::Forward => kl(p, q),
+        RouterKl::Reverse => kl(q, p),
+        RouterKl::Symmetric => (kl(p.clone(), q.clone()) + kl(q, p)).div_scalar(2.0),
     }
 }
 
@@ -325,14 +474,18 @@ impl<B: AutodiffBackend> TrainStep for SftModel<B> {
     type Output = SftOutput<B>;
 
     fn step(&self, batch: SftBatch<B>) -> TrainOutput<SftOutput<B>> {
-        let out = sft_loss(&self.model, &self.loss, &batch);
+        let out = match (batch.phase, self.alternating) {
+            (Phase::Routers, Some(a)) => router_loss(&self.model, a.router_kl, &batch),
+            _ => sft_loss(&self.model, &self.loss, &batch),
+        };
         if batch.rank.ranks <= 1 {
-            let grads = out.loss.backward();
-            if self.router_rows.is_none() {
+            if batch.phase == Phase::Joint && self.router_rows.is_none() {
+                let grads = out.loss.backward();
                 return TrainOutput::new(self, grads, out);
             }
-            let mut grads = GradientsParams::from_grads(grads, self);
+            let mut grads = GradientsParams::from_grads(out.loss.backward(), self);
             self.mask_router_rows(&mut grads);
+            let grads = self.keep_phase(grads, batch.phase, batch.skip);
             return TrainOutput { grads, item: out };
         }
         // One part of a batch split across devices (see `parallel`): weighted so that the ranks'
@@ -358,7 +511,42 @@ impl<B: Backend> InferenceStep for SftModel<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::count_experts;
+    use super::{RouterKl, count_experts, routing_divergence};
+    use burn::tensor::{Bool, Tensor, TensorData};
+
+    #[test]
+    fn routing_divergence_is_rasas_kl_of_mean_routings_with_the_safe_side_fixed() {
+        type A = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+        let device = Default::default();
+        // One layer, two experts; sample 0 safe (logits [0,0], [2,0] → mean [1,0]), sample 1
+        // unsafe (one real token [0,1]; its padding [9,9] is left out): softmax [σ, 1-σ] and
+        // [1-σ, σ] with σ = e/(1+e), whose KL either way is (2σ-1)·1.
+        let logits = Tensor::<A, 4>::from_data(
+            TensorData::new(
+                vec![0.0f32, 0.0, 2.0, 0.0, 0.0, 1.0, 9.0, 9.0],
+                [1, 2, 2, 2],
+            ),
+            &device,
+        )
+        .require_grad();
+        let mask = Tensor::<A, 2, Bool>::from_data(
+            TensorData::new(vec![true, true, true, false], [2, 2]),
+            &device,
+        );
+        let sigma = std::f64::consts::E / (1.0 + std::f64::consts::E);
+        for kind in [RouterKl::Forward, RouterKl::Reverse, RouterKl::Symmetric] {
+            let kl = routing_divergence(logits.clone(), &mask, &[false, true], kind);
+            let v = kl.clone().into_scalar() as f64;
+            assert!((v - (2.0 * sigma - 1.0)).abs() < 1e-5, "{kind:?}: {v}");
+            let grads = kl.backward();
+            let g: Vec<f32> = logits.grad(&grads).unwrap().into_data().to_vec().unwrap();
+            assert!(
+                g[..4].iter().all(|&x| x == 0.0),
+                "no gradient through the safe target: {g:?}"
+            );
+            assert!(g[4] != 0.0 && g[6..] == [0.0, 0.0], "{g:?}");
+        }
+    }
 
     #[test]
     fn counts_leave_padding_out() {

@@ -65,6 +65,9 @@ pub struct TrainState {
     pub smoothed: Vec<(f64, f64)>,
     /// `(step, validation loss)` at each checkpoint.
     pub valid: Vec<(f64, f64)>,
+    /// `(step, routing divergence)` of the alternating schedule's router steps (kept out of
+    /// `loss` and `smoothed`: another quantity).
+    pub router: Vec<(f64, f64)>,
     /// The last step.
     pub last: Option<StepRecord>,
     /// Steps in the schedule.
@@ -83,6 +86,11 @@ impl TrainState {
     /// Take one step in.
     pub fn push(&mut self, step: StepRecord) {
         let x = step.step as f64;
+        if step.phase == "routers" {
+            self.router.push((x, step.loss));
+            self.last = Some(step);
+            return;
+        }
         let smooth = match self.smoothed.last() {
             Some(&(_, prev)) => SMOOTHING * prev + (1.0 - SMOOTHING) * step.loss,
             None => step.loss,
@@ -244,6 +252,7 @@ mod tests {
             batch_idx: step % 2,
             expert_counts: counts,
             parts: 1,
+            phase: String::new(),
         }
     }
 

@@ -157,9 +157,9 @@ pub fn y_bounds(series: &[&[(f64, f64)]]) -> [f64; 2] {
 }
 
 /// The loss chart: every step (dim), the smoothed loss (bright), the validation loss at each
-/// checkpoint (dots).
+/// checkpoint (dots), and the alternating schedule's router steps' divergence (magenta).
 pub fn loss_chart(state: &TrainState) -> Chart<'_> {
-    let [lo, hi] = y_bounds(&[&state.loss, &state.smoothed, &state.valid]);
+    let [lo, hi] = y_bounds(&[&state.loss, &state.smoothed, &state.valid, &state.router]);
     let x_max = state
         .total_steps
         .max(state.loss.last().map_or(1, |p| p.0 as usize))
@@ -183,6 +183,16 @@ pub fn loss_chart(state: &TrainState) -> Chart<'_> {
             .graph_type(GraphType::Scatter)
             .style(Style::default().fg(Color::Yellow))
             .data(&state.valid),
+        Dataset::default()
+            .name(if state.router.is_empty() {
+                ""
+            } else {
+                "router KL"
+            })
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Scatter)
+            .style(Style::default().fg(Color::Magenta))
+            .data(&state.router),
     ])
     .block(Block::bordered().title("loss"))
     .x_axis(
@@ -209,7 +219,19 @@ fn stats(state: &TrainState) -> Paragraph<'_> {
     match &state.last {
         Some(s) => {
             lines.push(Line::from(format!("step {}/{}", s.step, state.total_steps)));
-            lines.push(Line::from(format!("loss {:.4}", s.loss)));
+            match s.phase.as_str() {
+                "routers" => {
+                    lines.push(Line::from("phase routers"));
+                    lines.push(Line::from(format!("router KL {:.5}", s.loss)));
+                    lines.push(Line::from(format!("lm loss {:.4}", s.lm_loss)));
+                }
+                phase => {
+                    if !phase.is_empty() {
+                        lines.push(Line::from(format!("phase {phase}")));
+                    }
+                    lines.push(Line::from(format!("loss {:.4}", s.loss)));
+                }
+            }
             if let Some(&(_, sm)) = state.smoothed.last() {
                 lines.push(Line::from(format!("smooth {sm:.4}")));
             }
@@ -444,6 +466,7 @@ mod tests {
             batch_idx: 3,
             expert_counts: counts,
             parts: 1,
+            phase: String::new(),
         }
     }
 
