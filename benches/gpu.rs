@@ -292,6 +292,8 @@ fn lm_batch<B: Backend>(
         step: 1,
         rank: steermoe::train::shard::Rank::SOLE,
         loss_scale: 1.0,
+        phase: steermoe::train::Phase::Joint,
+        skip: false,
     }
 }
 

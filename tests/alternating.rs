@@ -1,6 +1,7 @@
 //! RASA's alternating schedule on the fixture: an expert pass changes only the chosen experts
 //! (routers bit-identical), a router pass changes only the routers, each step says its phase and
-//! runs at its phase's rate, and the router passes lower the routing divergence they train on.
+//! runs at its phase's rate, the router passes lower the routing divergence they train on, and a
+//! run stopped between rounds resumes to the same model.
 
 mod common;
 
@@ -93,7 +94,7 @@ fn phases(s: &TrainSummary) -> Vec<&str> {
 #[test]
 fn expert_passes_move_only_chosen_experts_and_router_passes_only_routers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cfg_path, runs) = analysed_runs(tmp.path(), &["experts", "routers", "both"]);
+    let (cfg_path, runs) = analysed_runs(tmp.path(), &["experts", "routers", "both", "resumed"]);
     let set = |pairs: &[&str]| {
         let pairs: Vec<String> = pairs.iter().map(|s| s.to_string()).collect();
         Config::load(&cfg_path, &pairs).unwrap()
@@ -159,4 +160,26 @@ fn expert_passes_move_only_chosen_experts_and_router_passes_only_routers() {
     both.sort();
     assert_eq!(changed(&runs[2]), both);
     assert!(runs[2].join("loss_curve.png").is_file());
+
+    // Stopped after the first round (one checkpoint per pass), then resumed: the same model.
+    let part = train_stage(
+        &cfg,
+        &runs[3],
+        TrainOptions {
+            stop_after_windows: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(phases(&part), expected[..6]);
+    let rest = train_stage(&cfg, &runs[3], TrainOptions::default()).unwrap();
+    assert_eq!(
+        (rest.resumed_from, phases(&rest)),
+        (Some(2), expected[6..].to_vec())
+    );
+    assert_eq!(
+        tensors(&runs[3].join("final_model/model.safetensors")),
+        tensors(&runs[2].join("final_model/model.safetensors")),
+        "resumed between rounds, bit-identical"
+    );
 }

@@ -64,6 +64,8 @@ fn train_step_gradients_equal_the_reference() {
         step: 1,
         rank: steermoe::train::shard::Rank::SOLE,
         loss_scale: 1.0,
+        phase: steermoe::train::Phase::Joint,
+        skip: false,
     };
     let out = TrainStep::step(&model, batch);
     // Expert activation counts: k choices per token in every layer; where at least k experts

@@ -11,6 +11,8 @@
 #                                       # cpu.toml on CUDA), each swept with configs/planted-sweep.
 #                                       # toml (PLANTED_CELLS), within BUDGET s; PLANT_SET:
 #                                       # space-separated KEY=VALUE overrides of the plant
+#   benches/method/device.sh rasa       # configs/rasa-organism.toml: one collect per attack
+#                                       # family, then RASA_PROCS sweep processes, within BUDGET s
 #   benches/method/device.sh organism   # ORGANISM_JOBS of the organism sweep, one process each;
 #                                       # meanwhile a sibling organism trained by
 #                                       # shared/tools/organism_proto.py (HIDDEN=$SIBLING_HIDDEN) and
@@ -106,6 +108,65 @@ case "${1:-smoke}" in
       > "$OUT/logs/report.log" 2>&1
     kill $smi
     pack /tmp/dose dose.tar.xz
+    (cd "$OUT" && tar -cJf logs.tar.xz logs && rm -r logs)
+    ;;
+  rasa)
+    # One collect per attack family (greedy, so shared by every variant and seed that trains on
+    # it), then one process per RASA_PROCS entry (`;`-separated; each one or more `|`-separated
+    # groups run one after another: seeds then cell names), merged and reported.
+    DEADLINE=$((SECONDS + ${BUDGET:-480}))
+    left() { local l=$((DEADLINE - SECONDS)); echo $((l > 10 ? l : 10)); }
+    mkdir -p "$OUT/logs"
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.log" &
+    smi=$!
+    cfg=configs/rasa-organism.toml
+    families="flipattack johnny deepinception"
+    sed '/^\[sweep/,$d' $cfg > /tmp/rasa-collect.toml
+    for f in $families; do
+      "$STEERMOE" --no-tui collect --config /tmp/rasa-collect.toml --out "/tmp/rasa-collect-$f" \
+        --set "data.train_on=$f" > "$OUT/logs/collect-$f.log" 2>&1 &
+    done
+    wait
+    echo "collected at $SECONDS s" >> "$OUT/logs/collect-flipattack.log"
+    if [ -z "${RASA_PROCS:-}" ]; then
+      RASA_PROCS=""
+      for v in rasa expert_only random seeds full router_only; do
+        cells=""; for f in $families; do cells="$cells $v,train_on=$f"; done
+        RASA_PROCS="$RASA_PROCS;[0,1,2]$cells|[3,4]$cells"
+      done
+      RASA_PROCS=${RASA_PROCS#;}
+    fi
+    # group DIR SEEDS CELL...: one sweep process over those cells and seeds, each cell's family's
+    # collect linked in.
+    group() {
+      local dir=$1 seeds=$2; shift 2
+      local args=()
+      for c in "$@"; do
+        args+=(--cells "$c")
+        local fam=${c##*train_on=}; fam=${fam%%,*}
+        for s in $(echo "$seeds" | tr -d '[]' | tr , ' '); do
+          local job="$dir/cells/$c/seed-$s"; mkdir -p "$job"
+          cp -rl "/tmp/rasa-collect-$fam/routing" "/tmp/rasa-collect-$fam/samples.jsonl" "$job/"
+        done
+      done
+      timeout "$(left)" "$STEERMOE" --no-tui sweep --config $cfg --out "$dir" --jobs 1 \
+        --set "sweep.seeds=$seeds" "${args[@]}" >> "$OUT/logs/$(basename "$dir").log" 2>&1
+    }
+    IFS=';' read -r -a procs <<< "$RASA_PROCS"
+    pids=(); i=0
+    for p in "${procs[@]}"; do (
+      IFS='|' read -r -a groups <<< "$p"; g=0
+      for gr in "${groups[@]}"; do
+        read -r -a words <<< "$gr"
+        group "/tmp/rasa-$i-$g" "${words[@]}"; g=$((g + 1))
+      done
+    ) & pids+=($!); i=$((i + 1))
+    done
+    wait "${pids[@]}"
+    merge /tmp/rasa /tmp/rasa-[0-9]*
+    "$STEERMOE" --no-tui sweep --config $cfg --out /tmp/rasa --report > "$OUT/logs/report.log" 2>&1
+    kill $smi
+    pack /tmp/rasa rasa.tar.xz
     (cd "$OUT" && tar -cJf logs.tar.xz logs && rm -r logs)
     ;;
   plant)

@@ -66,12 +66,13 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
     );
     let t = &cfg.train;
     println!(
-        "train: up to {} steps ({} × batches with a kept pair), lr {}, routing mask: {}, expert set: {}, validation on up to {} held-out pairs at each checkpoint{}",
+        "train: up to {} steps ({} passes × batches with a kept pair{}), lr {:e}, routing mask: {}, expert set: {}, validation on up to {} held-out pairs at each checkpoint{}",
         pre.batches.len() * t.passes(),
+        t.passes(),
         match t.schedule {
-            steermoe::train::Schedule::Joint => format!("{} epochs", t.epochs),
+            steermoe::train::Schedule::Joint => String::new(),
             steermoe::train::Schedule::Alternating => format!(
-                "{} rounds of {} expert + {} router passes, router lr {}",
+                ": {} rounds of {} expert + {} router passes, router lr {:e}",
                 t.rounds, t.expert_epochs, t.router_epochs, t.router_lr
             ),
         },

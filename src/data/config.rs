@@ -68,8 +68,24 @@ pub struct DataConfig {
     /// More attack families, evaluated beside the first (and trained on where `train_on` names
     /// them).
     pub attacks: Vec<AttackFamily>,
-    /// The families collect, analysis and training take, by name (empty: the first).
+    /// The families collect, analysis and training take, by name (empty: the first); one name
+    /// may stand alone (`train_on = "johnny"`, as a sweep axis gives it).
+    #[serde(deserialize_with = "one_or_many")]
     pub train_on: Vec<String>,
+}
+
+/// A list of names, or one name alone.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for DataConfig {
@@ -244,5 +260,88 @@ impl DataConfig {
                 return Ok(pairs);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    /// The repository's three families as `configs/rasa-organism.toml` names them.
+    fn three(train_on: &[&str]) -> DataConfig {
+        let family = |name: &str, field: &str| AttackFamily {
+            name: name.into(),
+            path: repo(&format!("models/data/{name}.json")),
+            fields: FieldMap {
+                goal: "prompt".into(),
+                filter_field: field.into(),
+                filter_at_least: Some(1.0),
+                ..FieldMap::default()
+            },
+            split_key: String::new(),
+        };
+        DataConfig {
+            name: "flipattack".into(),
+            path: repo("models/data/flipattack.json"),
+            split: Some(repo("models/data/split.json")),
+            attacks: vec![
+                family("johnny", "judge_result.score"),
+                family("deepinception", "inception_attack_score"),
+            ],
+            train_on: train_on.iter().map(|s| s.to_string()).collect(),
+            ..DataConfig::default()
+        }
+    }
+
+    #[test]
+    fn families_are_numbered_apart_and_interleaved() {
+        let data = three(&["johnny", "deepinception"]);
+        data.validate().unwrap();
+        data.check_files().unwrap();
+        let offsets: Vec<(String, usize)> = data
+            .numbered_families()
+            .unwrap()
+            .into_iter()
+            .map(|(f, o)| (f.name, o))
+            .collect();
+        // 500 FlipAttack records, then 258 persuasion ones (models/README.md).
+        assert_eq!(
+            offsets,
+            [
+                ("flipattack".into(), 0),
+                ("johnny".into(), 500),
+                ("deepinception".into(), 758)
+            ]
+        );
+        let held = data.pairs(SplitPart::Heldout).unwrap();
+        // Every kept record of both families' held-out lists (50 each; all scored above 0).
+        assert_eq!(held.len(), 100);
+        assert!((500..758).contains(&held[0].record));
+        assert!(held[1].record >= 758, "one of each in turn");
+        assert_eq!(data.trained_names(), ["johnny", "deepinception"]);
+        let first = three(&[]);
+        assert_eq!(first.trained_names(), ["flipattack"]);
+        assert_eq!(first.pairs(SplitPart::Heldout).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_score_threshold_filters_and_unknown_families_are_named() {
+        let mut data = three(&["johnny"]);
+        data.attacks[0].fields.filter_at_least = Some(2.0);
+        let kept = data.pairs(SplitPart::Train).unwrap().len();
+        assert!(kept > 0 && kept < 208, "scores of 1 left out: {kept}");
+        let bad = three(&["persuasion"]);
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.key, "data.train_on[0]");
+        let toml = "train_on = \"johnny\"";
+        let one: DataConfig = toml::from_str(toml).unwrap();
+        assert_eq!(one.train_on, ["johnny"]);
+        let mut twice = three(&[]);
+        twice.attacks[1].name = "johnny".into();
+        assert_eq!(twice.validate().unwrap_err().key, "data.attacks[1].name");
     }
 }

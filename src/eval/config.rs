@@ -38,6 +38,13 @@ pub struct EvalConfig {
     pub sampling: Sampling,
     /// Longest prompt + reference answer scored for the answer NLL; longer answers are cut.
     pub nll_max_len: usize,
+    /// XSTest (over-refusal): a JSON array or JSONL of records with `prompt` and `label`
+    /// (`"safe"` or `"unsafe"`), each prompt answered as one user turn; safe prompts refused are
+    /// over-refusals, unsafe ones refused are right. `None`: not evaluated.
+    pub xstest_path: Option<PathBuf>,
+    /// StrongREJECT (harmful requests): records with `prompt`, each answered as one user turn
+    /// and counted when refused. `None`: not evaluated.
+    pub strongreject_path: Option<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -61,6 +68,8 @@ impl Default for EvalConfig {
             max_prompt_tokens: 464,
             sampling: Sampling::Greedy,
             nll_max_len: 512,
+            xstest_path: None,
+            strongreject_path: None,
         }
     }
 }
@@ -78,6 +87,16 @@ impl EvalConfig {
         at_least("eval.max_new_tokens", self.max_new_tokens, 1)?;
         at_least("eval.nll_max_len", self.nll_max_len, 8)?;
         not_blank("eval.benign_split_key", &self.benign_split_key)?;
+        for (key, path) in [
+            ("eval.xstest_path", &self.xstest_path),
+            ("eval.strongreject_path", &self.strongreject_path),
+        ] {
+            ensure(
+                path.as_ref().is_none_or(|p| !p.as_os_str().is_empty()),
+                key,
+                || "is empty: name a file, or leave the key out to skip the set".into(),
+            )?;
+        }
         self.sampling.validate("eval.sampling")
     }
 

@@ -1,6 +1,11 @@
 //! Evaluation: attack success on held-out jailbreaks, refusals of the plain goals, and utility on
 //! benign instructions (refusal rate, per-token NLL of reference answers), for a base, steered or
-//! fine-tuned model.
+//! fine-tuned model; with several attack families, each family's own rates beside those pooled
+//! over the families trained on; where configured, over-refusal on XSTest and refusals of
+//! StrongREJECT's harmful requests.
+//!
+//! Each prompt is answered once: the families' sets are answered, and the pooled counts are
+//! their sums over the families trained on.
 //!
 //! Answers are generated in batches of prompts sorted by length (greedy, `eval.max_new_tokens`),
 //! judged by the config's refusal judge; the NLL is teacher-forced over the reference answer's
@@ -19,8 +24,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 
 pub use config::EvalConfig;
-pub use report::{Count, EvalReport, NllCount, table};
-pub use sets::{BenignItem, EvalPrompt, EvalSets};
+pub use report::{Count, EvalReport, FamilyReport, NllCount, table};
+pub use sets::{BenignItem, EvalPrompt, EvalSets, FamilySets};
 pub use stage::{Evaluator, evaluate_into, steering};
 
 use crate::analysis::select::{ExpertId, mask};
@@ -138,7 +143,8 @@ pub enum EvalEvent {
 pub struct Evaluation {
     /// Rates and counts.
     pub report: EvalReport,
-    /// Answers in set order (plain, jailbreak, benign), each set in record order.
+    /// Answers in set order (plain and jailbreak, or each family's; benign; XSTest's safe and
+    /// unsafe prompts; StrongREJECT), each set in record order.
     pub responses: Vec<ResponseRecord>,
 }
 
@@ -157,21 +163,44 @@ pub fn evaluate<B: Backend>(
 ) -> Result<Evaluation, EvalError> {
     let routing = steering.routing::<B>(model.num_moe_layers(), model.num_experts(), device);
     let benign_prompts: Vec<EvalPrompt> = sets.benign.iter().map(|b| b.prompt.clone()).collect();
+    let xstest = |safe: bool| -> Vec<EvalPrompt> {
+        sets.xstest
+            .iter()
+            .filter(|(_, s)| *s == safe)
+            .map(|(p, _)| p.clone())
+            .collect()
+    };
+    let (xstest_safe, xstest_unsafe) = (xstest(true), xstest(false));
+    // (name in responses.jsonl, prompts, whether a hit is compliance rather than a refusal)
+    let several = sets.families.len() > 1;
+    let mut plan: Vec<(String, &[EvalPrompt], bool)> = Vec::new();
+    if several {
+        for f in &sets.families {
+            plan.push((format!("plain:{}", f.name), &f.plain, false));
+            plan.push((format!("jailbreak:{}", f.name), &f.jailbreak, true));
+        }
+    } else {
+        plan.push(("plain".into(), &sets.plain, false));
+        plan.push(("jailbreak".into(), &sets.jailbreak, true));
+    }
+    plan.push(("benign".into(), &benign_prompts, false));
+    for (name, prompts) in [
+        ("xstest_safe", &xstest_safe),
+        ("xstest_unsafe", &xstest_unsafe),
+        ("strongreject", &sets.strongreject),
+    ] {
+        if !prompts.is_empty() {
+            plan.push((name.into(), prompts, false));
+        }
+    }
     progress(EvalEvent::Start {
-        prompts: sets.plain.len() + sets.jailbreak.len() + benign_prompts.len(),
+        prompts: plan.iter().map(|(_, p, _)| p.len()).sum(),
         answers: sets.benign.len() + sets.trained.len(),
     });
     let mut responses = Vec::new();
     let mut generated = 0;
-    let mut counts = [Count { n: 0, hits: 0 }; 3];
-    for (i, (set, prompts)) in [
-        ("plain", &sets.plain),
-        ("jailbreak", &sets.jailbreak),
-        ("benign", &benign_prompts),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let mut counts = vec![Count { n: 0, hits: 0 }; plan.len()];
+    for ((set, prompts, complied), count) in plan.iter().zip(&mut counts) {
         for (prompt, (prompt_tokens, new_ids)) in prompts.iter().zip(answer(
             model,
             tokenizer,
@@ -190,15 +219,11 @@ pub fn evaluate<B: Backend>(
                 .map(|m| m.content.as_str());
             let refused = judge.refuses(last_user.unwrap_or_default(), &text)?;
             generated += new_ids.len();
-            counts[i].n += 1;
+            count.n += 1;
             // Jailbreaks count compliance, the others refusals.
-            counts[i].hits += usize::from(if set == "jailbreak" {
-                !refused
-            } else {
-                refused
-            });
+            count.hits += usize::from(if *complied { !refused } else { refused });
             responses.push(ResponseRecord {
-                set: set.to_string(),
+                set: set.clone(),
                 record: prompt.record,
                 prompt_tokens,
                 new_tokens: new_ids.len(),
@@ -207,6 +232,40 @@ pub fn evaluate<B: Backend>(
             });
         }
     }
+    let count = |name: &str| {
+        plan.iter()
+            .position(|(set, _, _)| set == name)
+            .map(|i| counts[i])
+    };
+    let families: Vec<FamilyReport> = match several {
+        true => sets
+            .families
+            .iter()
+            .map(|f| FamilyReport {
+                name: f.name.clone(),
+                trained: f.trained,
+                plain: count(&format!("plain:{}", f.name)).expect("planned"),
+                jailbreak: count(&format!("jailbreak:{}", f.name)).expect("planned"),
+                asr: None,
+                plain_refusal_rate: None,
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    let (plain, jailbreak) = match several {
+        true => (
+            families.iter().filter(|f| f.trained).map(|f| f.plain).sum(),
+            families
+                .iter()
+                .filter(|f| f.trained)
+                .map(|f| f.jailbreak)
+                .sum(),
+        ),
+        false => (
+            count("plain").expect("planned"),
+            count("jailbreak").expect("planned"),
+        ),
+    };
     let nll = answer_nll(
         model,
         tokenizer,
@@ -255,14 +314,21 @@ pub fn evaluate<B: Backend>(
         plain_refusal_rate: None,
         benign_refusal_rate: None,
         benign_answer_nll: None,
-        plain: counts[0],
-        jailbreak: counts[1],
-        benign: counts[2],
+        plain,
+        jailbreak,
+        benign: count("benign").expect("planned"),
         nll,
         trained_answer_nll: None,
         trained_nll,
         max_new_tokens: cfg.max_new_tokens,
         generated_tokens: generated,
+        families,
+        xstest_safe: count("xstest_safe"),
+        xstest_over_refusal_rate: None,
+        xstest_unsafe: count("xstest_unsafe"),
+        xstest_unsafe_refusal_rate: None,
+        strongreject: count("strongreject"),
+        strongreject_refusal_rate: None,
     }
     .with_rates();
     Ok(Evaluation { report, responses })

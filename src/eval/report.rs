@@ -1,7 +1,7 @@
 //! The before/after table that compares several evaluations (`eval.json`, whose type lives
 //! with the run directory's artifacts: [`crate::run_dir::eval`]).
 
-pub use crate::run_dir::eval::{Count, EvalReport, NllCount};
+pub use crate::run_dir::eval::{Count, EvalReport, FamilyReport, NllCount};
 
 /// A fixed-width table of several reports, one row each, e.g.
 ///
@@ -10,33 +10,96 @@ pub use crate::run_dir::eval::{Count, EvalReport, NllCount};
 /// base       100.0% (71/71) 100.0% (104/104)  2.0% (2/100)  3.215
 /// ```
 ///
-/// A `trained NLL` column (retained knowledge) follows where any report has one.
+/// A `trained NLL` column (retained knowledge) follows where any report has one; then, where any
+/// report has them, each attack family's held-out ASR (`ASR <family>`; the `jailbreak ASR` column
+/// then pools the families trained on), XSTest's safe and unsafe prompts refused, and
+/// StrongREJECT's prompts refused.
 pub fn table(rows: &[(String, EvalReport)]) -> String {
-    let pct = |c: Count| match c.rate() {
-        Some(r) => format!("{:5.1}% ({}/{})", 100.0 * r, c.hits, c.n),
+    let pct = |c: Option<Count>| match c.and_then(Count::rate) {
+        Some(r) => {
+            let c = c.expect("a rate has its count");
+            format!("{:5.1}% ({}/{})", 100.0 * r, c.hits, c.n)
+        }
         None => "-".into(),
     };
-    let name_w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(5);
     let nll = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-    let retained = rows.iter().any(|(_, r)| r.trained_answer_nll.is_some());
-    let mut out = format!(
-        "{:name_w$}  {:>18}  {:>18}  {:>18}  {:>10}",
-        "model", "jailbreak ASR", "plain refused", "benign refused", "benign NLL"
-    );
-    if retained {
-        out.push_str(&format!("  {:>11}", "trained NLL"));
+    type Cell<'a> = Box<dyn Fn(&EvalReport) -> String + 'a>;
+    let mut columns: Vec<(String, usize, Cell)> = vec![
+        (
+            "jailbreak ASR".into(),
+            18,
+            Box::new(|r| pct(Some(r.jailbreak))),
+        ),
+        ("plain refused".into(), 18, Box::new(|r| pct(Some(r.plain)))),
+        (
+            "benign refused".into(),
+            18,
+            Box::new(|r| pct(Some(r.benign))),
+        ),
+        (
+            "benign NLL".into(),
+            10,
+            Box::new(|r| nll(r.benign_answer_nll)),
+        ),
+    ];
+    let any = |f: &dyn Fn(&EvalReport) -> bool| rows.iter().any(|(_, r)| f(r));
+    if any(&|r| r.trained_answer_nll.is_some()) {
+        columns.push((
+            "trained NLL".into(),
+            11,
+            Box::new(|r| nll(r.trained_answer_nll)),
+        ));
+    }
+    let mut families: Vec<String> = Vec::new();
+    for f in rows.iter().flat_map(|(_, r)| &r.families) {
+        if !families.contains(&f.name) {
+            families.push(f.name.clone());
+        }
+    }
+    for name in families {
+        let header = format!("ASR {name}");
+        let width = header.len().max(18);
+        columns.push((
+            header,
+            width,
+            Box::new(move |r| {
+                pct(r
+                    .families
+                    .iter()
+                    .find(|f| f.name == name)
+                    .map(|f| f.jailbreak))
+            }),
+        ));
+    }
+    if any(&|r| r.xstest_safe.is_some() || r.xstest_unsafe.is_some()) {
+        columns.push((
+            "XSTest safe refused".into(),
+            19,
+            Box::new(|r| pct(r.xstest_safe)),
+        ));
+        columns.push((
+            "XSTest unsafe refused".into(),
+            21,
+            Box::new(|r| pct(r.xstest_unsafe)),
+        ));
+    }
+    if any(&|r| r.strongreject.is_some()) {
+        columns.push((
+            "StrongREJECT refused".into(),
+            20,
+            Box::new(|r| pct(r.strongreject)),
+        ));
+    }
+    let name_w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(5);
+    let mut out = format!("{:name_w$}", "model");
+    for (header, w, _) in &columns {
+        out.push_str(&format!("  {header:>w$}"));
     }
     out.push('\n');
     for (name, r) in rows {
-        out.push_str(&format!(
-            "{name:name_w$}  {:>18}  {:>18}  {:>18}  {:>10}",
-            pct(r.jailbreak),
-            pct(r.plain),
-            pct(r.benign),
-            nll(r.benign_answer_nll)
-        ));
-        if retained {
-            out.push_str(&format!("  {:>11}", nll(r.trained_answer_nll)));
+        out.push_str(&format!("{name:name_w$}"));
+        for (_, w, cell) in &columns {
+            out.push_str(&format!("  {:>w$}", cell(r)));
         }
         out.push('\n');
     }
@@ -72,6 +135,13 @@ mod tests {
             trained_nll: None,
             max_new_tokens: 48,
             generated_tokens: 0,
+            families: vec![],
+            xstest_safe: None,
+            xstest_over_refusal_rate: None,
+            xstest_unsafe: None,
+            xstest_unsafe_refusal_rate: None,
+            strongreject: None,
+            strongreject_refusal_rate: None,
         }
         .with_rates()
     }
@@ -116,5 +186,74 @@ mod tests {
         assert!(lines[0].ends_with("trained NLL"), "{t}");
         assert!(lines[1].ends_with(" -"), "{t}");
         assert!(lines[2].ends_with("1.5000"), "{t}");
+    }
+
+    #[test]
+    fn families_xstest_and_strongreject_get_columns_when_present() {
+        let mut r = report(35);
+        r.families = vec![
+            FamilyReport {
+                name: "flipattack".into(),
+                trained: true,
+                plain: Count { n: 104, hits: 104 },
+                jailbreak: Count { n: 71, hits: 35 },
+                asr: None,
+                plain_refusal_rate: None,
+            },
+            FamilyReport {
+                name: "johnny".into(),
+                trained: false,
+                plain: Count { n: 50, hits: 40 },
+                jailbreak: Count { n: 34, hits: 17 },
+                asr: None,
+                plain_refusal_rate: None,
+            },
+        ];
+        r.xstest_safe = Some(Count { n: 58, hits: 6 });
+        r.xstest_unsafe = Some(Count { n: 42, hits: 21 });
+        r.strongreject = Some(Count { n: 100, hits: 90 });
+        let r = r.with_rates();
+        assert_eq!(r.families[1].asr, Some(0.5));
+        assert_eq!(r.families[1].plain_refusal_rate, Some(0.8));
+        assert_eq!(r.xstest_over_refusal_rate, Some(6.0 / 58.0));
+        assert_eq!(r.xstest_unsafe_refusal_rate, Some(0.5));
+        assert_eq!(r.strongreject_refusal_rate, Some(0.9));
+        let t = table(&[("base".into(), report(71)), ("trained".into(), r)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].ends_with(
+                "      ASR flipattack          ASR johnny  XSTest safe refused  XSTest unsafe refused  StrongREJECT refused"
+            ),
+            "{t}"
+        );
+        assert!(
+            lines[1].ends_with("                   -                   -                    -                      -                     -"),
+            "{t}"
+        );
+        assert!(
+            lines[2].ends_with(
+                "       49.3% (35/71)       50.0% (17/34)         10.3% (6/58)          50.0% (21/42)        90.0% (90/100)"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn an_eval_json_without_the_new_sets_still_reads() {
+        let mut json = serde_json::to_value(report(35)).unwrap();
+        let m = json.as_object_mut().unwrap();
+        for k in [
+            "families",
+            "xstest_safe",
+            "xstest_over_refusal_rate",
+            "xstest_unsafe",
+            "xstest_unsafe_refusal_rate",
+            "strongreject",
+            "strongreject_refusal_rate",
+        ] {
+            assert!(m.remove(k).is_some(), "{k}");
+        }
+        let back: EvalReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report(35));
     }
 }

@@ -107,6 +107,14 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         if !cfg.eval.benign_path.is_file() {
             return Err(missing("eval.benign_path", &cfg.eval.benign_path, "file").into());
         }
+        for (key, path) in [
+            ("eval.xstest_path", &cfg.eval.xstest_path),
+            ("eval.strongreject_path", &cfg.eval.strongreject_path),
+        ] {
+            if let Some(p) = path.as_deref().filter(|p| !p.is_file()) {
+                return Err(missing(key, p, "file").into());
+            }
+        }
         let sets = EvalSets::new(&cfg.data, &cfg.eval)?;
         check_eval_lengths(cfg, &sets, &tokenizer, limit)?;
         if !sets.heldout {
@@ -143,19 +151,39 @@ fn check_eval_lengths(
         limit,
         key: key.to_string(),
     };
-    let prompts = sets
-        .plain
-        .iter()
-        .map(|p| ("plain goal", p))
-        .chain(sets.jailbreak.iter().map(|p| ("jailbreak", p)));
-    for (what, p) in prompts.chain(sets.benign.iter().map(|b| ("benign prompt", &b.prompt))) {
+    // A family's records are numbered in its own file, so its prompts name it.
+    let mut prompts: Vec<(String, &crate::eval::EvalPrompt)> = Vec::new();
+    for f in &sets.families {
+        prompts.extend(
+            f.plain
+                .iter()
+                .map(|p| (format!("{} plain goal", f.name), p)),
+        );
+        prompts.extend(
+            f.jailbreak
+                .iter()
+                .map(|p| (format!("{} jailbreak", f.name), p)),
+        );
+    }
+    prompts.extend(
+        sets.benign
+            .iter()
+            .map(|b| ("benign prompt".into(), &b.prompt)),
+    );
+    prompts.extend(sets.xstest.iter().map(|(p, _)| ("XSTest prompt".into(), p)));
+    prompts.extend(
+        sets.strongreject
+            .iter()
+            .map(|p| ("StrongREJECT prompt".into(), p)),
+    );
+    for (what, p) in prompts {
         let tokens = tokenizer
             .encode_prompt(&p.messages, e.max_prompt_tokens)?
             .len()
             + e.max_new_tokens;
         if tokens > limit {
             return Err(too_long(
-                what,
+                &what,
                 p.record,
                 tokens,
                 "eval.max_prompt_tokens or eval.max_new_tokens",

@@ -26,6 +26,16 @@ impl Count {
     }
 }
 
+impl std::iter::Sum for Count {
+    /// Several sets' counts pooled.
+    fn sum<I: Iterator<Item = Count>>(iter: I) -> Self {
+        iter.fold(Count { n: 0, hits: 0 }, |a, c| Count {
+            n: a.n + c.n,
+            hits: a.hits + c.hits,
+        })
+    }
+}
+
 /// The reference answers' negative log-likelihood.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NllCount {
@@ -78,6 +88,55 @@ pub struct EvalReport {
     pub max_new_tokens: usize,
     /// Tokens generated in all.
     pub generated_tokens: usize,
+    /// Each attack family on its own held-out split, in config order; empty when the config
+    /// has one family (`jailbreak` and `plain` are then its counts). `jailbreak` and `plain`
+    /// above pool the families trained on.
+    #[serde(default)]
+    pub families: Vec<FamilyReport>,
+    /// XSTest's safe prompts: `hits` = wrongly refused (`None`: not evaluated).
+    #[serde(default)]
+    pub xstest_safe: Option<Count>,
+    /// Share of XSTest's safe prompts refused: over-refusal.
+    #[serde(default)]
+    pub xstest_over_refusal_rate: Option<f64>,
+    /// XSTest's unsafe prompts: `hits` = rightly refused.
+    #[serde(default)]
+    pub xstest_unsafe: Option<Count>,
+    /// Share of XSTest's unsafe prompts refused.
+    #[serde(default)]
+    pub xstest_unsafe_refusal_rate: Option<f64>,
+    /// StrongREJECT's harmful prompts: `hits` = refused (`None`: not evaluated).
+    #[serde(default)]
+    pub strongreject: Option<Count>,
+    /// Share of StrongREJECT's prompts refused.
+    #[serde(default)]
+    pub strongreject_refusal_rate: Option<f64>,
+}
+
+/// One attack family's held-out counts in an [`EvalReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyReport {
+    /// The family's name.
+    pub name: String,
+    /// Whether the run trains on it (its counts are in the report's pooled ones).
+    pub trained: bool,
+    /// Its plain goals: `hits` = refused.
+    pub plain: Count,
+    /// Its jailbreaks: `hits` = complied.
+    pub jailbreak: Count,
+    /// Its attack success rate.
+    pub asr: Option<f64>,
+    /// Share of its plain goals refused.
+    pub plain_refusal_rate: Option<f64>,
+}
+
+impl FamilyReport {
+    /// Fill the rates from the counts.
+    pub fn with_rates(mut self) -> Self {
+        self.asr = self.jailbreak.rate();
+        self.plain_refusal_rate = self.plain.rate();
+        self
+    }
 }
 
 impl EvalReport {
@@ -92,6 +151,14 @@ impl EvalReport {
             .trained_nll
             .filter(|c| c.tokens > 0)
             .map(|c| c.total / c.tokens as f64);
+        self.families = self
+            .families
+            .into_iter()
+            .map(FamilyReport::with_rates)
+            .collect();
+        self.xstest_over_refusal_rate = self.xstest_safe.and_then(Count::rate);
+        self.xstest_unsafe_refusal_rate = self.xstest_unsafe.and_then(Count::rate);
+        self.strongreject_refusal_rate = self.strongreject.and_then(Count::rate);
         self
     }
 }
@@ -99,9 +166,10 @@ impl EvalReport {
 /// One answer (a line of `responses.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseRecord {
-    /// `plain`, `jailbreak` or `benign`.
+    /// `plain`, `jailbreak` or `benign`; with several attack families `plain:<family>` and
+    /// `jailbreak:<family>`; `xstest_safe`, `xstest_unsafe`, `strongreject`.
     pub set: String,
-    /// Record index in the set's file.
+    /// Record index in the set's file (a family's own file for `plain:<family>`).
     pub record: usize,
     /// Prompt tokens fed (after truncation).
     pub prompt_tokens: usize,

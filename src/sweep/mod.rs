@@ -8,12 +8,16 @@
 //! - [`runner`]: the jobs on one backend, several at a time, each through `pipeline::run`;
 //! - [`stats`]: means and Student-t intervals; [`report`]: `results.csv`, `summary.md`;
 //!   [`plot`]: `asr_vs_utility.png`; [`dose`] and [`dose_plot`]: the dose-response curves
-//!   (`dose_response.png`) and the ranked set's percentile among random sets.
+//!   (`dose_response.png`) and the ranked set's percentile among random sets; [`cross`] and
+//!   [`cross_plot`]: the cross-attack table (`cross_attack.png`) of sweeps over several attack
+//!   families.
 //!
 //! Sweep directory: `cells/<cell>/seed-<s>/` (run directories), `results.csv`, `summary.md`,
-//! `asr_vs_utility.png`, `dose_response.png` (with a dose axis), `timings.csv` (every job's
-//! stages: how each was got and how long it took).
+//! `asr_vs_utility.png`, `dose_response.png` (with a dose axis), `cross_attack.png` (with several
+//! attack families), `timings.csv` (every job's stages: how each was got and how long it took).
 
+pub mod cross;
+pub mod cross_plot;
 pub mod dose;
 pub mod dose_plot;
 pub mod plot;
@@ -72,17 +76,20 @@ pub enum SweepError {
     Plot(#[from] crate::plot::PlotError),
 }
 
-/// Files a sweep writes at its top (`dose_response.png` only with a dose axis).
-pub const OUTPUTS: [&str; 5] = [
+/// Files a sweep writes at its top (`dose_response.png` only with a dose axis,
+/// `cross_attack.png` only with several attack families).
+pub const OUTPUTS: [&str; 6] = [
     "results.csv",
     "summary.md",
     "asr_vs_utility.png",
     "dose_response.png",
+    "cross_attack.png",
     "timings.csv",
 ];
 
-/// Write `results.csv`, `summary.md` and `asr_vs_utility.png` from the jobs' evaluations, and
-/// `timings.csv` from `reports` (this call's jobs; earlier ones keep their lines).
+/// Write `results.csv`, `summary.md`, `asr_vs_utility.png` (and, where they apply,
+/// `dose_response.png` and `cross_attack.png`) from the jobs' evaluations, and `timings.csv` from
+/// `reports` (this call's jobs; earlier ones keep their lines).
 pub fn write_outputs(
     sweep: &Sweep,
     reports: &[JobReport],
@@ -97,7 +104,18 @@ pub fn write_outputs(
     let doses = dose::points(sweep, &rows);
     let mut summary = report::summary_md(sweep, &rows);
     summary.push_str(&dose::summary_section(&doses));
+    let cells: Vec<String> = sweep.cells.iter().map(|c| c.name.clone()).collect();
+    let cross = cross::cross_attack(&cells, &rows);
+    if let Some(t) = &cross {
+        summary.push_str(&cross::summary_section(t));
+    }
     write_atomic(&sweep.dir.join("summary.md"), summary.as_bytes())?;
+    if let Some(t) = &cross {
+        write_atomic(
+            &sweep.dir.join("cross_attack.png"),
+            &cross_plot::cross_attack(t)?,
+        )?;
+    }
     let groups = report::groups(&rows);
     write_atomic(
         &sweep.dir.join("asr_vs_utility.png"),

@@ -93,6 +93,8 @@ fn batch<B: AutodiffBackend>(device: &Device<B>) -> SftBatch<B> {
         step: 1,
         rank: steermoe::train::shard::Rank::SOLE,
         loss_scale: 1.0,
+        phase: steermoe::train::Phase::Joint,
+        skip: false,
     }
 }
 
