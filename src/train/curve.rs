@@ -43,9 +43,10 @@ fn router_panel(area: &Area<'_>, router: &[StepRecord], last: f64) -> Result<(),
     let mut chart = ChartBuilder::on(area)
         .caption("Router steps: routing divergence", (FONT, 18))
         .margin(15)
+        // The panel above's right axis (the rate) is this wide: the step axes line up.
+        .margin_right(95)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .right_y_label_area_size(80)
         .build_cartesian_2d(0.0..last, 0.0..max)
         .map_err(err)?;
     chart
@@ -59,7 +60,7 @@ fn router_panel(area: &Area<'_>, router: &[StepRecord], last: f64) -> Result<(),
         .light_line_style(WHITE)
         .draw()
         .map_err(err)?;
-    let magenta = palette(3);
+    let magenta = RGBColor(170, 20, 130);
     chart
         .draw_series(
             router
@@ -182,7 +183,7 @@ fn loss_panel(
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(200, 200, 200))
             .label_font((FONT, 14))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerLeft)
             .draw()
             .map_err(err)?;
         Ok(())
