@@ -122,11 +122,14 @@ case "${1:-smoke}" in
     cfg=configs/rasa-organism.toml
     families="flipattack johnny deepinception"
     sed '/^\[sweep/,$d' $cfg > /tmp/rasa-collect.toml
+    cpids=()
     for f in $families; do
       "$STEERMOE" --no-tui collect --config /tmp/rasa-collect.toml --out "/tmp/rasa-collect-$f" \
         --set "data.train_on=$f" > "$OUT/logs/collect-$f.log" 2>&1 &
+      cpids+=($!)
     done
-    wait
+    # Only the collects: a bare `wait` would also wait for nvidia-smi, which never ends.
+    wait "${cpids[@]}"
     echo "collected at $SECONDS s" >> "$OUT/logs/collect-flipattack.log"
     if [ -z "${RASA_PROCS:-}" ]; then
       RASA_PROCS=""
