@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use safetensors::SafeTensors;
 use steermoe::config::Config;
 use steermoe::train::{Schedule, TrainOptions, TrainSummary};
 
@@ -34,32 +32,10 @@ fn analysed_runs(root: &Path, copies: &[&str]) -> (PathBuf, Vec<PathBuf>) {
     (cfg, runs)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
-fn tensors(path: &Path) -> HashMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.data().to_vec()))
-        .collect()
-}
-
 /// The names of the tensors of `run`'s final model that differ from the fixture's.
 fn changed(run: &Path) -> Vec<String> {
-    let before = tensors(&fixture().join("model.safetensors"));
-    let after = tensors(&run.join("final_model/model.safetensors"));
+    let before = tensor_bytes(&fixture().join("model.safetensors"));
+    let after = tensor_bytes(&run.join("final_model/model.safetensors"));
     assert_eq!(before.len(), after.len());
     let mut names: Vec<String> = before
         .iter()
@@ -178,8 +154,8 @@ fn expert_passes_move_only_chosen_experts_and_router_passes_only_routers() {
         (Some(2), expected[6..].to_vec())
     );
     assert_eq!(
-        tensors(&runs[3].join("final_model/model.safetensors")),
-        tensors(&runs[2].join("final_model/model.safetensors")),
+        tensor_bytes(&runs[3].join("final_model/model.safetensors")),
+        tensor_bytes(&runs[2].join("final_model/model.safetensors")),
         "resumed between rounds, bit-identical"
     );
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -133,28 +132,6 @@ fn analysed_run(root: &Path) -> (PathBuf, PathBuf) {
     collected_and_analysed(root, &toml)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
-fn tensors(path: &Path) -> HashMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.data().to_vec()))
-        .collect()
-}
-
 #[test]
 fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -189,8 +166,8 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
         .map(|p| format!("model.layers.{}.mlp.experts.{}.", p[0], p[1]))
         .collect();
     assert!(!trained.is_empty());
-    let before = tensors(&fixture().join("model.safetensors"));
-    let after = tensors(&run.join("final_model/model.safetensors"));
+    let before = tensor_bytes(&fixture().join("model.safetensors"));
+    let after = tensor_bytes(&run.join("final_model/model.safetensors"));
     assert_eq!(before.len(), after.len());
     let mut changed = 0;
     for (key, bytes) in &before {
@@ -240,7 +217,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
         a.steps[2..].iter().map(|s| s.loss).collect::<Vec<_>>()
     );
     assert_eq!(
-        tensors(&run_c.join("final_model/model.safetensors")),
+        tensor_bytes(&run_c.join("final_model/model.safetensors")),
         after,
         "resumed run ends bit-identical"
     );
@@ -251,7 +228,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     let again = train_stage(&cfg, &run_c, TrainOptions::default()).unwrap();
     assert!(again.steps.is_empty() && !again.stopped);
     assert_eq!(
-        tensors(&run_c.join("final_model/model.safetensors")),
+        tensor_bytes(&run_c.join("final_model/model.safetensors")),
         after,
         "exported from the last checkpoint"
     );
@@ -300,7 +277,10 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     assert!(!run_d.join("final_model").exists());
     let rest = train_stage(&cfg, &run_d, TrainOptions::default()).unwrap();
     assert_eq!(rest.steps.len(), 6);
-    assert_eq!(tensors(&run_d.join("final_model/model.safetensors")), after);
+    assert_eq!(
+        tensor_bytes(&run_d.join("final_model/model.safetensors")),
+        after
+    );
     // Killed while writing a window's checkpoint: its files are partial (here: a model file of
     // window 3 without its optimizer and scheduler, and a half-written temporary). The rerun
     // removes them, resumes from window 2 and ends bit-identical.
@@ -327,7 +307,7 @@ fn training_changes_only_unsafe_experts_is_seeded_and_resumes_exactly() {
     let rest = train_stage(&cfg, &run_e, TrainOptions::default()).unwrap();
     assert_eq!(rest.resumed_from, Some(2));
     assert_eq!(
-        tensors(&run_e.join("final_model/model.safetensors")),
+        tensor_bytes(&run_e.join("final_model/model.safetensors")),
         after,
         "resumed past a partial checkpoint, bit-identical"
     );

@@ -330,19 +330,13 @@ pub fn sft_loss<B: Backend>(
             + consistency_kl(logits, batch, settings.consistency)
                 .mul_scalar(settings.consistency_weight);
     }
-    SftOutput {
+    step_output(
+        model,
+        batch,
         loss,
         lm_loss,
-        tokens: batch.tokens,
-        input_tokens: batch.input_tokens,
-        batch_idx: batch.batch_idx,
-        chosen: decoded.chosen.expect("captured"),
-        real: batch.real.clone(),
-        num_experts: model.num_experts(),
-        step: batch.step,
-        rank: batch.rank,
-        phase: batch.phase,
-    }
+        decoded.chosen.expect("captured"),
+    )
 }
 
 /// Loss of a router step of the alternating schedule: the divergence between the routing of the
@@ -361,13 +355,30 @@ pub fn router_loss<B: Backend>(
     let lm_loss = targeted_lm_loss(decoded.hidden, &model.lm_head, &batch.targets).detach();
     let logits = decoded.router_logits.expect("captured");
     let loss = routing_divergence(logits, &batch.attention_mask, &batch.is_unsafe, kind);
+    step_output(
+        model,
+        batch,
+        loss,
+        lm_loss,
+        decoded.chosen.expect("captured"),
+    )
+}
+
+/// What a step of `batch` reports, with its losses and the experts its tokens chose.
+fn step_output<B: Backend>(
+    model: &MoeLm<B>,
+    batch: &SftBatch<B>,
+    loss: Tensor<B, 1>,
+    lm_loss: Tensor<B, 1>,
+    chosen: Tensor<B, 4, Int>,
+) -> SftOutput<B> {
     SftOutput {
         loss,
         lm_loss,
         tokens: batch.tokens,
         input_tokens: batch.input_tokens,
         batch_idx: batch.batch_idx,
-        chosen: decoded.chosen.expect("captured"),
+        chosen,
         real: batch.real.clone(),
         num_experts: model.num_experts(),
         step: batch.step,

@@ -248,3 +248,27 @@ pub fn assert_close(name: &str, actual: &[f32], expected: &[f32], tol: f32) {
         expected[at]
     );
 }
+
+/// Copy the directory `from` into `to`, recursively.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// Every tensor of a safetensors file: its raw bytes by name.
+pub fn tensor_bytes(path: &std::path::Path) -> std::collections::HashMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.data().to_vec()))
+        .collect()
+}
