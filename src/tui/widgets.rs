@@ -164,7 +164,7 @@ pub fn loss_chart(state: &TrainState) -> Chart<'_> {
         .total_steps
         .max(state.loss.last().map_or(1, |p| p.0 as usize))
         .max(1) as f64;
-    Chart::new(vec![
+    let mut datasets = vec![
         Dataset::default()
             .name("loss")
             .marker(Marker::Braille)
@@ -183,30 +183,32 @@ pub fn loss_chart(state: &TrainState) -> Chart<'_> {
             .graph_type(GraphType::Scatter)
             .style(Style::default().fg(Color::Yellow))
             .data(&state.valid),
-        Dataset::default()
-            .name(if state.router.is_empty() {
-                ""
-            } else {
-                "router KL"
-            })
-            .marker(Marker::Braille)
-            .graph_type(GraphType::Scatter)
-            .style(Style::default().fg(Color::Magenta))
-            .data(&state.router),
-    ])
-    .block(Block::bordered().title("loss"))
-    .x_axis(
-        Axis::default()
-            .bounds([0.0, x_max])
-            .labels(["0".to_string(), format!("{}", x_max as usize)])
-            .style(Style::default().fg(Color::Gray)),
-    )
-    .y_axis(
-        Axis::default()
-            .bounds([lo, hi])
-            .labels([format!("{lo:.3}"), format!("{hi:.3}")])
-            .style(Style::default().fg(Color::Gray)),
-    )
+    ];
+    // Router steps (the alternating schedule) only where there are some: no empty legend entry.
+    if !state.router.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("router KL")
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Scatter)
+                .style(Style::default().fg(Color::Magenta))
+                .data(&state.router),
+        );
+    }
+    Chart::new(datasets)
+        .block(Block::bordered().title("loss"))
+        .x_axis(
+            Axis::default()
+                .bounds([0.0, x_max])
+                .labels(["0".to_string(), format!("{}", x_max as usize)])
+                .style(Style::default().fg(Color::Gray)),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([lo, hi])
+                .labels([format!("{lo:.3}"), format!("{hi:.3}")])
+                .style(Style::default().fg(Color::Gray)),
+        )
 }
 
 fn fmt_duration(d: Duration) -> String {
@@ -542,6 +544,27 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("step 4/10") && t.contains("1234 tok/s"), "{t}");
+    }
+
+    #[test]
+    fn router_steps_show_their_phase_and_stay_out_of_the_loss() {
+        let mut d = dashboard();
+        let t = text(&render(&d, 100, 30));
+        assert!(
+            !t.contains("router KL"),
+            "no router entry without router steps"
+        );
+        d.train.push(StepRecord {
+            phase: "routers".into(),
+            ..step(5, 0.0421)
+        });
+        assert_eq!(d.train.loss.len(), 4, "a router step is not a loss point");
+        assert_eq!(d.train.router, vec![(5.0, 0.0421)]);
+        let t = text(&render(&d, 100, 30));
+        assert!(
+            t.contains("phase routers") && t.contains("router KL 0.04210"),
+            "{t}"
+        );
     }
 
     #[test]
