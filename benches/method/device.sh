@@ -51,6 +51,39 @@ merge() {
   { echo cell,seed,stage,outcome,seconds; for d in "$@"; do tail -n +2 "$d/timings.csv" 2>/dev/null; done; } > "$dest/timings.csv"
 }
 
+# run_groups CFG PREFIX PROCS COLLECT_OF: one process per `;`-separated entry of PROCS, each of one
+# or more `|`-separated groups (seeds, then cell names) run one after another as a sweep of CFG in
+# PREFIX-<entry>-<group>, every job given the collect of its cell (the folder `COLLECT_OF CELL`
+# prints, hard-linked in); waits for them all, within the mode's `left` seconds.
+run_groups() {
+  local cfg=$1 prefix=$2 procs_text=$3 collect_of=$4
+  group() {
+    local dir=$1 seeds=$2; shift 2
+    local args=()
+    for c in "$@"; do
+      args+=(--cells "$c")
+      local from; from=$("$collect_of" "$c")
+      for s in $(echo "$seeds" | tr -d '[]' | tr , ' '); do
+        local job="$dir/cells/$c/seed-$s"; mkdir -p "$job"
+        cp -rl "$from/routing" "$from/samples.jsonl" "$job/"
+      done
+    done
+    timeout "$(left)" "$STEERMOE" --no-tui sweep --config "$cfg" --out "$dir" --jobs 1 \
+      --set "sweep.seeds=$seeds" "${args[@]}" >> "$OUT/logs/$(basename "$dir").log" 2>&1
+  }
+  local procs pids=() i=0
+  IFS=';' read -r -a procs <<< "$procs_text"
+  for p in "${procs[@]}"; do (
+    IFS='|' read -r -a groups <<< "$p"; g=0
+    for gr in "${groups[@]}"; do
+      read -r -a words <<< "$gr"
+      group "$prefix-$i-$g" "${words[@]}"; g=$((g + 1))
+    done
+  ) & pids+=($!); i=$((i + 1))
+  done
+  wait "${pids[@]}"
+}
+
 case "${1:-smoke}" in
   smoke)
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu.log" &
@@ -77,32 +110,8 @@ case "${1:-smoke}" in
     echo "collected at $SECONDS s" >> "$OUT/logs/collect.log"
     s10='[0,1,2,3,4,5,6,7,8,9]'; s5='[0,1,2,3,4]'
     DOSE_PROCS=${DOSE_PROCS:-$s10 steer_prompt,experts=risk_diff steer_generation,experts=risk_diff steer_response,experts=risk_diff steer_prompt,experts=anti_ranked steer_generation,experts=anti_ranked steer_response,experts=anti_ranked;$s10 steer_prompt,experts=random;$s10 steer_generation,experts=random;$s10 steer_response,experts=random;$s5 k8,experts=risk_diff k8,experts=anti_ranked;$s5 k8,experts=random;$s5 k32,experts=risk_diff k32,experts=anti_ranked;$s5 k32,experts=random}
-    # group DIR SEEDS CELL...: one sweep process over those cells and seeds, the collect linked in.
-    group() {
-      local dir=$1 seeds=$2; shift 2
-      local args=()
-      for c in "$@"; do
-        args+=(--cells "$c")
-        for s in $(echo "$seeds" | tr -d '[]' | tr , ' '); do
-          local job="$dir/cells/$c/seed-$s"; mkdir -p "$job"
-          cp -rl /tmp/dose-collect/routing /tmp/dose-collect/samples.jsonl "$job/"
-        done
-      done
-      timeout "$(left)" "$STEERMOE" --no-tui sweep --config $cfg --out "$dir" --jobs 1 \
-        --set "sweep.seeds=$seeds" "${args[@]}" >> "$OUT/logs/$(basename "$dir").log" 2>&1
-    }
-    IFS=';' read -r -a procs <<< "$DOSE_PROCS"
-    pids=(); i=0
-    for p in "${procs[@]}"; do (
-      # An entry's groups (`|`-separated) run one after another in their own folders.
-      IFS='|' read -r -a groups <<< "$p"; g=0
-      for gr in "${groups[@]}"; do
-        read -r -a words <<< "$gr"
-        group "/tmp/dose-$i-$g" "${words[@]}"; g=$((g + 1))
-      done
-    ) & pids+=($!); i=$((i + 1))
-    done
-    wait "${pids[@]}"
+    dose_collect() { echo /tmp/dose-collect; }
+    run_groups $cfg /tmp/dose "$DOSE_PROCS" dose_collect
     merge /tmp/dose /tmp/dose-[0-9]*
     "$STEERMOE" --no-tui sweep --config $cfg --out /tmp/dose --report --set "sweep.seeds=$s10" \
       > "$OUT/logs/report.log" 2>&1
@@ -139,33 +148,9 @@ case "${1:-smoke}" in
       done
       RASA_PROCS=${RASA_PROCS#;}
     fi
-    # group DIR SEEDS CELL...: one sweep process over those cells and seeds, each cell's family's
-    # collect linked in.
-    group() {
-      local dir=$1 seeds=$2; shift 2
-      local args=()
-      for c in "$@"; do
-        args+=(--cells "$c")
-        local fam=${c##*train_on=}; fam=${fam%%,*}
-        for s in $(echo "$seeds" | tr -d '[]' | tr , ' '); do
-          local job="$dir/cells/$c/seed-$s"; mkdir -p "$job"
-          cp -rl "/tmp/rasa-collect-$fam/routing" "/tmp/rasa-collect-$fam/samples.jsonl" "$job/"
-        done
-      done
-      timeout "$(left)" "$STEERMOE" --no-tui sweep --config $cfg --out "$dir" --jobs 1 \
-        --set "sweep.seeds=$seeds" "${args[@]}" >> "$OUT/logs/$(basename "$dir").log" 2>&1
-    }
-    IFS=';' read -r -a procs <<< "$RASA_PROCS"
-    pids=(); i=0
-    for p in "${procs[@]}"; do (
-      IFS='|' read -r -a groups <<< "$p"; g=0
-      for gr in "${groups[@]}"; do
-        read -r -a words <<< "$gr"
-        group "/tmp/rasa-$i-$g" "${words[@]}"; g=$((g + 1))
-      done
-    ) & pids+=($!); i=$((i + 1))
-    done
-    wait "${pids[@]}"
+    # Each cell's family's collect.
+    rasa_collect() { local fam=${1##*train_on=}; echo "/tmp/rasa-collect-${fam%%,*}"; }
+    run_groups $cfg /tmp/rasa "$RASA_PROCS" rasa_collect
     merge /tmp/rasa /tmp/rasa-[0-9]*
     "$STEERMOE" --no-tui sweep --config $cfg --out /tmp/rasa --report > "$OUT/logs/report.log" 2>&1
     kill $smi
