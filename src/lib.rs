@@ -27,6 +27,7 @@ pub mod plant;
 pub mod plot;
 pub mod run_dir;
 pub mod seeds;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 pub mod tui;

@@ -9,6 +9,7 @@ mod generate;
 mod plant;
 mod progress;
 mod run;
+mod serve;
 mod sweep;
 mod train;
 
@@ -64,6 +65,9 @@ enum Command {
     /// Plant a behaviour into known experts (the inverse of the fix), for checking an
     /// expert-finding method against the truth.
     Plant(plant::PlantArgs),
+    /// A model, fixed or steered, behind an OpenAI-compatible HTTP API (continuous batching,
+    /// per-request steering, routed experts).
+    Serve(serve::ServeArgs),
 }
 
 /// `--backend`, `--precision` and `--devices`: shorthands for `--set model.backend=…`,
@@ -264,6 +268,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Collect(args) => collect::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Train(args) => train::run(args),

@@ -28,7 +28,7 @@ pub use report::{Count, EvalReport, FamilyReport, NllCount, table};
 pub use sets::{BenignItem, EvalPrompt, EvalSets, FamilySets};
 pub use stage::{Evaluator, evaluate_into, steering};
 
-use crate::analysis::select::{ExpertId, mask};
+use crate::analysis::select::ExpertId;
 use crate::data::{ChatTokenizer, DataError, Message};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
@@ -107,12 +107,14 @@ impl Steering {
         experts: usize,
         device: &B::Device,
     ) -> Routing<B> {
+        // Exactly the listed experts: a layer the list does not touch is left alone (unlike a
+        // routing mask, which lets an untouched layer route to all of its experts).
         let forced = |ids: &[ExpertId]| {
             (!ids.is_empty()).then(|| {
-                let m: Vec<bool> = mask(ids, layers, experts)
-                    .iter()
-                    .map(|&v| v > 0.0)
-                    .collect();
+                let mut m = vec![false; layers * experts];
+                for &[l, e] in ids {
+                    m[l * experts + e] = true;
+                }
                 Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [layers, experts]), device)
             })
         };
@@ -450,4 +452,32 @@ pub fn answer_nll<B: Backend>(
         progress(EvalEvent::Scored(batch));
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::NdArray<f32>;
+
+    fn rows(t: Option<Tensor<B, 2, Bool>>) -> Vec<bool> {
+        t.expect("a forced mask").into_data().iter::<bool>().collect()
+    }
+
+    #[test]
+    fn steering_forces_exactly_the_listed_experts() {
+        // One expert of layer 0 on, one of layer 2 off: the other layers are left alone (a
+        // routing mask would have forced every expert of an untouched layer).
+        let s = Steering {
+            activate: vec![[0, 1]],
+            deactivate: vec![[2, 3]],
+        };
+        let r = s.routing::<B>(3, 4, &Default::default());
+        let mut on = vec![false; 12];
+        on[1] = true;
+        let mut off = vec![false; 12];
+        off[2 * 4 + 3] = true;
+        assert_eq!(rows(r.force_on), on);
+        assert_eq!(rows(r.force_off), off);
+    }
 }

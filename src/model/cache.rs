@@ -15,8 +15,8 @@
 
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::constants::Constants;
 use super::experts::StackedExperts;
@@ -169,5 +169,111 @@ impl<B: Backend> KvCache<B> {
     /// Count `seq` positions as written, once every layer has appended them.
     pub fn commit(&mut self, seq: usize) {
         self.filled += seq;
+    }
+
+    /// Keep only batch rows `rows` (in that order); with none left the cache is empty again.
+    /// Continuous batching drops finished sequences with it.
+    ///
+    /// # Panics
+    /// On a cache written in place ([`KvCache::with_capacity`]): rows are reshuffled only in a
+    /// cache that grows by concatenation.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        self.assert_growing();
+        if rows.is_empty() {
+            self.layers.iter_mut().for_each(|l| *l = None);
+            self.filled = 0;
+            return;
+        }
+        for layer in self.layers.iter_mut() {
+            if let Some((k, v)) = layer.take() {
+                let device = k.device();
+                let index = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(
+                        rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                        [rows.len()],
+                    ),
+                    &device,
+                );
+                *layer = Some((k.select(0, index.clone()), v.select(0, index)));
+            }
+        }
+    }
+
+    /// Drop the first `n` positions of every row (positions no row reads any more).
+    pub fn drop_front(&mut self, n: usize) {
+        self.assert_growing();
+        if n == 0 {
+            return;
+        }
+        assert!(
+            n <= self.filled,
+            "dropping {n} of {} positions",
+            self.filled
+        );
+        for layer in self.layers.iter_mut() {
+            if let Some((k, v)) = layer.take() {
+                let [b, h, s, d] = k.dims();
+                let keep = [0..b, 0..h, n..s, 0..d];
+                *layer = Some((k.slice(keep.clone()), v.slice(keep)));
+            }
+        }
+        self.filled -= n;
+    }
+
+    /// Put `n` empty positions (zeros) before every row's, which the caller's attention mask
+    /// must mark as padding.
+    pub fn pad_front(&mut self, n: usize) {
+        self.assert_growing();
+        if n == 0 {
+            return;
+        }
+        for layer in self.layers.iter_mut() {
+            if let Some((k, v)) = layer.take() {
+                let [b, h, _, d] = k.dims();
+                let zeros = Tensor::<B, 4>::zeros([b, h, n, d], (&k.device(), k.dtype()));
+                *layer = Some((
+                    Tensor::cat(vec![zeros.clone(), k], 2),
+                    Tensor::cat(vec![zeros, v], 2),
+                ));
+            }
+        }
+        self.filled += n;
+    }
+
+    /// Append the rows of `other`, which holds as many positions, after this cache's rows (an
+    /// empty cache takes `other` as it is).
+    ///
+    /// # Panics
+    /// When the two hold different numbers of positions, or either is written in place.
+    pub fn append_rows(&mut self, other: KvCache<B>) {
+        self.assert_growing();
+        other.assert_growing();
+        if self.is_empty() {
+            self.layers = other.layers;
+            self.filled = other.filled;
+            if self.constants.is_none() {
+                self.constants = other.constants;
+            }
+            return;
+        }
+        assert_eq!(
+            self.filled, other.filled,
+            "rows of different lengths: pad the shorter first"
+        );
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            *mine = match (mine.take(), theirs) {
+                (Some((k, v)), Some((ok, ov))) => {
+                    Some((Tensor::cat(vec![k, ok], 0), Tensor::cat(vec![v, ov], 0)))
+                }
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
+    fn assert_growing(&self) {
+        assert!(
+            self.capacity.is_none(),
+            "rows of a KV cache written in place cannot be reshuffled"
+        );
     }
 }

@@ -271,6 +271,18 @@ impl<B: Backend> MoeLm<B> {
         self.with_head(decoded, true)
     }
 
+    /// [`MoeLm::forward_cached_last`] that also keeps the experts each position was routed to
+    /// (`chosen`, when `routing` captures): what a server returning routed experts needs.
+    pub fn forward_cached_last_routed(
+        &self,
+        input: LmInput<B>,
+        cache: &mut KvCache<B>,
+        routing: &Routing<B>,
+    ) -> LmOutput<B> {
+        let decoded = self.run(input, Some(cache), routing, true);
+        self.with_head(decoded, true)
+    }
+
     /// The decoder without the LM head. Training applies the head only where the loss counts.
     pub fn forward_hidden(&self, input: LmInput<B>, routing: &Routing<B>) -> Decoded<B> {
         self.run(input, None, routing, true)

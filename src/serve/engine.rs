@@ -1,0 +1,545 @@
+//! The serving engine: continuous batching of generation requests on one device.
+//!
+//! One thread owns the model and runs decode steps over a batch of sequences that share one KV
+//! cache (rows of different lengths, left-padded and masked). Between steps, waiting requests
+//! join: each prompt is prefilled alone, its cache padded to the batch's length (or the batch's
+//! to its) and appended as a new row; rows that finish (a stop token or string, their token
+//! limit, or a client that went away) leave at once, and the positions no row reads any more are
+//! dropped from the front. Steering applies to a whole batch, so a request whose steering
+//! differs from the running batch's waits until that batch drains (requests are taken in
+//! arrival order; at most one waits so).
+//!
+//! A row's tokens are picked on the host from its own sampler (greedy rows from an argmax on the
+//! device), its text is decoded incrementally and sent as deltas; a suffix that may still become
+//! a stop string, or an incomplete UTF-8 sequence, is held back until it is settled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::api::{TokenRouting, Usage};
+use crate::data::ChatTokenizer;
+use crate::eval::Steering;
+use crate::generate::{Sampler, Sampling};
+use crate::model::{ExpertExecution, KvCache, LmInput, LmOutput, MoeLm, Routing};
+
+/// One request as the engine runs it.
+#[derive(Debug)]
+pub struct Job {
+    /// Prompt ids (chat-templated for chat requests).
+    pub prompt_ids: Vec<u32>,
+    /// Tokens to generate at most (≥ 1).
+    pub max_tokens: usize,
+    /// Greedy or seeded sampling.
+    pub sampling: Sampling,
+    /// Token ids that end the answer (EOS; not part of the text).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end the answer (cut from the text).
+    pub stop_strings: Vec<String>,
+    /// Experts forced on and off (sorted lists).
+    pub steering: Steering,
+    /// Return each generated token's chosen experts.
+    pub routed_experts: bool,
+    /// Return each generated token's router logits.
+    pub router_logits: bool,
+    /// Where the engine sends what it makes; a closed channel cancels the request.
+    pub events: UnboundedSender<Event>,
+}
+
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// A stop token or string.
+    Stop,
+    /// The token limit.
+    Length,
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What the engine sends about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (possibly empty when only routing is new) and the routing of the tokens it
+    /// settled.
+    Delta {
+        /// Text to append.
+        text: String,
+        /// Per token generated since the last delta (when asked for).
+        routing: Vec<TokenRouting>,
+    },
+    /// The answer is complete.
+    Done {
+        /// Why it ended.
+        finish: Finish,
+        /// Token counts.
+        usage: Usage,
+    },
+}
+
+/// Counters the HTTP side reads (`GET /health`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests sent to the engine and not yet taken into a batch.
+    pub queued: AtomicUsize,
+    /// Sequences in the running batch.
+    pub active: AtomicUsize,
+    /// Requests finished (answered, or cancelled by their client).
+    pub finished: AtomicUsize,
+    /// Tokens generated in all.
+    pub tokens: AtomicUsize,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Sequences decoded together at most.
+    pub max_batch: usize,
+}
+
+/// Run requests from `jobs` until every sender is gone and nothing is left to do.
+pub fn run<B: Backend>(
+    model: &MoeLm<B>,
+    tokenizer: &ChatTokenizer,
+    device: &B::Device,
+    jobs: Receiver<Job>,
+    opts: &EngineOptions,
+    stats: &Arc<Stats>,
+) {
+    let layers = model.num_moe_layers();
+    let experts = model.num_experts();
+    // Decode steps run the experts densely: stack them once for the server's life.
+    let stacked = match model.execution() {
+        ExpertExecution::Grouped => None,
+        _ => model.stack_experts(),
+    };
+    let mut batch: Option<Batch<B>> = None;
+    let mut waiting: Option<Job> = None;
+    let mut open = true;
+    loop {
+        let running = batch.as_ref().map_or(0, |b| b.rows.len());
+        if running == 0 && waiting.is_none() {
+            if !open {
+                return;
+            }
+            match jobs.recv_timeout(Duration::from_millis(200)) {
+                Ok(job) => {
+                    stats.queued.fetch_sub(1, Ordering::Relaxed);
+                    waiting = Some(job);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        // Admit what fits and shares the batch's steering.
+        while batch.as_ref().map_or(0, |b| b.rows.len()) < opts.max_batch {
+            let job = match waiting.take() {
+                Some(job) => job,
+                None => match jobs.try_recv() {
+                    Ok(job) => {
+                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        job
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                },
+            };
+            if job.events.is_closed() {
+                stats.finished.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let fits = batch
+                .as_ref()
+                .is_none_or(|b| b.rows.is_empty() || b.steering == job.steering);
+            if !fits {
+                waiting = Some(job);
+                break;
+            }
+            let b = match &mut batch {
+                Some(b) if !b.rows.is_empty() => b,
+                slot => slot.insert(Batch::new(
+                    model,
+                    job.steering.clone(),
+                    layers,
+                    experts,
+                    stacked.clone(),
+                    device,
+                )),
+            };
+            b.admit(model, job, device);
+        }
+        if let Some(b) = &mut batch {
+            if !b.rows.is_empty() {
+                b.step(model, tokenizer, device, stats);
+            }
+            stats.active.store(b.rows.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A running batch: its rows, their shared cache and the logits of each row's next token.
+struct Batch<B: Backend> {
+    steering: Steering,
+    routing: Routing<B>,
+    cache: KvCache<B>,
+    rows: Vec<Row>,
+    /// `[rows, vocab]`: the logits each row picks its next token from.
+    next: Option<Tensor<B, 2>>,
+}
+
+/// One sequence of the batch.
+struct Row {
+    job: Job,
+    /// First cache position that is this row's (the ones before are padding).
+    start: usize,
+    /// Real tokens of this row in the cache.
+    len: usize,
+    new_ids: Vec<u32>,
+    sampler: Sampler,
+    /// Bytes of the text already sent.
+    sent: usize,
+    /// Routing of the pass that produced the next token, and of tokens not yet sent.
+    next_routing: Option<TokenRouting>,
+    unsent_routing: Vec<TokenRouting>,
+}
+
+impl<B: Backend> Batch<B> {
+    fn new(
+        model: &MoeLm<B>,
+        steering: Steering,
+        layers: usize,
+        experts: usize,
+        stacked: Option<Vec<crate::model::StackedExperts<B>>>,
+        device: &B::Device,
+    ) -> Self {
+        let routing = steering.routing(layers, experts, device);
+        let mut cache = KvCache::new(model.num_layers());
+        if let Some(stacked) = stacked {
+            cache = cache.with_stacked_experts(stacked);
+        }
+        Self {
+            steering,
+            routing,
+            cache,
+            rows: Vec::new(),
+            next: None,
+        }
+    }
+
+    fn capture(&self) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.job.routed_experts || r.job.router_logits)
+    }
+
+    /// Prefill `job`'s prompt alone and add it as a row.
+    fn admit(&mut self, model: &MoeLm<B>, job: Job, device: &B::Device) {
+        let n = job.prompt_ids.len();
+        let ids: Vec<i64> = job.prompt_ids.iter().map(|&t| t as i64).collect();
+        let input = LmInput {
+            input_ids: Tensor::from_data(TensorData::new(ids, [1, n]), device),
+            attention_mask: None,
+            positions: None,
+        };
+        let capture = job.routed_experts || job.router_logits;
+        let mut own = KvCache::new(model.num_layers());
+        let out = forward(model, input, &mut own, &self.routing, capture);
+        let routing = capture.then(|| row_routing(&out, 0, &job)).flatten();
+        let logits = last_logits(out.logits);
+        let have = self.cache.len();
+        let start = if self.rows.is_empty() {
+            0
+        } else if n > have {
+            self.cache.pad_front(n - have);
+            self.rows.iter_mut().for_each(|r| r.start += n - have);
+            0
+        } else {
+            own.pad_front(have - n);
+            have - n
+        };
+        self.cache.append_rows(own);
+        self.next = Some(match self.next.take() {
+            Some(next) => Tensor::cat(vec![next, logits], 0),
+            None => logits,
+        });
+        let sampler = Sampler::new(job.sampling);
+        self.rows.push(Row {
+            job,
+            start,
+            len: n,
+            new_ids: Vec::new(),
+            sampler,
+            sent: 0,
+            next_routing: routing,
+            unsent_routing: Vec::new(),
+        });
+    }
+
+    /// Pick every row's next token, send what is settled, drop finished rows, and run one
+    /// decode step for the rest.
+    fn step(
+        &mut self,
+        model: &MoeLm<B>,
+        tokenizer: &ChatTokenizer,
+        device: &B::Device,
+        stats: &Stats,
+    ) {
+        let next = self
+            .next
+            .take()
+            .expect("a batch with rows has next-token logits");
+        let picked = pick(next, &mut self.rows);
+        let mut keep = Vec::with_capacity(self.rows.len());
+        for (i, (row, &token)) in self.rows.iter_mut().zip(&picked).enumerate() {
+            stats.tokens.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = row.next_routing.take() {
+                row.unsent_routing.push(r);
+            }
+            match row.advance(token, tokenizer) {
+                Some(true) => keep.push(i),
+                Some(false) | None => {
+                    stats.finished.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if keep.len() < self.rows.len() {
+            let mut rows: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+                .into_iter()
+                .map(Some)
+                .collect();
+            self.rows = keep
+                .iter()
+                .map(|&i| rows[i].take().expect("once"))
+                .collect();
+            self.cache.select_rows(&keep);
+            let front = self.rows.iter().map(|r| r.start).min().unwrap_or(0);
+            self.cache.drop_front(front);
+            self.rows.iter_mut().for_each(|r| r.start -= front);
+        }
+        if self.rows.is_empty() {
+            return;
+        }
+        // One decode step: each row feeds the token it just took, at its own position.
+        let fed: Vec<i64> = keep.iter().map(|&i| picked[i] as i64).collect();
+        let positions: Vec<i64> = self.rows.iter().map(|r| r.len as i64).collect();
+        let width = self.cache.len() + 1;
+        let mut valid = Vec::with_capacity(self.rows.len() * width);
+        for r in &self.rows {
+            valid.extend((0..width).map(|j| j >= r.start));
+        }
+        let rows = self.rows.len();
+        let input = LmInput {
+            input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(fed, [rows, 1]), device),
+            attention_mask: Some(Tensor::<B, 2, Bool>::from_data(
+                TensorData::new(valid, [rows, width]),
+                device,
+            )),
+            positions: Some(Tensor::from_data(
+                TensorData::new(positions, [rows, 1]),
+                device,
+            )),
+        };
+        let capture = self.capture();
+        let out = forward(model, input, &mut self.cache, &self.routing, capture);
+        if capture {
+            for (i, row) in self.rows.iter_mut().enumerate() {
+                row.next_routing = row_routing(&out, i, &row.job);
+            }
+        }
+        self.rows.iter_mut().for_each(|r| r.len += 1);
+        self.next = Some(last_logits(out.logits));
+    }
+}
+
+impl Row {
+    /// Take `token`: send the text it settles; `Some(true)` to go on, `Some(false)` when the
+    /// answer is complete, `None` when the client is gone.
+    fn advance(&mut self, token: u32, tokenizer: &ChatTokenizer) -> Option<bool> {
+        self.new_ids.push(token);
+        let stop_token = self.job.stop_ids.contains(&token);
+        let text = tokenizer.decode(&self.new_ids);
+        let cut = self
+            .job
+            .stop_strings
+            .iter()
+            .filter_map(|s| text[self.sent.min(text.len())..].find(s.as_str()))
+            .map(|at| at + self.sent.min(text.len()))
+            .min();
+        let finish = if cut.is_some() || stop_token {
+            Some(Finish::Stop)
+        } else if self.new_ids.len() >= self.job.max_tokens {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        let end = match (cut, finish) {
+            (Some(at), _) => at,
+            (None, Some(_)) => text.len(),
+            (None, None) => settled(&text, &self.job.stop_strings),
+        };
+        let delta = if end > self.sent && text.is_char_boundary(end) {
+            let d = text[self.sent..end].to_string();
+            self.sent = end;
+            d
+        } else {
+            String::new()
+        };
+        if !delta.is_empty() || !self.unsent_routing.is_empty() {
+            let routing = std::mem::take(&mut self.unsent_routing);
+            self.job
+                .events
+                .send(Event::Delta {
+                    text: delta,
+                    routing,
+                })
+                .ok()?;
+        }
+        match finish {
+            None => Some(true),
+            Some(finish) => {
+                let prompt_tokens = self.job.prompt_ids.len();
+                let completion_tokens = self.new_ids.len();
+                self.job
+                    .events
+                    .send(Event::Done {
+                        finish,
+                        usage: Usage {
+                            prompt_tokens,
+                            completion_tokens,
+                            total_tokens: prompt_tokens + completion_tokens,
+                        },
+                    })
+                    .ok()?;
+                Some(false)
+            }
+        }
+    }
+}
+
+/// The end of the part of `text` that is settled: not an incomplete character (the decoder's
+/// replacement character at the end) and not a suffix that could still grow into a stop string.
+fn settled(text: &str, stops: &[String]) -> usize {
+    let mut end = text.len();
+    if text.ends_with('\u{FFFD}') {
+        end -= '\u{FFFD}'.len_utf8();
+    }
+    let head = &text[..end];
+    let held = stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .filter(|&k| s.is_char_boundary(k) && head.ends_with(&s[..k]))
+                .max()
+        })
+        .max()
+        .unwrap_or(0);
+    end - held
+}
+
+fn forward<B: Backend>(
+    model: &MoeLm<B>,
+    input: LmInput<B>,
+    cache: &mut KvCache<B>,
+    routing: &Routing<B>,
+    capture: bool,
+) -> LmOutput<B> {
+    match capture {
+        true => {
+            let routing = routing.clone().with_capture(true);
+            model.forward_cached_last_routed(input, cache, &routing)
+        }
+        false => model.forward_cached_last(input, cache, routing),
+    }
+}
+
+/// `[batch, vocab]` logits of the last position.
+fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, seq, vocab] = logits.dims();
+    logits
+        .slice([0..batch, seq - 1..seq, 0..vocab])
+        .reshape([batch, vocab])
+}
+
+/// Row `row`'s routing at the last position of a captured pass, as much as its job asked for.
+fn row_routing<B: Backend>(out: &LmOutput<B>, row: usize, job: &Job) -> Option<TokenRouting> {
+    let mut r = TokenRouting::default();
+    if job.routed_experts
+        && let Some(chosen) = &out.chosen
+    {
+        let [layers, _, seq, k] = chosen.dims();
+        let values: Vec<i64> = chosen
+            .clone()
+            .slice([0..layers, row..row + 1, seq - 1..seq, 0..k])
+            .into_data()
+            .iter::<i64>()
+            .collect();
+        r.routed_experts = values
+            .chunks(k)
+            .map(|c| c.iter().map(|&e| e as u16).collect())
+            .collect();
+    }
+    if job.router_logits
+        && let Some(logits) = &out.router_logits
+    {
+        let [layers, _, seq, experts] = logits.dims();
+        let values: Vec<f32> = logits
+            .clone()
+            .slice([0..layers, row..row + 1, seq - 1..seq, 0..experts])
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        r.router_logits = values.chunks(experts).map(|c| c.to_vec()).collect();
+    }
+    Some(r)
+}
+
+/// Each row's next token: one argmax on the device when every row is greedy, else every row's
+/// logits on the host through its own sampler.
+fn pick<B: Backend>(logits: Tensor<B, 2>, rows: &mut [Row]) -> Vec<u32> {
+    let [n, vocab] = logits.dims();
+    if rows.iter().all(|r| r.sampler.is_greedy()) {
+        return logits
+            .argmax(1)
+            .reshape([n])
+            .into_data()
+            .iter::<i64>()
+            .map(|t| t as u32)
+            .collect();
+    }
+    let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+    values
+        .chunks(vocab)
+        .zip(rows.iter_mut())
+        .map(|(l, r)| r.sampler.pick(l))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_possible_stop_string_is_held_back() {
+        let stops = vec!["END".to_string()];
+        assert_eq!(settled("hello E", &stops), 6);
+        assert_eq!(settled("hello EN", &stops), 6);
+        assert_eq!(settled("hello", &stops), 5);
+        assert_eq!(settled("ab\u{FFFD}", &[]), 2);
+    }
+}
