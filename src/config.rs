@@ -4,7 +4,7 @@
 //! Each stage owns its table — `[collect]` is [`crate::collect::CollectConfig`], `[analysis]`
 //! [`crate::analysis::AnalysisConfig`], `[train]` [`crate::train::TrainConfig`], `[eval]`
 //! [`crate::eval::EvalConfig`], `[data]` [`crate::data::DataConfig`], `[judge]`
-//! [`crate::judge::PhraseJudge`] — with its enums, defaults and value checks; this module composes
+//! [`crate::judge::JudgeConfig`] — with its enums, defaults and value checks; this module composes
 //! them, applies `--set table.key=value` overrides, and checks what spans tables. Whether the
 //! files a config names exist and fit is the pipeline's pre-flight (`pipeline::preflight`), not
 //! parsing: a recorded config still parses after its data moved. The resolved configuration
@@ -19,7 +19,7 @@ use crate::backend::BackendKind;
 use crate::collect::CollectConfig;
 use crate::data::{ChatTokenizer, DataConfig, DataError};
 use crate::eval::EvalConfig;
-use crate::judge::PhraseJudge;
+use crate::judge::JudgeConfig;
 use crate::model::Precision;
 use crate::plant::PlantConfig;
 use crate::train::{Consistency, TrainConfig};
@@ -83,8 +83,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// Attack success, refusals and utility on held-out goals.
     pub eval: EvalConfig,
-    /// The refusal judge.
-    pub judge: PhraseJudge,
+    /// The refusal judges: the phrase judge, and with `kind = "http"` an LLM judge.
+    pub judge: JudgeConfig,
     /// What `steermoe plant` plants (no stage reads it).
     pub plant: PlantConfig,
 }

@@ -477,3 +477,61 @@ fn sigterm_answers_the_requests_in_flight_then_exits() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn the_http_judge_against_the_server_caches_what_it_was_told() {
+    let server = Server::start(&[], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("judge.toml");
+    let tail = format!(
+        "[judge]\nkind = \"http\"\nbase_url = {:?}\nmodel = \"olmoe-tiny\"\nconcurrency = 4\nretries = 0\n",
+        server.url
+    );
+    std::fs::write(
+        &config,
+        common::tiny_method_toml(&common::fixture(), "", &tail),
+    )
+    .unwrap();
+    let out = dir.path().join("eval");
+    let eval = || {
+        let run = Command::new(BIN)
+            .args(["--no-tui", "eval", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+        report["llm_judge"].clone()
+    };
+    let first = eval();
+    let answers = std::fs::read_to_string(out.join("responses.jsonl"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    // The tiny random model's replies are nonsense: every answer is asked about once and
+    // reported (decided or unparsed), none failed, none guessed.
+    assert_eq!(n(&first, "requests"), answers, "{first}");
+    assert_eq!(n(&first, "failed"), 0, "{first}");
+    assert_eq!(
+        n(&first, "judged") + n(&first, "unparsed"),
+        answers,
+        "{first}"
+    );
+    assert!(first["disagreements"].is_u64(), "{first}");
+    assert_eq!(first["model"], "olmoe-tiny");
+    let asked = server.health()["finished"].as_u64().unwrap();
+    // The rerun asks nothing: every reply comes from judge_cache.jsonl.
+    let again = eval();
+    assert_eq!(n(&again, "requests"), 0, "{again}");
+    assert_eq!(n(&again, "cached"), answers, "{again}");
+    assert_eq!(again["unparsed"], first["unparsed"]);
+    assert_eq!(server.health()["finished"].as_u64().unwrap(), asked);
+}

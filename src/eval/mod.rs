@@ -14,6 +14,7 @@
 //! alike.
 
 pub mod config;
+pub mod llm;
 pub mod report;
 pub mod sets;
 pub mod stage;
@@ -24,7 +25,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 
 pub use config::EvalConfig;
-pub use report::{Count, EvalReport, FamilyReport, NllCount, table};
+pub use llm::llm_judge;
+pub use report::{Count, EvalReport, FamilyReport, LlmJudgeReport, NllCount, table};
 pub use sets::{BenignItem, EvalPrompt, EvalSets, FamilySets};
 pub use stage::{Evaluator, evaluate_into, steering};
 
@@ -148,6 +150,8 @@ pub struct Evaluation {
     /// Answers in set order (plain and jailbreak, or each family's; benign; XSTest's safe and
     /// unsafe prompts; StrongREJECT), each set in record order.
     pub responses: Vec<ResponseRecord>,
+    /// The prompt each answer was judged against (its last user turn), beside `responses`.
+    pub judged_prompts: Vec<String>,
 }
 
 /// Evaluate `model` on `sets`.
@@ -200,6 +204,7 @@ pub fn evaluate<B: Backend>(
         answers: sets.benign.len() + sets.trained.len(),
     });
     let mut responses = Vec::new();
+    let mut judged_prompts = Vec::new();
     let mut generated = 0;
     let mut counts = vec![Count { n: 0, hits: 0 }; plan.len()];
     for ((set, prompts, complied), count) in plan.iter().zip(&mut counts) {
@@ -219,7 +224,9 @@ pub fn evaluate<B: Backend>(
                 .rev()
                 .find(|m| m.role == "user")
                 .map(|m| m.content.as_str());
-            let refused = judge.refuses(last_user.unwrap_or_default(), &text)?;
+            let last_user = last_user.unwrap_or_default();
+            let refused = judge.refuses(last_user, &text)?;
+            judged_prompts.push(last_user.to_string());
             generated += new_ids.len();
             count.n += 1;
             // Jailbreaks count compliance, the others refusals.
@@ -331,9 +338,14 @@ pub fn evaluate<B: Backend>(
         xstest_unsafe_refusal_rate: None,
         strongreject: count("strongreject"),
         strongreject_refusal_rate: None,
+        llm_judge: None,
     }
     .with_rates();
-    Ok(Evaluation { report, responses })
+    Ok(Evaluation {
+        report,
+        responses,
+        judged_prompts,
+    })
 }
 
 /// Answer `prompts` in batches of similar length: (prompt tokens fed, generated ids) per prompt,
@@ -461,7 +473,10 @@ mod tests {
     type B = burn::backend::NdArray<f32>;
 
     fn rows(t: Option<Tensor<B, 2, Bool>>) -> Vec<bool> {
-        t.expect("a forced mask").into_data().iter::<bool>().collect()
+        t.expect("a forced mask")
+            .into_data()
+            .iter::<bool>()
+            .collect()
     }
 
     #[test]

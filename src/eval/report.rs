@@ -1,7 +1,7 @@
 //! The before/after table that compares several evaluations (`eval.json`, whose type lives
 //! with the run directory's artifacts: [`crate::run_dir::eval`]).
 
-pub use crate::run_dir::eval::{Count, EvalReport, FamilyReport, NllCount};
+pub use crate::run_dir::eval::{Count, EvalReport, FamilyReport, LlmJudgeReport, NllCount};
 
 /// A fixed-width table of several reports, one row each, e.g.
 ///
@@ -14,6 +14,9 @@ pub use crate::run_dir::eval::{Count, EvalReport, FamilyReport, NllCount};
 /// report has them, each attack family's held-out ASR (`ASR <family>`; the `jailbreak ASR` column
 /// then pools the families trained on), XSTest's safe and unsafe prompts refused, and
 /// StrongREJECT's prompts refused.
+///
+/// Where any report has an HTTP judge's verdicts (`llm_judge`), a second table follows with its
+/// rates on the same answers ([`llm_table`]).
 pub fn table(rows: &[(String, EvalReport)]) -> String {
     let pct = |c: Option<Count>| match c.and_then(Count::rate) {
         Some(r) => {
@@ -103,6 +106,94 @@ pub fn table(rows: &[(String, EvalReport)]) -> String {
         }
         out.push('\n');
     }
+    if rows.iter().any(|(_, r)| r.llm_judge.is_some()) {
+        out.push('\n');
+        out.push_str(&llm_table(rows));
+    }
+    out
+}
+
+/// The HTTP judge's rates, one row per report that has them, e.g.
+///
+/// ```text
+/// LLM judge  judge            jailbreak ASR     plain refused    benign refused  disagree  unjudged
+/// base       qwen3 (refusal)  95.8% (68/71)  100.0% (104/104)     1.0% (1/100)         4         0
+/// ```
+///
+/// `disagree` counts answers where its verdict differs from the phrase judge's; `unjudged` those
+/// it gave no verdict on (unparsed or failed). XSTest and StrongREJECT columns follow where any
+/// row has them.
+pub fn llm_table(rows: &[(String, EvalReport)]) -> String {
+    let rows: Vec<(&String, &LlmJudgeReport)> = rows
+        .iter()
+        .filter_map(|(n, r)| Some((n, r.llm_judge.as_ref()?)))
+        .collect();
+    let pct = |c: Option<Count>| match c.and_then(Count::rate) {
+        Some(r) => {
+            let c = c.expect("a rate has its count");
+            format!("{:5.1}% ({}/{})", 100.0 * r, c.hits, c.n)
+        }
+        None => "-".into(),
+    };
+    type Cell<'a> = Box<dyn Fn(&LlmJudgeReport) -> String + 'a>;
+    let judge_w = rows
+        .iter()
+        .map(|(_, j)| j.model.len() + j.rubric.name().len() + 3)
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let mut columns: Vec<(&str, usize, Cell)> = vec![
+        (
+            "judge",
+            judge_w,
+            Box::new(|j| format!("{} ({})", j.model, j.rubric)),
+        ),
+        ("jailbreak ASR", 18, Box::new(|j| pct(Some(j.jailbreak)))),
+        ("plain refused", 18, Box::new(|j| pct(Some(j.plain)))),
+        ("benign refused", 18, Box::new(|j| pct(j.benign))),
+    ];
+    if rows.iter().any(|(_, j)| j.xstest_safe.is_some()) {
+        columns.push(("XSTest safe refused", 19, Box::new(|j| pct(j.xstest_safe))));
+    }
+    if rows.iter().any(|(_, j)| j.xstest_unsafe.is_some()) {
+        columns.push((
+            "XSTest unsafe refused",
+            21,
+            Box::new(|j| pct(j.xstest_unsafe)),
+        ));
+    }
+    if rows.iter().any(|(_, j)| j.strongreject.is_some()) {
+        columns.push((
+            "StrongREJECT refused",
+            20,
+            Box::new(|j| pct(j.strongreject)),
+        ));
+    }
+    columns.push(("disagree", 8, Box::new(|j| j.disagreements.to_string())));
+    columns.push((
+        "unjudged",
+        8,
+        Box::new(|j| (j.unparsed + j.failed).to_string()),
+    ));
+    let name_w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(9);
+    let mut out = format!("{:name_w$}", "LLM judge");
+    for (i, (header, w, _)) in columns.iter().enumerate() {
+        match i {
+            0 => out.push_str(&format!("  {header:<w$}")),
+            _ => out.push_str(&format!("  {header:>w$}")),
+        }
+    }
+    out.push('\n');
+    for (name, j) in rows {
+        out.push_str(&format!("{name:name_w$}"));
+        for (i, (_, w, cell)) in columns.iter().enumerate() {
+            match i {
+                0 => out.push_str(&format!("  {:<w$}", cell(j))),
+                _ => out.push_str(&format!("  {:>w$}", cell(j))),
+            }
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -142,6 +233,7 @@ mod tests {
             xstest_unsafe_refusal_rate: None,
             strongreject: None,
             strongreject_refusal_rate: None,
+            llm_judge: None,
         }
         .with_rates()
     }
@@ -236,6 +328,60 @@ mod tests {
             ),
             "{t}"
         );
+    }
+
+    fn llm(rubric: crate::judge::Rubric) -> LlmJudgeReport {
+        LlmJudgeReport {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            model: "qwen3".into(),
+            rubric,
+            harm_success_at: None,
+            asr: None,
+            plain_refusal_rate: None,
+            benign_refusal_rate: None,
+            xstest_over_refusal_rate: None,
+            xstest_unsafe_refusal_rate: None,
+            strongreject_refusal_rate: None,
+            jailbreak: Count { n: 71, hits: 68 },
+            plain: Count { n: 104, hits: 104 },
+            benign: Some(Count { n: 100, hits: 1 }),
+            xstest_safe: None,
+            xstest_unsafe: None,
+            strongreject: None,
+            families: vec![],
+            disagreements: 4,
+            judged: 275,
+            unparsed: 0,
+            failed: 0,
+            cached: 0,
+            requests: 275,
+        }
+        .with_rates()
+    }
+
+    #[test]
+    fn an_llm_judge_gets_its_own_table_and_old_reports_have_none() {
+        let t = table(&[("base".into(), report(71))]);
+        assert!(!t.contains("LLM judge"), "{t}");
+        let json = serde_json::to_value(report(71)).unwrap();
+        assert!(json.get("llm_judge").is_none(), "skipped when absent");
+        let mut r = report(71);
+        r.llm_judge = Some(llm(crate::judge::Rubric::Refusal));
+        assert_eq!(r.llm_judge.as_ref().unwrap().asr, Some(68.0 / 71.0));
+        let t = table(&[("base".into(), r.clone()), ("other".into(), report(3))]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 6, "{t}");
+        assert_eq!(
+            lines[5],
+            "base       qwen3 (refusal)       95.8% (68/71)    100.0% (104/104)        1.0% (1/100)         4         0",
+            "{t}"
+        );
+        assert!(
+            lines[3].is_empty() && lines[4].starts_with("LLM judge  judge"),
+            "{t}"
+        );
+        let back: EvalReport = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Evaluation as a stage: a model (optionally steered by a run's expert ranking) into an
 //! evaluation folder — a run directory's `eval/<variant>/` or the folder `steermoe eval --out`
-//! names ([`EvalDir`]).
+//! names ([`EvalDir`]). With an HTTP judge, its verdicts on the answers are added to the report
+//! (`llm_judge`), asked through the folder's verdict cache (`judge_cache.jsonl`).
 
 use burn::tensor::backend::Backend;
 
 use super::{EvalConfig, EvalError, EvalEvent, EvalReport, EvalSets, Steering, evaluate};
 use crate::analysis::select::steering_sets;
 use crate::data::ChatTokenizer;
-use crate::judge::Judge;
+use crate::judge::{HttpJudge, Judge, VerdictCache};
 use crate::model::MoeLm;
 use crate::run_dir::{EvalDir, RunDir, SteerSetting};
 
@@ -52,11 +53,15 @@ pub struct Evaluator<'a, B: Backend> {
     pub tokenizer: &'a ChatTokenizer,
     /// The refusal judge.
     pub judge: &'a dyn Judge,
+    /// The LLM judge asked in addition (`[judge] kind = "http"`).
+    pub llm_judge: Option<&'a HttpJudge>,
     /// Where it runs.
     pub device: &'a B::Device,
 }
 
-/// Evaluate on `sets` with `steering` and write the report and every answer into `out`.
+/// Evaluate on `sets` with `steering` and write the report and every answer into `out`; with an
+/// LLM judge, judge the answers again with it (through `out`'s verdict cache) and report its
+/// rates beside the judge's.
 pub fn evaluate_into<B: Backend>(
     e: &Evaluator<'_, B>,
     sets: &EvalSets,
@@ -65,7 +70,7 @@ pub fn evaluate_into<B: Backend>(
     out: &EvalDir,
     progress: impl FnMut(EvalEvent),
 ) -> Result<EvalReport, EvalError> {
-    let eval = evaluate(
+    let mut eval = evaluate(
         e.model,
         &e.name,
         e.tokenizer,
@@ -76,6 +81,21 @@ pub fn evaluate_into<B: Backend>(
         e.device,
         progress,
     )?;
+    if let Some(judge) = e.llm_judge {
+        let mut cache = VerdictCache::open(out.judge_cache())?;
+        let llm = super::llm_judge(judge, &eval, &mut cache);
+        tracing::info!(
+            "{}: LLM judge {} decided {} answers ({} from the cache, {} requests), {} unparsed, {} failed",
+            e.name,
+            llm.model,
+            llm.judged,
+            llm.cached,
+            llm.requests,
+            llm.unparsed,
+            llm.failed
+        );
+        eval.report.llm_judge = Some(llm);
+    }
     out.write(&eval.report, &eval.responses)?;
     Ok(eval.report)
 }

@@ -319,7 +319,7 @@ fn run_stage<B: AutodiffBackend>(
             let c = Collector {
                 model: &model,
                 tokenizer: &pre.tokenizer,
-                judge: &cfg.judge,
+                judge: &cfg.judge.phrase,
                 device: env.device,
             };
             crate::collect::collect(&c, &pre.batches, &cfg.collect, dir, |e| {
@@ -376,7 +376,7 @@ fn run_stage<B: AutodiffBackend>(
                         _ => Steering::default(),
                     };
                     let model = base()?.valid();
-                    let e = evaluator(cfg, &model, &cfg.model.dir, &pre.tokenizer, env.device);
+                    let e = evaluator(cfg, pre, &model, &cfg.model.dir, &pre.tokenizer, env.device);
                     evaluate_into(&e, sets, &cfg.eval, &s, &dir.eval(v), |p| {
                         on_event(Event::Eval(*v, p))
                     })?
@@ -390,7 +390,7 @@ fn run_stage<B: AutodiffBackend>(
                         cfg.model.precision,
                     )?;
                     let tokenizer = cfg.model.tokenizer(&path)?;
-                    let e = evaluator(cfg, &model, &path, &tokenizer, env.device);
+                    let e = evaluator(cfg, pre, &model, &path, &tokenizer, env.device);
                     evaluate_into(
                         &e,
                         sets,
@@ -407,9 +407,10 @@ fn run_stage<B: AutodiffBackend>(
     Ok(())
 }
 
-/// What evaluates `model` (read from `dir`, its name in the report) with `cfg`'s judge.
+/// What evaluates `model` (read from `dir`, its name in the report) with `cfg`'s judges.
 fn evaluator<'a, B: Backend>(
     cfg: &'a Config,
+    pre: &'a Preflight,
     model: &'a MoeLm<B>,
     dir: &std::path::Path,
     tokenizer: &'a ChatTokenizer,
@@ -419,7 +420,8 @@ fn evaluator<'a, B: Backend>(
         model,
         name: dir.display().to_string(),
         tokenizer,
-        judge: &cfg.judge,
+        judge: &cfg.judge.phrase,
+        llm_judge: pre.llm_judge.as_ref(),
         device,
     }
 }
@@ -460,7 +462,14 @@ pub fn evaluate<B: AutodiffBackend>(
     };
     let _lock = out.lock()?;
     let model = env.models.get(&cfg.model, env.device)?.valid();
-    let e = evaluator(cfg, &model, &cfg.model.dir, &pre.tokenizer, env.device);
+    let e = evaluator(
+        cfg,
+        &pre,
+        &model,
+        &cfg.model.dir,
+        &pre.tokenizer,
+        env.device,
+    );
     let sets = pre
         .eval_sets
         .as_ref()

@@ -128,7 +128,7 @@ pub fn plant<B: AutodiffBackend>(
         .eval_sets
         .as_ref()
         .expect("pre-flight builds the held-out sets");
-    let (prompts, marker) = behaviour_prompts(p, &cfg.data, cfg.eval.max_goals, &cfg.judge)?;
+    let (prompts, marker) = behaviour_prompts(p, &cfg.data, cfg.eval.max_goals, &cfg.judge.phrase)?;
     on_event(Event::Notice(
         "measuring the base and the planted model on the held-out sets".into(),
     ));
@@ -137,7 +137,7 @@ pub fn plant<B: AutodiffBackend>(
             model,
             &name,
             &cfg.eval,
-            &cfg.judge,
+            &cfg.judge.phrase,
             &pre.tokenizer,
             sets,
             &prompts,

@@ -6,7 +6,8 @@
 //! the backend is compiled in, the training devices exist, the model directory's config reads and
 //! its tokenizer fits its embeddings, the dataset reads and its split names records of it with
 //! no record both trained on and held out, the batches collect plans can be made, every prompt
-//! and its answer fit the model's positions, and the held-out sets can be built.
+//! and its answer fit the model's positions, the held-out sets can be built, and an HTTP judge's
+//! API key is in the environment.
 
 use super::PipelineError;
 use crate::Error;
@@ -34,6 +35,9 @@ pub struct Preflight {
     /// The planted experts the analysis is scored against (`analysis.truth`, or the model's own
     /// `planted.json`), when analyze is among the stages.
     pub truth: Option<Truth>,
+    /// The LLM judge evaluations ask in addition (`[judge] kind = "http"`, when an evaluation
+    /// is among the stages).
+    pub llm_judge: Option<crate::judge::HttpJudge>,
     /// Things the user must know although nothing is wrong (e.g. an evaluation that is not
     /// held out).
     pub notices: Vec<String>,
@@ -102,7 +106,12 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         .into());
     }
     let mut eval_sets = None;
+    let mut llm_judge = None;
     if evaluates {
+        if let Some(http) = &cfg.judge.http {
+            llm_judge =
+                Some(crate::judge::HttpJudge::new(http).map_err(crate::eval::EvalError::from)?);
+        }
         cfg.data.check_heldout().map_err(PipelineError::from)?;
         if !cfg.eval.benign_path.is_file() {
             return Err(missing("eval.benign_path", &cfg.eval.benign_path, "file").into());
@@ -130,6 +139,7 @@ pub fn preflight(cfg: &Config, stages: &[Stage]) -> Result<Preflight, Error> {
         tokenizer,
         batches,
         eval_sets,
+        llm_judge,
         truth,
         notices,
     })

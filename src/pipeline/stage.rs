@@ -68,7 +68,8 @@ impl Stage {
             "model": model,
             "data": cfg.data,
             "collect": cfg.collect,
-            "judge": cfg.judge,
+            // Collect labels its samples with the phrase judge only.
+            "judge": cfg.judge.phrase,
             "seed": sampling_seed(&cfg.collect.sampling, cfg.seed),
         });
         let random = cfg.analysis.experts == ExpertSource::Random;
@@ -91,12 +92,20 @@ impl Stage {
             }
             json!({"model": model, "data": cfg.data, "judge": cfg.judge, "eval": eval, "seed": sampling_seed(&cfg.eval.sampling, cfg.seed)})
         };
+        let with_judge = |mut v: Value| {
+            if let Value::Object(m) = &mut v {
+                m.insert("judge".into(), json!(cfg.judge));
+            }
+            v
+        };
         match self {
             Stage::Collect => collect.clone(),
             Stage::Analyze => analyze(),
             Stage::Train => train(),
             Stage::Eval(Variant::Base) => base_eval(),
-            Stage::Eval(Variant::Steered(s)) => {
+            // Collect's and train's `judge` is the phrase judge only; an evaluation depends on
+            // the whole table (an HTTP judge adds to its report).
+            Stage::Eval(Variant::Steered(s)) => with_judge({
                 let a = &cfg.analysis;
                 let ranking = json!({
                     "token_scope": a.token_scope,
@@ -108,8 +117,8 @@ impl Stage {
                     merged(base_eval(), collect.clone()),
                     json!({"analysis": ranking, "steer": steer, "seed": random.then_some(cfg.seed)}),
                 )
-            }
-            Stage::Eval(Variant::Trained) => merged(base_eval(), train()),
+            }),
+            Stage::Eval(Variant::Trained) => with_judge(merged(base_eval(), train())),
         }
     }
 
@@ -194,5 +203,32 @@ mod tests {
         let changed =
             crate::run_dir::changed_keys(&Stage::Train.inputs(&a), &Stage::Train.inputs(&b));
         assert_eq!(changed, vec!["train.lr".to_string()]);
+    }
+
+    #[test]
+    fn an_http_judge_shapes_the_evaluations_only() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.judge.http = Some(crate::judge::HttpJudgeConfig {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            model: "judge".into(),
+            ..Default::default()
+        });
+        for s in [Stage::Collect, Stage::Analyze, Stage::Train] {
+            assert_eq!(s.key(&a), s.key(&b), "{s}");
+        }
+        let steer = Variant::Steered(SteerSetting {
+            activate_safe: 1,
+            deactivate_unsafe: 0,
+        });
+        for v in [Variant::Base, steer, Variant::Trained] {
+            assert_ne!(Stage::Eval(v).key(&a), Stage::Eval(v).key(&b), "{v:?}");
+            assert_eq!(Stage::Eval(v).inputs(&b)["judge"]["kind"], "http", "{v:?}");
+        }
+        // A phrase-only table fingerprints as before the HTTP judge: the PhraseJudge itself.
+        assert_eq!(
+            Stage::Eval(Variant::Base).inputs(&a)["judge"],
+            serde_json::to_value(&a.judge.phrase).unwrap()
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The eval stage's artifacts, in `eval/<variant>/` of a run directory or any folder
 //! `steermoe eval --out` names: `eval.json` ([`EvalReport`], written last: it marks the
-//! evaluation finished) and `responses.jsonl` ([`ResponseRecord`]).
+//! evaluation finished) and `responses.jsonl` ([`ResponseRecord`]); with an HTTP judge,
+//! `judge_cache.jsonl` ([`CachedVerdict`]: its verdicts, appended as they arrive).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{JsonFile, JsonLines};
 use super::{DirLock, RunDirError};
+use crate::judge::{CachedVerdict, Rubric};
 use crate::model::ExpertId;
 
 /// How many answers of a set the judge counted (refused, or complied for jailbreaks).
@@ -111,6 +113,90 @@ pub struct EvalReport {
     /// Share of StrongREJECT's prompts refused.
     #[serde(default)]
     pub strongreject_refusal_rate: Option<f64>,
+    /// The HTTP judge's verdicts on the same answers (`[judge] kind = "http"`); every field
+    /// above is the phrase judge's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_judge: Option<LlmJudgeReport>,
+}
+
+/// The HTTP judge's rates in an [`EvalReport`], counted over the answers it decided (an
+/// unparsed or failed one is in no count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmJudgeReport {
+    /// Its endpoint (`judge.base_url`).
+    pub base_url: String,
+    /// Its model (`judge.model`).
+    pub model: String,
+    /// The rubric it answered.
+    pub rubric: Rubric,
+    /// Rubric `harm`: the score from which an answer is a successful jailbreak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harm_success_at: Option<u8>,
+    /// Share of jailbreaks it judged complied with (pooled as the report's `jailbreak`).
+    pub asr: Option<f64>,
+    /// Share of plain goals it judged refused.
+    pub plain_refusal_rate: Option<f64>,
+    /// Share of benign instructions it judged refused (`None` with rubric `harm`, which does
+    /// not tell a helpful benign answer from a refusal, and asks nothing about them).
+    pub benign_refusal_rate: Option<f64>,
+    /// Share of XSTest's safe prompts it judged refused (`None` with rubric `harm`).
+    #[serde(default)]
+    pub xstest_over_refusal_rate: Option<f64>,
+    /// Share of XSTest's unsafe prompts it judged refused.
+    #[serde(default)]
+    pub xstest_unsafe_refusal_rate: Option<f64>,
+    /// Share of StrongREJECT's prompts it judged refused.
+    #[serde(default)]
+    pub strongreject_refusal_rate: Option<f64>,
+    /// Jailbreaks: `hits` = complied.
+    pub jailbreak: Count,
+    /// Plain goals: `hits` = refused.
+    pub plain: Count,
+    /// Benign instructions: `hits` = refused (`None`: not judged).
+    #[serde(default)]
+    pub benign: Option<Count>,
+    /// XSTest's safe prompts: `hits` = refused.
+    #[serde(default)]
+    pub xstest_safe: Option<Count>,
+    /// XSTest's unsafe prompts: `hits` = refused.
+    #[serde(default)]
+    pub xstest_unsafe: Option<Count>,
+    /// StrongREJECT's prompts: `hits` = refused.
+    #[serde(default)]
+    pub strongreject: Option<Count>,
+    /// Each attack family's counts, as the report's `families`.
+    #[serde(default)]
+    pub families: Vec<FamilyReport>,
+    /// Answers where its refusal verdict differs from the phrase judge's.
+    pub disagreements: usize,
+    /// Answers it decided.
+    pub judged: usize,
+    /// Answers whose every reply was outside the rubric.
+    pub unparsed: usize,
+    /// Answers whose every request failed.
+    pub failed: usize,
+    /// Answers decided without a request (the cache, or a repeated pair).
+    pub cached: usize,
+    /// HTTP requests made, retries included.
+    pub requests: usize,
+}
+
+impl LlmJudgeReport {
+    /// Fill the rates from the counts.
+    pub fn with_rates(mut self) -> Self {
+        self.asr = self.jailbreak.rate();
+        self.plain_refusal_rate = self.plain.rate();
+        self.benign_refusal_rate = self.benign.and_then(Count::rate);
+        self.xstest_over_refusal_rate = self.xstest_safe.and_then(Count::rate);
+        self.xstest_unsafe_refusal_rate = self.xstest_unsafe.and_then(Count::rate);
+        self.strongreject_refusal_rate = self.strongreject.and_then(Count::rate);
+        self.families = self
+            .families
+            .into_iter()
+            .map(FamilyReport::with_rates)
+            .collect();
+        self
+    }
 }
 
 /// One attack family's held-out counts in an [`EvalReport`].
@@ -207,6 +293,11 @@ impl EvalDir {
     /// `responses.jsonl`.
     pub fn responses(&self) -> JsonLines<ResponseRecord> {
         JsonLines::at(self.root.join("responses.jsonl"))
+    }
+
+    /// `judge_cache.jsonl`: the HTTP judge's verdicts, appended as they arrive.
+    pub fn judge_cache(&self) -> JsonLines<CachedVerdict> {
+        JsonLines::at(self.root.join("judge_cache.jsonl"))
     }
 
     /// Whether the evaluation is finished: both files there and read back.

@@ -156,19 +156,51 @@ impl<T: Serialize + DeserializeOwned> JsonLines<T> {
         self.read().is_ok()
     }
 
+    /// The lines that parse, and how many did not (a missing file is empty): for files
+    /// appended to as work goes, whose last line a kill may have cut.
+    pub fn read_valid(&self) -> Result<(Vec<T>, usize), RunDirError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(source) => {
+                return Err(RunDirError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let mut bad = 0;
+        let items = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| {
+                let item = serde_json::from_str(l).ok();
+                bad += usize::from(item.is_none());
+                item
+            })
+            .collect();
+        Ok((items, bad))
+    }
+
     /// Write `items`, one a line, atomically (replacing the file).
     pub fn write(&self, items: &[T]) -> Result<(), RunDirError> {
         write_atomic(&self.path, lines(items).as_bytes())
     }
 
-    /// Append `items` to the file (created if missing). Not atomic: for files rewritten whole
-    /// at their stage's start and end (`samples.jsonl`).
+    /// Append `items` to the file (created, with its folder, if missing). Not atomic: for files
+    /// rewritten whole at their stage's start and end (`samples.jsonl`), or read with
+    /// [`JsonLines::read_valid`] (`judge_cache.jsonl`).
     pub fn append(&self, items: &[T]) -> Result<(), RunDirError> {
         use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
+        let parent = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        parent
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+            })
             .and_then(|mut f| f.write_all(lines(items).as_bytes()))
             .map_err(|source| RunDirError::Io {
                 path: self.path.clone(),

@@ -429,7 +429,13 @@ impl RunDir {
             }
             Stage::Eval(v) => {
                 let e = self.eval(v);
-                vec![rel(e.responses().path()), rel(e.report().path())]
+                let mut files = vec![rel(e.responses().path())];
+                // The HTTP judge's verdicts, when it ran.
+                if e.judge_cache().path().is_file() {
+                    files.push(rel(e.judge_cache().path()));
+                }
+                files.push(rel(e.report().path()));
+                files
             }
         }
     }

@@ -615,6 +615,7 @@ pub(crate) mod tests {
             xstest_unsafe_refusal_rate: None,
             strongreject: None,
             strongreject_refusal_rate: None,
+            llm_judge: None,
         }
         .with_rates()
     }
