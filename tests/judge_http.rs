@@ -250,11 +250,21 @@ fn the_cache_is_written_and_a_rerun_asks_nothing() {
         assert_eq!(*v, want, "item {i}");
     }
     let lines = out.judge_cache().read().unwrap();
-    assert_eq!(lines.len(), 20, "decided verdicts only, each once");
+    assert_eq!(
+        lines.len(),
+        21,
+        "settled replies only (20 verdicts and the unparsed one), each once"
+    );
 
-    // A rerun reading the same file: the decided pairs are not asked again.
-    items.remove(20);
+    // A rerun reading the same file asks nothing again, the unparsed reply included (it is
+    // reported as unparsed again, not guessed).
     let before = mock.requests();
+    let mut cache = VerdictCache::open(out.judge_cache()).unwrap();
+    let again = j.judge_all(&items, &mut cache);
+    assert_eq!(again.requests, 0);
+    assert!(matches!(again.verdicts[20], Verdict::Unparsed(_)));
+    assert_eq!(mock.requests(), before);
+    items.remove(20);
     let mut cache = VerdictCache::open(out.judge_cache()).unwrap();
     let second = j.judge_all(&items, &mut cache);
     assert_eq!(second.requests, 0);
