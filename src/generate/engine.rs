@@ -214,7 +214,7 @@ pub fn generate<B: Backend>(
 }
 
 /// Logits of the last position, `[batch, vocab]`.
-fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+pub fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, seq, vocab] = logits.dims();
     logits
         .slice([0..batch, seq - 1..seq, 0..vocab])

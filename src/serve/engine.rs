@@ -25,7 +25,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::{TokenRouting, Usage};
 use crate::data::ChatTokenizer;
 use crate::eval::Steering;
-use crate::generate::{Sampler, Sampling};
+use crate::generate::{Sampler, Sampling, last_logits};
 use crate::model::{ExpertExecution, KvCache, LmInput, LmOutput, MoeLm, Routing};
 
 /// One request as the engine runs it.
@@ -260,7 +260,7 @@ impl<B: Backend> Batch<B> {
         let capture = job.routed_experts || job.router_logits;
         let mut own = KvCache::new(model.num_layers());
         let out = forward(model, input, &mut own, &self.routing, capture);
-        let routing = capture.then(|| row_routing(&out, 0, &job)).flatten();
+        let routing = capture.then(|| routings(&out, std::iter::once(&job)).remove(0));
         let logits = last_logits(out.logits);
         let have = self.cache.len();
         let start = if self.rows.is_empty() {
@@ -358,8 +358,9 @@ impl<B: Backend> Batch<B> {
         let capture = self.capture();
         let out = forward(model, input, &mut self.cache, &self.routing, capture);
         if capture {
-            for (i, row) in self.rows.iter_mut().enumerate() {
-                row.next_routing = row_routing(&out, i, &row.job);
+            let all = routings(&out, self.rows.iter().map(|r| &r.job));
+            for (row, r) in self.rows.iter_mut().zip(all) {
+                row.next_routing = Some(r);
             }
         }
         self.rows.iter_mut().for_each(|r| r.len += 1);
@@ -468,45 +469,58 @@ fn forward<B: Backend>(
     }
 }
 
-/// `[batch, vocab]` logits of the last position.
-fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [batch, seq, vocab] = logits.dims();
-    logits
-        .slice([0..batch, seq - 1..seq, 0..vocab])
-        .reshape([batch, vocab])
-}
-
-/// Row `row`'s routing at the last position of a captured pass, as much as its job asked for.
-fn row_routing<B: Backend>(out: &LmOutput<B>, row: usize, job: &Job) -> Option<TokenRouting> {
-    let mut r = TokenRouting::default();
-    if job.routed_experts
-        && let Some(chosen) = &out.chosen
-    {
-        let [layers, _, seq, k] = chosen.dims();
-        let values: Vec<i64> = chosen
+/// Every row's routing at the last position of a captured pass (each as much as its job asked
+/// for), read from the device once for the whole batch.
+fn routings<'a, B: Backend>(
+    out: &LmOutput<B>,
+    jobs: impl Iterator<Item = &'a Job>,
+) -> Vec<TokenRouting> {
+    let chosen = out.chosen.as_ref().map(|c| {
+        let [layers, rows, seq, k] = c.dims();
+        let v: Vec<i64> = c
             .clone()
-            .slice([0..layers, row..row + 1, seq - 1..seq, 0..k])
+            .slice([0..layers, 0..rows, seq - 1..seq, 0..k])
             .into_data()
             .iter::<i64>()
             .collect();
-        r.routed_experts = values
-            .chunks(k)
-            .map(|c| c.iter().map(|&e| e as u16).collect())
-            .collect();
-    }
-    if job.router_logits
-        && let Some(logits) = &out.router_logits
-    {
-        let [layers, _, seq, experts] = logits.dims();
-        let values: Vec<f32> = logits
+        (v, [layers, rows, k])
+    });
+    let logits = out.router_logits.as_ref().map(|l| {
+        let [layers, rows, seq, experts] = l.dims();
+        let v: Vec<f32> = l
             .clone()
-            .slice([0..layers, row..row + 1, seq - 1..seq, 0..experts])
+            .slice([0..layers, 0..rows, seq - 1..seq, 0..experts])
             .into_data()
             .iter::<f32>()
             .collect();
-        r.router_logits = values.chunks(experts).map(|c| c.to_vec()).collect();
-    }
-    Some(r)
+        (v, [layers, rows, experts])
+    });
+    jobs.enumerate()
+        .map(|(row, job)| {
+            let mut r = TokenRouting::default();
+            if job.routed_experts
+                && let Some((v, [layers, rows, k])) = &chosen
+            {
+                r.routed_experts = (0..*layers)
+                    .map(|l| {
+                        let at = (l * rows + row) * k;
+                        v[at..at + k].iter().map(|&e| e as u16).collect()
+                    })
+                    .collect();
+            }
+            if job.router_logits
+                && let Some((v, [layers, rows, experts])) = &logits
+            {
+                r.router_logits = (0..*layers)
+                    .map(|l| {
+                        let at = (l * rows + row) * experts;
+                        v[at..at + experts].to_vec()
+                    })
+                    .collect();
+            }
+            r
+        })
+        .collect()
 }
 
 /// Each row's next token: one argmax on the device when every row is greedy, else every row's
