@@ -236,7 +236,7 @@ fn the_cache_is_written_and_a_rerun_asks_nothing() {
         .iter()
         .map(|a| ("p".to_string(), a.clone()))
         .collect();
-    let mut cache = VerdictCache::open(out.judge_cache()).unwrap();
+    let mut cache = out.open_judge_cache().unwrap();
     let first = j.judge_all(&items, &mut cache);
     assert_eq!(first.requests, 20 + 3);
     assert_eq!(first.cached, 1, "the repeated pair");
@@ -259,13 +259,13 @@ fn the_cache_is_written_and_a_rerun_asks_nothing() {
     // A rerun reading the same file asks nothing again, the unparsed reply included (it is
     // reported as unparsed again, not guessed).
     let before = mock.requests();
-    let mut cache = VerdictCache::open(out.judge_cache()).unwrap();
+    let mut cache = out.open_judge_cache().unwrap();
     let again = j.judge_all(&items, &mut cache);
     assert_eq!(again.requests, 0);
     assert!(matches!(again.verdicts[20], Verdict::Unparsed(_)));
     assert_eq!(mock.requests(), before);
     items.remove(20);
-    let mut cache = VerdictCache::open(out.judge_cache()).unwrap();
+    let mut cache = out.open_judge_cache().unwrap();
     let second = j.judge_all(&items, &mut cache);
     assert_eq!(second.requests, 0);
     assert_eq!(mock.requests(), before);
@@ -282,7 +282,7 @@ fn the_cache_is_written_and_a_rerun_asks_nothing() {
     // Another rubric or judge model is another key.
     let mut other = mock.config(Rubric::Refusal);
     other.model = "mock-judge ".into();
-    let mut cache = VerdictCache::open(out.judge_cache()).unwrap();
+    let mut cache = out.open_judge_cache().unwrap();
     let third = judge(&other).judge_all(&items[..1], &mut cache);
     assert_eq!(third.cached, 0);
     assert_eq!(third.requests, 3, "the mock rejects that model name");

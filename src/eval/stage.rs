@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use super::{EvalConfig, EvalError, EvalEvent, EvalReport, EvalSets, Steering, evaluate};
 use crate::analysis::select::steering_sets;
 use crate::data::ChatTokenizer;
-use crate::judge::{HttpJudge, Judge, VerdictCache};
+use crate::judge::{HttpJudge, Judge};
 use crate::model::MoeLm;
 use crate::run_dir::{EvalDir, RunDir, SteerSetting};
 
@@ -82,7 +82,7 @@ pub fn evaluate_into<B: Backend>(
         progress,
     )?;
     if let Some(judge) = e.llm_judge {
-        let mut cache = VerdictCache::open(out.judge_cache())?;
+        let mut cache = out.open_judge_cache()?;
         let llm = super::llm_judge(judge, &eval, &mut cache);
         tracing::info!(
             "{}: LLM judge {} decided {} answers ({} from the cache, {} requests), {} unparsed, {} failed",

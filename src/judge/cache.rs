@@ -1,5 +1,5 @@
-//! The verdict cache of the HTTP judge: `judge_cache.jsonl` in an evaluation folder
-//! ([`crate::run_dir::EvalDir::judge_cache`]), one [`CachedVerdict`] a line.
+//! The verdict cache of the HTTP judge. An evaluation folder backs it with `judge_cache.jsonl`,
+//! one [`CachedVerdict`] a line (`EvalDir::open_judge_cache` in the run-directory module).
 //!
 //! A verdict is keyed by the judge (endpoint and model), the rubric, the prompt and the answer
 //! ([`cache_key`]: 64-bit FNV-1a of their JSON array, the same on every run and machine). The
@@ -14,8 +14,6 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Rubric, Verdict};
-use crate::run_dir::RunDirError;
-use crate::run_dir::files::JsonLines;
 
 /// One line of `judge_cache.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,11 +40,24 @@ pub fn cache_key(judge: &str, rubric: Rubric, prompt: &str, answer: &str) -> Str
     format!("{:016x}", fnv1a64(tuple.as_bytes()))
 }
 
-/// Verdicts by key, backed by a JSON-lines file (or by nothing, [`VerdictCache::in_memory`]).
-#[derive(Debug, Default)]
+/// Where new verdicts go as they arrive (e.g. appended to a file); an error is a message.
+pub type VerdictSink = Box<dyn FnMut(&CachedVerdict) -> Result<(), String> + Send>;
+
+/// Verdicts by key, each new one also handed to a [`VerdictSink`] (or to nothing,
+/// [`VerdictCache::in_memory`]).
+#[derive(Default)]
 pub struct VerdictCache {
-    file: Option<JsonLines<CachedVerdict>>,
+    sink: Option<VerdictSink>,
     map: HashMap<String, Verdict>,
+}
+
+impl std::fmt::Debug for VerdictCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerdictCache")
+            .field("verdicts", &self.map.len())
+            .field("backed", &self.sink.is_some())
+            .finish()
+    }
 }
 
 impl VerdictCache {
@@ -55,22 +66,14 @@ impl VerdictCache {
         Self::default()
     }
 
-    /// The cache in `file`: its verdicts loaded (a missing file is empty). Lines that do not
-    /// parse, such as one cut by a kill, are dropped and the file rewritten without them.
-    pub fn open(file: JsonLines<CachedVerdict>) -> Result<Self, RunDirError> {
-        let (entries, bad) = file.read_valid()?;
-        if bad > 0 {
-            tracing::warn!(
-                "{}: dropped {bad} unreadable line(s)",
-                file.path().display()
-            );
-            file.write(&entries)?;
-        }
+    /// A cache holding `entries` (a later entry of a key wins), handing each new verdict to
+    /// `sink`.
+    pub fn backed(entries: Vec<CachedVerdict>, sink: VerdictSink) -> Self {
         let map = entries.into_iter().map(|e| (e.key, e.verdict)).collect();
-        Ok(Self {
-            file: Some(file),
+        Self {
+            sink: Some(sink),
             map,
-        })
+        }
     }
 
     /// The verdict stored under `key`.
@@ -78,16 +81,18 @@ impl VerdictCache {
         self.map.get(key)
     }
 
-    /// Store `verdict` under `key`, appending it to the file.
-    pub fn insert(&mut self, key: String, verdict: Verdict) -> Result<(), RunDirError> {
-        if let Some(file) = &self.file {
-            file.append(&[CachedVerdict {
+    /// Store `verdict` under `key` and hand it to the sink (its error, if any, is returned after
+    /// the verdict is stored).
+    pub fn insert(&mut self, key: String, verdict: Verdict) -> Result<(), String> {
+        let sunk = match &mut self.sink {
+            Some(sink) => sink(&CachedVerdict {
                 key: key.clone(),
                 verdict: verdict.clone(),
-            }])?;
-        }
+            }),
+            None => Ok(()),
+        };
         self.map.insert(key, verdict);
-        Ok(())
+        sunk
     }
 
     /// Verdicts held.
@@ -125,22 +130,5 @@ mod tests {
         ] {
             assert_ne!(k, other);
         }
-    }
-
-    #[test]
-    fn the_file_survives_a_cut_line_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = JsonLines::at(dir.path().join("judge_cache.jsonl"));
-        let mut c = VerdictCache::open(file.clone()).unwrap();
-        assert!(c.is_empty());
-        c.insert("a".into(), Verdict::Refusal).unwrap();
-        c.insert("b".into(), Verdict::Harm(4)).unwrap();
-        let mut text = std::fs::read_to_string(file.path()).unwrap();
-        text.push_str("{\"key\":\"c\",\"verd");
-        std::fs::write(file.path(), text).unwrap();
-        let c = VerdictCache::open(file.clone()).unwrap();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.get("b"), Some(&Verdict::Harm(4)));
-        assert_eq!(file.read().unwrap().len(), 2, "the cut line is gone");
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{JsonFile, JsonLines};
 use super::{DirLock, RunDirError};
-use crate::judge::{CachedVerdict, Rubric};
+use crate::judge::{CachedVerdict, Rubric, VerdictCache};
 use crate::model::ExpertId;
 
 /// How many answers of a set the judge counted (refused, or complied for jailbreaks).
@@ -300,6 +300,26 @@ impl EvalDir {
         JsonLines::at(self.root.join("judge_cache.jsonl"))
     }
 
+    /// The HTTP judge's verdict cache backed by [`EvalDir::judge_cache`]: its verdicts loaded (a
+    /// missing file is empty), each new one appended as it arrives. Lines that do not parse, such
+    /// as one cut by a kill, are dropped and the file rewritten without them.
+    pub fn open_judge_cache(&self) -> Result<VerdictCache, RunDirError> {
+        let file = self.judge_cache();
+        let (entries, bad) = file.read_valid()?;
+        if bad > 0 {
+            tracing::warn!(
+                "{}: dropped {bad} unreadable line(s)",
+                file.path().display()
+            );
+            file.write(&entries)?;
+        }
+        let sink = move |v: &CachedVerdict| {
+            file.append(std::slice::from_ref(v))
+                .map_err(|e| e.to_string())
+        };
+        Ok(VerdictCache::backed(entries, Box::new(sink)))
+    }
+
     /// Whether the evaluation is finished: both files there and read back.
     pub fn is_done(&self) -> bool {
         self.report().reads_back() && self.responses().reads_back()
@@ -345,5 +365,33 @@ impl EvalDir {
         };
         found.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::Verdict;
+
+    #[test]
+    fn the_judge_cache_survives_a_cut_line_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = EvalDir::at(dir.path().to_path_buf());
+        let mut c = out.open_judge_cache().unwrap();
+        assert!(c.is_empty());
+        c.insert("a".into(), Verdict::Refusal).unwrap();
+        c.insert("b".into(), Verdict::Harm(4)).unwrap();
+        let path = out.judge_cache().path().to_path_buf();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"key\":\"c\",\"verd");
+        std::fs::write(&path, text).unwrap();
+        let c = out.open_judge_cache().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get("b"), Some(&Verdict::Harm(4)));
+        assert_eq!(
+            out.judge_cache().read().unwrap().len(),
+            2,
+            "the cut line is gone"
+        );
     }
 }
