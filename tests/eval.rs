@@ -193,6 +193,7 @@ fn steering_forces_the_listed_experts_into_and_out_of_every_top_k() {
     let steer = Steering {
         activate: vec![[0, 3], [1, 5]],
         deactivate: vec![[0, 1], [1, 2]],
+        ..Steering::default()
     };
     let routing = steer.routing::<B>(2, 8, &device).with_capture(true);
     let ids = Tensor::<B, 2, Int>::from_data(

@@ -1,7 +1,10 @@
-//! `[analysis]`: which tokens the risk difference counts and how unsafe experts are picked.
+//! `[analysis]`: how experts are ranked (risk difference of activation rates, or the causal
+//! effect of removing each one), which tokens the risk difference counts, and how unsafe experts
+//! are picked.
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Removal;
 use crate::validate::{Invalid, at_least, within};
 
 /// `[analysis]`.
@@ -18,14 +21,96 @@ pub struct AnalysisConfig {
     pub global_threshold: f64,
     /// Unsafe experts kept per batch and globally.
     pub top_k: usize,
-    /// `risk_diff` (the method); `random`: the matched ablation, the risk-difference sets under a
-    /// random relabelling of the experts drawn from `seed`; `anti_ranked`: the experts with the
-    /// most negative risk difference; `planted`: the planted experts themselves (the oracle; needs
-    /// a planted model).
+    /// `risk_diff` (the method: the sets of `ranking`, whichever it is); `random`: the matched
+    /// ablation, those sets under a random relabelling of the experts drawn from `seed`;
+    /// `anti_ranked`: the other end of the ranking (the most negative risk difference or effect);
+    /// `planted`: the planted experts themselves (the oracle; needs a planted model).
     pub experts: ExpertSource,
     /// The planted experts to score the rankings against (`recovery.json`): a `planted.json`;
     /// unset, the model directory's own `planted.json` if it has one.
     pub truth: Option<std::path::PathBuf>,
+    /// How experts are ranked: `"riskdiff"` (which experts the jailbreaks *use*: the risk
+    /// difference of activation rates), `"ablation"` (which experts *produce* the behaviour: the
+    /// rise of the answer NLL when each expert is removed, every expert ablated exactly),
+    /// `"attribution"` (its first-order estimate, one backward pass per batch), or
+    /// `"attribution+ablation"` (attribution over every expert, then exact ablation of the
+    /// `ablate_top` best).
+    pub ranking: Ranking,
+    /// Which effect ranks (effect rankings): `"specific"` (the rise on the jailbreaks' answers
+    /// minus the rise on the plain goals' refusals, so that experts every answer needs are not
+    /// picked) or `"unsafe"` (the rise on the jailbreaks' answers alone).
+    pub score: EffectScore,
+    /// How an expert is removed for the ranking's effect: `"zero"` (its routing weight set to
+    /// 0) or `"route"` (routed around: the next expert takes its slot). Exact ablation measures
+    /// both; attribution is the first-order effect of zeroing.
+    pub removal: Removal,
+    /// Experts ablated exactly after attribution (`"attribution+ablation"`).
+    pub ablate_top: usize,
+    /// Answer tokens counted per answer in the effects (0 = all): the first ones decide between
+    /// a refusal and compliance.
+    pub answer_tokens: usize,
+}
+
+/// How experts are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Ranking {
+    /// The risk difference of activation rates over `token_scope`.
+    #[serde(rename = "riskdiff")]
+    RiskDiff,
+    /// Exact ablation of every expert.
+    #[serde(rename = "ablation")]
+    Ablation,
+    /// Attribution patching: gradient × routing weight.
+    #[serde(rename = "attribution")]
+    Attribution,
+    /// Attribution, then exact ablation of the `ablate_top` best.
+    #[serde(rename = "attribution+ablation")]
+    AttributionAblation,
+}
+
+impl Ranking {
+    /// Every ranking, in the order reports list them.
+    pub const ALL: [Ranking; 4] = [
+        Ranking::RiskDiff,
+        Ranking::Attribution,
+        Ranking::AttributionAblation,
+        Ranking::Ablation,
+    ];
+
+    /// Whether it needs the model (an effect ranking).
+    pub fn is_causal(self) -> bool {
+        self != Ranking::RiskDiff
+    }
+}
+
+impl std::fmt::Display for Ranking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ranking::RiskDiff => "riskdiff",
+            Ranking::Ablation => "ablation",
+            Ranking::Attribution => "attribution",
+            Ranking::AttributionAblation => "attribution+ablation",
+        })
+    }
+}
+
+/// Which effect ranks the experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectScore {
+    /// Rise on the jailbreaks' answers minus rise on the plain goals' refusals.
+    Specific,
+    /// Rise on the jailbreaks' answers.
+    Unsafe,
+}
+
+impl std::fmt::Display for EffectScore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EffectScore::Specific => "specific",
+            EffectScore::Unsafe => "unsafe",
+        })
+    }
 }
 
 impl Default for AnalysisConfig {
@@ -38,6 +123,11 @@ impl Default for AnalysisConfig {
             top_k: 50,
             experts: ExpertSource::RiskDiff,
             truth: None,
+            ranking: Ranking::RiskDiff,
+            score: EffectScore::Specific,
+            removal: Removal::Zero,
+            ablate_top: 128,
+            answer_tokens: 16,
         }
     }
 }
@@ -46,6 +136,9 @@ impl AnalysisConfig {
     /// Check the values: thresholds are risk differences, finite and in [-1, 1].
     pub fn validate(&self) -> Result<(), Invalid> {
         at_least("analysis.top_k", self.top_k, 1)?;
+        if self.ranking == Ranking::AttributionAblation {
+            at_least("analysis.ablate_top", self.ablate_top, 1)?;
+        }
         if self.token_scope == TokenScope::GenerationFirstN {
             at_least("analysis.first_n", self.first_n, 1)?;
         }

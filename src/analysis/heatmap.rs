@@ -1,8 +1,10 @@
-//! `risk_diff_heatmap.png`: the aggregated risk difference as a layers × experts grid, red where
-//! an expert is more active on jailbreaks, blue where more active on the plain goals, white at
-//! zero, scaled symmetrically by the largest |risk_diff|; layer and expert axes, a colour bar with
-//! its values, the selected (global unsafe) experts outlined, and — on a planted model — the
-//! planted experts marked with a green dot.
+//! `risk_diff_heatmap.png` and `effects_heatmap.png`: a score of every expert as a layers ×
+//! experts grid — the aggregated risk difference (red where an expert is more active on
+//! jailbreaks, blue where more active on the plain goals) or an effect (red where removing the
+//! expert raises the jailbreaks' answer NLL more) — white at zero, grey where not measured,
+//! scaled symmetrically by the largest magnitude; layer and expert axes, a colour bar with its
+//! values, the selected (global unsafe) experts outlined, and — on a planted model — the planted
+//! experts marked with a green dot.
 
 use plotters::prelude::*;
 
@@ -20,16 +22,21 @@ fn diverging(t: f64) -> RGBColor {
     }
 }
 
-/// The heatmap of `values` (`[layers, experts]`, row-major) as PNG bytes, `outlined` experts
-/// framed in black, `planted` ones marked with a green dot.
+/// The heatmap of `values` (`[layers, experts]`, row-major; NaN: blank) titled `title` as PNG
+/// bytes, `outlined` experts framed in black, `planted` ones marked with a green dot.
 pub fn png(
+    title: &str,
     values: &[f64],
     layers: usize,
     experts: usize,
     outlined: &[ExpertId],
     planted: &[ExpertId],
 ) -> Result<Vec<u8>, PlotError> {
-    let scale = values.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    let scale = values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f64, |m, v| m.max(v.abs()))
+        .max(1e-12);
     let cell = (960 / experts.max(1)).clamp(12, 48) as u32;
     let grid_w = cell * experts as u32;
     let width = (grid_w + 260).max(600);
@@ -37,14 +44,7 @@ pub fn png(
     crate::plot::png(width, height, |root| {
         let (main, bar) = root.split_horizontally(width - 150);
         let mut chart = ChartBuilder::on(&main)
-            .caption(
-                if planted.is_empty() {
-                    "Risk difference (top-k rate, jailbreak − plain)"
-                } else {
-                    "Risk difference (jailbreak − plain); framed: selected, dot: planted"
-                },
-                (FONT, 18),
-            )
+            .caption(title, (FONT, 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
@@ -88,10 +88,12 @@ pub fn png(
                 (0..layers)
                     .flat_map(|l| (0..experts).map(move |e| (l, e)))
                     .map(|(l, e)| {
-                        Rectangle::new(
-                            at(l, e),
-                            diverging(values[l * experts + e] / scale).filled(),
-                        )
+                        let v = values[l * experts + e];
+                        let colour = match v.is_finite() {
+                            true => diverging(v / scale),
+                            false => RGBColor(200, 200, 200),
+                        };
+                        Rectangle::new(at(l, e), colour.filled())
                     }),
             )
             .map_err(err)?;
@@ -181,7 +183,7 @@ mod tests {
     #[test]
     fn the_hottest_cell_is_drawn_red() {
         let pixels = |planted: &[ExpertId]| {
-            let bytes = png(&[1.0, 0.0, -0.5, 0.0], 2, 2, &[[0, 0]], planted).unwrap();
+            let bytes = png("t", &[1.0, 0.0, -0.5, 0.0], 2, 2, &[[0, 0]], planted).unwrap();
             let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
                 .read_info()
                 .unwrap();

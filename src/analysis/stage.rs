@@ -8,46 +8,23 @@ use std::path::PathBuf;
 
 use safetensors::Dtype;
 
+use super::answers::{self, AnsweredBatch};
 use super::config::AnalysisConfig;
+use super::effects::{Effects, descending};
+pub use super::error::AnalysisError;
 use super::heatmap;
 use super::risk::{
     RiskRow, SampleRouting, TokenScope, aggregate, by_risk, count_batch, risk_table,
 };
 use super::select::{
     ExpertId, ExpertSource, SelectionParams, apply, mask, random_ranking, relabel, union,
-    unsafe_experts,
 };
 use crate::data::batch::Label;
+use crate::run_dir::RunDir;
 pub use crate::run_dir::analysis::UnsafeExperts;
 use crate::run_dir::analysis::{RankingRecovery, Recovery, RiskCsvRow};
 use crate::run_dir::records::RoutingIndex;
 use crate::run_dir::routing as routing_file;
-use crate::run_dir::{RunDir, RunDirError};
-
-/// What can go wrong analysing.
-#[derive(Debug, thiserror::Error)]
-pub enum AnalysisError {
-    /// A collect artifact is missing or malformed.
-    #[error("{}: {reason}", path.display())]
-    Input {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// No batch has both safe and unsafe samples.
-    #[error("{}: no batch has both safe and unsafe samples with routing", run_dir.display())]
-    Empty {
-        /// The run directory.
-        run_dir: PathBuf,
-    },
-    /// Reading the collected run or writing the outputs.
-    #[error(transparent)]
-    RunDir(#[from] RunDirError),
-    /// Drawing the heatmap.
-    #[error(transparent)]
-    Plot(#[from] crate::plot::PlotError),
-}
 
 /// What the terminal summary shows.
 #[derive(Debug, Clone)]
@@ -228,17 +205,6 @@ fn risk_tables(
     (tables, skipped, tokens)
 }
 
-/// `rows` with every risk difference negated: what ranks the experts most active on the plain
-/// goals first.
-fn negated(rows: &[RiskRow]) -> Vec<RiskRow> {
-    rows.iter()
-        .map(|r| RiskRow {
-            risk_diff: -r.risk_diff,
-            ..r.clone()
-        })
-        .collect()
-}
-
 /// Every expert of `rows`, most suspect first, with its score.
 fn ranked(rows: &[RiskRow]) -> Vec<(ExpertId, f64)> {
     by_risk(rows)
@@ -247,13 +213,23 @@ fn ranked(rows: &[RiskRow]) -> Vec<(ExpertId, f64)> {
         .collect()
 }
 
+/// The collected answers of every batch of the run in `dir`, what an effect ranking measures on.
+pub fn answered(dir: &RunDir, cfg: &AnalysisConfig) -> Result<Vec<AnsweredBatch>, AnalysisError> {
+    let index = dir.routing_index().read()?;
+    let batches: Vec<usize> = index.batches.iter().map(|b| b.batch_idx).collect();
+    Ok(answers::read(dir, &batches, cfg.answer_tokens)?)
+}
+
 /// Analyse the collected run in `dir` and write the artifacts there; `seed` (the config's) draws
-/// the random ablation; with `truth` (a planted model), also `recovery.json`.
+/// the random ablation; with `truth` (a planted model), also `recovery.json`. An effect ranking
+/// (`cfg.ranking`) ranks by `effects` (measured by [`super::effects::measure`] on the
+/// collected answers: [`answered`]) and writes them too.
 pub fn analyze(
     dir: &RunDir,
     cfg: &AnalysisConfig,
     seed: u64,
     truth: Option<&Truth>,
+    effects: Option<&Effects>,
 ) -> Result<AnalysisSummary, AnalysisError> {
     let index = dir.routing_index().read()?;
     let (layers, experts) = (index.layers, index.experts);
@@ -285,41 +261,90 @@ pub fn analyze(
         });
     }
     let agg = aggregate(&tables.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
+    if cfg.ranking.is_causal() != effects.is_some() {
+        return Err(AnalysisError::Input {
+            path: dir.path().to_path_buf(),
+            reason: format!(
+                "analysis.ranking = \"{}\" {} measured effects",
+                cfg.ranking,
+                if effects.is_some() {
+                    "takes no"
+                } else {
+                    "needs"
+                }
+            ),
+        });
+    }
 
-    let select = |rows: &[RiskRow], threshold: f64| unsafe_experts(rows, threshold, cfg.top_k);
+    // The scores that rank: each batch's and the aggregate's, `[layers × experts]`; the risk
+    // difference, or an effect ranking's scores (experts kept where the effect is positive).
+    let grid = |rows: &[RiskRow]| rows.iter().map(|r| r.risk_diff).collect::<Vec<f64>>();
+    let (batch_scores, agg_scores, order, thresholds): (Vec<Vec<f64>>, Vec<f64>, Vec<usize>, _) =
+        match effects {
+            None => (
+                tables.iter().map(|(_, t)| grid(t)).collect(),
+                grid(&agg),
+                descending(&grid(&agg)),
+                (cfg.batch_threshold, cfg.global_threshold),
+            ),
+            Some(e) => (
+                tables
+                    .iter()
+                    .map(|(b, _)| {
+                        e.per_batch
+                            .iter()
+                            .find(|(eb, _)| eb == b)
+                            .map_or_else(|| e.score.clone(), |(_, s)| s.clone())
+                    })
+                    .collect(),
+                e.score.clone(),
+                e.order.iter().map(|&[l, x]| l * experts + x).collect(),
+                (0.0, 0.0),
+            ),
+        };
+    let id = |i: usize| -> ExpertId { [i / experts, i % experts] };
+    let select = |scores: &[f64], threshold: f64| -> Vec<ExpertId> {
+        descending(scores)
+            .into_iter()
+            .filter(|&i| scores[i] > threshold)
+            .take(cfg.top_k)
+            .map(id)
+            .collect()
+    };
+    let negate = |v: &[f64]| v.iter().map(|x| -x).collect::<Vec<f64>>();
     let (per_batch, global, ranking): (Vec<Vec<ExpertId>>, Vec<ExpertId>, Vec<ExpertId>) = match cfg
         .experts
     {
         ExpertSource::RiskDiff => (
-            tables
+            batch_scores
                 .iter()
-                .map(|(_, t)| select(t, cfg.batch_threshold))
+                .map(|t| select(t, thresholds.0))
                 .collect(),
-            select(&agg, cfg.global_threshold),
-            ranked(&agg).into_iter().map(|(id, _)| id).collect(),
+            select(&agg_scores, thresholds.1),
+            order.iter().map(|&i| id(i)).collect(),
         ),
         ExpertSource::Random => {
             let map = relabel(layers, experts, seed);
             (
-                tables
+                batch_scores
                     .iter()
-                    .map(|(_, t)| apply(&map, &select(t, cfg.batch_threshold), experts))
+                    .map(|t| apply(&map, &select(t, thresholds.0), experts))
                     .collect(),
-                apply(&map, &select(&agg, cfg.global_threshold), experts),
+                apply(&map, &select(&agg_scores, thresholds.1), experts),
                 random_ranking(layers, experts, seed),
             )
         }
-        ExpertSource::AntiRanked => {
-            let anti = negated(&agg);
-            (
-                tables
-                    .iter()
-                    .map(|(_, t)| select(&negated(t), cfg.batch_threshold))
-                    .collect(),
-                select(&anti, cfg.global_threshold),
-                ranked(&anti).into_iter().map(|(id, _)| id).collect(),
-            )
-        }
+        ExpertSource::AntiRanked => (
+            batch_scores
+                .iter()
+                .map(|t| select(&negate(t), thresholds.0))
+                .collect(),
+            select(&negate(&agg_scores), thresholds.1),
+            descending(&negate(&agg_scores))
+                .into_iter()
+                .map(id)
+                .collect(),
+        ),
         ExpertSource::Planted => {
             let t = truth.ok_or_else(|| AnalysisError::Input {
                 path: dir.path().to_path_buf(),
@@ -327,9 +352,9 @@ pub fn analyze(
             })?;
             let mut ranking = t.experts.clone();
             ranking.extend(
-                ranked(&agg)
-                    .into_iter()
-                    .map(|(id, _)| id)
+                order
+                    .iter()
+                    .map(|&i| id(i))
                     .filter(|id| !t.experts.contains(id)),
             );
             (
@@ -352,13 +377,24 @@ pub fn analyze(
             token_scope: cfg.scope_name(),
             experts: cfg.experts.to_string(),
             seed: (cfg.experts == ExpertSource::Random).then_some(seed),
+            ranking: cfg.ranking.to_string(),
+            score: effects.map(|_| cfg.score.to_string()),
+            removal: effects.map(|_| cfg.removal.to_string()),
         },
     };
 
     let planted = truth.map_or(&[][..], |t| &t.experts[..]);
+    if let Some(e) = effects {
+        super::effects_report::write(dir, e, cfg, &grid(&agg), &result.global, planted)?;
+    }
     write_outputs(dir, &tables, &agg, &result, layers, experts, planted)?;
     if let Some(t) = truth {
-        dir.recovery().write(&recovery(&batches, &index, cfg, t))?;
+        let mut r = recovery(&batches, &index, cfg, t);
+        if let Some(e) = effects {
+            r.rankings
+                .extend(super::effects_report::recoveries(e, cfg, &t.experts));
+        }
+        dir.recovery().write(&r)?;
     }
     let order = by_risk(&agg);
     Ok(AnalysisSummary {
@@ -505,7 +541,12 @@ fn write_outputs(
     file.write(&bytes)?;
 
     let grid: Vec<f64> = agg.iter().map(|r| r.risk_diff).collect();
+    let title = match planted.is_empty() {
+        true => "Risk difference (top-k rate, jailbreak − plain)",
+        false => "Risk difference (jailbreak − plain); framed: selected, dot: planted",
+    };
     dir.risk_heatmap().write(&heatmap::png(
+        title,
         &grid,
         layers,
         experts,

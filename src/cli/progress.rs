@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use steermoe::analysis::AnalysisSummary;
+use steermoe::analysis::{AnalysisSummary, EffectsEvent};
 use steermoe::collect::CollectEvent;
 use steermoe::config::Config;
 use steermoe::eval::EvalEvent;
@@ -147,6 +147,21 @@ impl Progress {
                         s.tokens += n;
                         b.set_message(s.token_rate());
                     }
+                }
+            }
+            Event::Effects(EffectsEvent::Start(n)) => {
+                if let Some(b) = s.bar.take() {
+                    b.finish_and_clear();
+                }
+                let b = bar(
+                    "effects {bar:30} {pos}/{len} forward passes  [{elapsed_precise}<{eta_precise}]",
+                );
+                b.set_length(n as u64);
+                s.bar = Some(b);
+            }
+            Event::Effects(EffectsEvent::Pass) => {
+                if let Some(b) = &s.bar {
+                    b.inc(1)
                 }
             }
             Event::Analyzed(summary) => print_analysis(&summary, self.show),

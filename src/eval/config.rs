@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::generate::Sampling;
+use crate::model::Removal;
 use crate::run_dir::{SteerSetting, Variant};
 use crate::validate::{Invalid, at_least, ensure, not_blank};
 
@@ -45,6 +46,10 @@ pub struct EvalConfig {
     /// StrongREJECT (harmful requests): records with `prompt`, each answered as one user turn
     /// and counted when refused. `None`: not evaluated.
     pub strongreject_path: Option<PathBuf>,
+    /// How steering's forced-off experts leave the routing: `"route"` (the SteerMoE paper's:
+    /// the next expert takes the slot) or `"zero"` (the routing weight set to 0, the other
+    /// experts keep theirs) — the two ways analysis ablates an expert.
+    pub removal: Removal,
 }
 
 impl Default for EvalConfig {
@@ -70,6 +75,7 @@ impl Default for EvalConfig {
             nll_max_len: 512,
             xstest_path: None,
             strongreject_path: None,
+            removal: Removal::Route,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::data::{ChatTokenizer, DataError, Message};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
 use crate::model::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
-use crate::model::{LmInput, MoeLm, Routing};
+use crate::model::{LmInput, MoeLm, Removal, Routing};
 use crate::run_dir::eval::ResponseRecord;
 
 /// What can go wrong evaluating.
@@ -99,6 +99,9 @@ pub struct Steering {
     pub activate: Vec<ExpertId>,
     /// Forced off, `(layer, expert)`.
     pub deactivate: Vec<ExpertId>,
+    /// How the forced-off experts leave the routing (`eval.removal`; the paper's: routed
+    /// around).
+    pub removal: Removal,
 }
 
 impl Steering {
@@ -120,7 +123,11 @@ impl Steering {
                 Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [layers, experts]), device)
             })
         };
-        Routing::free().with_forced(forced(&self.activate), forced(&self.deactivate))
+        let routing = Routing::free().with_forced(forced(&self.activate), None);
+        match forced(&self.deactivate) {
+            Some(off) => routing.without(off, self.removal),
+            None => routing,
+        }
     }
 }
 
@@ -486,6 +493,7 @@ mod tests {
         let s = Steering {
             activate: vec![[0, 1]],
             deactivate: vec![[2, 3]],
+            ..Steering::default()
         };
         let r = s.routing::<B>(3, 4, &Default::default());
         let mut on = vec![false; 12];
@@ -494,5 +502,20 @@ mod tests {
         off[2 * 4 + 3] = true;
         assert_eq!(rows(r.force_on), on);
         assert_eq!(rows(r.force_off), off);
+        assert!(r.weight_scale.is_none());
+        // Zeroed instead: the same experts scaled by 0, nothing routed around.
+        let r = Steering {
+            removal: Removal::Zero,
+            ..s
+        }
+        .routing::<B>(3, 4, &Default::default());
+        assert!(r.force_off.is_none());
+        let scale: Vec<f32> = r.weight_scale.unwrap().into_data().to_vec().unwrap();
+        assert_eq!(
+            scale,
+            off.iter()
+                .map(|&o| if o { 0.0 } else { 1.0 })
+                .collect::<Vec<_>>()
+        );
     }
 }

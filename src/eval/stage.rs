@@ -9,18 +9,20 @@ use super::{EvalConfig, EvalError, EvalEvent, EvalReport, EvalSets, Steering, ev
 use crate::analysis::select::steering_sets;
 use crate::data::ChatTokenizer;
 use crate::judge::{HttpJudge, Judge};
-use crate::model::MoeLm;
+use crate::model::{MoeLm, Removal};
 use crate::run_dir::{EvalDir, RunDir, SteerSetting};
 
 /// The experts `setting` forces on and off, from the expert ranking of the analysed run `dir`
 /// (the random ablation's ranking is random; see [`steering_sets`]), for a model of `layers` MoE
-/// layers × `experts` experts choosing `top_k`.
+/// layers × `experts` experts choosing `top_k`; forced-off experts leave the routing as `removal`
+/// says.
 pub fn steering(
     dir: &RunDir,
     setting: SteerSetting,
     layers: usize,
     experts: usize,
     top_k: usize,
+    removal: Removal,
 ) -> Result<Steering, EvalError> {
     let file = dir.unsafe_experts();
     let analysis = file.read()?;
@@ -40,6 +42,7 @@ pub fn steering(
     Ok(Steering {
         activate,
         deactivate,
+        removal,
     })
 }
 

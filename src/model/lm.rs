@@ -319,6 +319,54 @@ impl<B: Backend> MoeLm<B> {
         routing: &Routing<B>,
         keep_chosen: bool,
     ) -> Decoded<B> {
+        let (x, frame) = self.frame(input, cache.as_deref_mut());
+        let mut layers = Layers::default();
+        let x = self.layers_from(
+            x,
+            0,
+            &frame,
+            cache.as_deref_mut(),
+            routing,
+            keep_chosen,
+            &mut layers,
+        );
+        if let Some(cache) = cache {
+            cache.commit(frame.seq);
+        }
+        let [batch, seq] = [frame.batch, frame.seq];
+        Decoded {
+            hidden: self.model.norm.forward(x),
+            router_logits: (!layers.router_logits.is_empty()).then(|| {
+                Tensor::stack(
+                    layers
+                        .router_logits
+                        .into_iter()
+                        .map(|l| {
+                            let experts = l.dims()[1];
+                            l.reshape([batch, seq, experts])
+                        })
+                        .collect(),
+                    0,
+                )
+            }),
+            chosen: (!layers.chosen.is_empty()).then(|| {
+                Tensor::stack(
+                    layers
+                        .chosen
+                        .into_iter()
+                        .map(|c| {
+                            let k = c.dims()[1];
+                            c.reshape([batch, seq, k])
+                        })
+                        .collect(),
+                    0,
+                )
+            }),
+        }
+    }
+
+    /// The embeddings of `input` and what every layer reads beside them (positions, masks).
+    fn frame(&self, input: LmInput<B>, cache: Option<&mut KvCache<B>>) -> (Tensor<B, 3>, Frame<B>) {
         let [batch, seq] = input.input_ids.dims();
         let device = input.input_ids.device();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -333,7 +381,7 @@ impl<B: Backend> MoeLm<B> {
                 .unwrap_or(0),
         );
         let make = |len| Constants::new(len, &self.rope, &device);
-        let constants = match cache.as_deref_mut() {
+        let constants = match cache {
             Some(c) => c.constants(need, make),
             None => make(need),
         };
@@ -345,15 +393,51 @@ impl<B: Backend> MoeLm<B> {
         });
         let (cos, sin) = self.rope.cos_sin(positions, constants.inv_freq());
         let masked = attention_mask(input.attention_mask, batch, seq, past, keys, &constants);
+        let x = self.model.embed_tokens.forward(input.input_ids);
+        (
+            x,
+            Frame {
+                batch,
+                seq,
+                cos,
+                sin,
+                masked,
+                constants,
+            },
+        )
+    }
 
-        let mut x = self.model.embed_tokens.forward(input.input_ids);
-        let mut router_logits = Vec::new();
-        let mut chosen = Vec::new();
-        let mut moe_layer = 0;
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = x + layer.self_attn.forward(h, &cos, &sin, &masked, layer_cache);
+    /// Decoder layers `start..` on the residual stream `x` entering layer `start` (its attention
+    /// skipped when `x` is `layers.resume`'s: see [`MoeLm::resume`]); routing logits, choices
+    /// and (with `layers.keep_trunk`) the residual before each MoE block go into `layers`.
+    #[allow(clippy::too_many_arguments)]
+    fn layers_from(
+        &self,
+        mut x: Tensor<B, 3>,
+        start: usize,
+        frame: &Frame<B>,
+        mut cache: Option<&mut KvCache<B>>,
+        routing: &Routing<B>,
+        keep_chosen: bool,
+        layers: &mut Layers<B>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = [frame.batch, frame.seq];
+        let mut moe_layer = self.model.layers[..start]
+            .iter()
+            .filter(|l| l.mlp.moe().is_some())
+            .count();
+        for (i, layer) in self.model.layers.iter().enumerate().skip(start) {
+            if !(i == start && layers.skip_first_attention) {
+                let h = layer.input_layernorm.forward(x.clone());
+                let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+                x = x + layer.self_attn.forward(
+                    h,
+                    &frame.cos,
+                    &frame.sin,
+                    &frame.masked,
+                    layer_cache,
+                );
+            }
             let h = layer.post_attention_layernorm.forward(x.clone());
             let block = match &layer.mlp {
                 FeedForward::Moe(block) => block,
@@ -369,31 +453,106 @@ impl<B: Backend> MoeLm<B> {
                     continue;
                 }
             };
+            if layers.keep_trunk {
+                layers.trunk.push(x.clone());
+            }
             let stacked = cache.as_deref().and_then(|c| c.stacked_experts(moe_layer));
             let layer_routing = routing
                 .layer(moe_layer)
-                .with_index(constants.range(0..block.experts.len()));
+                .with_index(frame.constants.range(0..block.experts.len()));
             let moe = block.forward(h, &layer_routing, self.execution, stacked);
             moe_layer += 1;
             x = x + moe.hidden;
-            if let Some(logits) = moe.router_logits {
-                let experts = logits.dims()[1];
-                router_logits.push(logits.reshape([batch, seq, experts]));
-            }
-            if let Some(c) = moe.chosen.filter(|_| keep_chosen) {
-                let k = c.dims()[1];
-                chosen.push(c.reshape([batch, seq, k]));
-            }
+            layers.router_logits.extend(moe.router_logits);
+            layers.chosen.extend(moe.chosen.filter(|_| keep_chosen));
         }
-        if let Some(cache) = cache {
-            cache.commit(seq);
-        }
-        Decoded {
+        x
+    }
+
+    /// A forward pass with no cache that keeps the residual stream entering every MoE block: the
+    /// start of [`MoeLm::resume`], which re-runs only the layers a change to one MoE layer
+    /// reaches.
+    pub fn trunk(&self, input: LmInput<B>, routing: &Routing<B>) -> Trunk<B> {
+        let (x, frame) = self.frame(input, None);
+        let mut layers = Layers {
+            keep_trunk: true,
+            ..Layers::default()
+        };
+        let x = self.layers_from(x, 0, &frame, None, routing, false, &mut layers);
+        Trunk {
             hidden: self.model.norm.forward(x),
-            router_logits: (!router_logits.is_empty()).then(|| Tensor::stack(router_logits, 0)),
-            chosen: (!chosen.is_empty()).then(|| Tensor::stack(chosen, 0)),
+            at_moe: layers.trunk,
+            frame,
         }
     }
+
+    /// The final hidden states `[batch, seq, hidden]` (after the final norm) of `trunk`'s input
+    /// with MoE layer `moe_layer` and every layer above it run under `routing`: the layers below
+    /// it, and its attention, are the trunk's. Equal to [`MoeLm::forward_hidden`] under a routing
+    /// that differs from the trunk's only from `moe_layer` up.
+    pub fn resume(&self, trunk: &Trunk<B>, moe_layer: usize, routing: &Routing<B>) -> Tensor<B, 3> {
+        let start = self.moe_layers()[moe_layer];
+        let mut layers = Layers {
+            skip_first_attention: true,
+            ..Layers::default()
+        };
+        let x = self.layers_from(
+            trunk.at_moe[moe_layer].clone(),
+            start,
+            &trunk.frame,
+            None,
+            routing,
+            false,
+            &mut layers,
+        );
+        self.model.norm.forward(x)
+    }
+}
+
+/// What every decoder layer of one pass reads beside the residual stream.
+#[derive(Debug, Clone)]
+struct Frame<B: Backend> {
+    batch: usize,
+    seq: usize,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    masked: Tensor<B, 4, Bool>,
+    constants: Constants<B>,
+}
+
+/// What [`MoeLm::layers_from`] collects, and how it starts.
+#[derive(Debug)]
+struct Layers<B: Backend> {
+    /// The first layer's attention is already in the residual stream.
+    skip_first_attention: bool,
+    /// Keep the residual stream entering each MoE block.
+    keep_trunk: bool,
+    trunk: Vec<Tensor<B, 3>>,
+    router_logits: Vec<Tensor<B, 2>>,
+    chosen: Vec<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> Default for Layers<B> {
+    fn default() -> Self {
+        Self {
+            skip_first_attention: false,
+            keep_trunk: false,
+            trunk: Vec::new(),
+            router_logits: Vec::new(),
+            chosen: Vec::new(),
+        }
+    }
+}
+
+/// One forward pass kept where [`MoeLm::resume`] restarts it.
+#[derive(Debug, Clone)]
+pub struct Trunk<B: Backend> {
+    /// `[batch, seq, hidden]` final hidden states (after the final norm) of the pass.
+    pub hidden: Tensor<B, 3>,
+    /// `[batch, seq, hidden]` per MoE layer: the residual stream entering its block (after its
+    /// decoder layer's attention).
+    pub at_moe: Vec<Tensor<B, 3>>,
+    frame: Frame<B>,
 }
 
 /// Which (query, key) pairs may not attend: `[batch, 1, seq, keys]`, `true` = masked.

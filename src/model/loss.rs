@@ -82,14 +82,31 @@ pub fn targeted_lm_loss<B: Backend>(
     head: &burn::nn::Linear<B>,
     targets: &Targets<B>,
 ) -> Tensor<B, 1> {
+    let n = targets.len();
+    token_nll(hidden, head, targets)
+        .sum()
+        .div_scalar(n.max(1) as f64)
+}
+
+/// The next-token cross-entropy at each counted position, in float32, applying `head` there
+/// only (as [`targeted_lm_loss`], which is their mean).
+///
+/// # Shapes
+/// - `hidden`: `[batch, seq, hidden]` → `[targets]`
+pub fn token_nll<B: Backend>(
+    hidden: Tensor<B, 3>,
+    head: &burn::nn::Linear<B>,
+    targets: &Targets<B>,
+) -> Tensor<B, 1> {
     let [batch, seq, width] = hidden.dims();
     let rows = hidden
         .reshape([batch * seq, width])
         .select(0, targets.positions.clone());
     let logp = log_softmax(to_f32(dense_linear(head, rows)), 1);
     let n = targets.len();
-    let picked = logp.gather(1, targets.labels.clone().reshape([n, 1]));
-    picked.sum().neg().div_scalar(n.max(1) as f64)
+    logp.gather(1, targets.labels.clone().reshape([n, 1]))
+        .neg()
+        .reshape([n])
 }
 
 /// The Switch-Transformer load-balancing loss OLMoE adds (times `router_aux_loss_coef`) when

@@ -26,8 +26,8 @@ pub use cache::KvCache;
 pub use checkpoint::{Precision, load, random, save};
 pub use config::{Arch, ModelConfig};
 pub use experts::{Choice, Expert, ExpertExecution, StackedExperts};
-pub use lm::{Decoded, FeedForward, LmInput, LmOutput, MoeLm};
-pub use routing::Routing;
+pub use lm::{Decoded, FeedForward, LmInput, LmOutput, MoeLm, Trunk};
+pub use routing::{Removal, Routing};
 
 /// A (MoE layer, expert) pair: MoE layers counted in order, dense layers skipped.
 pub type ExpertId = [usize; 2];

@@ -14,6 +14,14 @@
 //!   token's highest log-probability + 0.01 (so it joins every token's top-k), each *forced-off*
 //!   expert its lowest − 0.01 (so it leaves it), and the routing weights are the softmax of these
 //!   scores. Both extremes are taken before either change.
+//! - *remove* experts ([`Routing::without`], the one path by which analysis ablates an expert and
+//!   `eval` and `serve` force one off), in either of two ways ([`Removal`]): *routed around* —
+//!   the forced-off score above, so the next expert takes its slot — or *zeroed* — its routing
+//!   weight multiplied by 0 after the top-k, so its contribution goes and every other expert
+//!   keeps its weight;
+//! - *scale* each expert's routing weight ([`Routing::with_weight_scale`]): zeroing is a scale of 0;
+//!   at a scale of 1 the forward pass is unchanged and the gradient of a loss with respect to
+//!   the scale is the first-order effect of zeroing (attribution patching).
 //!
 //! Ties in the top-k go to the lower expert index (a stable descending sort's order); a tie
 //! between two allowed experts has measure zero with real logits, and ties between masked experts
@@ -32,6 +40,35 @@ use super::experts::{Choice, to_f32};
 /// Added to the logits of masked experts, as `mask_router` in `make_fixtures.py` does.
 pub const MASK_PENALTY: f32 = -1e9;
 
+/// How an expert is taken out of the routing.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Removal {
+    /// Its router score set below every other (the SteerMoE paper's forced-off expert): it
+    /// leaves the top-k and the next expert takes the slot.
+    #[default]
+    Route,
+    /// Its routing weight set to 0 after the top-k: its contribution is removed and the other
+    /// experts keep their weights (and their slots).
+    Zero,
+}
+
+impl Removal {
+    /// Both, in the order reports list them.
+    pub const ALL: [Removal; 2] = [Removal::Zero, Removal::Route];
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Removal::Route => "route",
+            Removal::Zero => "zero",
+        })
+    }
+}
+
 /// How the routers behave on one forward pass.
 #[derive(Clone, Debug)]
 pub struct Routing<B: Backend> {
@@ -41,6 +78,9 @@ pub struct Routing<B: Backend> {
     pub force_on: Option<Tensor<B, 2, Bool>>,
     /// `[layers, experts]`, `true` = forced out of every token's top-k (steering).
     pub force_off: Option<Tensor<B, 2, Bool>>,
+    /// `[layers, experts]` float32: each expert's routing weight is multiplied by its entry
+    /// after the top-k (and its renormalisation).
+    pub weight_scale: Option<Tensor<B, 2>>,
     /// Return each layer's router logits (before mask and steering) and chosen experts.
     pub capture: bool,
 }
@@ -51,6 +91,7 @@ impl<B: Backend> Default for Routing<B> {
             allow: None,
             force_on: None,
             force_off: None,
+            weight_scale: None,
             capture: false,
         }
     }
@@ -102,6 +143,30 @@ impl<B: Backend> Routing<B> {
         self
     }
 
+    /// Take the experts of `off` out of the routing, the way `how` says (the one path of ablation
+    /// and forced-off steering): routed around is [`Routing::with_forced`]'s forced-off score,
+    /// zeroed a [`Routing::with_weight_scale`] of 0. Forced-off experts or a scale already set
+    /// are replaced.
+    ///
+    /// # Shapes
+    /// - `off`: `[layers, experts]`, `true` = removed
+    pub fn without(mut self, off: Tensor<B, 2, Bool>, how: Removal) -> Self {
+        match how {
+            Removal::Route => self.force_off = Some(off),
+            Removal::Zero => self.weight_scale = Some(off.bool_not().float()),
+        }
+        self
+    }
+
+    /// Multiply each expert's routing weight by `scale` (float32).
+    ///
+    /// # Shapes
+    /// - `scale`: `[layers, experts]`
+    pub fn with_weight_scale(mut self, scale: Tensor<B, 2>) -> Self {
+        self.weight_scale = Some(scale);
+        self
+    }
+
     /// Turn capture on or off.
     pub fn with_capture(mut self, capture: bool) -> Self {
         self.capture = capture;
@@ -117,6 +182,10 @@ impl<B: Backend> Routing<B> {
             }),
             force_on: self.force_on.as_ref().map(|f| layer_row(f, layer)),
             force_off: self.force_off.as_ref().map(|f| layer_row(f, layer)),
+            weight_scale: self.weight_scale.as_ref().map(|w| {
+                let [_, experts] = w.dims();
+                w.clone().slice(layer..layer + 1).reshape([experts])
+            }),
             capture: self.capture,
             index: None,
         }
@@ -138,6 +207,8 @@ pub struct LayerRouting<B: Backend> {
     pub force_on: Option<Tensor<B, 1, Bool>>,
     /// `[experts]`, `true` = forced out of the top-k.
     pub force_off: Option<Tensor<B, 1, Bool>>,
+    /// `[experts]` float32: multiplies each expert's routing weight.
+    pub weight_scale: Option<Tensor<B, 1>>,
     /// Capture the logits and the choices.
     pub capture: bool,
     /// `0..experts` on the logits' device for the top-k (`None`: made by each call).
@@ -221,11 +292,11 @@ impl<B: Backend> LayerRouting<B> {
         // reads the scores in their own dtype (the float32 cast is its first step).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(route) = crate::cube::try_route(&scores, top_k, renorm) {
-            return Choice {
+            return self.scaled(Choice {
                 weights: route.weights,
                 experts: route.indices,
                 dense: Some(route.dense),
-            };
+            });
         }
         // probs = softmax(router_logits, dtype=torch.float)
         let probs = softmax(to_f32(scores), 1);
@@ -237,10 +308,35 @@ impl<B: Backend> LayerRouting<B> {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
             weights = weights.clone() / weights.sum_dim(1);
         }
-        Choice {
+        self.scaled(Choice {
             weights,
             experts,
             dense: None,
+        })
+    }
+
+    /// `choice` with each expert's weight multiplied by its [`LayerRouting::weight_scale`].
+    fn scaled(&self, choice: Choice<B>) -> Choice<B> {
+        let Some(scale) = &self.weight_scale else {
+            return choice;
+        };
+        let [tokens, k] = choice.weights.dims();
+        let [experts] = scale.dims();
+        let at_chosen = scale
+            .clone()
+            .unsqueeze_dim::<2>(0)
+            .expand([tokens, experts])
+            .gather(1, choice.experts.clone());
+        debug_assert_eq!(at_chosen.dims(), [tokens, k]);
+        Choice {
+            weights: choice.weights * at_chosen,
+            dense: choice.dense.map(|d| {
+                d * scale
+                    .clone()
+                    .unsqueeze_dim::<2>(0)
+                    .expand([tokens, experts])
+            }),
+            experts: choice.experts,
         }
     }
 }
@@ -272,7 +368,52 @@ pub fn top_k_indexed<B: Backend>(
     if let Some(indices) = crate::cube::try_top_k(&x, k) {
         return (x.gather(1, indices.clone()), indices);
     }
+    if on_host::<B>(&x.device()) {
+        return top_k_on_host(x, k);
+    }
     top_k_by_rank(x, k, index)
+}
+
+/// Whether `B` computes on the host (burn's ndarray backend, under autodiff or not): there
+/// reading a tensor is a copy, not a device synchronisation.
+fn on_host<B: Backend>(device: &B::Device) -> bool {
+    B::name(device).contains("ndarray")
+}
+
+/// [`top_k_by_rank`]'s result computed on the host, in `O(rows · n log k)` rather than its
+/// `O(rows · n²)` comparisons (on the CPU those dominated a forward pass of 64 experts): the same
+/// order — descending, ties to the lower index, NaN ranked as −∞ — and the values gathered from
+/// `x` on its backend, so gradients flow as there.
+fn top_k_on_host<B: Backend>(x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    let [rows, n] = x.dims();
+    assert!(k <= n, "top-{k} of rows of {n} entries");
+    let values: Vec<f32> = x.to_data().convert::<f32>().to_vec().expect("float values");
+    let mut indices = Vec::with_capacity(rows * k);
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    for row in values.chunks(n.max(1)) {
+        let key = |i: usize| match row[i].is_nan() {
+            true => f32::NEG_INFINITY,
+            false => row[i],
+        };
+        let before = |a: &usize, b: &usize| {
+            key(*b)
+                .partial_cmp(&key(*a))
+                .expect("no NaN keys")
+                .then(a.cmp(b))
+        };
+        order.clear();
+        order.extend(0..n);
+        if k > 0 && k < n {
+            order.select_nth_unstable_by(k - 1, before);
+        }
+        order[..k].sort_unstable_by(before);
+        indices.extend(order[..k].iter().map(|&i| i as i64));
+    }
+    let indices = Tensor::<B, 2, Int>::from_data(
+        burn::tensor::TensorData::new(indices, [rows, k]),
+        &x.device(),
+    );
+    (x.gather(1, indices.clone()), indices)
 }
 
 /// [`top_k_indexed`] with burn's tensor ops on every backend (what the kernel is tested against).
@@ -367,6 +508,7 @@ mod tests {
             allow,
             force_on,
             force_off,
+            weight_scale: None,
             ..Routing::free().layer(0)
         }
     }
@@ -437,6 +579,15 @@ mod tests {
                 "row {r}"
             );
         }
+        // By rank on the device (what the GPU backends run without a kernel), the same, ties
+        // and NaN included.
+        let mut x = Tensor::<B, 2>::random([40, 16], burn::tensor::Distribution::Default, &device);
+        x = x.mul_scalar(4.0).round().div_scalar(4.0);
+        let x = x.clone().mask_fill(x.lower_elem(0.1), f32::NAN);
+        let (v1, i1) = top_k(x.clone(), 5);
+        let (v2, i2) = top_k_by_rank(x, 5, Tensor::arange(0..16, &device));
+        i2.into_data().assert_eq(&i1.into_data(), true);
+        v2.into_data().assert_eq(&v1.into_data(), true);
         // In chunks of 5 rows (the last one short), the same.
         let x = Tensor::<B, 2>::random([23, 16], burn::tensor::Distribution::Default, &device);
         let (v1, i1) = top_k(x.clone(), 4);

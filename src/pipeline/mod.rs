@@ -22,7 +22,7 @@ pub use preflight::{Preflight, preflight};
 pub use stage::{fingerprints, stages};
 
 use crate::Error;
-use crate::analysis::AnalysisSummary;
+use crate::analysis::{AnalysisSummary, EffectsEvent};
 use crate::backend::NotCompiled;
 use crate::collect::{CollectEvent, Collector};
 use crate::config::Config;
@@ -118,6 +118,8 @@ pub enum Event {
     Started(Stage),
     /// Collect progress.
     Collect(CollectEvent),
+    /// Progress of an effect ranking's measurements.
+    Effects(EffectsEvent),
     /// The analysis, once done.
     Analyzed(Box<AnalysisSummary>),
     /// A training step or validation.
@@ -328,8 +330,26 @@ fn run_stage<B: AutodiffBackend>(
         }
         Stage::Analyze => {
             require(dir, stage, Stage::Collect)?;
-            let summary =
-                crate::analysis::analyze(dir, &cfg.analysis, cfg.seed, pre.truth.as_ref())?;
+            let effects = match cfg.analysis.ranking.is_causal() {
+                true => {
+                    let answers = crate::analysis::answered(dir, &cfg.analysis)?;
+                    Some(crate::analysis::effects::measure(
+                        &base()?,
+                        &answers,
+                        &cfg.analysis,
+                        env.device,
+                        |e| on_event(Event::Effects(e)),
+                    ))
+                }
+                false => None,
+            };
+            let summary = crate::analysis::analyze(
+                dir,
+                &cfg.analysis,
+                cfg.seed,
+                pre.truth.as_ref(),
+                effects.as_ref(),
+            )?;
             on_event(Event::Analyzed(Box::new(summary)));
         }
         Stage::Train => {
@@ -371,7 +391,7 @@ fn run_stage<B: AutodiffBackend>(
                     let s = match v {
                         Variant::Steered(s) => {
                             require(dir, stage, Stage::Analyze)?;
-                            steer(dir, *s, &pre.model_cfg)?
+                            steer(dir, *s, &pre.model_cfg, cfg.eval.removal)?
                         }
                         _ => Steering::default(),
                     };
@@ -426,11 +446,13 @@ fn evaluator<'a, B: Backend>(
     }
 }
 
-/// The steering `setting` takes from the analysed run `dir`, for the model of `m`.
+/// The steering `setting` takes from the analysed run `dir`, for the model of `m`, its
+/// forced-off experts removed as `removal` says.
 fn steer(
     dir: &RunDir,
     setting: SteerSetting,
     m: &crate::model::ModelConfig,
+    removal: crate::model::Removal,
 ) -> Result<Steering, Error> {
     Ok(steering(
         dir,
@@ -438,6 +460,7 @@ fn steer(
         m.num_moe_layers(),
         m.num_experts,
         m.num_experts_per_tok,
+        removal,
     )?)
 }
 
@@ -457,7 +480,7 @@ pub fn evaluate<B: AutodiffBackend>(
         on_event(Event::Notice(n.clone()));
     }
     let s = match steer_by {
-        Some((run, setting)) => steer(run, setting, &pre.model_cfg)?,
+        Some((run, setting)) => steer(run, setting, &pre.model_cfg, cfg.eval.removal)?,
         None => Steering::default(),
     };
     let _lock = out.lock()?;

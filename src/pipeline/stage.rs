@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::analysis::{ExpertSource, TokenScope};
+use crate::analysis::{ExpertSource, Ranking, TokenScope};
 use crate::config::Config;
 use crate::generate::Sampling;
 use crate::run_dir::{Stage, Variant};
@@ -74,9 +74,18 @@ impl Stage {
         });
         let random = cfg.analysis.experts == ExpertSource::Random;
         let analyze = || {
+            let mut analysis = json!(cfg.analysis);
+            // The effect settings matter to the effect rankings only.
+            if let Value::Object(m) = &mut analysis
+                && !cfg.analysis.ranking.is_causal()
+            {
+                for key in ["ranking", "score", "removal", "ablate_top", "answer_tokens"] {
+                    m.remove(key);
+                }
+            }
             merged(
                 collect.clone(),
-                json!({"analysis": cfg.analysis, "seed": random.then_some(cfg.seed)}),
+                json!({"analysis": analysis, "seed": random.then_some(cfg.seed)}),
             )
         };
         let train = || {
@@ -88,7 +97,9 @@ impl Stage {
         let base_eval = || {
             let mut eval = serde_json::to_value(&cfg.eval).expect("eval settings serialise");
             if let Value::Object(m) = &mut eval {
+                // What steering alone reads goes into the steered evaluations' inputs.
                 m.remove("variants");
+                m.remove("removal");
             }
             json!({"model": model, "data": cfg.data, "judge": cfg.judge, "eval": eval, "seed": sampling_seed(&cfg.eval.sampling, cfg.seed)})
         };
@@ -107,12 +118,29 @@ impl Stage {
             // the whole table (an HTTP judge adds to its report).
             Stage::Eval(Variant::Steered(s)) => with_judge({
                 let a = &cfg.analysis;
-                let ranking = json!({
+                let mut ranking = json!({
                     "token_scope": a.token_scope,
                     "first_n": (a.token_scope == TokenScope::GenerationFirstN).then_some(a.first_n),
                     "experts": a.experts,
                 });
-                let steer = json!({"activate_safe": s.activate_safe, "deactivate_unsafe": s.deactivate_unsafe});
+                if a.ranking.is_causal()
+                    && let Value::Object(m) = &mut ranking
+                {
+                    m.insert("ranking".into(), json!(a.ranking));
+                    m.insert("score".into(), json!(a.score));
+                    m.insert("removal".into(), json!(a.removal));
+                    m.insert("answer_tokens".into(), json!(a.answer_tokens));
+                    if a.ranking == Ranking::AttributionAblation {
+                        m.insert("ablate_top".into(), json!(a.ablate_top));
+                    }
+                }
+                let mut steer = json!({"activate_safe": s.activate_safe, "deactivate_unsafe": s.deactivate_unsafe});
+                if s.deactivate_unsafe > 0
+                    && cfg.eval.removal != crate::model::Removal::Route
+                    && let Value::Object(m) = &mut steer
+                {
+                    m.insert("removal".into(), json!(cfg.eval.removal));
+                }
                 merged(
                     merged(base_eval(), collect.clone()),
                     json!({"analysis": ranking, "steer": steer, "seed": random.then_some(cfg.seed)}),

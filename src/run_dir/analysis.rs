@@ -73,6 +73,100 @@ pub struct SelectionParams {
     pub experts: String,
     /// Seed of the random ablation (`None` for the risk difference).
     pub seed: Option<u64>,
+    /// How the experts were ranked (`analysis.ranking`; `riskdiff` in files of older versions).
+    #[serde(default = "riskdiff")]
+    pub ranking: String,
+    /// The effect that ranked (`specific` or `unsafe`), with an effect ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
+    /// How an expert was removed for it (`zero` or `route`), with an effect ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<String>,
+}
+
+fn riskdiff() -> String {
+    "riskdiff".into()
+}
+
+/// `effects.json`: what an effect ranking measured (every expert's values are in
+/// `effects.safetensors`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectsReport {
+    /// `ablation`, `attribution` or `attribution+ablation`.
+    pub ranking: String,
+    /// The effect that ranks: `specific` (unsafe − safe) or `unsafe`.
+    pub score: String,
+    /// The removal whose exact effect ranks: `zero` or `route`.
+    pub removal: String,
+    /// Jailbreak answers (their compliance) measured on.
+    pub unsafe_answers: usize,
+    /// Plain-goal answers (their refusals) measured on.
+    pub safe_answers: usize,
+    /// Answer tokens counted per answer (0 = all).
+    pub answer_tokens: usize,
+    /// Answer tokens scored per forward pass over all batches.
+    pub tokens: usize,
+    /// Experts ablated exactly.
+    pub ablated: usize,
+    /// Seconds of attribution.
+    pub attribution_seconds: f64,
+    /// Seconds of exact ablation.
+    pub ablation_seconds: f64,
+    /// The ranking's first experts with every value measured for them.
+    pub top: Vec<EffectRow>,
+    /// Each ranking's first `analysis.top_k` experts.
+    pub top_sets: Vec<TopSet>,
+    /// How much each two of those sets share.
+    pub overlaps: Vec<Overlap>,
+    /// Spearman's rank correlation of attribution with exact ablation (zeroing, the configured
+    /// score) over the experts ablated, when both ran.
+    pub attribution_vs_ablation: Option<f64>,
+}
+
+/// One expert's measured effects (NLL rises in nats; `None`: not measured).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectRow {
+    /// MoE layer.
+    pub layer: usize,
+    /// Expert.
+    pub expert: usize,
+    /// The ranking's score.
+    pub score: f64,
+    /// Exact, weight zeroed: on the jailbreaks' answers.
+    pub zero_unsafe: Option<f64>,
+    /// Exact, weight zeroed: on the plain goals' answers.
+    pub zero_safe: Option<f64>,
+    /// Exact, routed around: on the jailbreaks' answers.
+    pub route_unsafe: Option<f64>,
+    /// Exact, routed around: on the plain goals' answers.
+    pub route_safe: Option<f64>,
+    /// Attribution: on the jailbreaks' answers.
+    pub attribution_unsafe: Option<f64>,
+    /// Attribution: on the plain goals' answers.
+    pub attribution_safe: Option<f64>,
+}
+
+/// A ranking's first experts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopSet {
+    /// `riskdiff`, `attribution`, `ablation (zero)`, `ablation (route)`, or the configured
+    /// ranking.
+    pub ranking: String,
+    /// Its first experts.
+    pub experts: Vec<ExpertId>,
+}
+
+/// What two top sets share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overlap {
+    /// One ranking.
+    pub a: String,
+    /// The other.
+    pub b: String,
+    /// Experts in both.
+    pub shared: usize,
+    /// `shared / |a ∪ b|`.
+    pub jaccard: f64,
 }
 
 /// A row of `risk_diff.csv` (`batch_idx` set) or `risk_diff_aggregated.csv` (`risk_diff_abs`
@@ -178,6 +272,9 @@ mod tests {
                 token_scope: "prompt".into(),
                 experts: "risk_diff".into(),
                 seed: None,
+                ranking: "riskdiff".into(),
+                score: None,
+                removal: None,
             },
         };
         assert!(u.check_shape(2, 2).unwrap_err().contains("[1, 3]"));

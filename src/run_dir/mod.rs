@@ -264,6 +264,21 @@ impl RunDir {
         BlobFile::at(self.root.join("risk_diff_heatmap.png"), BlobKind::Png)
     }
 
+    /// `effects.json` (an effect ranking's analyses only).
+    pub fn effects(&self) -> JsonFile<analysis::EffectsReport> {
+        JsonFile::at(self.root.join("effects.json"))
+    }
+
+    /// `effects.safetensors`: every expert's measured effects, `[layers, experts]` per score.
+    pub fn effects_tensors(&self) -> BlobFile {
+        BlobFile::at(self.root.join("effects.safetensors"), BlobKind::Safetensors)
+    }
+
+    /// `effects_heatmap.png`.
+    pub fn effects_heatmap(&self) -> BlobFile {
+        BlobFile::at(self.root.join("effects_heatmap.png"), BlobKind::Png)
+    }
+
     // ---- train ----
 
     /// burn-train's checkpoints (`train/`).
@@ -329,6 +344,9 @@ impl RunDir {
                 self.expert_masks().path().to_path_buf(),
                 self.risk_heatmap().path().to_path_buf(),
                 self.recovery().path().to_path_buf(),
+                self.effects().path().to_path_buf(),
+                self.effects_tensors().path().to_path_buf(),
+                self.effects_heatmap().path().to_path_buf(),
             ],
             Stage::Train => vec![
                 self.checkpoints().dir().to_path_buf(),
@@ -380,11 +398,20 @@ impl RunDir {
             }
             Stage::Analyze => {
                 // The experts must be the collected model's (an edited or foreign file is redone).
-                let fits = match (self.unsafe_experts().read(), self.routing_index().read()) {
-                    (Ok(u), Ok(index)) => u.check_shape(index.layers, index.experts).is_ok(),
-                    _ => false,
-                };
-                fits && self.risk_diff().reads_back()
+                let (fits, causal) =
+                    match (self.unsafe_experts().read(), self.routing_index().read()) {
+                        (Ok(u), Ok(index)) => (
+                            u.check_shape(index.layers, index.experts).is_ok(),
+                            u.params.ranking != "riskdiff",
+                        ),
+                        _ => (false, false),
+                    };
+                let effects = !causal
+                    || (self.effects().reads_back()
+                        && self.effects_tensors().reads_back()
+                        && self.effects_heatmap().reads_back());
+                fits && effects
+                    && self.risk_diff().reads_back()
                     && self.risk_diff_aggregated().reads_back()
                     && self.expert_masks().reads_back()
                     && self.risk_heatmap().reads_back()
@@ -414,13 +441,20 @@ impl RunDir {
                 files.push(index);
                 files
             }
-            // `recovery.json` is there on a planted model only.
-            Stage::Analyze => self
-                .stage_paths(stage)
-                .iter()
-                .filter(|p| p.exists())
-                .map(|p| rel(p))
-                .collect(),
+            // `recovery.json` is there on a planted model only, the effects with an effect
+            // ranking only; `unsafe_experts.json` marks the stage finished: link it last.
+            Stage::Analyze => {
+                let marker = rel(self.unsafe_experts().path());
+                let mut files: Vec<PathBuf> = self
+                    .stage_paths(stage)
+                    .iter()
+                    .filter(|p| p.exists())
+                    .map(|p| rel(p))
+                    .filter(|p| *p != marker)
+                    .collect();
+                files.push(marker);
+                files
+            }
             Stage::Train => {
                 let mut files = vec![rel(self.metrics().path()), rel(self.loss_curve().path())];
                 files.extend(files_under(&self.root, &rel(&self.final_model())));

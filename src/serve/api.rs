@@ -144,6 +144,10 @@ pub enum SteeringRequest {
         /// Forced out of it.
         #[serde(default)]
         deactivate: Vec<ExpertId>,
+        /// How the deactivated experts leave the routing: `"route"` (the default, SteerMoE's:
+        /// the next expert takes the slot) or `"zero"` (routing weight 0).
+        #[serde(default)]
+        removal: crate::model::Removal,
     },
 }
 

@@ -72,6 +72,7 @@ impl SteeringPolicy {
             Some(SteeringRequest::Explicit {
                 activate,
                 deactivate,
+                removal,
             }) => {
                 for (list, what) in [(activate, "activate"), (deactivate, "deactivate")] {
                     for &[l, e] in list {
@@ -83,7 +84,10 @@ impl SteeringPolicy {
                         }
                     }
                 }
-                let s = normalised(activate.clone(), deactivate.clone());
+                let s = Steering {
+                    removal: *removal,
+                    ..normalised(activate.clone(), deactivate.clone())
+                };
                 if let Some(both) = s.activate.iter().find(|id| s.deactivate.contains(id)) {
                     return Err(bad(format!(
                         "expert {both:?} is both activated and deactivated"
@@ -120,6 +124,7 @@ fn normalised(mut activate: Vec<ExpertId>, mut deactivate: Vec<ExpertId>) -> Ste
     Steering {
         activate,
         deactivate,
+        ..Steering::default()
     }
 }
 
@@ -134,13 +139,16 @@ mod tests {
             .resolve(Some(&SteeringRequest::Explicit {
                 activate: vec![[1, 3], [0, 2], [1, 3]],
                 deactivate: vec![[0, 5]],
+                removal: crate::model::Removal::Zero,
             }))
             .unwrap();
         assert_eq!(ok.activate, vec![[0, 2], [1, 3]]);
+        assert_eq!(ok.removal, crate::model::Removal::Zero);
         let out = p
             .resolve(Some(&SteeringRequest::Explicit {
                 activate: vec![[2, 0]],
                 deactivate: vec![],
+                removal: Default::default(),
             }))
             .unwrap_err();
         assert_eq!(out.status, 400);
