@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
@@ -161,8 +159,7 @@ fn attribution_ranks_like_exact_ablation_and_measurements_repeat_bit_for_bit() {
     let inner = fixture_model::<B>();
     let mut rises = Vec::new();
     for b in &batches {
-        let items: Vec<Answered> = b.items.iter().filter(|a| a.is_unsafe).cloned().collect();
-        let teacher = Teacher::<B>::new(&items, &device);
+        let teacher = Teacher::<B>::new(&b.side(true), &device);
         let base = baseline(&inner, &teacher);
         rises.extend(rise(&inner, &teacher, &base, [1, 6], Removal::Zero));
     }
@@ -179,17 +176,6 @@ fn attribution_ranks_like_exact_ablation_and_measurements_repeat_bit_for_bit() {
         (&again.attribution, &again.ablation, &again.order),
         (&e.attribution, &e.ablation, &e.order)
     );
-}
-
-fn steermoe(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
-        .arg("--no-tui")
-        .args(args)
-        .output()
-        .expect("binary runs");
-    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "steermoe {args:?}: {stderr}");
-    String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 fn config(model: &std::path::Path, data: &str) -> String {
@@ -211,7 +197,7 @@ fn ablation_ranks_the_planted_experts_first() {
     )
     .unwrap();
     let planted = tmp.path().join("planted");
-    let out = steermoe(&[
+    let out = steermoe_ok(&[
         "plant",
         "--config",
         cfg.to_str().unwrap(),
@@ -233,7 +219,7 @@ fn ablation_ranks_the_planted_experts_first() {
     );
     std::fs::write(&cfg2, config(&planted, &data)).unwrap();
     let run = tmp.path().join("run");
-    steermoe(&[
+    steermoe_ok(&[
         "run",
         "--config",
         cfg2.to_str().unwrap(),

@@ -12,17 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-fn steermoe(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))
-        .arg("--no-tui")
-        .args(args)
-        .output()
-        .expect("binary runs");
-    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "steermoe {args:?}: {stderr}");
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
 /// Every tensor of a checkpoint directory: key → (shape, raw bytes).
 fn tensors(dir: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
     let mut out = HashMap::new();
@@ -61,7 +50,7 @@ fn a_planted_model_differs_only_where_planted_and_its_analysis_scores_the_truth(
     )
     .unwrap();
     let planted = tmp.path().join("planted");
-    let out = steermoe(&[
+    let out = steermoe_ok(&[
         "plant",
         "--config",
         cfg.to_str().unwrap(),
@@ -123,7 +112,7 @@ fn a_planted_model_differs_only_where_planted_and_its_analysis_scores_the_truth(
     );
     std::fs::write(&cfg2, config(&planted, &data)).unwrap();
     let run = tmp.path().join("run");
-    steermoe(&[
+    steermoe_ok(&[
         "run",
         "--config",
         cfg2.to_str().unwrap(),

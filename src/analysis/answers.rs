@@ -43,6 +43,15 @@ impl AnsweredBatch {
         self.items.len() - self.unsafe_count()
     }
 
+    /// The answers of one side (`is_unsafe`), in batch order.
+    pub fn side(&self, is_unsafe: bool) -> Vec<Answered> {
+        self.items
+            .iter()
+            .filter(|a| a.is_unsafe == is_unsafe)
+            .cloned()
+            .collect()
+    }
+
     /// Whether both sides have an answer (what an effect needs).
     pub fn has_both(&self) -> bool {
         self.unsafe_count() > 0 && self.safe_count() > 0
@@ -149,26 +158,14 @@ impl<B: Backend> Teacher<B> {
             .collect()
     }
 
-    /// Per-target weights whose sum with the token NLLs is the mean over the answers of one
-    /// side (`is_unsafe`) of each answer's mean NLL: what attribution differentiates.
-    pub fn side_weights(
-        &self,
-        items: &[Answered],
-        is_unsafe: bool,
-        device: &B::Device,
-    ) -> Tensor<B, 1> {
-        let side = items
-            .iter()
-            .filter(|a| a.is_unsafe == is_unsafe)
-            .count()
-            .max(1) as f32;
+    /// Per-target weights whose sum with the token NLLs is the mean over the answers of each
+    /// answer's mean NLL: what attribution differentiates.
+    pub fn mean_weights(&self, device: &B::Device) -> Tensor<B, 1> {
+        let answers = self.tokens.len().max(1) as f32;
         let w: Vec<f32> = self
             .owner
             .iter()
-            .map(|&o| match items[o].is_unsafe == is_unsafe {
-                true => 1.0 / (self.tokens[o].max(1) as f32 * side),
-                false => 0.0,
-            })
+            .map(|&o| 1.0 / (self.tokens[o].max(1) as f32 * answers))
             .collect();
         let n = w.len();
         Tensor::from_data(TensorData::new(w, [n]), device)

@@ -14,31 +14,24 @@ use super::answers::{Answered, Teacher};
 use crate::model::loss::token_nll;
 use crate::model::{MoeLm, Routing};
 
-/// `[layers × experts]` (row-major): each expert's first-order rise in the mean over one side's
-/// answers (`is_unsafe`; those of the other side are left out) of each answer's mean NLL, were
-/// its routing weight zeroed.
+/// `[layers × experts]` (row-major): each expert's first-order rise in the mean over `items`
+/// (the answers of one side) of each answer's mean NLL, were its routing weight zeroed.
 pub fn attribute<B: AutodiffBackend>(
     model: &MoeLm<B>,
     items: &[Answered],
-    is_unsafe: bool,
     device: &B::Device,
 ) -> Vec<f64> {
     let [layers, experts] = [model.num_moe_layers(), model.num_experts()];
-    let items: Vec<Answered> = items
-        .iter()
-        .filter(|a| a.is_unsafe == is_unsafe)
-        .cloned()
-        .collect();
     if items.is_empty() {
         return vec![0.0; layers * experts];
     }
     // Only the scale's gradient is wanted: the weights are constants.
     let model = model.clone().no_grad();
-    let teacher = Teacher::<B>::new(&items, device);
+    let teacher = Teacher::<B>::new(items, device);
     let scale = Tensor::<B, 2>::ones([layers, experts], device).require_grad();
     let routing = Routing::free().with_weight_scale(scale.clone());
     let hidden = model.forward_hidden(teacher.input.clone(), &routing).hidden;
-    let weights = teacher.side_weights(&items, is_unsafe, device);
+    let weights = teacher.mean_weights(device);
     let loss = (token_nll(hidden, &model.lm_head, &teacher.targets) * weights).sum();
     let grads = loss.backward();
     let grad: Vec<f32> = scale

@@ -10,7 +10,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::ablation::{baseline, rise};
-use super::answers::{Answered, AnsweredBatch, Teacher};
+use super::answers::{AnsweredBatch, Teacher};
 use super::attribution::attribute;
 use super::config::{AnalysisConfig, EffectScore, Ranking};
 use crate::model::{ExpertId, MoeLm, Removal};
@@ -155,7 +155,7 @@ pub fn measure<B: AutodiffBackend>(
         let (mut u, mut s) = (Sums::new(n), Sums::new(n));
         for b in &batches {
             let mut side = |is_unsafe: bool, sums: &mut Sums, count: usize| {
-                let a = attribute(model, &b.items, is_unsafe, device);
+                let a = attribute(model, &b.side(is_unsafe), device);
                 progress(EffectsEvent::Pass);
                 for (t, v) in sums.total.iter_mut().zip(&a) {
                     *t += v * count as f64;
@@ -196,15 +196,7 @@ pub fn measure<B: AutodiffBackend>(
     let mut ablation_per_batch: Vec<Vec<SideEffects>> = Vec::new();
     for b in &batches {
         // Each side in its own padded batch: a jailbreak is often ten times a plain goal's length.
-        let sides = [true, false].map(|is_unsafe| {
-            let items: Vec<Answered> = b
-                .items
-                .iter()
-                .filter(|a| a.is_unsafe == is_unsafe)
-                .cloned()
-                .collect();
-            Teacher::new(&items, device)
-        });
+        let sides = [true, false].map(|is_unsafe| Teacher::new(&b.side(is_unsafe), device));
         tokens += sides
             .iter()
             .map(|t| t.tokens.iter().sum::<usize>())

@@ -333,35 +333,11 @@ impl<B: Backend> MoeLm<B> {
         if let Some(cache) = cache {
             cache.commit(frame.seq);
         }
-        let [batch, seq] = [frame.batch, frame.seq];
         Decoded {
             hidden: self.model.norm.forward(x),
-            router_logits: (!layers.router_logits.is_empty()).then(|| {
-                Tensor::stack(
-                    layers
-                        .router_logits
-                        .into_iter()
-                        .map(|l| {
-                            let experts = l.dims()[1];
-                            l.reshape([batch, seq, experts])
-                        })
-                        .collect(),
-                    0,
-                )
-            }),
-            chosen: (!layers.chosen.is_empty()).then(|| {
-                Tensor::stack(
-                    layers
-                        .chosen
-                        .into_iter()
-                        .map(|c| {
-                            let k = c.dims()[1];
-                            c.reshape([batch, seq, k])
-                        })
-                        .collect(),
-                    0,
-                )
-            }),
+            router_logits: (!layers.router_logits.is_empty())
+                .then(|| Tensor::stack(layers.router_logits, 0)),
+            chosen: (!layers.chosen.is_empty()).then(|| Tensor::stack(layers.chosen, 0)),
         }
     }
 
@@ -463,8 +439,16 @@ impl<B: Backend> MoeLm<B> {
             let moe = block.forward(h, &layer_routing, self.execution, stacked);
             moe_layer += 1;
             x = x + moe.hidden;
-            layers.router_logits.extend(moe.router_logits);
-            layers.chosen.extend(moe.chosen.filter(|_| keep_chosen));
+            if let Some(logits) = moe.router_logits {
+                let experts = logits.dims()[1];
+                layers
+                    .router_logits
+                    .push(logits.reshape([batch, seq, experts]));
+            }
+            if let Some(c) = moe.chosen.filter(|_| keep_chosen) {
+                let k = c.dims()[1];
+                layers.chosen.push(c.reshape([batch, seq, k]));
+            }
         }
         x
     }
@@ -528,8 +512,10 @@ struct Layers<B: Backend> {
     /// Keep the residual stream entering each MoE block.
     keep_trunk: bool,
     trunk: Vec<Tensor<B, 3>>,
-    router_logits: Vec<Tensor<B, 2>>,
-    chosen: Vec<Tensor<B, 2, Int>>,
+    /// `[batch, seq, experts]` per MoE layer.
+    router_logits: Vec<Tensor<B, 3>>,
+    /// `[batch, seq, k]` per MoE layer.
+    chosen: Vec<Tensor<B, 3, Int>>,
 }
 
 impl<B: Backend> Default for Layers<B> {

@@ -272,3 +272,16 @@ pub fn tensor_bytes(path: &std::path::Path) -> std::collections::HashMap<String,
         .map(|(k, v)| (k, v.data().to_vec()))
         .collect()
 }
+
+/// Run the `steermoe` binary without the dashboard; its stdout, after asserting that it
+/// succeeded (its stderr in the message otherwise).
+pub fn steermoe_ok(args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_steermoe"))
+        .arg("--no-tui")
+        .args(args)
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "steermoe {args:?}: {stderr}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
