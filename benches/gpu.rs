@@ -12,6 +12,8 @@
 //!   metrics; not in the default `--what`;
 //! - `generate`: greedy generation with router-logit capture, batch 16, 64-token prompts, 128 new
 //!   tokens, new tokens/s, first run (kernel compilation included) and again;
+//! - `effects`: the effect rankings' cost (issue 43): `--ranking` (default `ablation`: every
+//!   expert removed both ways) over `--pairs` answered pairs, seconds per phase;
 //! - `check`: a random model at the full width (`--check-layers` layers) saved in Hub layout with
 //!   its logits, router logits, loss and the trainable experts' gradients on fixed ids, for
 //!   `benches/hf_check.py` to recompute in transformers (the same computation, bf16 tolerance).
@@ -106,6 +108,22 @@ struct Args {
     /// Generated tokens per sequence.
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
+    /// The device's dense bf16 peak in TFLOP/s, for the standard MFU (H100/H200 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
+    /// `generate`: also save its random model here in Hub layout (what `benches/serve.sh` serves).
+    #[arg(long)]
+    save_model: Option<PathBuf>,
+    /// `effects`: answered pairs (a jailbreak and a plain goal, each with an answer) ablated.
+    #[arg(long, default_value_t = 64)]
+    pairs: usize,
+    /// `effects`: pairs per collected batch (a batch of 16 at `safe_ratio` 0.5 holds 8).
+    #[arg(long, default_value_t = 8)]
+    pairs_per_batch: usize,
+    /// `effects`: the ranking measured (`ablation`: every expert, both removals;
+    /// `attribution`; `attribution+ablation`).
+    #[arg(long, default_value = "ablation")]
+    ranking: String,
     /// Write the transformers cross-check (model, inputs, outputs, gradients) here.
     #[arg(long)]
     check_dir: Option<PathBuf>,
@@ -177,6 +195,19 @@ fn active_params(cfg: &ModelConfig) -> f64 {
         + 2.0 * v * h
 }
 
+/// Model FLOPs utilisation counted the standard way (PaLM, appendix B): training FLOPs per token
+/// 6·N (N: the active parameters, [`active_params`]) plus 12·L·d·s for attention (L layers, d the
+/// attention width, s the sequence length), times tokens/s, over the device's dense bf16 peak
+/// (`--peak-tflops`; 989 for an H100 or H200 SXM). The formula goes out with the figure.
+fn mfu_standard(a: &Args, cfg: &ModelConfig, seq: usize, tokens_per_s: f64) -> serde_json::Value {
+    let attention = 12.0 * cfg.num_hidden_layers as f64 * cfg.q_dim() as f64 * seq as f64;
+    let per_token = 6.0 * active_params(cfg) + attention;
+    json!({"mfu": round3(per_token * tokens_per_s / (a.peak_tflops * 1e12)),
+        "formula": "(6*N_active + 12*L*d_attn*s) * tokens_per_s / peak",
+        "n_active": active_params(cfg), "l": cfg.num_hidden_layers, "d_attn": cfg.q_dim(), "s": seq,
+        "flops_per_token": per_token, "peak_tflops": a.peak_tflops})
+}
+
 fn emit(v: serde_json::Value) {
     println!("{v}");
 }
@@ -212,8 +243,11 @@ impl Task for Bench {
                 "train" => train::<B>(&a, &device),
                 "learner" => learner::<B>(&a, &device),
                 "generate" => generation::<B::InnerBackend>(&a, &device),
+                "effects" => effects::<B>(&a, &device),
                 "" => {}
-                other => panic!("unknown figure {other:?} (gemm, train, learner, generate)"),
+                other => {
+                    panic!("unknown figure {other:?} (gemm, train, learner, generate, effects)")
+                }
             }
         }
         if let Some(dir) = &a.check_dir {
@@ -371,6 +405,7 @@ fn train<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         json!({"what": "train_step", "impl": "steermoe", "execution": a.execution, "B": a.batch, "T": a.seq, "layers": layers(a), "model_type": cfg.arch.model_type(),
         "trainable_experts": a.trainable, "init_s": round3(init_s), "first_step_s": round3(times[0]), "warmup_steps": a.warmup_steps, "step_s": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
         "median_s": round3(median), "tokens_per_s": tok.round(), "mfu_vs_800T": round3(6.0 * active_params(&cfg) * tok / 800e12),
+        "mfu_standard": mfu_standard(a, &cfg, a.seq, tok),
         "losses": losses.iter().map(|l| round3(*l)).collect::<Vec<_>>(), "cublas_last_step": cublas.last(),
         "cublas": std::env::var("STEERMOE_CUBLAS").map_or("on".to_string(), |v| if v == "0" { "off".into() } else { v })}),
     );
@@ -430,6 +465,7 @@ fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
         "trainable_experts": a.trainable, "mask_scope": train_cfg.mask_scope, "steps": tps.len(), "warmup_steps": a.warmup_steps,
         "tokens_per_s_each": tps.iter().map(|t| t.round()).collect::<Vec<_>>(), "median_tokens_per_s": median.round(),
         "mfu_vs_800T_per_device": round3(6.0 * active_params(&model_cfg) * median / 800e12 / a.devices.len() as f64),
+        "mfu_standard_per_device": mfu_standard(a, &model_cfg, a.seq, median / a.devices.len() as f64),
         "losses": summary.steps.iter().map(|r| round3(r.loss)).collect::<Vec<_>>(), "wall_s": round3(wall_s)}),
     );
 }
@@ -438,6 +474,9 @@ fn learner<B: AutodiffBackend>(a: &Args, device: &B::Device) {
 fn generation<B: Backend>(a: &Args, device: &B::Device) {
     let cfg = config(a, Some(layers(a)));
     let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
+    if let Some(dir) = &a.save_model {
+        model::save(&model, &cfg, dir).expect("save the generation model");
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let prompts: Vec<Vec<u32>> = (0..16)
         .map(|_| {
@@ -473,6 +512,63 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
             "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}),
         );
     }
+}
+
+/// The effect rankings' cost (issue 43): `--pairs` answered pairs in batches of
+/// `--pairs-per-batch`, jailbreaks of 256 prompt tokens and plain goals of 48 (FlipAttack's and
+/// its goals' lengths under OLMoE's template), 16 answer tokens each, on a random model.
+fn effects<B: AutodiffBackend>(a: &Args, device: &B::Device) {
+    use steermoe::analysis::answers::{Answered, AnsweredBatch};
+    use steermoe::analysis::{AnalysisConfig, EffectsEvent, effects};
+    let cfg = config(a, Some(layers(a)));
+    let model = model::random::<B>(&cfg, device, a.precision).with_execution(a.execution);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut answered = |prompt: usize, is_unsafe: bool| Answered {
+        ids: random_ids(&mut rng, prompt + 16)
+            .into_iter()
+            .map(|t| t as u32)
+            .collect(),
+        prompt_len: prompt,
+        is_unsafe,
+    };
+    let batches: Vec<AnsweredBatch> = (0..a.pairs.div_ceil(a.pairs_per_batch))
+        .map(|b| {
+            let n = a.pairs_per_batch.min(a.pairs - b * a.pairs_per_batch);
+            let mut items: Vec<Answered> = (0..n).map(|_| answered(256, true)).collect();
+            items.extend((0..n).map(|_| answered(48, false)));
+            AnsweredBatch {
+                batch_idx: b,
+                items,
+            }
+        })
+        .collect();
+    let analysis: AnalysisConfig = serde_json::from_value(json!({"ranking": a.ranking}))
+        .expect("--ranking: ablation, attribution or attribution+ablation");
+    // A line every 1,024 passes: a rate even where a time limit stops the figure.
+    let (mut passes, mut total) = (0usize, 0usize);
+    sync::<B>(device);
+    let t = Instant::now();
+    let e = effects::measure(&model, &batches, &analysis, device, |ev| match ev {
+        EffectsEvent::Start(n) => total = n,
+        EffectsEvent::Pass => {
+            passes += 1;
+            if passes % 1024 == 0 {
+                emit(
+                    json!({"what": "effects_progress", "passes": passes, "of": total,
+                    "seconds": round3(t.elapsed().as_secs_f64())}),
+                );
+            }
+        }
+    });
+    sync::<B>(device);
+    let wall = t.elapsed().as_secs_f64();
+    emit(
+        json!({"what": "effects", "impl": "steermoe", "ranking": a.ranking, "layers": layers(a),
+        "experts": e.layers * e.experts, "ablated": e.ablated.len(), "removals": e.ablation.len(),
+        "pairs": a.pairs, "pairs_per_batch": a.pairs_per_batch, "passes": passes,
+        "attribution_seconds": round3(e.seconds.0), "ablation_seconds": round3(e.seconds.1),
+        "wall_s": round3(wall), "execution": a.execution}),
+    );
 }
 
 /// Save a random model and what steermoe computes on it, for `hf_check.py`.

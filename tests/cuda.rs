@@ -238,7 +238,7 @@ mod grouped_gemm {
                 .cast(FloatDType::F32)
                 .sum()
                 .backward();
-            let dx = x.grad(&grads).map(|g| Tensor::<B, 2>::from_inner(g));
+            let dx = x.grad(&grads).map(Tensor::<B, 2>::from_inner);
             let dw: Vec<Option<Tensor<B, 2>>> = masters
                 .iter()
                 .map(|w| w.grad(&grads).map(Tensor::from_inner))

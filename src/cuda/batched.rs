@@ -131,7 +131,7 @@ fn fused(a: Fused, b: Fused) -> Fused {
     let client = a.client.clone();
     let dtype = a.dtype;
     let shape = Shape::new([a.shape[0], a.shape[1], b.shape[2]]);
-    let streams = OperationStreams::with_inputs([&a, &b].into_iter());
+    let streams = OperationStreams::with_inputs([&a, &b]);
     let out = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
     let irs = [a.into_ir(), b.into_ir()];
     let desc = CustomOpIr::new("steermoe_batched_gemm", &irs, &[out]);

@@ -192,6 +192,10 @@ pub struct Common {
     /// Extension: each generated token's router logits per MoE layer.
     #[serde(default)]
     pub return_router_logits: bool,
+    /// Extension (vLLM's): keep generating after the end-of-sequence token, to `max_tokens`
+    /// (throughput measurements; stop strings still apply).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 /// `POST /v1/chat/completions`.

@@ -288,7 +288,11 @@ fn job(
             prompt_ids,
             max_tokens,
             sampling,
-            stop_ids: vec![s.tokenizer.eos_id],
+            stop_ids: if c.ignore_eos {
+                Vec::new()
+            } else {
+                vec![s.tokenizer.eos_id]
+            },
             stop_strings,
             steering,
             routed_experts: c.return_routed_experts,
