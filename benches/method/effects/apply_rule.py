@@ -62,10 +62,14 @@ def main(sweeps):
         for variant, ranking, score in SETTINGS + [("prompt", "random", "-"), ("prompt", "planted", "-")]:
             experts = ranking if ranking in ("random", "planted") else "risk_diff"
             cell = f"{variant},experts={experts}"
-            rec = sw / "cells" / cell / "seed-0" / "recovery.json"
+            # Any cell's recovery.json scores every ranking its analysis measured (an attribution
+            # cell both scores of attribution, an ablation cell every score and removal).
             h = None
-            if rec.exists() and experts == "risk_diff":
-                h = hits(json.loads(rec.read_text()), ranking, score)
+            if experts == "risk_diff":
+                for rec in sorted((sw / "cells").glob("*/seed-0/recovery.json")):
+                    h = hits(json.loads(rec.read_text()), ranking, score)
+                    if h is not None:
+                        break
             got = {r["variant"]: r for r in rs if r["cell"] == cell}
             table.setdefault((variant, ranking, score), []).append((h, got.get("steer-d16"), got.get("trained")))
     print(f"plant seeds: {len(sweeps)}; base (planted model): " + "; ".join(
