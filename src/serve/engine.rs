@@ -9,8 +9,10 @@
 //! differs from the running batch's waits until that batch drains (requests are taken in
 //! arrival order; at most one waits so).
 //!
-//! A row's tokens are picked on the host from its own sampler (greedy rows from an argmax on the
-//! device), its text is decoded incrementally and sent as deltas; a suffix that may still become
+//! A row's tokens are picked on the host from its own sampler, except when every row is greedy
+//! and none returns its routing: then blocks of up to [`READ_EVERY`] steps run on the device with
+//! each step's argmax fed back there, and the host reads the block's tokens once (the steps
+//! queue without waiting for it). Text is decoded incrementally and sent as deltas; a suffix that may still become
 //! a stop string, or an incomplete UTF-8 sequence, is held back until it is settled.
 
 use std::sync::Arc;
@@ -291,8 +293,24 @@ impl<B: Backend> Batch<B> {
         });
     }
 
-    /// Pick every row's next token, send what is settled, drop finished rows, and run one
-    /// decode step for the rest.
+    /// Steps decoded before the host reads their tokens: [`READ_EVERY`] (fewer where a row's
+    /// token limit comes first) when every row is greedy and none captures its routing, else 1.
+    fn block(&self) -> usize {
+        if self.capture() || !self.rows.iter().all(|r| r.sampler.is_greedy()) {
+            return 1;
+        }
+        let left = self
+            .rows
+            .iter()
+            .map(|r| r.job.max_tokens.saturating_sub(r.new_ids.len()))
+            .min()
+            .unwrap_or(1);
+        left.clamp(1, READ_EVERY)
+    }
+
+    /// Pick every row's next tokens (a block of greedy steps decoded on the device, or one step),
+    /// send what is settled, drop finished rows, and run one decode step for the rest after a
+    /// single step.
     fn step(
         &mut self,
         model: &MoeLm<B>,
@@ -304,18 +322,28 @@ impl<B: Backend> Batch<B> {
             .next
             .take()
             .expect("a batch with rows has next-token logits");
-        let picked = pick(next, &mut self.rows);
+        let block = self.block();
+        // `picked[j][i]`: row i's token at step j of the block.
+        let picked = match block {
+            1 => vec![pick(next, &mut self.rows)],
+            n => self.decode_block(model, next, n, device),
+        };
         let mut keep = Vec::with_capacity(self.rows.len());
-        for (i, (row, &token)) in self.rows.iter_mut().zip(&picked).enumerate() {
-            stats.tokens.fetch_add(1, Ordering::Relaxed);
-            if let Some(r) = row.next_routing.take() {
-                row.unsent_routing.push(r);
-            }
-            match row.advance(token, tokenizer) {
-                Some(true) => keep.push(i),
-                Some(false) | None => {
-                    stats.finished.fetch_add(1, Ordering::Relaxed);
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let mut going = true;
+            for tokens in &picked {
+                stats.tokens.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = row.next_routing.take() {
+                    row.unsent_routing.push(r);
                 }
+                if row.advance(tokens[i], tokenizer) != Some(true) {
+                    stats.finished.fetch_add(1, Ordering::Relaxed);
+                    going = false;
+                    break;
+                }
+            }
+            if going {
+                keep.push(i);
             }
         }
         if keep.len() < self.rows.len() {
@@ -331,29 +359,28 @@ impl<B: Backend> Batch<B> {
             let front = self.rows.iter().map(|r| r.start).min().unwrap_or(0);
             self.cache.drop_front(front);
             self.rows.iter_mut().for_each(|r| r.start -= front);
+            // A block has already decoded the next logits of every row, finished ones too.
+            if let Some(next) = self.next.take()
+                && !keep.is_empty()
+            {
+                let index = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(keep.iter().map(|&i| i as i64).collect(), [keep.len()]),
+                    device,
+                );
+                self.next = Some(next.select(0, index));
+            }
         }
-        if self.rows.is_empty() {
+        if self.rows.is_empty() || block > 1 {
             return;
         }
         // One decode step: each row feeds the token it just took, at its own position.
-        let fed: Vec<i64> = keep.iter().map(|&i| picked[i] as i64).collect();
-        let positions: Vec<i64> = self.rows.iter().map(|r| r.len as i64).collect();
-        let width = self.cache.len() + 1;
-        let mut valid = Vec::with_capacity(self.rows.len() * width);
-        for r in &self.rows {
-            valid.extend((0..width).map(|j| j >= r.start));
-        }
+        let fed: Vec<i64> = keep.iter().map(|&i| picked[0][i] as i64).collect();
         let rows = self.rows.len();
+        let (mask, positions) = self.mask_and_positions(1, device);
         let input = LmInput {
             input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(fed, [rows, 1]), device),
-            attention_mask: Some(Tensor::<B, 2, Bool>::from_data(
-                TensorData::new(valid, [rows, width]),
-                device,
-            )),
-            positions: Some(Tensor::from_data(
-                TensorData::new(positions, [rows, 1]),
-                device,
-            )),
+            attention_mask: Some(mask),
+            positions: Some(positions),
         };
         let capture = self.capture();
         let out = forward(model, input, &mut self.cache, &self.routing, capture);
@@ -366,7 +393,69 @@ impl<B: Backend> Batch<B> {
         self.rows.iter_mut().for_each(|r| r.len += 1);
         self.next = Some(last_logits(out.logits));
     }
+
+    /// The padding mask (wide enough for `steps` decode steps from here: attention takes the
+    /// slots it has) and each row's next position, for decode steps.
+    fn mask_and_positions(
+        &self,
+        steps: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 2, Bool>, Tensor<B, 2, Int>) {
+        let rows = self.rows.len();
+        let width = self.cache.len() + steps;
+        let mut valid = Vec::with_capacity(rows * width);
+        for r in &self.rows {
+            valid.extend((0..width).map(|j| j >= r.start));
+        }
+        let positions: Vec<i64> = self.rows.iter().map(|r| r.len as i64).collect();
+        (
+            Tensor::from_data(TensorData::new(valid, [rows, width]), device),
+            Tensor::from_data(TensorData::new(positions, [rows, 1]), device),
+        )
+    }
+
+    /// `steps` greedy decode steps from `next` with the tokens fed back on the device, then one
+    /// read of every step's tokens: the steps queue without waiting for the host (a read drains
+    /// every queue), as `generate` decodes. Every row advances `steps` positions; the block's
+    /// last logits become the batch's next.
+    fn decode_block(
+        &mut self,
+        model: &MoeLm<B>,
+        next: Tensor<B, 2>,
+        steps: usize,
+        device: &B::Device,
+    ) -> Vec<Vec<u32>> {
+        let rows = self.rows.len();
+        let (mask, mut positions) = self.mask_and_positions(steps, device);
+        let mut logits = next;
+        let mut picks = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let picked = logits.argmax(1);
+            picks.push(picked.clone().reshape([rows]));
+            let input = LmInput {
+                input_ids: picked,
+                attention_mask: Some(mask.clone()),
+                positions: Some(positions.clone()),
+            };
+            positions = positions.add_scalar(1);
+            let out = forward(model, input, &mut self.cache, &self.routing, false);
+            logits = last_logits(out.logits);
+        }
+        self.rows.iter_mut().for_each(|r| r.len += steps);
+        self.next = Some(logits);
+        let read: Vec<u32> = Tensor::stack::<2>(picks, 0)
+            .into_data()
+            .iter::<i64>()
+            .map(|t| t as u32)
+            .collect();
+        read.chunks(rows).map(<[u32]>::to_vec).collect()
+    }
 }
+
+/// Greedy rows without routing capture decode this many steps between reads of their tokens (see
+/// [`Batch::decode_block`]); their text reaches clients in blocks of up to this many tokens, and
+/// a row that stops inside a block has the block's remaining steps computed and discarded.
+const READ_EVERY: usize = 8;
 
 impl Row {
     /// Take `token`: send the text it settles; `Some(true)` to go on, `Some(false)` when the

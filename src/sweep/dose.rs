@@ -196,18 +196,21 @@ pub fn points(sweep: &Sweep, rows: &[ResultRow]) -> Vec<DosePoint> {
 
 /// Where `value` falls among `random` values of a lower-is-better metric: the percentage of
 /// random values it beats (strictly lower), ties counting half. 100 = better than every random
-/// set; with n random sets the resolution is 100/n.
+/// set; with n random sets the resolution is 100/n. Values within 1e-9 (relative) of each other
+/// tie: the mean of n equal rates is not always that rate in floating point (10 × 0.93 / 10 is
+/// 0.9299999999999999), and a set must not beat its equal by rounding.
 pub fn percentile(value: f64, random: &[f64]) -> Option<f64> {
     if random.is_empty() {
         return None;
     }
+    let tie = |r: f64| (value - r).abs() <= 1e-9 * value.abs().max(r.abs()).max(1.0);
     let beats: f64 = random
         .iter()
         .map(|&r| {
-            if value < r {
-                1.0
-            } else if value == r {
+            if tie(r) {
                 0.5
+            } else if value < r {
+                1.0
             } else {
                 0.0
             }
@@ -299,5 +302,9 @@ mod tests {
         assert_eq!(percentile(0.0, &[0.2, 0.3]), Some(100.0));
         assert_eq!(percentile(0.5, &[0.2, 0.3]), Some(0.0));
         assert_eq!(percentile(0.5, &[]), None);
+        // The mean of ten equal rates ties with that rate.
+        let mean = [0.93; 10].iter().sum::<f64>() / 10.0;
+        assert!(mean < 0.93);
+        assert_eq!(percentile(mean, &[0.93, 0.97, 0.91]), Some(50.0));
     }
 }

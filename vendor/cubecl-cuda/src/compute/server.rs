@@ -121,7 +121,9 @@ impl ComputeServer for CudaServer {
             Err(err) => unreachable!("{err:?}"),
         };
 
-        let reserved = command.reserve(size).unwrap();
+        let reserved = command
+            .reserve(size)
+            .unwrap_or_else(|err| super::fatal::out_of_memory("a buffer", size, &err));
         command.bind(reserved, memory);
     }
 
@@ -488,7 +490,9 @@ impl ServerCommunication for CudaServer {
             },
         )?;
 
-        let memory = command_dst.reserve(handle.size()).unwrap();
+        let memory = command_dst.reserve(handle.size()).unwrap_or_else(|err| {
+            super::fatal::out_of_memory("a copy's destination", handle.size(), &err)
+        });
         command_dst.bind(memory, handle.memory.clone());
 
         let resource_dst = command_dst.resource(handle.binding())?;

@@ -98,7 +98,7 @@ impl EventStreamBackend for CudaStreamBackend {
         stream
             .memory_management_gpu
             .get_cursor(binding.memory.clone())
-            .unwrap()
+            .unwrap_or_else(|err| super::fatal::unbound(&err))
     }
 
     fn is_healthy(stream: &Self::Stream) -> bool {
