@@ -2,14 +2,18 @@
 //! routing ([`Routing::without`], the path steering forces experts off by), for every candidate
 //! expert and each way of removing it.
 //!
-//! One batched forward pass per (expert, removal) over a padded batch of answers, and only the
-//! layers it reaches: the residual stream below the expert's MoE block does not change, so the
+//! One forward pass per (group of experts of one layer, removal) over copies of a padded batch of
+//! answers, each copy without one of the experts ([`Routing::without_each`]), and only the layers
+//! it reaches: the residual stream below the expert's MoE block does not change, so the
 //! batch's [`Trunk`] is computed once and each ablation resumes from the expert's layer
 //! ([`MoeLm::resume`]); the LM head runs at answer positions only. No randomness and a fixed
 //! order of operations: bit for bit the same on every run of a CPU.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
+
+/// Experts of one layer ablated in one forward pass (copies of the batch at once).
+pub const AT_ONCE: usize = 8;
 
 use super::answers::Teacher;
 use crate::model::{ExpertId, MoeLm, Removal, Routing, Trunk};
@@ -65,5 +69,37 @@ pub fn rise<B: Backend>(
         .iter()
         .zip(&base.nll)
         .map(|(a, b)| a - b)
+        .collect()
+}
+
+/// [`rise`] for each of `experts` (all of MoE layer `layer`), in one forward pass over
+/// `experts.len()` copies of the batch: each answer's rise, per expert.
+pub fn rises<B: Backend>(
+    model: &MoeLm<B>,
+    teacher: &Teacher<B>,
+    base: &Baseline<B>,
+    layer: usize,
+    experts: &[usize],
+    how: Removal,
+) -> Vec<Vec<f64>> {
+    let device = base.trunk.hidden.device();
+    let [layers, width] = [model.num_moe_layers(), model.num_experts()];
+    let [batch, _] = teacher.input.input_ids.dims();
+    let times = experts.len();
+    let mut off = vec![false; times * batch * layers * width];
+    for (copy, &e) in experts.iter().enumerate() {
+        for row in 0..batch {
+            off[((copy * batch + row) * layers + layer) * width + e] = true;
+        }
+    }
+    let off = Tensor::<B, 3, Bool>::from_data(
+        TensorData::new(off, [times * batch, layers, width]),
+        &device,
+    );
+    let routing = Routing::free().without_each(off, how);
+    let hidden = model.resume_repeated(&base.trunk, layer, times, &routing);
+    let nll = teacher.repeated(times).nll(model, hidden);
+    nll.chunks(base.nll.len())
+        .map(|copy| copy.iter().zip(&base.nll).map(|(a, b)| a - b).collect())
         .collect()
 }

@@ -158,6 +158,40 @@ impl<B: Backend> Teacher<B> {
             .collect()
     }
 
+    /// `times` copies of this batch, one after another (inputs, targets and owners), for a
+    /// forward pass over as many copies of the batch ([`crate::model::MoeLm::resume_repeated`]).
+    pub fn repeated(&self, times: usize) -> Self {
+        let [batch, seq] = self.input.input_ids.dims();
+        let answers = self.tokens.len();
+        let positions = (0..times)
+            .map(|t| {
+                self.targets
+                    .positions
+                    .clone()
+                    .add_scalar((t * batch * seq) as i64)
+            })
+            .collect();
+        Self {
+            input: LmInput {
+                input_ids: self.input.input_ids.clone().repeat_dim(0, times),
+                attention_mask: self
+                    .input
+                    .attention_mask
+                    .clone()
+                    .map(|m| m.repeat_dim(0, times)),
+                positions: self.input.positions.clone().map(|p| p.repeat_dim(0, times)),
+            },
+            targets: Targets {
+                positions: Tensor::cat(positions, 0),
+                labels: self.targets.labels.clone().repeat_dim(0, times),
+            },
+            owner: (0..times)
+                .flat_map(|t| self.owner.iter().map(move |&o| t * answers + o))
+                .collect(),
+            tokens: self.tokens.repeat(times),
+        }
+    }
+
     /// Per-target weights whose sum with the token NLLs is the mean over the answers of each
     /// answer's mean NLL: what attribution differentiates.
     pub fn mean_weights(&self, device: &B::Device) -> Tensor<B, 1> {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::ablation::{baseline, rise};
+use super::ablation::{AT_ONCE, baseline, rises};
 use super::answers::{AnsweredBatch, Teacher};
 use super::attribution::attribute;
 use super::config::{AnalysisConfig, EffectScore, Ranking};
@@ -185,7 +185,16 @@ pub fn measure<B: AutodiffBackend>(
         _ => (0..ablate_count).collect(),
     };
 
-    // Exact ablation of every candidate, both removals.
+    // Exact ablation of every candidate, both removals; the candidates of one layer in groups of
+    // up to `AT_ONCE`, one forward pass a group.
+    let mut by_layer: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &c in &candidates {
+        by_layer.entry(id(c)[0]).or_default().push(c);
+    }
+    let groups: Vec<Vec<usize>> = by_layer
+        .values()
+        .flat_map(|cs| cs.chunks(AT_ONCE).map(<[usize]>::to_vec))
+        .collect();
     let start = Instant::now();
     let inner = model.valid();
     let mut tokens = 0;
@@ -209,15 +218,20 @@ pub fn measure<B: AutodiffBackend>(
                     unsafe_: vec![f64::NAN; n],
                     safe: vec![f64::NAN; n],
                 };
-                for &c in &candidates {
+                for group in &groups {
+                    let (layer, experts): (usize, Vec<usize>) =
+                        (id(group[0])[0], group.iter().map(|&c| id(c)[1]).collect());
                     for (side, (teacher, base)) in sides.iter().zip(&bases).enumerate() {
-                        let total: f64 = rise(&inner, teacher, base, id(c), how).iter().sum();
-                        progress(EffectsEvent::Pass);
-                        sums[r][side].total[c] += total;
-                        let mean = total / teacher.tokens.len() as f64;
-                        match side {
-                            0 => batch.unsafe_[c] = mean,
-                            _ => batch.safe[c] = mean,
+                        let each = rises(&inner, teacher, base, layer, &experts, how);
+                        for (&c, rise) in group.iter().zip(each) {
+                            progress(EffectsEvent::Pass);
+                            let total: f64 = rise.iter().sum();
+                            sums[r][side].total[c] += total;
+                            let mean = total / teacher.tokens.len() as f64;
+                            match side {
+                                0 => batch.unsafe_[c] = mean,
+                                _ => batch.safe[c] = mean,
+                            }
                         }
                     }
                 }

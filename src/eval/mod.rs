@@ -479,7 +479,7 @@ mod tests {
 
     type B = burn::backend::NdArray<f32>;
 
-    fn rows(t: Option<Tensor<B, 2, Bool>>) -> Vec<bool> {
+    fn rows(t: Option<Tensor<B, 3, Bool>>) -> Vec<bool> {
         t.expect("a forced mask")
             .into_data()
             .iter::<bool>()

@@ -475,15 +475,29 @@ impl<B: Backend> MoeLm<B> {
     /// it, and its attention, are the trunk's. Equal to [`MoeLm::forward_hidden`] under a routing
     /// that differs from the trunk's only from `moe_layer` up.
     pub fn resume(&self, trunk: &Trunk<B>, moe_layer: usize, routing: &Routing<B>) -> Tensor<B, 3> {
+        self.resume_repeated(trunk, moe_layer, 1, routing)
+    }
+
+    /// [`MoeLm::resume`] on `times` copies of the trunk's batch, one after another
+    /// (`[times * batch, seq, hidden]`), each under its own rows of `routing` (e.g.
+    /// [`Routing::without_each`]): several ablations in one forward pass.
+    pub fn resume_repeated(
+        &self,
+        trunk: &Trunk<B>,
+        moe_layer: usize,
+        times: usize,
+        routing: &Routing<B>,
+    ) -> Tensor<B, 3> {
         let start = self.moe_layers()[moe_layer];
         let mut layers = Layers {
             skip_first_attention: true,
             ..Layers::default()
         };
+        let frame = trunk.frame.repeated(times);
         let x = self.layers_from(
-            trunk.at_moe[moe_layer].clone(),
+            trunk.at_moe[moe_layer].clone().repeat_dim(0, times),
             start,
-            &trunk.frame,
+            &frame,
             None,
             routing,
             false,
@@ -502,6 +516,31 @@ struct Frame<B: Backend> {
     sin: Tensor<B, 4>,
     masked: Tensor<B, 4, Bool>,
     constants: Constants<B>,
+}
+
+impl<B: Backend> Frame<B> {
+    /// The frame of `times` copies of this pass's batch, one after another.
+    fn repeated(&self, times: usize) -> Self {
+        if times == 1 {
+            return self.clone();
+        }
+        let rows = |t: &Tensor<B, 4>| match t.dims()[0] {
+            1 => t.clone(),
+            _ => t.clone().repeat_dim(0, times),
+        };
+        let masked = match self.masked.dims()[0] {
+            1 => self.masked.clone(),
+            _ => self.masked.clone().repeat_dim(0, times),
+        };
+        Self {
+            batch: self.batch * times,
+            seq: self.seq,
+            cos: rows(&self.cos),
+            sin: rows(&self.sin),
+            masked,
+            constants: self.constants.clone(),
+        }
+    }
 }
 
 /// What [`MoeLm::layers_from`] collects, and how it starts.

@@ -74,13 +74,13 @@ impl std::fmt::Display for Removal {
 pub struct Routing<B: Backend> {
     /// `[layers, batch or 1, experts]`, `true` = may be chosen.
     pub allow: Option<Tensor<B, 3, Bool>>,
-    /// `[layers, experts]`, `true` = forced into every token's top-k (steering).
-    pub force_on: Option<Tensor<B, 2, Bool>>,
-    /// `[layers, experts]`, `true` = forced out of every token's top-k (steering).
-    pub force_off: Option<Tensor<B, 2, Bool>>,
-    /// `[layers, experts]` float32: each expert's routing weight is multiplied by its entry
-    /// after the top-k (and its renormalisation).
-    pub weight_scale: Option<Tensor<B, 2>>,
+    /// `[layers, batch or 1, experts]`, `true` = forced into every token's top-k (steering).
+    pub force_on: Option<Tensor<B, 3, Bool>>,
+    /// `[layers, batch or 1, experts]`, `true` = forced out of every token's top-k (steering).
+    pub force_off: Option<Tensor<B, 3, Bool>>,
+    /// `[layers, batch or 1, experts]` float32: each expert's routing weight is multiplied by its
+    /// entry after the top-k (and its renormalisation).
+    pub weight_scale: Option<Tensor<B, 3>>,
     /// Return each layer's router logits (before mask and steering) and chosen experts.
     pub capture: bool,
 }
@@ -138,8 +138,8 @@ impl<B: Backend> Routing<B> {
         on: Option<Tensor<B, 2, Bool>>,
         off: Option<Tensor<B, 2, Bool>>,
     ) -> Self {
-        self.force_on = on;
-        self.force_off = off;
+        self.force_on = on.map(|m| m.unsqueeze_dim(1));
+        self.force_off = off.map(|m| m.unsqueeze_dim(1));
         self
     }
 
@@ -150,7 +150,21 @@ impl<B: Backend> Routing<B> {
     ///
     /// # Shapes
     /// - `off`: `[layers, experts]`, `true` = removed
-    pub fn without(mut self, off: Tensor<B, 2, Bool>, how: Removal) -> Self {
+    pub fn without(self, off: Tensor<B, 2, Bool>, how: Removal) -> Self {
+        self.removing(off.unsqueeze_dim(1), how)
+    }
+
+    /// [`Routing::without`] with its own experts removed from each sample: what ablates several
+    /// experts in one forward pass (a batch repeated, each copy without one expert).
+    ///
+    /// # Shapes
+    /// - `off`: `[batch, layers, experts]`, `true` = removed from that sample's routing
+    pub fn without_each(self, off: Tensor<B, 3, Bool>, how: Removal) -> Self {
+        self.removing(off.swap_dims(0, 1), how)
+    }
+
+    /// `off`: `[layers, batch or 1, experts]`.
+    fn removing(mut self, off: Tensor<B, 3, Bool>, how: Removal) -> Self {
         match how {
             Removal::Route => self.force_off = Some(off),
             Removal::Zero => self.weight_scale = Some(off.bool_not().float()),
@@ -163,7 +177,7 @@ impl<B: Backend> Routing<B> {
     /// # Shapes
     /// - `scale`: `[layers, experts]`
     pub fn with_weight_scale(mut self, scale: Tensor<B, 2>) -> Self {
-        self.weight_scale = Some(scale);
+        self.weight_scale = Some(scale.unsqueeze_dim(1));
         self
     }
 
@@ -180,22 +194,42 @@ impl<B: Backend> Routing<B> {
                 let [_, batch, experts] = a.dims();
                 a.clone().slice(layer..layer + 1).reshape([batch, experts])
             }),
-            force_on: self.force_on.as_ref().map(|f| layer_row(f, layer)),
-            force_off: self.force_off.as_ref().map(|f| layer_row(f, layer)),
-            weight_scale: self.weight_scale.as_ref().map(|w| {
-                let [_, experts] = w.dims();
-                w.clone().slice(layer..layer + 1).reshape([experts])
-            }),
+            force_on: self.force_on.as_ref().map(|f| layer_rows(f, layer)),
+            force_off: self.force_off.as_ref().map(|f| layer_rows(f, layer)),
+            weight_scale: self.weight_scale.as_ref().map(|w| layer_rows(w, layer)),
             capture: self.capture,
             index: None,
         }
     }
 }
 
-/// Row `layer` of a `[layers, experts]` mask.
-fn layer_row<B: Backend>(mask: &Tensor<B, 2, Bool>, layer: usize) -> Tensor<B, 1, Bool> {
-    let [_, experts] = mask.dims();
-    mask.clone().slice(layer..layer + 1).reshape([experts])
+/// Layer `layer` of a `[layers, batch or 1, experts]` setting: `[batch or 1, experts]`.
+fn layer_rows<B: Backend, K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>>(
+    setting: &Tensor<B, 3, K>,
+    layer: usize,
+) -> Tensor<B, 2, K> {
+    let [_, rows, experts] = setting.dims();
+    setting
+        .clone()
+        .slice(layer..layer + 1)
+        .reshape([rows, experts])
+}
+
+/// A `[batch or 1, experts]` setting for each of `tokens` rows (batch-major, `seq` a sample).
+fn per_token<B: Backend, K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>>(
+    setting: Tensor<B, 2, K>,
+    batch: usize,
+    tokens: usize,
+) -> Tensor<B, 2, K> {
+    let [rows, experts] = setting.dims();
+    if rows == 1 {
+        setting.expand([tokens, experts])
+    } else {
+        setting
+            .unsqueeze_dim::<3>(1)
+            .expand([batch, tokens / batch, experts])
+            .reshape([tokens, experts])
+    }
 }
 
 /// One layer's routing settings, as [`Routing::layer`] hands them to a MoE block.
@@ -203,12 +237,12 @@ fn layer_row<B: Backend>(mask: &Tensor<B, 2, Bool>, layer: usize) -> Tensor<B, 1
 pub struct LayerRouting<B: Backend> {
     /// `[batch or 1, experts]`, `true` = may be chosen.
     pub allow: Option<Tensor<B, 2, Bool>>,
-    /// `[experts]`, `true` = forced into the top-k.
-    pub force_on: Option<Tensor<B, 1, Bool>>,
-    /// `[experts]`, `true` = forced out of the top-k.
-    pub force_off: Option<Tensor<B, 1, Bool>>,
-    /// `[experts]` float32: multiplies each expert's routing weight.
-    pub weight_scale: Option<Tensor<B, 1>>,
+    /// `[batch or 1, experts]`, `true` = forced into the top-k.
+    pub force_on: Option<Tensor<B, 2, Bool>>,
+    /// `[batch or 1, experts]`, `true` = forced out of the top-k.
+    pub force_off: Option<Tensor<B, 2, Bool>>,
+    /// `[batch or 1, experts]` float32: multiplies each expert's routing weight.
+    pub weight_scale: Option<Tensor<B, 2>>,
     /// Capture the logits and the choices.
     pub capture: bool,
     /// `0..experts` on the logits' device for the top-k (`None`: made by each call).
@@ -239,23 +273,13 @@ impl<B: Backend> LayerRouting<B> {
         let mut routed = logits;
         if let Some(allow) = &self.allow {
             // masked = router_logits + (1.0 - mask) * -1e9
-            let [rows, _] = allow.dims();
-            let seq = tokens / batch;
             let penalty = allow
                 .clone()
                 .bool_not()
                 .float()
                 .cast(dtype)
                 .mul_scalar(MASK_PENALTY);
-            let penalty = if rows == 1 {
-                penalty.expand([tokens, num_experts])
-            } else {
-                penalty
-                    .unsqueeze_dim::<3>(1)
-                    .expand([batch, seq, num_experts])
-                    .reshape([tokens, num_experts])
-            };
-            routed = routed + penalty;
+            routed = routed + per_token(penalty, batch, tokens);
         }
         let scores = match self.force_on.is_some() || self.force_off.is_some() {
             false => routed,
@@ -273,11 +297,7 @@ impl<B: Backend> LayerRouting<B> {
                     .min_dim(1)
                     .sub_scalar(0.01)
                     .expand([tokens, num_experts]);
-                let rows = |m: &Tensor<B, 1, Bool>| {
-                    m.clone()
-                        .unsqueeze_dim::<2>(0)
-                        .expand([tokens, num_experts])
-                };
+                let rows = |m: &Tensor<B, 2, Bool>| per_token(m.clone(), batch, tokens);
                 let mut scores = logp;
                 if let Some(on) = &self.force_on {
                     scores = scores.mask_where(rows(on), top);
@@ -292,11 +312,14 @@ impl<B: Backend> LayerRouting<B> {
         // reads the scores in their own dtype (the float32 cast is its first step).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if let Some(route) = crate::cube::try_route(&scores, top_k, renorm) {
-            return self.scaled(Choice {
-                weights: route.weights,
-                experts: route.indices,
-                dense: Some(route.dense),
-            });
+            return self.scaled(
+                batch,
+                Choice {
+                    weights: route.weights,
+                    experts: route.indices,
+                    dense: Some(route.dense),
+                },
+            );
         }
         // probs = softmax(router_logits, dtype=torch.float)
         let probs = softmax(to_f32(scores), 1);
@@ -308,34 +331,28 @@ impl<B: Backend> LayerRouting<B> {
             // top_v = top_v / top_v.sum(dim=-1, keepdim=True)
             weights = weights.clone() / weights.sum_dim(1);
         }
-        self.scaled(Choice {
-            weights,
-            experts,
-            dense: None,
-        })
+        self.scaled(
+            batch,
+            Choice {
+                weights,
+                experts,
+                dense: None,
+            },
+        )
     }
 
     /// `choice` with each expert's weight multiplied by its [`LayerRouting::weight_scale`].
-    fn scaled(&self, choice: Choice<B>) -> Choice<B> {
+    fn scaled(&self, batch: usize, choice: Choice<B>) -> Choice<B> {
         let Some(scale) = &self.weight_scale else {
             return choice;
         };
         let [tokens, k] = choice.weights.dims();
-        let [experts] = scale.dims();
-        let at_chosen = scale
-            .clone()
-            .unsqueeze_dim::<2>(0)
-            .expand([tokens, experts])
-            .gather(1, choice.experts.clone());
+        let scale = per_token(scale.clone(), batch, tokens);
+        let at_chosen = scale.clone().gather(1, choice.experts.clone());
         debug_assert_eq!(at_chosen.dims(), [tokens, k]);
         Choice {
             weights: choice.weights * at_chosen,
-            dense: choice.dense.map(|d| {
-                d * scale
-                    .clone()
-                    .unsqueeze_dim::<2>(0)
-                    .expand([tokens, experts])
-            }),
+            dense: choice.dense.map(|d| d * scale),
             experts: choice.experts,
         }
     }
@@ -503,7 +520,7 @@ mod tests {
         allow: Option<Tensor<B, 2, Bool>>,
         force: [Option<Tensor<B, 1, Bool>>; 2],
     ) -> LayerRouting<B> {
-        let [force_on, force_off] = force;
+        let [force_on, force_off] = force.map(|f| f.map(|f| f.unsqueeze_dim(0)));
         LayerRouting {
             allow,
             force_on,
