@@ -116,7 +116,14 @@ fn experts_ablated_together_equal_experts_ablated_one_at_a_time() {
                     let together = rises(&model, &teacher, &base, layer, &experts, how);
                     assert_eq!(together.len(), experts.len());
                     for (&e, got) in experts.iter().zip(&together) {
-                        let alone = rise(&model, &teacher, &base, [layer, e], how);
+                        // One at a time through the path steering takes (one mask for all).
+                        let routing = removing::<B>([layer, e], how, 2, 8, &device);
+                        let alone: Vec<f64> = teacher
+                            .nll(&model, model.resume(&base.trunk, layer, &routing))
+                            .iter()
+                            .zip(&base.nll)
+                            .map(|(a, b)| a - b)
+                            .collect();
                         assert_eq!(got.len(), alone.len());
                         let worst = got
                             .iter()

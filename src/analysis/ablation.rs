@@ -12,11 +12,11 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
 
-/// Experts of one layer ablated in one forward pass (copies of the batch at once).
-pub const AT_ONCE: usize = 8;
-
 use super::answers::Teacher;
 use crate::model::{ExpertId, MoeLm, Removal, Routing, Trunk};
+
+/// Experts of one layer ablated in one forward pass (copies of the batch at once).
+pub const AT_ONCE: usize = 8;
 
 /// The answers' mean NLLs with nothing removed, and the batch's trunk to resume from.
 pub struct Baseline<B: Backend> {
@@ -55,21 +55,7 @@ pub fn rise<B: Backend>(
     expert: ExpertId,
     how: Removal,
 ) -> Vec<f64> {
-    let device = base.trunk.hidden.device();
-    let routing = removing(
-        expert,
-        how,
-        model.num_moe_layers(),
-        model.num_experts(),
-        &device,
-    );
-    let hidden = model.resume(&base.trunk, expert[0], &routing);
-    teacher
-        .nll(model, hidden)
-        .iter()
-        .zip(&base.nll)
-        .map(|(a, b)| a - b)
-        .collect()
+    rises(model, teacher, base, expert[0], &[expert[1]], how).remove(0)
 }
 
 /// [`rise`] for each of `experts` (all of MoE layer `layer`), in one forward pass over
