@@ -524,22 +524,26 @@ impl<B: Backend> Frame<B> {
         if times == 1 {
             return self.clone();
         }
-        let rows = |t: &Tensor<B, 4>| match t.dims()[0] {
-            1 => t.clone(),
-            _ => t.clone().repeat_dim(0, times),
-        };
-        let masked = match self.masked.dims()[0] {
-            1 => self.masked.clone(),
-            _ => self.masked.clone().repeat_dim(0, times),
-        };
         Self {
             batch: self.batch * times,
             seq: self.seq,
-            cos: rows(&self.cos),
-            sin: rows(&self.sin),
-            masked,
+            cos: repeat_rows(&self.cos, times),
+            sin: repeat_rows(&self.sin, times),
+            masked: repeat_rows(&self.masked, times),
             constants: self.constants.clone(),
         }
+    }
+}
+
+/// `t` with its batch rows repeated `times` times, one copy after another (a single row, shared
+/// by every sample, is kept as it is).
+fn repeat_rows<B: Backend, K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>>(
+    t: &Tensor<B, 4, K>,
+    times: usize,
+) -> Tensor<B, 4, K> {
+    match t.dims()[0] {
+        1 => t.clone(),
+        _ => t.clone().repeat_dim(0, times),
     }
 }
 

@@ -190,10 +190,7 @@ impl<B: Backend> Routing<B> {
     /// The view of layer `layer`.
     pub fn layer(&self, layer: usize) -> LayerRouting<B> {
         LayerRouting {
-            allow: self.allow.as_ref().map(|a| {
-                let [_, batch, experts] = a.dims();
-                a.clone().slice(layer..layer + 1).reshape([batch, experts])
-            }),
+            allow: self.allow.as_ref().map(|a| layer_rows(a, layer)),
             force_on: self.force_on.as_ref().map(|f| layer_rows(f, layer)),
             force_off: self.force_off.as_ref().map(|f| layer_rows(f, layer)),
             weight_scale: self.weight_scale.as_ref().map(|w| layer_rows(w, layer)),

@@ -12,8 +12,9 @@
 //! A row's tokens are picked on the host from its own sampler, except when every row is greedy
 //! and none returns its routing: then blocks of up to [`READ_EVERY`] steps run on the device with
 //! each step's argmax fed back there, and the host reads the block's tokens once (the steps
-//! queue without waiting for it). Text is decoded incrementally and sent as deltas; a suffix that may still become
-//! a stop string, or an incomplete UTF-8 sequence, is held back until it is settled.
+//! queue without waiting for it). Text is decoded incrementally and sent as deltas; a suffix that
+//! may still become a stop string, or an incomplete UTF-8 sequence, is held back until it is
+//! settled.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
