@@ -124,6 +124,9 @@ struct Args {
     /// `attribution`; `attribution+ablation`).
     #[arg(long, default_value = "ablation")]
     ranking: String,
+    /// `effects`: which removals exact ablation measures: `both`, `zero` or `route`.
+    #[arg(long, default_value = "both")]
+    removal: String,
     /// Write the transformers cross-check (model, inputs, outputs, gradients) here.
     #[arg(long)]
     check_dir: Option<PathBuf>,
@@ -542,8 +545,18 @@ fn effects<B: AutodiffBackend>(a: &Args, device: &B::Device) {
             }
         })
         .collect();
-    let analysis: AnalysisConfig = serde_json::from_value(json!({"ranking": a.ranking}))
-        .expect("--ranking: ablation, attribution or attribution+ablation");
+    let removal = match a.removal.as_str() {
+        "both" => json!({"ablate_both": true}),
+        one => json!({"ablate_both": false, "removal": one}),
+    };
+    let mut settings = json!({"ranking": a.ranking});
+    settings
+        .as_object_mut()
+        .expect("an object")
+        .extend(removal.as_object().expect("an object").clone());
+    let analysis: AnalysisConfig = serde_json::from_value(settings).expect(
+        "--ranking: ablation, attribution or attribution+ablation; --removal: both, zero or route",
+    );
     // A line every 1,024 passes: a rate even where a time limit stops the figure.
     let (mut passes, mut total) = (0usize, 0usize);
     sync::<B>(device);
@@ -563,7 +576,7 @@ fn effects<B: AutodiffBackend>(a: &Args, device: &B::Device) {
     sync::<B>(device);
     let wall = t.elapsed().as_secs_f64();
     emit(
-        json!({"what": "effects", "impl": "steermoe", "ranking": a.ranking, "layers": layers(a),
+        json!({"what": "effects", "impl": "steermoe", "ranking": a.ranking, "removal": a.removal, "layers": layers(a),
         "experts": e.layers * e.experts, "ablated": e.ablated.len(), "removals": e.ablation.len(),
         "pairs": a.pairs, "pairs_per_batch": a.pairs_per_batch, "passes": passes,
         "attribution_seconds": round3(e.seconds.0), "ablation_seconds": round3(e.seconds.1),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Out of device memory fails loudly or is right (issue 41): the embedded organism's base evaluation
 # (configs/organism-dose.toml's [eval]: 100 held-out FlipAttack jailbreaks and plain goals, 100
-# benign instructions, 64 trained answers) run once on a quiet GPU, then PROCS times at once while
+# benign instructions, 64 trained answers) run twice on a quiet GPU, then PROCS times at once while
 # a PyTorch process holds all but HEADROOM_GB of the device's memory. Every pressured run must
 # either exit with status 75 and an "out of device memory" message, or write exactly the quiet
 # run's figures (every number of eval.json, and every answer in responses.jsonl). One JSON line
@@ -23,6 +23,7 @@ run() { # NAME: one evaluation; its log and status in $W
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
 run quiet
+run quiet2   # a second quiet run: the figures a pressured run must match are reproducible
 HEADROOM_GB=$HEADROOM_GB python3 - <<'PY' > "$W/hog.log" 2>&1 &
 import os, time, torch
 free, total = torch.cuda.mem_get_info()
@@ -54,6 +55,7 @@ def figures(d):
     responses = w / d / "responses.jsonl"
     return strip(v), responses.read_text() if responses.exists() else None
 quiet = figures("quiet")
+print(json.dumps({"what": "oom_stress_quiet_repeat", "same": figures("quiet2") == quiet}))
 tally = {"same": 0, "out_of_memory": 0, "wrong": 0, "other_failure": 0}
 for i in range(1, procs + 1):
     name = f"p{i}"

@@ -217,6 +217,16 @@ fn attribution_ranks_like_exact_ablation_and_measurements_repeat_bit_for_bit() {
         (&again.attribution, &again.ablation, &again.order),
         (&e.attribution, &e.ablation, &e.order)
     );
+
+    // Only the ranking's removal measured: the same figures for it, the same ranking.
+    let one = AnalysisConfig {
+        ablate_both: false,
+        ..cfg.clone()
+    };
+    let zero_only = measure(&model, &batches, &one, &device, |_| {});
+    assert_eq!(zero_only.ablation.len(), 1);
+    assert_eq!(zero_only.ablation[0], (Removal::Zero, exact.clone()));
+    assert_eq!((&zero_only.score, &zero_only.order), (&e.score, &e.order));
 }
 
 fn config(model: &std::path::Path, data: &str) -> String {

@@ -9,8 +9,9 @@
 #                                       # curves (DOSE_PROCS), within BUDGET s
 #   benches/method/device.sh plant      # PLANT_SEEDS planted organisms (configs/plant-organism-
 #                                       # cpu.toml on CUDA), each swept with configs/planted-sweep.
-#                                       # toml (PLANTED_CELLS), within BUDGET s; PLANT_SET:
-#                                       # space-separated KEY=VALUE overrides of the plant
+#                                       # toml (PLANTED_CELLS), within BUDGET s; PLANT_SET /
+#                                       # PLANTED_SET: space-separated KEY=VALUE overrides of the
+#                                       # plant / of the planted sweeps
 #   benches/method/device.sh rasa       # configs/rasa-organism.toml: one collect per attack
 #                                       # family, then RASA_PROCS sweep processes, within BUDGET s
 #   benches/method/device.sh organism   # ORGANISM_JOBS of the organism sweep, one process each;
@@ -167,6 +168,7 @@ case "${1:-smoke}" in
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.log" &
     smi=$!
     PSET=(); for e in ${PLANT_SET:-}; do PSET+=(--set "$e"); done   # e.g. PLANT_SET='plant.steps=400'
+    SSET=(); for e in ${PLANTED_SET:-}; do SSET+=(--set "$e"); done # e.g. PLANTED_SET='analysis.ablate_both=false'
     cells=()
     for c in ${PLANTED_CELLS:-prompt, generation,experts=risk_diff response,experts=risk_diff}; do cells+=(--cells "$c"); done
     pids=()
@@ -177,10 +179,10 @@ case "${1:-smoke}" in
       cp "/tmp/planted-$ps/planted.json" "$OUT/planted-$ps.json"
       timeout "$(left)" "$STEERMOE" --no-tui sweep --config configs/planted-sweep.toml --out "/tmp/planted-sweep-$ps" \
         --jobs "${PLANTED_JOBS:-2}" --set "model.dir=/tmp/planted-$ps" --set "data.path=/tmp/planted-$ps/behaviour.json" \
-        --set "sweep.seeds=${PLANTED_SEEDS:-[0]}" "${cells[@]}" > "$OUT/logs/planted-sweep-$ps.log" 2>&1
+        --set "sweep.seeds=${PLANTED_SEEDS:-[0]}" "${SSET[@]}" "${cells[@]}" > "$OUT/logs/planted-sweep-$ps.log" 2>&1
       "$STEERMOE" --no-tui sweep --config configs/planted-sweep.toml --out "/tmp/planted-sweep-$ps" --report \
         --set "model.dir=/tmp/planted-$ps" --set "data.path=/tmp/planted-$ps/behaviour.json" \
-        --set "sweep.seeds=${PLANTED_SEEDS:-[0]}" "${cells[@]}" >> "$OUT/logs/planted-sweep-$ps.log" 2>&1
+        --set "sweep.seeds=${PLANTED_SEEDS:-[0]}" "${SSET[@]}" "${cells[@]}" >> "$OUT/logs/planted-sweep-$ps.log" 2>&1
       pack "/tmp/planted-sweep-$ps" "planted-sweep-$ps.tar.xz"
     ) & pids+=($!); done
     wait "${pids[@]}"

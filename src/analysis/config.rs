@@ -42,8 +42,11 @@ pub struct AnalysisConfig {
     pub score: EffectScore,
     /// How an expert is removed for the ranking's effect: `"zero"` (its routing weight set to
     /// 0) or `"route"` (routed around: the next expert takes its slot). Exact ablation measures
-    /// both; attribution is the first-order effect of zeroing.
+    /// both unless `ablate_both` is false; attribution is the first-order effect of zeroing.
     pub removal: Removal,
+    /// Exact ablation measures both removals (`true`, the effects files hold both) or only
+    /// `removal` (`false`: half the passes).
+    pub ablate_both: bool,
     /// Experts ablated exactly after attribution (`"attribution+ablation"`).
     pub ablate_top: usize,
     /// Answer tokens counted per answer in the effects (0 = all): the first ones decide between
@@ -126,6 +129,7 @@ impl Default for AnalysisConfig {
             ranking: Ranking::RiskDiff,
             score: EffectScore::Specific,
             removal: Removal::Zero,
+            ablate_both: true,
             ablate_top: 128,
             answer_tokens: 16,
         }

@@ -139,8 +139,12 @@ pub fn measure<B: AutodiffBackend>(
         Ranking::Ablation => n,
         Ranking::AttributionAblation => cfg.ablate_top.min(n),
     };
+    let removals: Vec<Removal> = match cfg.ablate_both {
+        true => Removal::ALL.to_vec(),
+        false => vec![cfg.removal],
+    };
     progress(EffectsEvent::Start(
-        batches.len() * 2 * (usize::from(use_attribution) + ablate_count * Removal::ALL.len()),
+        batches.len() * 2 * (usize::from(use_attribution) + ablate_count * removals.len()),
     ));
     let answers = (
         batches.iter().map(|b| b.unsafe_count()).sum(),
@@ -185,7 +189,7 @@ pub fn measure<B: AutodiffBackend>(
         _ => (0..ablate_count).collect(),
     };
 
-    // Exact ablation of every candidate, both removals; the candidates of one layer in groups of
+    // Exact ablation of every candidate, each removal measured; the candidates of one layer in groups of
     // up to `AT_ONCE`, one forward pass a group.
     let mut by_layer: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for &c in &candidates {
@@ -198,7 +202,7 @@ pub fn measure<B: AutodiffBackend>(
     let start = Instant::now();
     let inner = model.valid();
     let mut tokens = 0;
-    let mut sums: Vec<[Sums; 2]> = Removal::ALL
+    let mut sums: Vec<[Sums; 2]> = removals
         .iter()
         .map(|_| [Sums::new(n), Sums::new(n)])
         .collect();
@@ -213,7 +217,7 @@ pub fn measure<B: AutodiffBackend>(
         let mut per_removal = Vec::new();
         if !candidates.is_empty() {
             let bases = sides.each_ref().map(|t| baseline(&inner, t));
-            for (r, &how) in Removal::ALL.iter().enumerate() {
+            for (r, &how) in removals.iter().enumerate() {
                 let mut batch = SideEffects {
                     unsafe_: vec![f64::NAN; n],
                     safe: vec![f64::NAN; n],
@@ -245,7 +249,7 @@ pub fn measure<B: AutodiffBackend>(
     let ablated_mask: Vec<bool> = (0..n).map(|i| candidates.contains(&i)).collect();
     let ablation: Vec<(Removal, SideEffects)> = match candidates.is_empty() {
         true => Vec::new(),
-        false => Removal::ALL
+        false => removals
             .iter()
             .zip(&sums)
             .map(|(&how, [u, s])| {
@@ -268,7 +272,7 @@ pub fn measure<B: AutodiffBackend>(
     let ablation_seconds = start.elapsed().as_secs_f64();
 
     // The ranking's score: exact where ablated (the configured removal), attribution elsewhere.
-    let removal_index = Removal::ALL
+    let removal_index = removals
         .iter()
         .position(|&r| r == cfg.removal)
         .expect("a removal");
