@@ -16,7 +16,9 @@ PROCS=${PROCS:-6}
 HEADROOM_GB=${HEADROOM_GB:-12}
 W=/tmp/oom-stress
 rm -rf "$W"; mkdir -p "$W" "$OUT"
-cfg=configs/organism-dose.toml
+# The dose config less its [sweep] table: one evaluation of the base model.
+cfg=$W/eval.toml
+sed -e '/^\[sweep/,$d' -e 's/^variants = .*/variants = ["base"]/' configs/organism-dose.toml > "$cfg"
 run() { # NAME: one evaluation; its log and status in $W
   "$STEERMOE" --no-tui eval --config "$cfg" --out "$W/$1" > "$W/$1.log" 2>&1
   echo $? > "$W/$1.status"
