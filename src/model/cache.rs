@@ -7,8 +7,8 @@
 //! concatenation along the sequence axis (a copy of the whole history per layer and step);
 //! [`KvCache::with_capacity`] instead keeps buffers with room to spare, writes each step's keys
 //! and values into them in place, and doubles them (up to the capacity) when full: attention then
-//! runs over every slot of the buffers, the slots not yet written masked (they hold zeros, so they
-//! contribute exactly nothing).
+//! runs over every slot of the buffers, the slots not yet written masked by causality. Both kinds
+//! take continuous batching's row changes (rows dropped, appended, padded in front).
 //!
 //! The cache also keeps the forward pass's [`Constants`] (the index and RoPE's frequencies), made
 //! at the first pass and reused by the later ones, so a decode step uploads nothing.
@@ -172,13 +172,9 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Keep only batch rows `rows` (in that order); with none left the cache is empty again.
-    /// Continuous batching drops finished sequences with it.
-    ///
-    /// # Panics
-    /// On a cache written in place ([`KvCache::with_capacity`]): rows are reshuffled only in a
-    /// cache that grows by concatenation.
+    /// Continuous batching drops finished sequences with it (the buffers of a cache written in
+    /// place keep their slots).
     pub fn select_rows(&mut self, rows: &[usize]) {
-        self.assert_growing();
         if rows.is_empty() {
             self.layers.iter_mut().for_each(|l| *l = None);
             self.filled = 0;
@@ -199,9 +195,9 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// Drop the first `n` positions of every row (positions no row reads any more).
+    /// Drop the first `n` positions of every row (positions no row reads any more; a cache
+    /// written in place loses as many slots).
     pub fn drop_front(&mut self, n: usize) {
-        self.assert_growing();
         if n == 0 {
             return;
         }
@@ -221,9 +217,8 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Put `n` empty positions (zeros) before every row's, which the caller's attention mask
-    /// must mark as padding.
+    /// must mark as padding (a cache written in place gains as many slots).
     pub fn pad_front(&mut self, n: usize) {
-        self.assert_growing();
         if n == 0 {
             return;
         }
@@ -241,13 +236,16 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Append the rows of `other`, which holds as many positions, after this cache's rows (an
-    /// empty cache takes `other` as it is).
+    /// empty cache takes `other` as it is). Where this cache is written in place, `other`'s
+    /// buffers get its empty slots after their positions.
     ///
     /// # Panics
-    /// When the two hold different numbers of positions, or either is written in place.
+    /// When the two hold different numbers of positions, or `other` is written in place.
     pub fn append_rows(&mut self, other: KvCache<B>) {
-        self.assert_growing();
-        other.assert_growing();
+        assert!(
+            other.capacity.is_none(),
+            "rows are appended from a cache that grows by concatenation"
+        );
         if self.is_empty() {
             self.layers = other.layers;
             self.filled = other.filled;
@@ -263,17 +261,22 @@ impl<B: Backend> KvCache<B> {
         for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
             *mine = match (mine.take(), theirs) {
                 (Some((k, v)), Some((ok, ov))) => {
-                    Some((Tensor::cat(vec![k, ok], 0), Tensor::cat(vec![v, ov], 0)))
+                    let slots = k.dims()[2];
+                    let widen = |t: Tensor<B, 4>| match t.dims() {
+                        [b, h, have, d] if have < slots => {
+                            let zeros =
+                                Tensor::zeros([b, h, slots - have, d], (&t.device(), t.dtype()));
+                            Tensor::cat(vec![t, zeros], 2)
+                        }
+                        _ => t,
+                    };
+                    Some((
+                        Tensor::cat(vec![k, widen(ok)], 0),
+                        Tensor::cat(vec![v, widen(ov)], 0),
+                    ))
                 }
                 (a, b) => a.or(b),
             };
         }
-    }
-
-    fn assert_growing(&self) {
-        assert!(
-            self.capacity.is_none(),
-            "rows of a KV cache written in place cannot be reshuffled"
-        );
     }
 }

@@ -111,6 +111,9 @@ pub struct Stats {
 pub struct EngineOptions {
     /// Sequences decoded together at most.
     pub max_batch: usize,
+    /// Positions a row may hold (prompt and answer): the batch's keys and values are written in
+    /// place into buffers of up to twice this many slots.
+    pub context: usize,
 }
 
 /// Run requests from `jobs` until every sender is gone and nothing is left to do.
@@ -179,8 +182,7 @@ pub fn run<B: Backend>(
                 slot => slot.insert(Batch::new(
                     model,
                     job.steering.clone(),
-                    layers,
-                    experts,
+                    [layers, experts, 2 * opts.context.max(1)],
                     stacked.clone(),
                     device,
                 )),
@@ -226,13 +228,13 @@ impl<B: Backend> Batch<B> {
     fn new(
         model: &MoeLm<B>,
         steering: Steering,
-        layers: usize,
-        experts: usize,
+        [layers, experts, capacity]: [usize; 3],
         stacked: Option<Vec<crate::model::StackedExperts<B>>>,
         device: &B::Device,
     ) -> Self {
         let routing = steering.routing(layers, experts, device);
-        let mut cache = KvCache::new(model.num_layers());
+        // Keys and values written in place (as `generate` does), not copied whole every step.
+        let mut cache = KvCache::new(model.num_layers()).with_capacity(capacity);
         if let Some(stacked) = stacked {
             cache = cache.with_stacked_experts(stacked);
         }

@@ -112,6 +112,7 @@ pub fn serve<B: Backend>(
         queue,
         &EngineOptions {
             max_batch: opts.max_batch,
+            context: opts.context,
         },
         &stats,
     );
