@@ -352,3 +352,104 @@ fn greedy_rows_stop_at_their_own_stop_id_and_the_rest_go_on() {
         stopped.iter().map(|g| g.new_ids.len()).sum::<usize>()
     );
 }
+
+/// Continuous batching's row changes (a row joins a running batch, padded in front or padding the
+/// batch; a finished row leaves and the front no row reads is dropped) give the same next-token
+/// logits on a cache written in place (as `serve` keeps it) as on one grown by concatenation.
+#[test]
+fn row_changes_give_the_same_logits_in_place_and_grown() {
+    let model = model();
+    let device = Default::default();
+    let prompts = chat_prompts(&["Hi", "Write a long poem about the sea, please", "Why?"]);
+    let run = |in_place: bool| -> Vec<f32> {
+        let mut cache = KvCache::new(model.num_layers());
+        if in_place {
+            cache = cache.with_capacity(256);
+        }
+        // Each row: where its positions start in the cache, and how many it has.
+        let (mut starts, mut lens): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+        let mut logits = Vec::new();
+        let admit = |cache: &mut KvCache<B>,
+                     starts: &mut Vec<usize>,
+                     lens: &mut Vec<usize>,
+                     ids: &[u32]| {
+            let n = ids.len();
+            let mut own = KvCache::new(model.num_layers());
+            let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+            model.forward_cached(
+                LmInput::ids(Tensor::from_data(TensorData::new(ids, [1, n]), &device)),
+                &mut own,
+                &Routing::free(),
+            );
+            let have = cache.len();
+            let start = if starts.is_empty() {
+                0
+            } else if n > have {
+                cache.pad_front(n - have);
+                starts.iter_mut().for_each(|s| *s += n - have);
+                0
+            } else {
+                own.pad_front(have - n);
+                have - n
+            };
+            cache.append_rows(own);
+            starts.push(start);
+            lens.push(n);
+        };
+        let mut step =
+            |cache: &mut KvCache<B>, starts: &[usize], lens: &mut Vec<usize>, token: i64| {
+                let rows = starts.len();
+                let width = cache.len() + 1;
+                let valid: Vec<bool> = starts
+                    .iter()
+                    .flat_map(|&s| (0..width).map(move |j| j >= s))
+                    .collect();
+                let positions: Vec<i64> = lens.iter().map(|&l| l as i64).collect();
+                let out = model.forward_cached(
+                    LmInput {
+                        input_ids: Tensor::<B, 2, Int>::from_data(
+                            TensorData::new(vec![token; rows], [rows, 1]),
+                            &device,
+                        ),
+                        attention_mask: Some(Tensor::from_data(
+                            TensorData::new(valid, [rows, width]),
+                            &device,
+                        )),
+                        positions: Some(Tensor::from_data(
+                            TensorData::new(positions, [rows, 1]),
+                            &device,
+                        )),
+                    },
+                    cache,
+                    &Routing::free(),
+                );
+                lens.iter_mut().for_each(|l| *l += 1);
+                logits.extend(out.logits.into_data().iter::<f32>());
+            };
+        admit(&mut cache, &mut starts, &mut lens, &prompts[0]);
+        for t in [11, 12, 13] {
+            step(&mut cache, &starts, &mut lens, t);
+        }
+        // A longer prompt joins (the batch is padded in front), then a shorter one (it is).
+        admit(&mut cache, &mut starts, &mut lens, &prompts[1]);
+        step(&mut cache, &starts, &mut lens, 14);
+        admit(&mut cache, &mut starts, &mut lens, &prompts[2]);
+        for t in [15, 16] {
+            step(&mut cache, &starts, &mut lens, t);
+        }
+        // The first row leaves; the front no row reads any more goes.
+        cache.select_rows(&[1, 2]);
+        starts.remove(0);
+        lens.remove(0);
+        let front = *starts.iter().min().unwrap();
+        cache.drop_front(front);
+        starts.iter_mut().for_each(|s| *s -= front);
+        for t in [17, 18, 19] {
+            step(&mut cache, &starts, &mut lens, t);
+        }
+        logits
+    };
+    let (grown, in_place) = (run(false), run(true));
+    assert_eq!(grown.len(), in_place.len());
+    assert_close("in place against grown", &in_place, &grown, 1e-5);
+}
