@@ -545,15 +545,11 @@ fn effects<B: AutodiffBackend>(a: &Args, device: &B::Device) {
             }
         })
         .collect();
-    let removal = match a.removal.as_str() {
-        "both" => json!({"ablate_both": true}),
-        one => json!({"ablate_both": false, "removal": one}),
-    };
-    let mut settings = json!({"ranking": a.ranking});
-    settings
-        .as_object_mut()
-        .expect("an object")
-        .extend(removal.as_object().expect("an object").clone());
+    let both = a.removal == "both";
+    let mut settings = json!({"ranking": a.ranking, "ablate_both": both});
+    if !both {
+        settings["removal"] = json!(a.removal);
+    }
     let analysis: AnalysisConfig = serde_json::from_value(settings).expect(
         "--ranking: ablation, attribution or attribution+ablation; --removal: both, zero or route",
     );
