@@ -140,23 +140,28 @@ fn greedy_answers_equal_generate_however_batched() {
         })
         .collect();
     let server = Server::start(&["--max-batch", "4"], &[]);
-    // All at once, staggered so that requests join a running batch and rows leave it.
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = PROMPTS
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let server = &server;
-                s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(15 * i as u64));
-                    let max = 4 + 2 * i as u64;
-                    server.post("/chat/completions", &chat(p, json!({"max_tokens": max})))
+    // Staggered, so that requests join a running batch and rows leave it; then in one burst, so
+    // that prompts of different lengths are prefilled together in one left-padded pass.
+    let round = |stagger_ms: u64| -> Vec<(u16, Value)> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = PROMPTS
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let server = &server;
+                    s.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(stagger_ms * i as u64));
+                        let max = 4 + 2 * i as u64;
+                        server.post("/chat/completions", &chat(p, json!({"max_tokens": max})))
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for (i, ((status, body), want)) in answers.iter().zip(&solo).enumerate() {
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let answers: Vec<(u16, Value)> = [round(15), round(0)].concat();
+    for (i, ((status, body), want)) in answers.iter().zip(solo.iter().cycle()).enumerate() {
+        let i = i % PROMPTS.len();
         assert_eq!(*status, 200, "{body}");
         let n = (4 + 2 * i).min(want["new_ids"].as_array().unwrap().len());
         let got = body["choices"][0]["message"]["content"].as_str().unwrap();

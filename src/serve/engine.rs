@@ -2,8 +2,8 @@
 //!
 //! One thread owns the model and runs decode steps over a batch of sequences that share one KV
 //! cache (rows of different lengths, left-padded and masked). Between steps, waiting requests
-//! join: each prompt is prefilled alone, its cache padded to the batch's length (or the batch's
-//! to its) and appended as a new row; rows that finish (a stop token or string, their token
+//! join: the prompts that arrived together are prefilled in one left-padded pass, their cache
+//! padded to the batch's length (or the batch's to theirs) and appended as new rows; rows that finish (a stop token or string, their token
 //! limit, or a client that went away) leave at once, and the positions no row reads any more are
 //! dropped from the front. Steering applies to a whole batch, so a request whose steering
 //! differs from the running batch's waits until that batch drains (requests are taken in
@@ -150,8 +150,9 @@ pub fn run<B: Backend>(
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        // Admit what fits and shares the batch's steering.
-        while batch.as_ref().map_or(0, |b| b.rows.len()) < opts.max_batch {
+        // Admit what fits and shares the batch's steering, prefilled together.
+        let mut joining: Vec<Job> = Vec::new();
+        while batch.as_ref().map_or(0, |b| b.rows.len()) + joining.len() < opts.max_batch {
             let job = match waiting.take() {
                 Some(job) => job,
                 None => match jobs.try_recv() {
@@ -170,24 +171,29 @@ pub fn run<B: Backend>(
                 stats.finished.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let fits = batch
-                .as_ref()
-                .is_none_or(|b| b.rows.is_empty() || b.steering == job.steering);
-            if !fits {
+            let steering = match (joining.first(), &batch) {
+                (Some(first), _) => Some(&first.steering),
+                (None, Some(b)) if !b.rows.is_empty() => Some(&b.steering),
+                _ => None,
+            };
+            if steering.is_some_and(|s| *s != job.steering) {
                 waiting = Some(job);
                 break;
             }
+            joining.push(job);
+        }
+        if !joining.is_empty() {
             let b = match &mut batch {
                 Some(b) if !b.rows.is_empty() => b,
                 slot => slot.insert(Batch::new(
                     model,
-                    job.steering.clone(),
+                    joining[0].steering.clone(),
                     [layers, experts, 2 * opts.context.max(1)],
                     stacked.clone(),
                     device,
                 )),
             };
-            b.admit(model, job, device);
+            b.admit(model, joining, device);
         }
         if let Some(b) = &mut batch {
             if !b.rows.is_empty() {
@@ -253,47 +259,77 @@ impl<B: Backend> Batch<B> {
             .any(|r| r.job.routed_experts || r.job.router_logits)
     }
 
-    /// Prefill `job`'s prompt alone and add it as a row.
-    fn admit(&mut self, model: &MoeLm<B>, job: Job, device: &B::Device) {
-        let n = job.prompt_ids.len();
-        let ids: Vec<i64> = job.prompt_ids.iter().map(|&t| t as i64).collect();
+    /// Prefill the prompts of `jobs` in one left-padded pass and add them as rows.
+    fn admit(&mut self, model: &MoeLm<B>, jobs: Vec<Job>, device: &B::Device) {
+        let width = jobs
+            .iter()
+            .map(|j| j.prompt_ids.len())
+            .max()
+            .expect("jobs to admit");
+        let n = jobs.len();
+        let pads: Vec<usize> = jobs.iter().map(|j| width - j.prompt_ids.len()).collect();
+        // Positions count from each row's first real token (1 on padding, as `generate`).
+        let mut ids = Vec::with_capacity(n * width);
+        let mut valid = Vec::with_capacity(n * width);
+        let mut positions = Vec::with_capacity(n * width);
+        for (job, &pad) in jobs.iter().zip(&pads) {
+            let first = job.prompt_ids[0] as i64;
+            ids.extend(
+                std::iter::repeat_n(first, pad).chain(job.prompt_ids.iter().map(|&t| t as i64)),
+            );
+            valid.extend((0..width).map(|j| j >= pad));
+            positions.extend(std::iter::repeat_n(1i64, pad).chain(0..(width - pad) as i64));
+        }
+        let padded = pads.iter().any(|&p| p > 0);
         let input = LmInput {
-            input_ids: Tensor::from_data(TensorData::new(ids, [1, n]), device),
-            attention_mask: None,
-            positions: None,
+            input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), device),
+            attention_mask: padded
+                .then(|| Tensor::from_data(TensorData::new(valid, [n, width]), device)),
+            positions: padded
+                .then(|| Tensor::from_data(TensorData::new(positions, [n, width]), device)),
         };
-        let capture = job.routed_experts || job.router_logits;
+        let capture = jobs.iter().any(|j| j.routed_experts || j.router_logits);
         let mut own = KvCache::new(model.num_layers());
         let out = forward(model, input, &mut own, &self.routing, capture);
-        let routing = capture.then(|| routings(&out, std::iter::once(&job)).remove(0));
+        let mut routing: Vec<Option<TokenRouting>> = match capture {
+            true => routings(&out, jobs.iter())
+                .into_iter()
+                .zip(&jobs)
+                .map(|(r, j)| (j.routed_experts || j.router_logits).then_some(r))
+                .collect(),
+            false => vec![None; n],
+        };
         let logits = last_logits(out.logits);
         let have = self.cache.len();
-        let start = if self.rows.is_empty() {
+        // Where the new rows' cache begins in the batch's.
+        let offset = if self.rows.is_empty() {
             0
-        } else if n > have {
-            self.cache.pad_front(n - have);
-            self.rows.iter_mut().for_each(|r| r.start += n - have);
+        } else if width > have {
+            self.cache.pad_front(width - have);
+            self.rows.iter_mut().for_each(|r| r.start += width - have);
             0
         } else {
-            own.pad_front(have - n);
-            have - n
+            own.pad_front(have - width);
+            have - width
         };
         self.cache.append_rows(own);
         self.next = Some(match self.next.take() {
             Some(next) => Tensor::cat(vec![next, logits], 0),
             None => logits,
         });
-        let sampler = Sampler::new(job.sampling);
-        self.rows.push(Row {
-            job,
-            start,
-            len: n,
-            new_ids: Vec::new(),
-            sampler,
-            sent: 0,
-            next_routing: routing,
-            unsent_routing: Vec::new(),
-        });
+        for ((job, pad), routing) in jobs.into_iter().zip(pads).zip(routing.iter_mut()) {
+            let sampler = Sampler::new(job.sampling);
+            self.rows.push(Row {
+                start: offset + pad,
+                len: job.prompt_ids.len(),
+                job,
+                new_ids: Vec::new(),
+                sampler,
+                sent: 0,
+                next_routing: routing.take(),
+                unsent_routing: Vec::new(),
+            });
+        }
     }
 
     /// Steps decoded before the host reads their tokens: [`READ_EVERY`] (fewer where a row's
