@@ -100,33 +100,14 @@ pub fn generate<B: Backend>(
         batch > 0 && prompts.iter().all(|p| !p.is_empty()),
         "prompts must be non-empty"
     );
-    let width = prompts.iter().map(Vec::len).max().expect("non-empty batch");
-    let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let routing = routing.clone().with_capture(opts.capture);
-
-    // Every position the call can fill: the prompt, then one a decode step.
+    let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    // The mask covers every position the call can fill (generated ones are real tokens), made
+    // once: the prompt, then one a decode step.
+    let padded = LeftPadded::new(&rows, opts.pad_id, opts.max_new_tokens);
+    let (width, pads) = (padded.width, padded.pads.clone());
     let capacity = width + opts.max_new_tokens;
-    // Left-padded prompt and positions (cumsum(mask) - 1, 1 on padding as transformers); the
-    // mask covers every position the call can fill (generated ones are real tokens), made once.
-    let mut ids = Vec::with_capacity(batch * width);
-    let mut valid = Vec::with_capacity(batch * capacity);
-    let mut positions = Vec::with_capacity(batch * width);
-    for (p, &pad) in prompts.iter().zip(&pads) {
-        ids.extend(std::iter::repeat_n(opts.pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        valid.extend(
-            std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, capacity - pad)),
-        );
-        positions.extend(std::iter::repeat_n(1i64, pad).chain(0..p.len() as i64));
-    }
-    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [batch, capacity]), device);
-    let input = LmInput {
-        input_ids: Tensor::from_data(TensorData::new(ids, [batch, width]), device),
-        attention_mask: Some(mask.clone()),
-        positions: Some(Tensor::from_data(
-            TensorData::new(positions, [batch, width]),
-            device,
-        )),
-    };
+    let routing = routing.clone().with_capture(opts.capture);
+    let (input, mask) = padded.input(device);
     // Keys and values written in place, into buffers that double when full (up to `capacity`).
     let mut cache = KvCache::new(model.num_layers()).with_capacity(capacity);
     if model.execution() != ExpertExecution::Grouped
@@ -211,6 +192,74 @@ pub fn generate<B: Backend>(
             new_ids: std::mem::take(&mut new_ids[r]),
         })
         .collect()
+}
+
+/// Prompts left-padded to the longest, as transformers' `generate` pads them: positions count
+/// from each row's first real token (`cumsum(mask) - 1`, 1 on padding).
+pub struct LeftPadded {
+    /// Each row's ids, padding (`pad_id`) first: `[rows × width]`.
+    pub ids: Vec<i64>,
+    /// Each row's padding.
+    pub pads: Vec<usize>,
+    /// The longest prompt's length.
+    pub width: usize,
+    /// Whether each position is a real token: `[rows × (width + extra)]`, the `extra` positions
+    /// after the prompt real (those the caller will decode).
+    pub valid: Vec<bool>,
+    /// Each prompt position's position id: `[rows × width]`.
+    pub positions: Vec<i64>,
+    extra: usize,
+}
+
+impl LeftPadded {
+    /// `prompts` (each non-empty) padded with `pad_id`, the mask `extra` positions wider.
+    pub fn new(prompts: &[&[u32]], pad_id: u32, extra: usize) -> Self {
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+        let rows = prompts.len();
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut valid = Vec::with_capacity(rows * (width + extra));
+        let mut positions = Vec::with_capacity(rows * width);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
+            valid.extend(
+                std::iter::repeat_n(false, pad)
+                    .chain(std::iter::repeat_n(true, width + extra - pad)),
+            );
+            positions.extend(std::iter::repeat_n(1i64, pad).chain(0..p.len() as i64));
+        }
+        Self {
+            ids,
+            pads,
+            width,
+            valid,
+            positions,
+            extra,
+        }
+    }
+
+    /// Whether any row is padded.
+    pub fn is_padded(&self) -> bool {
+        self.pads.iter().any(|&p| p > 0)
+    }
+
+    /// The prefill's input (its mask and positions always given) and the mask on its own.
+    pub fn input<B: Backend>(self, device: &B::Device) -> (LmInput<B>, Tensor<B, 2, Bool>) {
+        let rows = self.pads.len();
+        let mask = Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(self.valid, [rows, self.width + self.extra]),
+            device,
+        );
+        let input = LmInput {
+            input_ids: Tensor::from_data(TensorData::new(self.ids, [rows, self.width]), device),
+            attention_mask: Some(mask.clone()),
+            positions: Some(Tensor::from_data(
+                TensorData::new(self.positions, [rows, self.width]),
+                device,
+            )),
+        };
+        (input, mask)
+    }
 }
 
 /// Logits of the last position, `[batch, vocab]`.

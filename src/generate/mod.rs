@@ -3,7 +3,9 @@
 pub mod engine;
 pub mod sampler;
 
-pub use engine::{ChosenExperts, GenerateOptions, Generation, RouterLogits, generate, last_logits};
+pub use engine::{
+    ChosenExperts, GenerateOptions, Generation, LeftPadded, RouterLogits, generate, last_logits,
+};
 pub use sampler::{Sampler, Sampling};
 
 use burn::tensor::backend::Backend;

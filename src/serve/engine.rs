@@ -3,8 +3,8 @@
 //! One thread owns the model and runs decode steps over a batch of sequences that share one KV
 //! cache (rows of different lengths, left-padded and masked). Between steps, waiting requests
 //! join: the prompts that arrived together are prefilled in one left-padded pass, their cache
-//! padded to the batch's length (or the batch's to theirs) and appended as new rows; rows that finish (a stop token or string, their token
-//! limit, or a client that went away) leave at once, and the positions no row reads any more are
+//! padded to the batch's length (or the batch's to theirs) and appended as new rows; rows that
+//! finish (a stop token or string, their token limit, or a client that went away) leave at once, and the positions no row reads any more are
 //! dropped from the front. Steering applies to a whole batch, so a request whose steering
 //! differs from the running batch's waits until that batch drains (requests are taken in
 //! arrival order; at most one waits so).
@@ -28,7 +28,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::{TokenRouting, Usage};
 use crate::data::ChatTokenizer;
 use crate::eval::Steering;
-use crate::generate::{Sampler, Sampling, last_logits};
+use crate::generate::{LeftPadded, Sampler, Sampling, last_logits};
 use crate::model::{ExpertExecution, KvCache, LmInput, LmOutput, MoeLm, Routing};
 
 /// One request as the engine runs it.
@@ -193,7 +193,7 @@ pub fn run<B: Backend>(
                     device,
                 )),
             };
-            b.admit(model, joining, device);
+            b.admit(model, joining, tokenizer.pad_id, device);
         }
         if let Some(b) = &mut batch {
             if !b.rows.is_empty() {
@@ -260,44 +260,25 @@ impl<B: Backend> Batch<B> {
     }
 
     /// Prefill the prompts of `jobs` in one left-padded pass and add them as rows.
-    fn admit(&mut self, model: &MoeLm<B>, jobs: Vec<Job>, device: &B::Device) {
-        let width = jobs
-            .iter()
-            .map(|j| j.prompt_ids.len())
-            .max()
-            .expect("jobs to admit");
-        let n = jobs.len();
-        let pads: Vec<usize> = jobs.iter().map(|j| width - j.prompt_ids.len()).collect();
-        // Positions count from each row's first real token (1 on padding, as `generate`).
-        let mut ids = Vec::with_capacity(n * width);
-        let mut valid = Vec::with_capacity(n * width);
-        let mut positions = Vec::with_capacity(n * width);
-        for (job, &pad) in jobs.iter().zip(&pads) {
-            let first = job.prompt_ids[0] as i64;
-            ids.extend(
-                std::iter::repeat_n(first, pad).chain(job.prompt_ids.iter().map(|&t| t as i64)),
-            );
-            valid.extend((0..width).map(|j| j >= pad));
-            positions.extend(std::iter::repeat_n(1i64, pad).chain(0..(width - pad) as i64));
+    fn admit(&mut self, model: &MoeLm<B>, jobs: Vec<Job>, pad_id: u32, device: &B::Device) {
+        let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt_ids.as_slice()).collect();
+        let padded = LeftPadded::new(&prompts, pad_id, 0);
+        let (width, pads, is_padded) = (padded.width, padded.pads.clone(), padded.is_padded());
+        let (mut input, _) = padded.input(device);
+        if !is_padded {
+            // Every row real from its first position: no mask, positions from 0.
+            (input.attention_mask, input.positions) = (None, None);
         }
-        let padded = pads.iter().any(|&p| p > 0);
-        let input = LmInput {
-            input_ids: Tensor::from_data(TensorData::new(ids, [n, width]), device),
-            attention_mask: padded
-                .then(|| Tensor::from_data(TensorData::new(valid, [n, width]), device)),
-            positions: padded
-                .then(|| Tensor::from_data(TensorData::new(positions, [n, width]), device)),
-        };
         let capture = jobs.iter().any(|j| j.routed_experts || j.router_logits);
         let mut own = KvCache::new(model.num_layers());
         let out = forward(model, input, &mut own, &self.routing, capture);
-        let mut routing: Vec<Option<TokenRouting>> = match capture {
+        let routing: Vec<Option<TokenRouting>> = match capture {
             true => routings(&out, jobs.iter())
                 .into_iter()
                 .zip(&jobs)
                 .map(|(r, j)| (j.routed_experts || j.router_logits).then_some(r))
                 .collect(),
-            false => vec![None; n],
+            false => vec![None; jobs.len()],
         };
         let logits = last_logits(out.logits);
         let have = self.cache.len();
@@ -317,7 +298,7 @@ impl<B: Backend> Batch<B> {
             Some(next) => Tensor::cat(vec![next, logits], 0),
             None => logits,
         });
-        for ((job, pad), routing) in jobs.into_iter().zip(pads).zip(routing.iter_mut()) {
+        for ((job, pad), routing) in jobs.into_iter().zip(pads).zip(routing) {
             let sampler = Sampler::new(job.sampling);
             self.rows.push(Row {
                 start: offset + pad,
@@ -326,7 +307,7 @@ impl<B: Backend> Batch<B> {
                 new_ids: Vec::new(),
                 sampler,
                 sent: 0,
-                next_routing: routing.take(),
+                next_routing: routing,
                 unsent_routing: Vec::new(),
             });
         }
