@@ -3,11 +3,9 @@
 //! runs at its phase's rate, the router passes lower the routing divergence they train on, and a
 //! run stopped between rounds resumes to the same model.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use steermoe::config::Config;
 use steermoe::train::{Schedule, TrainOptions, TrainSummary};
 

@@ -3,12 +3,10 @@
 //! the key or record, the flag), and nothing half-written (the run directory it would have
 //! made does not exist).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// One bad input: a config (TOML text; `{fixture}`, `{data}`, `{tmp}` substituted), extra files,
 /// the command line (`{cfg}`, `{out}`, `{tmp}` substituted), and what stderr must name.

@@ -1,12 +1,10 @@
 //! Hub checkpoints: a save → load round trip is bit-exact, sharded or not, and the bytes
 //! written are those transformers wrote.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use safetensors::SafeTensors;
 use steermoe::model::{self, Precision, checkpoint};
 

@@ -1,12 +1,10 @@
 //! The `steermoe` binary: `forward` against the reference, and bad inputs that must fail with a
 //! one-line error naming the file and the field or tensor, exit code 1.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use safetensors::SafeTensors;
 
 fn steermoe(args: &[&str]) -> Output {

@@ -3,93 +3,89 @@
 //! expert GEMM and attention's batched GEMM against burn's matmuls, and mixed precision with f32
 //! master weights over bf16.
 //! Build with `--features cuda` and run on a machine with an NVIDIA GPU:
-//! `cargo test --features cuda --test cuda -- --ignored`.
+//! `cargo test --features cuda --test suite cuda:: -- --ignored`.
 #![cfg(feature = "cuda")]
 
-mod common;
-mod mixed_cases;
-mod parity_cases;
-
-use parity_cases::*;
+use crate::parity_cases::*;
 
 type B = burn::backend::Cuda;
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn forward_logits_router_logits_and_hidden_match() {
-    parity_cases::forward_logits_router_logits_and_hidden_match::<B>(CUDA_TF32);
+    crate::parity_cases::forward_logits_router_logits_and_hidden_match::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn forward_loss_matches() {
-    parity_cases::forward_loss_matches::<B>(CUDA_TF32);
+    crate::parity_cases::forward_loss_matches::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn free_routing_captures_nothing_by_default() {
-    parity_cases::free_routing_captures_nothing_by_default::<B>(CUDA_TF32);
+    crate::parity_cases::free_routing_captures_nothing_by_default::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn left_padded_batch_matches_on_real_positions() {
-    parity_cases::left_padded_batch_matches_on_real_positions::<B>(CUDA_TF32);
+    crate::parity_cases::left_padded_batch_matches_on_real_positions::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn masked_routing_matches_logits_router_logits_and_loss() {
-    parity_cases::masked_routing_matches_logits_router_logits_and_loss::<B>(CUDA_TF32);
+    crate::parity_cases::masked_routing_matches_logits_router_logits_and_loss::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn masked_expert_gradients_of_layer0_match() {
-    parity_cases::masked_expert_gradients_of_layer0_match::<B>(CUDA_TF32);
+    crate::parity_cases::masked_expert_gradients_of_layer0_match::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn cached_decoding_matches_recomputation_and_greedy_tokens() {
-    parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CUDA_TF32);
+    crate::parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CUDA_TF32);
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn routing_kernels_match_burn_ops() {
-    parity_cases::routing_kernels_match_burn_ops::<B>();
+    crate::parity_cases::routing_kernels_match_burn_ops::<B>();
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn decode_attention_kernel_matches_burn_ops() {
-    parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
+    crate::parity_cases::decode_attention_kernel_matches_burn_ops::<B>();
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn rms_norm_kernel_matches_burn_ops() {
-    parity_cases::rms_norm_kernel_matches_burn_ops::<B>();
+    crate::parity_cases::rms_norm_kernel_matches_burn_ops::<B>();
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn swiglu_kernel_matches_burn_ops() {
-    parity_cases::swiglu_kernel_matches_burn_ops::<B>();
+    crate::parity_cases::swiglu_kernel_matches_burn_ops::<B>();
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn rope_kernel_matches_burn_ops() {
-    parity_cases::rope_kernel_matches_burn_ops::<B>();
+    crate::parity_cases::rope_kernel_matches_burn_ops::<B>();
 }
 
 /// The routing kernel reads bf16 logits as their float32 values: the same indices, weights and
 /// dense weights, bit for bit, as from the logits cast to float32 first.
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn routing_kernel_reads_bf16_logits_as_float32() {
     use burn::tensor::{Distribution, FloatDType, Tensor};
     let device = Default::default();
@@ -116,7 +112,7 @@ fn routing_kernel_reads_bf16_logits_as_float32() {
 /// none more than two (a one-step difference of the normalised value, then the product's own
 /// rounding: 1.19e-2 relative was seen on random inputs).
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
     use burn::tensor::{Distribution, FloatDType, Tensor};
     let device = Default::default();
@@ -153,14 +149,14 @@ fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
 /// The SwiGLU kernel on more than 65,535 cubes of outputs (the grid's second axis), as at 256
 /// decode tokens of 64 experts × 1,024.
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn swiglu_kernel_spans_the_grid_s_second_axis() {
     use burn::tensor::{Distribution, Tensor};
     let device = Default::default();
     let wide = 65_536 * 256 + 6;
     let gate_up = Tensor::<B, 2>::random([1, 2 * wide], Distribution::Normal(0.0, 3.0), &device);
     let dense = Tensor::<B, 2>::random([1, 2], Distribution::Uniform(0.0, 1.0), &device);
-    parity_cases::check_swiglu(gate_up, dense, wide / 2);
+    crate::parity_cases::check_swiglu(gate_up, dense, wide / 2);
 }
 
 /// `got` within `rel` × max |`want`| of `want` (max abs), the ratio printed.
@@ -279,13 +275,13 @@ mod grouped_gemm {
     }
 
     #[test]
-    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
     fn grouped_gemm_matches_burn_in_f32() {
         case(FloatDType::F32, 5e-3);
     }
 
     #[test]
-    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
     fn grouped_gemm_matches_burn_in_bf16() {
         case(FloatDType::BF16, 3e-2);
     }
@@ -354,32 +350,32 @@ mod batched_gemm {
     }
 
     #[test]
-    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
     fn batched_gemm_matches_burn_in_f32() {
         case(FloatDType::F32, 5e-3);
     }
 
     #[test]
-    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
     fn batched_gemm_matches_burn_in_bf16() {
         case(FloatDType::BF16, 3e-2);
     }
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn master_weights_take_the_updates_bf16_cannot_hold() {
-    mixed_cases::master_weights_move_as_the_reference::<burn::backend::Autodiff<B>>(
-        mixed_cases::CUDA,
+    crate::mixed_cases::master_weights_move_as_the_reference::<burn::backend::Autodiff<B>>(
+        crate::mixed_cases::CUDA,
         Default::default(),
     );
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn a_loaded_checkpoint_keeps_bf16_and_f32_master_weights() {
-    mixed_cases::loaded_checkpoint_keeps_dtypes::<burn::backend::Autodiff<B>>(
-        mixed_cases::CUDA,
+    crate::mixed_cases::loaded_checkpoint_keeps_dtypes::<burn::backend::Autodiff<B>>(
+        crate::mixed_cases::CUDA,
         Default::default(),
     );
 }

@@ -2,10 +2,8 @@
 //! check of it. Apart from `tests/cuda.rs` because with `distributed` on, `Autodiff<B>` needs
 //! `B: DistributedBackend`, which the generic parity cases do not ask for.
 //! Build with `--no-default-features --features cuda,ddp` and run on a machine with an NVIDIA GPU
-//! and NCCL: `cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored`.
+//! and NCCL: `cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored`.
 #![cfg(feature = "ddp")]
-
-mod common;
 
 type Ad = burn::backend::Autodiff<burn::backend::Cuda>;
 
@@ -23,12 +21,12 @@ type Ad = burn::backend::Autodiff<burn::backend::Cuda>;
 /// twice or with another rate — moves elements by a good part of the whole update.
 /// The strategy on two GPUs is `benches/ddp.sh`'s check.
 #[test]
-#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored"]
 fn one_rank_through_ddp_trains_as_one_device() {
     use steermoe::model::{ModelConfig, Precision};
     use steermoe::train::{TrainConfig, TrainContext, TrainOptions, synthetic, train};
 
-    let fixture = common::fixture();
+    let fixture = crate::common::fixture();
     let model_cfg = ModelConfig::from_path(&fixture).unwrap();
     let train_cfg = TrainConfig {
         lr: 0.05,
@@ -104,11 +102,11 @@ fn one_rank_through_ddp_trains_as_one_device() {
     for (((key, base), (_, plain)), ((_, ddp), (_, again))) in
         base.iter().zip(&plain).zip(ddp.iter().zip(&again))
     {
-        let (update, _) = common::max_abs_diff(plain, base);
+        let (update, _) = crate::common::max_abs_diff(plain, base);
         assert!(update > 0.0, "{key} did not train");
         for (label, other) in [("one rank through DDP", ddp), ("one device again", again)] {
             let differ = other.iter().zip(plain).filter(|(o, p)| o != p).count();
-            let (apart, _) = common::max_abs_diff(other, plain);
+            let (apart, _) = crate::common::max_abs_diff(other, plain);
             // The largest difference beyond an element's bf16 step, as a share of the update.
             let beyond = other
                 .iter()
@@ -144,7 +142,7 @@ fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
     use steermoe::train::{TrainConfig, TrainContext, TrainOptions, synthetic, train};
 
     const STEPS: usize = 120;
-    let fixture = common::fixture();
+    let fixture = crate::common::fixture();
     let model_cfg = ModelConfig::from_path(&fixture).unwrap();
     // None: no checkpoints at all (`measure_only`).
     let train_cfg = TrainConfig {
@@ -190,31 +188,31 @@ fn many_steps(one_rank: bool, checkpoint_every: Option<usize>) {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored"]
 fn many_steps_through_ddp() {
     many_steps(true, Some(40));
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+#[ignore = "needs an NVIDIA GPU and NCCL (libnccl.so): cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored"]
 fn many_steps_through_ddp_checkpointing_every_5_steps() {
     many_steps(true, Some(5));
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored"]
 fn many_steps_on_one_device() {
     many_steps(false, Some(40));
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored"]
 fn many_steps_on_one_device_checkpointing_every_5_steps() {
     many_steps(false, Some(5));
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test cuda_ddp -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: cargo test --no-default-features --features cuda,ddp --test suite cuda_ddp:: -- --ignored"]
 fn many_steps_on_one_device_without_checkpoints() {
     many_steps(false, None);
 }

@@ -4,12 +4,10 @@
 //! failure or a wrong result. A truncated checkpoint is set aside for the one before it, with a
 //! warning naming the file.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("exp.toml");

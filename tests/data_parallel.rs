@@ -3,11 +3,10 @@
 //! and the ranks' weighted losses average to the one-device gradient and loss of the whole batch.
 //! The NCCL exchange itself needs two CUDA devices (`model.devices = [0, 1]`, feature `ddp`).
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::common::*;
 use burn::data::dataloader::DataLoader;
 use burn::data::dataloader::split::split_dataloader;
 use burn::module::ParamId;
@@ -15,7 +14,6 @@ use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
 use burn::train::TrainStep;
 use burn::train::metric::ItemLazy;
-use common::*;
 use steermoe::config::Config;
 use steermoe::model::{self, Precision};
 use steermoe::train::loader::{BatchPreservingLoader, LoaderSettings, MaskTable, SftBatch};

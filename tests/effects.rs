@@ -5,11 +5,9 @@
 //! with a behaviour planted into known experts the ablation ranking's first |P| are the planted
 //! experts.
 
-mod common;
-
+use crate::common::*;
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::*;
 use steermoe::analysis::ablation::{baseline, removing, rise, rises};
 use steermoe::analysis::answers::{Answered, AnsweredBatch, Teacher};
 use steermoe::analysis::effects::{measure, spearman};

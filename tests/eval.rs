@@ -3,10 +3,8 @@
 //! exactly the listed experts, greedy answers do not depend on the batch they share, several
 //! attack families and the XSTest and StrongREJECT sets are each answered once and counted.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::*;
 use steermoe::config::Config;
 use steermoe::data::attack::FieldMap;
 use steermoe::data::config::AttackFamily;

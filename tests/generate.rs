@@ -2,10 +2,8 @@
 //! transformers', greedy tokens equal `generate`'s, the KV cache equals recomputation, padding
 //! does not change a row's tokens, seeds reproduce, capture equals a plain forward.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::*;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::generate::{GenerateOptions, Sampling, generate};
 use steermoe::model::{self, ExpertExecution, KvCache, LmInput, MoeLm, Precision, Routing};

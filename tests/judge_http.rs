@@ -7,8 +7,6 @@
 //! once, then a verdict), `#garbage` (always), `#500` (always), `#scoreN`; any other answer
 //! complies.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestBackend, attack_data, benign_data, fixture, repo};
+use crate::common::{TestBackend, attack_data, benign_data, fixture, repo};
 use steermoe::config::Config;
 use steermoe::data::ChatTokenizer;
 use steermoe::eval::{

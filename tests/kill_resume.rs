@@ -3,13 +3,11 @@
 //! the weights, samples and step history of an uninterrupted run. Then two `run`s into one
 //! directory at once: one works, the other is refused naming the holder.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("exp.toml");

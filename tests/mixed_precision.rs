@@ -6,14 +6,11 @@
 //! The cases are in `mixed_cases/`.
 //!
 //! On the CPU the model computes in f32 with f64 master weights at lr 1e-10 (below half an f32
-//! step for |w| ≳ 2⁻⁹); on CUDA (`cargo test --features cuda --test cuda -- --ignored`),
+//! step for |w| ≳ 2⁻⁹); on CUDA (`cargo test --features cuda --test suite cuda:: -- --ignored`),
 //! the real setting: bf16 compute, f32 master weights, lr 5e-5 (`configs/olmoe-1b-7b-cuda.toml`;
 //! below half a bf16 step for |w| ≥ 2⁻⁶).
 
-mod common;
-mod mixed_cases;
-
-use mixed_cases::*;
+use crate::mixed_cases::*;
 
 type Cpu = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 

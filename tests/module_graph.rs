@@ -3,7 +3,7 @@
 //! files of each directory module (e.g. `model/`: `experts` is a leaf, `routing` uses it,
 //! `lm` uses both).
 //!
-//! `cargo test --test module_graph` checks it; `-- --nocapture` prints the graphs. References
+//! `cargo test --test suite module_graph::` checks it; `-- --nocapture` prints the graphs. References
 //! are read from the source text (`crate::a::b`, `super::x`, grouped `use` lists); comments and
 //! each file's `#[cfg(test)]` tail are left out.
 

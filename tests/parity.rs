@@ -4,44 +4,41 @@
 //! live in `parity_cases/`; the same cases run on wgpu (`parity_wgpu.rs`) and CUDA
 //! (`cuda.rs`).
 
-mod common;
-mod parity_cases;
-
-use parity_cases::*;
+use crate::parity_cases::*;
 
 type B = burn::backend::NdArray<f32>;
 
 #[test]
 fn forward_logits_router_logits_and_hidden_match() {
-    parity_cases::forward_logits_router_logits_and_hidden_match::<B>(CPU);
+    crate::parity_cases::forward_logits_router_logits_and_hidden_match::<B>(CPU);
 }
 
 #[test]
 fn forward_loss_matches() {
-    parity_cases::forward_loss_matches::<B>(CPU);
+    crate::parity_cases::forward_loss_matches::<B>(CPU);
 }
 
 #[test]
 fn free_routing_captures_nothing_by_default() {
-    parity_cases::free_routing_captures_nothing_by_default::<B>(CPU);
+    crate::parity_cases::free_routing_captures_nothing_by_default::<B>(CPU);
 }
 
 #[test]
 fn left_padded_batch_matches_on_real_positions() {
-    parity_cases::left_padded_batch_matches_on_real_positions::<B>(CPU);
+    crate::parity_cases::left_padded_batch_matches_on_real_positions::<B>(CPU);
 }
 
 #[test]
 fn masked_routing_matches_logits_router_logits_and_loss() {
-    parity_cases::masked_routing_matches_logits_router_logits_and_loss::<B>(CPU);
+    crate::parity_cases::masked_routing_matches_logits_router_logits_and_loss::<B>(CPU);
 }
 
 #[test]
 fn masked_expert_gradients_of_layer0_match() {
-    parity_cases::masked_expert_gradients_of_layer0_match::<B>(CPU);
+    crate::parity_cases::masked_expert_gradients_of_layer0_match::<B>(CPU);
 }
 
 #[test]
 fn cached_decoding_matches_recomputation_and_greedy_tokens() {
-    parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CPU);
+    crate::parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CPU);
 }

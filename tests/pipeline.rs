@@ -1,12 +1,10 @@
 //! The stages on the fixture model through the binary: `collect` writes a complete run
 //! directory and resumes, `analyze` writes every artifact, byte-identically on a rerun.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn steermoe(args: &[&str]) -> std::process::Output {
     let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))

@@ -4,13 +4,11 @@
 //! against the planted set in `recovery.json` — each figure recomputed here from the analysis's
 //! own risk table.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Every tensor of a checkpoint directory: key → (shape, raw bytes).
 fn tensors(dir: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {

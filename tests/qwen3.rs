@@ -3,13 +3,11 @@
 //! bad configs, and the whole method — collect → analyze → train → eval, and a sweep — through
 //! the binary on the tiny Qwen3 fixture.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use safetensors::SafeTensors;
 use steermoe::data::{ChatTokenizer, Message};
 use steermoe::generate::{GenerateOptions, Sampling, generate};

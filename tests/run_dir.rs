@@ -15,7 +15,7 @@ fn var(name: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "checks a finished run: STEERMOE_CHECK_RUN=DIR STEERMOE_CHECK_CONFIG=FILE cargo test --test run_dir -- --ignored"]
+#[ignore = "checks a finished run: STEERMOE_CHECK_RUN=DIR STEERMOE_CHECK_CONFIG=FILE cargo test --test suite run_dir:: -- --ignored"]
 fn finished_run_directory_is_complete() {
     let run = var("STEERMOE_CHECK_RUN");
     let config = var("STEERMOE_CHECK_CONFIG");

@@ -2,13 +2,11 @@
 //! the same bytes in every artifact (but wall-clock throughput and burn's checkpoint records),
 //! and it runs to the end on wgpu too (ignored here; `.ci/run` runs it on lavapipe).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn steermoe(args: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_steermoe"))

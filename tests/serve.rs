@@ -5,8 +5,6 @@
 //! requests in flight. Python's `openai` client is run against it by `.ci/run`
 //! (`tests/serve/openai_client.py`).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +25,7 @@ impl Server {
     fn start(extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--model"])
-            .arg(common::fixture())
+            .arg(crate::common::fixture())
             .args(["--port", "0"])
             .args(extra)
             .envs(envs.iter().copied())
@@ -127,7 +125,7 @@ fn greedy_answers_equal_generate_however_batched() {
         .map(|p| {
             let out = Command::new(BIN)
                 .args(["generate", "--model"])
-                .arg(common::fixture())
+                .arg(crate::common::fixture())
                 .args(["--prompt", p, "--max-new-tokens", "16"])
                 .output()
                 .unwrap();
@@ -175,7 +173,7 @@ fn greedy_answers_equal_generate_however_batched() {
             want["prompt_ids"].as_array().unwrap().len()
         );
         // The same tokens: generate's text of the first n ids.
-        let tok = steermoe::data::ChatTokenizer::from_dir(common::fixture()).unwrap();
+        let tok = steermoe::data::ChatTokenizer::from_dir(crate::common::fixture()).unwrap();
         assert_eq!(got, tok.decode(&want_ids), "prompt {i}");
     }
 }
@@ -494,7 +492,7 @@ fn the_http_judge_against_the_server_caches_what_it_was_told() {
     );
     std::fs::write(
         &config,
-        common::tiny_method_toml(&common::fixture(), "", &tail),
+        crate::common::tiny_method_toml(&crate::common::fixture(), "", &tail),
     )
     .unwrap();
     let out = dir.path().join("eval");

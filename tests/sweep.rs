@@ -3,13 +3,11 @@
 //! `results.csv` and `summary.md` carry exactly the numbers of the jobs' `eval.json` files. Two
 //! attack families trained on in turn give the cross-attack table and its plot.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let text = tiny_method_toml(

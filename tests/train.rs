@@ -3,13 +3,11 @@
 //! sequence, and an interrupted run resumed from its checkpoint ends where an uninterrupted one
 //! does.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn::train::TrainStep;
-use common::*;
 use safetensors::SafeTensors;
 use steermoe::config::Config;
 use steermoe::model::loss::Targets;
