@@ -26,7 +26,7 @@ pub fn attribute<B: AutodiffBackend>(
         return vec![0.0; layers * experts];
     }
     // Only the scale's gradient is wanted: the weights are constants.
-    let model = model.clone().no_grad();
+    let model = model.clone().no_grad().for_gradients();
     let teacher = Teacher::<B>::new(items, device);
     let scale = Tensor::<B, 2>::ones([layers, experts], device).require_grad();
     let routing = Routing::free().with_weight_scale(scale.clone());

@@ -113,6 +113,76 @@ pub fn grouped_linear_matmul<B: Backend>(
     per_group(x, counts, |e, rows| rows.matmul(weights[e].clone()))
 }
 
+/// [`grouped_linear`] for a pass that will be differentiated: on the CUDA backend the same
+/// grouped GEMM; elsewhere the groups gathered into one `[groups, longest, in]` batch (short
+/// groups padded with a zero row), one batched matmul, and the real rows gathered back.
+///
+/// Slicing each group's rows, as [`grouped_linear_matmul`] does, costs little forward, but
+/// burn-autodiff's backward of a slice is a zero tensor of the input's whole shape with the
+/// slice's gradient written in, and the input's gradient then sums one of those per group:
+/// `groups` full-size tensors made and added where one gather's scatter suffices. Padding costs
+/// `groups × longest − rows` rows of arithmetic, so passes that are not differentiated keep the
+/// slices.
+pub fn gathered_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weights: Vec<Tensor<B, 2>>,
+    counts: &[usize],
+) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::cuda::try_grouped_linear(&x, &weights, counts) {
+        return y;
+    }
+    if let [w] = &weights[..] {
+        return x.matmul(w.clone());
+    }
+    padded_grouped_matmul(x, weights, counts)
+}
+
+fn padded_grouped_matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    weights: Vec<Tensor<B, 2>>,
+    counts: &[usize],
+) -> Tensor<B, 2> {
+    let [rows, width] = x.dims();
+    let longest = counts.iter().copied().max().unwrap_or(0);
+    let used: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
+    if rows == 0 || used.is_empty() {
+        let out = weights.first().map_or(0, |w| w.dims()[1]);
+        return Tensor::zeros([rows, out], (&x.device(), x.dtype()));
+    }
+    // gather[g * longest + i] = the i-th row of the g-th used group, or `rows` (the zero row);
+    // back[r] = where row r lands in the padded batch.
+    let mut gather = vec![rows as i64; used.len() * longest];
+    let mut back = Vec::with_capacity(rows);
+    let mut start = 0;
+    let mut g = 0;
+    for &c in counts {
+        if c == 0 {
+            continue;
+        }
+        for i in 0..c {
+            gather[g * longest + i] = (start + i) as i64;
+            back.push((g * longest + i) as i64);
+        }
+        start += c;
+        g += 1;
+    }
+    let device = x.device();
+    let ids = |v: Vec<i64>| {
+        let n = v.len();
+        Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(v, [n]), &device)
+    };
+    let zero = Tensor::<B, 2>::zeros([1, width], (&device, x.dtype()));
+    let xs = Tensor::cat(vec![x, zero], 0)
+        .select(0, ids(gather))
+        .reshape([used.len(), longest, width]);
+    let w = Tensor::stack::<3>(used.iter().map(|&e| weights[e].clone()).collect(), 0);
+    let out = w.dims()[2];
+    xs.matmul(w)
+        .reshape([used.len() * longest, out])
+        .select(0, ids(back))
+}
+
 /// `f(e, rows of group e)` for every group with rows, concatenated in group order.
 fn per_group<B: Backend>(
     x: Tensor<B, 2>,
@@ -185,7 +255,8 @@ impl<B: Backend> Expert<B> {
 }
 
 /// Every expert of a layer on its own rows of `x` (grouped by expert, `counts[e]` rows each):
-/// three [`grouped_linear`]s, the SwiGLU between them.
+/// three [`grouped_linear`]s, the SwiGLU between them; [`gathered_linear`]s when `gather` (a
+/// pass to be differentiated).
 ///
 /// # Shapes
 /// - `x`: `[Σ counts, hidden]` → `[Σ counts, hidden]`
@@ -193,6 +264,7 @@ pub fn grouped_experts<B: Backend>(
     experts: &[Expert<B>],
     x: Tensor<B, 2>,
     counts: &[usize],
+    gather: bool,
 ) -> Tensor<B, 2> {
     if experts.iter().any(Expert::has_bias) {
         return per_group(x, counts, |e, rows| experts[e].forward(rows));
@@ -204,9 +276,13 @@ pub fn grouped_experts<B: Backend>(
             .map(|e| in_dtype(pick(e).weight.val(), dtype))
             .collect::<Vec<_>>()
     };
-    let gate = grouped_linear(x.clone(), weights(|e| &e.gate_proj), counts);
-    let up = grouped_linear(x, weights(|e| &e.up_proj), counts);
-    grouped_linear(silu(gate) * up, weights(|e| &e.down_proj), counts)
+    let linear = match gather {
+        true => gathered_linear,
+        false => grouped_linear,
+    };
+    let gate = linear(x.clone(), weights(|e| &e.gate_proj), counts);
+    let up = linear(x, weights(|e| &e.up_proj), counts);
+    linear(silu(gate) * up, weights(|e| &e.down_proj), counts)
 }
 
 /// The experts chosen for every token of one layer.
@@ -349,6 +425,39 @@ mod tests {
                     &want.into_data(),
                     burn::tensor::Tolerance::absolute(1e-6),
                 );
+        }
+    }
+
+    /// The gathered groups give the sliced groups' products and gradients, bit for bit, with
+    /// empty groups among them.
+    #[test]
+    fn gathered_groups_equal_sliced_groups_forward_and_backward() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let counts = [3usize, 0, 5, 1, 0, 2];
+        let rows: usize = counts.iter().sum();
+        let x = Tensor::<A, 2>::random([rows, 4], Distribution::Normal(0.0, 1.0), &device);
+        let weights: Vec<Tensor<A, 2>> = counts
+            .iter()
+            .map(|_| Tensor::random([4, 3], Distribution::Normal(0.0, 1.0), &device))
+            .collect();
+        let run = |gather: bool| {
+            let x = x.clone().detach().require_grad();
+            let w: Vec<_> = weights
+                .iter()
+                .map(|w| w.clone().detach().require_grad())
+                .collect();
+            let y = match gather {
+                true => gathered_linear(x.clone(), w.clone(), &counts),
+                false => grouped_linear_matmul(x.clone(), w.clone(), &counts),
+            };
+            let grads = (y.clone() * y.clone()).sum().backward();
+            let mut out = vec![Some(y.into_data()), x.grad(&grads).map(|g| g.into_data())];
+            out.extend(w.iter().map(|w| w.grad(&grads).map(|g| g.into_data())));
+            out
+        };
+        for (got, want) in run(true).into_iter().zip(run(false)) {
+            assert_eq!(got, want);
         }
     }
 }

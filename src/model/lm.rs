@@ -97,6 +97,10 @@ pub struct MoeLm<B: Backend> {
     rope: Rope,
     #[module(skip)]
     execution: ExpertExecution,
+    /// Whether the grouped execution gathers its groups into one batch (see
+    /// [`MoeLm::for_gradients`]).
+    #[module(skip)]
+    gather: bool,
 }
 
 /// Inputs of one forward pass.
@@ -164,7 +168,19 @@ impl<B: Backend> MoeLm<B> {
             lm_head,
             rope: Rope::new(cfg.head_dim, cfg.rope_theta),
             execution: ExpertExecution::Auto,
+            gather: false,
         }
+    }
+
+    /// For passes that will be differentiated (training, attribution): the grouped execution
+    /// gathers each layer's groups into one padded batch instead of slicing them, whose gradient
+    /// is one scatter instead of a full-size tensor per group ([`gathered_linear`]). The result is
+    /// the same; passes that are not differentiated are cheaper with the slices.
+    ///
+    /// [`gathered_linear`]: super::experts::gathered_linear
+    pub fn for_gradients(mut self) -> Self {
+        self.gather = true;
+        self
     }
 
     /// Run the MoE blocks' experts this way (every way gives the same result up to rounding).
@@ -424,6 +440,7 @@ impl<B: Backend> MoeLm<B> {
                         std::slice::from_ref(mlp),
                         h.reshape([tokens, hidden]),
                         &[tokens],
+                        false,
                     );
                     x = x + y.reshape([batch, seq, hidden]);
                     continue;
@@ -436,7 +453,7 @@ impl<B: Backend> MoeLm<B> {
             let layer_routing = routing
                 .layer(moe_layer)
                 .with_index(frame.constants.range(0..block.experts.len()));
-            let moe = block.forward(h, &layer_routing, self.execution, stacked);
+            let moe = block.forward(h, &layer_routing, self.execution, stacked, self.gather);
             moe_layer += 1;
             x = x + moe.hidden;
             if let Some(logits) = moe.router_logits {

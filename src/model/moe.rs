@@ -72,6 +72,7 @@ impl<B: Backend> MoeBlock<B> {
         routing: &LayerRouting<B>,
         execution: ExpertExecution,
         stacked: Option<&StackedExperts<B>>,
+        gather: bool,
     ) -> MoeOutput<B> {
         let [batch, seq, hidden] = x.dims();
         let tokens = batch * seq;
@@ -99,7 +100,7 @@ impl<B: Backend> MoeBlock<B> {
         };
         let out = match stacked {
             Some(stacked) => stacked.forward(x, choice),
-            None => self.grouped(x, choice),
+            None => self.grouped(x, choice, gather),
         };
         MoeOutput {
             hidden: out.reshape([batch, seq, hidden]),
@@ -108,8 +109,9 @@ impl<B: Backend> MoeBlock<B> {
         }
     }
 
-    /// The grouped execution: `x` `[tokens, hidden]` → `[tokens, hidden]`.
-    fn grouped(&self, x: Tensor<B, 2>, choice: Choice<B>) -> Tensor<B, 2> {
+    /// The grouped execution: `x` `[tokens, hidden]` → `[tokens, hidden]`; `gather`: see
+    /// [`grouped_experts`].
+    fn grouped(&self, x: Tensor<B, 2>, choice: Choice<B>, gather: bool) -> Tensor<B, 2> {
         let k = self.top_k;
         let x_dtype = x.dtype();
         let chosen: Vec<i64> = choice.experts.clone().into_data().iter::<i64>().collect();
@@ -147,7 +149,7 @@ impl<B: Backend> MoeBlock<B> {
         let xs = permute_rows(repeated, sorted.clone(), position.clone());
         let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
         let ys = permute_rows(
-            grouped_experts(&self.experts, xs, &counts),
+            grouped_experts(&self.experts, xs, &counts, gather),
             position,
             sorted,
         );

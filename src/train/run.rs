@@ -242,7 +242,10 @@ fn trainable_model<B: AutodiffBackend>(
     };
     let model = freeze::freeze(model, &inputs.trained, trainable, FloatDType::F32);
     let params = freeze::param_counts(&model);
-    let model = SftModel::new(model, LossSettings::new(t, &inputs.model_cfg));
+    let model = SftModel::new(
+        model.for_gradients(),
+        LossSettings::new(t, &inputs.model_cfg),
+    );
     let model = match &inputs.router_rows {
         Some(rows) => model.with_router_rows(rows.clone()),
         None => model,
