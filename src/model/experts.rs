@@ -114,15 +114,15 @@ pub fn grouped_linear_matmul<B: Backend>(
 }
 
 /// [`grouped_linear`] for a pass that will be differentiated: on the CUDA backend the same
-/// grouped GEMM; elsewhere the groups gathered into one `[groups, longest, in]` batch (short
-/// groups padded with a zero row), one batched matmul, and the real rows gathered back.
+/// grouped GEMM; elsewhere the groups gathered into `[groups, longest, in]` batches (short
+/// groups padded with a zero row), one batched matmul each, and the real rows gathered back.
 ///
 /// Slicing each group's rows, as [`grouped_linear_matmul`] does, costs little forward, but
 /// burn-autodiff's backward of a slice is a zero tensor of the input's whole shape with the
 /// slice's gradient written in, and the input's gradient then sums one of those per group:
-/// `groups` full-size tensors made and added where one gather's scatter suffices. Padding costs
-/// `groups × longest − rows` rows of arithmetic, so passes that are not differentiated keep the
-/// slices.
+/// `groups` full-size tensors made and added where a few gathers' scatters suffice. Groups of
+/// like length share a batch, so padding costs less than half of each batch's arithmetic; passes
+/// that are not differentiated keep the slices.
 pub fn gathered_linear<B: Backend>(
     x: Tensor<B, 2>,
     weights: Vec<Tensor<B, 2>>,
@@ -144,43 +144,60 @@ fn padded_grouped_matmul<B: Backend>(
     counts: &[usize],
 ) -> Tensor<B, 2> {
     let [rows, width] = x.dims();
-    let longest = counts.iter().copied().max().unwrap_or(0);
-    let used: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
+    let mut used: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
     if rows == 0 || used.is_empty() {
         let out = weights.first().map_or(0, |w| w.dims()[1]);
         return Tensor::zeros([rows, out], (&x.device(), x.dtype()));
     }
-    // gather[g * longest + i] = the i-th row of the g-th used group, or `rows` (the zero row);
-    // back[r] = where row r lands in the padded batch.
-    let mut gather = vec![rows as i64; used.len() * longest];
-    let mut back = Vec::with_capacity(rows);
-    let mut start = 0;
-    let mut g = 0;
-    for &c in counts {
-        if c == 0 {
-            continue;
-        }
-        for i in 0..c {
-            gather[g * longest + i] = (start + i) as i64;
-            back.push((g * longest + i) as i64);
-        }
-        start += c;
-        g += 1;
-    }
+    let first: Vec<usize> = counts
+        .iter()
+        .scan(0, |at, &c| {
+            *at += c;
+            Some(*at - c)
+        })
+        .collect();
     let device = x.device();
     let ids = |v: Vec<i64>| {
         let n = v.len();
         Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(v, [n]), &device)
     };
-    let zero = Tensor::<B, 2>::zeros([1, width], (&device, x.dtype()));
-    let xs = Tensor::cat(vec![x, zero], 0)
-        .select(0, ids(gather))
-        .reshape([used.len(), longest, width]);
-    let w = Tensor::stack::<3>(used.iter().map(|&e| weights[e].clone()).collect(), 0);
-    let out = w.dims()[2];
-    xs.matmul(w)
-        .reshape([used.len() * longest, out])
-        .select(0, ids(back))
+    let zero = Tensor::zeros([1, width], (&device, x.dtype()));
+    let x = Tensor::cat(vec![x, zero], 0);
+    // Longest groups first, in buckets of groups at least half as long as the bucket's first
+    // (the short tail, up to `SHORT` rows a group, in one): padding stays under half a bucket.
+    used.sort_by_key(|&e| std::cmp::Reverse(counts[e]));
+    const SHORT: usize = 16;
+    let mut back = vec![0i64; rows];
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    let mut i = 0;
+    while i < used.len() {
+        let longest = counts[used[i]];
+        let end = i + used[i..]
+            .iter()
+            .take_while(|&&e| 2 * counts[e] >= longest || longest <= SHORT)
+            .count();
+        let bucket = &used[i..end];
+        // gather[g * longest + r] = the r-th row of the bucket's g-th group, or `rows` (the zero
+        // row); back[row] = where that row lands in the concatenated padded products.
+        let mut gather = vec![rows as i64; bucket.len() * longest];
+        for (g, &e) in bucket.iter().enumerate() {
+            for r in 0..counts[e] {
+                gather[g * longest + r] = (first[e] + r) as i64;
+                back[first[e] + r] = (offset + g * longest + r) as i64;
+            }
+        }
+        let xs = x
+            .clone()
+            .select(0, ids(gather))
+            .reshape([bucket.len(), longest, width]);
+        let w = Tensor::stack::<3>(bucket.iter().map(|&e| weights[e].clone()).collect(), 0);
+        let out = w.dims()[2];
+        parts.push(xs.matmul(w).reshape([bucket.len() * longest, out]));
+        offset += bucket.len() * longest;
+        i = end;
+    }
+    Tensor::cat(parts, 0).select(0, ids(back))
 }
 
 /// `f(e, rows of group e)` for every group with rows, concatenated in group order.
@@ -434,7 +451,8 @@ mod tests {
     fn gathered_groups_equal_sliced_groups_forward_and_backward() {
         type A = burn::backend::Autodiff<B>;
         let device = Default::default();
-        let counts = [3usize, 0, 5, 1, 0, 2];
+        // Groups of several lengths (several padded batches), empty ones among them.
+        let counts = [40usize, 0, 17, 3, 90, 1, 0, 33];
         let rows: usize = counts.iter().sum();
         let x = Tensor::<A, 2>::random([rows, 4], Distribution::Normal(0.0, 1.0), &device);
         let weights: Vec<Tensor<A, 2>> = counts
