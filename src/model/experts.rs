@@ -132,11 +132,12 @@ pub fn gathered_linear<B: Backend>(
     if let Some(y) = crate::cuda::try_grouped_linear(&x, &weights, counts) {
         return y;
     }
-    if let [w] = &weights[..] {
-        return x.matmul(w.clone());
-    }
     padded_grouped_matmul(x, weights, counts)
 }
+
+/// Groups of up to this many rows share one padded batch in [`gathered_linear`], however unlike
+/// their lengths.
+const SHORT_GROUP: usize = 16;
 
 fn padded_grouped_matmul<B: Backend>(
     x: Tensor<B, 2>,
@@ -164,9 +165,9 @@ fn padded_grouped_matmul<B: Backend>(
     let zero = Tensor::zeros([1, width], (&device, x.dtype()));
     let x = Tensor::cat(vec![x, zero], 0);
     // Longest groups first, in buckets of groups at least half as long as the bucket's first
-    // (the short tail, up to `SHORT` rows a group, in one): padding stays under half a bucket.
+    // (the short tail, up to `SHORT_GROUP` rows a group, in one): padding stays under half a
+    // bucket.
     used.sort_by_key(|&e| std::cmp::Reverse(counts[e]));
-    const SHORT: usize = 16;
     let mut back = vec![0i64; rows];
     let mut parts = Vec::new();
     let mut offset = 0;
@@ -175,7 +176,7 @@ fn padded_grouped_matmul<B: Backend>(
         let longest = counts[used[i]];
         let end = i + used[i..]
             .iter()
-            .take_while(|&&e| 2 * counts[e] >= longest || longest <= SHORT)
+            .take_while(|&&e| 2 * counts[e] >= longest || longest <= SHORT_GROUP)
             .count();
         let bucket = &used[i..end];
         // gather[g * longest + r] = the r-th row of the bucket's g-th group, or `rows` (the zero
@@ -445,37 +446,37 @@ mod tests {
         }
     }
 
-    /// The gathered groups give the sliced groups' products and gradients, bit for bit, with
-    /// empty groups among them.
+    /// The gathered groups give the sliced groups' products and gradients, bit for bit: groups of
+    /// several lengths (several padded batches) with empty ones among them, and one group alone.
     #[test]
     fn gathered_groups_equal_sliced_groups_forward_and_backward() {
         type A = burn::backend::Autodiff<B>;
         let device = Default::default();
-        // Groups of several lengths (several padded batches), empty ones among them.
-        let counts = [40usize, 0, 17, 3, 90, 1, 0, 33];
-        let rows: usize = counts.iter().sum();
-        let x = Tensor::<A, 2>::random([rows, 4], Distribution::Normal(0.0, 1.0), &device);
-        let weights: Vec<Tensor<A, 2>> = counts
-            .iter()
-            .map(|_| Tensor::random([4, 3], Distribution::Normal(0.0, 1.0), &device))
-            .collect();
-        let run = |gather: bool| {
-            let x = x.clone().detach().require_grad();
-            let w: Vec<_> = weights
+        for counts in [&[40usize, 0, 17, 3, 90, 1, 0, 33][..], &[25]] {
+            let rows: usize = counts.iter().sum();
+            let x = Tensor::<A, 2>::random([rows, 4], Distribution::Normal(0.0, 1.0), &device);
+            let weights: Vec<Tensor<A, 2>> = counts
                 .iter()
-                .map(|w| w.clone().detach().require_grad())
+                .map(|_| Tensor::random([4, 3], Distribution::Normal(0.0, 1.0), &device))
                 .collect();
-            let y = match gather {
-                true => gathered_linear(x.clone(), w.clone(), &counts),
-                false => grouped_linear_matmul(x.clone(), w.clone(), &counts),
+            let run = |gather: bool| {
+                let x = x.clone().detach().require_grad();
+                let w: Vec<_> = weights
+                    .iter()
+                    .map(|w| w.clone().detach().require_grad())
+                    .collect();
+                let y = match gather {
+                    true => gathered_linear(x.clone(), w.clone(), counts),
+                    false => grouped_linear_matmul(x.clone(), w.clone(), counts),
+                };
+                let grads = (y.clone() * y.clone()).sum().backward();
+                let mut out = vec![Some(y.into_data()), x.grad(&grads).map(|g| g.into_data())];
+                out.extend(w.iter().map(|w| w.grad(&grads).map(|g| g.into_data())));
+                out
             };
-            let grads = (y.clone() * y.clone()).sum().backward();
-            let mut out = vec![Some(y.into_data()), x.grad(&grads).map(|g| g.into_data())];
-            out.extend(w.iter().map(|w| w.grad(&grads).map(|g| g.into_data())));
-            out
-        };
-        for (got, want) in run(true).into_iter().zip(run(false)) {
-            assert_eq!(got, want);
+            for (got, want) in run(true).into_iter().zip(run(false)) {
+                assert_eq!(got, want, "counts {counts:?}");
+            }
         }
     }
 }
