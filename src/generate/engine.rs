@@ -260,6 +260,20 @@ impl LeftPadded {
         };
         (input, mask)
     }
+
+    /// The prefill's input alone: with its mask and positions where a row is padded, without
+    /// (every row real from its first position, positions from 0) where none is.
+    pub fn prefill_input<B: Backend>(self, device: &B::Device) -> LmInput<B> {
+        if self.is_padded() {
+            return self.input(device).0;
+        }
+        let rows = self.pads.len();
+        LmInput {
+            input_ids: Tensor::from_data(TensorData::new(self.ids, [rows, self.width]), device),
+            attention_mask: None,
+            positions: None,
+        }
+    }
 }
 
 /// Logits of the last position, `[batch, vocab]`.

@@ -2,7 +2,8 @@
 //!
 //! One thread owns the model and runs decode steps over a batch of sequences that share one KV
 //! cache (rows of different lengths, left-padded and masked). Between steps, waiting requests
-//! join: the prompts that arrived together are prefilled in one left-padded pass, their cache
+//! join: the prompts that arrived together are prefilled in one left-padded pass (an idle engine
+//! waits a few milliseconds for requests sent at once, [`GATHER`]), their cache
 //! padded to the batch's length (or the batch's to theirs) and appended as new rows; rows that
 //! finish (a stop token or string, their token limit, or a client that went away) leave at once, and the positions no row reads any more are
 //! dropped from the front. Steering applies to a whole batch, so a request whose steering
@@ -18,8 +19,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -137,6 +138,8 @@ pub fn run<B: Backend>(
     let mut open = true;
     loop {
         let running = batch.as_ref().map_or(0, |b| b.rows.len());
+        // An idle engine gathers the requests that arrive together (see `GATHER`).
+        let mut gather_until = None;
         if running == 0 && waiting.is_none() {
             if !open {
                 return;
@@ -145,6 +148,7 @@ pub fn run<B: Backend>(
                 Ok(job) => {
                     stats.queued.fetch_sub(1, Ordering::Relaxed);
                     waiting = Some(job);
+                    gather_until = Some(Instant::now() + GATHER_AT_MOST);
                 }
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -155,13 +159,13 @@ pub fn run<B: Backend>(
         while batch.as_ref().map_or(0, |b| b.rows.len()) + joining.len() < opts.max_batch {
             let job = match waiting.take() {
                 Some(job) => job,
-                None => match jobs.try_recv() {
+                None => match next_job(&jobs, gather_until) {
                     Ok(job) => {
                         stats.queued.fetch_sub(1, Ordering::Relaxed);
                         job
                     }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
                         open = false;
                         break;
                     }
@@ -202,6 +206,19 @@ pub fn run<B: Backend>(
             stats.active.store(b.rows.len(), Ordering::Relaxed);
         }
     }
+}
+
+/// The next waiting request: at once, or (an idle engine gathering) within [`GATHER`] and before
+/// `gather_until`.
+fn next_job(jobs: &Receiver<Job>, gather_until: Option<Instant>) -> Result<Job, TryRecvError> {
+    let Some(until) = gather_until else {
+        return jobs.try_recv();
+    };
+    let wait = GATHER.min(until.saturating_duration_since(Instant::now()));
+    jobs.recv_timeout(wait).map_err(|e| match e {
+        RecvTimeoutError::Timeout => TryRecvError::Empty,
+        RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+    })
 }
 
 /// A running batch: its rows, their shared cache and the logits of each row's next token.
@@ -263,12 +280,8 @@ impl<B: Backend> Batch<B> {
     fn admit(&mut self, model: &MoeLm<B>, jobs: Vec<Job>, pad_id: u32, device: &B::Device) {
         let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt_ids.as_slice()).collect();
         let padded = LeftPadded::new(&prompts, pad_id, 0);
-        let (width, pads, is_padded) = (padded.width, padded.pads.clone(), padded.is_padded());
-        let (mut input, _) = padded.input(device);
-        if !is_padded {
-            // Every row real from its first position: no mask, positions from 0.
-            (input.attention_mask, input.positions) = (None, None);
-        }
+        let (width, pads) = (padded.width, padded.pads.clone());
+        let input = padded.prefill_input(device);
         let capture = jobs.iter().any(|j| j.routed_experts || j.router_logits);
         let mut own = KvCache::new(model.num_layers());
         let out = forward(model, input, &mut own, &self.routing, capture);
@@ -471,6 +484,15 @@ impl<B: Backend> Batch<B> {
         read.chunks(rows).map(<[u32]>::to_vec).collect()
     }
 }
+
+/// An idle engine that receives a request waits up to this long for another before it prefills,
+/// and again after each that arrives (at most [`GATHER_AT_MOST`] in all): requests sent together
+/// (a client's concurrent calls, an evaluation harness) then share one prefill and decode in step,
+/// instead of the first decoding alone while the others join a step later, each with its own
+/// prefill and a copy of the batch's cache. A lone request waits this long once.
+const GATHER: Duration = Duration::from_millis(3);
+/// The longest an idle engine gathers requests before it prefills those it has.
+const GATHER_AT_MOST: Duration = Duration::from_millis(20);
 
 /// Greedy rows without routing capture decode this many steps between reads of their tokens (see
 /// [`Batch::decode_block`]); their text reaches clients in blocks of up to this many tokens, and
