@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let args = cli::Cli::parse();
     cli::init_logging();
     match cli::run(args) {
@@ -24,5 +25,24 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keep freed memory in the process instead of handing it back to the kernel.
+///
+/// By default glibc serves every allocation over a threshold that adapts up to 32 MiB with its own
+/// `mmap` and `munmap`s it on free, and trims the heap's free top: the CPU backend allocates a
+/// fresh tensor for each operation, so every operation on attention scores page-faulted its
+/// output in anew (a third of exact ablation's time in a profile, `clear_page` and page faults).
+/// Blocks under 32 MiB now come from the heap, which keeps up to 1 GiB free at its top and grows
+/// 64 MiB at a time. Larger tensors still map their own pages. Results are unchanged: this only
+/// moves where the bytes live (benches/method/effects/organism-cpu/allocator-2026-12-07.txt).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
