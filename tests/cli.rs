@@ -271,7 +271,7 @@ fn run_dry_run_plans_and_writes_nothing() {
     for line in [
         "run directory: ",
         "collect: 8 batches, 128 prompts, up to 48 new tokens each, on wgpu (f32)\n",
-        "analyze: risk difference over prompt tokens, experts from risk_diff, at most 32 per batch",
+        "analyze: attribution (unsafe score), experts from risk_diff, at most 32 per batch",
         "train: up to 16 steps (2 passes × batches with a kept pair), lr 2e-4, routing mask: none",
         "eval: base, steer-a5, trained on 32 jailbreaks, 32 plain goals, 32 benign prompts",
     ] {

@@ -99,14 +99,25 @@ fn run(tmp: &Path, backend: &str, name: &str) -> PathBuf {
     out
 }
 
-/// What a rerun may change: wall-clock throughput in `metrics.jsonl`, burn's checkpoints
-/// (`train/checkpoint/*.mpk`), whose records carry randomly drawn parameter ids (the weights they
-/// hold are compared through `final_model/`), and the lock file's pid.
+/// What a rerun may change: wall-clock throughput in `metrics.jsonl`, the effect rankings'
+/// timings in `effects.json`, burn's checkpoints (`train/checkpoint/*.mpk`), whose records carry
+/// randomly drawn parameter ids (the weights they hold are compared through `final_model/`), and
+/// the lock file's pid.
 fn comparable(files: BTreeMap<PathBuf, Vec<u8>>) -> BTreeMap<PathBuf, Vec<u8>> {
     files
         .into_iter()
         .filter(|(f, _)| !f.starts_with("train/checkpoint") && f != Path::new(".lock"))
         .map(|(f, bytes)| {
+            if f == Path::new("effects.json") {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let record = v.as_object_mut().unwrap();
+                for timing in ["attribution_seconds", "ablation_seconds"] {
+                    record
+                        .remove(timing)
+                        .unwrap_or_else(|| panic!("effects.json records {timing}"));
+                }
+                return (f, v.to_string().into_bytes());
+            }
             if f != Path::new("metrics.jsonl") {
                 return (f, bytes);
             }

@@ -126,8 +126,9 @@ impl Default for AnalysisConfig {
             top_k: 50,
             experts: ExpertSource::RiskDiff,
             truth: None,
-            ranking: Ranking::RiskDiff,
-            score: EffectScore::Specific,
+            // benches/method/effects/RULE.md applied to three planted organisms (issue 43).
+            ranking: Ranking::Attribution,
+            score: EffectScore::Unsafe,
             removal: Removal::Zero,
             ablate_both: true,
             ablate_top: 128,

@@ -301,6 +301,26 @@ pub fn print_analysis(s: &AnalysisSummary, show: usize) {
             s.skipped
         );
     }
+    let params = &s.experts.params;
+    // The effect ranking's own order (not under `experts = "random"` and the like, whose order
+    // is not the ranking's).
+    if params.ranking != "riskdiff" && params.experts == "risk_diff" {
+        let first: Vec<String> = s
+            .experts
+            .ranking
+            .iter()
+            .take(show)
+            .map(|[l, e]| format!("{l}:{e}"))
+            .collect();
+        println!(
+            "ranked by {} ({} score), first {} (layer:expert): {}",
+            params.ranking,
+            params.score.as_deref().unwrap_or("-"),
+            first.len(),
+            first.join(" ")
+        );
+        println!("risk difference, beside it:");
+    }
     println!(
         "{:>5} {:>6} {:>10} {:>10} {:>10}",
         "layer", "expert", "risk_diff", "a_unsafe_n", "a_safe_n"

@@ -1,6 +1,7 @@
 //! `steermoe run`: every stage of one config in one run directory, each skipped when its outputs
 //! are complete (collect and train also resume part-way).
 
+use steermoe::analysis::Ranking;
 use steermoe::pipeline;
 use steermoe::run_dir::Stage;
 
@@ -57,9 +58,20 @@ fn plan(args: &RunArgs) -> anyhow::Result<()> {
         state(&Stage::Collect)
     );
     let a = &cfg.analysis;
+    let ranked_by = match a.ranking {
+        Ranking::RiskDiff => format!("risk difference over {} tokens", a.token_scope),
+        Ranking::Attribution => format!("attribution ({} score)", a.score),
+        Ranking::AttributionAblation => format!(
+            "attribution, then exact ablation of its {} best ({} score, removal {})",
+            a.ablate_top, a.score, a.removal
+        ),
+        Ranking::Ablation => format!(
+            "exact ablation of every expert ({} score, removal {})",
+            a.score, a.removal
+        ),
+    };
     println!(
-        "analyze: risk difference over {} tokens, experts from {}, at most {} per batch{}",
-        a.token_scope,
+        "analyze: {ranked_by}, experts from {}, at most {} per batch{}",
         a.experts,
         a.top_k,
         state(&Stage::Analyze)

@@ -4,7 +4,8 @@
     python3 benches/method/effects/apply_rule.py SWEEP_0 SWEEP_1 SWEEP_2 ...
 
 Each SWEEP is one plant seed's `steermoe sweep --config configs/planted-sweep.toml` directory
-(its `results.csv` and every cell's `recovery.json`). Prints, per (ranking, score): the planted
+(its `results.csv` and every cell's `recovery.json`), or a committed record `DIR:S` (a device
+call's folder here holding `results-S.csv` and `recovery-S.json`, every cell's recovery by cell). Prints, per (ranking, score): the planted
 experts in its first 16 on each plant seed, and the trigger ASR, plain and benign refusal with its
 first 16 forced off (`steer-d16`) and with its per-batch top 16 trained; beside them the random
 sets and the planted set (the oracle); then what the rule picks. Standard library only.
@@ -41,9 +42,25 @@ def hits(recovery, ranking, score):
     return None
 
 
-def rows(sweep):
-    with open(sweep / "results.csv") as f:
-        return list(csv.DictReader(f))
+class Sweep:
+    """One plant seed's results: a sweep directory or a committed record `DIR:S`."""
+
+    def __init__(self, arg):
+        if ":" in arg:
+            folder, seed = arg.rsplit(":", 1)
+            self.results = Path(folder) / f"results-{seed}.csv"
+            by_cell = json.loads((Path(folder) / f"recovery-{seed}.json").read_text())
+            self.recoveries = [by_cell[c] for c in sorted(by_cell)]
+        else:
+            self.results = Path(arg) / "results.csv"
+            self.recoveries = [
+                json.loads(r.read_text())
+                for r in sorted((Path(arg) / "cells").glob("*/seed-0/recovery.json"))
+            ]
+
+    def rows(self):
+        with open(self.results) as f:
+            return list(csv.DictReader(f))
 
 
 def pct(x):
@@ -51,11 +68,11 @@ def pct(x):
 
 
 def main(sweeps):
-    sweeps = [Path(s) for s in sweeps]
+    sweeps = [Sweep(s) for s in sweeps]
     table = {}
     base = {}
     for i, sw in enumerate(sweeps):
-        rs = rows(sw)
+        rs = sw.rows()
         for r in rs:
             if r["variant"] == "base":
                 base[i] = r
@@ -66,8 +83,8 @@ def main(sweeps):
             # cell both scores of attribution, an ablation cell every score and removal).
             h = None
             if experts == "risk_diff":
-                for rec in sorted((sw / "cells").glob("*/seed-0/recovery.json")):
-                    h = hits(json.loads(rec.read_text()), ranking, score)
+                for rec in sw.recoveries:
+                    h = hits(rec, ranking, score)
                     if h is not None:
                         break
             got = {r["variant"]: r for r in rs if r["cell"] == cell}
