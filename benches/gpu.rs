@@ -108,6 +108,13 @@ struct Args {
     /// Generated tokens per sequence.
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
+    /// Generation batch (sequences decoded together).
+    #[arg(long, default_value_t = 16)]
+    gen_batch: usize,
+    /// `generate`: stack the experts once per generation call beside the weights, as before
+    /// `MoeLm::share_experts` (twice the experts' memory), instead of sharing them.
+    #[arg(long)]
+    stack_per_call: bool,
     /// The device's dense bf16 peak in TFLOP/s, for the standard MFU (H100/H200 SXM: 989).
     #[arg(long, default_value_t = 989.0)]
     peak_tflops: f64,
@@ -480,8 +487,12 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
     if let Some(dir) = &a.save_model {
         model::save(&model, &cfg, dir).expect("save the generation model");
     }
+    let model = match a.stack_per_call {
+        true => model,
+        false => model.share_experts(),
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let prompts: Vec<Vec<u32>> = (0..16)
+    let prompts: Vec<Vec<u32>> = (0..a.gen_batch)
         .map(|_| {
             random_ids(&mut rng, a.prompt)
                 .into_iter()
@@ -510,7 +521,8 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
                 .is_some_and(|r| r.tokens == g.new_ids.len())
         });
         emit(
-            json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": 16,
+            json!({"what": "generate_router_capture", "impl": "steermoe", "run": run, "batch": a.gen_batch,
+            "experts_shared": !a.stack_per_call,
             "prompt": a.prompt, "new": a.new_tokens, "execution": a.execution, "layers": layers(a), "seconds": round3(s),
             "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}),
         );

@@ -379,3 +379,9 @@ fn a_loaded_checkpoint_keeps_bf16_and_f32_master_weights() {
         Default::default(),
     );
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
+fn shared_experts_give_the_same_model() {
+    crate::parity_cases::shared_experts_give_the_same_model::<B>(CUDA_TF32);
+}

@@ -42,3 +42,8 @@ fn masked_expert_gradients_of_layer0_match() {
 fn cached_decoding_matches_recomputation_and_greedy_tokens() {
     crate::parity_cases::cached_decoding_matches_recomputation_and_greedy_tokens::<B>(CPU);
 }
+
+#[test]
+fn shared_experts_give_the_same_model() {
+    crate::parity_cases::shared_experts_give_the_same_model::<B>(CPU);
+}

@@ -78,3 +78,9 @@ fn swiglu_kernel_matches_burn_ops() {
 fn rope_kernel_matches_burn_ops() {
     crate::parity_cases::rope_kernel_matches_burn_ops::<B>();
 }
+
+#[test]
+#[ignore = "needs a GPU device: cargo test --test suite parity_wgpu:: -- --ignored"]
+fn shared_experts_give_the_same_model() {
+    crate::parity_cases::shared_experts_give_the_same_model::<B>(WGPU);
+}

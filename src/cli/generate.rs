@@ -66,6 +66,7 @@ impl Task for Generate {
             cfg.max_position_embeddings
         );
         let (model, _) = model::load::<B::InnerBackend>(&a.model, &device, a.precision)?;
+        let model = model.share_experts();
         Ok(generate_chat(
             &model,
             &tokenizer,

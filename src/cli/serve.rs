@@ -71,6 +71,8 @@ impl Task for Serve {
         let cfg = model::ModelConfig::from_path(&a.model)?;
         tokenizer.check_fits(cfg.vocab_size, &a.model)?;
         let (model, _) = model::load::<B::InnerBackend>(&a.model, &device, a.precision)?;
+        // Served, never trained: the dense decode path reads the experts' own weights.
+        let model = model.share_experts();
         let (layers, experts, top_k) = (model.num_moe_layers(), model.num_experts(), model.top_k());
         let mut policy = SteeringPolicy::plain(layers, experts, top_k);
         if let Some(run) = &a.steer {

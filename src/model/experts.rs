@@ -20,7 +20,7 @@
 //! rounding; unchosen experts have weight exactly zero and contribute exactly nothing, to the output
 //! and to the gradients.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
@@ -349,6 +349,41 @@ impl<B: Backend> StackedExperts<B> {
             down: Tensor::cat(weights(|e| &e.down_proj).collect(), 0),
             experts: experts.len(),
         })
+    }
+
+    /// Point every expert's weights into this stack (made from `experts` by
+    /// [`StackedExperts::stack`]), keeping their parameter ids: the experts and the stack then hold
+    /// one copy of the weights where the backend slices in place (burn's CUDA and wgpu backends
+    /// do for aligned slices, ndarray always), and their own buffers are dropped. Gate and up
+    /// projections become column views `[hidden, inter]` of `gate_up` (row stride `2 · experts ·
+    /// inter`), down projections row blocks of `down`. Only for a model that will not be trained:
+    /// a later update of an expert's weights would not reach the stack.
+    pub fn share_with(&self, experts: &mut [Expert<B>]) {
+        let hidden = self.gate_up.dims()[0];
+        let width = self.gate_up.dims()[1] / 2;
+        let inter = width / self.experts;
+        debug_assert_eq!(experts.len(), self.experts);
+        let point = |layer: &mut Linear<B>, view: Tensor<B, 2>| {
+            let id = layer.weight.id;
+            layer.weight = Param::initialized(id, view);
+        };
+        for (e, expert) in experts.iter_mut().enumerate() {
+            let cols = e * inter..(e + 1) * inter;
+            point(
+                &mut expert.gate_proj,
+                self.gate_up.clone().slice([0..hidden, cols.clone()]),
+            );
+            point(
+                &mut expert.up_proj,
+                self.gate_up
+                    .clone()
+                    .slice([0..hidden, width + cols.start..width + cols.end]),
+            );
+            point(
+                &mut expert.down_proj,
+                self.down.clone().slice([cols, 0..hidden]),
+            );
+        }
     }
 
     /// Σ over chosen experts of routing weight × expert output.

@@ -16,6 +16,9 @@
 //! Computation follows transformers' dtype policy: RMSNorm, the router softmax and the attention
 //! softmax run in float32 whatever the activations' dtype.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
@@ -101,6 +104,26 @@ pub struct MoeLm<B: Backend> {
     /// [`MoeLm::for_gradients`]).
     #[module(skip)]
     gather: bool,
+    /// Every MoE layer's experts stacked once and shared with the experts' own weights, when
+    /// [`MoeLm::share_experts`] made them.
+    #[module(skip)]
+    shared: SharedStacks,
+}
+
+/// A model's stacked experts (`Vec<StackedExperts<B>>`, one per MoE layer), behind a type that
+/// does not name the backend: burn's `Module` derive clones skipped fields as they are when it
+/// moves a model to another backend (`valid`, `from_inner`), and there the stacks no longer
+/// downcast to the new backend's type, so that model stacks its experts afresh.
+#[derive(Clone, Default)]
+struct SharedStacks(Option<Arc<dyn Any + Send + Sync>>);
+
+impl std::fmt::Debug for SharedStacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "SharedStacks(Some)",
+            None => "SharedStacks(None)",
+        })
+    }
 }
 
 /// Inputs of one forward pass.
@@ -169,6 +192,7 @@ impl<B: Backend> MoeLm<B> {
             rope: Rope::new(cfg.head_dim, cfg.rope_theta),
             execution: ExpertExecution::Auto,
             gather: false,
+            shared: SharedStacks::default(),
         }
     }
 
@@ -251,10 +275,57 @@ impl<B: Backend> MoeLm<B> {
     /// ([`KvCache::with_stacked_experts`] reuses them across forward passes of an unchanging
     /// model, such as decode steps). `None` when the experts have biases.
     pub fn stack_experts(&self) -> Option<Vec<StackedExperts<B>>> {
+        if let Some(shared) = self.shared_stacks() {
+            return Some(shared.clone());
+        }
         let dtype = self.model.embed_tokens.weight.val().dtype();
         self.moe_blocks()
             .map(|m| StackedExperts::stack(&m.experts, dtype))
             .collect()
+    }
+
+    /// For a model that will only run inference: every MoE layer's experts stacked for dense
+    /// execution once, and each expert's weights replaced by a view into its layer's stack
+    /// ([`StackedExperts::share_with`]), layer by layer, with the backend's freed memory released
+    /// after each: the weights are held once (instead of once more by every generation call's
+    /// stack), and the dense decode path reads them in place. Nothing changes for the grouped
+    /// execution, for experts with biases, or for experts not held in the activations' dtype (the
+    /// embedding's). Do not train the result: an update of an expert's weights would not reach
+    /// the stack the dense path reads.
+    pub fn share_experts(mut self) -> Self {
+        let dtype = self.model.embed_tokens.weight.val().dtype();
+        let shareable = self.execution != ExpertExecution::Grouped
+            && self.moe_blocks().all(|m| {
+                m.experts.iter().all(|e| {
+                    !e.has_bias()
+                        && [&e.gate_proj, &e.up_proj, &e.down_proj]
+                            .iter()
+                            .all(|l| l.weight.val().dtype() == dtype)
+                })
+            });
+        let device = self.model.embed_tokens.weight.val().device();
+        if !shareable || B::ad_enabled(&device) || self.moe_blocks().next().is_none() {
+            return self;
+        }
+        let mut stacks = Vec::new();
+        for layer in &mut self.model.layers {
+            if let Some(block) = layer.mlp.moe_mut() {
+                let stack = StackedExperts::stack(&block.experts, dtype)
+                    .expect("checked: no biases, at least one expert");
+                stack.share_with(&mut block.experts);
+                stacks.push(stack);
+                // The experts' own buffers are free once the queued work has run.
+                let _ = B::sync(&device);
+                B::memory_cleanup(&device);
+            }
+        }
+        self.shared = SharedStacks(Some(Arc::new(stacks)));
+        self
+    }
+
+    /// The stacks [`MoeLm::share_experts`] made, if this model holds them for this backend.
+    fn shared_stacks(&self) -> Option<&Vec<StackedExperts<B>>> {
+        self.shared.0.as_ref()?.downcast_ref()
     }
 
     /// A full forward pass with no cache.
@@ -449,7 +520,10 @@ impl<B: Backend> MoeLm<B> {
             if layers.keep_trunk {
                 layers.trunk.push(x.clone());
             }
-            let stacked = cache.as_deref().and_then(|c| c.stacked_experts(moe_layer));
+            let stacked = cache
+                .as_deref()
+                .and_then(|c| c.stacked_experts(moe_layer))
+                .or_else(|| self.shared_stacks().map(|s| &s[moe_layer]));
             let layer_routing = routing
                 .layer(moe_layer)
                 .with_index(frame.constants.range(0..block.experts.len()));

@@ -409,6 +409,8 @@ fn run_stage<B: AutodiffBackend>(
                         env.device,
                         cfg.model.precision,
                     )?;
+                    // Only evaluated: its experts stacked once, not once a generation call.
+                    let model = model.share_experts();
                     let tokenizer = cfg.model.tokenizer(&path)?;
                     let e = evaluator(cfg, pre, &model, &path, &tokenizer, env.device);
                     evaluate_into(

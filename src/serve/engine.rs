@@ -128,7 +128,8 @@ pub fn run<B: Backend>(
 ) {
     let layers = model.num_moe_layers();
     let experts = model.num_experts();
-    // Decode steps run the experts densely: stack them once for the server's life.
+    // Decode steps run the experts densely, from the stacks the served model shares with its
+    // experts (`MoeLm::share_experts`), or stacked once here for the server's life.
     let stacked = match model.execution() {
         ExpertExecution::Grouped => None,
         _ => model.stack_experts(),

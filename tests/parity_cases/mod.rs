@@ -499,6 +499,60 @@ pub fn cached_decoding_matches_recomputation_and_greedy_tokens<B: Backend>(t: Ta
     }
 }
 
+/// A model whose experts share its stacks (`MoeLm::share_experts`: the experts' weights become
+/// views into one stack a layer) holds the same weights and gives the same logits as the model
+/// it came from, through the grouped and the dense execution, and transformers' greedy tokens.
+pub fn shared_experts_give_the_same_model<B: Backend>(t: Target) {
+    let device = Default::default();
+    for (name, dir, exec) in runs() {
+        let plain = load::<B>(&dir).with_execution(exec);
+        let shared = load::<B>(&dir).with_execution(exec).share_experts();
+        // The weights, bit for bit (the views read the stacked copy of each expert).
+        let weights = |m: &MoeLm<B>| -> Vec<f32> {
+            m.moe_blocks()
+                .flat_map(|b| b.experts.iter())
+                .flat_map(|e| [&e.gate_proj, &e.up_proj, &e.down_proj])
+                .flat_map(|l| to_vec(l.weight.val()))
+                .collect()
+        };
+        assert_eq!(weights(&shared), weights(&plain), "{name} expert weights");
+        let ids = ids::<B>(&dir, "forward.input_ids");
+        let logits = |m: &MoeLm<B>| {
+            to_vec(
+                m.forward(LmInput::ids(ids.clone()), &Routing::free())
+                    .logits,
+            )
+        };
+        assert_close(
+            &format!("{name} shared experts' logits"),
+            &logits(&shared),
+            &logits(&plain),
+            t.loosen(LOGITS_TOL),
+        );
+        if precision() == Precision::F32 {
+            let greedy = &reference_json(&dir)["greedy"];
+            let as_ids = |v: &serde_json::Value| -> Vec<u32> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            };
+            let want = as_ids(&greedy["new_ids"]);
+            let opts = GenerateOptions {
+                max_new_tokens: want.len(),
+                sampling: Sampling::Greedy,
+                stop_ids: vec![],
+                pad_id: 1,
+                capture: false,
+            };
+            let prompt = as_ids(&greedy["prompt_ids"]);
+            let out = generate(&shared, &[prompt], &opts, &Routing::free(), &device, |_| {});
+            assert_eq!(out[0].new_ids, want, "{name} greedy tokens, shared experts");
+        }
+    }
+}
+
 /// The routing kernels of `steermoe::cube` against burn's ops on the same backend: the top-k's
 /// indices exactly (ties to the lower index, NaN last: rows built with both), on plain and on
 /// autodiff tensors; the inference routing's indices exactly and its weights (plain and
