@@ -6,7 +6,8 @@
 # of 16 concurrent completions of 64-token prompts, 128 tokens each (`ignore_eos`). One JSON line
 # per figure on stdout and in $OUT/serve.jsonl.
 #
-#   STEERMOE=<steermoe built --features cuda> GPU_BENCH=<benches/gpu.rs binary> benches/serve.sh
+#   STEERMOE=<steermoe built --features cuda> GPU_BENCH=<benches/gpu.rs binary> [ROUNDS=4]
+#   [READ_EVERY='8 16': a server for each --read-every, one after the other] [MODEL_DIR=/tmp/...] benches/serve.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEERMOE=${STEERMOE:?the steermoe binary}
@@ -23,15 +24,18 @@ timeout "${FIGURE_TIMEOUT:-300}" "$GPU_BENCH" --backend cuda --precision bf16 --
   --save-model "$MODEL" 2> "$OUT/stderr.generate" | tee -a "$LOG"
 cp models/olmoe-organism/tokenizer.json models/olmoe-organism/tokenizer_config.json "$MODEL/"
 
-"$STEERMOE" serve --model "$MODEL" --backend cuda --precision bf16 --max-batch 16 --port 0 \
-  > "$OUT/serve.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do grep -q 'http://' "$OUT/serve.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done
-url=$(grep -o 'http://[0-9.:]*/v1' "$OUT/serve.log")
-if [ -n "$url" ]; then
-  timeout "${FIGURE_TIMEOUT:-300}" python3 benches/serve_load.py "$url" "$(basename "$MODEL")" \
-    --concurrency 16 --prompt-tokens 64 --max-tokens 128 --rounds "${ROUNDS:-4}" | tee -a "$LOG"
-else
-  echo "the server did not start" >&2; tail -20 "$OUT/serve.log" >&2
-fi
-kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+for every in ${READ_EVERY:-8}; do
+  "$STEERMOE" serve --model "$MODEL" --backend cuda --precision bf16 --max-batch 16 --port 0 \
+    --read-every "$every" > "$OUT/serve-$every.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do grep -q 'http://' "$OUT/serve-$every.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+  url=$(grep -o 'http://[0-9.:]*/v1' "$OUT/serve-$every.log")
+  if [ -n "$url" ]; then
+    timeout "${FIGURE_TIMEOUT:-300}" python3 benches/serve_load.py "$url" "$(basename "$MODEL")" \
+      --concurrency 16 --prompt-tokens 64 --max-tokens 128 --rounds "${ROUNDS:-4}" \
+      | sed "s/^{/{\"read_every\": $every, /" | tee -a "$LOG"
+  else
+    echo "the server did not start" >&2; tail -20 "$OUT/serve-$every.log" >&2
+  fi
+  kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+done

@@ -128,3 +128,42 @@ fn collect_resume_and_analyze() {
         );
     }
 }
+
+/// `collect.generate_batches = 2` answers the two batches in one generation call: each batch
+/// keeps its own samples, with the answers (and routed experts) of one batch at a time.
+#[test]
+fn batches_answered_together_give_the_same_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let together = tmp.path().join("together.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[collect]\n", "[collect]\ngenerate_batches = 2\n");
+    std::fs::write(&together, text).unwrap();
+    let samples = |cfg: &Path, name: &str| {
+        let run = tmp.path().join(name);
+        let (c, r) = (cfg.to_str().unwrap(), run.to_str().unwrap());
+        steermoe(&["collect", "--config", c, "--out", r]);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let batches = std::fs::read_dir(run.join("routing"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".safetensors")
+            })
+            .count();
+        (lines, batches)
+    };
+    let (one, one_files) = samples(&cfg, "one");
+    let (two, two_files) = samples(&together, "two");
+    assert_eq!(one.len(), 8);
+    assert_eq!((one_files, two_files), (2, 2), "a routing file per batch");
+    assert_eq!(one, two);
+}

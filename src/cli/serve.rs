@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// `max_tokens` of a request that gives none (capped by the context left).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     default_max_tokens: u32,
+    /// Greedy answers without routing capture are decoded this many tokens at a time on the
+    /// device before their tokens are read and streamed (1: every token as it comes; more: fewer
+    /// waits for the device, text in blocks).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    read_every: u32,
     /// Backend to run on.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
@@ -104,6 +109,7 @@ impl Task for Serve {
             queue: a.queue as usize,
             default_max_tokens: a.default_max_tokens as usize,
             context: cfg.max_position_embeddings,
+            read_every: a.read_every as usize,
         };
         // Whoever reads stdout may be gone by the time the server stops: never fail on it.
         serve(&model, tokenizer, policy, &device, &opts, |addr| {

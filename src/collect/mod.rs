@@ -167,58 +167,97 @@ pub fn collect<B: Backend>(
     // The summary files from the batches finished so far (read once), then one batch appended at a
     // time; rewritten whole at the end (in batch order).
     let mut index = write_summary_files(dir, model, top_k, batches.len())?;
-    for (batch, _) in batches.iter().zip(&done).filter(|(_, d)| !**d) {
-        let prompts = batch
-            .samples
-            .iter()
-            .map(|s| tokenizer.encode_prompt(&s.messages, cfg.max_prompt_tokens))
-            .collect::<Result<Vec<_>, DataError>>()?;
-        let gens = generate(model, &prompts, &opts, &Routing::free(), device, |n| {
+    let pending: Vec<&Batch> = batches
+        .iter()
+        .zip(&done)
+        .filter(|(_, d)| !**d)
+        .map(|(b, _)| b)
+        .collect();
+    for group in pending.chunks(cfg.generate_batches) {
+        let mut prompts = Vec::new();
+        for batch in group {
+            for s in &batch.samples {
+                prompts.push(tokenizer.encode_prompt(&s.messages, cfg.max_prompt_tokens)?);
+            }
+        }
+        let mut answered = generate(model, &prompts, &opts, &Routing::free(), device, |n| {
             summary.tokens += n;
             progress(CollectEvent::Tokens(n));
-        });
-        let mut records = Vec::with_capacity(gens.len());
-        for (s, g) in batch.samples.iter().zip(&gens) {
-            let response = tokenizer.decode(&g.new_ids);
-            let prompt_text = tokenizer.render(&s.messages, true)?;
-            records.push(SampleRecord {
-                batch_idx: s.batch_idx,
-                in_batch_idx: s.in_batch_idx,
-                label: s.label,
-                goal: s.goal.clone(),
-                record: s.record,
-                messages: s.messages.clone(),
-                prompt_ids: g.prompt_ids.clone(),
-                new_ids: g.new_ids.clone(),
-                refused: c.judge.refuses(&prompt_text, &response)?,
-                response,
-                kept: true,
-            });
+        })
+        .into_iter();
+        for batch in group {
+            let gens: Vec<_> = answered.by_ref().take(batch.samples.len()).collect();
+            finish_batch(
+                c,
+                batch,
+                gens,
+                cfg,
+                dir,
+                top_k,
+                &mut summary,
+                &mut index,
+                &mut progress,
+            )?;
         }
-        if cfg.quality_filter {
-            apply_quality_filter(&mut records);
-        }
-        let kept = records.iter().filter(|r| r.kept).count();
-        let dropped = records.len() - kept;
-        let activation = (kept > 0).then(|| activation_by_label(&records, &gens, top_k));
-        let replies = replies::route(model, &records, tokenizer.pad_id, device);
-        write_batch(dir, batch.batch_idx, &records, &gens, &replies)?;
-        if kept == 0 {
-            summary.skipped.push(batch.batch_idx);
-        }
-        summary.collected += 1;
-        progress(CollectEvent::BatchDone {
-            batch_idx: batch.batch_idx,
-            kept,
-            dropped,
-            activation,
-        });
-        append_batch(dir, &mut index, batch.batch_idx, &records)?;
     }
     if summary.collected > 0 {
         write_summary_files(dir, model, top_k, batches.len())?;
     }
     Ok(summary)
+}
+
+/// Judge, filter, route and write one answered batch.
+#[allow(clippy::too_many_arguments)]
+fn finish_batch<B: Backend>(
+    c: &Collector<'_, B>,
+    batch: &Batch,
+    gens: Vec<crate::generate::Generation>,
+    cfg: &CollectConfig,
+    dir: &RunDir,
+    top_k: usize,
+    summary: &mut CollectSummary,
+    index: &mut RoutingIndex,
+    progress: &mut impl FnMut(CollectEvent),
+) -> Result<(), CollectError> {
+    let (model, tokenizer, device) = (c.model, c.tokenizer, c.device);
+    let mut records = Vec::with_capacity(gens.len());
+    for (s, g) in batch.samples.iter().zip(&gens) {
+        let response = tokenizer.decode(&g.new_ids);
+        let prompt_text = tokenizer.render(&s.messages, true)?;
+        records.push(SampleRecord {
+            batch_idx: s.batch_idx,
+            in_batch_idx: s.in_batch_idx,
+            label: s.label,
+            goal: s.goal.clone(),
+            record: s.record,
+            messages: s.messages.clone(),
+            prompt_ids: g.prompt_ids.clone(),
+            new_ids: g.new_ids.clone(),
+            refused: c.judge.refuses(&prompt_text, &response)?,
+            response,
+            kept: true,
+        });
+    }
+    if cfg.quality_filter {
+        apply_quality_filter(&mut records);
+    }
+    let kept = records.iter().filter(|r| r.kept).count();
+    let dropped = records.len() - kept;
+    let activation = (kept > 0).then(|| activation_by_label(&records, &gens, top_k));
+    let replies = replies::route(model, &records, tokenizer.pad_id, device);
+    write_batch(dir, batch.batch_idx, &records, &gens, &replies)?;
+    if kept == 0 {
+        summary.skipped.push(batch.batch_idx);
+    }
+    summary.collected += 1;
+    progress(CollectEvent::BatchDone {
+        batch_idx: batch.batch_idx,
+        kept,
+        dropped,
+        activation,
+    });
+    append_batch(dir, index, batch.batch_idx, &records)?;
+    Ok(())
 }
 
 /// A pair is kept only if its safe sample was refused and its unsafe one was not.

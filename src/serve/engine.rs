@@ -11,7 +11,7 @@
 //! arrival order; at most one waits so).
 //!
 //! A row's tokens are picked on the host from its own sampler, except when every row is greedy
-//! and none returns its routing: then blocks of up to [`READ_EVERY`] steps run on the device with
+//! and none returns its routing: then blocks of up to [`EngineOptions::read_every`] steps run on the device with
 //! each step's argmax fed back there, and the host reads the block's tokens once (the steps
 //! queue without waiting for it). Text is decoded incrementally and sent as deltas; a suffix that
 //! may still become a stop string, or an incomplete UTF-8 sequence, is held back until it is
@@ -115,6 +115,11 @@ pub struct EngineOptions {
     /// Positions a row may hold (prompt and answer): the batch's keys and values are written in
     /// place into buffers of up to twice this many slots.
     pub context: usize,
+    /// Greedy rows without routing capture decode up to this many steps between reads of their
+    /// tokens (see [`Batch::decode_block`]): a read waits for every queued kernel, so fewer reads
+    /// keep the device busier, while clients get their text in blocks of this many tokens and a
+    /// row that stops inside a block has the block's remaining steps computed and discarded.
+    pub read_every: usize,
 }
 
 /// Run requests from `jobs` until every sender is gone and nothing is left to do.
@@ -202,7 +207,7 @@ pub fn run<B: Backend>(
         }
         if let Some(b) = &mut batch {
             if !b.rows.is_empty() {
-                b.step(model, tokenizer, device, stats);
+                b.step(model, tokenizer, device, stats, opts.read_every);
             }
             stats.active.store(b.rows.len(), Ordering::Relaxed);
         }
@@ -327,9 +332,9 @@ impl<B: Backend> Batch<B> {
         }
     }
 
-    /// Steps decoded before the host reads their tokens: [`READ_EVERY`] (fewer where a row's
-    /// token limit comes first) when every row is greedy and none captures its routing, else 1.
-    fn block(&self) -> usize {
+    /// Steps decoded before the host reads their tokens: `read_every` (fewer where a row's token
+    /// limit comes first) when every row is greedy and none captures its routing, else 1.
+    fn block(&self, read_every: usize) -> usize {
         if self.capture() || !self.rows.iter().all(|r| r.sampler.is_greedy()) {
             return 1;
         }
@@ -339,7 +344,7 @@ impl<B: Backend> Batch<B> {
             .map(|r| r.job.max_tokens.saturating_sub(r.new_ids.len()))
             .min()
             .unwrap_or(1);
-        left.clamp(1, READ_EVERY)
+        left.clamp(1, read_every.max(1))
     }
 
     /// Pick every row's next tokens (a block of greedy steps decoded on the device, or one step),
@@ -351,12 +356,13 @@ impl<B: Backend> Batch<B> {
         tokenizer: &ChatTokenizer,
         device: &B::Device,
         stats: &Stats,
+        read_every: usize,
     ) {
         let next = self
             .next
             .take()
             .expect("a batch with rows has next-token logits");
-        let block = self.block();
+        let block = self.block(read_every);
         // `picked[j][i]`: row i's token at step j of the block.
         let picked = match block {
             1 => vec![pick(next, &mut self.rows)],
@@ -494,11 +500,6 @@ impl<B: Backend> Batch<B> {
 const GATHER: Duration = Duration::from_millis(3);
 /// The longest an idle engine gathers requests before it prefills those it has.
 const GATHER_AT_MOST: Duration = Duration::from_millis(20);
-
-/// Greedy rows without routing capture decode this many steps between reads of their tokens (see
-/// [`Batch::decode_block`]); their text reaches clients in blocks of up to this many tokens, and
-/// a row that stops inside a block has the block's remaining steps computed and discarded.
-const READ_EVERY: usize = 8;
 
 impl Row {
     /// Take `token`: send the text it settles; `Some(true)` to go on, `Some(false)` when the

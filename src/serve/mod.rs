@@ -44,6 +44,9 @@ pub struct ServeOptions {
     pub default_max_tokens: usize,
     /// Positions the model handles.
     pub context: usize,
+    /// Greedy steps decoded on the device between reads of their tokens (see
+    /// [`EngineOptions::read_every`]).
+    pub read_every: usize,
 }
 
 /// The server could not run.
@@ -113,6 +116,7 @@ pub fn serve<B: Backend>(
         &EngineOptions {
             max_batch: opts.max_batch,
             context: opts.context,
+            read_every: opts.read_every,
         },
         &stats,
     );

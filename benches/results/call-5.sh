@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 41's decode memory and issue 40's serve figure, on one GPU, binaries of one commit
+# (.dev/steermoe.xz, .dev/gpu.xz: `cargo build --release --features cuda --bin steermoe --bench
+# gpu`, stripped, xz). PARTS picks what runs (default: all, in this order):
+# - olmoe: generation with routing capture at the OLMoE-1B-7B shape (random bf16 weights, 64-token
+#   prompts, 128 new tokens, greedy): batch 16 with the experts shared (`MoeLm::share_experts`),
+#   batch 16 stacked once per call beside the weights (as before), batch 64 shared;
+# - qwen3: the same at Qwen3-30B-A3B's whole shape (48 layers), batch 16 and 64, shared;
+# - nsys: Nsight Systems' kernel and API summaries of the OLMoE batch-16 generation, if nsys is there;
+# - hf: transformers' grouped_mm generation (benches/hf_anchor.py) at both shapes, batch 16 and 64;
+# - serve: benches/serve.sh (serve against generate at batch 16, ROUNDS rounds);
+# - oom: benches/oom_stress.sh with HEADROOM_GB (PROCS processes beside a memory hog).
+# Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
+set -u
+cd "$(dirname "$0")/../.."
+for b in steermoe gpu; do
+  [ -x /tmp/$b ] || { xz -dc .dev/$b.xz > /tmp/$b && chmod +x /tmp/$b; }
+done
+export STEERMOE=/tmp/steermoe GPU_BENCH=/tmp/gpu
+PARTS=${PARTS:-olmoe qwen3 nsys hf serve oom}
+mkdir -p "$OUT"
+LOG=$OUT/figures.jsonl
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
+
+peak() { # NAME COMMAND...: run it, its JSON lines and its peak memory into $LOG
+  local name=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/mem.$name" &
+  local smi=$!
+  timeout "${FIGURE_TIMEOUT:-200}" "$@" 2> "$OUT/stderr.$name" | sed "s/^{/{\"figure\": \"$name\", /" >> "$LOG"
+  local rc=${PIPESTATUS[0]}
+  kill $smi 2>/dev/null; wait $smi 2>/dev/null
+  echo "{\"figure\": \"$name\", \"what\": \"peak_gpu_memory\", \"mib\": $(sort -n "$OUT/mem.$name" | tail -1), \"rc\": $rc}" >> "$LOG"
+  tail -1 "$LOG"
+}
+GEN=("$GPU_BENCH" --backend cuda --precision bf16 --what generate)
+
+for part in $PARTS; do
+  case $part in
+    olmoe)
+      peak olmoe-b16-shared "${GEN[@]}"
+      peak olmoe-b16-stacked "${GEN[@]}" --stack-per-call
+      peak olmoe-b64-shared "${GEN[@]}" --gen-batch 64 ;;
+    qwen3)
+      peak qwen3-b16-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json
+      peak qwen3-b64-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json --gen-batch 64 ;;
+    nsys)
+      NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+      if [ -n "$NSYS" ]; then
+        timeout 240 "$NSYS" profile -t cuda -o "$OUT/gen" --force-overwrite true "$GPU_BENCH" --backend cuda \
+          --precision bf16 --what generate > "$OUT/nsys.log" 2>&1
+        "$NSYS" stats -r cuda_gpu_kern_sum,cuda_api_sum -f csv -o "$OUT/gen" "$OUT/gen.nsys-rep" >> "$OUT/nsys.log" 2>&1
+        rm -f "$OUT/gen.nsys-rep" "$OUT/gen.sqlite"
+      else
+        echo "no nsys on this machine" > "$OUT/nsys.log"
+      fi ;;
+    hf)
+      peak hf-olmoe env WHAT=gen IMPLS=grouped_mm GEN_B=16,64 python3 benches/hf_anchor.py
+      peak hf-qwen3 env ARCH=qwen3 WHAT=gen IMPLS=grouped_mm GEN_B=16,64 python3 benches/hf_anchor.py ;;
+    serve)
+      mkdir -p "$OUT/serve"
+      OUT="$OUT/serve" FIGURE_TIMEOUT=150 ROUNDS=${ROUNDS:-8} timeout "${SERVE_S:-300}" \
+        bash benches/serve.sh > "$OUT/serve/run.log" 2>&1
+      echo "serve rc $?" >> "$OUT/serve/run.log"
+      rm -rf /tmp/olmoe-1b-7b-random ;;
+    oom)
+      mkdir -p "$OUT/oom"
+      OUT="$OUT/oom" PROCS=${PROCS:-6} HEADROOM_GB=${HEADROOM_GB:-20} \
+        timeout "${OOM_S:-280}" bash benches/oom_stress.sh > "$OUT/oom/run.log" 2>&1
+      echo "oom_stress rc $?" >> "$OUT/oom/run.log" ;;
+  esac
+done
+ls -la "$OUT"
