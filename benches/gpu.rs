@@ -487,10 +487,12 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
     if let Some(dir) = &a.save_model {
         model::save(&model, &cfg, dir).expect("save the generation model");
     }
+    memory::<B>(device, "model made");
     let model = match a.stack_per_call {
         true => model,
         false => model.share_experts(),
     };
+    memory::<B>(device, "experts shared");
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let prompts: Vec<Vec<u32>> = (0..a.gen_batch)
         .map(|_| {
@@ -527,6 +529,24 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
             "new_tokens_per_s": (new as f64 / s).round(), "captured": captured}),
         );
     }
+    memory::<B>(device, "after generation");
+}
+
+/// cubecl's memory pools on a CUDA device (in use, reserved) as a JSON line, after the queued
+/// work has run.
+fn memory<B: Backend>(device: &B::Device, at: &str) {
+    #[cfg(feature = "cuda")]
+    {
+        sync::<B>(device);
+        if let Some((used, reserved)) = steermoe::cuda::memory_usage(device) {
+            let mib = |b: u64| b / (1 << 20);
+            emit(
+                json!({"what": "device_memory", "at": at, "in_use_MiB": mib(used), "reserved_MiB": mib(reserved)}),
+            );
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (device, at);
 }
 
 /// The effect rankings' cost (issue 43): `--pairs` answered pairs in batches of

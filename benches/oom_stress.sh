@@ -3,8 +3,8 @@
 # (configs/organism-dose.toml's [eval]: 100 held-out FlipAttack jailbreaks and plain goals, 100
 # benign instructions, 64 trained answers) run twice on a quiet GPU, then PROCS times at once while
 # a PyTorch process holds all but HEADROOM_GB of the device's memory. Every pressured run must
-# either exit with status 75 and an "out of device memory" message, or write exactly the quiet
-# run's figures (every number of eval.json, and every answer in responses.jsonl). One JSON line
+# either exit with status 75 and an "out of device memory" message, or write the quiet run's
+# figures (every answer in responses.jsonl exactly, eval.json's floats to 1e-6: benches/oom_tally.py). One JSON line
 # per run and a tally.
 #
 #   STEERMOE=<steermoe built --features cuda> [PROCS=6] [HEADROOM_GB=12] benches/oom_stress.sh
@@ -42,36 +42,5 @@ pids=()
 for i in $(seq "$PROCS"); do run "p$i" & pids+=($!); done
 wait "${pids[@]}"
 kill $hog
-python3 - "$W" "$PROCS" <<'PY' | tee "$OUT/oom_stress.jsonl"
-import json, sys
-from pathlib import Path
-w, procs = Path(sys.argv[1]), int(sys.argv[2])
-def figures(d):
-    v = json.loads((w / d / "eval.json").read_text())
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(y) for k, y in x.items() if "second" not in k and "time" not in k and k not in ("started", "finished", "out", "dir", "path")}
-        if isinstance(x, list):
-            return [strip(y) for y in x]
-        return x
-    responses = w / d / "responses.jsonl"
-    return strip(v), responses.read_text() if responses.exists() else None
-quiet = figures("quiet")
-print(json.dumps({"what": "oom_stress_quiet_repeat", "same": figures("quiet2") == quiet}))
-tally = {"same": 0, "out_of_memory": 0, "wrong": 0, "other_failure": 0}
-for i in range(1, procs + 1):
-    name = f"p{i}"
-    status = int((w / f"{name}.status").read_text())
-    log = (w / f"{name}.log").read_text()
-    if status == 0:
-        kind = "same" if figures(name) == quiet else "wrong"
-    elif status == 75 and "out of device memory" in log:
-        kind = "out_of_memory"
-    else:
-        kind = "other_failure"
-    tally[kind] += 1
-    print(json.dumps({"what": "oom_stress_run", "run": name, "status": status, "outcome": kind,
-                      "last_line": log.strip().splitlines()[-1][:300] if log.strip() else ""}))
-print(json.dumps({"what": "oom_stress", "procs": procs, **tally}))
-PY
+python3 benches/oom_tally.py "$W" "$PROCS" | tee "$OUT/oom_stress.jsonl"
 tar -C /tmp -cJf "$OUT/oom-stress.tar.xz" --exclude='*.safetensors' oom-stress

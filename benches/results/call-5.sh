@@ -5,6 +5,10 @@
 # - olmoe: generation with routing capture at the OLMoE-1B-7B shape (random bf16 weights, 64-token
 #   prompts, 128 new tokens, greedy): batch 16 with the experts shared (`MoeLm::share_experts`),
 #   batch 16 stacked once per call beside the weights (as before), batch 64 shared;
+# - tests: the CUDA parity suite (.dev/suite.xz: `cargo test --release --features cuda --test suite
+#   --no-run`) in float32 and bf16;
+# - memory: OLMoE and Qwen3 batch 16 again, with cubecl's pools (in use, reserved) printed after
+#   the model is made, after its experts are shared and after generation (a later gpu bench);
 # - qwen3: the same at Qwen3-30B-A3B's whole shape (48 layers), batch 16 and 64, shared;
 # - nsys: Nsight Systems' kernel and API summaries of the OLMoE batch-16 generation, if nsys is there;
 # - hf: transformers' grouped_mm generation (benches/hf_anchor.py) at both shapes, batch 16 and 64;
@@ -40,6 +44,19 @@ for part in $PARTS; do
       peak olmoe-b16-shared "${GEN[@]}"
       peak olmoe-b16-stacked "${GEN[@]}" --stack-per-call
       peak olmoe-b64-shared "${GEN[@]}" --gen-batch 64 ;;
+    tests)
+      # The suite binary finds its fixtures under the path it was built at.
+      [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+      xz -dc .dev/suite.xz > /tmp/suite && chmod +x /tmp/suite
+      for p in f32 bf16; do
+        STEERMOE_TEST_PRECISION=$p timeout 280 /tmp/suite cuda:: --ignored --test-threads 1 \
+          > "$OUT/tests-$p.log" 2>&1
+        echo "rc $?" >> "$OUT/tests-$p.log"
+        grep -E "^test result|FAILED|panicked" "$OUT/tests-$p.log" | head -5
+      done ;;
+    memory)
+      peak olmoe-b16-memory "${GEN[@]}"
+      peak qwen3-b16-memory "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json ;;
     qwen3)
       peak qwen3-b16-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json
       peak qwen3-b64-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json --gen-batch 64 ;;

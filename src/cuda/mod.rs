@@ -15,3 +15,15 @@ pub mod grouped;
 
 pub use batched::try_batched_matmul;
 pub use grouped::{available, try_grouped_linear};
+
+/// Bytes in use and bytes reserved by cubecl's memory pools of `device`'s current stream, after
+/// the work queued so far has run, when `device` is a CUDA device (`None` otherwise): what a
+/// process holds beside its CUDA context, for the benchmarks' memory figures.
+pub fn memory_usage<D: std::any::Any>(device: &D) -> Option<(u64, u64)> {
+    use burn_cubecl::cubecl::Runtime;
+    let device =
+        (device as &dyn std::any::Any).downcast_ref::<burn_cubecl::cubecl::cuda::CudaDevice>()?;
+    let client = <burn_cubecl::cubecl::cuda::CudaRuntime as Runtime>::client(device);
+    let usage = client.memory_usage().ok()?;
+    Some((usage.bytes_in_use, usage.bytes_reserved))
+}
