@@ -5,6 +5,8 @@
 # - olmoe: generation with routing capture at the OLMoE-1B-7B shape (random bf16 weights, 64-token
 #   prompts, 128 new tokens, greedy): batch 16 with the experts shared (`MoeLm::share_experts`),
 #   batch 16 stacked once per call beside the weights (as before), batch 64 shared;
+# - train: train steps at the OLMoE-1B-7B shape and Qwen3-30B-A3B's with 12 layers, steermoe and
+#   transformers grouped_mm;
 # - tests: the CUDA parity suite (.dev/suite.xz: `cargo test --release --features cuda --test suite
 #   --no-run`) in float32 and bf16;
 # - memory: OLMoE and Qwen3 batch 16 again, with cubecl's pools (in use, reserved) printed after
@@ -44,6 +46,14 @@ for part in $PARTS; do
       peak olmoe-b16-shared "${GEN[@]}"
       peak olmoe-b16-stacked "${GEN[@]}" --stack-per-call
       peak olmoe-b64-shared "${GEN[@]}" --gen-batch 64 ;;
+    train)
+      # One-call train tables: steermoe's bench step (16 x 512, 50 experts trainable, AdamW) and
+      # transformers' grouped_mm at the OLMoE-1B-7B shape and at Qwen3-30B-A3B's with 12 layers.
+      peak olmoe-train "$GPU_BENCH" --backend cuda --precision bf16 --what train --steps 8 --warmup-steps 4
+      peak hf-olmoe-train env WHAT=train IMPLS=grouped_mm python3 benches/hf_anchor.py
+      peak qwen3-12-train "$GPU_BENCH" --backend cuda --precision bf16 --what train --steps 8 --warmup-steps 4 \
+        --model-config benches/qwen3-30b-a3b.json --layers 12
+      peak hf-qwen3-12-train env ARCH=qwen3 LAYERS=12 WHAT=train IMPLS=grouped_mm python3 benches/hf_anchor.py ;;
     tests)
       # The suite binary finds its fixtures under the path it was built at.
       [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
