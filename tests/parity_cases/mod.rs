@@ -477,33 +477,44 @@ pub fn cached_decoding_matches_recomputation_and_greedy_tokens<B: Backend>(t: Ta
         );
         // transformers' greedy tokens (f32: a bf16 rounding may flip an argmax).
         if precision() == Precision::F32 {
-            let greedy = &reference["greedy"];
-            let prompt: Vec<u32> = json_ids(&greedy["prompt_ids"])
-                .iter()
-                .map(|&t| t as u32)
-                .collect();
-            let want: Vec<u32> = json_ids(&greedy["new_ids"])
-                .iter()
-                .map(|&t| t as u32)
-                .collect();
-            let opts = GenerateOptions {
-                max_new_tokens: want.len(),
-                sampling: Sampling::Greedy,
-                stop_ids: vec![],
-                pad_id: 1,
-                capture: false,
-            };
-            let out = generate(&model, &[prompt], &opts, &Routing::free(), &device, |_| {});
-            assert_eq!(out[0].new_ids, want, "{name} greedy tokens");
+            assert_greedy_tokens_match(&model, &reference, &format!("{name} greedy tokens"));
         }
     }
+}
+
+/// `model`'s greedy answer to the fixture's `greedy` prompt is transformers' `generate`'s,
+/// token for token (`reference`: the fixture's `reference.json`).
+fn assert_greedy_tokens_match<B: Backend>(
+    model: &MoeLm<B>,
+    reference: &serde_json::Value,
+    what: &str,
+) {
+    let greedy = &reference["greedy"];
+    let as_ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let want = as_ids(&greedy["new_ids"]);
+    let opts = GenerateOptions {
+        max_new_tokens: want.len(),
+        sampling: Sampling::Greedy,
+        stop_ids: vec![],
+        pad_id: 1,
+        capture: false,
+    };
+    let prompt = as_ids(&greedy["prompt_ids"]);
+    let device = Default::default();
+    let out = generate(model, &[prompt], &opts, &Routing::free(), &device, |_| {});
+    assert_eq!(out[0].new_ids, want, "{what}");
 }
 
 /// A model whose experts share its stacks (`MoeLm::share_experts`: the experts' weights become
 /// views into one stack a layer) holds the same weights and gives the same logits as the model
 /// it came from, through the grouped and the dense execution, and transformers' greedy tokens.
 pub fn shared_experts_give_the_same_model<B: Backend>(t: Target) {
-    let device = Default::default();
     for (name, dir, exec) in runs() {
         let plain = load::<B>(&dir).with_execution(exec);
         let shared = load::<B>(&dir).with_execution(exec).share_experts();
@@ -530,25 +541,11 @@ pub fn shared_experts_give_the_same_model<B: Backend>(t: Target) {
             t.loosen(LOGITS_TOL),
         );
         if precision() == Precision::F32 {
-            let greedy = &reference_json(&dir)["greedy"];
-            let as_ids = |v: &serde_json::Value| -> Vec<u32> {
-                v.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            };
-            let want = as_ids(&greedy["new_ids"]);
-            let opts = GenerateOptions {
-                max_new_tokens: want.len(),
-                sampling: Sampling::Greedy,
-                stop_ids: vec![],
-                pad_id: 1,
-                capture: false,
-            };
-            let prompt = as_ids(&greedy["prompt_ids"]);
-            let out = generate(&shared, &[prompt], &opts, &Routing::free(), &device, |_| {});
-            assert_eq!(out[0].new_ids, want, "{name} greedy tokens, shared experts");
+            assert_greedy_tokens_match(
+                &shared,
+                &reference_json(&dir),
+                &format!("{name} greedy tokens, shared experts"),
+            );
         }
     }
 }
