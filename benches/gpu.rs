@@ -12,6 +12,11 @@
 //!   metrics; not in the default `--what`;
 //! - `generate`: greedy generation with router-logit capture, batch 16, 64-token prompts, 128 new
 //!   tokens, new tokens/s, first run (kernel compilation included) and again;
+//! - `decode-ops`: a decode step's MoE block at `--gen-batch` tokens, op by op (one layer of the
+//!   shape, random weights): the stacked gate/up and down GEMMs, the down GEMM split by expert,
+//!   router logits, top-k routing, the SwiGLU kernel, the stacked experts, the whole block dense
+//!   and grouped; microseconds, the host's microseconds to queue them, and the weight bytes read
+//!   per second. Not in the default `--what`;
 //! - `effects`: the effect rankings' cost (issue 43): `--ranking` (default `ablation`: every
 //!   expert removed both ways) over `--pairs` answered pairs, seconds per phase;
 //! - `check`: a random model at the full width (`--check-layers` layers) saved in Hub layout with
@@ -253,10 +258,13 @@ impl Task for Bench {
                 "train" => train::<B>(&a, &device),
                 "learner" => learner::<B>(&a, &device),
                 "generate" => generation::<B::InnerBackend>(&a, &device),
+                "decode-ops" => decode_ops::<B::InnerBackend>(&a, &device),
                 "effects" => effects::<B>(&a, &device),
                 "" => {}
                 other => {
-                    panic!("unknown figure {other:?} (gemm, train, learner, generate, effects)")
+                    panic!(
+                        "unknown figure {other:?} (gemm, train, learner, generate, decode-ops, effects)"
+                    )
                 }
             }
         }
@@ -530,6 +538,120 @@ fn generation<B: Backend>(a: &Args, device: &B::Device) {
         );
     }
     memory::<B>(device, "after generation");
+}
+
+/// Seconds per run of `op` over `reps` runs queued back to back (outputs kept until the device
+/// has run them all), after three warm-up runs: (queued, done). `queued` is the host's time to
+/// issue them; where it comes near `done`, the host, not the device, sets the pace.
+fn time_op<B: Backend, T>(
+    device: &B::Device,
+    reps: usize,
+    mut op: impl FnMut() -> T,
+) -> (f64, f64) {
+    let mut keep: Vec<T> = (0..3).map(|_| op()).collect();
+    sync::<B>(device);
+    keep.clear();
+    let t = Instant::now();
+    keep.extend((0..reps).map(|_| op()));
+    let queued = t.elapsed().as_secs_f64() / reps as f64;
+    sync::<B>(device);
+    (queued, t.elapsed().as_secs_f64() / reps as f64)
+}
+
+/// A decode step's MoE block op by op: what each costs against the bytes it must read.
+fn decode_ops<B: Backend>(a: &Args, device: &B::Device) {
+    use steermoe::model::experts::grouped_linear;
+    let cfg = config(a, Some(1));
+    let dtype = a.precision.dtype();
+    let model = model::random::<B>(&cfg, device, a.precision);
+    let layer = model.moe_layers()[0];
+    let block = model.moe_block(layer);
+    let stack = model::StackedExperts::stack(&block.experts, dtype).expect("no biases");
+    let (h, e, i, t) = (
+        cfg.hidden_size,
+        cfg.num_experts,
+        cfg.intermediate_size,
+        a.gen_batch,
+    );
+    let elem = dtype.size();
+    let normal = Distribution::Normal(0.0, 0.02);
+    let gate_up = Tensor::<B, 2>::random([h, 2 * e * i], normal, (device, dtype));
+    let down = Tensor::<B, 2>::random([e * i, h], normal, (device, dtype));
+    let x = Tensor::<B, 2>::random([t, h], Distribution::Normal(0.0, 1.0), (device, dtype));
+    let mid = Tensor::<B, 2>::random([t, e * i], Distribution::Normal(0.0, 1.0), (device, dtype));
+    let expert_bytes = (3 * h * e * i * elem) as f64;
+    let reps = 50;
+    let figure = |op: &str, (queued, s): (f64, f64), bytes: f64| {
+        emit(
+            json!({"what": "decode_op", "op": op, "tokens": t, "hidden": h, "experts": e,
+            "inter": i, "dtype": format!("{dtype:?}"), "us": (s * 1e7).round() / 10.0,
+            "queued_us": (queued * 1e7).round() / 10.0,
+            "bytes": bytes, "GB_per_s": (bytes / s / 1e9).round()}),
+        );
+    };
+    let s = time_op::<B, _>(device, reps, || {
+        grouped_linear(x.clone(), vec![gate_up.clone()], &[t])
+    });
+    figure(
+        "gate/up GEMM, all experts",
+        s,
+        (2 * h * e * i * elem) as f64,
+    );
+    let s = time_op::<B, _>(device, reps, || {
+        grouped_linear(mid.clone(), vec![down.clone()], &[t])
+    });
+    figure("down GEMM, all experts", s, (h * e * i * elem) as f64);
+    #[cfg(feature = "cuda")]
+    {
+        let split = || {
+            let parts = steermoe::cuda::try_batched_matmul(
+                &mid.clone().reshape([t, e, i]).swap_dims(0, 1),
+                &down.clone().reshape([e, i, h]),
+            )
+            .expect("CUDA batched matmul");
+            parts.sum_dim(0)
+        };
+        let s = time_op::<B, _>(device, reps, split);
+        figure(
+            "down GEMM split by expert, summed",
+            s,
+            (h * e * i * elem) as f64,
+        );
+    }
+    let xs = x.clone().reshape([1, t, h]);
+    let free = Routing::<B>::default().layer(0);
+    // The dense block's steps apart: router logits, top-k routing, the stacked experts.
+    let logits = || steermoe::model::experts::dense_linear(&block.gate, x.clone());
+    figure("router logits", time_op::<B, _>(device, reps, logits), 0.0);
+    let scores = logits();
+    let choose = || free.choose(scores.clone(), 1, block.top_k(), cfg.norm_topk_prob);
+    figure(
+        "top-k routing",
+        time_op::<B, _>(device, reps, || choose().weights),
+        0.0,
+    );
+    let choice = choose();
+    let s = time_op::<B, _>(device, reps, || stack.forward(x.clone(), choice.clone()));
+    figure("stacked experts (gate/up, SwiGLU, down)", s, expert_bytes);
+    #[cfg(feature = "cuda")]
+    if let Some(dense) = &choice.dense {
+        let gu = grouped_linear(x.clone(), vec![gate_up.clone()], &[t]);
+        let s = time_op::<B, _>(device, reps, || {
+            steermoe::cube::try_swiglu(&gu, dense, i).expect("the SwiGLU kernel")
+        });
+        figure("SwiGLU kernel", s, 0.0);
+    }
+    for (name, execution, stacked) in [
+        ("MoE block, dense", ExpertExecution::Dense, Some(&stack)),
+        ("MoE block, grouped", ExpertExecution::Grouped, None),
+    ] {
+        let s = time_op::<B, _>(device, reps, || {
+            block
+                .forward(xs.clone(), &free, execution, stacked, false)
+                .hidden
+        });
+        figure(name, s, expert_bytes);
+    }
 }
 
 /// cubecl's memory pools on a CUDA device (in use, reserved) as a JSON line, after the queued

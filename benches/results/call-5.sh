@@ -15,7 +15,9 @@
 # - nsys: Nsight Systems' kernel and API summaries of the OLMoE batch-16 generation, if nsys is there;
 # - hf: transformers' grouped_mm generation (benches/hf_anchor.py) at both shapes, batch 16 and 64;
 # - serve: benches/serve.sh (serve against generate at batch 16, ROUNDS rounds);
-# - oom: benches/oom_stress.sh with HEADROOM_GB (PROCS processes beside a memory hog).
+# - oom: benches/oom_stress.sh with HEADROOM_GB (PROCS processes beside a memory hog);
+# - ops: a decode step's MoE block op by op (gpu bench --what decode-ops, one layer) at the
+#   OLMoE-1B-7B and Qwen3-30B-A3B shapes, batch 16 and 64.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
 cd "$(dirname "$0")/../.."
@@ -63,6 +65,12 @@ for part in $PARTS; do
           > "$OUT/tests-$p.log" 2>&1
         echo "rc $?" >> "$OUT/tests-$p.log"
         grep -E "^test result|FAILED|panicked" "$OUT/tests-$p.log" | head -5
+      done ;;
+    ops)
+      for b in 16 64; do
+        peak olmoe-ops-b$b "$GPU_BENCH" --backend cuda --precision bf16 --what decode-ops --gen-batch $b
+        peak qwen3-ops-b$b "$GPU_BENCH" --backend cuda --precision bf16 --what decode-ops --gen-batch $b \
+          --model-config benches/qwen3-30b-a3b.json
       done ;;
     memory)
       peak olmoe-b16-memory "${GEN[@]}"
