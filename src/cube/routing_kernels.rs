@@ -103,9 +103,15 @@ pub fn route_kernel<F: Float>(
     for j in 0..n {
         sum += (f32::cast_from(scores[base + j * step]) - max).exp();
     }
+    // Each probability's rank key once, kept in the row of `dense` while the slots are chosen
+    // (an exponential and a division an entry, not one per entry and slot), then the row zeroed.
     let dense_row = row * dense.stride(0);
+    let dense_step = dense.stride(1);
     for j in 0..n {
-        dense[dense_row + j * dense.stride(1)] = 0.0f32;
+        dense[dense_row + j * dense_step] = key(
+            (f32::cast_from(scores[base + j * step]) - max).exp() / sum,
+            neg_inf,
+        );
     }
     let out = row * indices.stride(0);
     let w_out = row * weights.stride(0);
@@ -116,10 +122,7 @@ pub fn route_kernel<F: Float>(
         let mut best_v = neg_inf;
         let mut best_j = n;
         for j in 0..n {
-            let v = key(
-                (f32::cast_from(scores[base + j * step]) - max).exp() / sum,
-                neg_inf,
-            );
+            let v = dense[dense_row + j * dense_step];
             if takes(v, j, slot == 0, prev_v, prev_j, best_v, best_j == n) {
                 best_v = v;
                 best_j = j;
@@ -131,6 +134,9 @@ pub fn route_kernel<F: Float>(
         total += p;
         prev_v = best_v;
         prev_j = best_j;
+    }
+    for j in 0..n {
+        dense[dense_row + j * dense_step] = 0.0f32;
     }
     for slot in 0..k {
         let at = w_out + slot * weights.stride(1);
