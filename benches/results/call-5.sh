@@ -17,7 +17,10 @@
 # - serve: benches/serve.sh (serve against generate at batch 16, ROUNDS rounds);
 # - oom: benches/oom_stress.sh with HEADROOM_GB (PROCS processes beside a memory hog);
 # - ops: a decode step's MoE block op by op (gpu bench --what decode-ops, one layer) at the
-#   OLMoE-1B-7B and Qwen3-30B-A3B shapes, batch 16 and 64.
+#   OLMoE-1B-7B and Qwen3-30B-A3B shapes, batch 16 and 64;
+# - ab: the same at batch 16 and OLMoE generation at batch 16 (AB_ROUNDS rounds; no generation
+#   if AB_NO_GEN is set, Qwen3's too if AB_QWEN3_GEN is) with the gpu bench of .dev/gpu-old.xz (the commit before a change) and of
+#   .dev/gpu.xz, alternating, in one call.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
 cd "$(dirname "$0")/../.."
@@ -60,11 +63,27 @@ for part in $PARTS; do
       # The suite binary finds its fixtures under the path it was built at.
       [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
       xz -dc .dev/suite.xz > /tmp/suite && chmod +x /tmp/suite
-      for p in f32 bf16; do
+      for p in ${TEST_PRECISIONS:-f32 bf16}; do
         STEERMOE_TEST_PRECISION=$p timeout 280 /tmp/suite cuda:: --ignored --test-threads 1 \
           > "$OUT/tests-$p.log" 2>&1
         echo "rc $?" >> "$OUT/tests-$p.log"
         grep -E "^test result|FAILED|panicked" "$OUT/tests-$p.log" | head -5
+      done ;;
+    ab)
+      [ -f .dev/gpu-old.xz ] && xz -dc .dev/gpu-old.xz > /tmp/gpu-old && chmod +x /tmp/gpu-old
+      for round in $(seq "${AB_ROUNDS:-1}"); do
+        for bin in old new; do
+          g=/tmp/gpu; [ $bin = old ] && g=/tmp/gpu-old
+          peak olmoe-ops-$bin-$round "$g" --backend cuda --precision bf16 --what decode-ops
+          peak qwen3-ops-$bin-$round "$g" --backend cuda --precision bf16 --what decode-ops \
+            --model-config benches/qwen3-30b-a3b.json
+          [ -n "${AB_NO_GEN:-}" ] || peak olmoe-gen-$bin-$round "$g" --backend cuda --precision bf16 --what generate
+        done
+      done
+      for bin in ${AB_QWEN3_GEN:+old new}; do
+        g=/tmp/gpu; [ $bin = old ] && g=/tmp/gpu-old
+        peak qwen3-gen-$bin "$g" --backend cuda --precision bf16 --what generate \
+          --model-config benches/qwen3-30b-a3b.json
       done ;;
     ops)
       for b in 16 64; do
