@@ -19,8 +19,9 @@
 # - ops: a decode step's MoE block op by op (gpu bench --what decode-ops, one layer) at the
 #   OLMoE-1B-7B and Qwen3-30B-A3B shapes, batch 16 and 64;
 # - ab: the same at batch 16 and OLMoE generation at batch 16 (AB_ROUNDS rounds; no generation
-#   if AB_NO_GEN is set, Qwen3's too if AB_QWEN3_GEN is) with the gpu bench of .dev/gpu-old.xz (the commit before a change) and of
-#   .dev/gpu.xz, alternating, in one call.
+#   if AB_NO_GEN is set, Qwen3's too if AB_QWEN3_GEN is) with the gpu bench of .dev/gpu-old.xz
+#   (the commit before a change) and of .dev/gpu.xz, alternating, in one call.
+# TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
 cd "$(dirname "$0")/../.."
