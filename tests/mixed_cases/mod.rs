@@ -265,20 +265,7 @@ pub fn master_weights_move_as_the_reference<B: AutodiffBackend>(s: Setting, devi
     let mixed_error = worst_relative_difference(&mixed, &reference);
 
     // Control: the trained experts kept in the compute type.
-    let control_before = snapshot(&freeze(
-        model.clone(),
-        &experts,
-        Trainable::UnsafeExperts,
-        FloatDType::from(compute),
-    ));
-    let control_after = snapshot(&train(
-        model,
-        FloatDType::from(compute),
-        lr,
-        &experts,
-        &batch,
-    ));
-    let control = updates(&control_before, &control_after);
+    let control = updates_of(model, FloatDType::from(compute));
     let control_error = worst_relative_difference(&control, &reference);
     eprintln!(
         "{precision:?} compute, {master_type:?} master, lr {lr:e}, {STEPS} steps: worst relative update error {mixed_error:.3e} with master weights, {control_error:.3e} without"

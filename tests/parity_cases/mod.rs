@@ -421,13 +421,6 @@ pub fn masked_expert_gradients_of_layer0_match<B: Backend>(t: Target) {
 
 /// See the test of this name.
 pub fn cached_decoding_matches_recomputation_and_greedy_tokens<B: Backend>(t: Target) {
-    let json_ids = |v: &serde_json::Value| -> Vec<i64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect()
-    };
     let device = Default::default();
     for (name, dir, exec) in runs() {
         let model = load::<B>(&dir).with_execution(exec);
@@ -482,6 +475,15 @@ pub fn cached_decoding_matches_recomputation_and_greedy_tokens<B: Backend>(t: Ta
     }
 }
 
+/// A JSON array of token ids.
+fn json_ids(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
 /// `model`'s greedy answer to the fixture's `greedy` prompt is transformers' `generate`'s,
 /// token for token (`reference`: the fixture's `reference.json`).
 fn assert_greedy_tokens_match<B: Backend>(
@@ -490,13 +492,7 @@ fn assert_greedy_tokens_match<B: Backend>(
     what: &str,
 ) {
     let greedy = &reference["greedy"];
-    let as_ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let as_ids = |v| -> Vec<u32> { json_ids(v).into_iter().map(|t| t as u32).collect() };
     let want = as_ids(&greedy["new_ids"]);
     let opts = GenerateOptions {
         max_new_tokens: want.len(),
