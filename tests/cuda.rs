@@ -385,3 +385,222 @@ fn a_loaded_checkpoint_keeps_bf16_and_f32_master_weights() {
 fn shared_experts_give_the_same_model() {
     crate::parity_cases::shared_experts_give_the_same_model::<B>(CUDA_TF32);
 }
+
+/// The routed-only experts' kernels (`steermoe::cube::try_routed_experts`) against the experts
+/// computed on the host in float64 (float32 inputs) and against the stacked GEMMs' path with its
+/// SwiGLU kernel (bf16, where both round at the same steps): a width that does not fill the
+/// cubes' column tiles, experts chosen by no token, by one, and by more than a pass of four,
+/// one token and the most a launch takes; `None` past that and under autodiff.
+mod routed_experts {
+    use burn::backend::{Autodiff, Cuda};
+    use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
+    use steermoe::cube::{try_routed_experts, try_swiglu};
+    use steermoe::model::experts::grouped_linear;
+
+    type B = Cuda;
+
+    /// `[tokens, k]` distinct experts a token, drawn from `used` (an LCG, so the case is fixed),
+    /// and weights in (0, 1).
+    fn choices(tokens: usize, k: usize, used: usize, seed: u64) -> (Vec<i32>, Vec<f32>) {
+        let mut state = seed;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let mut ids = Vec::new();
+        let mut weights = Vec::new();
+        for _ in 0..tokens {
+            let mut row: Vec<i32> = Vec::new();
+            while row.len() < k {
+                let e = (next() % used) as i32;
+                if !row.contains(&e) {
+                    row.push(e);
+                }
+            }
+            ids.extend(row);
+            weights.extend((0..k).map(|_| (next() % 1000) as f32 / 1000.0 + 5e-4));
+        }
+        (ids, weights)
+    }
+
+    struct Case {
+        x: Tensor<B, 2>,
+        gate_up: Tensor<B, 2>,
+        down: Tensor<B, 2>,
+        indices: Tensor<B, 2, Int>,
+        weights: Tensor<B, 2>,
+        experts: usize,
+        inter: usize,
+    }
+
+    fn case(
+        tokens: usize,
+        experts: usize,
+        used: usize,
+        inter: usize,
+        hidden: usize,
+        k: usize,
+    ) -> Case {
+        let device = Default::default();
+        let normal = |shape: [usize; 2], std: f64| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), &device)
+        };
+        let (ids, w) = choices(tokens, k, used, (tokens * 31 + experts) as u64);
+        Case {
+            x: normal([tokens, hidden], 1.0),
+            gate_up: normal([hidden, 2 * experts * inter], (hidden as f64).powf(-0.5)),
+            down: normal([experts * inter, hidden], (inter as f64).powf(-0.5)),
+            indices: Tensor::from_data(TensorData::new(ids, [tokens, k]), &device),
+            weights: Tensor::from_data(TensorData::new(w, [tokens, k]), &device),
+            experts,
+            inter,
+        }
+    }
+
+    fn host(t: &Tensor<B, 2>) -> Vec<f64> {
+        let t = t.clone().cast(FloatDType::F32);
+        t.into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    /// `Σ_s w[t, s] · down_e(silu(gate_e(x_t)) · up_e(x_t))` in float64.
+    fn reference(c: &Case) -> Vec<f64> {
+        let [tokens, hidden] = c.x.dims();
+        let k = c.indices.dims()[1];
+        let (x, gu, down, w) = (
+            host(&c.x),
+            host(&c.gate_up),
+            host(&c.down),
+            host(&c.weights),
+        );
+        let ids = c.indices.clone().into_data().to_vec::<i32>().unwrap();
+        let (inter, width) = (c.inter, c.experts * c.inter);
+        let mut y = vec![0f64; tokens * hidden];
+        for t in 0..tokens {
+            for s in 0..k {
+                let e = ids[t * k + s] as usize;
+                for j in 0..inter {
+                    let (mut g, mut u) = (0f64, 0f64);
+                    for i in 0..hidden {
+                        g += x[t * hidden + i] * gu[i * 2 * width + e * inter + j];
+                        u += x[t * hidden + i] * gu[i * 2 * width + width + e * inter + j];
+                    }
+                    let h = g / (1.0 + (-g).exp()) * u * w[t * k + s];
+                    for o in 0..hidden {
+                        y[t * hidden + o] += h * down[(e * inter + j) * hidden + o];
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn routed(c: &Case) -> Tensor<B, 2> {
+        try_routed_experts(&c.x, &c.gate_up, &c.down, &c.indices, &c.weights, c.experts)
+            .expect("CUDA runs the routed experts' kernels")
+    }
+
+    /// The stacked GEMMs' path of `StackedExperts::forward`: cuBLAS, the SwiGLU kernel, cuBLAS.
+    fn stacked(c: &Case) -> Tensor<B, 2> {
+        let [tokens, _] = c.x.dims();
+        let dense = Tensor::<B, 2>::zeros([tokens, c.experts], &c.x.device()).scatter(
+            1,
+            c.indices.clone().cast(burn::tensor::IntDType::I64),
+            c.weights.clone(),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        let gate_up = grouped_linear(c.x.clone(), vec![c.gate_up.clone()], &[tokens]);
+        let h = try_swiglu(&gate_up, &dense, c.inter).expect("CUDA runs the SwiGLU kernel");
+        grouped_linear(h, vec![c.down.clone()], &[tokens])
+    }
+
+    /// (tokens, experts, experts used, inter, hidden, k): the width 96 leaves most lanes of a
+    /// tile idle; 3 experts used by 16 tokens of k = 2 make passes of more than four pairs.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize); 4] = [
+        (1, 64, 64, 96, 80, 8),
+        (7, 64, 40, 96, 80, 8),
+        (16, 8, 3, 64, 48, 2),
+        (64, 128, 128, 32, 64, 8),
+    ];
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
+    fn routed_experts_match_float64_in_f32() {
+        for (tokens, experts, used, inter, hidden, k) in SHAPES {
+            let c = case(tokens, experts, used, inter, hidden, k);
+            let got = host(&routed(&c));
+            let want = reference(&c);
+            let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+            eprintln!(
+                "f32 {tokens} tokens, {experts} experts: max |diff| / max = {:.2e}",
+                worst / top
+            );
+            assert!(worst <= 1e-5 * top, "{tokens} tokens: {worst:e} of {top:e}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
+    fn routed_experts_round_as_the_stacked_gemms_in_bf16() {
+        for (tokens, experts, used, inter, hidden, k) in SHAPES {
+            let mut c = case(tokens, experts, used, inter, hidden, k);
+            c.x = c.x.cast(FloatDType::BF16);
+            c.gate_up = c.gate_up.cast(FloatDType::BF16);
+            c.down = c.down.cast(FloatDType::BF16);
+            let (got, want) = (host(&routed(&c)), host(&stacked(&c)));
+            let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+            let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+            eprintln!(
+                "bf16 {tokens} tokens, {experts} experts: max |diff| / max = {:.2e}, {differ} of {} differ",
+                worst / top,
+                got.len()
+            );
+            assert!(worst <= 1e-2 * top, "{tokens} tokens: {worst:e} of {top:e}");
+            assert!(
+                differ * 10 <= got.len(),
+                "{differ} of {} outputs differ",
+                got.len()
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
+    fn routed_experts_decline_what_they_do_not_run() {
+        let c = case(65, 128, 128, 32, 64, 8);
+        assert!(
+            try_routed_experts(&c.x, &c.gate_up, &c.down, &c.indices, &c.weights, c.experts)
+                .is_none(),
+            "65 tokens is more than a launch holds"
+        );
+        let c = case(4, 8, 8, 32, 64, 2);
+        let ad = |t: &Tensor<B, 2>| Tensor::<Autodiff<B>, 2>::from_inner(t.clone());
+        let indices = Tensor::<Autodiff<B>, 2, Int>::from_inner(c.indices.clone());
+        assert!(
+            try_routed_experts(
+                &ad(&c.x),
+                &ad(&c.gate_up),
+                &ad(&c.down),
+                &indices,
+                &ad(&c.weights),
+                8
+            )
+            .is_none(),
+            "autodiff is burn's"
+        );
+    }
+}

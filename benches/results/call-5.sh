@@ -21,6 +21,12 @@
 # - ab: the same at batch 16 and OLMoE generation at batch 16 (AB_ROUNDS rounds; no generation
 #   if AB_NO_GEN is set, Qwen3's too if AB_QWEN3_GEN is) with the gpu bench of .dev/gpu-old.xz
 #   (the commit before a change) and of .dev/gpu.xz, alternating, in one call.
+# - routed: the routed-only experts against the stacked GEMMs (STEERMOE_ROUTED_EXPERTS=0|1), decode
+#   ops at both shapes (not if ROUTED_NO_OPS is set) and generation, batch 16, AB_ROUNDS rounds,
+#   one binary (.dev/gpu.xz).
+# - unroll: the routed kernels' row unrolling (1, 2, 4, 8) and batch 64 routed, decode ops against
+#   the stacked GEMMs at both shapes; UNROLL_RUNS lists batch:unroll runs (off: stacked GEMMs;
+#   default 16:off 16:1 16:2 16:4 16:8 64:off 64:4).
 # TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
@@ -85,6 +91,35 @@ for part in $PARTS; do
         g=/tmp/gpu; [ $bin = old ] && g=/tmp/gpu-old
         peak qwen3-gen-$bin "$g" --backend cuda --precision bf16 --what generate \
           --model-config benches/qwen3-30b-a3b.json
+      done ;;
+    routed)
+      # Routed-only experts (src/cube/routed_experts.rs) against the stacked GEMMs, one binary:
+      # STEERMOE_ROUTED_EXPERTS=0 turns the routed kernels off. Decode ops at both shapes, batch
+      # 16, and generation (OLMoE-1B-7B, Qwen3-30B-A3B with ROUTED_QWEN3_LAYERS layers), alternating.
+      for round in $(seq "${AB_ROUNDS:-1}"); do
+        for on in 0 1; do
+          if [ -z "${ROUTED_NO_OPS:-}" ]; then
+            peak olmoe-ops-routed$on-$round env STEERMOE_ROUTED_EXPERTS=$on "$GPU_BENCH" --backend cuda \
+              --precision bf16 --what decode-ops
+            peak qwen3-ops-routed$on-$round env STEERMOE_ROUTED_EXPERTS=$on "$GPU_BENCH" --backend cuda \
+              --precision bf16 --what decode-ops --model-config benches/qwen3-30b-a3b.json
+          fi
+          peak olmoe-gen-routed$on-$round env STEERMOE_ROUTED_EXPERTS=$on "${GEN[@]}"
+          peak qwen3-gen-routed$on-$round env STEERMOE_ROUTED_EXPERTS=$on "${GEN[@]}" \
+            --model-config benches/qwen3-30b-a3b.json --layers "${ROUTED_QWEN3_LAYERS:-12}"
+        done
+      done ;;
+    unroll)
+      # The routed kernels' row unrolling (STEERMOE_ROUTED_UNROLL) and batch 64 routed
+      # (STEERMOE_ROUTED_PAIRS=8) against the stacked GEMMs: decode ops at both shapes.
+      for bv in ${UNROLL_RUNS:-16:off 16:1 16:2 16:4 16:8 64:off 64:4}; do
+        b=${bv%%:*} v=${bv#*:}
+        envs=(STEERMOE_ROUTED_EXPERTS=1 STEERMOE_ROUTED_UNROLL=$v STEERMOE_ROUTED_PAIRS=8)
+        [ $v = off ] && envs=(STEERMOE_ROUTED_EXPERTS=0)
+        peak olmoe-ops-b$b-$v env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+          --what decode-ops --gen-batch $b
+        peak qwen3-ops-b$b-$v env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+          --what decode-ops --gen-batch $b --model-config benches/qwen3-30b-a3b.json
       done ;;
     ops)
       for b in 16 64; do

@@ -1,7 +1,8 @@
 //! cubecl kernels of this crate, on burn's GPU backends (CUDA and wgpu): the routers' top-k (with
 //! or without autodiff) and, for inference, a router's whole decision ([`routing`]), a decode
 //! step's attention over the KV cache ([`attention`]), the dense experts' SwiGLU times routing
-//! weight ([`swiglu`]), RoPE ([`rope`]) and RMSNorm ([`norm`]), each as one kernel and one
+//! weight ([`swiglu`]), a decode step's experts reading only those routed to (CUDA,
+//! [`routed_experts`]), RoPE ([`rope`]) and RMSNorm ([`norm`]), each as one kernel and one
 //! operation of burn's fusion stream.
 //!
 //! Why: a decode step at the OLMoE-1B-7B shape launched ~66 burn kernels a layer, about twenty of
@@ -32,6 +33,10 @@ pub mod norm;
 mod norm_kernel;
 pub mod rope;
 mod rope_kernel;
+#[cfg(feature = "cuda")]
+pub mod routed_experts;
+#[cfg(feature = "cuda")]
+mod routed_experts_kernel;
 pub mod routing;
 mod routing_kernels;
 pub mod swiglu;
@@ -51,6 +56,8 @@ use burn_ir::{CustomOpIr, OperationIr, TensorIr};
 pub use attention::try_decode_attention;
 pub use norm::try_rms_norm;
 pub use rope::try_rope;
+#[cfg(feature = "cuda")]
+pub use routed_experts::try_routed_experts;
 pub use routing::{Route, try_route, try_top_k};
 pub use swiglu::try_swiglu;
 

@@ -316,6 +316,12 @@ pub struct Choice<B: Backend> {
     pub dense: Option<Tensor<B, 2>>,
 }
 
+/// Up to this many (token, slot) pairs an expert on average, [`StackedExperts::forward`] reads
+/// only the chosen experts on CUDA when routed decoding is on (`STEERMOE_ROUTED_EXPERTS=1`;
+/// kernels that read an expert's weights once per four of its pairs); above it, the two stacked
+/// GEMMs. `STEERMOE_ROUTED_PAIRS` overrides it.
+pub const ROUTED_PAIRS_PER_EXPERT: usize = 2;
+
 /// The experts of one MoE layer side by side.
 #[derive(Debug, Clone)]
 pub struct StackedExperts<B: Backend> {
@@ -397,6 +403,24 @@ impl<B: Backend> StackedExperts<B> {
         let dtype = x.dtype();
         let device = x.device();
         let all = [tokens];
+        // A few tokens an expert on CUDA (opt-in): only the chosen experts' weights read (see
+        // `crate::cube::routed_experts`).
+        #[cfg(feature = "cuda")]
+        if crate::cube::routed_experts::routed_decode()
+            && tokens * choice.experts.dims()[1]
+                <= crate::cube::routed_experts::pairs_per_expert(ROUTED_PAIRS_PER_EXPERT)
+                    * self.experts
+            && let Some(y) = crate::cube::try_routed_experts(
+                &x,
+                &self.gate_up,
+                &self.down,
+                &choice.experts,
+                &choice.weights,
+                self.experts,
+            )
+        {
+            return y;
+        }
         let gate_up = grouped_linear(x, vec![self.gate_up.clone()], &all);
         // For inference on a GPU backend, the SwiGLU and the weights in one kernel (see `crate::cube`).
         #[cfg(any(feature = "cuda", feature = "wgpu"))]

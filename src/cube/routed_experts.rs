@@ -1,0 +1,230 @@
+//! A decode step's experts, routed only ([`routed_experts_kernel`](super::routed_experts_kernel)),
+//! as one operation of burn's fusion stream on the CUDA backend: the stacked experts' two GEMMs
+//! read every expert of a layer, these kernels only those the batch's tokens chose (82 of 128 a
+//! layer at Qwen3-30B-A3B's shape and batch 16), with nothing read back to the host.
+//!
+//! CUDA only (feature `cuda`): the kernels synchronise their cubes inside loops bounded by values they read from
+//! memory, which WGSL's uniformity rules reject.
+
+use std::marker::PhantomData;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeRuntime};
+use burn_fusion::stream::Operation;
+use burn_fusion::{FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer};
+
+use super::routed_experts_kernel::{
+    GROUPS, LANES, MAX_TOKENS, routed_down_kernel, routed_gate_up_kernel, slot_sum_kernel,
+};
+use super::{Cube, Fused, as_backend, back, per_output, register};
+
+/// Whether a decode step's experts run routed only (`StackedExperts::forward`'s choice):
+/// `STEERMOE_ROUTED_EXPERTS=1` turns them on, anything else leaves the stacked GEMMs (read once).
+pub fn routed_decode() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("STEERMOE_ROUTED_EXPERTS").is_ok_and(|v| v == "1"))
+}
+
+/// `STEERMOE_ROUTED_PAIRS` (read once) if set to a number, else `default`: up to how many (token,
+/// slot) pairs an expert on average a decode step's experts run routed only.
+pub fn pairs_per_expert(default: usize) -> usize {
+    static PAIRS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    PAIRS
+        .get_or_init(|| std::env::var("STEERMOE_ROUTED_PAIRS").ok()?.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Rows a group of the kernels loads before multiplying: `STEERMOE_ROUTED_UNROLL` (1, 2, 4 or
+/// 8; read once), else 4.
+fn unroll() -> usize {
+    static UNROLL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *UNROLL.get_or_init(|| {
+        std::env::var("STEERMOE_ROUTED_UNROLL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|u| [1, 2, 4, 8].contains(u))
+            .unwrap_or(4)
+    })
+}
+
+/// `Σ_s weights[t, s] · expert_{indices[t, s]}(x_t)` for every token `t`, reading only the chosen
+/// experts' weights from the stacks, when `B` is burn's CUDA backend *without* autodiff, the
+/// dtypes agree (float32, bf16 or f16; indices i32, weights float32) and there are at most
+/// [`MAX_TOKENS`] tokens; `None` otherwise.
+///
+/// # Shapes
+/// - `x`: `[tokens, hidden]`; `experts` stacked; `gate_up`: `[hidden, 2 · experts · inter]` (every expert's gate
+///   columns, then every expert's up columns); `down`: `[experts · inter, hidden]`;
+///   `indices`, `weights`: `[tokens, k]` → `[tokens, hidden]`
+pub fn try_routed_experts<B: Backend>(
+    x: &Tensor<B, 2>,
+    gate_up: &Tensor<B, 2>,
+    down: &Tensor<B, 2>,
+    indices: &Tensor<B, 2, Int>,
+    weights: &Tensor<B, 2>,
+    experts: usize,
+) -> Option<Tensor<B, 2>> {
+    let [tokens, hidden] = x.dims();
+    let [rows, k] = indices.dims();
+    let [gate_rows, both] = gate_up.dims();
+    let [down_rows, down_cols] = down.dims();
+    let dtype = x.dtype();
+    let supported = matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+        && gate_up.dtype() == dtype
+        && down.dtype() == dtype
+        && indices.dtype() == DType::I32
+        && weights.dtype() == DType::F32
+        && weights.dims() == [rows, k];
+    let shapes = rows == tokens
+        && (1..=MAX_TOKENS).contains(&tokens)
+        && k > 0
+        && gate_rows == hidden
+        && down_cols == hidden
+        && both == 2 * down_rows
+        && experts > 0
+        && down_rows > 0
+        && down_rows % experts == 0;
+    if !super::enabled() || !supported || !shapes {
+        return None;
+    }
+    if let Some(x) = as_backend::<Tensor<burn::backend::Cuda, 2>>(x) {
+        let gate_up = as_backend::<Tensor<burn::backend::Cuda, 2>>(gate_up)?;
+        let down = as_backend::<Tensor<burn::backend::Cuda, 2>>(down)?;
+        let indices = as_backend::<Tensor<burn::backend::Cuda, 2, Int>>(indices)?;
+        let weights = as_backend::<Tensor<burn::backend::Cuda, 2>>(weights)?;
+        return back(fused(x, gate_up, down, indices, weights, experts));
+    }
+    None
+}
+
+/// The widest vector (16 bytes at most) that divides every row of `widths` for `dtype`.
+fn vector_size(dtype: DType, widths: &[usize]) -> usize {
+    let mut n = 16 / dtype.size();
+    while n > 1 && widths.iter().any(|w| w % n != 0) {
+        n /= 2;
+    }
+    n
+}
+
+#[derive(Debug)]
+struct RoutedExpertsOp<R, BT> {
+    desc: CustomOpIr,
+    experts: usize,
+    backend: PhantomData<fn() -> (R, BT)>,
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RoutedExpertsOp<R, BT> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+    ) {
+        let inputs = &self.desc.inputs;
+        let x = handles.get_float_tensor::<Cube<R, BT>>(&inputs[0]);
+        let gate_up = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&inputs[1]));
+        let down = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&inputs[2]));
+        let indices = handles.get_int_tensor::<Cube<R, BT>>(&inputs[3]);
+        let weights = handles.get_float_tensor::<Cube<R, BT>>(&inputs[4]);
+        let [tokens, hidden] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let k = indices.meta.shape()[1];
+        let experts = self.experts;
+        let inter = down.meta.shape()[0] / experts;
+        let dtype = x.dtype;
+        let client = x.client.clone();
+        let empty = |shape: [usize; 2], dtype: DType| {
+            let shape = Shape::new(shape);
+            let bytes = shape.num_elements() * dtype.size();
+            CubeTensor::new_contiguous(
+                client.clone(),
+                x.device.clone(),
+                shape,
+                client.empty(bytes),
+                dtype,
+            )
+        };
+        let h = empty([tokens * k, inter], dtype);
+        let partial = empty([tokens * k, hidden], DType::F32);
+        let out = empty([tokens, hidden], dtype);
+        let cube = CubeDim::new_2d(LANES as u32, GROUPS as u32);
+        let tiles = |width: usize, n: usize| (width / n).div_ceil(LANES) as u32;
+
+        let n = vector_size(dtype, &[inter, 2 * experts * inter]);
+        // SAFETY: every index the kernels compute is in bounds for these shapes: columns are
+        // guarded by `live`, rows by the weights' and inputs' shapes, pairs by `indices`' shape
+        // (at most MAX_TOKENS tokens, checked by `try_routed_experts`).
+        unsafe {
+            routed_gate_up_kernel::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(tiles(inter, n), experts as u32, 1),
+                cube,
+                n,
+                x.into_tensor_arg(),
+                gate_up.into_tensor_arg(),
+                indices.clone().into_tensor_arg(),
+                weights.into_tensor_arg(),
+                h.clone().into_tensor_arg(),
+                inter,
+                unroll(),
+                dtype.into(),
+            );
+        }
+        let n = vector_size(dtype, &[hidden]);
+        // SAFETY: as above.
+        unsafe {
+            routed_down_kernel::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(tiles(hidden, n), experts as u32, 1),
+                cube,
+                n,
+                h.into_tensor_arg(),
+                down.into_tensor_arg(),
+                indices.into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                unroll(),
+                dtype.into(),
+            );
+        }
+        let (count, dim) = per_output(tokens * hidden);
+        slot_sum_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            partial.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            k,
+            dtype.into(),
+        );
+        handles.register_float_tensor::<Cube<R, BT>>(&self.desc.outputs[0].id, out);
+    }
+}
+
+fn fused<R: CubeRuntime, BT: BoolElement>(
+    x: Tensor<Fused<R, BT>, 2>,
+    gate_up: Tensor<Fused<R, BT>, 2>,
+    down: Tensor<Fused<R, BT>, 2>,
+    indices: Tensor<Fused<R, BT>, 2, Int>,
+    weights: Tensor<Fused<R, BT>, 2>,
+    experts: usize,
+) -> Tensor<Fused<R, BT>, 2> {
+    let shape = Shape::new(x.dims());
+    let dtype = x.dtype();
+    let inputs: Vec<FusionTensor<FusionCubeRuntime<R>>> = vec![
+        x.into_primitive().tensor(),
+        gate_up.into_primitive().tensor(),
+        down.into_primitive().tensor(),
+        indices.into_primitive(),
+        weights.into_primitive().tensor(),
+    ];
+    let op = |desc| RoutedExpertsOp::<R, BT> {
+        desc,
+        experts,
+        backend: PhantomData,
+    };
+    let mut outs = register("steermoe_routed_experts", inputs, &[(shape, dtype)], op);
+    Tensor::from_primitive(TensorPrimitive::Float(outs.remove(0)))
+}
