@@ -21,13 +21,13 @@
 # - ab: the same at batch 16 and OLMoE generation at batch 16 (AB_ROUNDS rounds; no generation
 #   if AB_NO_GEN is set, Qwen3's too if AB_QWEN3_GEN is) with the gpu bench of .dev/gpu-old.xz
 #   (the commit before a change) and of .dev/gpu.xz, alternating, in one call.
-# - routed: the routed-only experts against the stacked GEMMs (STEERMOE_ROUTED_EXPERTS=0|1), decode
+# - routed: the routed-only experts forced on against off (STEERMOE_ROUTED_EXPERTS=1|0), decode
 #   ops at both shapes (not if ROUTED_NO_OPS is set) and generation, batch 16, AB_ROUNDS rounds,
 #   one binary (.dev/gpu.xz).
 # - unroll: the routed kernels' row unrolling (1, 2, 4, 8) and batch 64 routed, decode ops against
 #   the stacked GEMMs at both shapes; UNROLL_RUNS lists batch:unroll runs (off: stacked GEMMs;
 #   default 16:off 16:1 16:2 16:4 16:8 64:off 64:4).
-# TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs.
+# TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs, TEST_TIMEOUT (default 280 s) bounds each.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
 cd "$(dirname "$0")/../.."
@@ -71,7 +71,7 @@ for part in $PARTS; do
       [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
       xz -dc .dev/suite.xz > /tmp/suite && chmod +x /tmp/suite
       for p in ${TEST_PRECISIONS:-f32 bf16}; do
-        STEERMOE_TEST_PRECISION=$p timeout 280 /tmp/suite cuda:: --ignored --test-threads 1 \
+        STEERMOE_TEST_PRECISION=$p timeout "${TEST_TIMEOUT:-280}" /tmp/suite cuda:: --ignored --test-threads 1 \
           > "$OUT/tests-$p.log" 2>&1
         echo "rc $?" >> "$OUT/tests-$p.log"
         grep -E "^test result|FAILED|panicked" "$OUT/tests-$p.log" | head -5
@@ -94,7 +94,7 @@ for part in $PARTS; do
       done ;;
     routed)
       # Routed-only experts (src/cube/routed_experts.rs) against the stacked GEMMs, one binary:
-      # STEERMOE_ROUTED_EXPERTS=0 turns the routed kernels off. Decode ops at both shapes, batch
+      # STEERMOE_ROUTED_EXPERTS=0 turns the routed kernels off, 1 on. Decode ops at both shapes, batch
       # 16, and generation (OLMoE-1B-7B, Qwen3-30B-A3B with ROUTED_QWEN3_LAYERS layers), alternating.
       for round in $(seq "${AB_ROUNDS:-1}"); do
         for on in 0 1; do
@@ -110,11 +110,11 @@ for part in $PARTS; do
         done
       done ;;
     unroll)
-      # The routed kernels' row unrolling (STEERMOE_ROUTED_UNROLL) and batch 64 routed
-      # (STEERMOE_ROUTED_PAIRS=8) against the stacked GEMMs: decode ops at both shapes.
+      # The routed kernels' row unrolling (STEERMOE_ROUTED_UNROLL) and batch 64 routed, forced on
+      # (STEERMOE_ROUTED_EXPERTS=1), against the stacked GEMMs: decode ops at both shapes.
       for bv in ${UNROLL_RUNS:-16:off 16:1 16:2 16:4 16:8 64:off 64:4}; do
         b=${bv%%:*} v=${bv#*:}
-        envs=(STEERMOE_ROUTED_EXPERTS=1 STEERMOE_ROUTED_UNROLL=$v STEERMOE_ROUTED_PAIRS=8)
+        envs=(STEERMOE_ROUTED_EXPERTS=1 STEERMOE_ROUTED_UNROLL=$v)
         [ $v = off ] && envs=(STEERMOE_ROUTED_EXPERTS=0)
         peak olmoe-ops-b$b-$v env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
           --what decode-ops --gen-batch $b

@@ -24,20 +24,18 @@ use super::routed_experts_kernel::{
 };
 use super::{Cube, Fused, as_backend, back, per_output, register};
 
-/// Whether a decode step's experts run routed only (`StackedExperts::forward`'s choice):
-/// `STEERMOE_ROUTED_EXPERTS=1` turns them on, anything else leaves the stacked GEMMs (read once).
-pub fn routed_decode() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("STEERMOE_ROUTED_EXPERTS").is_ok_and(|v| v == "1"))
-}
-
-/// `STEERMOE_ROUTED_PAIRS` (read once) if set to a number, else `default`: up to how many (token,
-/// slot) pairs an expert on average a decode step's experts run routed only.
-pub fn pairs_per_expert(default: usize) -> usize {
-    static PAIRS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    PAIRS
-        .get_or_init(|| std::env::var("STEERMOE_ROUTED_PAIRS").ok()?.parse().ok())
-        .unwrap_or(default)
+/// `STEERMOE_ROUTED_EXPERTS` (read once): `Some(false)` for `0` (a decode step's experts run as
+/// the stacked GEMMs), `Some(true)` for `1` (routed only whenever these kernels can), `None`
+/// otherwise (the model's own choice, `StackedExperts::forward`'s).
+pub fn routed_override() -> Option<bool> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *MODE.get_or_init(
+        || match std::env::var("STEERMOE_ROUTED_EXPERTS").as_deref() {
+            Ok("0") => Some(false),
+            Ok("1") => Some(true),
+            _ => None,
+        },
+    )
 }
 
 /// Rows a group of the kernels loads before multiplying: `STEERMOE_ROUTED_UNROLL` (1, 2, 4 or
