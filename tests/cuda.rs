@@ -565,7 +565,7 @@ mod routed_experts {
                 .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
             let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
             eprintln!(
-                "bf16 {tokens} tokens, {experts} experts: max |diff| / max = {:.2e}, {differ} of {} differ",
+                "bf16 {tokens} tokens, {experts} experts: max |diff| / max = {:.2e}, {differ} of {}",
                 worst / top,
                 got.len()
             );

@@ -3,8 +3,12 @@
 //! read every expert of a layer, these kernels only those the batch's tokens chose (82 of 128 a
 //! layer at Qwen3-30B-A3B's shape and batch 16), with nothing read back to the host.
 //!
-//! CUDA only (feature `cuda`): the kernels synchronise their cubes inside loops bounded by values they read from
-//! memory, which WGSL's uniformity rules reject.
+//! They read an expert at ~80% of the GEMMs' bandwidth (H100,
+//! `benches/results/routed-experts.jsonl`), so they pay only where a good share of a layer's
+//! experts goes unchosen: the model decides (`model::experts::ROUTED_MAX_SHARE`).
+//!
+//! CUDA only (feature `cuda`): the kernels synchronise their cubes inside loops bounded by values
+//! they read from memory, which WGSL's uniformity rules reject.
 
 use std::marker::PhantomData;
 
@@ -54,12 +58,13 @@ fn unroll() -> usize {
 /// `Σ_s weights[t, s] · expert_{indices[t, s]}(x_t)` for every token `t`, reading only the chosen
 /// experts' weights from the stacks, when `B` is burn's CUDA backend *without* autodiff, the
 /// dtypes agree (float32, bf16 or f16; indices i32, weights float32) and there are at most
-/// [`MAX_TOKENS`] tokens; `None` otherwise.
+/// 64 tokens (the kernels' `MAX_TOKENS`); `None` otherwise.
 ///
 /// # Shapes
-/// - `x`: `[tokens, hidden]`; `experts` stacked; `gate_up`: `[hidden, 2 · experts · inter]` (every expert's gate
+/// - `x`: `[tokens, hidden]`; `gate_up`: `[hidden, 2 · experts · inter]` (every expert's gate
 ///   columns, then every expert's up columns); `down`: `[experts · inter, hidden]`;
-///   `indices`, `weights`: `[tokens, k]` → `[tokens, hidden]`
+///   `indices`, `weights`: `[tokens, k]` (each row `k` distinct experts below `experts`, as the
+///   routers choose them) → `[tokens, hidden]`
 pub fn try_routed_experts<B: Backend>(
     x: &Tensor<B, 2>,
     gate_up: &Tensor<B, 2>,

@@ -12,7 +12,10 @@
 //! synchronisation and those launches cost far more than the arithmetic: dense execution is two
 //! matmuls over the experts laid side by side, `[tokens, hidden] × [hidden, experts·inter]` and
 //! back, with fixed shapes and nothing read back, at `experts / k` times the FLOPs. A decode step
-//! reads every expert's weights either way once the batch has a few sequences.
+//! reads every expert's weights either way once the batch has a few sequences. On CUDA, where few
+//! of a layer's experts are chosen ([`ROUTED_MAX_SHARE`]), the stacks run routed only instead:
+//! kernels that read just the chosen experts' weights from them, with nothing read back
+//! (`crate::cube::routed_experts`).
 //! - [`linear`]: a linear layer computed in its input's dtype, so that parameters kept in f32
 //!   while the model computes in bf16 (the trained experts' master weights) take part as bf16.
 //!
