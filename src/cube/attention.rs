@@ -9,14 +9,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::attention_kernel::decode_attention_kernel;
-use super::{Cube, Fused, as_backend, back, register};
+use super::{Cube, Fused, as_backend, back, empty_output, register};
 
 /// Key slots above which the scores no longer fit the kernel's shared memory (16 KiB of float32,
 /// WebGPU's default limit a workgroup): burn's ops then run.
@@ -85,14 +84,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Decode
         let out_ir = &self.desc.outputs[0];
         let client = q.client.clone();
         let shape = out_ir.shape.clone();
-        let bytes = shape.num_elements() * q.dtype.size();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            q.device.clone(),
-            shape.clone(),
-            client.empty(bytes),
-            q.dtype,
-        );
+        let out = empty_output(&q, shape.clone(), q.dtype);
         let [batch, heads, _, dim] = [shape[0], shape[1], shape[2], shape[3]];
         let slots = k.meta.shape()[2];
         // One cube per (sequence, head); a thread per feature (at most 256).

@@ -48,6 +48,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionTensor};
@@ -84,6 +85,20 @@ fn register<R: CubeRuntime, O: Operation<FusionCubeRuntime<R>> + 'static>(
     let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let desc = CustomOpIr::new(name, &irs, &outs);
     client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+}
+
+/// A new contiguous tensor of `shape` and `dtype` on `like`'s device, its contents undefined: a
+/// kernel's output.
+fn empty_output<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
+    let bytes = shape.num_elements() * dtype.size();
+    let buffer = like.client.empty(bytes);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        buffer,
+        dtype,
+    )
 }
 
 /// Cubes along the grid's first axis at most (WebGPU's limit an axis); the rest go on the second.

@@ -15,14 +15,13 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::norm_kernel::{rms_norm_backward_kernel, rms_norm_kernel};
-use super::{Cube, Fused, as_backend, back, grid, register};
+use super::{Cube, Fused, as_backend, back, empty_output, grid, register};
 
 /// `weight · (x / sqrt(mean(x²) + eps))` over the last axis, as `model::norm::RmsNorm` computes
 /// it (see [`rms_norm_kernel`] for where it rounds), in one kernel, when `B` is burn's CUDA or
@@ -88,14 +87,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
         let shape = out_ir.shape.clone();
         let width = weight.meta.shape()[0];
         let rows = shape.num_elements() / width;
-        let bytes = shape.num_elements() * x.dtype.size();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            shape,
-            client.empty(bytes),
-            x.dtype,
-        );
+        let out = empty_output(&x, shape, x.dtype);
         // A thread per feature up to 256 (at least a warp), the rest in strides.
         let threads = width.next_power_of_two().clamp(32, 256);
         let dtype = x.dtype;

@@ -8,14 +8,13 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::rope_kernel::rope_kernel;
-use super::{Cube, Fused, as_backend, back, per_output, register};
+use super::{Cube, Fused, as_backend, back, empty_output, per_output, register};
 
 /// `x · cos + swapped halves · sin` as `model::rope::apply_rope` computes it (see
 /// [`rope_kernel`] for where it rounds), in one kernel, when `B` is burn's CUDA or wgpu backend
@@ -74,13 +73,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RopeOp
         let shape = out_ir.shape.clone();
         let n = shape.num_elements();
         let dtype = x.dtype;
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            shape,
-            client.empty(n * dtype.size()),
-            dtype,
-        );
+        let out = empty_output(&x, shape, dtype);
         let (count, dim) = per_output(n);
         rope_kernel::launch::<R>(
             &client,

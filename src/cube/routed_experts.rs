@@ -17,7 +17,6 @@ use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
@@ -26,7 +25,7 @@ use burn_ir::{CustomOpIr, HandleContainer};
 use super::routed_experts_kernel::{
     GROUPS, LANES, MAX_TOKENS, routed_down_kernel, routed_gate_up_kernel, slot_sum_kernel,
 };
-use super::{Cube, Fused, as_backend, back, per_output, register};
+use super::{Cube, Fused, as_backend, back, empty_output, per_output, register};
 
 /// `STEERMOE_ROUTED_EXPERTS` (read once): `Some(false)` for `0` (a decode step's experts run as
 /// the stacked GEMMs), `Some(true)` for `1` (routed only whenever these kernels can), `None`
@@ -139,17 +138,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routed
         let inter = down.meta.shape()[0] / experts;
         let dtype = x.dtype;
         let client = x.client.clone();
-        let empty = |shape: [usize; 2], dtype: DType| {
-            let shape = Shape::new(shape);
-            let bytes = shape.num_elements() * dtype.size();
-            CubeTensor::new_contiguous(
-                client.clone(),
-                x.device.clone(),
-                shape,
-                client.empty(bytes),
-                dtype,
-            )
-        };
+        let empty = |shape: [usize; 2], dtype: DType| empty_output(&x, Shape::new(shape), dtype);
         let h = empty([tokens * k, inter], dtype);
         let partial = empty([tokens * k, hidden], DType::F32);
         let out = empty([tokens, hidden], dtype);

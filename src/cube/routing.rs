@@ -10,14 +10,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::routing_kernels as kernels;
-use super::{Cube, Fused, as_backend, back, register};
+use super::{Cube, Fused, as_backend, back, empty_output, register};
 
 /// Rows a cube (thread block) of the routing kernels covers.
 const ROWS_PER_CUBE: u32 = 64;
@@ -115,17 +114,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
         let x = handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[0]);
         let [rows, n] = [x.meta.shape()[0], x.meta.shape()[1]];
         let client = x.client.clone();
-        let empty = |shape: [usize; 2], dtype: DType| {
-            let shape = Shape::new(shape);
-            let bytes = shape.num_elements() * dtype.size();
-            CubeTensor::new_contiguous(
-                client.clone(),
-                x.device.clone(),
-                shape,
-                client.empty(bytes),
-                dtype,
-            )
-        };
+        let empty = |shape: [usize; 2], dtype: DType| empty_output(&x, Shape::new(shape), dtype);
         let cube_dim = CubeDim::new_1d(ROWS_PER_CUBE);
         let cube_count = CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE).max(1), 1, 1);
         let outs = &self.desc.outputs;

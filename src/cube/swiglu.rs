@@ -9,14 +9,13 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::swiglu_kernel::swiglu_kernel;
-use super::{Cube, Fused, as_backend, back, per_output, register};
+use super::{Cube, Fused, as_backend, back, empty_output, per_output, register};
 
 /// `silu(g) · u · w` of every expert's columns, as `StackedExperts::forward` computes it with
 /// burn's ops (see [`swiglu_kernel`] for where it rounds), in one kernel, when `B` is burn's CUDA
@@ -74,13 +73,7 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Swiglu
         let shape = out_ir.shape.clone();
         let n = shape.num_elements();
         let dtype = gate_up.dtype;
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            gate_up.device.clone(),
-            shape,
-            client.empty(n * dtype.size()),
-            dtype,
-        );
+        let out = empty_output(&gate_up, shape, dtype);
         let (count, dim) = per_output(n);
         swiglu_kernel::launch::<R>(
             &client,
