@@ -110,7 +110,8 @@ fn routing_kernel_reads_bf16_logits_as_float32() {
 /// round: only the float32 sum's order differs, so nearly every output is bit-identical; with a
 /// unit weight none is more than one bf16 step away (`2⁻⁷` relative), and with a random weight
 /// none more than two (a one-step difference of the normalised value, then the product's own
-/// rounding: 1.19e-2 relative was seen on random inputs).
+/// rounding: 1.19e-2 relative was seen on random inputs). The residual add fused before it gives
+/// the same bits as burn's bf16 add and the kernel apart.
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test --features cuda --test suite cuda:: -- --ignored"]
 fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
@@ -144,6 +145,25 @@ fn rms_norm_kernel_in_bf16_rounds_as_burn_ops() {
             got.len()
         );
     }
+    // The residual add fused before the norm rounds the sum as burn's bf16 add does and then
+    // gives the norm kernel's own bits.
+    let y = Tensor::<B, 2>::random([64, 2048], Distribution::Normal(0.0, 3.0), &device)
+        .cast(FloatDType::BF16);
+    let w = Tensor::<B, 1>::random([2048], Distribution::Uniform(0.5, 1.5), &device)
+        .cast(FloatDType::BF16);
+    let (sum, normed) = steermoe::cube::try_add_rms_norm(&x, &y, &w, 1e-5)
+        .expect("CUDA runs the add-and-RMSNorm kernel");
+    let want_sum = x.clone() + y;
+    let want = steermoe::cube::try_rms_norm(&want_sum, &w, 1e-5).unwrap();
+    let f32s = |t: Tensor<B, 2>| t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+    assert!(
+        f32s(sum) == f32s(want_sum),
+        "bf16 x + y differs from burn's add"
+    );
+    assert!(
+        f32s(normed) == f32s(want),
+        "bf16 norm(x + y) differs from the norm kernel's"
+    );
 }
 
 /// The SwiGLU kernel on more than 65,535 cubes of outputs (the grid's second axis), as at 256

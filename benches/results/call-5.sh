@@ -11,8 +11,11 @@
 #   --no-run`) in float32 and bf16;
 # - memory: OLMoE and Qwen3 batch 16 again, with cubecl's pools (in use, reserved) printed after
 #   the model is made, after its experts are shared and after generation (a later gpu bench);
-# - qwen3: the same at Qwen3-30B-A3B's whole shape (48 layers), batch 16 and 64, shared;
-# - nsys: Nsight Systems' kernel and API summaries of the OLMoE batch-16 generation, if nsys is there;
+# - qwen3: the same at Qwen3-30B-A3B's whole shape (48 layers), batch 16 and 64, shared; with
+#   QWEN3_BASELINE set, batch 16 again with the routed experts, a cube a row and the fused residual
+#   add turned off;
+# - nsys: Nsight Systems' kernel and API summaries of the OLMoE batch-16 generation (NSYS_ARGS: more
+#   gpu bench arguments, e.g. another shape), if nsys is there;
 # - hf: transformers' grouped_mm generation (benches/hf_anchor.py) at both shapes, batch 16 and 64;
 # - serve: benches/serve.sh (serve against generate at batch 16, ROUNDS rounds);
 # - oom: benches/oom_stress.sh with HEADROOM_GB (PROCS processes beside a memory hog);
@@ -27,6 +30,18 @@
 # - unroll: the routed kernels' row unrolling (1, 2, 4, 8) and batch 64 routed, decode ops against
 #   the stacked GEMMs at both shapes; UNROLL_RUNS lists batch:unroll runs (off: stacked GEMMs;
 #   default 16:off 16:1 16:2 16:4 16:8 64:off 64:4).
+# - route: ROUTE_VARIANTS (default: old cube new), one binary: old = routing a thread a row and the
+#   residual add apart from the next norm (STEERMOE_ROUTE_KERNEL=row STEERMOE_FUSED_RESIDUAL=0),
+#   cube = routing a cube a row, new = and the add fused into the norm; decode ops at both shapes
+#   (old and cube; not if ROUTE_NO_OPS is set) and generation (OLMoE-1B-7B; Qwen3-30B-A3B with
+#   ROUTED_QWEN3_LAYERS layers), batch 16, AB_ROUNDS rounds, alternating; decode ops at the OLMoE
+#   shape for each batch of ROUTE_BIG_BATCHES too (e.g. "1024 8192": prefill-sized row counts).
+# - profile: cubecl's kernel profile (CUBECL_DEBUG_OPTION=profile: every launch timed on the device)
+#   of a generation at Qwen3-30B-A3B's shape (ROUTED_QWEN3_LAYERS layers, batch 16, PROFILE_NEW new
+#   tokens) before (routing a thread a row, stacked GEMMs, the residual add apart) and after (the
+#   defaults: a cube a row, routed experts, the add fused into the norm),
+#   per run of its three, by kind (benches/profile_summary.py --runs 3: every table summed, the
+#   random initialisation left out, divided by 3).
 # TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs, TEST_TIMEOUT (default 280 s) bounds each.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
@@ -121,6 +136,47 @@ for part in $PARTS; do
         peak qwen3-ops-b$b-$v env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
           --what decode-ops --gen-batch $b --model-config benches/qwen3-30b-a3b.json
       done ;;
+    route)
+      # old: routing a thread a row, the residual add apart from the next norm (the defaults
+      # before); cube: routing a cube a row; new: and the add fused into the norm.
+      for round in $(seq "${AB_ROUNDS:-1}"); do
+        for v in ${ROUTE_VARIANTS:-old cube new}; do
+          case $v in
+            old) envs=(STEERMOE_ROUTE_KERNEL=row STEERMOE_FUSED_RESIDUAL=0) ;;
+            cube) envs=(STEERMOE_ROUTE_KERNEL=cube STEERMOE_FUSED_RESIDUAL=0) ;;
+            new) envs=(STEERMOE_ROUTE_KERNEL=cube STEERMOE_FUSED_RESIDUAL=1) ;;
+          esac
+          if [ $v != new ] && [ -z "${ROUTE_NO_OPS:-}" ]; then
+            peak olmoe-ops-$v-$round env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+              --what decode-ops
+            peak qwen3-ops-$v-$round env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+              --what decode-ops --model-config benches/qwen3-30b-a3b.json
+          fi
+          if [ $v != new ]; then
+            for b in ${ROUTE_BIG_BATCHES:-}; do
+              peak olmoe-ops-b$b-$v-$round env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+                --what decode-ops --gen-batch $b
+            done
+          fi
+          peak olmoe-gen-$v-$round env "${envs[@]}" "${GEN[@]}"
+          peak qwen3-gen-$v-$round env "${envs[@]}" "${GEN[@]}" \
+            --model-config benches/qwen3-30b-a3b.json --layers "${ROUTED_QWEN3_LAYERS:-12}"
+        done
+      done ;;
+    profile)
+      for when in before after; do
+        envs=(STEERMOE_ROUTE_KERNEL=cube)
+        [ $when = before ] && envs=(STEERMOE_ROUTE_KERNEL=row STEERMOE_ROUTED_EXPERTS=0 STEERMOE_FUSED_RESIDUAL=0)
+        env "${envs[@]}" CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG="$OUT/profile-$when.txt" \
+          timeout "${FIGURE_TIMEOUT:-200}" "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json \
+          --layers "${ROUTED_QWEN3_LAYERS:-12}" --new-tokens "${PROFILE_NEW:-32}" \
+          > "$OUT/profile-$when.jsonl" 2> "$OUT/stderr.profile-$when"
+        echo "{\"figure\": \"profile-$when\", \"rc\": $?}" >> "$LOG"
+        python3 benches/profile_summary.py "$OUT/profile-$when.txt" --runs 3 --top 25 > "$OUT/profile-$when.md"
+        head -1 "$OUT/profile-$when.md" | sed "s/^{/{\"figure\": \"profile-$when\", /" >> "$LOG"
+        tail -n +2 "$OUT/profile-$when.md"
+        xz -T4 -6 "$OUT/profile-$when.txt"
+      done ;;
     ops)
       for b in 16 64; do
         peak olmoe-ops-b$b "$GPU_BENCH" --backend cuda --precision bf16 --what decode-ops --gen-batch $b
@@ -132,12 +188,16 @@ for part in $PARTS; do
       peak qwen3-b16-memory "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json ;;
     qwen3)
       peak qwen3-b16-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json
-      peak qwen3-b64-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json --gen-batch 64 ;;
+      peak qwen3-b64-shared "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json --gen-batch 64
+      # The same binary with the decode kernels of 58135d5 on (routed experts, a cube a row, the
+      # add fused into the norm) turned off: the baseline on this machine.
+      [ -z "${QWEN3_BASELINE:-}" ] || peak qwen3-b16-baseline env STEERMOE_ROUTED_EXPERTS=0 \
+        STEERMOE_ROUTE_KERNEL=row STEERMOE_FUSED_RESIDUAL=0 "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json ;;
     nsys)
       NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
       if [ -n "$NSYS" ]; then
         timeout 240 "$NSYS" profile -t cuda -o "$OUT/gen" --force-overwrite true "$GPU_BENCH" --backend cuda \
-          --precision bf16 --what generate > "$OUT/nsys.log" 2>&1
+          --precision bf16 --what generate ${NSYS_ARGS:-} > "$OUT/nsys.log" 2>&1
         "$NSYS" stats -r cuda_gpu_kern_sum,cuda_api_sum -f csv -o "$OUT/gen" "$OUT/gen.nsys-rep" >> "$OUT/nsys.log" 2>&1
         rm -f "$OUT/gen.nsys-rep" "$OUT/gen.sqlite"
       else

@@ -2,8 +2,8 @@
 //! or without autodiff) and, for inference, a router's whole decision ([`routing`]), a decode
 //! step's attention over the KV cache ([`attention`]), the dense experts' SwiGLU times routing
 //! weight ([`swiglu`]), a decode step's experts reading only those routed to (CUDA,
-//! [`routed_experts`]), RoPE ([`rope`]) and RMSNorm ([`norm`]), each as one kernel and one
-//! operation of burn's fusion stream.
+//! [`routed_experts`]), RoPE ([`rope`]) and RMSNorm, for inference with the residual add before
+//! it ([`norm`]), each as one kernel and one operation of burn's fusion stream.
 //!
 //! Why: a decode step at the OLMoE-1B-7B shape launched ~66 burn kernels a layer, about twenty of
 //! them the routing's (softmax, the rank-based top-k's comparisons, casts and sums, the gather,
@@ -55,11 +55,11 @@ use burn_fusion::{Fusion, FusionTensor};
 use burn_ir::{CustomOpIr, OperationIr, TensorIr};
 
 pub use attention::try_decode_attention;
-pub use norm::try_rms_norm;
+pub use norm::{try_add_rms_norm, try_rms_norm};
 pub use rope::try_rope;
 #[cfg(feature = "cuda")]
 pub use routed_experts::try_routed_experts;
-pub use routing::{Route, try_route, try_top_k};
+pub use routing::{Route, RouteKernel, try_route, try_route_by, try_top_k};
 pub use swiglu::try_swiglu;
 
 /// burn's CUDA or wgpu backend below fusion (float32 and i32 element types, as burn's `Cuda` and

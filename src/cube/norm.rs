@@ -20,7 +20,7 @@ use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
-use super::norm_kernel::{rms_norm_backward_kernel, rms_norm_kernel};
+use super::norm_kernel::{add_rms_norm_kernel, rms_norm_backward_kernel, rms_norm_kernel};
 use super::{Cube, Fused, as_backend, back, empty_output, grid, register};
 
 /// `weight · (x / sqrt(mean(x²) + eps))` over the last axis, as `model::norm::RmsNorm` computes
@@ -66,12 +66,69 @@ pub fn try_rms_norm<B: Backend, const D: usize>(
     None
 }
 
-/// The forward kernel (inputs `[x, weight]`) or the gradient's (inputs `[x, weight, grad]`).
+/// A residual sum and its RMSNorm, `(x + y, norm(x + y))`, in one kernel
+/// ([`add_rms_norm_kernel`](super::norm_kernel::add_rms_norm_kernel): the same bits as burn's add
+/// followed by [`try_rms_norm`]), when `B` is burn's CUDA or wgpu backend *without* autodiff (a
+/// decoder layer's residual add and the next norm, in inference) and the three share a float
+/// dtype; `None` otherwise, and when `STEERMOE_FUSED_RESIDUAL=0` (read once: the add and the norm
+/// apart, for comparing the two).
+///
+/// # Shapes
+/// - `x`, `y`: `[..., width]` (any strides); `weight`: `[width]` → both `[..., width]` contiguous
+pub fn try_add_rms_norm<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    y: &Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, D>, Tensor<B, D>)> {
+    let width = x.dims()[D - 1];
+    let supported = matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && weight.dtype() == x.dtype()
+        && y.dtype() == x.dtype();
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let fused =
+        *FUSED.get_or_init(|| !std::env::var("STEERMOE_FUSED_RESIDUAL").is_ok_and(|v| v == "0"));
+    if !super::enabled()
+        || !fused
+        || !supported
+        || y.dims() != x.dims()
+        || weight.dims() != [width]
+        || width == 0
+        || x.shape().num_elements() == 0
+    {
+        return None;
+    }
+    macro_rules! on {
+        ($fused:ty) => {
+            if let Some(x) = as_backend::<Tensor<$fused, D>>(x) {
+                let y = as_backend::<Tensor<$fused, D>>(y)?;
+                let weight = as_backend::<Tensor<$fused, 1>>(weight)?;
+                let (sum, normed) = add_fused(x, y, weight, eps);
+                return Some((back(sum)?, back(normed)?));
+            }
+        };
+    }
+    each_gpu_backend!(on);
+    None
+}
+
+/// Which kernel an [`RmsNormOp`] launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Inputs `[x, weight]` → `[norm(x)]`.
+    Forward,
+    /// Inputs `[x, weight, grad]` → `[dx]`.
+    Backward,
+    /// Inputs `[x, y, weight]` → `[x + y, norm(x + y)]`.
+    AddForward,
+}
+
+/// One of the RMSNorm kernels as an operation of burn's fusion stream.
 #[derive(Debug)]
 struct RmsNormOp<R, BT> {
     desc: CustomOpIr,
     eps: f32,
-    backward: bool,
+    kind: Kind,
     backend: PhantomData<fn() -> (R, BT)>,
 }
 
@@ -80,21 +137,28 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
         &self,
         handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
     ) {
-        let x = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[0]));
-        let weight = into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[1]));
+        let input = |i: usize, handles: &mut HandleContainer<_>| {
+            into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[i]))
+        };
+        let x = input(0, handles);
+        let weight_at = match self.kind {
+            Kind::AddForward => 2,
+            Kind::Forward | Kind::Backward => 1,
+        };
+        let weight = input(weight_at, handles);
         let out_ir = &self.desc.outputs[0];
         let client = x.client.clone();
         let shape = out_ir.shape.clone();
         let width = weight.meta.shape()[0];
         let rows = shape.num_elements() / width;
-        let out = empty_output(&x, shape, x.dtype);
+        let out = empty_output(&x, shape.clone(), x.dtype);
         // A thread per feature up to 256 (at least a warp), the rest in strides.
         let threads = width.next_power_of_two().clamp(32, 256);
         let dtype = x.dtype;
         let count = grid(rows);
         let dim = CubeDim::new_1d(threads as u32);
-        match self.backward {
-            false => rms_norm_kernel::launch::<R>(
+        match self.kind {
+            Kind::Forward => rms_norm_kernel::launch::<R>(
                 &client,
                 count,
                 dim,
@@ -107,9 +171,8 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
                 threads,
                 dtype.into(),
             ),
-            true => {
-                let grad =
-                    into_contiguous(handles.get_float_tensor::<Cube<R, BT>>(&self.desc.inputs[2]));
+            Kind::Backward => {
+                let grad = input(2, handles);
                 rms_norm_backward_kernel::launch::<R>(
                     &client,
                     count,
@@ -124,6 +187,26 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for RmsNor
                     threads,
                     dtype.into(),
                 )
+            }
+            Kind::AddForward => {
+                let y = input(1, handles);
+                let normed = empty_output(&x, shape, x.dtype);
+                add_rms_norm_kernel::launch::<R>(
+                    &client,
+                    count,
+                    dim,
+                    x.into_tensor_arg(),
+                    y.into_tensor_arg(),
+                    weight.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    normed.clone().into_tensor_arg(),
+                    self.eps,
+                    width as f32,
+                    rows,
+                    threads,
+                    dtype.into(),
+                );
+                handles.register_float_tensor::<Cube<R, BT>>(&self.desc.outputs[1].id, normed);
             }
         }
         handles.register_float_tensor::<Cube<R, BT>>(&out_ir.id, out);
@@ -141,19 +224,51 @@ fn launch<R: CubeRuntime, BT: BoolElement>(
     eps: f32,
 ) -> Primitive<R> {
     let (shape, dtype) = (x.shape.clone(), x.dtype);
-    let backward = grad.is_some();
+    let kind = match grad.is_some() {
+        false => Kind::Forward,
+        true => Kind::Backward,
+    };
     let inputs = [x, weight].into_iter().chain(grad).collect();
-    let name = match backward {
-        false => "steermoe_rms_norm",
-        true => "steermoe_rms_norm_backward",
+    let name = match kind {
+        Kind::Backward => "steermoe_rms_norm_backward",
+        _ => "steermoe_rms_norm",
     };
     let op = |desc| RmsNormOp::<R, BT> {
         desc,
         eps,
-        backward,
+        kind,
         backend: PhantomData,
     };
     register(name, inputs, &[(shape, dtype)], op).remove(0)
+}
+
+/// A tensor of burn's fused CUDA or wgpu backend.
+type FusedTensor<R, BT, const D: usize> = Tensor<Fused<R, BT>, D>;
+
+fn add_fused<R: CubeRuntime, BT: BoolElement, const D: usize>(
+    x: FusedTensor<R, BT, D>,
+    y: FusedTensor<R, BT, D>,
+    weight: FusedTensor<R, BT, 1>,
+    eps: f64,
+) -> (FusedTensor<R, BT, D>, FusedTensor<R, BT, D>) {
+    let shape = x.shape();
+    let inputs: Vec<Primitive<R>> = vec![
+        x.into_primitive().tensor(),
+        y.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+    ];
+    let dtype = inputs[0].dtype;
+    let op = |desc| RmsNormOp::<R, BT> {
+        desc,
+        eps: eps as f32,
+        kind: Kind::AddForward,
+        backend: PhantomData,
+    };
+    let outputs = [(shape.clone(), dtype), (shape, dtype)];
+    let mut out = register("steermoe_add_rms_norm", inputs, &outputs, op);
+    let wrap = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+    let normed = wrap(out.remove(1));
+    (wrap(out.remove(0)), normed)
 }
 
 fn fused<R: CubeRuntime, BT: BoolElement, const D: usize>(

@@ -1,5 +1,5 @@
-//! RMSNorm of contiguous rows and its gradient, each as one cubecl kernel: one cube (thread block)
-//! per row, the row's sums reduced in shared memory.
+//! RMSNorm of contiguous rows, its gradient, and a residual add followed by it, each as one
+//! cubecl kernel: one cube (thread block) per row, the row's sums reduced in shared memory.
 //!
 //! It computes what `model::norm::RmsNorm` computes with burn's ops, rounding where they round:
 //! the row taken to float32, `inv = 1 / sqrt(Σ x² / width + eps)` in float32, `x · inv` rounded
@@ -48,6 +48,55 @@ pub fn rms_norm_kernel<F: Float>(
         let mut i = t;
         while i < width {
             out[base + i] = weight[i] * F::cast_from(f32::cast_from(x[base + i]) * inv);
+            i += threads;
+        }
+    }
+}
+
+/// A residual sum and the RMSNorm of it, in one pass: `sum = x + y` (in `F`, as burn's add rounds
+/// it) and `out = `[`rms_norm_kernel`]`(sum)`, with the same threads, order of the float32 sum and
+/// rounding as that kernel, so the same bits as the add followed by it.
+///
+/// Shapes: `x`, `y`, `sum` and `out` contiguous, `rows × width` elements, the rest as
+/// [`rms_norm_kernel`]'s.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_kernel<F: Float>(
+    x: &Tensor<F>,
+    y: &Tensor<F>,
+    weight: &Tensor<F>,
+    sum: &mut Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    width_f32: f32,
+    rows: usize,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = cube_index();
+    if row < rows {
+        let width = weight.shape(0);
+        let base = row * width;
+        let t = UNIT_POS_X as usize;
+        let mut partial = SharedMemory::<f32>::new(threads);
+
+        let mut acc = 0.0f32;
+        let mut i = t;
+        while i < width {
+            let s = x[base + i] + y[base + i];
+            sum[base + i] = s;
+            let v = f32::cast_from(s);
+            acc += v * v;
+            i += threads;
+        }
+        partial[t] = acc;
+        cube_sum(&mut partial);
+        let inv = 1.0f32 / (partial[0] / width_f32 + eps).sqrt();
+
+        // Each unit reads back only what it wrote itself.
+        let mut i = t;
+        while i < width {
+            out[base + i] = weight[i] * F::cast_from(f32::cast_from(sum[base + i]) * inv);
             i += threads;
         }
     }

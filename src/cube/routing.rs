@@ -16,10 +16,43 @@ use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::routing_kernels as kernels;
-use super::{Cube, Fused, as_backend, back, empty_output, register};
+use super::{Cube, Fused, as_backend, back, empty_output, grid, register};
 
-/// Rows a cube (thread block) of the routing kernels covers.
+/// Rows a cube (thread block) of the thread-a-row kernels covers.
 const ROWS_PER_CUBE: u32 = 64;
+
+/// How [`try_route_by`] lays a router's decision out on the device; both give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKernel {
+    /// One thread a row ([`route_kernel`](super::routing_kernels::route_kernel)): many rows
+    /// (prefill, training-sized batches) fill the device.
+    PerRow,
+    /// One cube a row ([`route_cube_kernel`](super::routing_kernels::route_cube_kernel)): a
+    /// decode step's few rows each get a cube's threads.
+    PerCube,
+}
+
+impl RouteKernel {
+    /// Rows from which one thread a row fills enough of the device: fewer take a cube each.
+    pub const PER_ROW_FROM: usize = 1024;
+
+    /// The layout for `rows` rows: [`RouteKernel::PerCube`] below
+    /// [`PER_ROW_FROM`](Self::PER_ROW_FROM) rows, [`RouteKernel::PerRow`] from there;
+    /// `STEERMOE_ROUTE_KERNEL=row|cube` (read once) fixes one for every call.
+    pub fn for_rows(rows: usize) -> Self {
+        static FORCED: std::sync::OnceLock<Option<RouteKernel>> = std::sync::OnceLock::new();
+        let forced =
+            FORCED.get_or_init(|| match std::env::var("STEERMOE_ROUTE_KERNEL").as_deref() {
+                Ok("row") => Some(Self::PerRow),
+                Ok("cube") => Some(Self::PerCube),
+                _ => None,
+            });
+        forced.unwrap_or(match rows < Self::PER_ROW_FROM {
+            true => Self::PerCube,
+            false => Self::PerRow,
+        })
+    }
+}
 
 /// The `k` largest entries of each row of `x` `[rows, n]`, in descending order (ties to the lower
 /// index; NaN last), as indices `[rows, k]` — what `model::routing::top_k`'s rank-based version
@@ -59,10 +92,20 @@ pub struct Route<B: Backend> {
 
 /// softmax, top-k, the chosen probabilities (renormalised when `renorm`) and their dense
 /// `[rows, n]` layout, of the router scores `scores` `[rows, n]` taken to float32 (any float
-/// dtype: the cast is the kernel's first step), in one kernel, when `B`
-/// is burn's CUDA or wgpu backend *without* autodiff (nothing here is differentiable); `None`
-/// otherwise.
+/// dtype: the cast is the kernel's first step), in one kernel laid out as
+/// [`RouteKernel::for_rows`] picks, when `B` is burn's CUDA or wgpu backend *without* autodiff
+/// (nothing here is differentiable); `None` otherwise.
 pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> Option<Route<B>> {
+    try_route_by(scores, k, renorm, RouteKernel::for_rows(scores.dims()[0]))
+}
+
+/// [`try_route`] with the kernel's layout given.
+pub fn try_route_by<B: Backend>(
+    scores: &Tensor<B, 2>,
+    k: usize,
+    renorm: bool,
+    kernel: RouteKernel,
+) -> Option<Route<B>> {
     if !super::enabled()
         || !matches!(scores.dtype(), DType::F32 | DType::BF16 | DType::F16)
         || k > scores.dims()[1]
@@ -72,7 +115,7 @@ pub fn try_route<B: Backend>(scores: &Tensor<B, 2>, k: usize, renorm: bool) -> O
     macro_rules! on {
         ($fused:ty) => {
             if let Some(scores) = as_backend::<Tensor<$fused, 2>>(scores) {
-                let [indices, weights, dense] = route_fused(scores, k, renorm);
+                let [indices, weights, dense] = route_fused(scores, k, renorm, kernel);
                 return Some(Route {
                     indices: back(Tensor::<$fused, 2, Int>::from_primitive(indices))?,
                     weights: back(Tensor::<$fused, 2>::from_primitive(TensorPrimitive::Float(
@@ -95,7 +138,11 @@ enum Kind {
     /// Inputs `[x]` → `[indices]`.
     TopK { k: usize },
     /// Inputs `[scores]` → `[indices, weights, dense]`.
-    Route { k: usize, renorm: bool },
+    Route {
+        k: usize,
+        renorm: bool,
+        kernel: RouteKernel,
+    },
 }
 
 /// One routing kernel as an operation of burn's fusion stream.
@@ -132,24 +179,45 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routin
                 );
                 handles.register_int_tensor::<Cube<R, BT>>(&outs[0].id, indices);
             }
-            Kind::Route { k, renorm } => {
+            Kind::Route { k, renorm, kernel } => {
                 let indices = empty([rows, k], DType::I32);
                 let weights = empty([rows, k], DType::F32);
                 let dense = empty([rows, n], DType::F32);
                 let dtype = x.dtype;
-                kernels::route_kernel::launch::<R>(
-                    &client,
-                    cube_count,
-                    cube_dim,
-                    x.into_tensor_arg(),
-                    indices.clone().into_tensor_arg(),
-                    weights.clone().into_tensor_arg(),
-                    dense.clone().into_tensor_arg(),
-                    f32::NEG_INFINITY,
-                    k,
-                    renorm,
-                    dtype.into(),
-                );
+                match kernel {
+                    RouteKernel::PerRow => kernels::route_kernel::launch::<R>(
+                        &client,
+                        cube_count,
+                        cube_dim,
+                        x.into_tensor_arg(),
+                        indices.clone().into_tensor_arg(),
+                        weights.clone().into_tensor_arg(),
+                        dense.clone().into_tensor_arg(),
+                        f32::NEG_INFINITY,
+                        k,
+                        renorm,
+                        dtype.into(),
+                    ),
+                    RouteKernel::PerCube => {
+                        let threads = n.next_power_of_two().clamp(32, 256);
+                        kernels::route_cube_kernel::launch::<R>(
+                            &client,
+                            grid(rows),
+                            CubeDim::new_1d(threads as u32),
+                            x.into_tensor_arg(),
+                            indices.clone().into_tensor_arg(),
+                            weights.clone().into_tensor_arg(),
+                            dense.clone().into_tensor_arg(),
+                            f32::NEG_INFINITY,
+                            rows,
+                            n,
+                            threads,
+                            k,
+                            renorm,
+                            dtype.into(),
+                        )
+                    }
+                }
                 handles.register_int_tensor::<Cube<R, BT>>(&outs[0].id, indices);
                 handles.register_float_tensor::<Cube<R, BT>>(&outs[1].id, weights);
                 handles.register_float_tensor::<Cube<R, BT>>(&outs[2].id, dense);
@@ -192,6 +260,7 @@ fn route_fused<R: CubeRuntime, BT: BoolElement>(
     scores: Tensor<Fused<R, BT>, 2>,
     k: usize,
     renorm: bool,
+    kernel: RouteKernel,
 ) -> [FusionTensor<FusionCubeRuntime<R>>; 3] {
     let [rows, n] = scores.dims();
     let scores = scores.into_primitive().tensor();
@@ -200,7 +269,7 @@ fn route_fused<R: CubeRuntime, BT: BoolElement>(
         ([rows, k], DType::F32),
         ([rows, n], DType::F32),
     ];
-    let out = register_routing::<R, BT>(scores, Kind::Route { k, renorm }, &outputs);
+    let out = register_routing::<R, BT>(scores, Kind::Route { k, renorm, kernel }, &outputs);
     out.try_into()
         .unwrap_or_else(|_| unreachable!("three outputs registered"))
 }

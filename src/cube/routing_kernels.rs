@@ -9,6 +9,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::cube_index;
+
 /// The value an entry is ranked by: NaN as −∞.
 #[cube]
 fn key(raw: f32, neg_inf: f32) -> f32 {
@@ -147,5 +149,145 @@ pub fn route_kernel<F: Float>(
         }
         let j = usize::cast_from(indices[out + slot * indices.stride(1)]);
         dense[dense_row + j * dense.stride(1)] = w;
+    }
+}
+
+/// [`route_kernel`]'s decision, bit for bit, with a cube (thread block) a row instead of a thread:
+/// what a decode step wants, whose few rows would leave all but a handful of threads idle.
+///
+/// The row goes to shared memory; every unit computes the max and the sum of the exponentials
+/// itself, over the whole row in index order (the same operations in the same order as
+/// [`route_kernel`], so the same bits, and no unit waits for another's); each unit then ranks its
+/// own entries, and each slot's entry is found by reducing the units' best candidates by halves
+/// under [`route_kernel`]'s order (larger first, ties to the lower index, NaN as −∞), leaving out
+/// those already chosen. One cube a row (row [`cube_index`]; those from `rows`
+/// on do nothing); `width` = the row's length; `threads` (a power of two) = the cube's size.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn route_cube_kernel<F: Float>(
+    scores: &Tensor<F>,
+    indices: &mut Tensor<i32>,
+    weights: &mut Tensor<f32>,
+    dense: &mut Tensor<f32>,
+    neg_inf: f32,
+    rows: usize,
+    #[comptime] width: usize,
+    #[comptime] threads: usize,
+    #[comptime] k: usize,
+    #[comptime] renorm: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = cube_index();
+    if row < rows {
+        let t = UNIT_POS_X as usize;
+        let base = row * scores.stride(0);
+        let step = scores.stride(1);
+        // The row in float32, then each entry's rank key (its probability, NaN as −∞).
+        let mut vals = SharedMemory::<f32>::new(width);
+        // 0: not chosen; s + 1: chosen for slot s.
+        let mut chosen = SharedMemory::<u32>::new(width);
+        let mut cand_v = SharedMemory::<f32>::new(threads);
+        let mut cand_j = SharedMemory::<u32>::new(threads);
+        let mut slot_j = SharedMemory::<u32>::new(k);
+        let mut slot_w = SharedMemory::<f32>::new(k);
+        // "No entry": read at run time, as a comptime value could not be assigned to below.
+        let none = u32::cast_from(scores.shape(1));
+        let mut j = t;
+        while j < width {
+            vals[j] = f32::cast_from(scores[base + j * step]);
+            chosen[j] = 0;
+            j += threads;
+        }
+        sync_cube();
+        let mut max = vals[0];
+        for j in 1..width {
+            let s = vals[j];
+            if s > max {
+                max = s;
+            }
+        }
+        let mut sum = 0.0f32;
+        for j in 0..width {
+            sum += (vals[j] - max).exp();
+        }
+        sync_cube();
+        let mut j = t;
+        while j < width {
+            vals[j] = key((vals[j] - max).exp() / sum, neg_inf);
+            j += threads;
+        }
+        for slot in 0..k {
+            sync_cube();
+            // This unit's best entry not yet chosen (its entries in index order, so `>` keeps
+            // the lower index of a tie), then the cube's, by halves.
+            let mut v = neg_inf;
+            let mut b = none;
+            let mut j = t;
+            while j < width {
+                let x = vals[j];
+                if chosen[j] == 0 && (b == none || x > v) {
+                    v = x;
+                    b = u32::cast_from(j);
+                }
+                j += threads;
+            }
+            cand_v[t] = v;
+            cand_j[t] = b;
+            sync_cube();
+            let mut half = CUBE_DIM_X as usize / 2;
+            while half > 0 {
+                if t < half {
+                    let ov = cand_v[t + half];
+                    let ob = cand_j[t + half];
+                    let mv = cand_v[t];
+                    let mb = cand_j[t];
+                    if ob != none && (mb == none || ov > mv || (ov == mv && ob < mb)) {
+                        cand_v[t] = ov;
+                        cand_j[t] = ob;
+                    }
+                }
+                sync_cube();
+                half /= 2;
+            }
+            if t == 0 {
+                let b = cand_j[0];
+                slot_j[slot] = b;
+                chosen[usize::cast_from(b)] = u32::cast_from(slot) + 1;
+            }
+        }
+        sync_cube();
+        if t == 0 {
+            // The chosen probabilities in slot order, as `route_kernel` computes and sums them.
+            let out = row * indices.stride(0);
+            let w_out = row * weights.stride(0);
+            let mut total = 0.0f32;
+            for slot in 0..k {
+                let at = usize::cast_from(slot_j[slot]);
+                let p = (f32::cast_from(scores[base + at * step]) - max).exp() / sum;
+                indices[out + slot * indices.stride(1)] = i32::cast_from(at);
+                slot_w[slot] = p;
+                total += p;
+            }
+            for slot in 0..k {
+                let mut w = slot_w[slot];
+                if renorm {
+                    w /= total;
+                }
+                weights[w_out + slot * weights.stride(1)] = w;
+                slot_w[slot] = w;
+            }
+        }
+        sync_cube();
+        let dense_row = row * dense.stride(0);
+        let mut j = t;
+        while j < width {
+            let c = chosen[j];
+            let mut w = 0.0f32;
+            if c > 0 {
+                w = slot_w[usize::cast_from(c - 1)];
+            }
+            dense[dense_row + j * dense.stride(1)] = w;
+            j += threads;
+        }
     }
 }

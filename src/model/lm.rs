@@ -489,19 +489,26 @@ impl<B: Backend> MoeLm<B> {
             .iter()
             .filter(|l| l.mlp.moe().is_some())
             .count();
+        // The last block's output, added to the residual stream by the next norm (one kernel in
+        // inference on a GPU: `RmsNorm::forward_residual`), or after the last layer.
+        let mut pending: Option<Tensor<B, 3>> = None;
         for (i, layer) in self.model.layers.iter().enumerate().skip(start) {
             if !(i == start && layers.skip_first_attention) {
-                let h = layer.input_layernorm.forward(x.clone());
+                let (sum, h) = layer.input_layernorm.forward_residual(x, pending.take());
+                x = sum;
                 let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-                x = x + layer.self_attn.forward(
+                pending = Some(layer.self_attn.forward(
                     h,
                     &frame.cos,
                     &frame.sin,
                     &frame.masked,
                     layer_cache,
-                );
+                ));
             }
-            let h = layer.post_attention_layernorm.forward(x.clone());
+            let (sum, h) = layer
+                .post_attention_layernorm
+                .forward_residual(x, pending.take());
+            x = sum;
             let block = match &layer.mlp {
                 FeedForward::Moe(block) => block,
                 FeedForward::Dense(mlp) => {
@@ -513,7 +520,7 @@ impl<B: Backend> MoeLm<B> {
                         &[tokens],
                         false,
                     );
-                    x = x + y.reshape([batch, seq, hidden]);
+                    pending = Some(y.reshape([batch, seq, hidden]));
                     continue;
                 }
             };
@@ -529,7 +536,7 @@ impl<B: Backend> MoeLm<B> {
                 .with_index(frame.constants.range(0..block.experts.len()));
             let moe = block.forward(h, &layer_routing, self.execution, stacked, self.gather);
             moe_layer += 1;
-            x = x + moe.hidden;
+            pending = Some(moe.hidden);
             if let Some(logits) = moe.router_logits {
                 let experts = logits.dims()[1];
                 layers
@@ -541,7 +548,10 @@ impl<B: Backend> MoeLm<B> {
                 layers.chosen.push(c.reshape([batch, seq, k]));
             }
         }
-        x
+        match pending {
+            Some(y) => x + y,
+            None => x,
+        }
     }
 
     /// A forward pass with no cache that keeps the residual stream entering every MoE block: the

@@ -40,4 +40,26 @@ impl<B: Backend> RmsNorm<B> {
         shape[D - 1] = width;
         self.weight.val().reshape(shape) * normed.cast(dtype)
     }
+
+    /// A residual stream and its norm: `(x + add, forward(x + add))`, or `(x, forward(x))` with
+    /// nothing to add. In inference on a GPU backend the sum and the norm are one kernel (see
+    /// `crate::cube::try_add_rms_norm`; the same bits as the add and then [`Self::forward`]).
+    ///
+    /// # Shapes
+    /// - `x`, `add`: `[..., width]` → both the same
+    pub fn forward_residual<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        add: Option<Tensor<B, D>>,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        let Some(add) = add else {
+            return (x.clone(), self.forward(x));
+        };
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if let Some(both) = crate::cube::try_add_rms_norm(&x, &add, &self.weight.val(), self.eps) {
+            return both;
+        }
+        let x = x + add;
+        (x.clone(), self.forward(x))
+    }
 }

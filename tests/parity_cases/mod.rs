@@ -549,12 +549,13 @@ pub fn shared_experts_give_the_same_model<B: Backend>(t: Target) {
 /// The routing kernels of `steermoe::cube` against burn's ops on the same backend: the top-k's
 /// indices exactly (ties to the lower index, NaN last: rows built with both), on plain and on
 /// autodiff tensors; the inference routing's indices exactly and its weights (plain and
-/// renormalised) and their dense layout to float32 rounding of the softmax's sum.
+/// renormalised) and their dense layout to float32 rounding of the softmax's sum; and its two
+/// layouts (a thread a row, a cube a row) bit for bit.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub fn routing_kernels_match_burn_ops<B: Backend>() {
     use burn::tensor::activation::softmax;
     use burn::tensor::{Distribution, IndexingUpdateOp};
-    use steermoe::cube::{try_route, try_top_k};
+    use steermoe::cube::{RouteKernel, try_route, try_route_by, try_top_k};
     use steermoe::model::routing::top_k_by_rank;
 
     let device = B::Device::default();
@@ -647,6 +648,61 @@ pub fn routing_kernels_match_burn_ops<B: Backend>() {
             );
         }
     }
+
+    // The two layouts of the inference routing (a thread a row, a cube a row) give the same bits:
+    // router widths of both models and one not a power of two, rows with ties, NaN and ±inf.
+    let special = Tensor::<B, 2>::from_floats(
+        [
+            [0.1, 0.7, 0.7, 0.0, 0.2, 0.7, f32::NAN, 0.2],
+            [0.0; 8],
+            [f32::NAN; 8],
+            [
+                1.0,
+                f32::NEG_INFINITY,
+                2.0,
+                0.5,
+                f32::NAN,
+                f32::INFINITY,
+                3.0,
+                3.0,
+            ],
+            [f32::NEG_INFINITY; 8],
+        ],
+        &device,
+    );
+    let normal = Distribution::Normal(0.0, 2.0);
+    let bits = |t: Tensor<B, 2>| -> Vec<u32> {
+        let canonical = |v: f32| if v.is_nan() { f32::NAN } else { v };
+        floats(t)
+            .into_iter()
+            .map(|v| canonical(v).to_bits())
+            .collect()
+    };
+    for (scores, k) in [
+        (Tensor::<B, 2>::random([16, 128], normal, &device), 8),
+        (Tensor::<B, 2>::random([1200, 64], normal, &device), 8),
+        (Tensor::<B, 2>::random([7, 60], normal, &device), 6),
+        // Rounded to tenths: many ties within a row.
+        (
+            Tensor::<B, 2>::random([64, 64], normal, &device)
+                .mul_scalar(10.0)
+                .round()
+                .div_scalar(10.0),
+            8,
+        ),
+        (special, 5),
+    ] {
+        for renorm in [false, true] {
+            let run = |kernel| {
+                try_route_by(&scores, k, renorm, kernel).expect("a GPU backend runs both kernels")
+            };
+            let (row, cube) = (run(RouteKernel::PerRow), run(RouteKernel::PerCube));
+            let what = format!("{:?}, top-{k}, renorm {renorm}", scores.dims());
+            assert_eq!(ints(cube.indices), ints(row.indices), "indices of {what}");
+            assert_eq!(bits(cube.weights), bits(row.weights), "weights of {what}");
+            assert_eq!(bits(cube.dense), bits(row.dense), "dense weights of {what}");
+        }
+    }
 }
 
 /// The decode-attention kernel of `steermoe::cube` against burn's ops on the same backend: one
@@ -734,11 +790,12 @@ pub fn decode_attention_kernel_matches_burn_ops<B: Backend>() {
 /// The RMSNorm kernel gives what the model's float32 RMSNorm computes (a float64 host
 /// reference, to float32 rounding): rows wider than a cube (300 features), a strided view (made
 /// contiguous first), more rows than one axis of the grid holds (66,000), a 2-d and a 4-d input;
-/// and under autodiff, the gradients of the input and of the weight against burn's ops'.
+/// the residual add fused before it bit for bit against the add and the kernel apart; and under
+/// autodiff, the gradients of the input and of the weight against burn's ops'.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub fn rms_norm_kernel_matches_burn_ops<B: Backend>() {
     use burn::tensor::Distribution;
-    use steermoe::cube::try_rms_norm;
+    use steermoe::cube::{try_add_rms_norm, try_rms_norm};
 
     let device = B::Device::default();
     let normal = Distribution::Normal(0.0, 1.0);
@@ -785,6 +842,38 @@ pub fn rms_norm_kernel_matches_burn_ops<B: Backend>() {
         weight(16),
         eps,
     );
+
+    // The residual add with the norm after it (inference): the same bits as burn's add and then
+    // the norm kernel, rows wider than a cube and a strided addend; none under autodiff.
+    for (x, y) in [
+        (
+            Tensor::<B, 3>::random([3, 5, 300], normal, &device),
+            Tensor::<B, 3>::random([3, 5, 300], normal, &device),
+        ),
+        (
+            Tensor::<B, 3>::random([4, 2, 64], normal, &device),
+            Tensor::<B, 3>::random([2, 4, 64], normal, &device).swap_dims(0, 1),
+        ),
+    ] {
+        let width = x.dims()[2];
+        let w = weight(width);
+        let (sum, normed) = try_add_rms_norm(&x, &y, &w, eps)
+            .expect("a GPU backend runs the add-and-RMSNorm kernel");
+        let want_sum = x.clone() + y.clone();
+        let want = try_rms_norm(&want_sum, &w, eps).unwrap();
+        let bits = |t: Tensor<B, 3>| -> Vec<u32> {
+            let v = t.into_data().to_vec::<f32>().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        assert_eq!(bits(sum), bits(want_sum), "x + y of {width} features");
+        assert_eq!(bits(normed), bits(want), "norm(x + y) of {width} features");
+        let ad = |t: &Tensor<B, 3>| Tensor::<Autodiff<B>, 3>::from_inner(t.clone());
+        let wa = Tensor::<Autodiff<B>, 1>::from_inner(w);
+        assert!(
+            try_add_rms_norm(&ad(&x), &ad(&y), &wa, eps).is_none(),
+            "autodiff is burn's add"
+        );
+    }
 
     // Through autodiff (training): the gradients of x and of the weight are those of burn's ops
     // (the model's formula written out), to float32 rounding.
