@@ -2,13 +2,12 @@
 """Split one train step's GPU time by kind of kernel, from cubecl's profiling log.
 
     CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=prof.txt gpu --what train --steps 6 --warmup-steps 5
-    python3 benches/profile_summary.py prof.txt [--wall-s 3.1] [--table N | --runs R] [--sort launches] [--list]
+    python3 benches/profile_summary.py prof.txt [--wall-s 3.1] [--table N] [--sort launches] [--list]
 
 cubecl prints a table of kernel name, summed duration and launch count at every device
 synchronisation and starts again; the bench synchronises once per step, so the last table is the
-last (warm) step. `--runs R` instead sums every table but the model's random initialisation and
-divides by R, for a log of R identical runs (a generation synchronises once per block of decode
-steps, so no one table is a run). Kernels are grouped by their names; `--wall-s` (the step's wall time measured
+last (warm) step; a generation synchronises once at its end, so there the last table is its last
+run. Kernels are grouped by their names; `--wall-s` (the step's wall time measured
 without profiling) gives the time the device spent waiting on the host (host syncs, launches).
 One JSON line out, then a Markdown table.
 """
@@ -73,9 +72,6 @@ def main():
     ap.add_argument("--table", type=int, default=-1, help="which table (index; default the last)")
     ap.add_argument("--sort", choices=["time", "launches"], default="time", help="order of the top kernels")
     ap.add_argument("--list", action="store_true", help="first list every table's kernel time and launches")
-    ap.add_argument("--runs", type=int, default=None,
-                    help="the log holds this many identical runs (e.g. a generation's three): every table summed, "
-                         "random initialisation left out, per run")
     a = ap.parse_args()
     found = tables(open(a.log, encoding="utf-8", errors="replace").read())
     if not found:
@@ -83,21 +79,7 @@ def main():
     if a.list:
         for i, t in enumerate(found):
             print(json.dumps({"table": i, "kernel_s": round(sum(s for _, s, _ in t), 4), "launches": sum(n for _, _, n in t)}))
-    if a.runs:
-        # Every table summed, the model's random initialisation left out, divided by the runs.
-        init = dict(CATEGORIES)["random and init"]
-        summed = {}
-        for t in found:
-            for name, s, n in t:
-                if init.search(name):
-                    continue
-                acc = summed.setdefault(name, [0.0, 0])
-                acc[0] += s / a.runs
-                acc[1] += n
-        rows = [(name, s, round(n / a.runs)) for name, (s, n) in summed.items()]
-        a.table = f"all {len(found)} tables less initialisation, per run of {a.runs}"
-    else:
-        rows = found[a.table]
+    rows = found[a.table]
     total = sum(s for _, s, _ in rows)
     split = {name: [0.0, 0] for name, _ in CATEGORIES}
     split["other"] = [0.0, 0]
@@ -106,7 +88,7 @@ def main():
         split[cat][0] += s
         split[cat][1] += n
     result = {
-        "what": "run_profile" if a.runs else "train_step_profile",
+        "what": "train_step_profile",
         "tables_in_log": len(found),
         "kernel_s": round(total, 4),
         "launches": sum(n for _, _, n in rows),

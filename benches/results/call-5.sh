@@ -40,8 +40,8 @@
 #   of a generation at Qwen3-30B-A3B's shape (ROUTED_QWEN3_LAYERS layers, batch 16, PROFILE_NEW new
 #   tokens) before (routing a thread a row, stacked GEMMs, the residual add apart) and after (the
 #   defaults: a cube a row, routed experts, the add fused into the norm),
-#   per run of its three, by kind (benches/profile_summary.py --runs 3: every table summed, the
-#   random initialisation left out, divided by 3).
+#   its last run by kind (benches/profile_summary.py: a generation synchronises once a run, so the
+#   log's last table is the last run).
 # TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs, TEST_TIMEOUT (default 280 s) bounds each.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
@@ -172,7 +172,7 @@ for part in $PARTS; do
           --layers "${ROUTED_QWEN3_LAYERS:-12}" --new-tokens "${PROFILE_NEW:-32}" \
           > "$OUT/profile-$when.jsonl" 2> "$OUT/stderr.profile-$when"
         echo "{\"figure\": \"profile-$when\", \"rc\": $?}" >> "$LOG"
-        python3 benches/profile_summary.py "$OUT/profile-$when.txt" --runs 3 --top 25 > "$OUT/profile-$when.md"
+        python3 benches/profile_summary.py "$OUT/profile-$when.txt" --top 25 > "$OUT/profile-$when.md"
         head -1 "$OUT/profile-$when.md" | sed "s/^{/{\"figure\": \"profile-$when\", /" >> "$LOG"
         tail -n +2 "$OUT/profile-$when.md"
         xz -T4 -6 "$OUT/profile-$when.txt"

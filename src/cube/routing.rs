@@ -33,8 +33,12 @@ pub enum RouteKernel {
 }
 
 impl RouteKernel {
-    /// Rows from which one thread a row fills enough of the device: fewer take a cube each.
-    pub const PER_ROW_FROM: usize = 1024;
+    /// Rows from which one thread a row is used: fewer take a cube each. On an H100 a cube a row
+    /// took 35 µs at 1,024 rows against 65 µs a thread a row (37 against 67 at 16 rows of 128
+    /// experts; `benches/results/kernels.jsonl`); larger counts were not measured. Thread-a-row
+    /// time stays flat until the rows fill the device, a cube a row grows with them, so they
+    /// should cross near here (8,192 rows make 8 waves of 1,024 cubes on 132 SMs).
+    pub const PER_ROW_FROM: usize = 8192;
 
     /// The layout for `rows` rows: [`RouteKernel::PerCube`] below
     /// [`PER_ROW_FROM`](Self::PER_ROW_FROM) rows, [`RouteKernel::PerRow`] from there;
