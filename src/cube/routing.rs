@@ -113,6 +113,7 @@ pub fn try_route_by<B: Backend>(
     if !super::enabled()
         || !matches!(scores.dtype(), DType::F32 | DType::BF16 | DType::F16)
         || k > scores.dims()[1]
+        || scores.dims()[0] == 0
     {
         return None;
     }
