@@ -18,6 +18,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use half::f16;
 
+use super::argmax::argmax_rows;
 use super::sampler::{Sampler, Sampling};
 use crate::model::{ExpertExecution, KvCache, LmInput, MoeLm, Routing};
 
@@ -136,7 +137,7 @@ pub fn generate<B: Backend>(
     let mut step = 0;
     while step < opts.max_new_tokens && !rows.all_done() {
         let fed = if sampler.is_greedy() {
-            let picked = last.argmax(1).reshape([batch]);
+            let picked = argmax_rows(last).reshape([batch]);
             let fed = picked
                 .clone()
                 .mask_fill(stopped.clone(), opts.pad_id as i64);

@@ -1,5 +1,7 @@
-//! Generation: the token sampler and the batched decode loop with routing capture.
+//! Generation: the token sampler, greedy decoding's argmax on the device, and the batched decode
+//! loop with routing capture.
 
+pub mod argmax;
 pub mod engine;
 pub mod sampler;
 

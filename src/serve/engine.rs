@@ -29,6 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::{TokenRouting, Usage};
 use crate::data::ChatTokenizer;
 use crate::eval::Steering;
+use crate::generate::argmax::argmax_rows;
 use crate::generate::{LeftPadded, Sampler, Sampling, last_logits};
 use crate::model::{ExpertExecution, KvCache, LmInput, LmOutput, MoeLm, Routing};
 
@@ -470,7 +471,7 @@ impl<B: Backend> Batch<B> {
         let mut logits = next;
         let mut picks = Vec::with_capacity(steps);
         for _ in 0..steps {
-            let picked = logits.argmax(1);
+            let picked = argmax_rows(logits);
             picks.push(picked.clone().reshape([rows]));
             let input = LmInput {
                 input_ids: picked,
@@ -661,8 +662,7 @@ fn routings<'a, B: Backend>(
 fn pick<B: Backend>(logits: Tensor<B, 2>, rows: &mut [Row]) -> Vec<u32> {
     let [n, vocab] = logits.dims();
     if rows.iter().all(|r| r.sampler.is_greedy()) {
-        return logits
-            .argmax(1)
+        return argmax_rows(logits)
             .reshape([n])
             .into_data()
             .iter::<i64>()
