@@ -39,15 +39,7 @@ pub fn try_rms_norm<B: Backend, const D: usize>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, D>> {
-    let width = x.dims()[D - 1];
-    let supported =
-        matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) && weight.dtype() == x.dtype();
-    if !super::enabled()
-        || !supported
-        || weight.dims() != [width]
-        || width == 0
-        || x.shape().num_elements() == 0
-    {
+    if !applies(x, weight) {
         return None;
     }
     macro_rules! on {
@@ -81,21 +73,10 @@ pub fn try_add_rms_norm<B: Backend, const D: usize>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<(Tensor<B, D>, Tensor<B, D>)> {
-    let width = x.dims()[D - 1];
-    let supported = matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
-        && weight.dtype() == x.dtype()
-        && y.dtype() == x.dtype();
     static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let fused =
         *FUSED.get_or_init(|| !std::env::var("STEERMOE_FUSED_RESIDUAL").is_ok_and(|v| v == "0"));
-    if !super::enabled()
-        || !fused
-        || !supported
-        || y.dims() != x.dims()
-        || weight.dims() != [width]
-        || width == 0
-        || x.shape().num_elements() == 0
-    {
+    if !fused || !applies(x, weight) || y.dtype() != x.dtype() || y.dims() != x.dims() {
         return None;
     }
     macro_rules! on {
@@ -110,6 +91,18 @@ pub fn try_add_rms_norm<B: Backend, const D: usize>(
     }
     each_gpu_backend!(on);
     None
+}
+
+/// Whether the norm kernels take `x` and `weight`: kernels on, a float dtype the two share, a
+/// weight as wide as `x`'s last axis, and something to normalise.
+fn applies<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 1>) -> bool {
+    let width = x.dims()[D - 1];
+    super::enabled()
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && weight.dtype() == x.dtype()
+        && weight.dims() == [width]
+        && width != 0
+        && x.shape().num_elements() != 0
 }
 
 /// Which kernel an [`RmsNormOp`] launches.
