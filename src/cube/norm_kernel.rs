@@ -32,8 +32,6 @@ pub fn rms_norm_kernel<F: Float>(
         let width = weight.shape(0);
         let base = row * width;
         let t = UNIT_POS_X as usize;
-        let mut partial = SharedMemory::<f32>::new(threads);
-
         let mut acc = 0.0f32;
         let mut i = t;
         while i < width {
@@ -41,9 +39,7 @@ pub fn rms_norm_kernel<F: Float>(
             acc += v * v;
             i += threads;
         }
-        partial[t] = acc;
-        cube_sum(&mut partial);
-        let inv = 1.0f32 / (partial[0] / width_f32 + eps).sqrt();
+        let inv = inverse_rms(acc, width_f32, eps, threads);
 
         let mut i = t;
         while i < width {
@@ -78,8 +74,6 @@ pub fn add_rms_norm_kernel<F: Float>(
         let width = weight.shape(0);
         let base = row * width;
         let t = UNIT_POS_X as usize;
-        let mut partial = SharedMemory::<f32>::new(threads);
-
         let mut acc = 0.0f32;
         let mut i = t;
         while i < width {
@@ -89,9 +83,7 @@ pub fn add_rms_norm_kernel<F: Float>(
             acc += v * v;
             i += threads;
         }
-        partial[t] = acc;
-        cube_sum(&mut partial);
-        let inv = 1.0f32 / (partial[0] / width_f32 + eps).sqrt();
+        let inv = inverse_rms(acc, width_f32, eps, threads);
 
         // Each unit reads back only what it wrote itself.
         let mut i = t;
@@ -150,6 +142,16 @@ pub fn rms_norm_backward_kernel<F: Float>(
             i += threads;
         }
     }
+}
+
+/// `1 / sqrt(Σ x² / width + eps)` of a row, from each unit's partial sum of squares `acc`
+/// (summed over the cube in shared memory, [`cube_sum`]'s order); every unit calls it.
+#[cube]
+fn inverse_rms(acc: f32, width_f32: f32, eps: f32, #[comptime] threads: usize) -> f32 {
+    let mut partial = SharedMemory::<f32>::new(threads);
+    partial[UNIT_POS_X as usize] = acc;
+    cube_sum(&mut partial);
+    1.0f32 / (partial[0] / width_f32 + eps).sqrt()
 }
 
 /// Sum `values[0..CUBE_DIM_X]` (one entry a unit, written) into `values[0]`, by halves; every
