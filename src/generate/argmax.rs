@@ -13,15 +13,22 @@ use burn::tensor::{Int, Tensor};
 /// Entries a chunk holds.
 const CHUNK: usize = 1024;
 
+/// Whether `STEERMOE_ARGMAX=burn` asks for burn's one-level `argmax(1)` (read once; to measure
+/// the two levels against it).
+fn one_level() -> bool {
+    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ONE.get_or_init(|| std::env::var("STEERMOE_ARGMAX").as_deref() == Ok("burn"))
+}
+
 /// `x.argmax(1)`: each row's index of its largest entry, `[rows, 1]`, through chunks of
 /// [`CHUNK`] entries when the rows are longer than four chunks (the last chunk padded with −∞,
-/// which no entry is below).
+/// which no entry is below). `STEERMOE_ARGMAX=burn` keeps burn's `argmax(1)` throughout.
 ///
 /// # Shapes
 /// - `x`: `[rows, n]` → `[rows, 1]`
 pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2, Int> {
     let [rows, n] = x.dims();
-    if n <= 4 * CHUNK {
+    if n <= 4 * CHUNK || one_level() {
         return x.argmax(1);
     }
     let chunks = n.div_ceil(CHUNK);
