@@ -410,11 +410,13 @@ fn shared_experts_give_the_same_model() {
 /// computed on the host in float64 (float32 inputs) and against the stacked GEMMs' path with its
 /// SwiGLU kernel (bf16, where both round at the same steps): a width that does not fill the
 /// cubes' column tiles, experts chosen by no token, by one, and by more than a pass of four,
-/// one token and the most a launch takes; `None` past that and under autodiff.
+/// one token and the most a launch takes, for each cube shape in [`TILES`]; `None` past that,
+/// under autodiff and for a tile the kernels do not take.
 mod routed_experts {
     use burn::backend::{Autodiff, Cuda};
     use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
-    use steermoe::cube::{try_routed_experts, try_swiglu};
+    use steermoe::cube::routed_experts::Tile;
+    use steermoe::cube::{try_routed_experts, try_routed_experts_with, try_swiglu};
     use steermoe::model::experts::grouped_linear;
 
     type B = Cuda;
@@ -521,9 +523,16 @@ mod routed_experts {
         y
     }
 
-    fn routed(c: &Case) -> Tensor<B, 2> {
-        try_routed_experts(&c.x, &c.gate_up, &c.down, &c.indices, &c.weights, c.experts)
-            .expect("CUDA runs the routed experts' kernels")
+    /// The default shape, lanes along the columns from 8 to 128 (a group reading from a sixteenth
+    /// of a row's tile to more than the narrowest width), and passes of one, two and eight pairs.
+    const TILES: [&str; 5] = ["16x16x4", "32x8x4", "128x2x2", "8x32x8", "64x4x1"];
+
+    fn routed(c: &Case, tile: &str) -> Tensor<B, 2> {
+        let tile = Tile::parse(tile).expect("a tile the kernels take");
+        try_routed_experts_with(
+            &c.x, &c.gate_up, &c.down, &c.indices, &c.weights, c.experts, tile,
+        )
+        .expect("CUDA runs the routed experts' kernels")
     }
 
     /// The stacked GEMMs' path of `StackedExperts::forward`: cuBLAS, the SwiGLU kernel, cuBLAS.
@@ -554,18 +563,23 @@ mod routed_experts {
     fn routed_experts_match_float64_in_f32() {
         for (tokens, experts, used, inter, hidden, k) in SHAPES {
             let c = case(tokens, experts, used, inter, hidden, k);
-            let got = host(&routed(&c));
             let want = reference(&c);
             let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
-            eprintln!(
-                "f32 {tokens} tokens, {experts} experts: max |diff| / max = {:.2e}",
-                worst / top
-            );
-            assert!(worst <= 1e-5 * top, "{tokens} tokens: {worst:e} of {top:e}");
+            for tile in TILES {
+                let got = host(&routed(&c, tile));
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+                eprintln!(
+                    "f32 {tokens} tokens, {experts} experts, tile {tile}: max |diff| / max = {:.2e}",
+                    worst / top
+                );
+                assert!(
+                    worst <= 1e-5 * top,
+                    "{tokens} tokens, tile {tile}: {worst:e} of {top:e}"
+                );
+            }
         }
     }
 
@@ -577,24 +591,31 @@ mod routed_experts {
             c.x = c.x.cast(FloatDType::BF16);
             c.gate_up = c.gate_up.cast(FloatDType::BF16);
             c.down = c.down.cast(FloatDType::BF16);
-            let (got, want) = (host(&routed(&c)), host(&stacked(&c)));
+            let want = host(&stacked(&c));
             let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
-            let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
-            eprintln!(
-                "bf16 {tokens} tokens, {experts} experts: max |diff| / max = {:.2e}, {differ} of {}",
-                worst / top,
-                got.len()
-            );
-            assert!(worst <= 1e-2 * top, "{tokens} tokens: {worst:e} of {top:e}");
-            assert!(
-                differ * 10 <= got.len(),
-                "{differ} of {} outputs differ",
-                got.len()
-            );
+            for tile in TILES {
+                let got = host(&routed(&c, tile));
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+                let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+                eprintln!(
+                    "bf16 {tokens} tokens, {experts} experts, tile {tile}: max |diff| / max = \
+                     {:.2e}, {differ} of {}",
+                    worst / top,
+                    got.len()
+                );
+                assert!(
+                    worst <= 1e-2 * top,
+                    "{tokens} tokens, tile {tile}: {worst:e} of {top:e}"
+                );
+                assert!(
+                    differ * 10 <= got.len(),
+                    "tile {tile}: {differ} of {} outputs differ",
+                    got.len()
+                );
+            }
         }
     }
 
@@ -606,6 +627,17 @@ mod routed_experts {
             try_routed_experts(&c.x, &c.gate_up, &c.down, &c.indices, &c.weights, c.experts)
                 .is_none(),
             "65 tokens is more than a launch holds"
+        );
+        let c = case(4, 8, 8, 32, 64, 2);
+        let wide = Tile {
+            lanes: 64,
+            groups: 16,
+            pass: 4,
+        };
+        assert!(
+            try_routed_experts_with(&c.x, &c.gate_up, &c.down, &c.indices, &c.weights, 8, wide)
+                .is_none(),
+            "1,024 units a cube is more than the kernels take"
         );
         let c = case(4, 8, 8, 32, 64, 2);
         let ad = |t: &Tensor<B, 2>| Tensor::<Autodiff<B>, 2>::from_inner(t.clone());

@@ -58,7 +58,7 @@ pub use attention::try_decode_attention;
 pub use norm::{try_add_rms_norm, try_rms_norm};
 pub use rope::try_rope;
 #[cfg(feature = "cuda")]
-pub use routed_experts::try_routed_experts;
+pub use routed_experts::{try_routed_experts, try_routed_experts_with};
 pub use routing::{Route, RouteKernel, try_route, try_route_by, try_top_k};
 pub use swiglu::try_swiglu;
 

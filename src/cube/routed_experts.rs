@@ -23,7 +23,7 @@ use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
 use super::routed_experts_kernel::{
-    GROUPS, LANES, MAX_TOKENS, routed_down_kernel, routed_gate_up_kernel, slot_sum_kernel,
+    MAX_TOKENS, routed_down_kernel, routed_gate_up_kernel, slot_sum_kernel,
 };
 use super::{Cube, Fused, as_backend, back, empty_output, per_output, register};
 
@@ -54,6 +54,70 @@ fn unroll() -> usize {
     })
 }
 
+/// The cube shape of a launch of the routed kernels: `lanes` units along the output columns
+/// (each holding one vector of columns, so a group reads `lanes` vectors of a weight row in a
+/// row), `groups` along the rows (each takes every `groups`-th row), and `pass` pairs served by
+/// one pass over an expert's weights (an expert chosen by more pairs is read once per `pass`).
+/// Each tile compiles to its own kernels; the sums' order depends on `groups` only through which
+/// rows a group sums, so every tile gives float32 sums of the same products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// Units of a cube along the output columns.
+    pub lanes: usize,
+    /// Units of a cube along the weights' rows.
+    pub groups: usize,
+    /// Pairs a pass over an expert's weights serves.
+    pub pass: usize,
+}
+
+impl Tile {
+    /// 16 lanes × 16 groups, passes of four pairs: the tile every earlier figure used.
+    pub const DEFAULT: Tile = Tile {
+        lanes: 16,
+        groups: 16,
+        pass: 4,
+    };
+
+    /// `lanes x groups x pass` (e.g. `32x8x4`), when it is a tile the kernels take
+    /// ([`Tile::is_valid`]).
+    pub fn parse(text: &str) -> Option<Tile> {
+        let parts: Vec<usize> = text
+            .split('x')
+            .map(|p| p.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        match parts[..] {
+            [lanes, groups, pass] => Some(Tile {
+                lanes,
+                groups,
+                pass,
+            })
+            .filter(Tile::is_valid),
+            _ => None,
+        }
+    }
+
+    /// 64 to 512 units a cube with a power-of-two count of lanes, and one to eight pairs a pass
+    /// (the shared memory of a cube stays within 48 KiB).
+    pub fn is_valid(&self) -> bool {
+        let units = self.lanes * self.groups;
+        self.lanes.is_power_of_two()
+            && self.groups > 0
+            && (64..=512).contains(&units)
+            && (1..=8).contains(&self.pass)
+    }
+
+    /// `STEERMOE_ROUTED_TILE` (read once) when it parses, else [`Tile::DEFAULT`].
+    pub fn chosen() -> Tile {
+        static TILE: std::sync::OnceLock<Tile> = std::sync::OnceLock::new();
+        *TILE.get_or_init(|| {
+            std::env::var("STEERMOE_ROUTED_TILE")
+                .ok()
+                .and_then(|v| Tile::parse(&v))
+                .unwrap_or(Tile::DEFAULT)
+        })
+    }
+}
+
 /// `Σ_s weights[t, s] · expert_{indices[t, s]}(x_t)` for every token `t`, reading only the chosen
 /// experts' weights from the stacks, when `B` is burn's CUDA backend *without* autodiff, the
 /// dtypes agree (float32, bf16 or f16; indices i32, weights float32) and there are at most
@@ -71,6 +135,20 @@ pub fn try_routed_experts<B: Backend>(
     indices: &Tensor<B, 2, Int>,
     weights: &Tensor<B, 2>,
     experts: usize,
+) -> Option<Tensor<B, 2>> {
+    try_routed_experts_with(x, gate_up, down, indices, weights, experts, Tile::chosen())
+}
+
+/// [`try_routed_experts`] with cubes of `tile`'s shape (`None` also for a tile that is not
+/// [`Tile::is_valid`]).
+pub fn try_routed_experts_with<B: Backend>(
+    x: &Tensor<B, 2>,
+    gate_up: &Tensor<B, 2>,
+    down: &Tensor<B, 2>,
+    indices: &Tensor<B, 2, Int>,
+    weights: &Tensor<B, 2>,
+    experts: usize,
+    tile: Tile,
 ) -> Option<Tensor<B, 2>> {
     let [tokens, hidden] = x.dims();
     let [rows, k] = indices.dims();
@@ -92,7 +170,7 @@ pub fn try_routed_experts<B: Backend>(
         && experts > 0
         && down_rows > 0
         && down_rows % experts == 0;
-    if !super::enabled() || !supported || !shapes {
+    if !super::enabled() || !supported || !shapes || !tile.is_valid() {
         return None;
     }
     if let Some(x) = as_backend::<Tensor<burn::backend::Cuda, 2>>(x) {
@@ -100,7 +178,7 @@ pub fn try_routed_experts<B: Backend>(
         let down = as_backend::<Tensor<burn::backend::Cuda, 2>>(down)?;
         let indices = as_backend::<Tensor<burn::backend::Cuda, 2, Int>>(indices)?;
         let weights = as_backend::<Tensor<burn::backend::Cuda, 2>>(weights)?;
-        return back(fused(x, gate_up, down, indices, weights, experts));
+        return back(fused(x, gate_up, down, indices, weights, experts, tile));
     }
     None
 }
@@ -118,6 +196,7 @@ fn vector_size(dtype: DType, widths: &[usize]) -> usize {
 struct RoutedExpertsOp<R, BT> {
     desc: CustomOpIr,
     experts: usize,
+    tile: Tile,
     backend: PhantomData<fn() -> (R, BT)>,
 }
 
@@ -135,6 +214,11 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routed
         let [tokens, hidden] = [x.meta.shape()[0], x.meta.shape()[1]];
         let k = indices.meta.shape()[1];
         let experts = self.experts;
+        let Tile {
+            lanes,
+            groups,
+            pass,
+        } = self.tile;
         let inter = down.meta.shape()[0] / experts;
         let dtype = x.dtype;
         let client = x.client.clone();
@@ -142,8 +226,8 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routed
         let h = empty([tokens * k, inter], dtype);
         let partial = empty([tokens * k, hidden], DType::F32);
         let out = empty([tokens, hidden], dtype);
-        let cube = CubeDim::new_2d(LANES as u32, GROUPS as u32);
-        let tiles = |width: usize, n: usize| (width / n).div_ceil(LANES) as u32;
+        let cube = CubeDim::new_2d(lanes as u32, groups as u32);
+        let tiles = |width: usize, n: usize| (width / n).div_ceil(lanes) as u32;
 
         let n = vector_size(dtype, &[inter, 2 * experts * inter]);
         // SAFETY: every index the kernels compute is in bounds for these shapes: columns are
@@ -161,6 +245,9 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routed
                 weights.into_tensor_arg(),
                 h.clone().into_tensor_arg(),
                 inter,
+                lanes,
+                groups,
+                pass,
                 unroll(),
                 dtype.into(),
             );
@@ -177,6 +264,9 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Routed
                 down.into_tensor_arg(),
                 indices.into_tensor_arg(),
                 partial.clone().into_tensor_arg(),
+                lanes,
+                groups,
+                pass,
                 unroll(),
                 dtype.into(),
             );
@@ -202,6 +292,7 @@ fn fused<R: CubeRuntime, BT: BoolElement>(
     indices: Tensor<Fused<R, BT>, 2, Int>,
     weights: Tensor<Fused<R, BT>, 2>,
     experts: usize,
+    tile: Tile,
 ) -> Tensor<Fused<R, BT>, 2> {
     let shape = Shape::new(x.dims());
     let dtype = x.dtype();
@@ -215,8 +306,38 @@ fn fused<R: CubeRuntime, BT: BoolElement>(
     let op = |desc| RoutedExpertsOp::<R, BT> {
         desc,
         experts,
+        tile,
         backend: PhantomData,
     };
     let mut outs = register("steermoe_routed_experts", inputs, &[(shape, dtype)], op);
     Tensor::from_primitive(TensorPrimitive::Float(outs.remove(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tile;
+
+    #[test]
+    fn tiles_parse_and_refuse_what_the_kernels_do_not_take() {
+        let t = |lanes, groups, pass| Tile {
+            lanes,
+            groups,
+            pass,
+        };
+        assert_eq!(Tile::parse("16x16x4"), Some(Tile::DEFAULT));
+        assert_eq!(Tile::parse("32x8x8"), Some(t(32, 8, 8)));
+        assert_eq!(Tile::parse(" 64 x 2 x 1"), Some(t(64, 2, 1)));
+        for bad in [
+            "",
+            "16x16",
+            "16x16x4x1",
+            "24x8x4",
+            "16x2x4",
+            "32x32x4",
+            "16x16x9",
+            "16x16x0",
+        ] {
+            assert_eq!(Tile::parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -19,13 +19,6 @@ use burn_cubecl::cubecl::prelude::*;
 
 use super::cube_index;
 
-/// Lanes of a cube along its columns (`CUBE_DIM_X`): each lane holds one vector of columns.
-pub const LANES: usize = 16;
-/// Groups of a cube (`CUBE_DIM_Y`): each takes every `GROUPS`-th row of the expert's weights.
-pub const GROUPS: usize = 16;
-/// Pairs of a pass: a cube whose expert was chosen by more reads its weights once per
-/// `PASS` of them.
-pub const PASS: usize = 4;
 /// Rows of the input held in shared memory at a time.
 const CHUNK: usize = 512;
 /// Tokens a launch may hold (the shared list of those that chose the cube's expert).
@@ -38,7 +31,7 @@ fn smaller(a: usize, b: usize) -> usize {
 }
 
 /// The (token, slot) pairs whose slot chose `expert`, as `t · k + s` in token order, into
-/// `list`; returns how many. Every unit of the cube calls it.
+/// `list`; returns how many. Every unit of the cube (`threads` of them) calls it.
 #[cube]
 fn routed_pairs(
     indices: &Tensor<i32>,
@@ -46,13 +39,15 @@ fn routed_pairs(
     list: &mut SharedMemory<u32>,
     slot_of: &mut SharedMemory<i32>,
     count: &mut SharedMemory<u32>,
+    #[comptime] threads: usize,
 ) -> usize {
     let unit = UNIT_POS as usize;
-    let threads = LANES * GROUPS;
     let tokens = indices.shape(0);
     let k = indices.shape(1);
-    if unit < MAX_TOKENS {
-        slot_of[unit] = -1i32;
+    let mut u = unit;
+    while u < MAX_TOKENS {
+        slot_of[u] = -1i32;
+        u += threads;
     }
     sync_cube();
     let mut j = unit;
@@ -80,8 +75,9 @@ fn routed_pairs(
     count[0] as usize
 }
 
-/// Rows `first..first + rows` of the pass's inputs into `xs[r · PASS + p]` as float32: input row
-/// `list[pass + p] / divide` of `x` for the pass's `p < active` pairs, zero for the rest.
+/// Rows `first..first + rows` of the pass's inputs into `xs[r · per_pass + p]` as float32: input row
+/// `list[pass + p] / divide` of `x` for the pass's `p < active` pairs (`per_pass` of them at most),
+/// zero for the rest; a cube of `threads` units.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_rows<F: Float>(
@@ -93,20 +89,22 @@ fn load_rows<F: Float>(
     first: usize,
     rows: usize,
     xs: &mut SharedMemory<f32>,
+    #[comptime] per_pass: usize,
+    #[comptime] threads: usize,
 ) {
     let unit = UNIT_POS as usize;
     sync_cube();
     let mut i = unit;
-    while i < rows * PASS {
-        let r = i / PASS;
-        let p = i % PASS;
+    while i < rows * per_pass {
+        let r = i / per_pass;
+        let p = i % per_pass;
         let mut v = 0.0f32;
         if p < active {
             let row = list[pass + p] as usize / divide;
             v = f32::cast_from(x[row * x.stride(0) + (first + r) * x.stride(1)]);
         }
         xs[i] = v;
-        i += LANES * GROUPS;
+        i += threads;
     }
     sync_cube();
 }
@@ -117,16 +115,18 @@ fn load_rows<F: Float>(
 fn sum_groups<N: Size>(
     value: Vector<f32, N>,
     red: &mut SharedMemory<Vector<f32, N>>,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
 ) -> Vector<f32, N> {
     let lane = UNIT_POS_X as usize;
     let group = UNIT_POS_Y as usize;
     sync_cube();
-    red[group * LANES + lane] = value;
+    red[group * lanes + lane] = value;
     sync_cube();
     let mut total = value;
     if group == 0 {
-        for g in 1..GROUPS {
-            total += red[g * LANES + lane];
+        for g in 1..groups {
+            total += red[g * lanes + lane];
         }
     }
     total
@@ -138,8 +138,9 @@ fn sum_groups<N: Size>(
 /// Shapes: `x` `[tokens, hidden]`; `w` the stacked `[hidden, 2 · experts · inter]` (every
 /// expert's gate columns, then every expert's up columns), contiguous, in vectors of `N`;
 /// `indices`, `weights` `[tokens, k]`; `h` `[tokens · k, inter]` contiguous, in vectors of `N`
-/// (rows of pairs no expert wrote are left as they were). Grid: `(inter / N).div_ceil(LANES)`
-/// column tiles × `experts`; cube `LANES × GROUPS`. Each group loads `unroll` rows' weights
+/// (rows of pairs no expert wrote are left as they were). Grid: `(inter / N).div_ceil(lanes)`
+/// column tiles × `experts`; cube `lanes × groups` (a [`Tile`](super::routed_experts::Tile);
+/// `per_pass` its `pass`, the pairs a pass over the weights serves). Each group loads `unroll` rows' weights
 /// before multiplying (more loads in flight; the sums' order is the same for any `unroll`).
 #[cube(launch_unchecked)]
 pub fn routed_gate_up_kernel<F: Float, N: Size>(
@@ -149,6 +150,9 @@ pub fn routed_gate_up_kernel<F: Float, N: Size>(
     weights: &Tensor<f32>,
     h: &mut Tensor<Vector<F, N>>,
     inter: usize,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
+    #[comptime] per_pass: usize,
     #[comptime] unroll: usize,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -156,36 +160,54 @@ pub fn routed_gate_up_kernel<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let group = UNIT_POS_Y as usize;
     let n = N::value();
-    let col = (CUBE_POS_X as usize * LANES + lane) * n;
+    let col = (CUBE_POS_X as usize * lanes + lane) * n;
     let live = col < inter;
     let hidden = x.shape(1);
-    let width = w.shape(1) / 2;
+    let half = w.shape(1) / 2;
     let row_stride = w.stride(0);
     let k = indices.shape(1);
 
     let mut list = SharedMemory::<u32>::new(MAX_TOKENS);
     let mut slot_of = SharedMemory::<i32>::new(MAX_TOKENS);
     let mut count = SharedMemory::<u32>::new(1usize);
-    let mut xs = SharedMemory::<f32>::new(CHUNK * PASS);
-    let mut red = SharedMemory::<Vector<f32, N>>::new(LANES * GROUPS);
+    let mut xs = SharedMemory::<f32>::new(CHUNK * per_pass);
+    let mut red = SharedMemory::<Vector<f32, N>>::new(lanes * groups);
 
-    let pairs = routed_pairs(indices, expert, &mut list, &mut slot_of, &mut count);
+    let pairs = routed_pairs(
+        indices,
+        expert,
+        &mut list,
+        &mut slot_of,
+        &mut count,
+        lanes * groups,
+    );
     let gate_at = expert * inter + col;
-    let up_at = width + gate_at;
+    let up_at = half + gate_at;
     let mut pass = 0usize;
     while pass < pairs {
-        let active = smaller(pairs - pass, PASS);
-        let mut gate = Array::<Vector<f32, N>>::new(PASS);
-        let mut up = Array::<Vector<f32, N>>::new(PASS);
+        let active = smaller(pairs - pass, per_pass);
+        let mut gate = Array::<Vector<f32, N>>::new(per_pass);
+        let mut up = Array::<Vector<f32, N>>::new(per_pass);
         #[unroll]
-        for p in 0..PASS {
+        for p in 0..per_pass {
             gate[p] = Vector::new(0.0f32);
             up[p] = Vector::new(0.0f32);
         }
         let mut first = 0usize;
         while first < hidden {
             let rows = smaller(hidden - first, CHUNK);
-            load_rows(x, &list, pass, active, k, first, rows, &mut xs);
+            load_rows(
+                x,
+                &list,
+                pass,
+                active,
+                k,
+                first,
+                rows,
+                &mut xs,
+                per_pass,
+                lanes * groups,
+            );
             if live {
                 // `unroll` rows' loads issued before their products (same order of sums).
                 let mut r = group;
@@ -194,35 +216,35 @@ pub fn routed_gate_up_kernel<F: Float, N: Size>(
                     let mut us = Array::<Vector<F, N>>::new(unroll);
                     #[unroll]
                     for q in 0..unroll {
-                        let rq = smaller(r + q * GROUPS, rows - 1);
+                        let rq = smaller(r + q * groups, rows - 1);
                         let at = (first + rq) * row_stride;
                         gs[q] = w[(at + gate_at) / n];
                         us[q] = w[(at + up_at) / n];
                     }
                     #[unroll]
                     for q in 0..unroll {
-                        let rq = r + q * GROUPS;
+                        let rq = r + q * groups;
                         if rq < rows {
                             let g = Vector::<f32, N>::cast_from(gs[q]);
                             let u = Vector::<f32, N>::cast_from(us[q]);
                             #[unroll]
-                            for p in 0..PASS {
-                                let v = Vector::new(xs[rq * PASS + p]);
+                            for p in 0..per_pass {
+                                let v = Vector::new(xs[rq * per_pass + p]);
                                 gate[p] += g * v;
                                 up[p] += u * v;
                             }
                         }
                     }
-                    r += unroll * GROUPS;
+                    r += unroll * groups;
                 }
             }
             first += CHUNK;
         }
         #[unroll]
-        for p in 0..PASS {
+        for p in 0..per_pass {
             if p < active {
-                let g = sum_groups(gate[p], &mut red);
-                let u = sum_groups(up[p], &mut red);
+                let g = sum_groups(gate[p], &mut red, lanes, groups);
+                let u = sum_groups(up[p], &mut red, lanes, groups);
                 if group == 0 && live {
                     let pair = list[pass + p] as usize;
                     let t = pair / k;
@@ -242,7 +264,7 @@ pub fn routed_gate_up_kernel<F: Float, N: Size>(
                 }
             }
         }
-        pass += PASS;
+        pass += per_pass;
     }
 }
 
@@ -250,14 +272,17 @@ pub fn routed_gate_up_kernel<F: Float, N: Size>(
 ///
 /// Shapes: `h` `[tokens · k, inter]`; `w` the stacked `[experts · inter, hidden]`, contiguous,
 /// in vectors of `N`; `indices` `[tokens, k]`; `partial` `[tokens · k, hidden]` float32,
-/// contiguous, in vectors of `N`. Grid: `(hidden / N).div_ceil(LANES)` column tiles ×
-/// `experts`; cube `LANES × GROUPS`; `unroll` as [`routed_gate_up_kernel`]'s.
+/// contiguous, in vectors of `N`. Grid: `(hidden / N).div_ceil(lanes)` column tiles ×
+/// `experts`; cube `lanes × groups`; `per_pass` and `unroll` as [`routed_gate_up_kernel`]'s.
 #[cube(launch_unchecked)]
 pub fn routed_down_kernel<F: Float, N: Size>(
     h: &Tensor<F>,
     w: &Tensor<Vector<F, N>>,
     indices: &Tensor<i32>,
     partial: &mut Tensor<Vector<f32, N>>,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
+    #[comptime] per_pass: usize,
     #[comptime] unroll: usize,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -265,7 +290,7 @@ pub fn routed_down_kernel<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let group = UNIT_POS_Y as usize;
     let n = N::value();
-    let col = (CUBE_POS_X as usize * LANES + lane) * n;
+    let col = (CUBE_POS_X as usize * lanes + lane) * n;
     let hidden = w.shape(1);
     let live = col < hidden;
     let inter = h.shape(1);
@@ -274,59 +299,77 @@ pub fn routed_down_kernel<F: Float, N: Size>(
     let mut list = SharedMemory::<u32>::new(MAX_TOKENS);
     let mut slot_of = SharedMemory::<i32>::new(MAX_TOKENS);
     let mut count = SharedMemory::<u32>::new(1usize);
-    let mut xs = SharedMemory::<f32>::new(CHUNK * PASS);
-    let mut red = SharedMemory::<Vector<f32, N>>::new(LANES * GROUPS);
+    let mut xs = SharedMemory::<f32>::new(CHUNK * per_pass);
+    let mut red = SharedMemory::<Vector<f32, N>>::new(lanes * groups);
 
-    let pairs = routed_pairs(indices, expert, &mut list, &mut slot_of, &mut count);
+    let pairs = routed_pairs(
+        indices,
+        expert,
+        &mut list,
+        &mut slot_of,
+        &mut count,
+        lanes * groups,
+    );
     let base = expert * inter;
     let mut pass = 0usize;
     while pass < pairs {
-        let active = smaller(pairs - pass, PASS);
-        let mut acc = Array::<Vector<f32, N>>::new(PASS);
+        let active = smaller(pairs - pass, per_pass);
+        let mut acc = Array::<Vector<f32, N>>::new(per_pass);
         #[unroll]
-        for p in 0..PASS {
+        for p in 0..per_pass {
             acc[p] = Vector::new(0.0f32);
         }
         let mut first = 0usize;
         while first < inter {
             let rows = smaller(inter - first, CHUNK);
-            load_rows(h, &list, pass, active, 1usize, first, rows, &mut xs);
+            load_rows(
+                h,
+                &list,
+                pass,
+                active,
+                1usize,
+                first,
+                rows,
+                &mut xs,
+                per_pass,
+                lanes * groups,
+            );
             if live {
                 let mut r = group;
                 while r < rows {
                     let mut ds = Array::<Vector<F, N>>::new(unroll);
                     #[unroll]
                     for q in 0..unroll {
-                        let rq = smaller(r + q * GROUPS, rows - 1);
+                        let rq = smaller(r + q * groups, rows - 1);
                         ds[q] = w[((base + first + rq) * row_stride + col) / n];
                     }
                     #[unroll]
                     for q in 0..unroll {
-                        let rq = r + q * GROUPS;
+                        let rq = r + q * groups;
                         if rq < rows {
                             let d = Vector::<f32, N>::cast_from(ds[q]);
                             #[unroll]
-                            for p in 0..PASS {
-                                acc[p] += d * Vector::new(xs[rq * PASS + p]);
+                            for p in 0..per_pass {
+                                acc[p] += d * Vector::new(xs[rq * per_pass + p]);
                             }
                         }
                     }
-                    r += unroll * GROUPS;
+                    r += unroll * groups;
                 }
             }
             first += CHUNK;
         }
         #[unroll]
-        for p in 0..PASS {
+        for p in 0..per_pass {
             if p < active {
-                let total = sum_groups(acc[p], &mut red);
+                let total = sum_groups(acc[p], &mut red, lanes, groups);
                 if group == 0 && live {
                     let pair = list[pass + p] as usize;
                     partial[(pair * hidden + col) / n] = total;
                 }
             }
         }
-        pass += PASS;
+        pass += per_pass;
     }
 }
 
