@@ -310,8 +310,21 @@ impl<B: Backend> MoeLm<B> {
         let mut stacks = Vec::new();
         for layer in &mut self.model.layers {
             if let Some(block) = layer.mlp.moe_mut() {
-                let stack = StackedExperts::stack(&block.experts, dtype)
-                    .expect("checked: no biases, at least one expert");
+                // Each stack in a buffer of its own size (the backend's persistent allocations,
+                // exact sizes) rather than a page of the pools' size classes: at Qwen3-30B-A3B's
+                // shape the pools held 66,064 MiB after sharing against 66,510 (H100,
+                // `benches/results/qwen3-shape.jsonl`). The stack's work runs inside, so that its
+                // buffers are allocated there.
+                let stack = B::memory_persistent_allocations(
+                    &device,
+                    block.experts.clone(),
+                    |experts: Vec<Expert<B>>| {
+                        let stack = StackedExperts::stack(&experts, dtype)
+                            .expect("checked: no biases, at least one expert");
+                        let _ = B::sync(&device);
+                        stack
+                    },
+                );
                 stack.share_with(&mut block.experts);
                 stacks.push(stack);
                 // The experts' own buffers are free once the queued work has run.
