@@ -13,7 +13,7 @@
 #   the model is made, after its experts are shared and after generation (a later gpu bench);
 # - qwen3: the same at Qwen3-30B-A3B's whole shape (48 layers), batch 16 and 64, shared; with
 #   QWEN3_BASELINE set, batch 16 again with the routed experts, a cube a row and the fused residual
-#   add turned off;
+#   add turned off; with QWEN3_ARGMAX_BASELINE set, batch 16 with burn's one-level argmax;
 # - nsys: Nsight Systems' kernel and API summaries of the OLMoE batch-16 generation (NSYS_ARGS: more
 #   gpu bench arguments, e.g. another shape), if nsys is there;
 # - hf: transformers' grouped_mm generation (benches/hf_anchor.py) at both shapes, batch 16 and 64;
@@ -41,7 +41,14 @@
 #   tokens) before (routing a thread a row, stacked GEMMs, the residual add apart) and after (the
 #   defaults: a cube a row, routed experts, the add fused into the norm),
 #   its last run by kind (benches/profile_summary.py: a generation synchronises once a run, so the
-#   log's last table is the last run).
+#   log's last table is the last run); PROFILE_WHEN picks before, after or both (the default).
+# - argmax: greedy decoding's argmax over the vocabulary, burn's `argmax(1)` (STEERMOE_ARGMAX=burn)
+#   against the two levels of src/generate/argmax.rs (the default), generation at batch 16
+#   (OLMoE-1B-7B; Qwen3-30B-A3B with ROUTED_QWEN3_LAYERS layers), AB_ROUNDS rounds, alternating.
+# - tile: the routed kernels' cube shape (STEERMOE_ROUTED_TILE=lanes x groups x pass, routed
+#   experts forced on), decode ops at both shapes for each batch:tile of TILE_RUNS; with
+#   TILE_GEN, generation at batch 16 and 64 (OLMoE-1B-7B; Qwen3-30B-A3B with ROUTED_QWEN3_LAYERS
+#   layers) for each tile of TILE_GEN.
 # TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs, TEST_TIMEOUT (default 280 s) bounds each.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
@@ -163,8 +170,32 @@ for part in $PARTS; do
             --model-config benches/qwen3-30b-a3b.json --layers "${ROUTED_QWEN3_LAYERS:-12}"
         done
       done ;;
+    argmax)
+      for round in $(seq "${AB_ROUNDS:-1}"); do
+        for v in burn two; do
+          peak olmoe-gen-argmax-$v-$round env STEERMOE_ARGMAX=$v "${GEN[@]}"
+          peak qwen3-gen-argmax-$v-$round env STEERMOE_ARGMAX=$v "${GEN[@]}" \
+            --model-config benches/qwen3-30b-a3b.json --layers "${ROUTED_QWEN3_LAYERS:-12}"
+        done
+      done ;;
+    tile)
+      for bt in ${TILE_RUNS:-16:16x16x4 16:16x16x2 16:32x8x4 16:32x8x2 16:64x4x2 16:8x32x2 64:16x16x4 64:16x16x8 64:32x8x8}; do
+        b=${bt%%:*} t=${bt#*:}
+        envs=(STEERMOE_ROUTED_EXPERTS=1 STEERMOE_ROUTED_TILE=$t)
+        peak olmoe-ops-b$b-$t env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+          --what decode-ops --gen-batch $b
+        peak qwen3-ops-b$b-$t env "${envs[@]}" "$GPU_BENCH" --backend cuda --precision bf16 \
+          --what decode-ops --gen-batch $b --model-config benches/qwen3-30b-a3b.json
+      done
+      for t in ${TILE_GEN:-}; do
+        for b in 16 64; do
+          peak olmoe-gen-b$b-$t env STEERMOE_ROUTED_TILE=$t "${GEN[@]}" --gen-batch $b
+          peak qwen3-gen-b$b-$t env STEERMOE_ROUTED_TILE=$t "${GEN[@]}" --gen-batch $b \
+            --model-config benches/qwen3-30b-a3b.json --layers "${ROUTED_QWEN3_LAYERS:-12}"
+        done
+      done ;;
     profile)
-      for when in before after; do
+      for when in ${PROFILE_WHEN:-before after}; do
         envs=(STEERMOE_ROUTE_KERNEL=cube)
         [ $when = before ] && envs=(STEERMOE_ROUTE_KERNEL=row STEERMOE_ROUTED_EXPERTS=0 STEERMOE_FUSED_RESIDUAL=0)
         env "${envs[@]}" CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG="$OUT/profile-$when.txt" \
@@ -192,7 +223,10 @@ for part in $PARTS; do
       # The same binary with the decode kernels of 58135d5 on (routed experts, a cube a row, the
       # add fused into the norm) turned off: the baseline on this machine.
       [ -z "${QWEN3_BASELINE:-}" ] || peak qwen3-b16-baseline env STEERMOE_ROUTED_EXPERTS=0 \
-        STEERMOE_ROUTE_KERNEL=row STEERMOE_FUSED_RESIDUAL=0 "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json ;;
+        STEERMOE_ROUTE_KERNEL=row STEERMOE_FUSED_RESIDUAL=0 "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json
+      # With QWEN3_ARGMAX_BASELINE set, batch 16 again with burn's one-level argmax.
+      [ -z "${QWEN3_ARGMAX_BASELINE:-}" ] || peak qwen3-b16-argmax-burn env STEERMOE_ARGMAX=burn \
+        "${GEN[@]}" --model-config benches/qwen3-30b-a3b.json ;;
     nsys)
       NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
       if [ -n "$NSYS" ]; then
