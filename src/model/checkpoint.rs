@@ -368,6 +368,16 @@ struct Builder<'a, 'b, B: Backend> {
 /// Standard deviation of random weights (transformers' `initializer_range` default).
 const INIT_STD: f64 = 0.02;
 
+/// Where a weight's values come from.
+enum Source {
+    /// A checkpoint's, as read.
+    Data(TensorData),
+    /// Ones (a norm's weight of a random model).
+    Ones,
+    /// Normal with standard deviation [`INIT_STD`] (the rest of a random model).
+    Random,
+}
+
 impl<B: Backend> Builder<'_, '_, B> {
     fn tensor<const D: usize>(
         &mut self,
@@ -388,20 +398,34 @@ impl<B: Backend> Builder<'_, '_, B> {
         if transpose {
             out_shape.reverse();
         }
-        match self.table.as_deref_mut() {
-            Some(table) => {
-                let data = table.take(key, &shape, self.dtype, self.dir, transpose)?;
-                Ok(Tensor::from_data(data, (self.device, self.dtype)))
-            }
-            None if key.ends_with("norm.weight") => {
-                Ok(Tensor::ones(out_shape, (self.device, self.dtype)))
-            }
-            None => Ok(Tensor::random(
+        let source = match self.table.as_deref_mut() {
+            Some(table) => Source::Data(table.take(key, &shape, self.dtype, self.dir, transpose)?),
+            None if key.ends_with("norm.weight") => Source::Ones,
+            None => Source::Random,
+        };
+        let (device, dtype) = (self.device, self.dtype);
+        let make = move |source: Source| match source {
+            Source::Data(data) => Tensor::<B, D>::from_data(data, (device, dtype)),
+            Source::Ones => Tensor::ones(out_shape, (device, dtype)),
+            Source::Random => Tensor::random(
                 out_shape,
                 Distribution::Normal(0.0, INIT_STD),
-                (self.device, self.dtype),
-            )),
+                (device, dtype),
+            ),
+        };
+        if key.contains(".mlp.experts.") {
+            return Ok(make(source));
         }
+        // Every weight but the routed experts' in a buffer of its own size (the backend's
+        // persistent allocations): `MoeLm::share_experts` frees the experts once it has stacked
+        // them, and a pool page that also held one of these stayed reserved (at Qwen3-30B-A3B's
+        // shape the pools kept 7.8 GB beyond the weights). The work runs inside, so that the
+        // buffer is allocated there.
+        Ok(B::memory_persistent_allocations(device, source, |source| {
+            let tensor = make(source);
+            let _ = B::sync(device);
+            tensor
+        }))
     }
 
     /// A bias-free `Linear` from a Hub `[out, in]` weight, held contiguous as `[in, out]` (a
@@ -534,6 +558,9 @@ fn build<B: Backend>(
         layers,
         norm,
     };
+    // Pages that only held a random model's intermediates go back to the device.
+    let _ = B::sync(device);
+    B::memory_cleanup(device);
     Ok(MoeLm::new(model, lm_head, cfg))
 }
 
