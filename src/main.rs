@@ -8,6 +8,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    stop_on_device_task_panic();
     let args = cli::Cli::parse();
     cli::init_logging();
     match cli::run(args) {
@@ -45,4 +46,32 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
+}
+
+/// Exit status of a process stopped by [`stop_on_device_task_panic`] (BSD's `EX_SOFTWARE`; the
+/// vendored cubecl-cuda exits 75 when a device allocation fails).
+const DEVICE_TASK_PANIC: i32 = 70;
+
+/// Stop the process when a task on one of cubecl's device threads panics.
+///
+/// cubecl runs each device's work on a thread of its own (named `DSU-…` or `DSD-…`) and catches a
+/// task's panic there, logging only "Task failed" at warn level: a kernel that fails to compile or
+/// launch then leaves its output buffer as it was, and the work queued after it reads those stale
+/// values without an error (seen on wgpu with a kernel that panicked while cubecl expanded it).
+/// A measurement must fail or be right, so the panic's own message is printed (the hook before
+/// this one) and the process exits with status 70.
+fn stop_on_device_task_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or_default();
+        if name.starts_with("DSU-") || name.starts_with("DSD-") {
+            eprintln!(
+                "error: a task on the device thread {name} panicked (above); the results it was \
+                 computing would be stale, so steermoe stops (exit status {DEVICE_TASK_PANIC})"
+            );
+            std::process::exit(DEVICE_TASK_PANIC);
+        }
+    }));
 }
