@@ -535,6 +535,13 @@ mod routed_experts {
         .expect("CUDA runs the routed experts' kernels")
     }
 
+    /// The largest `|got − want|` over both slices.
+    fn max_abs_diff(got: &[f64], want: &[f64]) -> f64 {
+        got.iter()
+            .zip(want)
+            .fold(0f64, |m, (g, w)| m.max((g - w).abs()))
+    }
+
     /// The stacked GEMMs' path of `StackedExperts::forward`: cuBLAS, the SwiGLU kernel, cuBLAS.
     fn stacked(c: &Case) -> Tensor<B, 2> {
         let [tokens, _] = c.x.dims();
@@ -567,10 +574,7 @@ mod routed_experts {
             let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             for tile in TILES {
                 let got = host(&routed(&c, tile));
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+                let worst = max_abs_diff(&got, &want);
                 eprintln!(
                     "f32 {tokens} tokens, {experts} experts, tile {tile}: max |diff| / max = {:.2e}",
                     worst / top
@@ -595,10 +599,7 @@ mod routed_experts {
             let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             for tile in TILES {
                 let got = host(&routed(&c, tile));
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+                let worst = max_abs_diff(&got, &want);
                 let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
                 eprintln!(
                     "bf16 {tokens} tokens, {experts} experts, tile {tile}: max |diff| / max = \
