@@ -14,17 +14,41 @@ use burn_fusion::stream::Operation;
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer};
 
-use super::attention_kernel::decode_attention_kernel;
+use super::attention_kernel::{LANES, THREADS, decode_attention_kernel, shared_words};
 use super::{Cube, Fused, as_backend, back, empty_output, register};
 
-/// Key slots above which the scores no longer fit the kernel's shared memory (16 KiB of float32,
-/// WebGPU's default limit a workgroup): burn's ops then run.
+/// Key slots above which burn's ops run instead of the kernel.
 pub const MAX_SLOTS: usize = 4096;
+
+/// Bytes of shared memory a launch may take: WebGPU's default limit a workgroup (16 KiB) on
+/// wgpu, 48 KiB (any CUDA device's) on CUDA. With 128 features a head, up to 2,048 key slots
+/// fit on wgpu and 4,096 on CUDA.
+fn shared_budget(backend: std::any::TypeId) -> usize {
+    #[cfg(feature = "cuda")]
+    if backend == std::any::TypeId::of::<burn::backend::Cuda>() {
+        return 48 * 1024;
+    }
+    let _ = backend;
+    16 * 1024
+}
+
+/// Whether a launch over `slots` key slots and `dim` features a head fits `B`'s shared memory.
+fn fits<B: 'static>(slots: usize, dim: usize) -> bool {
+    let words = shared_words(cap(slots), dim.div_ceil(LANES));
+    slots <= MAX_SLOTS && words * 4 <= shared_budget(std::any::TypeId::of::<B>())
+}
+
+/// The shared scores' size for `slots` key slots (a power of two, so that a cache growing slot by
+/// slot compiles few kernels).
+fn cap(slots: usize) -> usize {
+    slots.next_power_of_two().max(64)
+}
 
 /// `softmax(scale · q · kᵀ, masked → −∞) · v` for one query position per sequence, as
 /// `model::attention` computes it (see [`decode_attention_kernel`] for where it rounds), in one
 /// kernel, when `B` is burn's CUDA or wgpu backend *without* autodiff; `None` otherwise, or when
-/// `q` has more than one position or the cache more than [`MAX_SLOTS`] slots.
+/// `q` has more than one position or the cache more slots than the kernel's shared memory holds
+/// (at most [`MAX_SLOTS`]).
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, 1, dim]`; `k`, `v`: `[batch, kv_heads, slots, dim]`; `masked`:
@@ -43,7 +67,7 @@ pub fn try_decode_attention<B: Backend>(
         && v.dtype() == q.dtype();
     if !super::enabled()
         || seq != 1
-        || slots > MAX_SLOTS
+        || !fits::<B>(slots, dim)
         || kv_heads == 0
         || heads % kv_heads != 0
         || !supported
@@ -87,14 +111,12 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Decode
         let out = empty_output(&q, shape.clone(), q.dtype);
         let [batch, heads, _, dim] = [shape[0], shape[1], shape[2], shape[3]];
         let slots = k.meta.shape()[2];
-        // One cube per (sequence, head); a thread per feature (at most 256).
-        let threads = dim.next_power_of_two().clamp(32, 256) as u32;
-        let cap = slots.next_power_of_two().max(64);
+        // One cube per (sequence, head).
         let dtypes = [q.dtype.into(), masked.dtype.into()];
         decode_attention_kernel::launch::<R>(
             &client,
             CubeCount::Static((batch * heads) as u32, 1, 1),
-            CubeDim::new_1d(threads),
+            CubeDim::new_1d(THREADS as u32),
             q.into_tensor_arg(),
             k.into_tensor_arg(),
             v.into_tensor_arg(),
@@ -102,7 +124,8 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionCubeRuntime<R>> for Decode
             out.clone().into_tensor_arg(),
             self.scale,
             f32::NEG_INFINITY,
-            cap,
+            cap(slots),
+            dim.div_ceil(LANES),
             dtypes,
         );
         handles.register_float_tensor::<Cube<R, BT>>(&out_ir.id, out);
