@@ -55,6 +55,49 @@ pub struct CudaServer {
     utilities: Arc<ServerUtilities<Self>>,
     comm_stream: *mut CUstream_st,
     communicators: HashMap<CommunicationId, *mut cudarc::nccl::sys::ncclComm>,
+    /// steermoe: kernels' metadata uploaded before, by stream and content (see
+    /// `STEERMOE-PATCH.md`).
+    metadata: MetadataCache,
+}
+
+/// steermoe: device copies of the kernels' metadata (the part a launch would upload: tensors'
+/// shapes and strides), by stream and content. A decode step launches the same kernels on the
+/// same shapes as the step before; each launch uploaded its metadata to a new buffer (a pinned
+/// copy and an allocation, one stream command before the kernel). A launch whose metadata was
+/// uploaded before on its stream reads that buffer instead, which nothing ever writes again.
+#[derive(Default, Debug)]
+struct MetadataCache {
+    buffers: HashMap<(StreamId, Vec<u64>), Handle>,
+}
+
+impl MetadataCache {
+    /// Buffers kept at most; past this the cache starts again (a buffer still read by a queued
+    /// kernel stays valid: its memory is reused only in stream order).
+    const CAPACITY: usize = 4096;
+
+    /// On with `STEERMOE_METADATA_CACHE=1` (read once); otherwise every launch uploads, as
+    /// upstream (the cache is not yet measured or tested on a GPU).
+    fn enabled() -> bool {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ENABLED.get_or_init(|| std::env::var("STEERMOE_METADATA_CACHE").is_ok_and(|v| v == "1"))
+    }
+
+    fn get(&self, stream: StreamId, data: &[u64]) -> Option<Handle> {
+        match Self::enabled() {
+            true => self.buffers.get(&(stream, data.to_vec())).cloned(),
+            false => None,
+        }
+    }
+
+    fn insert(&mut self, stream: StreamId, data: &[u64], handle: Handle) {
+        if !Self::enabled() {
+            return;
+        }
+        if self.buffers.len() >= Self::CAPACITY {
+            self.buffers.clear();
+        }
+        self.buffers.insert((stream, data.to_vec()), handle);
+    }
 }
 
 // SAFETY: `CudaServer` is only accessed from one thread at a time via the `DeviceHandle`,
@@ -573,6 +616,7 @@ impl CudaServer {
             utilities: Arc::new(utilities),
             comm_stream,
             communicators: HashMap::default(),
+            metadata: MetadataCache::default(),
         }
     }
 
@@ -649,6 +693,18 @@ impl CudaServer {
             .compilation_options
             .supports_features
             .grid_constants;
+        // steermoe: the metadata a launch uploads (the dynamic part with grid constants, else
+        // all of it), and a buffer that holds it already.
+        let uploaded: &[u64] = match grid_constants {
+            true => &bindings.info.data[bindings.info.dynamic_metadata_offset.min(bindings.info.data.len())..],
+            false => &bindings.info.data,
+        };
+        let cached = match uploaded.is_empty() {
+            true => None,
+            false => self.metadata.get(stream_id, uploaded),
+        };
+        let mut fresh = None;
+
         let mut command = self.command(
             stream_id,
             bindings.buffers.iter(),
@@ -684,15 +740,30 @@ impl CudaServer {
 
             let mut handle = Option::None;
             if info.dynamic_metadata_offset < info.data.len() {
-                let dyn_meta = &bytemuck::cast_slice(&info.data[info.dynamic_metadata_offset..]);
-                handle = Some(command.create_with_data(dyn_meta)?);
+                handle = match cached.clone() {
+                    Some(h) => Some(h),
+                    None => {
+                        let dyn_meta =
+                            &bytemuck::cast_slice(&info.data[info.dynamic_metadata_offset..]);
+                        let h = command.create_with_data(dyn_meta)?;
+                        fresh = Some(h.clone());
+                        Some(h)
+                    }
+                };
             }
 
             (Some(info.data.as_ptr() as *mut c_void), handle)
         } else {
             let mut handle = Option::None;
             if !bindings.info.data.is_empty() {
-                handle = Some(command.create_with_data(bytemuck::cast_slice(&bindings.info.data))?);
+                handle = match cached.clone() {
+                    Some(h) => Some(h),
+                    None => {
+                        let h = command.create_with_data(bytemuck::cast_slice(&bindings.info.data))?;
+                        fresh = Some(h.clone());
+                        Some(h)
+                    }
+                };
             }
             (None, handle)
         };
@@ -881,6 +952,10 @@ impl CudaServer {
             info_const,
             logger,
         )?;
+        drop(command);
+        if let Some(handle) = fresh {
+            self.metadata.insert(stream_id, uploaded, handle);
+        }
 
         Ok(())
     }
