@@ -13,6 +13,7 @@ use steermoe::eval::EvalConfig;
 use steermoe::eval::{
     BenignItem, Count, EvalPrompt, EvalSets, Steering, answer, answer_nll, evaluate,
 };
+use steermoe::generate::fit::BatchCount;
 use steermoe::judge::{Judge, JudgeError};
 use steermoe::model::loss::{IGNORE_INDEX, causal_lm_loss};
 use steermoe::model::{self, LmInput, MoeLm, Precision, Routing};
@@ -123,7 +124,7 @@ fn answer_nll_is_the_causal_lm_loss_of_the_answer_and_ignores_batching() {
         tokens += n;
     }
     for batch_size in [1, 2] {
-        cfg.batch_size = batch_size;
+        cfg.batch_size = BatchCount::Fixed(batch_size);
         let nll = answer_nll(&model, &tok, &items, &cfg, &routing, &device, &mut |_| {}).unwrap();
         eprintln!(
             "batch {batch_size}: total {} vs {total}, tokens {}",
@@ -171,9 +172,9 @@ fn greedy_answers_do_not_depend_on_their_batch() {
         ..EvalConfig::default()
     };
     let routing = Routing::<B>::free();
-    cfg.batch_size = 3;
+    cfg.batch_size = BatchCount::Fixed(3);
     let together = answer(&model, &tok, &prompts, &cfg, &routing, &device, &mut |_| {}).unwrap();
-    cfg.batch_size = 1;
+    cfg.batch_size = BatchCount::Fixed(1);
     let alone = answer(&model, &tok, &prompts, &cfg, &routing, &device, &mut |_| {}).unwrap();
     assert_eq!(together, alone);
     assert!(together.iter().all(|(p, ids)| *p > 0 && !ids.is_empty()));

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::batch::split_counts;
 use crate::generate::Sampling;
+use crate::generate::fit::BatchCount;
 use crate::validate::{Invalid, at_least, ensure};
 
 /// `[collect]`.
@@ -28,7 +29,9 @@ pub struct CollectConfig {
     /// reads the weights once for all of them: on a GPU, 4 batches of 16 answer in little more
     /// time than one). Each batch keeps its own samples, files and analysis; answers equal those
     /// of one batch at a time up to rounding (rows are padded to the call's longest prompt).
-    pub generate_batches: usize,
+    /// `"auto"` (the default): as many as the device's free memory holds (CUDA; see
+    /// `generate::fit`), one elsewhere.
+    pub generate_batches: BatchCount,
 }
 
 impl Default for CollectConfig {
@@ -41,7 +44,7 @@ impl Default for CollectConfig {
             max_prompt_tokens: 0,
             sampling: Sampling::Greedy,
             quality_filter: true,
-            generate_batches: 1,
+            generate_batches: BatchCount::Auto,
         }
     }
 }
@@ -51,7 +54,8 @@ impl CollectConfig {
     /// least one token, sampling is finite.
     pub fn validate(&self) -> Result<(), Invalid> {
         at_least("collect.batch_size", self.batch_size, 2)?;
-        at_least("collect.generate_batches", self.generate_batches, 1)?;
+        self.generate_batches
+            .validate("collect.generate_batches", 1)?;
         let r = self.safe_ratio;
         ensure(
             r.is_finite() && r > 0.0 && r < 1.0,

@@ -24,6 +24,7 @@ pub use plan::{check_prompt_lengths, plan};
 
 use crate::data::batch::{Batch, Label};
 use crate::data::{ChatTokenizer, DataError};
+use crate::generate::fit::{self, BatchCount, RowCost};
 use crate::generate::{GenerateOptions, RouterLogits, generate};
 use crate::judge::{Judge, JudgeError};
 use crate::model::{MoeLm, Routing};
@@ -173,7 +174,33 @@ pub fn collect<B: Backend>(
         .filter(|(_, d)| !**d)
         .map(|(b, _)| b)
         .collect();
-    for group in pending.chunks(cfg.generate_batches) {
+    // Batches a generation call answers: with "auto", as many as fit the device's free memory
+    // at the longest prompt (one where that is not known).
+    let per_call = cfg.generate_batches.or_else(|| {
+        let cost = || {
+            let longest = pending
+                .iter()
+                .flat_map(|b| &b.samples)
+                .filter_map(|s| {
+                    tokenizer
+                        .encode_prompt(&s.messages, cfg.max_prompt_tokens)
+                        .ok()
+                })
+                .map(|ids| ids.len())
+                .max()
+                .unwrap_or(0);
+            RowCost::of(model).generation(longest, cfg.max_new_tokens, true)
+        };
+        let rows = fit::resolve::<B>(
+            "collect.generate_batches",
+            BatchCount::Auto,
+            device,
+            cost,
+            cfg.batch_size,
+        );
+        (rows / cfg.batch_size).max(1)
+    });
+    for group in pending.chunks(per_call) {
         let mut prompts = Vec::new();
         for batch in group {
             for s in &batch.samples {

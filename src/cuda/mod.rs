@@ -27,3 +27,27 @@ pub fn memory_usage<D: std::any::Any>(device: &D) -> Option<(u64, u64)> {
     let usage = client.memory_usage().ok()?;
     Some((usage.bytes_in_use, usage.bytes_reserved))
 }
+
+/// Bytes `device` can still allocate, when it is a CUDA device (`None` otherwise, or when the
+/// driver does not answer): the driver's free memory (other processes' allocations left out)
+/// plus what cubecl's pools of this process hold unused.
+pub fn free_memory<D: std::any::Any>(device: &D) -> Option<u64> {
+    use cudarc::driver::result;
+    let cuda =
+        (device as &dyn std::any::Any).downcast_ref::<burn_cubecl::cubecl::cuda::CudaDevice>()?;
+    let (used, reserved) = memory_usage(device)?;
+    result::init().ok()?;
+    let ordinal = result::device::get(cuda.index as std::ffi::c_int).ok()?;
+    // SAFETY: `ordinal` is a device the driver just returned; its primary context is the one
+    // cubecl's server uses, retained (kept alive) here and made current on this thread only to
+    // read the memory figures, then released.
+    let free = unsafe {
+        let ctx = result::primary_ctx::retain(ordinal).ok()?;
+        let info = result::ctx::set_current(ctx)
+            .ok()
+            .and_then(|_| result::mem_get_info().ok());
+        let _ = result::primary_ctx::release(ordinal);
+        info?.0 as u64
+    };
+    Some(free + reserved.saturating_sub(used))
+}

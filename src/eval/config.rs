@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::generate::Sampling;
+use crate::generate::fit::BatchCount;
 use crate::model::Removal;
 use crate::run_dir::{SteerSetting, Variant};
 use crate::validate::{Invalid, at_least, ensure, not_blank};
@@ -29,8 +30,9 @@ pub struct EvalConfig {
     /// Score the NLL of this many answers the model was trained on (the first records of the
     /// benign set's `train_index` in `data.split`): retained knowledge (0 = none).
     pub trained_answers: usize,
-    /// Prompts per generation batch.
-    pub batch_size: usize,
+    /// Prompts per generation batch (and answers per scoring batch). `"auto"` (the default): as
+    /// many as the device's free memory holds (CUDA; see `generate::fit`), 16 elsewhere.
+    pub batch_size: BatchCount,
     /// Generated tokens per answer (greedy unless `sampling` says otherwise).
     pub max_new_tokens: usize,
     /// Keep only the last this many prompt tokens (0 = no limit).
@@ -68,7 +70,7 @@ impl Default for EvalConfig {
             benign_split_key: "alpaca_eval".into(),
             max_benign: 0,
             trained_answers: 0,
-            batch_size: 16,
+            batch_size: BatchCount::Auto,
             max_new_tokens: 48,
             max_prompt_tokens: 464,
             sampling: Sampling::Greedy,
@@ -89,7 +91,7 @@ impl EvalConfig {
                 format!("{} is listed twice", v.name())
             })?;
         }
-        at_least("eval.batch_size", self.batch_size, 1)?;
+        self.batch_size.validate("eval.batch_size", 1)?;
         at_least("eval.max_new_tokens", self.max_new_tokens, 1)?;
         at_least("eval.nll_max_len", self.nll_max_len, 8)?;
         not_blank("eval.benign_split_key", &self.benign_split_key)?;

@@ -32,6 +32,7 @@ pub use stage::{Evaluator, evaluate_into, steering};
 
 use crate::analysis::select::ExpertId;
 use crate::data::{ChatTokenizer, DataError, Message};
+use crate::generate::fit::{self, RowCost};
 use crate::generate::{GenerateOptions, generate};
 use crate::judge::{Judge, JudgeError};
 use crate::model::loss::{IGNORE_INDEX, Targets, targeted_lm_loss};
@@ -379,8 +380,16 @@ pub fn answer<B: Backend>(
     };
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| (ids[i].len(), i));
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    let rows = fit::resolve::<B>(
+        "eval.batch_size",
+        cfg.batch_size,
+        device,
+        || RowCost::of(model).generation(longest, cfg.max_new_tokens, false),
+        DEFAULT_ROWS,
+    );
     let mut out = vec![(0, Vec::new()); ids.len()];
-    for chunk in order.chunks(cfg.batch_size) {
+    for chunk in order.chunks(rows) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         let gens = generate(model, &batch, &opts, routing, device, |n| {
             progress(EvalEvent::Tokens(n))
@@ -396,6 +405,10 @@ pub fn answer<B: Backend>(
     }
     Ok(out)
 }
+
+/// Rows a generation or scoring call takes where `eval.batch_size = "auto"` cannot see the
+/// device's free memory (the CPU, wgpu).
+pub const DEFAULT_ROWS: usize = 16;
 
 /// Whether an NLL (a per-token mean or a sum of them) is possible: finite and not negative.
 pub fn possible_nll(v: f64) -> bool {
@@ -432,7 +445,19 @@ pub fn answer_nll<B: Backend>(
         tokens: 0,
         total: 0.0,
     };
-    for chunk in order.chunks(cfg.batch_size) {
+    let longest = examples
+        .iter()
+        .map(|(full, _)| full.len())
+        .max()
+        .unwrap_or(0);
+    let rows = fit::resolve::<B>(
+        "eval.batch_size",
+        cfg.batch_size,
+        device,
+        || RowCost::of(model).scoring(longest),
+        DEFAULT_ROWS,
+    );
+    for chunk in order.chunks(rows) {
         let batch = chunk.len();
         let seq = chunk
             .iter()

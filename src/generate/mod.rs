@@ -1,8 +1,9 @@
-//! Generation: the token sampler, greedy decoding's argmax on the device, and the batched decode
-//! loop with routing capture.
+//! Generation: the token sampler, greedy decoding's argmax on the device, the batched decode
+//! loop with routing capture, and how many rows a call takes ([`fit`]).
 
 pub mod argmax;
 pub mod engine;
+pub mod fit;
 pub mod sampler;
 
 pub use engine::{

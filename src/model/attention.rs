@@ -72,6 +72,11 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// Query heads.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, seq, 1, head_dim]`;
     ///   `masked`: `[batch, 1, seq, keys]` (`keys`: the positions so far, or every slot of a
