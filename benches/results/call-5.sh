@@ -49,6 +49,16 @@
 #   experts forced on), decode ops at both shapes for each batch:tile of TILE_RUNS; with
 #   TILE_GEN, generation at batch 16 and 64 (OLMoE-1B-7B; Qwen3-30B-A3B with ROUTED_QWEN3_LAYERS
 #   layers) for each tile of TILE_GEN.
+# - ncu: Nsight Compute's duration of every kernel (cuBLAS's included; kernels run one at a time,
+#   clocks and caches left alone) of a short generation, OLMoE-1B-7B and Qwen3-30B-A3B shapes with
+#   NCU_LAYERS layers (default 4), batch 16, NCU_NEW new tokens (default 8), beside the same
+#   generation unprofiled: what a step's kernels take against its wall time.
+# - launch: the decode attention kernel of src/cube/attention_kernel.rs and the kernels' metadata
+#   uploaded once (vendor/cubecl-cuda's third change, opt-in), in one call: the gpu bench of
+#   .dev/gpu-old.xz (before both), of .dev/gpu.xz as it is (the new attention) and with
+#   STEERMOE_METADATA_CACHE=1 (both), alternating, AB_ROUNDS rounds, generation at batch 16 (OLMoE-1B-7B; Qwen3-30B-A3B
+#   with ROUTED_QWEN3_LAYERS layers); then LAUNCH_FULL's runs (of olmoe-b64, qwen3-48-b16,
+#   qwen3-48-b64: the 48-layer Qwen3 at batch 16 or 64, OLMoE at 64), old and new.
 # TEST_PRECISIONS (default "f32 bf16") picks the tests part's runs, TEST_TIMEOUT (default 280 s) bounds each.
 # Every process's peak GPU memory is sampled by nvidia-smi every 200 ms. JSON lines in $OUT.
 set -u
@@ -207,6 +217,42 @@ for part in $PARTS; do
         head -1 "$OUT/profile-$when.md" | sed "s/^{/{\"figure\": \"profile-$when\", /" >> "$LOG"
         tail -n +2 "$OUT/profile-$when.md"
         xz -T4 -6 "$OUT/profile-$when.txt"
+      done ;;
+    launch)
+      [ -f .dev/gpu-old.xz ] && xz -dc .dev/gpu-old.xz > /tmp/gpu-old && chmod +x /tmp/gpu-old
+      for round in $(seq "${AB_ROUNDS:-1}"); do
+        for v in old new cache; do
+          g=(/tmp/gpu); [ $v = old ] && g=(/tmp/gpu-old); [ $v = cache ] && g=(env STEERMOE_METADATA_CACHE=1 /tmp/gpu)
+          peak olmoe-gen-$v-$round "${g[@]}" --backend cuda --precision bf16 --what generate
+          peak qwen3-gen-$v-$round "${g[@]}" --backend cuda --precision bf16 --what generate \
+            --model-config benches/qwen3-30b-a3b.json --layers "${ROUTED_QWEN3_LAYERS:-12}"
+        done
+      done
+      for v in ${LAUNCH_FULL:+old new}; do
+        g=/tmp/gpu; [ $v = old ] && g=/tmp/gpu-old
+        for run in $LAUNCH_FULL; do
+          case $run in
+            olmoe-b64) peak olmoe-b64-$v "$g" --backend cuda --precision bf16 --what generate --gen-batch 64 ;;
+            qwen3-48-b*) peak $run-$v "$g" --backend cuda --precision bf16 --what generate \
+              --model-config benches/qwen3-30b-a3b.json --gen-batch ${run#qwen3-48-b} ;;
+          esac
+        done
+      done ;;
+    ncu)
+      for shape in olmoe qwen3; do
+        cfg=(); [ $shape = qwen3 ] && cfg=(--model-config benches/qwen3-30b-a3b.json)
+        for new in "${NCU_NEW:-8}" 64; do
+          peak $shape-ncu-plain-new$new "${GEN[@]}" "${cfg[@]}" --layers "${NCU_LAYERS:-4}" --new-tokens $new
+        done
+        NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
+        timeout "${FIGURE_TIMEOUT:-300}" "$NCU" --clock-control none --cache-control none \
+          --metrics gpu__time_duration.sum --csv --page raw --log-file "$OUT/ncu-$shape.log" \
+          -o /tmp/ncu-$shape -f "${GEN[@]}" "${cfg[@]}" --layers "${NCU_LAYERS:-4}" \
+          --new-tokens "${NCU_NEW:-8}" > "$OUT/ncu-$shape.jsonl" 2> "$OUT/stderr.ncu-$shape"
+        echo "{\"figure\": \"ncu-$shape\", \"rc\": $?}" >> "$LOG"
+        "$NCU" --import /tmp/ncu-$shape.ncu-rep --csv --page raw --metrics gpu__time_duration.sum \
+          > "$OUT/ncu-$shape.csv" 2>> "$OUT/stderr.ncu-$shape"
+        wc -l "$OUT/ncu-$shape.csv"; xz -T4 -6 "$OUT/ncu-$shape.csv"
       done ;;
     ops)
       for b in 16 64; do
