@@ -346,6 +346,28 @@ mod tests {
             err.contains("collect.batch_size") && !err.contains('\n'),
             "{err}"
         );
+        // A batch count is a number or "auto"; anything else names its key and says so.
+        let err = parse("[eval]\nbatch_size = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("eval.batch_size") && err.contains("\"auto\"") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = parse("", &["collect.generate_batches=0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("collect.generate_batches"), "{err}");
+        let cfg = parse(
+            "[eval]\nbatch_size = \"auto\"\n",
+            &["collect.generate_batches=4"],
+        )
+        .unwrap();
+        assert_eq!(cfg.eval.batch_size, crate::generate::fit::BatchCount::Auto);
+        assert_eq!(
+            cfg.collect.generate_batches,
+            crate::generate::fit::BatchCount::Fixed(4)
+        );
         let err = parse("", &["=3"]).unwrap_err();
         assert!(
             matches!(err, ConfigError::Override { .. }) && !err.to_string().contains("exp.toml"),
