@@ -3,7 +3,8 @@
 //!
 //! - Scores: a unit a key slot, the query in shared memory, four features' loads issued before
 //!   their products.
-//! - Softmax: each unit's slots, then a tree over the units, for the maximum and the sum.
+//! - Softmax: each unit's slots, then halves over the units (`cube_max`, `cube_sum`), for the
+//!   maximum and the sum.
 //! - Values: [`LANES`] units along the features (each `per_lane` of them, `LANES` apart) times
 //!   [`GROUPS`] groups along the slots (slot `s` in group `s % GROUPS`, two slots' loads at a
 //!   time), then each feature's sum over the groups in group order.
@@ -20,14 +21,14 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::{cube_max, cube_sum};
+
 /// Units along a head's features in the values' product.
 pub const LANES: usize = 32;
 /// Groups of key slots in the values' product.
 pub const GROUPS: usize = 8;
 /// Units a cube.
 pub const THREADS: usize = LANES * GROUPS;
-/// `log2(THREADS)`: the steps of the softmax's trees.
-const TREE_STEPS: usize = 8;
 
 /// Float32 words of shared memory a launch takes: the scores (`cap`), the query and the
 /// reductions (`per_lane` features a lane).
@@ -125,18 +126,7 @@ pub fn decode_attention_kernel<F: Float, M: Int>(
         s += THREADS;
     }
     red[t] = m;
-    sync_cube();
-    #[unroll]
-    for step in 0..TREE_STEPS {
-        let half = THREADS >> (step + 1);
-        if t < half {
-            let other = red[t + half];
-            if other > red[t] {
-                red[t] = other;
-            }
-        }
-        sync_cube();
-    }
+    cube_max(&mut red);
     let max = red[0];
     sync_cube();
 
@@ -148,15 +138,7 @@ pub fn decode_attention_kernel<F: Float, M: Int>(
         s += THREADS;
     }
     red[t] = e;
-    sync_cube();
-    #[unroll]
-    for step in 0..TREE_STEPS {
-        let half = THREADS >> (step + 1);
-        if t < half {
-            red[t] += red[t + half];
-        }
-        sync_cube();
-    }
+    cube_sum(&mut red);
     let sum = red[0];
     sync_cube();
     let mut s = t;

@@ -126,6 +126,44 @@ fn cube_index() -> usize {
     CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
+/// Sum `values[0..CUBE_DIM_X]` (one entry a unit, written) into `values[0]`, by halves; every
+/// unit of the cube calls it.
+#[cube]
+fn cube_sum(values: &mut SharedMemory<f32>) {
+    cube_halves(values, false);
+}
+
+/// The largest of `values[0..CUBE_DIM_X]` (one entry a unit, written) into `values[0]`, by
+/// halves; every unit of the cube calls it.
+#[cube]
+fn cube_max(values: &mut SharedMemory<f32>) {
+    cube_halves(values, true);
+}
+
+/// `values[0..CUBE_DIM_X]` folded into `values[0]` by halves (`values[t] ∘= values[t + half]`),
+/// `∘` the maximum or the sum.
+#[cube]
+fn cube_halves(values: &mut SharedMemory<f32>, #[comptime] max: bool) {
+    sync_cube();
+    let t = UNIT_POS_X as usize;
+    // The cube's size read at run time: a comptime value would not change in the loop.
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if t < half {
+            let other = values[t + half];
+            if max {
+                if other > values[t] {
+                    values[t] = other;
+                }
+            } else {
+                values[t] += other;
+            }
+        }
+        sync_cube();
+        half /= 2;
+    }
+}
+
 /// Whether the kernels run: not when `STEERMOE_CUBE_KERNELS=0` (read once).
 pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -9,7 +9,7 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::cube_index;
+use super::{cube_index, cube_sum};
 
 /// `out[r, i] = weight[i] · F(f32(x[r, i]) / sqrt(mean_i f32(x[r, i])² + eps))`.
 ///
@@ -152,21 +152,4 @@ fn inverse_rms(acc: f32, width_f32: f32, eps: f32, #[comptime] threads: usize) -
     partial[UNIT_POS_X as usize] = acc;
     cube_sum(&mut partial);
     1.0f32 / (partial[0] / width_f32 + eps).sqrt()
-}
-
-/// Sum `values[0..CUBE_DIM_X]` (one entry a unit, written) into `values[0]`, by halves; every
-/// unit of the cube calls it.
-#[cube]
-fn cube_sum(values: &mut SharedMemory<f32>) {
-    sync_cube();
-    let t = UNIT_POS_X as usize;
-    // The cube's size read at run time: a comptime value would not change in the loop.
-    let mut half = CUBE_DIM_X as usize / 2;
-    while half > 0 {
-        if t < half {
-            values[t] += values[t + half];
-        }
-        sync_cube();
-        half /= 2;
-    }
 }
